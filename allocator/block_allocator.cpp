@@ -1,0 +1,118 @@
+#include "allocator/block_allocator.hpp"
+
+#include <fmt/format.h>
+
+#include "allocator/block_table.hpp"
+#include "pagedkv/error.hpp"
+
+namespace pagedkv {
+
+BlockAllocator::BlockAllocator(uint64_t num_blocks) {
+    if (num_blocks == 0 || num_blocks > UINT32_MAX)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("BlockAllocator: num_blocks must be in [1, {}], got {}", UINT32_MAX,
+                                num_blocks));
+    refcount_.assign(num_blocks, 0);
+    free_.reserve(num_blocks);
+    // Pushed in reverse so that a fresh pool hands out 0, 1, 2, ...: dumps read naturally.
+    for (uint64_t i = num_blocks; i-- > 0;)
+        free_.push_back(static_cast<BlockId>(i));
+    counters_.num_blocks = num_blocks;
+    counters_.free_blocks = num_blocks;
+}
+
+void BlockAllocator::allocate(uint64_t n, std::vector<BlockId>& out) {
+    if (n > free_.size())
+        throw Error(ErrorCode::OutOfBlocks,
+                    fmt::format("out of blocks: need {} pages, {} of {} free", n, free_.size(),
+                                refcount_.size()));
+    out.reserve(out.size() + n);
+    for (uint64_t i = 0; i < n; ++i) {
+        BlockId b = free_.back();
+        free_.pop_back();
+        refcount_[index(b)] = 1;
+        out.push_back(b);
+    }
+    counters_.used_blocks += n;
+    counters_.free_blocks -= n;
+    counters_.allocations += n;
+    if (counters_.used_blocks > counters_.peak_used_blocks)
+        counters_.peak_used_blocks = counters_.used_blocks;
+}
+
+void BlockAllocator::check_in_use(BlockId b, const char* what) const {
+    if (index(b) >= refcount_.size())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: block {} out of range (pool has {})", what, index(b),
+                                refcount_.size()));
+    if (refcount_[index(b)] == 0)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: block {} is free", what, index(b)));
+}
+
+void BlockAllocator::retain(BlockId b) {
+    check_in_use(b, "retain");
+    if (++refcount_[index(b)] == 2) ++counters_.shared_blocks;
+}
+
+bool BlockAllocator::release(BlockId b) {
+    check_in_use(b, "release");
+    uint32_t& rc = refcount_[index(b)];
+    if (--rc == 1) --counters_.shared_blocks;
+    if (rc != 0) return false;
+    free_.push_back(b);
+    --counters_.used_blocks;
+    ++counters_.free_blocks;
+    ++counters_.releases;
+    return true;
+}
+
+uint32_t BlockAllocator::refcount(BlockId b) const {
+    if (index(b) >= refcount_.size())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("refcount: block {} out of range (pool has {})", index(b),
+                                refcount_.size()));
+    return refcount_[index(b)];
+}
+
+std::string BlockAllocator::check() const {
+    const uint64_t n = refcount_.size();
+    if (counters_.free_blocks != free_.size())
+        return fmt::format("free counter {} != free list length {}", counters_.free_blocks,
+                           free_.size());
+    if (counters_.used_blocks + counters_.free_blocks != n)
+        return fmt::format("used {} + free {} != total {}", counters_.used_blocks,
+                           counters_.free_blocks, n);
+    std::vector<uint8_t> on_free_list(n, 0);
+    for (BlockId b : free_) {
+        if (index(b) >= n) return fmt::format("free list holds block {} >= {}", index(b), n);
+        if (on_free_list[index(b)]++) return fmt::format("block {} twice on free list", index(b));
+        if (refcount_[index(b)] != 0)
+            return fmt::format("block {} is free but has refcount {}", index(b),
+                               refcount_[index(b)]);
+    }
+    std::vector<uint32_t> refs(n, 0);
+    for (const BlockTable* t : tables_)
+        for (BlockId b : t->blocks()) {
+            if (index(b) >= n) return fmt::format("a table references block {} >= {}", index(b), n);
+            ++refs[index(b)];
+        }
+    uint64_t used = 0, shared = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+        if (refs[i] != refcount_[i])
+            return fmt::format("block {} has refcount {} but {} table references", i, refcount_[i],
+                               refs[i]);
+        if (refcount_[i] > 0 && on_free_list[i])
+            return fmt::format("block {} is both free and referenced", i);
+        used += refcount_[i] > 0;
+        shared += refcount_[i] > 1;
+    }
+    if (used != counters_.used_blocks)
+        return fmt::format("used counter {} != blocks in use {}", counters_.used_blocks, used);
+    if (shared != counters_.shared_blocks)
+        return fmt::format("shared counter {} != shared blocks {}", counters_.shared_blocks,
+                           shared);
+    return {};
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,73 @@
+// BlockAllocator: which pages of a pool are free, and how many block tables reference each.
+// Plain C++ with no GPU behind it (like VMA's virtual blocks), so every bookkeeping rule is
+// testable on the CPU in microseconds. O(1) allocate and free through a LIFO free list.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "allocator/block_id.hpp"
+
+namespace pagedkv {
+
+class BlockTable;
+
+// Counters kept as we go (cheap; the "first tier" of statistics).
+struct AllocatorCounters {
+    uint64_t num_blocks = 0;
+    uint64_t used_blocks = 0;
+    uint64_t free_blocks = 0;
+    uint64_t peak_used_blocks = 0;
+    uint64_t shared_blocks = 0;  // blocks with a reference count above one
+    uint64_t allocations = 0;    // blocks handed out since creation
+    uint64_t releases = 0;       // blocks returned to the free list since creation
+};
+
+class BlockAllocator {
+  public:
+    explicit BlockAllocator(uint64_t num_blocks);
+    BlockAllocator(const BlockAllocator&) = delete;
+    BlockAllocator& operator=(const BlockAllocator&) = delete;
+
+    uint64_t num_blocks() const noexcept { return refcount_.size(); }
+    uint64_t free_blocks() const noexcept { return free_.size(); }
+
+    // All or nothing: appends n fresh blocks (reference count 1) to out, or throws
+    // Error(OutOfBlocks) and changes nothing.
+    void allocate(uint64_t n, std::vector<BlockId>& out);
+    // One more reference to a block in use (a table sharing it).
+    void retain(BlockId b);
+    // One reference fewer; the block returns to the free list when none is left.
+    // Returns true when it did.
+    bool release(BlockId b);
+    uint32_t refcount(BlockId b) const;
+
+    const AllocatorCounters& counters() const noexcept { return counters_; }
+
+    // Every invariant, checked by walking: free + used = total, no duplicate on the free
+    // list, free blocks have no references, each reference count equals the number of
+    // references the registered block tables hold. Returns the first violation, or "".
+    std::string check() const;
+    bool validate() const { return check().empty(); }
+
+    // Block tables announce themselves so check() can count their references.
+    void register_table(const BlockTable* t) { tables_.insert(t); }
+    void unregister_table(const BlockTable* t) { tables_.erase(t); }
+    const std::unordered_set<const BlockTable*>& tables() const noexcept { return tables_; }
+
+    // The free list, top of the stack last (for snapshots and the dump tool).
+    std::span<const BlockId> free_list() const noexcept { return free_; }
+
+  private:
+    void check_in_use(BlockId b, const char* what) const;
+
+    std::vector<BlockId> free_;
+    std::vector<uint32_t> refcount_;
+    std::unordered_set<const BlockTable*> tables_;
+    AllocatorCounters counters_;
+};
+
+}  // namespace pagedkv

@@ -1,0 +1,37 @@
+// CacheState: the rows of one paged cache: a block table per batch row and, per layer and row,
+// how many tokens it holds and where its first token sits in the row's first page.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "allocator/block_table.hpp"
+#include "cache/pool_state.hpp"
+
+namespace pagedkv::detail {
+
+struct CacheState {
+    CacheState(BlockPool& p, const char* n) : pool(&p), ps(&p.state()), name(n) {}
+
+    BlockPool* pool;
+    PoolState* ps;
+    const char* name;
+    uint32_t batch = 0;  // 0 until the first update
+    std::vector<BlockTable> tables;
+    // [layer][row]. Token t of a row/layer lives at slot start + t of the row's pages; start
+    // moves forward when crop or a sliding window drops leading tokens without moving bytes.
+    std::vector<std::vector<int64_t>> len;
+    std::vector<std::vector<int64_t>> start;
+
+    uint32_t block_size() const { return ps->config.block_size; }
+    uint32_t num_layers() const { return ps->config.num_layers; }
+    // Slots the row needs: the furthest any layer reaches.
+    int64_t extent(uint32_t row) const {
+        int64_t e = 0;
+        for (uint32_t l = 0; l < num_layers(); ++l)
+            if (len[l][row] > 0 && start[l][row] + len[l][row] > e) e = start[l][row] + len[l][row];
+        return e;
+    }
+};
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,430 @@
+#include "pagedkv/paged_kv_cache.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <mutex>
+#include <unordered_set>
+
+#include "cache/cache_state.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/page_copy.hpp"
+#include "shaders/row_copy.hpp"
+
+namespace pagedkv {
+
+using detail::CacheState;
+
+namespace {
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+std::unique_lock<std::recursive_mutex> lock(const CacheState& st) {
+    return std::unique_lock(st.ps->device->mutex());
+}
+
+uint64_t ceil_div(uint64_t a, uint64_t b) {
+    return (a + b - 1) / b;
+}
+
+void check_layer(const CacheState& st, uint32_t layer, const char* op) {
+    if (layer >= st.num_layers())
+        throw invalid(fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
+                                  st.num_layers()));
+}
+
+// Checks key/value against the pool layout and returns (batch, seq_len).
+std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key,
+                                       const Tensor& value) {
+    const PoolConfig& c = st.ps->config;
+    auto check_one = [&](const Tensor& t, const char* what, uint32_t dim) {
+        if (!t.defined()) throw invalid(fmt::format("update: {} is undefined", what));
+        if (&t.device() != st.ps->device.get())
+            throw invalid(fmt::format("update: {} lives on another Context than the pool", what));
+        if (t.dtype() != c.dtype)
+            throw invalid(fmt::format("update: {} has dtype {}, pool holds {}", what,
+                                      to_string(t.dtype()), to_string(c.dtype)));
+        const auto& s = t.shape();
+        if (s.size() != 4)
+            throw invalid(fmt::format(
+                "update: {} must be (batch, kv_heads, seq_len, head_dim), got shape [{}]", what,
+                fmt::join(s, ", ")));
+        if (s[1] != c.num_kv_heads)
+            throw invalid(fmt::format("update: {} has {} heads, pool layout has {} kv heads", what,
+                                      s[1], c.num_kv_heads));
+        if (s[3] != dim)
+            throw invalid(
+                fmt::format("update: {} has head_dim {}, pool layout has {}", what, s[3], dim));
+        if (s[0] < 1 || s[0] > INT32_MAX || s[2] > INT32_MAX)
+            throw invalid(fmt::format("update: {} has batch {} and seq_len {}", what, s[0], s[2]));
+    };
+    check_one(key, "key", c.head_dim);
+    check_one(value, "value", c.v_head_dim);
+    if (key.shape()[0] != value.shape()[0] || key.shape()[2] != value.shape()[2])
+        throw invalid(fmt::format("update: key is [{}] but value is [{}]",
+                                  fmt::join(key.shape(), ", "), fmt::join(value.shape(), ", ")));
+    return {uint32_t(key.shape()[0]), uint32_t(key.shape()[2])};
+}
+
+// Positions of the new tokens, per row; throws before anything changes.
+std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uint32_t batch,
+                                                    uint32_t seq,
+                                                    const std::vector<int64_t>& old_len) {
+    std::vector<std::vector<int64_t>> pos(batch, std::vector<int64_t>(seq));
+    using K = CachePosition::Kind;
+    switch (cp.kind()) {
+        case K::Append:
+            for (uint32_t b = 0; b < batch; ++b)
+                for (uint32_t s = 0; s < seq; ++s)
+                    pos[b][s] = old_len[b] + s;
+            break;
+        case K::Scalar:
+            for (uint32_t b = 0; b < batch; ++b)
+                for (uint32_t s = 0; s < seq; ++s)
+                    pos[b][s] = cp.scalar() + s;
+            break;
+        case K::Vector:
+            if (cp.vector().size() != seq)
+                throw invalid(fmt::format("update: cache_position has {} entries, seq_len is {}",
+                                          cp.vector().size(), seq));
+            for (uint32_t b = 0; b < batch; ++b)
+                pos[b] = cp.vector();
+            break;
+        case K::Matrix:
+            if (cp.matrix().size() != batch)
+                throw invalid(fmt::format("update: cache_position has {} rows, batch is {}",
+                                          cp.matrix().size(), batch));
+            for (uint32_t b = 0; b < batch; ++b) {
+                if (cp.matrix()[b].size() != seq)
+                    throw invalid(
+                        fmt::format("update: cache_position row {} has {} entries, seq_len is {}",
+                                    b, cp.matrix()[b].size(), seq));
+                pos[b] = cp.matrix()[b];
+            }
+            break;
+    }
+    for (uint32_t b = 0; b < batch; ++b)
+        for (int64_t p : pos[b])
+            if (p < 0 || p >= INT32_MAX)
+                throw invalid(
+                    fmt::format("update: cache_position {} (row {}) is out of range", p, b));
+    return pos;
+}
+
+}  // namespace
+
+PagedKVCache::PagedKVCache(BlockPool& pool, const char* name)
+    : state_(std::make_unique<CacheState>(pool, name)) {}
+
+PagedKVCache::~PagedKVCache() {
+    if (!state_) return;
+    auto l = lock(*state_);
+    state_->tables.clear();
+}
+
+void PagedKVCache::check_capacity(uint32_t, std::span<const int64_t>) const {}
+void PagedKVCache::after_write(uint32_t) {}
+
+BlockPool& PagedKVCache::pool() const noexcept {
+    return *state_->pool;
+}
+uint32_t PagedKVCache::batch_size() const {
+    return state_->batch;
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& value,
+                                               uint32_t layer, const CachePosition& cp) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    check_layer(st, layer, "update");
+    const auto [B, S] = check_kv(st, key, value);
+    if (st.batch != 0 && B != st.batch)
+        throw invalid(fmt::format("update: key has batch {}, cache holds {} rows", B, st.batch));
+    const bool fresh_batch = st.batch == 0;
+    const std::vector<int64_t> old_len = fresh_batch ? std::vector<int64_t>(B, 0) : st.len[layer];
+    auto pos = resolve_positions(cp, B, S, old_len);
+
+    // Within one update the last write to a position wins (as sequential writes would); drop
+    // the earlier ones so no two shader threads write one slot.
+    std::vector<std::vector<uint32_t>> keep(B);
+    std::vector<int64_t> new_len = old_len;
+    for (uint32_t b = 0; b < B; ++b) {
+        std::unordered_set<int64_t> seen;
+        for (uint32_t s = S; s-- > 0;)
+            if (seen.insert(pos[b][s]).second) keep[b].push_back(s);
+        for (int64_t p : pos[b])
+            new_len[b] = std::max(new_len[b], p + 1);
+    }
+    check_capacity(B, new_len);
+
+    const uint32_t bs = st.block_size();
+    BlockAllocator& alloc = st.ps->allocator;
+    auto start_of = [&](uint32_t b) { return fresh_batch ? int64_t(0) : st.start[layer][b]; };
+    // Pages to add at the end of each row, and shared pages to copy before writing them.
+    std::vector<uint64_t> extra(B, 0);
+    std::vector<std::pair<uint32_t, size_t>> cow;
+    uint64_t needed = 0;
+    for (uint32_t b = 0; b < B; ++b) {
+        const size_t have = fresh_batch ? 0 : st.tables[b].size();
+        int64_t reach = start_of(b) + new_len[b];
+        if (!fresh_batch) reach = std::max(reach, st.extent(b));
+        const uint64_t want = ceil_div(uint64_t(reach), bs);
+        extra[b] = want > have ? want - have : 0;
+        needed += extra[b];
+        if (have == 0) continue;
+        std::unordered_set<size_t> shared;
+        auto touch = [&](int64_t p) {
+            const size_t bi = size_t((start_of(b) + p) / bs);
+            if (bi < have && alloc.refcount(st.tables[b][bi]) > 1) shared.insert(bi);
+        };
+        for (uint32_t s : keep[b])
+            touch(pos[b][s]);
+        for (int64_t p = old_len[b]; p < new_len[b]; ++p)
+            touch(p);
+        for (size_t bi : shared)
+            cow.emplace_back(b, bi);
+    }
+    std::vector<BlockId> fresh;
+    alloc.allocate(needed + cow.size(), fresh);  // throws OutOfBlocks with nothing changed
+
+    // Nothing below fails on bad input: the change is committed.
+    if (fresh_batch) {
+        st.batch = B;
+        for (uint32_t b = 0; b < B; ++b)
+            st.tables.emplace_back(alloc);
+        st.len.assign(st.num_layers(), std::vector<int64_t>(B, 0));
+        st.start.assign(st.num_layers(), std::vector<int64_t>(B, 0));
+    }
+    size_t next = 0;
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    for (auto [b, bi] : cow) {
+        copies.emplace_back(index(st.tables[b][bi]), index(fresh[next]));
+        st.tables[b].replace(bi, fresh[next++]);  // the old page stays with its other sharers
+    }
+    detail::Device& dev = *st.ps->device;
+    detail::PageStorage& pages = *st.ps->pages;
+    detail::record_page_copies(dev, pages, copies);
+    st.ps->pages_copied += copies.size();
+    for (uint32_t b = 0; b < B; ++b) {
+        st.tables[b].adopt_back(std::span(fresh).subspan(next, extra[b]));
+        next += extra[b];
+    }
+
+    const uint32_t H = st.ps->config.num_kv_heads;
+    std::vector<detail::RowEntry> entries;
+    auto slot_of = [&](uint32_t b, int64_t p) {
+        const int64_t slot = st.start[layer][b] + p;
+        return index(st.tables[b][size_t(slot / bs)]) * bs + uint32_t(slot % bs);
+    };
+    for (uint32_t b = 0; b < B; ++b) {
+        std::vector<uint8_t> written(size_t(new_len[b] - old_len[b]), 0);
+        for (uint32_t s : keep[b]) {
+            entries.push_back({b * H * S + s, slot_of(b, pos[b][s])});
+            if (pos[b][s] >= old_len[b]) written[size_t(pos[b][s] - old_len[b])] = 1;
+        }
+        // Positions skipped over when a write lands past the end read as zeros.
+        for (int64_t p = old_len[b]; p < new_len[b]; ++p)
+            if (!written[size_t(p - old_len[b])]) entries.push_back({detail::kNone, slot_of(b, p)});
+    }
+    const detail::PageLayout& lay = st.ps->layout;
+    detail::record_row_copy(
+        dev, pages,
+        {&key.buffer(), entries, H, lay.k_row_bytes(), S, lay.page_offset(layer, false), false});
+    detail::record_row_copy(
+        dev, pages,
+        {&value.buffer(), entries, H, lay.v_row_bytes(), S, lay.page_offset(layer, true), false});
+    st.len[layer] = new_len;
+    after_write(layer);
+    return gather(layer);
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
+    const CacheState& st = *state_;
+    const PoolConfig& c = st.ps->config;
+    const uint32_t B = st.batch;
+    const int64_t L = get_seq_length(layer);
+    const auto& dev_ptr = st.ps->device;
+    Tensor k = Tensor::empty(dev_ptr, {B, c.num_kv_heads, L, c.head_dim}, c.dtype);
+    Tensor v = Tensor::empty(dev_ptr, {B, c.num_kv_heads, L, c.v_head_dim}, c.dtype);
+    if (B == 0 || L == 0) return {k, v};
+    const uint32_t bs = st.block_size();
+    const uint32_t H = c.num_kv_heads;
+    std::vector<detail::RowEntry> entries;
+    entries.reserve(size_t(B) * size_t(L));
+    for (uint32_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < L; ++t) {
+            uint32_t slot = detail::kNone;
+            if (t < st.len[layer][b]) {
+                const int64_t s = st.start[layer][b] + t;
+                slot = index(st.tables[b][size_t(s / bs)]) * bs + uint32_t(s % bs);
+            }
+            entries.push_back({uint32_t(b * H * L + t), slot});
+        }
+    const detail::PageLayout& lay = st.ps->layout;
+    detail::Device& dev = *dev_ptr;
+    detail::record_row_copy(dev, *st.ps->pages,
+                            {&k.buffer(), entries, H, lay.k_row_bytes(), uint32_t(L),
+                             lay.page_offset(layer, false), true});
+    detail::record_row_copy(dev, *st.ps->pages,
+                            {&v.buffer(), entries, H, lay.v_row_bytes(), uint32_t(L),
+                             lay.page_offset(layer, true), true});
+    return {k, v};
+}
+
+std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
+    auto l = lock(*state_);
+    check_layer(*state_, layer, "get");
+    if (get_seq_length(layer) == 0) return std::nullopt;
+    return gather(layer);
+}
+
+int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
+    auto l = lock(*state_);
+    check_layer(*state_, layer, "get_seq_length");
+    if (state_->batch == 0) return 0;
+    const auto& len = state_->len[layer];
+    return *std::max_element(len.begin(), len.end());
+}
+
+std::vector<int64_t> PagedKVCache::seq_lengths(uint32_t layer) const {
+    auto l = lock(*state_);
+    check_layer(*state_, layer, "seq_lengths");
+    if (state_->batch == 0) return {};
+    return state_->len[layer];
+}
+
+std::vector<uint32_t> PagedKVCache::block_table(uint32_t row) const {
+    auto l = lock(*state_);
+    if (row >= state_->batch)
+        throw invalid(
+            fmt::format("block_table: row {} out of range, batch is {}", row, state_->batch));
+    std::vector<uint32_t> out;
+    for (BlockId b : state_->tables[row].blocks())
+        out.push_back(index(b));
+    return out;
+}
+
+uint64_t PagedKVCache::pages_held() const {
+    auto l = lock(*state_);
+    std::unordered_set<uint32_t> s;
+    for (const auto& t : state_->tables)
+        for (BlockId b : t.blocks())
+            s.insert(index(b));
+    return s.size();
+}
+
+void PagedKVCache::select_rows(std::span<const int32_t> rows, const char* op) {
+    CacheState& st = *state_;
+    for (size_t i = 0; i < rows.size(); ++i)
+        if (rows[i] < 0 || uint32_t(rows[i]) >= st.batch)
+            throw invalid(fmt::format("{}: index {} at position {} out of range, batch is {}", op,
+                                      rows[i], i, st.batch));
+    check_capacity(uint32_t(rows.size()), {});
+    std::vector<BlockTable> tables;
+    tables.reserve(rows.size());
+    for (int32_t r : rows)
+        tables.push_back(st.tables[size_t(r)].fork());
+    auto pick = [&](const std::vector<int64_t>& v) {
+        std::vector<int64_t> out;
+        for (int32_t r : rows)
+            out.push_back(v[size_t(r)]);
+        return out;
+    };
+    for (uint32_t l = 0; l < st.num_layers(); ++l) {
+        st.len[l] = pick(st.len[l]);
+        st.start[l] = pick(st.start[l]);
+    }
+    st.tables = std::move(tables);  // the old tables drop their references
+    st.batch = uint32_t(rows.size());
+    if (st.batch == 0) reset();
+}
+
+void PagedKVCache::reorder_cache(std::span<const int32_t> beam_idx) {
+    auto l = lock(*state_);
+    if (beam_idx.size() != state_->batch)
+        throw invalid(fmt::format("reorder_cache: {} indices for a batch of {}", beam_idx.size(),
+                                  state_->batch));
+    select_rows(beam_idx, "reorder_cache");
+}
+
+void PagedKVCache::batch_select_indices(std::span<const int32_t> indices) {
+    auto l = lock(*state_);
+    select_rows(indices, "batch_select_indices");
+}
+
+void PagedKVCache::batch_repeat_interleave(uint32_t repeats) {
+    auto l = lock(*state_);
+    if (repeats == 0) throw invalid("batch_repeat_interleave: repeats must be at least 1");
+    std::vector<int32_t> rows;
+    for (uint32_t r = 0; r < state_->batch; ++r)
+        for (uint32_t j = 0; j < repeats; ++j)
+            rows.push_back(int32_t(r));
+    select_rows(rows, "batch_repeat_interleave");
+}
+
+void PagedKVCache::crop(int64_t max_length) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    if (max_length < 0)
+        throw invalid(fmt::format("crop: max_length must be >= 0, got {}", max_length));
+    for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
+        for (uint32_t b = 0; b < st.batch; ++b)
+            drop_front(layer, b, st.len[layer][b] - max_length);
+    for (uint32_t b = 0; b < st.batch; ++b)
+        trim_pages(b);
+}
+
+void PagedKVCache::truncate(int64_t length) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
+        for (int64_t& n : st.len[layer])
+            n = length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
+    for (uint32_t b = 0; b < st.batch; ++b)
+        trim_pages(b);
+}
+
+void PagedKVCache::reset() {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    st.tables.clear();
+    st.len.clear();
+    st.start.clear();
+    st.batch = 0;
+}
+
+void PagedKVCache::drop_front(uint32_t layer, uint32_t row, int64_t n) {
+    CacheState& st = *state_;
+    if (n <= 0) return;
+    n = std::min(n, st.len[layer][row]);
+    st.start[layer][row] += n;
+    st.len[layer][row] -= n;
+}
+
+void PagedKVCache::trim_pages(uint32_t row) {
+    CacheState& st = *state_;
+    const uint32_t bs = st.block_size();
+    BlockTable& t = st.tables[row];
+    // Leading pages no layer reaches any more go back to the pool.
+    int64_t first = INT64_MAX;
+    for (uint32_t l = 0; l < st.num_layers(); ++l)
+        if (st.len[l][row] > 0) first = std::min(first, st.start[l][row]);
+    if (first == INT64_MAX) {  // the row is empty in every layer
+        for (uint32_t l = 0; l < st.num_layers(); ++l)
+            st.start[l][row] = 0;
+        first = 0;
+    }
+    const size_t lead = keeps_pages() ? 0 : std::min(t.size(), size_t(first / bs));
+    if (lead) {
+        t.release_front(lead);
+        for (uint32_t l = 0; l < st.num_layers(); ++l)
+            st.start[l][row] = st.len[l][row] > 0 ? st.start[l][row] - int64_t(lead) * bs : 0;
+    }
+    const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));
+    if (!keeps_pages() && t.size() > want) t.release_back(t.size() - want);
+}
+
+}  // namespace pagedkv

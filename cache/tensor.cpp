@@ -1,0 +1,86 @@
+#include "pagedkv/tensor.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "pagedkv/context.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/buffer.hpp"
+#include "shaders/device.hpp"
+
+namespace pagedkv {
+
+namespace {
+
+int64_t checked_numel(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        if (d < 0)
+            throw Error(
+                ErrorCode::InvalidArgument,
+                fmt::format("tensor shape [{}] has a negative dimension", fmt::join(shape, ", ")));
+        n *= d;
+    }
+    return n;
+}
+
+}  // namespace
+
+int64_t Tensor::numel() const noexcept {
+    int64_t n = 1;
+    for (int64_t d : shape_)
+        n *= d;
+    return n;
+}
+
+Tensor Tensor::empty(Context& ctx, std::vector<int64_t> shape, DType dtype) {
+    return empty(ctx.device_ptr(), std::move(shape), dtype);
+}
+
+Tensor Tensor::empty(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
+                     DType dtype) {
+    Tensor t;
+    const int64_t n = checked_numel(shape);
+    t.device_ = device;
+    t.shape_ = std::move(shape);
+    t.dtype_ = dtype;
+    t.buffer_ = detail::Buffer::create(*t.device_, uint64_t(n) * dtype_size(dtype),
+                                       detail::MemoryKind::Tensor);
+    return t;
+}
+
+Tensor Tensor::from_host(Context& ctx, std::span<const float> data, std::vector<int64_t> shape,
+                         DType dtype) {
+    const int64_t n = checked_numel(shape);
+    if (uint64_t(n) != data.size())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("from_host: shape [{}] holds {} elements, data has {}",
+                                fmt::join(shape, ", "), n, data.size()));
+    Tensor t = empty(ctx, std::move(shape), dtype);
+    if (dtype == DType::F32) {
+        t.buffer_->write(data.data(), data.size_bytes());
+        return t;
+    }
+    std::vector<uint16_t> bits(data.size());
+    for (size_t i = 0; i < data.size(); ++i)
+        bits[i] = dtype == DType::F16 ? f32_to_f16(data[i]) : f32_to_bf16(data[i]);
+    t.buffer_->write(bits.data(), bits.size() * sizeof(uint16_t));
+    return t;
+}
+
+std::vector<float> Tensor::to_host() const {
+    if (!buffer_) throw Error(ErrorCode::InvalidArgument, "to_host: tensor is undefined");
+    const size_t n = size_t(numel());
+    std::vector<float> out(n);
+    if (dtype_ == DType::F32) {
+        buffer_->read(out.data(), n * sizeof(float));
+        return out;
+    }
+    std::vector<uint16_t> bits(n);
+    buffer_->read(bits.data(), n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; ++i)
+        out[i] = dtype_ == DType::F16 ? f16_to_f32(bits[i]) : bf16_to_f32(bits[i]);
+    return out;
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,67 @@
+// BlockPool: device memory for num_blocks pages of every layer's K and V, and the bookkeeping
+// of which pages are free and who shares them. Caches made over a pool draw pages from it;
+// the pool must outlive them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pagedkv/context.hpp"
+#include "pagedkv/dtype.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+struct PoolState;
+}
+
+struct PoolConfig {
+    uint32_t num_layers = 0;
+    uint32_t num_kv_heads = 0;
+    uint32_t head_dim = 0;
+    uint32_t v_head_dim = 0;  // 0: same as head_dim
+    uint32_t block_size = 16;
+    DType dtype = DType::F16;
+    uint64_t num_blocks = 0;
+    // Largest slab (one VkBuffer) in bytes; 0 for the device's maxStorageBufferRange (capped
+    // at 1 GiB). Smaller values spread a pool over many slabs.
+    uint64_t max_slab_bytes = 0;
+};
+
+// Counters kept as the pool is used (cheap to read).
+struct PoolStats {
+    uint64_t num_blocks = 0;
+    uint64_t used_blocks = 0;
+    uint64_t free_blocks = 0;
+    uint64_t peak_used_blocks = 0;
+    uint64_t shared_blocks = 0;  // pages referenced by more than one row
+    uint64_t pages_copied = 0;   // copy-on-write page copies so far
+    uint64_t block_bytes = 0;    // bytes of one block (all layers, K and V)
+    uint64_t total_bytes = 0;
+    uint64_t num_slabs = 0;
+};
+
+class BlockPool {
+  public:
+    BlockPool(Context& ctx, PoolConfig config);
+    ~BlockPool();
+    BlockPool(const BlockPool&) = delete;
+    BlockPool& operator=(const BlockPool&) = delete;
+
+    // The configuration with defaults filled in (v_head_dim set).
+    const PoolConfig& config() const noexcept;
+    PoolStats stats() const;
+    // Every invariant: free + used = total, refcounts equal the references held by the
+    // caches' block tables, no block both free and referenced.
+    bool validate() const;
+    // The first violated invariant in words, or "" when validate() holds.
+    std::string check() const;
+
+    detail::PoolState& state() const noexcept { return *state_; }
+
+  private:
+    std::unique_ptr<detail::PoolState> state_;
+};
+
+}  // namespace pagedkv

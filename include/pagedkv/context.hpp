@@ -1,0 +1,86 @@
+// Context: the Vulkan device pagedkv records its work on (its own, or one adopted from a host
+// runtime). Movable, not copyable; tensors and pools keep the device alive after it is gone.
+#pragma once
+
+#include <vulkan/vulkan_core.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pagedkv {
+
+namespace detail {
+class Device;
+}
+
+struct ContextOptions {
+    // Index into vkEnumeratePhysicalDevices; -1 picks a discrete GPU, then an integrated
+    // one, then anything else (a CPU implementation such as lavapipe).
+    int device_index = -1;
+    // Khronos validation layer with every message collected (see validation_messages()).
+    // Also switched on by the environment variable PAGEDKV_VALIDATION=1.
+    bool enable_validation = false;
+    // Keep tensors in device-local memory reached through staging copies even where the
+    // device offers host-visible device memory (exercises the discrete-GPU path anywhere).
+    bool force_staging = false;
+};
+
+// A host runtime's Vulkan objects. The library never destroys them. The device must have
+// been created with bufferDeviceAddress and shaderInt64 enabled (and storageBuffer16BitAccess
+// for pools whose 16-bit rows are not a multiple of 4 bytes).
+struct ExternalVulkan {
+    VkInstance instance = VK_NULL_HANDLE;
+    VkPhysicalDevice physical_device = VK_NULL_HANDLE;
+    VkDevice device = VK_NULL_HANDLE;
+    VkQueue queue = VK_NULL_HANDLE;
+    uint32_t queue_family = 0;
+    // The loader entry point of the host (nullptr: this process's vkGetInstanceProcAddr).
+    PFN_vkGetInstanceProcAddr get_instance_proc_addr = nullptr;
+};
+
+// How much GPU work the library has recorded and submitted (for benchmarks and tests that
+// pin "one submit per step").
+struct DeviceCounters {
+    uint64_t submits = 0;
+    uint64_t dispatches = 0;
+    uint64_t barriers = 0;
+    uint64_t copies = 0;
+    uint64_t descriptor_updates = 0;
+};
+
+class Context {
+  public:
+    static Context create(ContextOptions opts = {});
+    static Context adopt(const ExternalVulkan& ext);
+
+    Context(Context&&) noexcept;
+    Context& operator=(Context&&) noexcept;
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+    ~Context();
+
+    std::string device_name() const;
+    // True for a CPU implementation (lavapipe, SwiftShader).
+    bool is_cpu_device() const;
+
+    // Submits the work recorded so far (no wait). Reading a tensor flushes by itself.
+    void flush();
+    // Submits and waits for everything recorded so far.
+    void synchronize();
+
+    // Messages the validation layer reported (warnings and errors), oldest first.
+    std::vector<std::string> validation_messages() const;
+    void clear_validation_messages();
+    DeviceCounters counters() const;
+
+    detail::Device& device() const { return *device_; }
+    const std::shared_ptr<detail::Device>& device_ptr() const { return device_; }
+
+  private:
+    explicit Context(std::shared_ptr<detail::Device> d);
+    std::shared_ptr<detail::Device> device_;
+};
+
+}  // namespace pagedkv

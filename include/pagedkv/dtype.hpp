@@ -1,0 +1,26 @@
+// DType: the element types pages and tensors can hold.
+// Conversion to and from f32 rounds to nearest-even and is done on the host, bit-exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pagedkv {
+
+enum class DType : uint8_t { F32, F16, BF16 };
+
+constexpr size_t dtype_size(DType t) noexcept {
+    return t == DType::F32 ? 4 : 2;
+}
+const char* to_string(DType t) noexcept;
+
+// Round-to-nearest-even conversions used by Tensor::from_host / to_host (and by the tests'
+// reference cache, so both sides round the same way).
+uint16_t f32_to_f16(float f) noexcept;
+float f16_to_f32(uint16_t h) noexcept;
+uint16_t f32_to_bf16(float f) noexcept;
+float bf16_to_f32(uint16_t h) noexcept;
+// Rounds f through dtype t and back: the value a tensor of dtype t stores for f.
+float round_to(DType t, float f) noexcept;
+
+}  // namespace pagedkv

@@ -1,0 +1,14 @@
+// DynamicKVCache: grows page by page as tokens arrive; memory follows the real lengths,
+// wasting at most one partial page per row.
+#pragma once
+
+#include "pagedkv/paged_kv_cache.hpp"
+
+namespace pagedkv {
+
+class DynamicKVCache final : public PagedKVCache {
+  public:
+    explicit DynamicKVCache(BlockPool& pool) : PagedKVCache(pool, "DynamicKVCache") {}
+};
+
+}  // namespace pagedkv

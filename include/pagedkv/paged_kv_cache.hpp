@@ -1,0 +1,69 @@
+// PagedKVCache: the KVCache implementation shared by every cache kind. Each batch row owns a
+// block table into the pool; update() turns positions into page slots, allocates (all or
+// nothing), copies shared pages before writing them, and records one scatter and one gather.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "pagedkv/block_pool.hpp"
+#include "pagedkv/kv_cache.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+struct CacheState;
+}
+
+class PagedKVCache : public KVCache {
+  public:
+    ~PagedKVCache() override;
+    PagedKVCache(const PagedKVCache&) = delete;
+    PagedKVCache& operator=(const PagedKVCache&) = delete;
+
+    std::pair<Tensor, Tensor> update(const Tensor& key, const Tensor& value, uint32_t layer_idx,
+                                     const CachePosition& cache_position = {}) override;
+    std::optional<std::pair<Tensor, Tensor>> get(uint32_t layer_idx) const override;
+    int64_t get_seq_length(uint32_t layer_idx = 0) const override;
+    std::vector<int64_t> seq_lengths(uint32_t layer_idx = 0) const override;
+    uint32_t batch_size() const override;
+
+    void reorder_cache(std::span<const int32_t> beam_idx) override;
+    void batch_select_indices(std::span<const int32_t> indices) override;
+    void batch_repeat_interleave(uint32_t repeats) override;
+    void crop(int64_t max_length) override;
+    void truncate(int64_t length) override;
+    void reset() override;
+
+    BlockPool& pool() const noexcept;
+    // The pages of one row, in logical order (for inspection and tests).
+    std::vector<uint32_t> block_table(uint32_t row) const;
+    // Pages this cache references (shared pages counted once per cache).
+    uint64_t pages_held() const;
+    detail::CacheState& state() const noexcept { return *state_; }
+
+  protected:
+    // name: the class name used in error messages.
+    PagedKVCache(BlockPool& pool, const char* name);
+
+    // Policy hooks of the cache kinds. Called before anything changes: throw to refuse a
+    // batch of `batch` rows whose longest row reaches the given lengths (empty: unchanged).
+    virtual void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const;
+    // Called after a layer's rows were written (a sliding window drops what fell out).
+    virtual void after_write(uint32_t layer);
+    // Whether pages stay with the rows when tokens are dropped (a static cache's reservation).
+    virtual bool keeps_pages() const { return false; }
+
+    // Drops the first n tokens of one layer's row (no bytes move: the row's start advances).
+    void drop_front(uint32_t layer, uint32_t row, int64_t n);
+    // Returns pages no layer of the row reaches any more to the pool.
+    void trim_pages(uint32_t row);
+
+    std::unique_ptr<detail::CacheState> state_;
+
+  private:
+    std::pair<Tensor, Tensor> gather(uint32_t layer) const;
+    void select_rows(std::span<const int32_t> rows, const char* op);
+};
+
+}  // namespace pagedkv

@@ -1,0 +1,12 @@
+// pagedkv: the KV cache of transformer inference managed like virtual memory, on Vulkan.
+// Include this one header and link pagedkv::pagedkv.
+#pragma once
+
+#include "pagedkv/block_pool.hpp"
+#include "pagedkv/context.hpp"
+#include "pagedkv/dtype.hpp"
+#include "pagedkv/dynamic_cache.hpp"
+#include "pagedkv/error.hpp"
+#include "pagedkv/kv_cache.hpp"
+#include "pagedkv/paged_kv_cache.hpp"
+#include "pagedkv/tensor.hpp"

@@ -1,0 +1,54 @@
+// Tensor: a contiguous row-major device tensor; a cheap copyable handle sharing its buffer,
+// like a framework tensor. K/V tensors given to caches are (batch, kv_heads, seq_len, head_dim).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "pagedkv/dtype.hpp"
+
+namespace pagedkv {
+
+class Context;
+namespace detail {
+class Device;
+class Buffer;
+}  // namespace detail
+
+class Tensor {
+  public:
+    Tensor() = default;
+
+    // Uploads data (converted to dtype, rounding to nearest even). data.size() must equal the
+    // product of shape.
+    static Tensor from_host(Context& ctx, std::span<const float> data, std::vector<int64_t> shape,
+                            DType dtype = DType::F32);
+    // An uninitialised device tensor (the library fills it).
+    static Tensor empty(Context& ctx, std::vector<int64_t> shape, DType dtype);
+    static Tensor empty(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
+                        DType dtype);
+
+    // Converts to f32 on the host; waits for the pending work that writes the tensor.
+    std::vector<float> to_host() const;
+
+    const std::vector<int64_t>& shape() const noexcept { return shape_; }
+    DType dtype() const noexcept { return dtype_; }
+    int64_t numel() const noexcept;
+    uint64_t nbytes() const noexcept { return uint64_t(numel()) * dtype_size(dtype_); }
+    bool defined() const noexcept { return buffer_ != nullptr; }
+    // Whether two handles share one device buffer.
+    bool same_storage(const Tensor& other) const noexcept { return buffer_ == other.buffer_; }
+
+    detail::Buffer& buffer() const { return *buffer_; }
+    detail::Device& device() const { return *device_; }
+
+  private:
+    std::shared_ptr<detail::Device> device_;  // declared first: outlives the buffer
+    std::shared_ptr<detail::Buffer> buffer_;
+    std::vector<int64_t> shape_;
+    DType dtype_ = DType::F32;
+};
+
+}  // namespace pagedkv

@@ -1,0 +1,197 @@
+#include "shaders/batch.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "shaders/device.hpp"
+
+namespace pagedkv::detail {
+
+namespace {
+
+constexpr size_t kChunkBytes = 1 << 20;
+constexpr size_t kUploadAlign = 16;
+
+// Compute and transfer writes made visible to later compute and transfer commands.
+void full_barrier(VkCommandBuffer cmd) {
+    VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                       VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    const VkPipelineStageFlags stages =
+        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    vkCmdPipelineBarrier(cmd, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr);
+}
+
+}  // namespace
+
+Batches::Batches(Device& dev) : dev_(dev) {
+    VkCommandPoolCreateInfo cpci{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+    cpci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+    cpci.queueFamilyIndex = dev.queue_family();
+    vk_check(vkCreateCommandPool(dev.handle(), &cpci, nullptr, &pool_), "vkCreateCommandPool");
+}
+
+Batches::~Batches() {
+    VkDevice d = dev_.handle();
+    vkDeviceWaitIdle(d);
+    auto destroy = [&](std::unique_ptr<Batch>& b) {
+        if (!b) return;
+        vkDestroyFence(d, b->fence, nullptr);
+        vkFreeCommandBuffers(d, pool_, 1, &b->cmd);
+    };
+    if (open_) {
+        vkEndCommandBuffer(open_->cmd);
+        destroy(open_);
+    }
+    for (auto& b : in_flight_)
+        destroy(b);
+    for (auto& b : spare_)
+        destroy(b);
+    in_flight_.clear();
+    spare_.clear();
+    open_.reset();
+    spare_chunks_.clear();
+    vkDestroyCommandPool(d, pool_, nullptr);
+}
+
+void Batches::begin() {
+    if (open_) return;
+    collect_finished();
+    if (!spare_.empty()) {
+        open_ = std::move(spare_.back());
+        spare_.pop_back();
+        vk_check(vkResetFences(dev_.handle(), 1, &open_->fence), "vkResetFences");
+        vk_check(vkResetCommandBuffer(open_->cmd, 0), "vkResetCommandBuffer");
+    } else {
+        auto b = std::make_unique<Batch>();
+        VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+        ai.commandPool = pool_;
+        ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+        ai.commandBufferCount = 1;
+        vk_check(vkAllocateCommandBuffers(dev_.handle(), &ai, &b->cmd), "vkAllocateCommandBuffers");
+        VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+        VkResult r = vkCreateFence(dev_.handle(), &fci, nullptr, &b->fence);
+        if (r != VK_SUCCESS) vkFreeCommandBuffers(dev_.handle(), pool_, 1, &b->cmd);
+        vk_check(r, "vkCreateFence");
+        open_ = std::move(b);
+    }
+    open_->serial = next_serial_;
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    vk_check(vkBeginCommandBuffer(open_->cmd, &bi), "vkBeginCommandBuffer");
+    chunk_used_ = kChunkBytes;  // the first upload takes a fresh chunk
+    // Earlier submits are ordered before this one but their writes are not yet visible to it.
+    needs_entry_barrier_ = true;
+    dirty_.clear();
+}
+
+VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
+                                std::initializer_list<Resource*> writes) {
+    begin();
+    bool hazard = needs_entry_barrier_;
+    for (auto list : {reads, writes})
+        for (Resource* r : list)
+            hazard = hazard || dirty_.count(r) != 0;
+    if (hazard) {
+        full_barrier(open_->cmd);
+        ++dev_.counters().barriers;
+        dirty_.clear();
+        needs_entry_barrier_ = false;
+    }
+    for (auto list : {reads, writes})
+        for (Resource* r : list)
+            open_->keep.push_back(r->shared_from_this());
+    for (Resource* r : writes) {
+        dirty_.insert(r);
+        r->last_write_serial = open_->serial;
+    }
+    return open_->cmd;
+}
+
+VkDeviceAddress Batches::upload(const void* data, size_t bytes) {
+    begin();
+    const size_t aligned = (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;
+    if (open_->chunks.empty() || chunk_used_ + aligned > open_->chunks.back()->size()) {
+        std::shared_ptr<Buffer> chunk;
+        auto it = std::find_if(spare_chunks_.begin(), spare_chunks_.end(),
+                               [&](const auto& c) { return c->size() >= aligned; });
+        if (it != spare_chunks_.end()) {
+            chunk = std::move(*it);
+            spare_chunks_.erase(it);
+        } else {
+            chunk = Buffer::create(dev_, std::max(kChunkBytes, aligned), MemoryKind::Upload);
+        }
+        open_->chunks.push_back(std::move(chunk));
+        chunk_used_ = 0;
+    }
+    Buffer& chunk = *open_->chunks.back();
+    std::memcpy(static_cast<char*>(chunk.mapped()) + chunk_used_, data, bytes);
+    const VkDeviceAddress addr = chunk.address() + chunk_used_;
+    chunk_used_ += aligned;
+    return addr;
+}
+
+void Batches::keep_alive(std::shared_ptr<const void> p) {
+    begin();
+    open_->keep.push_back(std::move(p));
+}
+
+void Batches::flush() {
+    if (!open_) return;
+    // Make the batch's writes visible to the host (tensor reads map memory directly).
+    VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+    vkCmdPipelineBarrier(open_->cmd,
+                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                         VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
+    vk_check(vkEndCommandBuffer(open_->cmd), "vkEndCommandBuffer");
+    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+    si.commandBufferCount = 1;
+    si.pCommandBuffers = &open_->cmd;
+    VkResult r = vkQueueSubmit(dev_.queue(), 1, &si, open_->fence);
+    if (r != VK_SUCCESS) {
+        // The batch is lost; drop it so later work starts clean.
+        retire(*open_);
+        spare_.push_back(std::move(open_));
+        vk_check(r, "vkQueueSubmit");
+    }
+    ++dev_.counters().submits;
+    ++next_serial_;
+    in_flight_.push_back(std::move(open_));
+}
+
+void Batches::wait(uint64_t serial) {
+    if (serial == 0 || serial <= completed_) return;
+    if (open_ && serial >= open_->serial) flush();
+    while (!in_flight_.empty() && in_flight_.front()->serial <= serial) {
+        Batch& b = *in_flight_.front();
+        vk_check(vkWaitForFences(dev_.handle(), 1, &b.fence, VK_TRUE, UINT64_MAX),
+                 "vkWaitForFences");
+        completed_ = b.serial;
+        retire(b);
+        spare_.push_back(std::move(in_flight_.front()));
+        in_flight_.pop_front();
+    }
+}
+
+void Batches::collect_finished() {
+    while (!in_flight_.empty() &&
+           vkGetFenceStatus(dev_.handle(), in_flight_.front()->fence) == VK_SUCCESS) {
+        completed_ = in_flight_.front()->serial;
+        retire(*in_flight_.front());
+        spare_.push_back(std::move(in_flight_.front()));
+        in_flight_.pop_front();
+    }
+}
+
+void Batches::retire(Batch& b) {
+    b.keep.clear();
+    for (auto& c : b.chunks)
+        spare_chunks_.push_back(std::move(c));
+    b.chunks.clear();
+    if (spare_chunks_.size() > 8) spare_chunks_.resize(8);
+}
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,109 @@
+#include "shaders/buffer.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "pagedkv/error.hpp"
+#include "shaders/batch.hpp"
+#include "shaders/device.hpp"
+
+namespace pagedkv::detail {
+
+std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
+    Device* dev = &dev_ref;
+    std::shared_ptr<Buffer> b(new Buffer());
+    b->device_ = dev;
+    b->size_ = size == 0 ? 16 : size;
+    VkDevice d = dev->handle();
+
+    VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
+    bci.size = b->size_;
+    bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                VK_BUFFER_USAGE_TRANSFER_DST_BIT | VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT;
+    bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+    vk_check(vkCreateBuffer(d, &bci, nullptr, &b->buffer_), "vkCreateBuffer");
+
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(d, b->buffer_, &req);
+    const VkMemoryPropertyFlags host =
+        VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    uint32_t type = 0;
+    switch (kind) {
+        case MemoryKind::DeviceLocal:
+            type = dev->memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
+            break;
+        case MemoryKind::Upload:
+            type = dev->memory_type(req.memoryTypeBits, host, 0);
+            break;
+        case MemoryKind::Tensor:
+            type = dev->map_tensors() ? dev->memory_type(req.memoryTypeBits, host,
+                                                         VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+                                      : dev->memory_type(req.memoryTypeBits,
+                                                         VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
+            break;
+    }
+    VkMemoryAllocateFlagsInfo flags{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO};
+    flags.flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT;
+    VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
+    mai.pNext = &flags;
+    mai.allocationSize = req.size;
+    mai.memoryTypeIndex = type;
+    VkResult r = vkAllocateMemory(d, &mai, nullptr, &b->memory_);
+    if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+        throw Error(ErrorCode::Vulkan,
+                    fmt::format("vkAllocateMemory of {} bytes failed: out of memory", req.size), r);
+    vk_check(r, "vkAllocateMemory");
+    vk_check(vkBindBufferMemory(d, b->buffer_, b->memory_, 0), "vkBindBufferMemory");
+    if (dev->memory().memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)
+        vk_check(vkMapMemory(d, b->memory_, 0, VK_WHOLE_SIZE, 0, &b->mapped_), "vkMapMemory");
+    VkBufferDeviceAddressInfo bdai{VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO};
+    bdai.buffer = b->buffer_;
+    b->address_ = vkGetBufferDeviceAddress(d, &bdai);
+    return b;
+}
+
+Buffer::~Buffer() {
+    VkDevice d = device_->handle();
+    if (mapped_) vkUnmapMemory(d, memory_);
+    vkDestroyBuffer(d, buffer_, nullptr);
+    vkFreeMemory(d, memory_, nullptr);
+}
+
+void Buffer::write(const void* src, VkDeviceSize bytes, VkDeviceSize offset) {
+    if (bytes == 0) return;
+    if (mapped_) {
+        std::memcpy(static_cast<char*>(mapped_) + offset, src, bytes);
+        return;
+    }
+    auto staging = Buffer::create(*device_, bytes, MemoryKind::Upload);
+    std::memcpy(staging->mapped(), src, bytes);
+    std::lock_guard lock(device_->mutex());
+    Batches& batches = device_->batches();
+    VkCommandBuffer cmd = batches.record({staging.get()}, {this});
+    VkBufferCopy region{0, offset, bytes};
+    vkCmdCopyBuffer(cmd, staging->handle(), buffer_, 1, &region);
+    ++device_->counters().copies;
+    batches.keep_alive(staging);
+    batches.flush();
+}
+
+void Buffer::read(void* dst, VkDeviceSize bytes, VkDeviceSize offset) {
+    if (bytes == 0) return;
+    std::lock_guard lock(device_->mutex());
+    Batches& batches = device_->batches();
+    if (mapped_) {
+        batches.wait(last_write_serial);
+        std::memcpy(dst, static_cast<const char*>(mapped_) + offset, bytes);
+        return;
+    }
+    auto staging = Buffer::create(*device_, bytes, MemoryKind::Upload);
+    VkCommandBuffer cmd = batches.record({this}, {staging.get()});
+    VkBufferCopy region{offset, 0, bytes};
+    vkCmdCopyBuffer(cmd, buffer_, staging->handle(), 1, &region);
+    ++device_->counters().copies;
+    batches.wait(staging->last_write_serial);
+    std::memcpy(dst, staging->mapped(), bytes);
+}
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,60 @@
+// Buffer: one VkBuffer with its own memory and device address, plus the bookkeeping the batch
+// recorder needs (which batch last wrote it). Tensors, page slabs and upload chunks are Buffers.
+#pragma once
+
+#include <vulkan/vulkan_core.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace pagedkv::detail {
+
+class Device;
+
+// Anything a recorded command reads or writes; the recorder inserts a barrier only when a
+// command touches a resource written since the last barrier.
+// Commands keep the resources they touch alive until their batch has finished.
+class Resource : public std::enable_shared_from_this<Resource> {
+  public:
+    virtual ~Resource() = default;
+    uint64_t last_write_serial = 0;  // batch that last wrote it (0: never written by the GPU)
+};
+
+enum class MemoryKind {
+    DeviceLocal,  // pages and tables: never mapped
+    Upload,       // host-visible, coherent: per-step index data written by the host
+    Tensor,       // device-local; mapped too where the device shares memory with the host
+};
+
+class Buffer : public Resource {
+  public:
+    // The device must outlive the buffer: internal resources hold a plain pointer (the
+    // device's in-flight batches keep buffers alive), public handles hold the device.
+    static std::shared_ptr<Buffer> create(Device& dev, VkDeviceSize size, MemoryKind kind);
+    ~Buffer() override;
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+
+    VkBuffer handle() const noexcept { return buffer_; }
+    VkDeviceAddress address() const noexcept { return address_; }
+    VkDeviceSize size() const noexcept { return size_; }
+    void* mapped() const noexcept { return mapped_; }
+    Device& device() const noexcept { return *device_; }
+
+    // Host -> buffer. Only for buffers no pending GPU work reads or writes (fresh ones):
+    // a mapped memcpy, or a staging copy submitted and waited for.
+    void write(const void* src, VkDeviceSize bytes, VkDeviceSize offset = 0);
+    // Buffer -> host, after the GPU work that writes it has finished.
+    void read(void* dst, VkDeviceSize bytes, VkDeviceSize offset = 0);
+
+  private:
+    Buffer() = default;
+    Device* device_ = nullptr;
+    VkBuffer buffer_ = VK_NULL_HANDLE;
+    VkDeviceMemory memory_ = VK_NULL_HANDLE;
+    VkDeviceSize size_ = 0;
+    VkDeviceAddress address_ = 0;
+    void* mapped_ = nullptr;
+};
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,76 @@
+// copy_rows: moves (token, head) rows between a contiguous (batch, heads, seq, dim) tensor and
+// pages, for every sequence of a step in one dispatch. Scatter writes tensor rows into pages,
+// gather reads pages into tensor rows (an entry without a page zero-fills its row).
+// Pages are reached through buffer device addresses, so a pool may span any number of slabs.
+// Compiled three times: WORD16 (uint16_t), WORD32 (uint), WORD128 (uvec4) words.
+#version 460
+#extension GL_EXT_buffer_reference2 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
+
+#if defined(WORD16)
+#extension GL_EXT_shader_16bit_storage : require
+#define WORD uint16_t
+#define WORD_ZERO uint16_t(0)
+#define WORD_ALIGN 2
+#elif defined(WORD32)
+#define WORD uint
+#define WORD_ZERO 0u
+#define WORD_ALIGN 4
+#else
+#define WORD uvec4
+#define WORD_ZERO uvec4(0u)
+#define WORD_ALIGN 16
+#endif
+
+layout(local_size_x_id = 0) in;
+
+layout(buffer_reference, std430, buffer_reference_align = WORD_ALIGN) buffer Words { WORD w[]; };
+layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Addresses { uint64_t a[]; };
+// x: tensor row of head 0 (b * heads * seq + s), or NONE (scatter zeros)
+// y: block * block_size + slot, or NONE (gather zeros)
+layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Entries { uvec2 e[]; };
+
+layout(push_constant) uniform Params {
+    uint64_t tensor;        // Words
+    uint64_t entries;       // Entries
+    uint64_t slabs;         // Addresses: base of each slab
+    uint num_entries;
+    uint heads;
+    uint row_words;         // words in one (token, head) row
+    uint head_stride;       // tensor rows between consecutive heads (= seq)
+    uint block_words;       // words per block (every layer, K and V)
+    uint page_offset;       // words from a block's start to this layer's K or V page
+    uint block_size;        // tokens per page
+    uint slab_shift;        // log2(blocks per slab)
+    uint gather;            // 1: pages -> tensor, 0: tensor -> pages
+} p;
+
+const uint NONE = 0xFFFFFFFFu;  // an entry without a tensor row or without a page
+
+void main() {
+    const uint total = p.num_entries * p.heads * p.row_words;
+    const uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
+    const uint slab_mask = (1u << p.slab_shift) - 1u;
+    Entries entries = Entries(p.entries);
+    Words tensor = Words(p.tensor);
+    for (uint i = gl_GlobalInvocationID.x; i < total; i += stride) {
+        const uint word = i % p.row_words;
+        const uint row = i / p.row_words;
+        const uint head = row % p.heads;
+        const uvec2 e = entries.e[row / p.heads];
+        const uint t = (e.x + head * p.head_stride) * p.row_words + word;
+        if (e.y == NONE) {  // gather past a row's end: zero padding
+            tensor.w[t] = WORD_ZERO;
+            continue;
+        }
+        const uint block = e.y / p.block_size;
+        const uint slot = e.y - block * p.block_size;
+        Words page = Words(Addresses(p.slabs).a[block >> p.slab_shift]);
+        const uint o = (block & slab_mask) * p.block_words + p.page_offset +
+                       (head * p.block_size + slot) * p.row_words + word;
+        if (p.gather != 0u)
+            tensor.w[t] = page.w[o];
+        else
+            page.w[o] = e.x == NONE ? WORD_ZERO : tensor.w[t];  // no row: a hole, zeroed
+    }
+}

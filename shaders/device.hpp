@@ -1,0 +1,95 @@
+// Device: one Vulkan device and queue, owned or adopted, with the memory-type choice, the
+// validation-message sink, the compute pipelines and the batch being recorded.
+// Shared by Context, tensors and pools; never reached by users directly.
+#pragma once
+
+#include <vulkan/vulkan_core.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pagedkv/context.hpp"
+
+namespace pagedkv::detail {
+
+class Batches;
+
+// Throws Error(Vulkan) naming the call when r is not VK_SUCCESS.
+void vk_check(VkResult r, const char* what);
+
+class Device {
+  public:
+    static std::shared_ptr<Device> create(const ContextOptions& opts);
+    static std::shared_ptr<Device> adopt(const ExternalVulkan& ext);
+    ~Device();
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+
+    VkDevice handle() const noexcept { return device_; }
+    VkPhysicalDevice physical() const noexcept { return physical_; }
+    VkQueue queue() const noexcept { return queue_; }
+    uint32_t queue_family() const noexcept { return family_; }
+    const VkPhysicalDeviceProperties& properties() const noexcept { return props_; }
+    const VkPhysicalDeviceMemoryProperties& memory() const noexcept { return mem_props_; }
+    bool is_cpu() const noexcept { return props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU; }
+    bool has_16bit_storage() const noexcept { return storage16_; }
+
+    // Whether tensors live in memory the host can map (UMA, lavapipe, large-BAR GPUs).
+    bool map_tensors() const noexcept { return map_tensors_; }
+    // A memory type with all of `required`, preferring one that also has `preferred`.
+    uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags required,
+                         VkMemoryPropertyFlags preferred) const;
+    // Largest single storage buffer / allocation the device accepts.
+    uint64_t max_buffer_bytes() const noexcept;
+
+    Batches& batches() { return *batches_; }
+    // One lock for everything recorded on this device (queue, batches, pipelines).
+    std::recursive_mutex& mutex() { return mutex_; }
+    DeviceCounters& counters() { return counters_; }
+
+    // A compute pipeline for one of the embedded SPIR-V modules, made on first use.
+    struct Pipeline {
+        VkPipeline pipeline = VK_NULL_HANDLE;
+        VkPipelineLayout layout = VK_NULL_HANDLE;
+    };
+    const Pipeline& pipeline(const char* name, std::span<const uint32_t> spirv,
+                             uint32_t push_constant_bytes);
+    uint32_t workgroup_size() const noexcept { return 64; }
+
+    std::vector<std::string> validation_messages() const;
+    void clear_validation_messages();
+    void add_validation_message(std::string m);
+
+    // Waits for all work and releases what finished batches kept alive.
+    void synchronize();
+
+  private:
+    Device() = default;
+    void init_common(bool enable_16bit);
+
+    bool owns_ = false;
+    VkInstance instance_ = VK_NULL_HANDLE;
+    VkDebugUtilsMessengerEXT messenger_ = VK_NULL_HANDLE;
+    VkPhysicalDevice physical_ = VK_NULL_HANDLE;
+    VkDevice device_ = VK_NULL_HANDLE;
+    VkQueue queue_ = VK_NULL_HANDLE;
+    uint32_t family_ = 0;
+    VkPhysicalDeviceProperties props_{};
+    VkPhysicalDeviceMemoryProperties mem_props_{};
+    bool storage16_ = false;
+    bool map_tensors_ = false;
+
+    std::unique_ptr<Batches> batches_;
+    std::map<std::string, Pipeline> pipelines_;
+    std::recursive_mutex mutex_;
+    DeviceCounters counters_;
+
+    mutable std::mutex messages_mutex_;
+    std::vector<std::string> messages_;
+};
+
+}  // namespace pagedkv::detail

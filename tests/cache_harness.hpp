@@ -1,0 +1,88 @@
+// CacheHarness: one paged cache on the GPU and the CPU reference, driven with the same
+// operations; check() compares everything the API exposes, bit for bit.
+#pragma once
+
+#include <memory>
+#include <sstream>
+
+#include "reference_cache.hpp"
+#include "test_support.hpp"
+
+namespace pagedkv::test {
+
+struct CacheHarness {
+    Context& ctx;
+    BlockPool& pool;
+    KVCache& cache;
+    ReferenceCache ref;
+    std::mt19937 rng;
+    std::ostringstream trace;  // the operations so far, printed when a check fails
+
+    CacheHarness(Context& c, BlockPool& p, KVCache& k, uint32_t seed)
+        : ctx(c),
+          pool(p),
+          cache(k),
+          ref(p.config().num_layers, p.config().num_kv_heads, p.config().head_dim,
+              p.config().v_head_dim),
+          rng(seed) {}
+
+    struct KV {
+        std::vector<float> k, v;
+        Tensor tk, tv;
+    };
+    KV make_kv(uint32_t batch, uint32_t seq) {
+        const PoolConfig& c = pool.config();
+        KV kv;
+        kv.k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, c.dtype);
+        kv.v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, c.dtype);
+        kv.tk =
+            Tensor::from_host(ctx, kv.k, shape4(batch, c.num_kv_heads, seq, c.head_dim), c.dtype);
+        kv.tv =
+            Tensor::from_host(ctx, kv.v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), c.dtype);
+        return kv;
+    }
+
+    // Appends seq tokens to every row of a layer and checks what update returned.
+    void append(uint32_t batch, uint32_t seq, uint32_t layer) {
+        trace << "append(batch=" << batch << ", seq=" << seq << ", layer=" << layer << ")\n";
+        KV kv = make_kv(batch, seq);
+        std::vector<std::vector<int64_t>> pos(batch);
+        const auto lens = ref.lengths(layer);
+        for (uint32_t b = 0; b < batch; ++b)
+            for (uint32_t s = 0; s < seq; ++s)
+                pos[b].push_back((lens.empty() ? 0 : lens[b]) + s);
+        auto [k, v] = cache.update(kv.tk, kv.tv, layer);
+        ref.update(kv.k, kv.v, batch, seq, layer, pos);
+        compare(k, v, layer, "update result");
+    }
+
+    void compare(const Tensor& k, const Tensor& v, uint32_t layer, const char* what) {
+        INFO(what << " of layer " << layer << "; operations so far:\n" << trace.str());
+        const PoolConfig& c = pool.config();
+        REQUIRE(k.shape() ==
+                shape4(ref.batch(), c.num_kv_heads, uint32_t(ref.seq_length(layer)), c.head_dim));
+        REQUIRE(v.shape() ==
+                shape4(ref.batch(), c.num_kv_heads, uint32_t(ref.seq_length(layer)), c.v_head_dim));
+        const auto gk = k.to_host(), gv = v.to_host();
+        const auto wk = ref.keys(layer), wv = ref.values(layer);
+        INFO("K first difference: " << first_difference(gk, wk));
+        REQUIRE(bit_equal(gk, wk));
+        INFO("V first difference: " << first_difference(gv, wv));
+        REQUIRE(bit_equal(gv, wv));
+    }
+
+    // Everything observable: lengths, get() of every layer, and the pool's invariants.
+    void check() {
+        INFO("operations so far:\n" << trace.str());
+        REQUIRE(pool.check() == "");
+        for (uint32_t l = 0; l < pool.config().num_layers; ++l) {
+            REQUIRE(cache.seq_lengths(l) == ref.lengths(l));
+            REQUIRE(cache.get_seq_length(l) == ref.seq_length(l));
+            auto got = cache.get(l);
+            REQUIRE(got.has_value() == (ref.seq_length(l) > 0));
+            if (got) compare(got->first, got->second, l, "get");
+        }
+    }
+};
+
+}  // namespace pagedkv::test

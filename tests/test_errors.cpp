@@ -1,0 +1,145 @@
+// Every error path of the cache API: a clear pagedkv::Error, and nothing changed.
+#include "cache_harness.hpp"
+#include "cache_state_snapshot.hpp"
+
+using namespace pagedkv;
+using namespace pagedkv::test;
+
+namespace {
+
+struct Fixture {
+    ValidatedContext g;
+    BlockPool pool;
+    DynamicKVCache cache;
+    CacheHarness h;
+    Fixture(uint64_t blocks = 32)
+        : pool(g.ctx,
+               [&] {
+                   PoolConfig c;
+                   c.num_layers = 2;
+                   c.num_kv_heads = 4;
+                   c.head_dim = 8;
+                   c.block_size = 4;
+                   c.dtype = DType::F16;
+                   c.num_blocks = blocks;
+                   return c;
+               }()),
+          cache(pool),
+          h(g.ctx, pool, cache, 99) {
+        h.append(2, 5, 0);  // some state to preserve
+        h.append(2, 3, 1);
+    }
+    Tensor tensor(std::vector<int64_t> shape, DType t = DType::F16) {
+        int64_t n = 1;
+        for (int64_t d : shape)
+            n *= d;
+        std::vector<float> data(size_t(n), 1.0f);
+        return Tensor::from_host(g.ctx, data, std::move(shape), t);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("update rejects a key with the wrong number of heads", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 2, 1, 8}), v = f.tensor({2, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key has 2 heads, pool layout has 4 kv heads",
+                     [&] { f.cache.update(k, v, 0); });
+}
+
+TEST_CASE("update rejects a value with the wrong head_dim", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 6});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: value has head_dim 6, pool layout has 8",
+                     [&] { f.cache.update(k, v, 1); });
+}
+
+TEST_CASE("update rejects a dtype other than the pool's", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 4, 1, 8}, DType::F32), v = f.tensor({2, 4, 1, 8}, DType::F32);
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key has dtype f32, pool holds f16", [&] { f.cache.update(k, v, 0); });
+}
+
+TEST_CASE("update rejects a batch other than the cache's", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({3, 4, 1, 8}), v = f.tensor({3, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key has batch 3, cache holds 2 rows",
+                     [&] { f.cache.update(k, v, 0); });
+}
+
+TEST_CASE("update rejects a layer out of range", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: layer_idx 2 out of range, pool has 2 layers",
+                     [&] { f.cache.update(k, v, 2); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument, "get: layer_idx 7 out of range",
+                     [&] { (void)f.cache.get(7); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "get_seq_length: layer_idx 3 out of range",
+                     [&] { (void)f.cache.get_seq_length(3); });
+}
+
+TEST_CASE("update rejects tensors that are not 4-D or disagree", "[errors][gpu]") {
+    Fixture f;
+    Tensor k3 = f.tensor({2, 4, 8}), k = f.tensor({2, 4, 2, 8}), v1 = f.tensor({2, 4, 1, 8});
+    require_rejected(
+        f.cache, ErrorCode::InvalidArgument,
+        "update: key must be (batch, kv_heads, seq_len, head_dim), got shape [2, 4, 8]",
+        [&] { f.cache.update(k3, v1, 0); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key is [2, 4, 2, 8] but value is [2, 4, 1, 8]",
+                     [&] { f.cache.update(k, v1, 0); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument, "update: key is undefined",
+                     [&] { f.cache.update(Tensor{}, v1, 0); });
+}
+
+TEST_CASE("update rejects tensors from another context", "[errors][gpu]") {
+    Fixture f;
+    ValidatedContext other;
+    std::vector<float> data(2 * 4 * 8, 0.5f);
+    Tensor k = Tensor::from_host(other.ctx, data, {2, 4, 1, 8}, DType::F16);
+    Tensor v = f.tensor({2, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key lives on another Context than the pool",
+                     [&] { f.cache.update(k, v, 0); });
+}
+
+TEST_CASE("a pool exhausted mid-update throws OutOfBlocks and changes nothing", "[errors][gpu]") {
+    // 2 rows x 2 pages are in use; 5 pages remain. Growing both rows by 12 tokens needs 6.
+    Fixture f(9);
+    REQUIRE(f.pool.stats().free_blocks == 5);
+    Tensor k = f.tensor({2, 4, 12, 8}), v = f.tensor({2, 4, 12, 8});
+    require_rejected(f.cache, ErrorCode::OutOfBlocks, "out of blocks: need 6 pages, 5 of 9 free",
+                     [&] { f.cache.update(k, v, 0); });
+    // The same update fits once another cache gives pages back.
+    Tensor k1 = f.tensor({2, 4, 8, 8}), v1 = f.tensor({2, 4, 8, 8});
+    f.cache.update(k1, v1, 0);
+    CHECK(f.pool.stats().free_blocks == 1);
+    CHECK(f.pool.validate());
+}
+
+TEST_CASE("pool and tensor construction reject bad arguments", "[errors][gpu]") {
+    ValidatedContext g;
+    PoolConfig c;
+    c.num_layers = 1;
+    c.num_kv_heads = 0;
+    c.head_dim = 8;
+    c.num_blocks = 4;
+    CHECK_THROWS_WITH(BlockPool(g.ctx, c), "BlockPool: num_kv_heads must be at least 1");
+    c.num_kv_heads = 1;
+    c.num_blocks = 0;
+    CHECK_THROWS_WITH(BlockPool(g.ctx, c), "BlockPool: num_blocks must be at least 1");
+    std::vector<float> data(5);
+    try {
+        Tensor::from_host(g.ctx, data, {2, 3});
+        FAIL("expected an error");
+    } catch (const Error& e) {
+        CHECK(e.code() == ErrorCode::InvalidArgument);
+        CHECK(std::string(e.what()) == "from_host: shape [2, 3] holds 6 elements, data has 5");
+    }
+}

@@ -1,0 +1,63 @@
+// Test support: a validated GPU context that fails the test on any validation message,
+// random K/V data representable in each dtype, and a bit-exact comparison.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pagedkv/pagedkv.hpp"
+
+namespace pagedkv::test {
+
+// A Context with the Khronos validation layer on; at the end of the test every message the
+// layer reported fails it.
+struct ValidatedContext {
+    Context ctx;
+    explicit ValidatedContext(ContextOptions o = {})
+        : ctx(Context::create([&] {
+              o.enable_validation = true;
+              return o;
+          }())) {}
+    ~ValidatedContext() {
+        ctx.synchronize();
+        const auto messages = ctx.validation_messages();
+        for (const auto& m : messages)
+            UNSCOPED_INFO(m);
+        CHECK(messages.empty());
+    }
+};
+
+// Values exactly representable in dtype t (so the upload rounds nothing away).
+inline std::vector<float> random_values(size_t n, std::mt19937& rng, DType t) {
+    std::uniform_real_distribution<float> dist(-4.0f, 4.0f);
+    std::vector<float> out(n);
+    for (float& x : out)
+        x = round_to(t, dist(rng));
+    return out;
+}
+
+// Equal bit for bit (so -0.0 != 0.0 and NaN payloads count).
+inline bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Where two float vectors first differ, for failure messages.
+inline std::string first_difference(const std::vector<float>& got, const std::vector<float>& want) {
+    if (got.size() != want.size())
+        return "size " + std::to_string(got.size()) + " != " + std::to_string(want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            return "index " + std::to_string(i) + ": got " + std::to_string(got[i]) + ", want " +
+                   std::to_string(want[i]);
+    return "none";
+}
+
+inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t d) {
+    return {int64_t(b), int64_t(h), int64_t(s), int64_t(d)};
+}
+
+}  // namespace pagedkv::test
