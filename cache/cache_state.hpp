@@ -18,12 +18,20 @@ struct CacheState {
     const char* name;
     uint32_t batch = 0;  // 0 until the first update
     std::vector<BlockTable> tables;
+    // A reserved cache's tables not in use as rows (after selecting fewer rows).
+    std::vector<BlockTable> spare;
     // [layer][row]. Token t of a row/layer lives at slot start + t of the row's pages; start
     // moves forward when crop or a sliding window drops leading tokens without moving bytes.
     std::vector<std::vector<int64_t>> len;
     std::vector<std::vector<int64_t>> start;
 
     uint32_t block_size() const { return ps->config.block_size; }
+    // The page slot (block * block_size + slot) of token t of a layer's row.
+    uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
+        const int64_t s = start[layer][row] + t;
+        return index(tables[row][size_t(s / block_size())]) * block_size() +
+               uint32_t(s % block_size());
+    }
     uint32_t num_layers() const { return ps->config.num_layers; }
     // Slots the row needs: the furthest any layer reaches.
     int64_t extent(uint32_t row) const {

@@ -141,6 +141,7 @@ std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& 
     auto l = lock(st);
     check_layer(st, layer, "update");
     const auto [B, S] = check_kv(st, key, value);
+    check_capacity(B, {});
     if (st.batch != 0 && B != st.batch)
         throw invalid(fmt::format("update: key has batch {}, cache holds {} rows", B, st.batch));
     const bool fresh_batch = st.batch == 0;
@@ -215,10 +216,7 @@ std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& 
 
     const uint32_t H = st.ps->config.num_kv_heads;
     std::vector<detail::RowEntry> entries;
-    auto slot_of = [&](uint32_t b, int64_t p) {
-        const int64_t slot = st.start[layer][b] + p;
-        return index(st.tables[b][size_t(slot / bs)]) * bs + uint32_t(slot % bs);
-    };
+    auto slot_of = [&](uint32_t b, int64_t p) { return st.slot_of(layer, b, p); };
     for (uint32_t b = 0; b < B; ++b) {
         std::vector<uint8_t> written(size_t(new_len[b] - old_len[b]), 0);
         for (uint32_t s : keep[b]) {
@@ -250,17 +248,13 @@ std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
     Tensor k = Tensor::empty(dev_ptr, {B, c.num_kv_heads, L, c.head_dim}, c.dtype);
     Tensor v = Tensor::empty(dev_ptr, {B, c.num_kv_heads, L, c.v_head_dim}, c.dtype);
     if (B == 0 || L == 0) return {k, v};
-    const uint32_t bs = st.block_size();
     const uint32_t H = c.num_kv_heads;
     std::vector<detail::RowEntry> entries;
     entries.reserve(size_t(B) * size_t(L));
     for (uint32_t b = 0; b < B; ++b)
         for (int64_t t = 0; t < L; ++t) {
             uint32_t slot = detail::kNone;
-            if (t < st.len[layer][b]) {
-                const int64_t s = st.start[layer][b] + t;
-                slot = index(st.tables[b][size_t(s / bs)]) * bs + uint32_t(s % bs);
-            }
+            if (t < st.len[layer][b]) slot = st.slot_of(layer, b, t);
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
     const detail::PageLayout& lay = st.ps->layout;
@@ -323,6 +317,7 @@ void PagedKVCache::select_rows(std::span<const int32_t> rows, const char* op) {
             throw invalid(fmt::format("{}: index {} at position {} out of range, batch is {}", op,
                                       rows[i], i, st.batch));
     check_capacity(uint32_t(rows.size()), {});
+    if (reserved()) return select_rows_by_copy(rows);
     std::vector<BlockTable> tables;
     tables.reserve(rows.size());
     for (int32_t r : rows)
@@ -390,10 +385,188 @@ void PagedKVCache::truncate(int64_t length) {
 void PagedKVCache::reset() {
     CacheState& st = *state_;
     auto l = lock(st);
+    if (reserved()) {  // the reservation stays; the rows become empty
+        for (auto& v : st.len)
+            std::fill(v.begin(), v.end(), 0);
+        for (auto& v : st.start)
+            std::fill(v.begin(), v.end(), 0);
+        return;
+    }
     st.tables.clear();
     st.len.clear();
     st.start.clear();
     st.batch = 0;
+}
+
+void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
+    CacheState& st = *state_;
+    // The first row to pick an old row takes its table; a repeat gets a table no row picked
+    // (or a spare) and a copy of the pages. Sources are never overwritten: they are picked.
+    std::vector<uint8_t> picked(st.batch, 0);
+    for (int32_t r : rows)
+        picked[size_t(r)] = 1;
+    std::vector<BlockTable> free_tables = std::move(st.spare);
+    st.spare.clear();
+    for (uint32_t r = 0; r < st.batch; ++r)
+        if (!picked[r]) free_tables.push_back(std::move(st.tables[r]));
+    std::vector<BlockTable> out;
+    std::vector<int32_t> owner(st.batch, -1);  // the new row that took old row r's table
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    const uint32_t bs = st.block_size();
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const uint32_t r = uint32_t(rows[i]);
+        if (owner[r] < 0) {
+            owner[r] = int32_t(i);
+            out.push_back(std::move(st.tables[r]));
+            continue;
+        }
+        BlockTable t = std::move(free_tables.back());
+        free_tables.pop_back();
+        const BlockTable& src = out[size_t(owner[r])];
+        const size_t n = size_t(ceil_div(uint64_t(st.extent(r)), bs));
+        for (size_t b = 0; b < n; ++b)
+            copies.emplace_back(index(src[b]), index(t[b]));
+        out.push_back(std::move(t));
+    }
+    detail::record_page_copies(*st.ps->device, *st.ps->pages, copies);
+    st.ps->pages_copied += copies.size();
+    auto pick = [&](const std::vector<int64_t>& v) {
+        std::vector<int64_t> o;
+        for (int32_t r : rows)
+            o.push_back(v[size_t(r)]);
+        return o;
+    };
+    for (uint32_t l = 0; l < st.num_layers(); ++l) {
+        st.len[l] = pick(st.len[l]);
+        st.start[l] = pick(st.start[l]);
+    }
+    st.tables = std::move(out);
+    st.spare = std::move(free_tables);
+    st.batch = uint32_t(rows.size());
+}
+
+// Moves every row's tokens so they start at slot 0 of its first page (a gather into a scratch
+// tensor, then a scatter back): a reserved cache's capacity stays max_cache_len after crop.
+void PagedKVCache::compact_rows() {
+    CacheState& st = *state_;
+    for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+        std::vector<uint32_t> from, to;
+        for (uint32_t b = 0; b < st.batch; ++b) {
+            if (st.start[layer][b] == 0) continue;
+            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+                from.push_back(st.slot_of(layer, b, t));
+            st.start[layer][b] = 0;
+            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+                to.push_back(st.slot_of(layer, b, t));
+        }
+        move_tokens(layer, from, to);
+    }
+}
+
+void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
+                               std::span<const uint32_t> to) {
+    if (from.empty()) return;
+    CacheState& st = *state_;
+    const PoolConfig& c = st.ps->config;
+    const detail::PageLayout& lay = st.ps->layout;
+    const uint32_t n = uint32_t(from.size());
+    std::vector<detail::RowEntry> in, out;
+    for (uint32_t i = 0; i < n; ++i) {
+        in.push_back({i, from[i]});
+        out.push_back({i, to[i]});
+    }
+    detail::Device& dev = *st.ps->device;
+    for (bool value : {false, true}) {
+        const uint32_t dim = value ? c.v_head_dim : c.head_dim;
+        const uint64_t row_bytes = value ? lay.v_row_bytes() : lay.k_row_bytes();
+        Tensor scratch = Tensor::empty(st.ps->device, {1, c.num_kv_heads, n, dim}, c.dtype);
+        detail::record_row_copy(dev, *st.ps->pages,
+                                {&scratch.buffer(), in, c.num_kv_heads, row_bytes, n,
+                                 lay.page_offset(layer, value), true});
+        detail::record_row_copy(dev, *st.ps->pages,
+                                {&scratch.buffer(), out, c.num_kv_heads, row_bytes, n,
+                                 lay.page_offset(layer, value), false});
+    }
+}
+
+void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_t slot) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    const auto* other = dynamic_cast<const PagedKVCache*>(&other_base);
+    if (!other || other->state_->ps != st.ps)
+        throw invalid("insert: the other cache must be a paged cache over the same pool");
+    if (other == this) throw invalid("insert: a cache cannot insert its own row");
+    const CacheState& os = *other->state_;
+    if (other_row >= os.batch)
+        throw invalid(fmt::format("insert: other_row {} out of range, the other cache has {} rows",
+                                  other_row, os.batch));
+    if (slot > st.batch)
+        throw invalid(fmt::format("insert: slot {} out of range, batch is {} (use {} to append)",
+                                  slot, st.batch, st.batch));
+    if (reserved() && slot >= st.batch)
+        throw Error(
+            ErrorCode::CapacityExceeded,
+            fmt::format("insert: slot {} is past this cache's batch_size {}", slot, st.batch));
+    std::vector<int64_t> lens;
+    for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
+        lens.push_back(os.len[layer][other_row]);
+    check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
+    if (reserved() || other->reserved()) {
+        // A reserved cache's pages are never shared: copy the tokens, aligned at slot 0, into
+        // this cache's own pages (its reservation, or fresh pages for a growing cache).
+        const uint32_t bs = st.block_size();
+        const int64_t longest = *std::max_element(lens.begin(), lens.end());
+        BlockTable target(st.ps->allocator);
+        if (!reserved()) {
+            std::vector<BlockId> fresh;
+            st.ps->allocator.allocate(ceil_div(uint64_t(longest), bs), fresh);
+            target.adopt_back(fresh);
+        }
+        if (st.batch == 0) {
+            st.len.assign(st.num_layers(), {});
+            st.start.assign(st.num_layers(), {});
+        }
+        if (slot == st.batch) {
+            st.tables.push_back(std::move(target));
+            for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+                st.len[layer].push_back(0);
+                st.start[layer].push_back(0);
+            }
+            ++st.batch;
+        } else if (!reserved()) {
+            st.tables[slot] = std::move(target);
+        }
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.start[layer][slot] = 0;
+            st.len[layer][slot] = lens[layer];
+            std::vector<uint32_t> from, to;
+            for (int64_t t = 0; t < lens[layer]; ++t) {
+                from.push_back(os.slot_of(layer, other_row, t));
+                to.push_back(st.slot_of(layer, slot, t));
+            }
+            move_tokens(layer, from, to);
+        }
+        return;
+    }
+    BlockTable shared = os.tables[other_row].fork();
+    if (st.batch == 0) {
+        st.len.assign(st.num_layers(), {});
+        st.start.assign(st.num_layers(), {});
+    }
+    if (slot == st.batch) {
+        st.tables.push_back(std::move(shared));
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.len[layer].push_back(os.len[layer][other_row]);
+            st.start[layer].push_back(os.start[layer][other_row]);
+        }
+        ++st.batch;
+    } else {
+        st.tables[slot] = std::move(shared);
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.len[layer][slot] = os.len[layer][other_row];
+            st.start[layer][slot] = os.start[layer][other_row];
+        }
+    }
 }
 
 void PagedKVCache::drop_front(uint32_t layer, uint32_t row, int64_t n) {
@@ -417,14 +590,14 @@ void PagedKVCache::trim_pages(uint32_t row) {
             st.start[l][row] = 0;
         first = 0;
     }
-    const size_t lead = keeps_pages() ? 0 : std::min(t.size(), size_t(first / bs));
+    const size_t lead = reserved() ? 0 : std::min(t.size(), size_t(first / bs));
     if (lead) {
         t.release_front(lead);
         for (uint32_t l = 0; l < st.num_layers(); ++l)
             st.start[l][row] = st.len[l][row] > 0 ? st.start[l][row] - int64_t(lead) * bs : 0;
     }
     const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));
-    if (!keeps_pages() && t.size() > want) t.release_back(t.size() - want);
+    if (!reserved() && t.size() > want) t.release_back(t.size() - want);
 }
 
 }  // namespace pagedkv

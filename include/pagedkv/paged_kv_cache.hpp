@@ -35,6 +35,11 @@ class PagedKVCache : public KVCache {
     void truncate(int64_t length) override;
     void reset() override;
 
+    // Puts row other_row of another cache over the same pool into batch slot `slot` of this
+    // one (slot == batch_size() appends a row). Shares the row's pages instead of copying them:
+    // a request prefilled alone joins a running batch without a copy (continuous batching).
+    void insert(const KVCache& other, uint32_t other_row, uint32_t slot);
+
     BlockPool& pool() const noexcept;
     // The pages of one row, in logical order (for inspection and tests).
     std::vector<uint32_t> block_table(uint32_t row) const;
@@ -51,8 +56,10 @@ class PagedKVCache : public KVCache {
     virtual void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const;
     // Called after a layer's rows were written (a sliding window drops what fell out).
     virtual void after_write(uint32_t layer);
-    // Whether pages stay with the rows when tokens are dropped (a static cache's reservation).
-    virtual bool keeps_pages() const { return false; }
+    // A reserved cache (static) keeps every page it holds for its whole life: rows never share
+    // pages (batch operations copy them instead), crop moves tokens to the front of their
+    // pages instead of dropping leading pages, and reset() keeps the reservation.
+    virtual bool reserved() const { return false; }
 
     // Drops the first n tokens of one layer's row (no bytes move: the row's start advances).
     void drop_front(uint32_t layer, uint32_t row, int64_t n);
@@ -64,6 +71,10 @@ class PagedKVCache : public KVCache {
   private:
     std::pair<Tensor, Tensor> gather(uint32_t layer) const;
     void select_rows(std::span<const int32_t> rows, const char* op);
+    void select_rows_by_copy(std::span<const int32_t> rows);
+    void compact_rows();
+    // Copies tokens of one layer between page slots (both K and V), through a scratch tensor.
+    void move_tokens(uint32_t layer, std::span<const uint32_t> from, std::span<const uint32_t> to);
 };
 
 }  // namespace pagedkv

@@ -1,0 +1,44 @@
+#include "pagedkv/static_cache.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "cache/cache_state.hpp"
+#include "pagedkv/error.hpp"
+
+namespace pagedkv {
+
+StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len)
+    : PagedKVCache(pool, "StaticKVCache"), batch_size_(batch_size), max_cache_len_(max_cache_len) {
+    if (batch_size == 0 || max_cache_len == 0)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("StaticKVCache: batch_size ({}) and max_cache_len ({}) must be at "
+                                "least 1",
+                                batch_size, max_cache_len));
+    detail::CacheState& st = *state_;
+    const uint64_t per_row = (uint64_t(max_cache_len) + st.block_size() - 1) / st.block_size();
+    std::vector<BlockId> blocks;
+    st.ps->allocator.allocate(per_row * batch_size, blocks);  // OutOfBlocks: nothing held
+    for (uint32_t b = 0; b < batch_size; ++b) {
+        st.tables.emplace_back(st.ps->allocator);
+        st.tables.back().adopt_back(std::span(blocks).subspan(b * per_row, per_row));
+    }
+    st.batch = batch_size;
+    st.len.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));
+    st.start.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));
+}
+
+void StaticKVCache::check_capacity(uint32_t batch, std::span<const int64_t> new_len) const {
+    if (batch > batch_size_)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("StaticKVCache: batch of {} rows exceeds batch_size {}", batch,
+                                batch_size_));
+    const auto longest = std::max_element(new_len.begin(), new_len.end());
+    if (longest != new_len.end() && *longest > int64_t(max_cache_len_))
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("StaticKVCache: a row would hold {} tokens, max_cache_len is {}",
+                                *longest, max_cache_len_));
+}
+
+}  // namespace pagedkv

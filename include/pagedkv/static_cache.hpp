@@ -1,0 +1,27 @@
+// StaticKVCache: batch_size rows of max_cache_len tokens, every page reserved at construction
+// (OutOfBlocks if the pool cannot), never allocating afterwards, like HF's StaticCache and
+// torchtune's KVCache; an update past max_cache_len or with a larger batch throws
+// CapacityExceeded. Rows never share pages; reset() keeps the reservation.
+#pragma once
+
+#include "pagedkv/paged_kv_cache.hpp"
+
+namespace pagedkv {
+
+class StaticKVCache final : public PagedKVCache {
+  public:
+    StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len);
+
+    uint32_t max_batch_size() const noexcept { return batch_size_; }
+    uint32_t max_cache_len() const noexcept { return max_cache_len_; }
+
+  protected:
+    void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const override;
+    bool reserved() const override { return true; }
+
+  private:
+    uint32_t batch_size_;
+    uint32_t max_cache_len_;
+};
+
+}  // namespace pagedkv
