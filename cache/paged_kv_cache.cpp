@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "cache/cache_state.hpp"
@@ -188,6 +189,18 @@ std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& 
         for (size_t bi : shared)
             cow.emplace_back(b, bi);
     }
+    // When every reference to a shared page belongs to a row written now, the last of them
+    // keeps the original (its sharers take copies first): r sharers cost r - 1 copies.
+    std::unordered_map<uint32_t, std::vector<size_t>> writers;
+    for (size_t i = 0; i < cow.size(); ++i)
+        writers[index(st.tables[cow[i].first][cow[i].second])].push_back(i);
+    std::vector<uint8_t> in_place(cow.size(), 0);
+    for (const auto& [block, who] : writers)
+        if (who.size() == alloc.refcount(BlockId{block})) in_place[who.back()] = 1;
+    std::vector<std::pair<uint32_t, size_t>> copy_first;
+    for (size_t i = 0; i < cow.size(); ++i)
+        if (!in_place[i]) copy_first.push_back(cow[i]);
+    cow = std::move(copy_first);
     std::vector<BlockId> fresh;
     alloc.allocate(needed + cow.size(), fresh);  // throws OutOfBlocks with nothing changed
 
@@ -368,6 +381,7 @@ void PagedKVCache::crop(int64_t max_length) {
     for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
         for (uint32_t b = 0; b < st.batch; ++b)
             drop_front(layer, b, st.len[layer][b] - max_length);
+    if (reserved()) return compact_rows();
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
 }

@@ -2,6 +2,7 @@
 // operations; check() compares everything the API exposes, bit for bit.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -42,17 +43,31 @@ struct CacheHarness {
         return kv;
     }
 
+    // What the reference does after each update of a layer (a sliding window's trim).
+    std::function<void(uint32_t)> after_update = [](uint32_t) {};
+
     // Appends seq tokens to every row of a layer and checks what update returned.
     void append(uint32_t batch, uint32_t seq, uint32_t layer) {
-        trace << "append(batch=" << batch << ", seq=" << seq << ", layer=" << layer << ")\n";
+        write(batch, seq, layer, CachePosition{}, {});
+    }
+
+    // Writes seq tokens per row at cache_position; pos spells the positions out again for the
+    // reference (the oracle does not share the library's position logic). Empty pos: append.
+    void write(uint32_t batch, uint32_t seq, uint32_t layer, const CachePosition& cp,
+               std::vector<std::vector<int64_t>> pos) {
+        if (pos.empty()) {
+            const auto lens = ref.lengths(layer);
+            pos.resize(batch);
+            for (uint32_t b = 0; b < batch; ++b)
+                for (uint32_t s = 0; s < seq; ++s)
+                    pos[b].push_back((lens.empty() ? 0 : lens[b]) + s);
+        }
+        trace << "update(batch=" << batch << ", seq=" << seq << ", layer=" << layer << ", row 0 at "
+              << (seq ? pos[0][0] : -1) << ")\n";
         KV kv = make_kv(batch, seq);
-        std::vector<std::vector<int64_t>> pos(batch);
-        const auto lens = ref.lengths(layer);
-        for (uint32_t b = 0; b < batch; ++b)
-            for (uint32_t s = 0; s < seq; ++s)
-                pos[b].push_back((lens.empty() ? 0 : lens[b]) + s);
-        auto [k, v] = cache.update(kv.tk, kv.tv, layer);
+        auto [k, v] = cache.update(kv.tk, kv.tv, layer, cp);
         ref.update(kv.k, kv.v, batch, seq, layer, pos);
+        after_update(layer);
         compare(k, v, layer, "update result");
     }
 

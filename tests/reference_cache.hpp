@@ -54,6 +54,31 @@ class ReferenceCache {
         return out;
     }
     uint32_t batch() const { return batch_; }
+    // A cache whose rows exist before the first update (a static cache).
+    void set_batch(uint32_t batch) {
+        batch_ = batch;
+        rows_.assign(layers_, std::vector<Row>(batch));
+    }
+    // Keeps the last `window` tokens of every row of one layer (a sliding window).
+    void keep_last(uint32_t layer, int64_t window) {
+        for (Row& r : rows_[layer])
+            if (int64_t(r.k.size()) > window) {
+                const auto drop = std::ptrdiff_t(int64_t(r.k.size()) - window);
+                r.k.erase(r.k.begin(), r.k.begin() + drop);
+                r.v.erase(r.v.begin(), r.v.begin() + drop);
+            }
+    }
+    // Row `row` of another reference into slot `slot` (slot == batch appends).
+    void insert(const ReferenceCache& other, uint32_t row, uint32_t slot) {
+        if (batch_ == 0) rows_.assign(layers_, {});
+        for (uint32_t l = 0; l < layers_; ++l) {
+            if (slot == batch_)
+                rows_[l].push_back(other.rows_[l][row]);
+            else
+                rows_[l][slot] = other.rows_[l][row];
+        }
+        if (slot == batch_) ++batch_;
+    }
 
     void select(const std::vector<int32_t>& idx) {
         for (auto& layer : rows_) {
@@ -73,13 +98,8 @@ class ReferenceCache {
         select(idx);
     }
     void crop(int64_t max_length) {
-        for (auto& layer : rows_)
-            for (Row& r : layer)
-                if (int64_t(r.k.size()) > max_length) {
-                    const auto drop = std::ptrdiff_t(int64_t(r.k.size()) - max_length);
-                    r.k.erase(r.k.begin(), r.k.begin() + drop);
-                    r.v.erase(r.v.begin(), r.v.begin() + drop);
-                }
+        for (uint32_t l = 0; l < rows_.size(); ++l)
+            keep_last(l, max_length);
     }
     void truncate(int64_t length) {
         for (auto& layer : rows_)
@@ -95,6 +115,8 @@ class ReferenceCache {
         rows_.clear();
         batch_ = 0;
     }
+    // A static cache's reset: rows stay, emptied.
+    void clear_rows() { set_batch(batch_); }
 
   private:
     struct Row {

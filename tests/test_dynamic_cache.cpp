@@ -4,22 +4,6 @@
 using namespace pagedkv;
 using namespace pagedkv::test;
 
-namespace {
-
-PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads = 2, uint32_t dim = 8,
-                        uint32_t block = 4, uint64_t blocks = 64) {
-    PoolConfig c;
-    c.num_layers = layers;
-    c.num_kv_heads = heads;
-    c.head_dim = dim;
-    c.block_size = block;
-    c.dtype = dtype;
-    c.num_blocks = blocks;
-    return c;
-}
-
-}  // namespace
-
 TEST_CASE("prefill then decode matches the reference in every dtype", "[cache][gpu]") {
     for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
         DYNAMIC_SECTION("dtype " << to_string(dtype)) {

@@ -56,6 +56,19 @@ inline std::string first_difference(const std::vector<float>& got, const std::ve
     return "none";
 }
 
+// A small pool layout for tests.
+inline PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads = 2,
+                               uint32_t dim = 8, uint32_t block = 4, uint64_t blocks = 64) {
+    PoolConfig c;
+    c.num_layers = layers;
+    c.num_kv_heads = heads;
+    c.head_dim = dim;
+    c.block_size = block;
+    c.dtype = dtype;
+    c.num_blocks = blocks;
+    return c;
+}
+
 inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t d) {
     return {int64_t(b), int64_t(h), int64_t(s), int64_t(d)};
 }
