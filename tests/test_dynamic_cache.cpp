@@ -150,3 +150,18 @@ TEST_CASE("a decode step over every layer is one submit", "[cache][gpu]") {
     CHECK(after.submits - before.submits == 1);
     CHECK(after.dispatches - before.dispatches == 4 * 4);  // scatter K, V and gather K, V
 }
+
+TEST_CASE("MQA with different K and V head dims matches the reference", "[cache][gpu]") {
+    ValidatedContext g;
+    PoolConfig c = small_config(DType::BF16, 2, 1, 128, 16, 32);
+    c.v_head_dim = 64;  // K and V of different widths (MLA-style caches)
+    BlockPool pool(g.ctx, c);
+    DynamicKVCache cache(pool);
+    CacheHarness h(g.ctx, pool, cache, 77);
+    for (uint32_t l = 0; l < 2; ++l)
+        h.append(2, 37, l);
+    for (int step = 0; step < 3; ++step)
+        for (uint32_t l = 0; l < 2; ++l)
+            h.append(2, 1, l);
+    h.check();
+}
