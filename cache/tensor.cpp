@@ -26,6 +26,21 @@ int64_t checked_numel(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
+Tensor& Tensor::operator=(const Tensor& other) {
+    if (this != &other) *this = Tensor(other);
+    return *this;
+}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+    if (this == &other) return *this;
+    buffer_.reset();
+    buffer_ = std::move(other.buffer_);
+    device_ = std::move(other.device_);
+    shape_ = std::move(other.shape_);
+    dtype_ = other.dtype_;
+    return *this;
+}
+
 int64_t Tensor::numel() const noexcept {
     int64_t n = 1;
     for (int64_t d : shape_)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -17,6 +18,8 @@ void vk_check(VkResult r, const char* what) {
 }
 
 namespace {
+
+std::atomic<int> g_live_devices{0};
 
 constexpr const char* kValidationLayer = "VK_LAYER_KHRONOS_validation";
 
@@ -244,13 +247,19 @@ std::shared_ptr<Device> Device::adopt(const ExternalVulkan& ext) {
     return d;
 }
 
+int Device::live_count() noexcept {
+    return g_live_devices.load();
+}
+
 void Device::init_common(bool enable_16bit) {
+    ++g_live_devices;
     storage16_ = enable_16bit;
     vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
     batches_ = std::make_unique<Batches>(*this);
 }
 
 Device::~Device() {
+    if (batches_) --g_live_devices;
     if (device_) {
         vkDeviceWaitIdle(device_);
         batches_.reset();

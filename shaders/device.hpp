@@ -67,6 +67,9 @@ class Device {
     // Waits for all work and releases what finished batches kept alive.
     void synchronize();
 
+    // Devices alive in this process (a leak shows up here before a driver runs out).
+    static int live_count() noexcept;
+
   private:
     Device() = default;
     void init_common(bool enable_16bit);

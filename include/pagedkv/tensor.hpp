@@ -20,6 +20,13 @@ class Buffer;
 class Tensor {
   public:
     Tensor() = default;
+    Tensor(const Tensor&) = default;
+    Tensor(Tensor&&) noexcept = default;
+    // The buffer is released before the device it lives on (a defaulted assignment would
+    // drop the device first when this was its last handle).
+    Tensor& operator=(const Tensor& other);
+    Tensor& operator=(Tensor&& other) noexcept;
+    ~Tensor() = default;
 
     // Uploads data (converted to dtype, rounding to nearest even). data.size() must equal the
     // product of shape.
