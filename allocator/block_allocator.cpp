@@ -21,50 +21,17 @@ BlockAllocator::BlockAllocator(uint64_t num_blocks) {
     counters_.free_blocks = num_blocks;
 }
 
-void BlockAllocator::allocate(uint64_t n, std::vector<BlockId>& out) {
-    if (n > free_.size())
-        throw Error(ErrorCode::OutOfBlocks,
-                    fmt::format("out of blocks: need {} pages, {} of {} free", n, free_.size(),
-                                refcount_.size()));
-    out.reserve(out.size() + n);
-    for (uint64_t i = 0; i < n; ++i) {
-        BlockId b = free_.back();
-        free_.pop_back();
-        refcount_[index(b)] = 1;
-        out.push_back(b);
-    }
-    counters_.used_blocks += n;
-    counters_.free_blocks -= n;
-    counters_.allocations += n;
-    if (counters_.used_blocks > counters_.peak_used_blocks)
-        counters_.peak_used_blocks = counters_.used_blocks;
+void BlockAllocator::throw_out_of_blocks(uint64_t n) const {
+    throw Error(ErrorCode::OutOfBlocks, fmt::format("out of blocks: need {} pages, {} of {} free",
+                                                    n, free_.size(), refcount_.size()));
 }
 
-void BlockAllocator::check_in_use(BlockId b, const char* what) const {
+void BlockAllocator::throw_not_in_use(BlockId b, const char* what) const {
     if (index(b) >= refcount_.size())
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("{}: block {} out of range (pool has {})", what, index(b),
                                 refcount_.size()));
-    if (refcount_[index(b)] == 0)
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("{}: block {} is free", what, index(b)));
-}
-
-void BlockAllocator::retain(BlockId b) {
-    check_in_use(b, "retain");
-    if (++refcount_[index(b)] == 2) ++counters_.shared_blocks;
-}
-
-bool BlockAllocator::release(BlockId b) {
-    check_in_use(b, "release");
-    uint32_t& rc = refcount_[index(b)];
-    if (--rc == 1) --counters_.shared_blocks;
-    if (rc != 0) return false;
-    free_.push_back(b);
-    --counters_.used_blocks;
-    ++counters_.free_blocks;
-    ++counters_.releases;
-    return true;
+    throw Error(ErrorCode::InvalidArgument, fmt::format("{}: block {} is free", what, index(b)));
 }
 
 uint32_t BlockAllocator::refcount(BlockId b) const {

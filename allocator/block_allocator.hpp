@@ -37,12 +37,43 @@ class BlockAllocator {
 
     // All or nothing: appends n fresh blocks (reference count 1) to out, or throws
     // Error(OutOfBlocks) and changes nothing.
-    void allocate(uint64_t n, std::vector<BlockId>& out);
+    void allocate(uint64_t n, std::vector<BlockId>& out) {
+        if (n > free_.size()) [[unlikely]]
+            throw_out_of_blocks(n);
+        for (uint64_t i = 0; i < n; ++i) {
+            const BlockId b = free_.back();
+            free_.pop_back();
+            refcount_[index(b)] = 1;
+            out.push_back(b);
+        }
+        counters_.used_blocks += n;
+        counters_.free_blocks -= n;
+        counters_.allocations += n;
+        if (counters_.used_blocks > counters_.peak_used_blocks)
+            counters_.peak_used_blocks = counters_.used_blocks;
+    }
     // One more reference to a block in use (a table sharing it).
-    void retain(BlockId b);
+    void retain(BlockId b) {
+        if (index(b) >= refcount_.size() || refcount_[index(b)] == 0) [[unlikely]]
+            throw_not_in_use(b, "retain");
+        if (++refcount_[index(b)] == 2) ++counters_.shared_blocks;
+    }
     // One reference fewer; the block returns to the free list when none is left.
     // Returns true when it did.
-    bool release(BlockId b);
+    bool release(BlockId b) {
+        if (index(b) >= refcount_.size() || refcount_[index(b)] == 0) [[unlikely]]
+            throw_not_in_use(b, "release");
+        uint32_t& rc = refcount_[index(b)];
+        if (--rc != 0) {
+            if (rc == 1) --counters_.shared_blocks;
+            return false;
+        }
+        free_.push_back(b);
+        --counters_.used_blocks;
+        ++counters_.free_blocks;
+        ++counters_.releases;
+        return true;
+    }
     uint32_t refcount(BlockId b) const;
 
     const AllocatorCounters& counters() const noexcept { return counters_; }
@@ -62,7 +93,9 @@ class BlockAllocator {
     std::span<const BlockId> free_list() const noexcept { return free_; }
 
   private:
-    void check_in_use(BlockId b, const char* what) const;
+    // The error paths, out of line so the hot paths above stay small.
+    [[noreturn]] void throw_out_of_blocks(uint64_t n) const;
+    [[noreturn]] void throw_not_in_use(BlockId b, const char* what) const;
 
     std::vector<BlockId> free_;
     std::vector<uint32_t> refcount_;

@@ -4,6 +4,7 @@
 
 #include "cache/pool_state.hpp"
 #include "pagedkv/error.hpp"
+#include "shaders/row_copy.hpp"
 
 namespace pagedkv {
 
@@ -47,6 +48,8 @@ BlockPool::BlockPool(Context& ctx, PoolConfig config) {
     detail::PageLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,
                               c.v_head_dim, c.block_size,   c.dtype};
     state_ = std::make_unique<detail::PoolState>(ctx.device_ptr(), c, layout);
+    std::lock_guard lock(ctx.device().mutex());
+    detail::resolve_byte_paths(ctx.device());
 }
 
 BlockPool::~BlockPool() {

@@ -51,6 +51,13 @@ void Context::clear_validation_messages() {
     device_->clear_validation_messages();
 }
 
+BytePath Context::scatter_path() const {
+    return device_->byte_paths().scatter;
+}
+BytePath Context::gather_path() const {
+    return device_->byte_paths().gather;
+}
+
 DeviceCounters Context::counters() const {
     std::lock_guard lock(device_->mutex());
     return device_->counters();

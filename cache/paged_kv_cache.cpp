@@ -138,6 +138,13 @@ uint32_t PagedKVCache::batch_size() const {
 
 std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& value,
                                                uint32_t layer, const CachePosition& cp) {
+    auto l = lock(*state_);
+    write(key, value, layer, cp);
+    return gather(layer);
+}
+
+void PagedKVCache::write(const Tensor& key, const Tensor& value, uint32_t layer,
+                         const CachePosition& cp) {
     CacheState& st = *state_;
     auto l = lock(st);
     check_layer(st, layer, "update");
@@ -157,6 +164,8 @@ std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& 
         std::unordered_set<int64_t> seen;
         for (uint32_t s = S; s-- > 0;)
             if (seen.insert(pos[b][s]).second) keep[b].push_back(s);
+        // Back in input order, so consecutive tokens form runs (one copy region per run).
+        std::reverse(keep[b].begin(), keep[b].end());
         for (int64_t p : pos[b])
             new_len[b] = std::max(new_len[b], p + 1);
     }
@@ -249,7 +258,6 @@ std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& 
         {&value.buffer(), entries, H, lay.v_row_bytes(), S, lay.page_offset(layer, true), false});
     st.len[layer] = new_len;
     after_write(layer);
-    return gather(layer);
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {

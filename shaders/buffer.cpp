@@ -12,7 +12,20 @@ namespace pagedkv::detail {
 
 std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
     Device* dev = &dev_ref;
-    std::shared_ptr<Buffer> b(new Buffer());
+    if (kind == MemoryKind::Tensor) {
+        // Tensors come and go every step: reuse a cached buffer of the same size class (warm
+        // memory, no vkAllocateMemory), and give it back to the cache when the last handle goes.
+        const VkDeviceSize cls = BufferCache::size_class(size == 0 ? 16 : size);
+        std::unique_ptr<Buffer> cached = dev->buffer_cache().take(cls);
+        Buffer* raw = cached ? cached.release() : make(*dev, cls, kind).release();
+        return std::shared_ptr<Buffer>(raw, [dev](Buffer* p) { dev->buffer_cache().give(p); });
+    }
+    return std::shared_ptr<Buffer>(make(*dev, size, kind).release());
+}
+
+std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
+    Device* dev = &dev_ref;
+    std::unique_ptr<Buffer> b(new Buffer());
     b->device_ = dev;
     b->size_ = size == 0 ? 16 : size;
     VkDevice d = dev->handle();
@@ -104,6 +117,46 @@ void Buffer::read(void* dst, VkDeviceSize bytes, VkDeviceSize offset) {
     ++device_->counters().copies;
     batches.wait(staging->last_write_serial);
     std::memcpy(dst, staging->mapped(), bytes);
+}
+
+uint64_t BufferCache::size_class(uint64_t bytes) {
+    constexpr uint64_t kSmall = 64 * 1024;
+    if (bytes <= (1u << 20)) return (bytes + kSmall - 1) / kSmall * kSmall;
+    uint64_t p = 1;
+    while (p < bytes)
+        p <<= 1;
+    const uint64_t step = p / 16;  // the upper half of [p/2, p] in eighths of p/2
+    return (bytes + step - 1) / step * step;
+}
+
+std::unique_ptr<Buffer> BufferCache::take(uint64_t size_class) {
+    std::lock_guard lock(mutex_);
+    auto it = free_.find(size_class);
+    if (it == free_.end()) return nullptr;
+    std::unique_ptr<Buffer> b = std::move(it->second);
+    free_.erase(it);
+    bytes_ -= b->size();
+    return b;
+}
+
+void BufferCache::give(Buffer* raw) {
+    std::unique_ptr<Buffer> b(raw);
+    std::lock_guard lock(mutex_);
+    if (closed_ || bytes_ + b->size() > budget_) return;  // destroyed here
+    bytes_ += b->size();
+    free_.emplace(b->size(), std::move(b));
+}
+
+void BufferCache::clear() {
+    std::lock_guard lock(mutex_);
+    free_.clear();
+    bytes_ = 0;
+    closed_ = true;
+}
+
+uint64_t BufferCache::cached_bytes() const {
+    std::lock_guard lock(mutex_);
+    return bytes_;
 }
 
 }  // namespace pagedkv::detail

@@ -5,7 +5,9 @@
 #include <vulkan/vulkan_core.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 
 namespace pagedkv::detail {
 
@@ -49,12 +51,38 @@ class Buffer : public Resource {
 
   private:
     Buffer() = default;
+    static std::unique_ptr<Buffer> make(Device& dev, VkDeviceSize size, MemoryKind kind);
     Device* device_ = nullptr;
     VkBuffer buffer_ = VK_NULL_HANDLE;
     VkDeviceMemory memory_ = VK_NULL_HANDLE;
     VkDeviceSize size_ = 0;
     VkDeviceAddress address_ = 0;
     void* mapped_ = nullptr;
+};
+
+// Freed tensor buffers kept for reuse, by size class (like a framework's caching allocator),
+// up to a byte budget; the rest are destroyed.
+class BufferCache {
+  public:
+    explicit BufferCache(uint64_t budget_bytes) : budget_(budget_bytes) {}
+    ~BufferCache() { clear(); }
+    BufferCache(const BufferCache&) = delete;
+    BufferCache& operator=(const BufferCache&) = delete;
+
+    // Sizes rounded up to 64 KiB below 1 MiB, else to an eighth of their power of two: at
+    // most 12.5% slack.
+    static uint64_t size_class(uint64_t bytes);
+    std::unique_ptr<Buffer> take(uint64_t size_class);
+    void give(Buffer* b);
+    void clear();
+    uint64_t cached_bytes() const;
+
+  private:
+    mutable std::mutex mutex_;
+    std::multimap<uint64_t, std::unique_ptr<Buffer>> free_;
+    uint64_t bytes_ = 0;
+    uint64_t budget_;
+    bool closed_ = false;
 };
 
 }  // namespace pagedkv::detail

@@ -43,34 +43,48 @@ layout(push_constant) uniform Params {
     uint block_size;        // tokens per page
     uint slab_shift;        // log2(blocks per slab)
     uint gather;            // 1: pages -> tensor, 0: tensor -> pages
+    uint chunk_words;       // words one thread moves: 1 (GPUs: coalesced) or a whole row (CPUs)
+    uint chunks;            // chunks per row (row_words / chunk_words)
+    uint units;             // threads per entry (heads * chunks)
+    // log2 of chunks, units and block_size when they are powers of two, else NONE: shifts
+    // instead of divisions, which a CPU device cannot vectorize.
+    uint chunk_shift;
+    uint unit_shift;
+    uint block_shift;
 } p;
 
 const uint NONE = 0xFFFFFFFFu;  // an entry without a tensor row or without a page
 
+uint div(uint a, uint b, uint shift) { return shift != NONE ? a >> shift : a / b; }
+
 void main() {
-    const uint total = p.num_entries * p.heads * p.row_words;
+    const uint total = p.num_entries * p.units;
     const uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
     const uint slab_mask = (1u << p.slab_shift) - 1u;
     Entries entries = Entries(p.entries);
     Words tensor = Words(p.tensor);
     for (uint i = gl_GlobalInvocationID.x; i < total; i += stride) {
-        const uint word = i % p.row_words;
-        const uint row = i / p.row_words;
-        const uint head = row % p.heads;
-        const uvec2 e = entries.e[row / p.heads];
-        const uint t = (e.x + head * p.head_stride) * p.row_words + word;
+        const uint entry = div(i, p.units, p.unit_shift);
+        const uint unit = i - entry * p.units;
+        const uint head = div(unit, p.chunks, p.chunk_shift);
+        const uint first = (unit - head * p.chunks) * p.chunk_words;
+        const uvec2 e = entries.e[entry];
+        const uint t = (e.x + head * p.head_stride) * p.row_words + first;
         if (e.y == NONE) {  // gather past a row's end: zero padding
-            tensor.w[t] = WORD_ZERO;
+            for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = WORD_ZERO;
             continue;
         }
-        const uint block = e.y / p.block_size;
+        const uint block = div(e.y, p.block_size, p.block_shift);
         const uint slot = e.y - block * p.block_size;
         Words page = Words(Addresses(p.slabs).a[block >> p.slab_shift]);
         const uint o = (block & slab_mask) * p.block_words + p.page_offset +
-                       (head * p.block_size + slot) * p.row_words + word;
-        if (p.gather != 0u)
-            tensor.w[t] = page.w[o];
-        else
-            page.w[o] = e.x == NONE ? WORD_ZERO : tensor.w[t];  // no row: a hole, zeroed
+                       (head * p.block_size + slot) * p.row_words + first;
+        if (p.gather != 0u) {
+            for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = page.w[o + w];
+        } else if (e.x == NONE) {  // no row: a hole, zeroed
+            for (uint w = 0; w < p.chunk_words; ++w) page.w[o + w] = WORD_ZERO;
+        } else {
+            for (uint w = 0; w < p.chunk_words; ++w) page.w[o + w] = tensor.w[t + w];
+        }
     }
 }

@@ -220,6 +220,7 @@ std::shared_ptr<Device> Device::create(const ContextOptions& opts) {
     const bool uma = d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
                      d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     d->map_tensors_ = uma && !opts.force_staging;
+    d->paths_ = {opts.scatter_path, opts.gather_path};
     return d;
 }
 
@@ -255,6 +256,7 @@ void Device::init_common(bool enable_16bit) {
     ++g_live_devices;
     storage16_ = enable_16bit;
     vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
+    buffer_cache_ = std::make_unique<BufferCache>(uint64_t(512) << 20);
     batches_ = std::make_unique<Batches>(*this);
 }
 
@@ -262,7 +264,8 @@ Device::~Device() {
     if (batches_) --g_live_devices;
     if (device_) {
         vkDeviceWaitIdle(device_);
-        batches_.reset();
+        batches_.reset();  // may hand tensor buffers back to the cache: clear it after
+        buffer_cache_.reset();
         for (auto& [name, p] : pipelines_) {
             vkDestroyPipeline(device_, p.pipeline, nullptr);
             vkDestroyPipelineLayout(device_, p.layout, nullptr);

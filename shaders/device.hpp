@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pagedkv/context.hpp"
+#include "shaders/buffer.hpp"
 
 namespace pagedkv::detail {
 
@@ -47,6 +48,7 @@ class Device {
     uint64_t max_buffer_bytes() const noexcept;
 
     Batches& batches() { return *batches_; }
+    BufferCache& buffer_cache() { return *buffer_cache_; }
     // One lock for everything recorded on this device (queue, batches, pipelines).
     std::recursive_mutex& mutex() { return mutex_; }
     DeviceCounters& counters() { return counters_; }
@@ -67,6 +69,15 @@ class Device {
     // Waits for all work and releases what finished batches kept alive.
     void synchronize();
 
+    struct BytePaths {
+        BytePath scatter = BytePath::Auto;
+        BytePath gather = BytePath::Auto;
+        bool whole_rows = false;  // shader threads move whole rows (CPU devices) or words
+    };
+    // The paths chosen by options, or by measurement on first use (resolve_byte_paths()).
+    const BytePaths& byte_paths() const noexcept { return paths_; }
+    void set_byte_paths(BytePaths p) noexcept { paths_ = p; }
+
     // Devices alive in this process (a leak shows up here before a driver runs out).
     static int live_count() noexcept;
 
@@ -84,9 +95,11 @@ class Device {
     VkPhysicalDeviceProperties props_{};
     VkPhysicalDeviceMemoryProperties mem_props_{};
     bool storage16_ = false;
+    BytePaths paths_;
     bool map_tensors_ = false;
 
     std::unique_ptr<Batches> batches_;
+    std::unique_ptr<BufferCache> buffer_cache_;
     std::map<std::string, Pipeline> pipelines_;
     std::recursive_mutex mutex_;
     DeviceCounters counters_;

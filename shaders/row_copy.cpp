@@ -3,10 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
 
 #include "pagedkv/error.hpp"
 #include "shaders/batch.hpp"
 #include "shaders/device.hpp"
+#include "shaders/gpu_timer.hpp"
 
 namespace pagedkv::detail {
 
@@ -35,14 +40,29 @@ struct PushConstants {
     uint32_t block_size;
     uint32_t slab_shift;
     uint32_t gather;
+    uint32_t chunk_words;
+    uint32_t chunks;
+    uint32_t units;
+    uint32_t chunk_shift;
+    uint32_t unit_shift;
+    uint32_t block_shift;
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
 constexpr uint32_t kMaxGroups = 65535;
+constexpr uint32_t kNoShift = 0xFFFFFFFFu;
+
+uint32_t log2_or_none(uint32_t v) {
+    if (v == 0 || (v & (v - 1)) != 0) return kNoShift;
+    uint32_t s = 0;
+    while ((1u << s) < v)
+        ++s;
+    return s;
+}
 
 }  // namespace
 
-void record_row_copy(Device& dev, PageStorage& pages, const RowCopy& op) {
+void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op) {
     if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
     const PageLayout& layout = pages.layout();
     // The widest word that divides every stride keeps the shader's loads aligned.
@@ -93,15 +113,167 @@ void record_row_copy(Device& dev, PageStorage& pages, const RowCopy& op) {
     pc.block_size = layout.block_size;
     pc.slab_shift = pages.slab_shift();
     pc.gather = op.gather ? 1 : 0;
+    // One word per thread (coalesced on GPUs) or a whole row per thread (CPU SIMD lanes).
+    pc.chunk_words = dev.byte_paths().whole_rows ? pc.row_words : 1;
+    pc.chunks = pc.row_words / pc.chunk_words;
+    pc.units = op.heads * pc.chunks;
+    pc.chunk_shift = log2_or_none(pc.chunks);
+    pc.unit_shift = log2_or_none(pc.units);
+    pc.block_shift = log2_or_none(layout.block_size);
+    const uint64_t threads = uint64_t(op.entries.size()) * pc.units;
 
     VkCommandBuffer cmd =
         op.gather ? batches.record({&pages}, {op.tensor}) : batches.record({op.tensor}, {&pages});
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe->pipeline);
     vkCmdPushConstants(cmd, pipe->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
     const uint64_t groups =
-        std::min<uint64_t>((total + dev.workgroup_size() - 1) / dev.workgroup_size(), kMaxGroups);
+        std::min<uint64_t>((threads + dev.workgroup_size() - 1) / dev.workgroup_size(), kMaxGroups);
     vkCmdDispatch(cmd, uint32_t(groups), 1, 1);
     ++dev.counters().dispatches;
+}
+
+void record_row_copy_commands(Device& dev, PageStorage& pages, const RowCopy& op) {
+    if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
+    if (op.row_bytes % 4 != 0)
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("copy commands need rows of whole 4-byte words, got {} bytes",
+                                op.row_bytes));
+    const PageLayout& layout = pages.layout();
+    const uint32_t bs = layout.block_size;
+    // Runs of entries whose tensor rows and page slots both advance by one inside one page:
+    // each becomes one region per head (pages are head-major, tensors too).
+    struct Run {
+        uint32_t row, slot, len;
+    };
+    std::vector<Run> runs;
+    for (const RowEntry& e : op.entries) {
+        if (!runs.empty()) {
+            Run& r = runs.back();
+            const bool rows_follow = e.tensor_row == kNone
+                                         ? r.row == kNone
+                                         : r.row != kNone && e.tensor_row == r.row + r.len;
+            const bool slots_follow = e.page_slot == kNone
+                                          ? r.slot == kNone
+                                          : r.slot != kNone && e.page_slot == r.slot + r.len &&
+                                                r.slot / bs == e.page_slot / bs;
+            if (rows_follow && slots_follow) {
+                ++r.len;
+                continue;
+            }
+        }
+        runs.push_back({e.tensor_row, e.page_slot, 1});
+    }
+    std::map<uint32_t, std::vector<VkBufferCopy>> by_slab;
+    struct Fill {
+        VkBuffer buffer;
+        VkDeviceSize offset, size;
+    };
+    std::vector<Fill> fills;
+    const uint64_t rb = op.row_bytes;
+    for (const Run& r : runs)
+        for (uint32_t h = 0; h < op.heads; ++h) {
+            const uint64_t size = uint64_t(r.len) * rb;
+            const uint64_t t = (uint64_t(r.row) + uint64_t(h) * op.head_stride) * rb;
+            if (r.slot == kNone) {  // gather past a row's end: zero padding
+                fills.push_back({op.tensor->handle(), t, size});
+                continue;
+            }
+            const uint32_t block = r.slot / bs, slot = r.slot % bs;
+            const uint64_t p =
+                pages.offset_of(block) + op.page_offset + (uint64_t(h) * bs + slot) * rb;
+            if (r.row == kNone) {  // a hole in a row: zeros into the page
+                fills.push_back({pages.slab_of(block).handle(), p, size});
+                continue;
+            }
+            by_slab[block >> pages.slab_shift()].push_back(op.gather ? VkBufferCopy{p, t, size}
+                                                                     : VkBufferCopy{t, p, size});
+        }
+    Batches& batches = dev.batches();
+    VkCommandBuffer cmd =
+        op.gather ? batches.record({&pages}, {op.tensor}) : batches.record({op.tensor}, {&pages});
+    // Regions go in chunks: the validation layer checks the regions of one call against each
+    // other, so one call with thousands of regions costs it quadratic time.
+    constexpr size_t kRegionsPerCall = 128;
+    for (auto& [slab, regions] : by_slab) {
+        VkBuffer s = pages.slabs()[slab]->handle();
+        VkBuffer src = op.gather ? s : op.tensor->handle();
+        VkBuffer dst = op.gather ? op.tensor->handle() : s;
+        for (size_t i = 0; i < regions.size(); i += kRegionsPerCall) {
+            const size_t n = std::min(kRegionsPerCall, regions.size() - i);
+            vkCmdCopyBuffer(cmd, src, dst, uint32_t(n), regions.data() + i);
+            ++dev.counters().copies;
+        }
+    }
+    for (const Fill& f : fills) {
+        vkCmdFillBuffer(cmd, f.buffer, f.offset, f.size, 0);
+        ++dev.counters().copies;
+    }
+}
+
+void record_row_copy(Device& dev, PageStorage& pages, const RowCopy& op) {
+    const BytePath path = op.gather ? dev.byte_paths().gather : dev.byte_paths().scatter;
+    if (path == BytePath::CopyCommands && op.row_bytes % 4 == 0)
+        record_row_copy_commands(dev, pages, op);
+    else
+        record_row_copy_shader(dev, pages, op);
+}
+
+void resolve_byte_paths(Device& dev) {
+    Device::BytePaths paths = dev.byte_paths();
+    if (paths.scatter != BytePath::Auto && paths.gather != BytePath::Auto) {
+        paths.whole_rows = dev.is_cpu();
+        dev.set_byte_paths(paths);
+        return;
+    }
+    const BytePath fallback = dev.is_cpu() ? BytePath::CopyCommands : BytePath::Shader;
+    if (!GpuTimer::supported(dev)) {
+        paths.whole_rows = dev.is_cpu();
+        if (paths.scatter == BytePath::Auto) paths.scatter = fallback;
+        if (paths.gather == BytePath::Auto) paths.gather = fallback;
+        dev.set_byte_paths(paths);
+        return;
+    }
+    // A decode-like workload: 1024 single tokens of 8 heads x 256 bytes spread over pages in a
+    // shuffled order, and a prefill-like one: whole pages in order. Each path is timed on both
+    // and the faster in total wins.
+    const PageLayout layout{1, 8, 128, 128, 16, DType::F16};
+    const uint32_t blocks = 64, tokens = blocks * 16;
+    auto storage = PageStorage::create(dev, layout, blocks, 0);
+    auto tensor = Buffer::create(dev, uint64_t(tokens) * 8 * 256, MemoryKind::Tensor);
+    std::vector<uint32_t> order(blocks);
+    std::iota(order.begin(), order.end(), 0u);
+    std::shuffle(order.begin(), order.end(), std::mt19937(7));
+    std::vector<RowEntry> in_order, scattered;
+    for (uint32_t t = 0; t < tokens; ++t)
+        in_order.push_back({t, t});
+    for (uint32_t t = 0; t < 1024; ++t)
+        scattered.push_back({t, order[t % blocks] * 16 + t / blocks});
+    GpuTimer timer(dev);
+    auto time = [&](bool gather, auto record) {
+        double total = 0;
+        for (const auto* entries : {&in_order, &scattered}) {
+            RowCopy op{tensor.get(), *entries, 8, 256, gather ? tokens : tokens, 0, gather};
+            total += timer.median([&] { record(dev, *storage, op); }, 3, 1);
+        }
+        return total;
+    };
+    // First the shader's thread shape (words or whole rows per thread), then shader vs copies.
+    double shader_time[2] = {0, 0};
+    for (bool rows : {false, true}) {
+        dev.set_byte_paths({BytePath::Shader, BytePath::Shader, rows});
+        shader_time[rows] =
+            time(true, record_row_copy_shader) + time(false, record_row_copy_shader);
+    }
+    paths.whole_rows = shader_time[1] < shader_time[0];
+    dev.set_byte_paths({BytePath::Shader, BytePath::Shader, paths.whole_rows});
+    for (bool gather : {false, true}) {
+        BytePath& p = gather ? paths.gather : paths.scatter;
+        if (p != BytePath::Auto) continue;
+        const double shader = time(gather, record_row_copy_shader);
+        const double copies = time(gather, record_row_copy_commands);
+        p = copies < shader ? BytePath::CopyCommands : BytePath::Shader;
+    }
+    dev.set_byte_paths(paths);
 }
 
 }  // namespace pagedkv::detail

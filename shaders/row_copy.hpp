@@ -32,6 +32,15 @@ struct RowCopy {
     bool gather = false;
 };
 
+// Records op on the device's chosen byte path (shader, or copy commands where the layout
+// allows: rows of a whole number of 4-byte words).
 void record_row_copy(Device& dev, PageStorage& pages, const RowCopy& op);
+// The two paths, for calibration and tests.
+void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op);
+void record_row_copy_commands(Device& dev, PageStorage& pages, const RowCopy& op);
+
+// Resolves BytePath::Auto for scatter and gather by timing both paths on this device (once;
+// a device without timestamps uses copy commands on CPUs and shaders elsewhere).
+void resolve_byte_paths(Device& dev);
 
 }  // namespace pagedkv::detail

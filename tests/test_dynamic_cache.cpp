@@ -24,33 +24,39 @@ TEST_CASE("prefill then decode matches the reference in every dtype", "[cache][g
 }
 
 TEST_CASE("random shapes and step sequences match the reference bit for bit", "[cache][gpu]") {
-    ValidatedContext g;
-    for (uint32_t seed = 1; seed <= 12; ++seed) {
-        std::mt19937 pick(seed);
-        const DType dtype = std::array{DType::F32, DType::F16, DType::BF16}[pick() % 3];
-        // Odd head dims exercise the 16-bit shader, multiples of 8 halves the 128-bit one.
-        const uint32_t dims[] = {1, 3, 4, 7, 8, 16, 64};
-        PoolConfig c = small_config(dtype, 1 + pick() % 3, 1 + pick() % 4, dims[pick() % 7],
-                                    1 + pick() % 8, 256);
-        c.v_head_dim = pick() % 2 ? c.head_dim : dims[pick() % 7];
-        INFO("seed " << seed << " dtype " << to_string(dtype) << " layers " << c.num_layers
-                     << " heads " << c.num_kv_heads << " head_dim " << c.head_dim << " v_head_dim "
-                     << c.v_head_dim << " block_size " << c.block_size);
-        BlockPool pool(g.ctx, c);
-        DynamicKVCache cache(pool);
-        CacheHarness h(g.ctx, pool, cache, seed);
-        const uint32_t batch = 1 + pick() % 4;
-        for (int step = 0; step < 8; ++step) {
-            const uint32_t seq = step == 0 ? 1 + pick() % 20 : 1 + pick() % 3;
-            for (uint32_t l = 0; l < c.num_layers; ++l)
-                h.append(batch, seq, l);
+    for (const PathMode& mode : kPathModes)
+        DYNAMIC_SECTION("byte path: " << mode.name) {
+            ValidatedContext g;
+            BlockPool warmup(g.ctx,
+                             small_config(DType::F32));  // resolves Auto; then force the mode
+            use_path(g.ctx, mode);
+            for (uint32_t seed = 1; seed <= 12; ++seed) {
+                std::mt19937 pick(seed);
+                const DType dtype = std::array{DType::F32, DType::F16, DType::BF16}[pick() % 3];
+                // Odd head dims exercise the 16-bit shader, multiples of 8 halves the 128-bit one.
+                const uint32_t dims[] = {1, 3, 4, 7, 8, 16, 64};
+                PoolConfig c = small_config(dtype, 1 + pick() % 3, 1 + pick() % 4, dims[pick() % 7],
+                                            1 + pick() % 8, 256);
+                c.v_head_dim = pick() % 2 ? c.head_dim : dims[pick() % 7];
+                INFO("seed " << seed << " dtype " << to_string(dtype) << " layers " << c.num_layers
+                             << " heads " << c.num_kv_heads << " head_dim " << c.head_dim
+                             << " v_head_dim " << c.v_head_dim << " block_size " << c.block_size);
+                BlockPool pool(g.ctx, c);
+                DynamicKVCache cache(pool);
+                CacheHarness h(g.ctx, pool, cache, seed);
+                const uint32_t batch = 1 + pick() % 4;
+                for (int step = 0; step < 8; ++step) {
+                    const uint32_t seq = step == 0 ? 1 + pick() % 20 : 1 + pick() % 3;
+                    for (uint32_t l = 0; l < c.num_layers; ++l)
+                        h.append(batch, seq, l);
+                }
+                h.check();
+                cache.reset();
+                h.ref.reset();
+                h.check();
+                CHECK(pool.stats().used_blocks == 0);
+            }
         }
-        h.check();
-        cache.reset();
-        h.ref.reset();
-        h.check();
-        CHECK(pool.stats().used_blocks == 0);
-    }
 }
 
 TEST_CASE("layers fill independently and share one block table per row", "[cache][gpu]") {
@@ -130,25 +136,32 @@ TEST_CASE("tensors round-trip through device-local memory and staging copies", "
     }
 }
 
-TEST_CASE("a decode step over every layer is one submit", "[cache][gpu]") {
-    ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::F16, 4));
-    DynamicKVCache cache(pool);
-    CacheHarness h(g.ctx, pool, cache, 4);
-    for (uint32_t l = 0; l < 4; ++l)
-        h.append(3, 5, l);
-    std::vector<CacheHarness::KV> inputs;
-    for (uint32_t l = 0; l < 4; ++l)
-        inputs.push_back(h.make_kv(3, 1));
-    g.ctx.synchronize();
-    const DeviceCounters before = g.ctx.counters();
-    std::vector<std::pair<Tensor, Tensor>> outs;
-    for (uint32_t l = 0; l < 4; ++l)
-        outs.push_back(cache.update(inputs[l].tk, inputs[l].tv, l));
-    outs.back().first.to_host();  // reading one result submits the step
-    const DeviceCounters after = g.ctx.counters();
-    CHECK(after.submits - before.submits == 1);
-    CHECK(after.dispatches - before.dispatches == 4 * 4);  // scatter K, V and gather K, V
+TEST_CASE("a decode step over every layer is one submit on every byte path", "[cache][gpu]") {
+    for (const PathMode& mode : kPathModes) {
+        for (uint32_t batch : {1u, 6u}) {
+            INFO("path " << mode.name << " batch " << batch);
+            ValidatedContext g;
+            BlockPool pool(g.ctx, small_config(DType::F16, 4));
+            use_path(g.ctx, mode);
+            DynamicKVCache cache(pool);
+            CacheHarness h(g.ctx, pool, cache, 4);
+            for (uint32_t l = 0; l < 4; ++l)
+                h.append(batch, 5, l);
+            std::vector<CacheHarness::KV> inputs;
+            for (uint32_t l = 0; l < 4; ++l)
+                inputs.push_back(h.make_kv(batch, 1));
+            g.ctx.synchronize();
+            const DeviceCounters before = g.ctx.counters();
+            std::vector<std::pair<Tensor, Tensor>> outs;
+            for (uint32_t l = 0; l < 4; ++l)
+                outs.push_back(cache.update(inputs[l].tk, inputs[l].tv, l));
+            outs.back().first.to_host();  // reading one result submits the step
+            const DeviceCounters after = g.ctx.counters();
+            CHECK(after.submits - before.submits == 1);
+            // On the shader path, one dispatch per op and layer whatever the batch.
+            if (mode.path == BytePath::Shader) CHECK(after.dispatches - before.dispatches == 4 * 4);
+        }
+    }
 }
 
 TEST_CASE("MQA with different K and V head dims matches the reference", "[cache][gpu]") {

@@ -33,9 +33,13 @@ const char* name(Kind k) {
 
 // Runs `steps` random operations on one cache of kind `kind`; a second dynamic cache over the
 // same pool supplies rows for insert().
-void run_random_ops(Kind kind, uint32_t seed, int steps) {
-    INFO("kind " << name(kind) << " seed " << seed);
+void run_random_ops(Kind kind, uint32_t seed, int steps, const PathMode* mode = nullptr) {
+    INFO("kind " << name(kind) << " seed " << seed << " path " << (mode ? mode->name : "auto"));
     ValidatedContext g;
+    if (mode) {
+        BlockPool warmup(g.ctx, small_config(DType::F32));  // resolves Auto first
+        use_path(g.ctx, *mode);
+    }
     std::mt19937 pick(seed);
     const DType dtype = std::array{DType::F32, DType::F16, DType::BF16}[seed % 3];
     PoolConfig c = small_config(dtype, 2, 1 + seed % 3, seed % 2 ? 6 : 8, 1 + seed % 5, 400);
@@ -182,4 +186,9 @@ TEST_CASE("random operations on a sliding window cache match the reference", "[r
 TEST_CASE("random operations on a static cache match the reference", "[random][gpu]") {
     for (uint32_t seed : {301u, 302u})
         run_random_ops(Kind::Static, seed, 500);
+}
+
+TEST_CASE("random operations match the reference on every byte path", "[random][gpu]") {
+    for (const PathMode& mode : kPathModes)
+        run_random_ops(Kind::Dynamic, 401, 300, &mode);
 }

@@ -74,3 +74,23 @@ inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t 
 }
 
 }  // namespace pagedkv::test
+
+#include "shaders/device.hpp"
+
+namespace pagedkv::test {
+
+// The three ways bytes can move; differential tests run under each, whatever the device picks.
+struct PathMode {
+    const char* name;
+    BytePath path;
+    bool whole_rows;
+};
+inline constexpr PathMode kPathModes[] = {{"copy commands", BytePath::CopyCommands, false},
+                                          {"shader, a word per thread", BytePath::Shader, false},
+                                          {"shader, a row per thread", BytePath::Shader, true}};
+
+inline void use_path(Context& ctx, const PathMode& m) {
+    ctx.device().set_byte_paths({m.path, m.path, m.whole_rows});
+}
+
+}  // namespace pagedkv::test

@@ -15,6 +15,12 @@ namespace detail {
 class Device;
 }
 
+// How K/V bytes move between tensors and pages: a compute shader, or transfer commands
+// (vkCmdCopyBuffer with one region per head and run of page slots). Which is faster depends on
+// the device (copy commands on lavapipe, shaders on most discrete GPUs); Auto measures both
+// on the device when its first pool is made and keeps the faster for scatter and for gather.
+enum class BytePath : uint8_t { Auto, Shader, CopyCommands };
+
 struct ContextOptions {
     // Index into vkEnumeratePhysicalDevices; -1 picks a discrete GPU, then an integrated
     // one, then anything else (a CPU implementation such as lavapipe).
@@ -25,6 +31,8 @@ struct ContextOptions {
     // Keep tensors in device-local memory reached through staging copies even where the
     // device offers host-visible device memory (exercises the discrete-GPU path anywhere).
     bool force_staging = false;
+    BytePath scatter_path = BytePath::Auto;
+    BytePath gather_path = BytePath::Auto;
 };
 
 // A host runtime's Vulkan objects. The library never destroys them. The device must have
@@ -74,6 +82,9 @@ class Context {
     std::vector<std::string> validation_messages() const;
     void clear_validation_messages();
     DeviceCounters counters() const;
+    // The byte paths in use (Auto resolved once the first pool exists).
+    BytePath scatter_path() const;
+    BytePath gather_path() const;
 
     detail::Device& device() const { return *device_; }
     const std::shared_ptr<detail::Device>& device_ptr() const { return device_; }

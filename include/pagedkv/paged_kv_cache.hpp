@@ -23,6 +23,10 @@ class PagedKVCache : public KVCache {
 
     std::pair<Tensor, Tensor> update(const Tensor& key, const Tensor& value, uint32_t layer_idx,
                                      const CachePosition& cache_position = {}) override;
+    // update() without the gather: the new tokens go into pages and nothing is returned (for
+    // runtimes whose attention kernels read pages directly). Same checks and errors.
+    void write(const Tensor& key, const Tensor& value, uint32_t layer_idx,
+               const CachePosition& cache_position = {});
     std::optional<std::pair<Tensor, Tensor>> get(uint32_t layer_idx) const override;
     int64_t get_seq_length(uint32_t layer_idx = 0) const override;
     std::vector<int64_t> seq_lengths(uint32_t layer_idx = 0) const override;

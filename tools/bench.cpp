@@ -1,0 +1,374 @@
+// pagedkv-bench: every figure a ratio measured side by side in one run on one device (GPU
+// timestamps, warm-up, median of many), printed as a table and written as JSON. Nothing here
+// is asserted by a test: speed and memory targets live in this tool.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "allocator/block_allocator.hpp"
+#include "cache/pool_state.hpp"
+#include "pagedkv/pagedkv.hpp"
+#include "shaders/batch.hpp"
+#include "shaders/buffer.hpp"
+#include "shaders/device.hpp"
+#include "shaders/gpu_timer.hpp"
+#include "shaders/page_copy.hpp"
+
+using namespace pagedkv;
+
+namespace {
+
+// A flat vkCmdCopyBuffer of `bytes` (the device's own copy speed), in `pieces` equal copies.
+double time_flat_copy(detail::Device& dev, detail::GpuTimer& timer, uint64_t bytes,
+                      int pieces = 1) {
+    auto src = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
+    auto dst = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
+    const uint64_t each = bytes / uint64_t(pieces);
+    return timer.median([&] {
+        VkCommandBuffer cmd = dev.batches().record({src.get()}, {dst.get()});
+        for (int p = 0; p < pieces; ++p) {
+            VkBufferCopy r{uint64_t(p) * each, uint64_t(p) * each, each};
+            vkCmdCopyBuffer(cmd, src->handle(), dst->handle(), 1, &r);
+        }
+    });
+}
+
+Tensor random_tensor(Context& ctx, std::mt19937& rng, std::vector<int64_t> shape, DType t) {
+    int64_t n = 1;
+    for (int64_t d : shape)
+        n *= d;
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v)
+        x = dist(rng);
+    return Tensor::from_host(ctx, v, std::move(shape), t);
+}
+
+struct Row {
+    std::string name, value, note;
+};
+
+struct Report {
+    std::vector<Row> rows;
+    std::map<std::string, double> json;
+    void add(const std::string& key, const std::string& name, double v, const std::string& fmt_v,
+             const std::string& note = "") {
+        rows.push_back({name, fmt_v, note});
+        json[key] = v;
+    }
+};
+
+const char* path_name(BytePath p) {
+    return p == BytePath::Shader ? "shader" : p == BytePath::CopyCommands ? "copy" : "auto";
+}
+
+// Runs f once with the shader path and once with copy commands, then restores the choice.
+void for_each_path(Context& ctx, const std::function<void(const std::string&)>& f) {
+    const auto chosen = ctx.device().byte_paths();
+    for (BytePath p : {BytePath::Shader, BytePath::CopyCommands}) {
+        ctx.device().set_byte_paths({p, p, chosen.whole_rows});
+        f(path_name(p));
+    }
+    ctx.device().set_byte_paths(chosen);
+}
+
+PoolConfig layout(uint32_t layers, uint64_t blocks) {
+    PoolConfig c;
+    c.num_layers = layers;
+    c.num_kv_heads = 8;
+    c.head_dim = 128;
+    c.block_size = 16;
+    c.dtype = DType::F16;
+    c.num_blocks = blocks;
+    return c;
+}
+
+// Scatter (write) and gather (get) of one prefill of `tokens` tokens, against a flat copy of
+// the same bytes (K and V: two copies).
+void bench_prefill(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t tokens) {
+    std::mt19937 rng(1);
+    const PoolConfig c = layout(1, tokens / 16 + 4);
+    BlockPool pool(ctx, c);
+    Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
+    Tensor v = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
+    const uint64_t bytes = 2 * k.nbytes();
+    const double copy = time_flat_copy(ctx.device(), timer, bytes, 2);
+    DynamicKVCache cache(pool);
+    cache.write(k, v, 0);
+    const std::string shape = fmt::format("prefill {} tokens x 8 heads x 128, f16", tokens);
+    rep.add("copy_gbps_prefill", "vkCmdCopyBuffer, same bytes", 2 * bytes / copy / 1e9,
+            fmt::format("{:.1f} GB/s", 2 * bytes / copy / 1e9), shape);
+    for_each_path(ctx, [&](const std::string& path) {
+        const double scatter = timer.median([&] { cache.write(k, v, 0, int64_t(0)); });
+        const double gather = timer.median([&] { (void)cache.get(0); });
+        rep.add("gather_ratio_prefill_" + path, "gather / copy (prefill, " + path + ")",
+                copy / gather, fmt::format("{:.2f}x", copy / gather),
+                fmt::format("{:.1f} GB/s", 2 * bytes / gather / 1e9));
+        rep.add("scatter_ratio_prefill_" + path, "scatter / copy (prefill, " + path + ")",
+                copy / scatter, fmt::format("{:.2f}x", copy / scatter),
+                fmt::format("{:.1f} GB/s", 2 * bytes / scatter / 1e9));
+    });
+}
+
+// One decode step of `rows` rows over `layers` layers: scatter of one token per row and
+// layer, gather of every row's context, against flat copies of the same bytes.
+void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
+                  uint32_t layers, uint32_t context) {
+    std::mt19937 rng(2);
+    const PoolConfig c = layout(layers, uint64_t(rows) * ((context + 16) / 16 + 1));
+    BlockPool pool(ctx, c);
+    DynamicKVCache cache(pool);
+    Tensor pk = random_tensor(ctx, rng, {rows, 8, context, 128}, c.dtype);
+    for (uint32_t l = 0; l < layers; ++l)
+        cache.write(pk, pk, l);
+    Tensor tk = random_tensor(ctx, rng, {rows, 8, 1, 128}, c.dtype);
+    const std::vector<std::vector<int64_t>> pos(rows, std::vector<int64_t>{int64_t(context) - 1});
+    const uint64_t token_bytes = 2ull * 8 * 128 * 2;  // K and V of one token, one layer
+    const uint64_t sbytes = token_bytes * rows * layers;
+    const uint64_t gbytes = token_bytes * rows * context * layers;
+    const double scopy = time_flat_copy(ctx.device(), timer, sbytes, int(2 * layers));
+    const double gcopy = time_flat_copy(ctx.device(), timer, gbytes, int(2 * layers));
+    const std::string shape = fmt::format("{} rows x 1 token x {} layers", rows, layers);
+    for_each_path(ctx, [&](const std::string& path) {
+        const double scatter = timer.median([&] {
+            for (uint32_t l = 0; l < layers; ++l)
+                cache.write(tk, tk, l, pos);
+        });
+        const double gather = timer.median(
+            [&] {
+                for (uint32_t l = 0; l < layers; ++l)
+                    (void)cache.get(l);
+            },
+            5, 1);
+        rep.add("scatter_ratio_decode_" + path, "scatter / copy (decode, " + path + ")",
+                scopy / scatter, fmt::format("{:.2f}x", scopy / scatter),
+                fmt::format("{} ({:.1f} us per step)", shape, scatter * 1e6));
+        rep.add("gather_ratio_decode_" + path, "gather / copy (decode, " + path + ")",
+                gcopy / gather, fmt::format("{:.2f}x", gcopy / gather),
+                fmt::format("{} rows x {} tokens x {} layers ({:.2f} ms)", rows, context, layers,
+                            gather * 1e3));
+    });
+
+    // What one decode step costs the host: submits, dispatches, descriptor updates.
+    ctx.synchronize();
+    const DeviceCounters before = ctx.counters();
+    std::vector<std::pair<Tensor, Tensor>> out;
+    for (uint32_t l = 0; l < layers; ++l)
+        out.push_back(cache.update(tk, tk, l, pos));
+    out.back().first.to_host();
+    const DeviceCounters after = ctx.counters();
+    rep.add("submits_per_step", "submits per decode step", double(after.submits - before.submits),
+            fmt::format("{}", after.submits - before.submits),
+            fmt::format("{} rows x {} layers, update (scatter + gather)", rows, layers));
+    rep.add("dispatches_per_step", "dispatches per decode step",
+            double(after.dispatches - before.dispatches),
+            fmt::format("{}", after.dispatches - before.dispatches),
+            "4 per layer (K, V scatter and gather), whatever the batch");
+    rep.add("descriptor_updates_per_step", "descriptor updates per step",
+            double(after.descriptor_updates - before.descriptor_updates),
+            fmt::format("{}", after.descriptor_updates - before.descriptor_updates),
+            "buffer device addresses in push constants");
+}
+
+// Copy-on-write page copies against one multi-region and one flat vkCmdCopyBuffer.
+void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
+    const uint32_t pages = 256;
+    const PoolConfig c = layout(4, 2 * pages + 8);
+    BlockPool pool(ctx, c);
+    std::mt19937 rng(3);
+    DynamicKVCache cache(pool);
+    Tensor k = random_tensor(ctx, rng, {1, 8, pages * 16 - 8, 128}, c.dtype);
+    for (uint32_t l = 0; l < 4; ++l)
+        cache.write(k, k, l);
+    const uint64_t block = pool.stats().block_bytes;
+    // The library's page copy: fork every row, then one write per sharer copies its pages.
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    for (uint32_t i = 0; i < pages; ++i)
+        copies.emplace_back(i, pages + 4 + i);
+    auto& st = pool.state();
+    const double cow =
+        timer.median([&] { detail::record_page_copies(ctx.device(), *st.pages, copies); });
+    const double flat = time_flat_copy(ctx.device(), timer, block * pages);
+    rep.add("page_copy_ratio", "page copy / flat copy", flat / cow,
+            fmt::format("{:.2f}x", flat / cow),
+            fmt::format("{} pages of {} KiB, one region per page", pages, block / 1024));
+}
+
+// Allocator allocate + free per page against a raw std::vector free list.
+void bench_allocator(Report& rep) {
+    for (uint64_t n : {1000ull, 100000ull, 1000000ull}) {
+        BlockAllocator alloc(n);
+        std::vector<uint32_t> raw(n);
+        for (uint64_t i = 0; i < n; ++i)
+            raw[i] = uint32_t(i);
+        const int batch = 16;
+        const int iters = 200000;
+        std::vector<BlockId> got;
+        got.reserve(batch);
+        auto t0 = std::chrono::steady_clock::now();
+        for (int it = 0; it < iters; ++it) {
+            got.clear();
+            alloc.allocate(batch, got);
+            for (BlockId b : got)
+                alloc.release(b);
+        }
+        auto t1 = std::chrono::steady_clock::now();
+        std::vector<uint32_t> taken;
+        taken.reserve(batch);
+        uint64_t sink = 0;
+        for (int it = 0; it < iters; ++it) {
+            taken.clear();
+            for (int j = 0; j < batch; ++j) {
+                taken.push_back(raw.back());
+                raw.pop_back();
+            }
+            for (uint32_t b : taken) {
+                sink += b;
+                raw.push_back(b);
+            }
+        }
+        auto t2 = std::chrono::steady_clock::now();
+        const double ours = std::chrono::duration<double>(t1 - t0).count() / (iters * batch);
+        const double base = std::chrono::duration<double>(t2 - t1).count() / (iters * batch);
+        rep.add(fmt::format("allocator_ratio_{}", n), fmt::format("allocator / raw ({} pages)", n),
+                ours / base, fmt::format("{:.2f}x", ours / base),
+                fmt::format("{:.1f} ns vs {:.1f} ns per page{}", ours * 1e9, base * 1e9,
+                            sink == 1 ? " " : ""));
+    }
+}
+
+// Waste and concurrency on a synthetic trace: paged pages vs contiguous max-length slots.
+void bench_memory(Report& rep) {
+    std::mt19937 rng(4);
+    std::lognormal_distribution<double> prompt(std::log(400.0), 0.9), output(std::log(150.0), 0.8);
+    const uint32_t max_len = 4096, block = 16;
+    const uint64_t budget_tokens = 1u << 20;  // memory for 1M token slots
+    std::vector<uint32_t> lens;
+    for (int i = 0; i < 4000; ++i) {
+        const uint32_t p = std::clamp<uint32_t>(uint32_t(prompt(rng)), 16, max_len / 2);
+        const uint32_t o = std::clamp<uint32_t>(uint32_t(output(rng)), 1, max_len - p);
+        lens.push_back(p + o);
+    }
+    double tokens = 0, paged_slots = 0;
+    for (uint32_t l : lens) {
+        tokens += l;
+        paged_slots += double((l + block - 1) / block * block);
+    }
+    const double contiguous_slots = double(lens.size()) * max_len;
+    uint64_t fit = 0, used = 0;
+    for (uint32_t l : lens) {
+        const uint64_t need = (l + block - 1) / block * block;
+        if (used + need > budget_tokens) break;
+        used += need;
+        ++fit;
+    }
+    const uint64_t fit_contiguous = budget_tokens / max_len;
+    rep.add("waste_paged_pct", "waste, paged (block 16)", 100 * (1 - tokens / paged_slots),
+            fmt::format("{:.1f}%", 100 * (1 - tokens / paged_slots)),
+            fmt::format("{} log-normal sequences, mean {:.0f} tokens", lens.size(),
+                        tokens / double(lens.size())));
+    rep.add("waste_contiguous_pct", "waste, contiguous max-length",
+            100 * (1 - tokens / contiguous_slots),
+            fmt::format("{:.1f}%", 100 * (1 - tokens / contiguous_slots)),
+            fmt::format("{} slots per sequence", max_len));
+    rep.add("concurrency_ratio", "sequences that fit, paged / contiguous",
+            double(fit) / double(fit_contiguous),
+            fmt::format("{:.1f}x", double(fit) / double(fit_contiguous)),
+            fmt::format("{} vs {} in {} token slots", fit, fit_contiguous, budget_tokens));
+}
+
+// Beam search: 4 beams over a 2,048-token prompt, 128 steps; pages used, shared vs copied.
+void bench_beams(Context& ctx, Report& rep) {
+    PoolConfig c = layout(1, 2048);
+    c.num_kv_heads = 1;
+    c.head_dim = 8;
+    BlockPool pool(ctx, c);
+    DynamicKVCache cache(pool);
+    std::mt19937 rng(5);
+    cache.write(random_tensor(ctx, rng, {1, 1, 2048, 8}, c.dtype),
+                random_tensor(ctx, rng, {1, 1, 2048, 8}, c.dtype), 0);
+    cache.batch_repeat_interleave(4);
+    uint64_t peak = 0;
+    Tensor t = random_tensor(ctx, rng, {4, 1, 1, 8}, c.dtype);
+    for (int step = 0; step < 128; ++step) {
+        cache.write(t, t, 0);
+        std::vector<int32_t> beams(4);
+        for (auto& b : beams)
+            b = int32_t(rng() % 4);
+        cache.reorder_cache(beams);
+        peak = std::max(peak, pool.stats().used_blocks);
+    }
+    ctx.synchronize();
+    const uint64_t copied = 4 * ((2048 + 128 + 15) / 16);
+    rep.add("beam_pages_shared", "beam search pages, shared", double(peak), fmt::format("{}", peak),
+            fmt::format("4 beams, 2048-token prompt, 128 steps; {} page copies",
+                        pool.stats().pages_copied));
+    rep.add("beam_pages_copied", "beam search pages, copying", double(copied),
+            fmt::format("{}", copied), "every beam its own pages");
+    rep.add("beam_saving_pct", "beam search pages saved",
+            100.0 * (1 - double(peak) / double(copied)),
+            fmt::format("{:.0f}%", 100.0 * (1 - double(peak) / double(copied))));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string json_path = "pagedkv-bench.json";
+    uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32, decode_context = 64;
+    for (int i = 1; i < argc; ++i) {
+        auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
+        if (!std::strcmp(argv[i], "--json"))
+            json_path = next();
+        else if (!std::strcmp(argv[i], "--context"))
+            decode_context = uint32_t(std::atoi(next()));
+        else {
+            fmt::print(stderr, "usage: pagedkv-bench [--json FILE] [--context TOKENS]\n");
+            return 2;
+        }
+    }
+    try {
+        const auto t0 = std::chrono::steady_clock::now();
+        Context ctx = Context::create();
+        detail::GpuTimer timer(ctx.device());
+        Report rep;
+        bench_prefill(ctx, timer, rep, prefill_tokens);
+        rep.rows.push_back(
+            {"paths chosen (scatter, gather)",
+             fmt::format("{}, {}", path_name(ctx.scatter_path()), path_name(ctx.gather_path())),
+             fmt::format("shader threads move {}",
+                         ctx.device().byte_paths().whole_rows ? "whole rows" : "single words")});
+        bench_decode(ctx, timer, rep, decode_rows, decode_layers, decode_context);
+        bench_page_copy(ctx, timer, rep);
+        bench_allocator(rep);
+        bench_memory(rep);
+        bench_beams(ctx, rep);
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+        fmt::print("pagedkv-bench on {} ({:.1f} s)\n\n", ctx.device_name(), secs);
+        fmt::print("{:<40} {:>10}  {}\n", "figure", "value", "measured on");
+        for (const Row& r : rep.rows)
+            fmt::print("{:<40} {:>10}  {}\n", r.name, r.value, r.note);
+        std::FILE* f = std::fopen(json_path.c_str(), "w");
+        if (!f) throw std::runtime_error("cannot write " + json_path);
+        fmt::print(f, "{{\n  \"schema_version\": 1,\n  \"device\": \"{}\",\n  \"seconds\": {:.2f}",
+                   ctx.device_name(), secs);
+        for (const auto& [k, v] : rep.json)
+            fmt::print(f, ",\n  \"{}\": {:.6g}", k, v);
+        fmt::print(f, "\n}}\n");
+        std::fclose(f);
+        fmt::print("\nwrote {}\n", json_path);
+        return 0;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "pagedkv-bench: {}\n", e.what());
+        return 1;
+    }
+}
