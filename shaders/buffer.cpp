@@ -12,11 +12,12 @@ namespace pagedkv::detail {
 
 std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
     Device* dev = &dev_ref;
-    if (kind == MemoryKind::Tensor) {
-        // Tensors come and go every step: reuse a cached buffer of the same size class (warm
-        // memory, no vkAllocateMemory), and give it back to the cache when the last handle goes.
+    if (kind != MemoryKind::DeviceLocal) {
+        // Tensors and staging buffers come and go every step: reuse a cached buffer of the same
+        // kind and size class (warm memory, no vkAllocateMemory), and give it back to the cache
+        // when the last handle goes.
         const VkDeviceSize cls = BufferCache::size_class(size == 0 ? 16 : size);
-        std::unique_ptr<Buffer> cached = dev->buffer_cache().take(cls);
+        std::unique_ptr<Buffer> cached = dev->buffer_cache().take(kind, cls);
         Buffer* raw = cached ? cached.release() : make(*dev, cls, kind).release();
         return std::shared_ptr<Buffer>(raw, [dev](Buffer* p) { dev->buffer_cache().give(p); });
     }
@@ -27,6 +28,7 @@ std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryK
     Device* dev = &dev_ref;
     std::unique_ptr<Buffer> b(new Buffer());
     b->device_ = dev;
+    b->kind_ = kind;
     b->size_ = size == 0 ? 16 : size;
     VkDevice d = dev->handle();
 
@@ -129,9 +131,9 @@ uint64_t BufferCache::size_class(uint64_t bytes) {
     return (bytes + step - 1) / step * step;
 }
 
-std::unique_ptr<Buffer> BufferCache::take(uint64_t size_class) {
+std::unique_ptr<Buffer> BufferCache::take(MemoryKind kind, uint64_t size_class) {
     std::lock_guard lock(mutex_);
-    auto it = free_.find(size_class);
+    auto it = free_.find({kind, size_class});
     if (it == free_.end()) return nullptr;
     std::unique_ptr<Buffer> b = std::move(it->second);
     free_.erase(it);
@@ -144,7 +146,8 @@ void BufferCache::give(Buffer* raw) {
     std::lock_guard lock(mutex_);
     if (closed_ || bytes_ + b->size() > budget_) return;  // destroyed here
     bytes_ += b->size();
-    free_.emplace(b->size(), std::move(b));
+    const std::pair<MemoryKind, uint64_t> key{b->kind(), b->size()};
+    free_.emplace(key, std::move(b));
 }
 
 void BufferCache::clear() {

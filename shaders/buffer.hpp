@@ -41,6 +41,7 @@ class Buffer : public Resource {
     VkDeviceAddress address() const noexcept { return address_; }
     VkDeviceSize size() const noexcept { return size_; }
     void* mapped() const noexcept { return mapped_; }
+    MemoryKind kind() const noexcept { return kind_; }
     Device& device() const noexcept { return *device_; }
 
     // Host -> buffer. Only for buffers no pending GPU work reads or writes (fresh ones):
@@ -56,6 +57,7 @@ class Buffer : public Resource {
     VkBuffer buffer_ = VK_NULL_HANDLE;
     VkDeviceMemory memory_ = VK_NULL_HANDLE;
     VkDeviceSize size_ = 0;
+    MemoryKind kind_ = MemoryKind::DeviceLocal;
     VkDeviceAddress address_ = 0;
     void* mapped_ = nullptr;
 };
@@ -72,14 +74,14 @@ class BufferCache {
     // Sizes rounded up to 64 KiB below 1 MiB, else to an eighth of their power of two: at
     // most 12.5% slack.
     static uint64_t size_class(uint64_t bytes);
-    std::unique_ptr<Buffer> take(uint64_t size_class);
+    std::unique_ptr<Buffer> take(MemoryKind kind, uint64_t size_class);
     void give(Buffer* b);
     void clear();
     uint64_t cached_bytes() const;
 
   private:
     mutable std::mutex mutex_;
-    std::multimap<uint64_t, std::unique_ptr<Buffer>> free_;
+    std::multimap<std::pair<MemoryKind, uint64_t>, std::unique_ptr<Buffer>> free_;
     uint64_t bytes_ = 0;
     uint64_t budget_;
     bool closed_ = false;

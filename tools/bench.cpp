@@ -171,7 +171,8 @@ void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t r
     rep.add("dispatches_per_step", "dispatches per decode step",
             double(after.dispatches - before.dispatches),
             fmt::format("{}", after.dispatches - before.dispatches),
-            "4 per layer (K, V scatter and gather), whatever the batch");
+            fmt::format("{} copy commands; on the shader path 4 per layer, whatever the batch",
+                        after.copies - before.copies));
     rep.add("descriptor_updates_per_step", "descriptor updates per step",
             double(after.descriptor_updates - before.descriptor_updates),
             fmt::format("{}", after.descriptor_updates - before.descriptor_updates),
@@ -202,9 +203,100 @@ void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
             fmt::format("{} pages of {} KiB, one region per page", pages, block / 1024));
 }
 
+// A series of (x, y) points for the scaling plot.
+struct Series {
+    std::string name, color;
+    std::vector<std::pair<double, double>> points;
+};
+
+// Gather bandwidth against size, for each byte path and for a flat copy of the same bytes.
+std::vector<Series> sweep_gather(Context& ctx, detail::GpuTimer& timer) {
+    std::vector<Series> out{{"gather, shader", "#1f77b4", {}},
+                            {"gather, copy commands", "#ff7f0e", {}},
+                            {"vkCmdCopyBuffer (flat)", "#2ca02c", {}}};
+    std::mt19937 rng(6);
+    for (uint32_t tokens : {256u, 1024u, 4096u, 16384u}) {
+        BlockPool pool(ctx, layout(1, tokens / 16 + 4));
+        DynamicKVCache cache(pool);
+        Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, DType::F16);
+        cache.write(k, k, 0);
+        const double bytes = 2.0 * 2 * double(k.nbytes());  // K and V, read + written
+        int i = 0;
+        for_each_path(ctx, [&](const std::string&) {
+            const double t = timer.median([&] { (void)cache.get(0); }, 7, 2);
+            out[size_t(i++)].points.emplace_back(bytes / 2, bytes / t / 1e9);
+        });
+        const double t = time_flat_copy(ctx.device(), timer, 2 * k.nbytes(), 2);
+        out[2].points.emplace_back(bytes / 2, bytes / t / 1e9);
+    }
+    return out;
+}
+
+// A log-x line chart as an SVG group at (x0, y0).
+std::string chart(double x0, double y0, const std::string& title, const std::string& xlabel,
+                  const std::string& ylabel, const std::vector<Series>& series) {
+    const double w = 420, h = 260;
+    double xmin = 1e300, xmax = 0, ymax = 0;
+    for (const auto& s : series)
+        for (auto [x, y] : s.points) {
+            xmin = std::min(xmin, x);
+            xmax = std::max(xmax, x);
+            ymax = std::max(ymax, y);
+        }
+    ymax *= 1.1;
+    auto px = [&](double x) {
+        return x0 + 50 +
+               (std::log10(x) - std::log10(xmin)) / (std::log10(xmax) - std::log10(xmin)) *
+                   (w - 70);
+    };
+    auto py = [&](double y) { return y0 + h - 40 - y / ymax * (h - 70); };
+    std::string g = fmt::format("<text x='{}' y='{}' font-size='14' font-weight='bold'>{}</text>\n",
+                                x0 + 50, y0 + 16, title);
+    g += fmt::format("<line x1='{0}' y1='{1}' x2='{2}' y2='{1}' stroke='#333'/>\n", x0 + 50,
+                     y0 + h - 40, x0 + w - 20);
+    g += fmt::format("<line x1='{0}' y1='{1}' x2='{0}' y2='{2}' stroke='#333'/>\n", x0 + 50,
+                     y0 + h - 40, y0 + 30);
+    for (int i = 0; i <= 4; ++i) {
+        const double y = ymax * i / 4;
+        g += fmt::format("<text x='{}' y='{}' font-size='10' text-anchor='end'>{:.3g}</text>\n",
+                         x0 + 46, py(y) + 3, y);
+    }
+    for (auto [x, y] : series.front().points)
+        g += fmt::format("<text x='{}' y='{}' font-size='10' text-anchor='middle'>{}</text>\n",
+                         px(x), y0 + h - 26,
+                         x >= 1e6   ? fmt::format("{:.0f}M", x / 1e6)
+                         : x >= 1e3 ? fmt::format("{:.0f}k", x / 1e3)
+                                    : fmt::format("{:.0f}", x));
+    g += fmt::format("<text x='{}' y='{}' font-size='11' text-anchor='middle'>{}</text>\n",
+                     x0 + w / 2 + 20, y0 + h - 8, xlabel);
+    g += fmt::format(
+        "<text x='{}' y='{}' font-size='11' transform='rotate(-90 {} {})' "
+        "text-anchor='middle'>{}</text>\n",
+        x0 + 12, y0 + h / 2, x0 + 12, y0 + h / 2, ylabel);
+    int row = 0;
+    for (const auto& s : series) {
+        std::string pts;
+        for (auto [x, y] : s.points)
+            pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
+        g += fmt::format("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>\n",
+                         s.color, pts);
+        for (auto [x, y] : s.points)
+            g += fmt::format("<circle cx='{:.1f}' cy='{:.1f}' r='3' fill='{}'/>\n", px(x), py(y),
+                             s.color);
+        g += fmt::format(
+            "<rect x='{}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}' "
+            "font-size='11'>{}</text>\n",
+            x0 + 60, y0 + 28 + 14 * row, s.color, x0 + 74, y0 + 37 + 14 * row, s.name);
+        ++row;
+    }
+    return g;
+}
+
 // Allocator allocate + free per page against a raw std::vector free list.
-void bench_allocator(Report& rep) {
-    for (uint64_t n : {1000ull, 100000ull, 1000000ull}) {
+std::vector<Series> bench_allocator(Report& rep) {
+    std::vector<Series> out{{"BlockAllocator", "#1f77b4", {}},
+                            {"raw std::vector free list", "#2ca02c", {}}};
+    for (uint64_t n : {1000ull, 10000ull, 100000ull, 1000000ull, 4000000ull}) {
         BlockAllocator alloc(n);
         std::vector<uint32_t> raw(n);
         for (uint64_t i = 0; i < n; ++i)
@@ -238,11 +330,15 @@ void bench_allocator(Report& rep) {
         auto t2 = std::chrono::steady_clock::now();
         const double ours = std::chrono::duration<double>(t1 - t0).count() / (iters * batch);
         const double base = std::chrono::duration<double>(t2 - t1).count() / (iters * batch);
+        out[0].points.emplace_back(double(n), ours * 1e9);
+        out[1].points.emplace_back(double(n), base * 1e9);
+        if (n == 10000 || n == 4000000) continue;  // plotted, not tabulated
         rep.add(fmt::format("allocator_ratio_{}", n), fmt::format("allocator / raw ({} pages)", n),
                 ours / base, fmt::format("{:.2f}x", ours / base),
                 fmt::format("{:.1f} ns vs {:.1f} ns per page{}", ours * 1e9, base * 1e9,
                             sink == 1 ? " " : ""));
     }
+    return out;
 }
 
 // Waste and concurrency on a synthetic trace: paged pages vs contiguous max-length slots.
@@ -321,16 +417,19 @@ void bench_beams(Context& ctx, Report& rep) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string json_path = "pagedkv-bench.json";
+    std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32, decode_context = 64;
     for (int i = 1; i < argc; ++i) {
         auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
         if (!std::strcmp(argv[i], "--json"))
             json_path = next();
+        else if (!std::strcmp(argv[i], "--svg"))
+            svg_path = next();
         else if (!std::strcmp(argv[i], "--context"))
             decode_context = uint32_t(std::atoi(next()));
         else {
-            fmt::print(stderr, "usage: pagedkv-bench [--json FILE] [--context TOKENS]\n");
+            fmt::print(stderr,
+                       "usage: pagedkv-bench [--json FILE] [--svg FILE] [--context TOKENS]\n");
             return 2;
         }
     }
@@ -347,7 +446,8 @@ int main(int argc, char** argv) {
                          ctx.device().byte_paths().whole_rows ? "whole rows" : "single words")});
         bench_decode(ctx, timer, rep, decode_rows, decode_layers, decode_context);
         bench_page_copy(ctx, timer, rep);
-        bench_allocator(rep);
+        const auto alloc_series = bench_allocator(rep);
+        const auto gather_series = sweep_gather(ctx, timer);
         bench_memory(rep);
         bench_beams(ctx, rep);
         const double secs =
@@ -365,7 +465,21 @@ int main(int argc, char** argv) {
             fmt::print(f, ",\n  \"{}\": {:.6g}", k, v);
         fmt::print(f, "\n}}\n");
         std::fclose(f);
-        fmt::print("\nwrote {}\n", json_path);
+        std::FILE* svg = std::fopen(svg_path.c_str(), "w");
+        if (!svg) throw std::runtime_error("cannot write " + svg_path);
+        fmt::print(
+            svg,
+            "<svg xmlns='http://www.w3.org/2000/svg' width='880' height='300' "
+            "font-family='sans-serif'>\n"
+            "<rect width='880' height='300' fill='white'/>\n{}{}"
+            "<text x='440' y='296' font-size='10' text-anchor='middle' fill='#666'>pagedkv-bench "
+            "on {}</text>\n</svg>\n",
+            chart(0, 0, "allocate + free, ns per page", "pool size (pages)", "ns", alloc_series),
+            chart(440, 0, "gather bandwidth (K+V, read + written)", "bytes gathered", "GB/s",
+                  gather_series),
+            ctx.device_name());
+        std::fclose(svg);
+        fmt::print("\nwrote {} and {}\n", json_path, svg_path);
         return 0;
     } catch (const std::exception& e) {
         fmt::print(stderr, "pagedkv-bench: {}\n", e.what());
