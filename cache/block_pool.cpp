@@ -61,6 +61,7 @@ const PoolConfig& BlockPool::config() const noexcept {
 }
 
 PoolStats BlockPool::stats() const {
+    std::lock_guard lock(state_->device->mutex());
     const AllocatorCounters& c = state_->allocator.counters();
     PoolStats s;
     s.num_blocks = c.num_blocks;
@@ -76,6 +77,7 @@ PoolStats BlockPool::stats() const {
 }
 
 std::string BlockPool::check() const {
+    std::lock_guard lock(state_->device->mutex());
     return state_->allocator.check();
 }
 bool BlockPool::validate() const {

@@ -133,6 +133,7 @@ BlockPool& PagedKVCache::pool() const noexcept {
     return *state_->pool;
 }
 uint32_t PagedKVCache::batch_size() const {
+    auto l = lock(*state_);
     return state_->batch;
 }
 
