@@ -282,7 +282,7 @@ pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
         ptrs.reserve(messages.size());
         for (const std::string& m : messages)
             ptrs.push_back(m.c_str());
-        // Moving keeps the strings' buffers, so the pointers stay valid.
+        // Moving a vector leaves its elements where they are, so the pointers stay valid.
         c.messages = std::move(messages);
         c.message_ptrs = std::move(ptrs);
         *out_messages = c.message_ptrs.data();

@@ -27,9 +27,10 @@ struct ContextOptions {
     bool force_staging = false;
 };
 
-// A host runtime's Vulkan objects, adopted by Context::adopt. The library never destroys them
-// (nor waits for the host's other work); destroy every pagedkv object made on the context
-// before destroying the device.
+// A host runtime's Vulkan objects, adopted by Context::adopt. The library never destroys them;
+// destroy every pagedkv object made on the context (contexts, pools, caches, tensors) before
+// destroying the device. When the last of them goes, the library waits for the device to be
+// idle (vkDeviceWaitIdle): the host must not be using any of its queues at that moment.
 //
 // What the host must have set up, because Vulkan offers no way to ask a VkDevice which
 // features it was created with:
