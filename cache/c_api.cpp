@@ -5,10 +5,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "pagedkv/pagedkv.hpp"
@@ -118,9 +120,17 @@ T& need(T* p, const char* name) {
     return *p;
 }
 
-// Enums from C are read as int: a C caller may pass any value.
-pagedkv::DType dtype_of(pagedkv_dtype d) {
-    switch (int(d)) {
+// The value of an enum from C. C may pass any value of the underlying type, but C++ may not
+// load one outside the enumerators' range (UBSan rightly flags it), so the bytes are read.
+template <class E>
+std::underlying_type_t<E> raw(const E& e) noexcept {
+    std::underlying_type_t<E> v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
+pagedkv::DType dtype_of(const pagedkv_dtype& d) {
+    switch (raw(d)) {
         case PAGEDKV_DTYPE_F32:
             return pagedkv::DType::F32;
         case PAGEDKV_DTYPE_F16:
@@ -129,7 +139,7 @@ pagedkv::DType dtype_of(pagedkv_dtype d) {
             return pagedkv::DType::BF16;
     }
     throw Error(ErrorCode::InvalidArgument,
-                fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16)", int(d)));
+                fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16)", raw(d)));
 }
 
 pagedkv_dtype c_dtype(pagedkv::DType d) noexcept {
@@ -152,7 +162,7 @@ pagedkv::CachePosition position_of(const pagedkv_cache_position* p) {
                         fmt::format("position: {} positions announced but positions is NULL", n));
         return std::vector<int64_t>(p->positions, p->positions + n);
     };
-    switch (int(p->kind)) {
+    switch (raw(p->kind)) {
         case PAGEDKV_POSITION_APPEND:
             return {};
         case PAGEDKV_POSITION_SCALAR:
@@ -173,7 +183,7 @@ pagedkv::CachePosition position_of(const pagedkv_cache_position* p) {
         }
     }
     throw Error(ErrorCode::InvalidArgument,
-                fmt::format("position: kind {} is not a pagedkv_position_kind", int(p->kind)));
+                fmt::format("position: kind {} is not a pagedkv_position_kind", raw(p->kind)));
 }
 
 // A span over count elements that may be NULL only when count is 0.
@@ -199,7 +209,7 @@ void make_cache(pagedkv_pool* pool, pagedkv_cache** out, Args... args) {
 extern "C" {
 
 const char* pagedkv_status_name(pagedkv_status status) noexcept {
-    switch (int(status)) {
+    switch (raw(status)) {
         case PAGEDKV_OK:
             return "PAGEDKV_OK";
         case PAGEDKV_ERROR_INVALID_ARGUMENT:
