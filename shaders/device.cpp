@@ -287,7 +287,8 @@ void Device::init_common(bool enable_16bit) {
 
 Device::~Device() {
     if (device_) {
-        // An adopted device also runs the host's work: wait for ours only.
+        // An adopted device also runs the host's work: wait for ours only. (Batches' destructor
+        // still waits for the whole device; ExternalVulkan documents that.)
         if (owns_) {
             vkDeviceWaitIdle(device_);
         } else if (batches_) {
