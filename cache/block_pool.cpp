@@ -35,8 +35,8 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
         c.dtype != DType::F32 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
     if (odd_rows && !dev.has_16bit_storage())
         throw Error(ErrorCode::Unsupported,
-                    fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess, "
-                                "which this device lacks",
+                    fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess "
+                                "and shaderInt16, which this device lacks or did not enable",
                                 c.head_dim, to_string(c.dtype)));
     return c;
 }

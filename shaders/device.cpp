@@ -216,7 +216,9 @@ std::shared_ptr<Device> Device::create(const ContextOptions& opts) {
     vkGetDeviceQueue(d->device_, d->family_, 0, &d->queue_);
 
     vkGetPhysicalDeviceProperties(d->physical_, &d->props_);
-    d->init_common(enable.v11.storageBuffer16BitAccess == VK_TRUE);
+    // The 16-bit shader variant declares the Int16 capability as well as 16-bit storage.
+    d->init_common(enable.v11.storageBuffer16BitAccess == VK_TRUE &&
+                   enable.core.features.shaderInt16 == VK_TRUE);
     const bool uma = d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
                      d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     d->map_tensors_ = uma && !opts.force_staging;
@@ -227,7 +229,45 @@ std::shared_ptr<Device> Device::create(const ContextOptions& opts) {
 std::shared_ptr<Device> Device::adopt(const ExternalVulkan& ext) {
     if (!ext.instance || !ext.physical_device || !ext.device || !ext.queue)
         throw Error(ErrorCode::InvalidArgument,
-                    "adopt: instance, physical_device, device and queue must all be set");
+                    fmt::format("adopt: instance, physical_device, device and queue must all be "
+                                "set (got instance {}, physical_device {}, device {}, queue {})",
+                                ext.instance ? "set" : "null", ext.physical_device ? "set" : "null",
+                                ext.device ? "set" : "null", ext.queue ? "set" : "null"));
+    // Handles made through another loader dispatch through tables this loader does not know.
+    if (ext.get_instance_proc_addr && ext.get_instance_proc_addr != &vkGetInstanceProcAddr)
+        throw Error(ErrorCode::Unsupported,
+                    "adopt: get_instance_proc_addr is not the vkGetInstanceProcAddr of the Vulkan "
+                    "loader pagedkv is linked with; pass nullptr or that loader's");
+
+    std::string why = unusable_reason(ext.physical_device);
+    if (!why.empty())
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("adopt: device cannot run pagedkv: {}", why));
+
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(ext.physical_device, &nq, nullptr);
+    std::vector<VkQueueFamilyProperties> families(nq);
+    vkGetPhysicalDeviceQueueFamilyProperties(ext.physical_device, &nq, families.data());
+    if (ext.queue_family >= nq)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("adopt: queue_family {} out of range: the device has {} queue "
+                                "families",
+                                ext.queue_family, nq));
+    if (!(families[ext.queue_family].queueFlags & VK_QUEUE_COMPUTE_BIT))
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("adopt: queue family {} has no VK_QUEUE_COMPUTE_BIT (flags {:#x})",
+                                ext.queue_family, families[ext.queue_family].queueFlags));
+
+    Features supported;
+    vkGetPhysicalDeviceFeatures2(ext.physical_device, &supported.core);
+    if (ext.int16_storage &&
+        !(supported.v11.storageBuffer16BitAccess && supported.core.features.shaderInt16))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("adopt: int16_storage is set but the physical device lacks "
+                                "{}",
+                                supported.core.features.shaderInt16 ? "storageBuffer16BitAccess"
+                                                                    : "shaderInt16"));
+
     std::shared_ptr<Device> d(new Device());
     d->owns_ = false;
     d->instance_ = ext.instance;
@@ -236,13 +276,8 @@ std::shared_ptr<Device> Device::adopt(const ExternalVulkan& ext) {
     d->queue_ = ext.queue;
     d->family_ = ext.queue_family;
     vkGetPhysicalDeviceProperties(d->physical_, &d->props_);
-    std::string why = unusable_reason(d->physical_);
-    if (!why.empty())
-        throw Error(ErrorCode::Unsupported,
-                    fmt::format("adopt: device cannot run pagedkv: {}", why));
-    Features supported;
-    vkGetPhysicalDeviceFeatures2(d->physical_, &supported.core);
-    d->init_common(supported.v11.storageBuffer16BitAccess == VK_TRUE);
+    // What the device supports is not what the host enabled: only the host can tell.
+    d->init_common(ext.int16_storage);
     d->map_tensors_ = d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
                       d->props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     return d;
@@ -263,7 +298,17 @@ void Device::init_common(bool enable_16bit) {
 Device::~Device() {
     if (batches_) --g_live_devices;
     if (device_) {
-        vkDeviceWaitIdle(device_);
+        // An adopted device also runs the host's work: wait for ours only. (Batches' destructor
+        // still waits for the whole device; ExternalVulkan documents that.)
+        if (owns_) {
+            vkDeviceWaitIdle(device_);
+        } else if (batches_) {
+            try {
+                batches_->wait_all();
+            } catch (const Error&) {
+                // A lost device: nothing left to wait for.
+            }
+        }
         batches_.reset();  // may hand tensor buffers back to the cache: clear it after
         buffer_cache_.reset();
         for (auto& [name, p] : pipelines_) {

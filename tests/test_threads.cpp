@@ -56,10 +56,12 @@ TEST_CASE("caches over one pool are used from several threads at once", "[thread
                 }
             }
         });
-    for (auto& w : workers) w.join();
+    for (auto& w : workers)
+        w.join();
     done = true;
     watcher.join();
-    for (const auto& f : failures) CHECK(f == "");
+    for (const auto& f : failures)
+        CHECK(f == "");
     CHECK(pool.stats().used_blocks == 0);
     CHECK(pool.validate());
 }

@@ -35,16 +35,35 @@ struct ContextOptions {
     BytePath gather_path = BytePath::Auto;
 };
 
-// A host runtime's Vulkan objects. The library never destroys them. The device must have
-// been created with bufferDeviceAddress and shaderInt64 enabled (and storageBuffer16BitAccess
-// for pools whose 16-bit rows are not a multiple of 4 bytes).
+// A host runtime's Vulkan objects, adopted by Context::adopt. The library never destroys them;
+// destroy every pagedkv object made on the context (contexts, pools, caches, tensors) before
+// destroying the device. When the last of them goes, the library waits for the device to be
+// idle (vkDeviceWaitIdle): the host must not be using any of its queues at that moment.
+//
+// What the host must have set up, because Vulkan offers no way to ask a VkDevice which
+// features it was created with:
+//  - instance created with apiVersion >= VK_API_VERSION_1_2, physical device of Vulkan 1.2+;
+//  - device created with VkPhysicalDeviceVulkan12Features::bufferDeviceAddress and
+//    VkPhysicalDeviceFeatures::shaderInt64 enabled (required);
+//  - storageBuffer16BitAccess (VkPhysicalDeviceVulkan11Features) and shaderInt16 enabled when
+//    the device has both, and then int16_storage set: f16/bf16 pools with an odd head_dim move
+//    16-bit words and need them;
+//  - queue taken from queue_family, a family with VK_QUEUE_COMPUTE_BIT. The library submits
+//    to it under its own lock: the host must not use the queue from another thread while a
+//    pagedkv call runs (Vulkan requires queue access to be externally synchronized).
+// Validation messages go to the host's own debug messenger: Context::validation_messages()
+// stays empty for an adopted device.
 struct ExternalVulkan {
     VkInstance instance = VK_NULL_HANDLE;
     VkPhysicalDevice physical_device = VK_NULL_HANDLE;
     VkDevice device = VK_NULL_HANDLE;
     VkQueue queue = VK_NULL_HANDLE;
     uint32_t queue_family = 0;
-    // The loader entry point of the host (nullptr: this process's vkGetInstanceProcAddr).
+    // Whether the device was created with storageBuffer16BitAccess and shaderInt16 enabled.
+    bool int16_storage = false;
+    // The loader entry point of the host. The library calls Vulkan through the loader it is
+    // linked with, so this must be nullptr or that loader's vkGetInstanceProcAddr (a host
+    // with a loader of its own, e.g. one opened with dlopen from another path, is refused).
     PFN_vkGetInstanceProcAddr get_instance_proc_addr = nullptr;
 };
 

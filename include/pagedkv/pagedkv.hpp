@@ -13,3 +13,4 @@
 #include "pagedkv/sliding_window_cache.hpp"
 #include "pagedkv/static_cache.hpp"
 #include "pagedkv/tensor.hpp"
+#include "pagedkv/version.hpp"

@@ -32,7 +32,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const uint8_t op = data[i] % 9, arg = data[i + 1];
         BlockTable* t = tables.empty() ? nullptr : &tables[arg % tables.size()];
         switch (op) {
-            case 0: tables.emplace_back(alloc); break;
+            case 0:
+                tables.emplace_back(alloc);
+                break;
             case 1: {  // allocate into a table, or fail as a whole
                 if (!t) break;
                 const uint64_t want = arg % 6, free_before = alloc.free_blocks();
@@ -54,7 +56,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             }
             case 2:  // fork: share every page
                 if (!t) break;
-                for (BlockId b : t->blocks()) ++model[index(b)];
+                for (BlockId b : t->blocks())
+                    ++model[index(b)];
                 tables.push_back(t->fork());
                 break;
             case 3: {  // copy-on-write: replace one page by a fresh copy
@@ -67,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 t->replace(at, fresh[0]);
                 break;
             }
-            case 4:  // crop: drop leading pages
+            case 4:    // crop: drop leading pages
             case 5: {  // truncate: drop trailing pages
                 if (!t) break;
                 const size_t k = std::min<size_t>(arg % 4, t->size());
@@ -78,7 +81,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             }
             case 6:  // destroy a table
                 if (!t) break;
-                for (BlockId b : t->blocks()) --model[index(b)];
+                for (BlockId b : t->blocks())
+                    --model[index(b)];
                 tables.erase(tables.begin() + std::ptrdiff_t(arg % tables.size()));
                 break;
             case 7:  // reset everything

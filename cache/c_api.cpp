@@ -1,0 +1,562 @@
+// The C interface (include/pagedkv/pagedkv.h) over the C++ API: handles own C++ objects, and
+// every entry point turns exceptions into a status and a per-thread message.
+#include "pagedkv/pagedkv.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "pagedkv/pagedkv.hpp"
+
+using pagedkv::Error;
+using pagedkv::ErrorCode;
+
+// The handles. Members are declared so that what a handle keeps alive outlives what uses it.
+struct pagedkv_context {
+    pagedkv::Context ctx;
+    std::string name;
+    std::vector<std::string> messages;
+    std::vector<const char*> message_ptrs;
+};
+
+struct pagedkv_pool {
+    std::shared_ptr<pagedkv::BlockPool> pool;
+};
+
+struct pagedkv_cache {
+    std::shared_ptr<pagedkv::BlockPool> pool;  // the pool outlives the cache drawing from it
+    std::unique_ptr<pagedkv::PagedKVCache> cache;
+};
+
+struct pagedkv_tensor {
+    pagedkv::Tensor tensor;
+};
+
+namespace {
+
+// The status of a C++ error code; a new ErrorCode is a compile error here (-Wswitch, -Werror)
+// until the C enum mirrors it.
+pagedkv_status status_of(ErrorCode code) noexcept {
+    switch (code) {
+        case ErrorCode::InvalidArgument:
+            return PAGEDKV_ERROR_INVALID_ARGUMENT;
+        case ErrorCode::OutOfBlocks:
+            return PAGEDKV_ERROR_OUT_OF_BLOCKS;
+        case ErrorCode::CapacityExceeded:
+            return PAGEDKV_ERROR_CAPACITY_EXCEEDED;
+        case ErrorCode::CorruptSnapshot:
+            return PAGEDKV_ERROR_CORRUPT_SNAPSHOT;
+        case ErrorCode::Vulkan:
+            return PAGEDKV_ERROR_VULKAN;
+        case ErrorCode::Unsupported:
+            return PAGEDKV_ERROR_UNSUPPORTED;
+        case ErrorCode::NotImplemented:
+            return PAGEDKV_ERROR_NOT_IMPLEMENTED;
+    }
+    return PAGEDKV_ERROR_INTERNAL;
+}
+
+// The documented "ErrorCode value + 1" numbering.
+static_assert(PAGEDKV_ERROR_INVALID_ARGUMENT == int(ErrorCode::InvalidArgument) + 1);
+static_assert(PAGEDKV_ERROR_OUT_OF_BLOCKS == int(ErrorCode::OutOfBlocks) + 1);
+static_assert(PAGEDKV_ERROR_CAPACITY_EXCEEDED == int(ErrorCode::CapacityExceeded) + 1);
+static_assert(PAGEDKV_ERROR_CORRUPT_SNAPSHOT == int(ErrorCode::CorruptSnapshot) + 1);
+static_assert(PAGEDKV_ERROR_VULKAN == int(ErrorCode::Vulkan) + 1);
+static_assert(PAGEDKV_ERROR_UNSUPPORTED == int(ErrorCode::Unsupported) + 1);
+static_assert(PAGEDKV_ERROR_NOT_IMPLEMENTED == int(ErrorCode::NotImplemented) + 1);
+
+// The calling thread's last error. When even the message cannot be stored, `fallback` names
+// what happened instead.
+struct LastError {
+    std::string message;
+    const char* fallback = nullptr;
+    int32_t vk_result = 0;
+};
+thread_local LastError last_error;
+
+pagedkv_status fail(pagedkv_status status, const char* function, const char* what,
+                    int32_t vk_result = 0) noexcept {
+    last_error.vk_result = vk_result;
+    try {
+        last_error.message = fmt::format("{}: {}", function, what);
+    } catch (...) {
+        last_error.message.clear();
+        last_error.fallback = "out of host memory while recording an error message";
+    }
+    return status;
+}
+
+// Runs one entry point's body: the only place exceptions are caught, so none reaches C.
+template <class Body>
+pagedkv_status guarded(const char* function, Body&& body) noexcept {
+    last_error.message.clear();
+    last_error.fallback = nullptr;
+    last_error.vk_result = 0;
+    try {
+        body();
+        return PAGEDKV_OK;
+    } catch (const Error& e) {
+        return fail(status_of(e.code()), function, e.what(), e.vk_result());
+    } catch (const std::bad_alloc&) {
+        return fail(PAGEDKV_ERROR_OUT_OF_HOST_MEMORY, function, "out of host memory");
+    } catch (const std::exception& e) {
+        return fail(PAGEDKV_ERROR_INTERNAL, function, e.what());
+    } catch (...) {
+        return fail(PAGEDKV_ERROR_INTERNAL, function, "unknown exception");
+    }
+}
+
+// A required pointer argument; NULL is an InvalidArgument naming it.
+template <class T>
+T& need(T* p, const char* name) {
+    if (!p) throw Error(ErrorCode::InvalidArgument, fmt::format("{} is NULL", name));
+    return *p;
+}
+
+// The value of an enum from C. C may pass any value of the underlying type, but C++ may not
+// load one outside the enumerators' range (UBSan rightly flags it), so the bytes are read.
+template <class E>
+std::underlying_type_t<E> raw(const E& e) noexcept {
+    std::underlying_type_t<E> v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
+pagedkv::DType dtype_of(const pagedkv_dtype& d) {
+    switch (raw(d)) {
+        case PAGEDKV_DTYPE_F32:
+            return pagedkv::DType::F32;
+        case PAGEDKV_DTYPE_F16:
+            return pagedkv::DType::F16;
+        case PAGEDKV_DTYPE_BF16:
+            return pagedkv::DType::BF16;
+    }
+    throw Error(ErrorCode::InvalidArgument,
+                fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16)", raw(d)));
+}
+
+pagedkv_dtype c_dtype(pagedkv::DType d) noexcept {
+    switch (d) {
+        case pagedkv::DType::F32:
+            return PAGEDKV_DTYPE_F32;
+        case pagedkv::DType::F16:
+            return PAGEDKV_DTYPE_F16;
+        case pagedkv::DType::BF16:
+            return PAGEDKV_DTYPE_BF16;
+    }
+    return PAGEDKV_DTYPE_F32;
+}
+
+pagedkv::CachePosition position_of(const pagedkv_cache_position* p) {
+    if (!p) return {};
+    auto values = [&](size_t n) {
+        if (n > 0 && !p->positions)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("position: {} positions announced but positions is NULL", n));
+        return std::vector<int64_t>(p->positions, p->positions + n);
+    };
+    switch (raw(p->kind)) {
+        case PAGEDKV_POSITION_APPEND:
+            return {};
+        case PAGEDKV_POSITION_SCALAR:
+            return pagedkv::CachePosition(p->scalar);
+        case PAGEDKV_POSITION_VECTOR:
+            return pagedkv::CachePosition(values(p->columns));
+        case PAGEDKV_POSITION_MATRIX: {
+            if (p->columns != 0 && p->rows > SIZE_MAX / p->columns)
+                throw Error(
+                    ErrorCode::InvalidArgument,
+                    fmt::format("position: {} x {} positions overflow", p->rows, p->columns));
+            const std::vector<int64_t> flat = values(p->rows * p->columns);
+            std::vector<std::vector<int64_t>> m(p->rows);
+            for (size_t r = 0; r < p->rows; ++r)
+                m[r].assign(flat.begin() + std::ptrdiff_t(r * p->columns),
+                            flat.begin() + std::ptrdiff_t((r + 1) * p->columns));
+            return pagedkv::CachePosition(std::move(m));
+        }
+    }
+    throw Error(ErrorCode::InvalidArgument,
+                fmt::format("position: kind {} is not a pagedkv_position_kind", raw(p->kind)));
+}
+
+// A span over count elements that may be NULL only when count is 0.
+template <class T>
+std::span<const T> span_of(const T* data, size_t count, const char* name) {
+    if (count > 0 && !data)
+        throw Error(ErrorCode::InvalidArgument, fmt::format("{} is NULL, count {}", name, count));
+    return count == 0 ? std::span<const T>() : std::span<const T>(data, count);
+}
+
+template <class Cache, class... Args>
+void make_cache(pagedkv_pool* pool, pagedkv_cache** out, Args... args) {
+    pagedkv_pool& p = need(pool, "pool");
+    need(out, "out_cache");
+    auto handle = std::make_unique<pagedkv_cache>();
+    handle->pool = p.pool;
+    handle->cache = std::make_unique<Cache>(*p.pool, args...);
+    *out = handle.release();
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* pagedkv_status_name(pagedkv_status status) noexcept {
+    switch (raw(status)) {
+        case PAGEDKV_OK:
+            return "PAGEDKV_OK";
+        case PAGEDKV_ERROR_INVALID_ARGUMENT:
+            return "PAGEDKV_ERROR_INVALID_ARGUMENT";
+        case PAGEDKV_ERROR_OUT_OF_BLOCKS:
+            return "PAGEDKV_ERROR_OUT_OF_BLOCKS";
+        case PAGEDKV_ERROR_CAPACITY_EXCEEDED:
+            return "PAGEDKV_ERROR_CAPACITY_EXCEEDED";
+        case PAGEDKV_ERROR_CORRUPT_SNAPSHOT:
+            return "PAGEDKV_ERROR_CORRUPT_SNAPSHOT";
+        case PAGEDKV_ERROR_VULKAN:
+            return "PAGEDKV_ERROR_VULKAN";
+        case PAGEDKV_ERROR_UNSUPPORTED:
+            return "PAGEDKV_ERROR_UNSUPPORTED";
+        case PAGEDKV_ERROR_NOT_IMPLEMENTED:
+            return "PAGEDKV_ERROR_NOT_IMPLEMENTED";
+        case PAGEDKV_ERROR_OUT_OF_HOST_MEMORY:
+            return "PAGEDKV_ERROR_OUT_OF_HOST_MEMORY";
+        case PAGEDKV_ERROR_INTERNAL:
+            return "PAGEDKV_ERROR_INTERNAL";
+    }
+    return "PAGEDKV_ERROR_UNKNOWN";
+}
+
+const char* pagedkv_last_error_message(void) noexcept {
+    return last_error.fallback ? last_error.fallback : last_error.message.c_str();
+}
+
+int32_t pagedkv_last_vk_result(void) noexcept {
+    return last_error.vk_result;
+}
+
+const char* pagedkv_version(void) noexcept {
+    return PAGEDKV_VERSION;
+}
+
+// ---- context ----
+
+pagedkv_status pagedkv_context_create(int32_t device_index, int enable_validation,
+                                      pagedkv_context** out_context) noexcept {
+    return guarded("pagedkv_context_create", [&] {
+        need(out_context, "out_context");
+        pagedkv::ContextOptions opts;
+        opts.device_index = device_index;
+        opts.enable_validation = enable_validation != 0;
+        auto handle = std::unique_ptr<pagedkv_context>(
+            new pagedkv_context{pagedkv::Context::create(opts), {}, {}, {}});
+        handle->name = handle->ctx.device_name();
+        *out_context = handle.release();
+    });
+}
+
+void pagedkv_context_destroy(pagedkv_context* context) noexcept {
+    delete context;
+}
+
+pagedkv_status pagedkv_context_device_name(const pagedkv_context* context,
+                                           const char** out_name) noexcept {
+    return guarded("pagedkv_context_device_name", [&] {
+        const pagedkv_context& c = need(context, "context");
+        need(out_name, "out_name");
+        *out_name = c.name.c_str();
+    });
+}
+
+pagedkv_status pagedkv_context_synchronize(pagedkv_context* context) noexcept {
+    return guarded("pagedkv_context_synchronize",
+                   [&] { need(context, "context").ctx.synchronize(); });
+}
+
+pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
+                                                   const char* const** out_messages,
+                                                   size_t* out_count) noexcept {
+    return guarded("pagedkv_context_validation_messages", [&] {
+        pagedkv_context& c = need(context, "context");
+        need(out_messages, "out_messages");
+        need(out_count, "out_count");
+        std::vector<std::string> messages = c.ctx.validation_messages();
+        std::vector<const char*> ptrs;
+        ptrs.reserve(messages.size());
+        for (const std::string& m : messages)
+            ptrs.push_back(m.c_str());
+        // Moving a vector leaves its elements where they are, so the pointers stay valid.
+        c.messages = std::move(messages);
+        c.message_ptrs = std::move(ptrs);
+        *out_messages = c.message_ptrs.data();
+        *out_count = c.message_ptrs.size();
+    });
+}
+
+// ---- pool ----
+
+void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
+    if (!config) return;
+    const pagedkv::PoolConfig d;
+    *config = pagedkv_pool_config{};
+    config->num_layers = d.num_layers;
+    config->num_kv_heads = d.num_kv_heads;
+    config->head_dim = d.head_dim;
+    config->v_head_dim = d.v_head_dim;
+    config->block_size = d.block_size;
+    config->dtype = c_dtype(d.dtype);
+    config->num_blocks = d.num_blocks;
+    config->max_slab_bytes = d.max_slab_bytes;
+}
+
+pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
+                                   pagedkv_pool** out_pool) noexcept {
+    return guarded("pagedkv_pool_create", [&] {
+        pagedkv_context& c = need(context, "context");
+        const pagedkv_pool_config& cfg = need(config, "config");
+        need(out_pool, "out_pool");
+        pagedkv::PoolConfig pc;
+        pc.num_layers = cfg.num_layers;
+        pc.num_kv_heads = cfg.num_kv_heads;
+        pc.head_dim = cfg.head_dim;
+        pc.v_head_dim = cfg.v_head_dim;
+        pc.block_size = cfg.block_size;
+        pc.dtype = dtype_of(cfg.dtype);
+        pc.num_blocks = cfg.num_blocks;
+        pc.max_slab_bytes = cfg.max_slab_bytes;
+        auto handle = std::make_unique<pagedkv_pool>();
+        handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pc);
+        *out_pool = handle.release();
+    });
+}
+
+void pagedkv_pool_destroy(pagedkv_pool* pool) noexcept {
+    delete pool;
+}
+
+pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
+                                      pagedkv_pool_stats* out_stats) noexcept {
+    return guarded("pagedkv_pool_get_stats", [&] {
+        const pagedkv_pool& p = need(pool, "pool");
+        need(out_stats, "out_stats");
+        const pagedkv::PoolStats s = p.pool->stats();
+        *out_stats = pagedkv_pool_stats{s.num_blocks,       s.used_blocks,   s.free_blocks,
+                                        s.peak_used_blocks, s.shared_blocks, s.pages_copied,
+                                        s.block_bytes,      s.total_bytes,   s.num_slabs};
+    });
+}
+
+pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool, int* out_valid) noexcept {
+    return guarded("pagedkv_pool_validate", [&] {
+        const pagedkv_pool& p = need(pool, "pool");
+        need(out_valid, "out_valid");
+        *out_valid = p.pool->validate() ? 1 : 0;
+    });
+}
+
+// ---- tensors ----
+
+pagedkv_status pagedkv_tensor_from_host(pagedkv_context* context, const float* data, size_t count,
+                                        const int64_t* shape, size_t rank, pagedkv_dtype dtype,
+                                        pagedkv_tensor** out_tensor) noexcept {
+    return guarded("pagedkv_tensor_from_host", [&] {
+        pagedkv_context& c = need(context, "context");
+        need(out_tensor, "out_tensor");
+        const std::span<const float> values = span_of(data, count, "data");
+        const std::span<const int64_t> dims = span_of(shape, rank, "shape");
+        auto handle = std::make_unique<pagedkv_tensor>();
+        handle->tensor = pagedkv::Tensor::from_host(
+            c.ctx, values, std::vector<int64_t>(dims.begin(), dims.end()), dtype_of(dtype));
+        *out_tensor = handle.release();
+    });
+}
+
+pagedkv_status pagedkv_tensor_to_host(const pagedkv_tensor* tensor, float* out,
+                                      size_t count) noexcept {
+    return guarded("pagedkv_tensor_to_host", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        if (count != size_t(t.numel()))
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("count is {}, the tensor holds {} elements", count, t.numel()));
+        if (count > 0) need(out, "out");
+        const std::vector<float> values = t.to_host();
+        std::copy(values.begin(), values.end(), out);
+    });
+}
+
+pagedkv_status pagedkv_tensor_shape(const pagedkv_tensor* tensor, const int64_t** out_dims,
+                                    size_t* out_rank) noexcept {
+    return guarded("pagedkv_tensor_shape", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        need(out_dims, "out_dims");
+        need(out_rank, "out_rank");
+        *out_dims = t.shape().data();
+        *out_rank = t.shape().size();
+    });
+}
+
+pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor, size_t* out_count) noexcept {
+    return guarded("pagedkv_tensor_numel", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        need(out_count, "out_count");
+        *out_count = size_t(t.numel());
+    });
+}
+
+pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
+                                    pagedkv_dtype* out_dtype) noexcept {
+    return guarded("pagedkv_tensor_dtype", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        need(out_dtype, "out_dtype");
+        *out_dtype = c_dtype(t.dtype());
+    });
+}
+
+void pagedkv_tensor_destroy(pagedkv_tensor* tensor) noexcept {
+    delete tensor;
+}
+
+// ---- caches ----
+
+pagedkv_status pagedkv_cache_create_dynamic(pagedkv_pool* pool,
+                                            pagedkv_cache** out_cache) noexcept {
+    return guarded("pagedkv_cache_create_dynamic",
+                   [&] { make_cache<pagedkv::DynamicKVCache>(pool, out_cache); });
+}
+
+pagedkv_status pagedkv_cache_create_static(pagedkv_pool* pool, uint32_t batch_size,
+                                           uint32_t max_cache_len,
+                                           pagedkv_cache** out_cache) noexcept {
+    return guarded("pagedkv_cache_create_static", [&] {
+        make_cache<pagedkv::StaticKVCache>(pool, out_cache, batch_size, max_cache_len);
+    });
+}
+
+pagedkv_status pagedkv_cache_create_sliding_window(pagedkv_pool* pool, uint32_t window,
+                                                   pagedkv_cache** out_cache) noexcept {
+    return guarded("pagedkv_cache_create_sliding_window",
+                   [&] { make_cache<pagedkv::SlidingWindowKVCache>(pool, out_cache, window); });
+}
+
+void pagedkv_cache_destroy(pagedkv_cache* cache) noexcept {
+    delete cache;
+}
+
+pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* key,
+                                    const pagedkv_tensor* value, uint32_t layer_idx,
+                                    const pagedkv_cache_position* position,
+                                    pagedkv_tensor** out_key, pagedkv_tensor** out_value) noexcept {
+    return guarded("pagedkv_cache_update", [&] {
+        pagedkv::KVCache& c = *need(cache, "cache").cache;
+        const pagedkv::Tensor& k = need(key, "key").tensor;
+        const pagedkv::Tensor& v = need(value, "value").tensor;
+        const pagedkv::CachePosition pos = position_of(position);
+        // Handles first: once the cache has changed, nothing may fail any more.
+        auto hk = out_key ? std::make_unique<pagedkv_tensor>() : nullptr;
+        auto hv = out_value ? std::make_unique<pagedkv_tensor>() : nullptr;
+        auto [rk, rv] = c.update(k, v, layer_idx, pos);
+        if (hk) {
+            hk->tensor = std::move(rk);
+            *out_key = hk.release();
+        }
+        if (hv) {
+            hv->tensor = std::move(rv);
+            *out_value = hv.release();
+        }
+    });
+}
+
+pagedkv_status pagedkv_cache_get(const pagedkv_cache* cache, uint32_t layer_idx,
+                                 pagedkv_tensor** out_key, pagedkv_tensor** out_value) noexcept {
+    return guarded("pagedkv_cache_get", [&] {
+        const pagedkv::KVCache& c = *need(cache, "cache").cache;
+        need(out_key, "out_key");
+        need(out_value, "out_value");
+        auto hk = std::make_unique<pagedkv_tensor>();
+        auto hv = std::make_unique<pagedkv_tensor>();
+        auto kv = c.get(layer_idx);
+        if (!kv) {
+            *out_key = nullptr;
+            *out_value = nullptr;
+            return;
+        }
+        hk->tensor = std::move(kv->first);
+        hv->tensor = std::move(kv->second);
+        *out_key = hk.release();
+        *out_value = hv.release();
+    });
+}
+
+pagedkv_status pagedkv_cache_get_seq_length(const pagedkv_cache* cache, uint32_t layer_idx,
+                                            int64_t* out_length) noexcept {
+    return guarded("pagedkv_cache_get_seq_length", [&] {
+        const pagedkv::KVCache& c = *need(cache, "cache").cache;
+        need(out_length, "out_length");
+        *out_length = c.get_seq_length(layer_idx);
+    });
+}
+
+pagedkv_status pagedkv_cache_batch_size(const pagedkv_cache* cache, uint32_t* out_batch) noexcept {
+    return guarded("pagedkv_cache_batch_size", [&] {
+        const pagedkv::KVCache& c = *need(cache, "cache").cache;
+        need(out_batch, "out_batch");
+        *out_batch = c.batch_size();
+    });
+}
+
+pagedkv_status pagedkv_cache_seq_lengths(const pagedkv_cache* cache, uint32_t layer_idx,
+                                         int64_t* out, size_t capacity) noexcept {
+    return guarded("pagedkv_cache_seq_lengths", [&] {
+        const pagedkv::KVCache& c = *need(cache, "cache").cache;
+        const std::vector<int64_t> lengths = c.seq_lengths(layer_idx);
+        if (capacity < lengths.size())
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("capacity {} is less than the batch of {} rows", capacity,
+                                    lengths.size()));
+        if (!lengths.empty()) need(out, "out");
+        std::copy(lengths.begin(), lengths.end(), out);
+    });
+}
+
+pagedkv_status pagedkv_cache_crop(pagedkv_cache* cache, int64_t max_length) noexcept {
+    return guarded("pagedkv_cache_crop", [&] { need(cache, "cache").cache->crop(max_length); });
+}
+
+pagedkv_status pagedkv_cache_truncate(pagedkv_cache* cache, int64_t length) noexcept {
+    return guarded("pagedkv_cache_truncate", [&] { need(cache, "cache").cache->truncate(length); });
+}
+
+pagedkv_status pagedkv_cache_reorder(pagedkv_cache* cache, const int32_t* beam_idx,
+                                     size_t count) noexcept {
+    return guarded("pagedkv_cache_reorder", [&] {
+        pagedkv::KVCache& c = *need(cache, "cache").cache;
+        c.reorder_cache(span_of(beam_idx, count, "beam_idx"));
+    });
+}
+
+pagedkv_status pagedkv_cache_batch_select_indices(pagedkv_cache* cache, const int32_t* indices,
+                                                  size_t count) noexcept {
+    return guarded("pagedkv_cache_batch_select_indices", [&] {
+        pagedkv::KVCache& c = *need(cache, "cache").cache;
+        c.batch_select_indices(span_of(indices, count, "indices"));
+    });
+}
+
+pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
+                                                     uint32_t repeats) noexcept {
+    return guarded("pagedkv_cache_batch_repeat_interleave",
+                   [&] { need(cache, "cache").cache->batch_repeat_interleave(repeats); });
+}
+
+pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) noexcept {
+    return guarded("pagedkv_cache_reset", [&] { need(cache, "cache").cache->reset(); });
+}
+
+}  // extern "C"

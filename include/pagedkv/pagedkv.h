@@ -1,0 +1,219 @@
+// pagedkv.h: the C interface to pagedkv, for runtimes and languages that cannot call C++.
+// Opaque handles, status codes, and a per-thread message saying what the last failed call did.
+#ifndef PAGEDKV_PAGEDKV_H
+#define PAGEDKV_PAGEDKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pagedkv/version.hpp"
+
+#ifdef __cplusplus
+// Tells C++ callers what the implementation guarantees: no exception leaves these functions.
+#define PAGEDKV_NOEXCEPT noexcept
+extern "C" {
+#else
+#define PAGEDKV_NOEXCEPT
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+//
+// Every call that can fail returns a pagedkv_status. On anything but PAGEDKV_OK the call
+// changed nothing (the all-or-nothing rule of the C++ API) and wrote none of its out-params,
+// and pagedkv_last_error_message() says what was wrong, with the values involved. The message
+// belongs to the calling thread and lasts until that thread's next pagedkv_* call returning a
+// status (a successful call leaves it empty). No C++ exception crosses this interface.
+
+typedef enum pagedkv_status {
+    PAGEDKV_OK = 0,
+    // One per pagedkv::ErrorCode, in its order (pagedkv::ErrorCode value + 1).
+    PAGEDKV_ERROR_INVALID_ARGUMENT = 1,   // also: a NULL handle or pointer that is required
+    PAGEDKV_ERROR_OUT_OF_BLOCKS = 2,      // recoverable: free pages (reset, destroy) and retry
+    PAGEDKV_ERROR_CAPACITY_EXCEEDED = 3,  // a static cache's batch_size or max_cache_len
+    PAGEDKV_ERROR_CORRUPT_SNAPSHOT = 4,
+    PAGEDKV_ERROR_VULKAN = 5,  // pagedkv_last_vk_result() holds the VkResult
+    PAGEDKV_ERROR_UNSUPPORTED = 6,
+    PAGEDKV_ERROR_NOT_IMPLEMENTED = 7,
+    // Only in C: what C++ reports with other exceptions.
+    PAGEDKV_ERROR_OUT_OF_HOST_MEMORY = 8,
+    PAGEDKV_ERROR_INTERNAL = 9  // an unexpected exception inside the library: a bug to report
+} pagedkv_status;
+
+// The enumerator's name ("PAGEDKV_ERROR_OUT_OF_BLOCKS"); never NULL.
+const char* pagedkv_status_name(pagedkv_status status) PAGEDKV_NOEXCEPT;
+// What the calling thread's last failed call got wrong ("" after a success); never NULL.
+const char* pagedkv_last_error_message(void) PAGEDKV_NOEXCEPT;
+// The VkResult behind the calling thread's last PAGEDKV_ERROR_VULKAN, else 0.
+int32_t pagedkv_last_vk_result(void) PAGEDKV_NOEXCEPT;
+// PAGEDKV_VERSION of the library linked (the macro is the version of the header compiled).
+const char* pagedkv_version(void) PAGEDKV_NOEXCEPT;
+
+// ---------------------------------------------------------------------------------------------
+// Handles. Each *_create / *_from_host / update / get hands out a new handle the caller owns and
+// releases with the matching *_destroy (which accepts NULL). Handles may be destroyed in any
+// order: a pool lives until its handle and every cache made over it are destroyed, and tensors
+// keep their device memory alive after the context is gone. A handle may be used by one
+// thread at a time.
+
+typedef struct pagedkv_context pagedkv_context;
+typedef struct pagedkv_pool pagedkv_pool;
+typedef struct pagedkv_cache pagedkv_cache;
+typedef struct pagedkv_tensor pagedkv_tensor;
+
+typedef enum pagedkv_dtype {
+    PAGEDKV_DTYPE_F32 = 0,
+    PAGEDKV_DTYPE_F16 = 1,
+    PAGEDKV_DTYPE_BF16 = 2
+} pagedkv_dtype;
+
+// ---------------------------------------------------------------------------------------------
+// Context: the Vulkan device.
+
+// device_index: index into vkEnumeratePhysicalDevices, or -1 to pick a discrete GPU, then an
+// integrated one, then a CPU implementation. enable_validation: nonzero turns on the Khronos
+// validation layer and collects its messages (also on with env PAGEDKV_VALIDATION=1).
+pagedkv_status pagedkv_context_create(int32_t device_index, int enable_validation,
+                                      pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
+void pagedkv_context_destroy(pagedkv_context* context) PAGEDKV_NOEXCEPT;
+// The device's name, owned by the context.
+pagedkv_status pagedkv_context_device_name(const pagedkv_context* context,
+                                           const char** out_name) PAGEDKV_NOEXCEPT;
+// Submits and waits for all work recorded so far.
+pagedkv_status pagedkv_context_synchronize(pagedkv_context* context) PAGEDKV_NOEXCEPT;
+// The validation layer's messages so far, oldest first. The array and strings belong to the
+// context and stay valid until the next call of this function on it, or its destruction.
+pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
+                                                   const char* const** out_messages,
+                                                   size_t* out_count) PAGEDKV_NOEXCEPT;
+
+// ---------------------------------------------------------------------------------------------
+// Pool: device memory for num_blocks pages of every layer's K and V.
+
+typedef struct pagedkv_pool_config {
+    uint32_t num_layers;
+    uint32_t num_kv_heads;
+    uint32_t head_dim;
+    uint32_t v_head_dim;  // 0: same as head_dim
+    uint32_t block_size;  // tokens per page
+    pagedkv_dtype dtype;
+    uint64_t num_blocks;
+    uint64_t max_slab_bytes;  // largest VkBuffer of pages; 0: the device's limit
+} pagedkv_pool_config;
+
+// Fills the C++ PoolConfig defaults (block_size 16, F16, everything else 0); set num_layers,
+// num_kv_heads, head_dim and num_blocks afterwards.
+void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
+
+typedef struct pagedkv_pool_stats {
+    uint64_t num_blocks;
+    uint64_t used_blocks;
+    uint64_t free_blocks;
+    uint64_t peak_used_blocks;
+    uint64_t shared_blocks;  // pages referenced by more than one row
+    uint64_t pages_copied;   // copy-on-write page copies so far
+    uint64_t block_bytes;    // bytes of one block (all layers, K and V)
+    uint64_t total_bytes;
+    uint64_t num_slabs;
+} pagedkv_pool_stats;
+
+pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
+                                   pagedkv_pool** out_pool) PAGEDKV_NOEXCEPT;
+void pagedkv_pool_destroy(pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
+                                      pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;
+// *out_valid = 1 when every invariant of the pool holds (free + used = total, reference counts
+// match the caches' block tables), else 0.
+pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool, int* out_valid) PAGEDKV_NOEXCEPT;
+
+// ---------------------------------------------------------------------------------------------
+// Tensors: contiguous row-major device tensors. K/V are (batch, kv_heads, seq_len, head_dim).
+
+// count must equal the product of the rank dimensions in shape.
+pagedkv_status pagedkv_tensor_from_host(pagedkv_context* context, const float* data, size_t count,
+                                        const int64_t* shape, size_t rank, pagedkv_dtype dtype,
+                                        pagedkv_tensor** out_tensor) PAGEDKV_NOEXCEPT;
+// Converts to f32 into out[0..count); count must equal the tensor's element count. Waits for
+// the work that writes the tensor.
+pagedkv_status pagedkv_tensor_to_host(const pagedkv_tensor* tensor, float* out,
+                                      size_t count) PAGEDKV_NOEXCEPT;
+// The dimensions, owned by the tensor.
+pagedkv_status pagedkv_tensor_shape(const pagedkv_tensor* tensor, const int64_t** out_dims,
+                                    size_t* out_rank) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor,
+                                    size_t* out_count) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
+                                    pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
+void pagedkv_tensor_destroy(pagedkv_tensor* tensor) PAGEDKV_NOEXCEPT;
+
+// ---------------------------------------------------------------------------------------------
+// Caches over a pool (see the C++ DynamicKVCache, StaticKVCache, SlidingWindowKVCache).
+
+pagedkv_status pagedkv_cache_create_dynamic(pagedkv_pool* pool,
+                                            pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+// Reserves every page at once: PAGEDKV_ERROR_OUT_OF_BLOCKS when the pool cannot.
+pagedkv_status pagedkv_cache_create_static(pagedkv_pool* pool, uint32_t batch_size,
+                                           uint32_t max_cache_len,
+                                           pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_cache_create_sliding_window(pagedkv_pool* pool, uint32_t window,
+                                                   pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+// Returns the cache's pages to the pool.
+void pagedkv_cache_destroy(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
+
+// Where update writes the new tokens (the C++ CachePosition).
+typedef enum pagedkv_position_kind {
+    PAGEDKV_POSITION_APPEND = 0,  // after each row's last token
+    PAGEDKV_POSITION_SCALAR = 1,  // scalar: the first new token's position, the rest follow
+    PAGEDKV_POSITION_VECTOR = 2,  // positions[0..columns): one per new token, every row
+    PAGEDKV_POSITION_MATRIX = 3   // positions[0..rows*columns): row-major, batch x seq_len
+} pagedkv_position_kind;
+
+typedef struct pagedkv_cache_position {
+    pagedkv_position_kind kind;
+    int64_t scalar;
+    const int64_t* positions;
+    size_t rows;
+    size_t columns;
+} pagedkv_cache_position;
+
+// Writes key/value of one layer at position (NULL: append) and, for each out-param that is
+// not NULL, hands out the layer's whole K or V, (batch, kv_heads, seq_length, head_dim).
+pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* key,
+                                    const pagedkv_tensor* value, uint32_t layer_idx,
+                                    const pagedkv_cache_position* position,
+                                    pagedkv_tensor** out_key,
+                                    pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
+// The layer's K and V; both set to NULL (and PAGEDKV_OK) when the layer holds no token.
+pagedkv_status pagedkv_cache_get(const pagedkv_cache* cache, uint32_t layer_idx,
+                                 pagedkv_tensor** out_key,
+                                 pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
+// Tokens in the layer's longest row.
+pagedkv_status pagedkv_cache_get_seq_length(const pagedkv_cache* cache, uint32_t layer_idx,
+                                            int64_t* out_length) PAGEDKV_NOEXCEPT;
+// Rows in the batch (0 before the first update).
+pagedkv_status pagedkv_cache_batch_size(const pagedkv_cache* cache,
+                                        uint32_t* out_batch) PAGEDKV_NOEXCEPT;
+// Per-row lengths into out[0..batch); capacity must be at least the batch size.
+pagedkv_status pagedkv_cache_seq_lengths(const pagedkv_cache* cache, uint32_t layer_idx,
+                                         int64_t* out, size_t capacity) PAGEDKV_NOEXCEPT;
+// Keeps only the most recent max_length tokens of each row; positions renumber from 0.
+pagedkv_status pagedkv_cache_crop(pagedkv_cache* cache, int64_t max_length) PAGEDKV_NOEXCEPT;
+// Keeps the first length tokens; a negative length removes -length tokens from the end.
+pagedkv_status pagedkv_cache_truncate(pagedkv_cache* cache, int64_t length) PAGEDKV_NOEXCEPT;
+// Row i becomes old row beam_idx[i] (count = batch size). Shares pages, copies nothing.
+pagedkv_status pagedkv_cache_reorder(pagedkv_cache* cache, const int32_t* beam_idx,
+                                     size_t count) PAGEDKV_NOEXCEPT;
+// Keeps rows indices[0..count), in that order.
+pagedkv_status pagedkv_cache_batch_select_indices(pagedkv_cache* cache, const int32_t* indices,
+                                                  size_t count) PAGEDKV_NOEXCEPT;
+// B -> B * repeats; row r * repeats + j is old row r.
+pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
+                                                     uint32_t repeats) PAGEDKV_NOEXCEPT;
+// Empties the cache and returns its pages to the pool (a static cache keeps its reservation).
+pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
+
+#endif  // PAGEDKV_PAGEDKV_H
