@@ -34,6 +34,8 @@ struct AllocatorState {
     uint64_t peak_used_blocks = 0;
     uint64_t allocations = 0;
     uint64_t releases = 0;
+
+    bool operator==(const AllocatorState&) const = default;
 };
 
 class BlockAllocator {

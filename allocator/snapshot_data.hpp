@@ -29,6 +29,8 @@ struct SnapshotLayout {
         return uint64_t(num_layers) * num_kv_heads * block_size *
                (uint64_t(head_dim) + v_head_dim) * dtype_size(dtype);
     }
+
+    bool operator==(const SnapshotLayout&) const = default;
 };
 
 enum class SnapshotCacheKind : uint32_t { Dynamic = 0, Static = 1, SlidingWindow = 2 };
@@ -48,6 +50,8 @@ struct SnapshotCache {
 
     // The longest of a row's layers.
     int64_t row_length(size_t row) const;
+
+    bool operator==(const SnapshotCache&) const = default;
 };
 
 struct SnapshotData {
@@ -61,6 +65,8 @@ struct SnapshotData {
     std::vector<uint8_t> pages;
 
     uint64_t used_blocks() const;
+
+    bool operator==(const SnapshotData&) const = default;
 };
 
 }  // namespace pagedkv
