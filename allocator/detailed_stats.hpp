@@ -10,4 +10,8 @@ namespace pagedkv {
 // s must pass check_snapshot (block ids in range, lengths inside their rows' pages).
 DetailedStats compute_detailed_stats(const SnapshotData& s);
 
+// Per block, how many of its block_size slots hold a token of some row and layer (a slot that
+// several rows share, or several layers use, counts once). Same precondition.
+std::vector<uint32_t> slots_in_use(const SnapshotData& s);
+
 }  // namespace pagedkv
