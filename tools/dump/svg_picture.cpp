@@ -43,7 +43,7 @@ Rgb from_hex(uint32_t x) {
 // Tableau 10 first (distinct and readable), then hues spaced by the golden angle.
 Rgb colour(size_t i) {
     static const uint32_t tableau[] = {0x4e79a7, 0xf28e2b, 0xe15759, 0x76b7b2, 0x59a14f,
-                                       0xedc948, 0xb07aa1, 0xff9da7, 0x9c755f, 0x86bcb6};
+                                       0xedc948, 0xb07aa1, 0xff9da7, 0x9c755f, 0x79706e};
     if (i < std::size(tableau)) return from_hex(tableau[i]);
     const double h = std::fmod(double(i) * 137.508, 360.0) / 60.0, s = 0.55, l = 0.58;
     const double c = (1 - std::fabs(2 * l - 1)) * s, x = c * (1 - std::fabs(std::fmod(h, 2) - 1));
@@ -100,14 +100,25 @@ std::string svg_picture(const SnapshotView& v) {
         if (!v.selected(o.cache, o.spare ? UINT32_MAX : o.row)) return grey;
         return o.spare ? from_hex(0x9a9a9a) : colours.at({o.cache, o.row});
     };
+    // Which marks the legend needs.
     bool any_shared = false, any_spare = false, any_other = false;
+    for (const auto& owners : v.owners) {
+        any_shared = any_shared || owners.size() > 1;
+        for (const PageOwner& w : owners) {
+            any_spare = any_spare || w.spare;
+            any_other = any_other || (!w.spare && !v.selected(w.cache, w.row));
+        }
+    }
 
     const int grid_w = cols * (kCell + kGap) - kGap;
     const int grid_h = grid_rows * (kCell + kGap) - kGap;
     const int legend_x = kMargin + grid_w + 28;
-    const int legend_entries = int(std::min(legend_rows.size(), kLegendRows)) + 6;
-    const int width = legend_x + 330;
-    const int height = kMargin + kTitle + std::max(grid_h, legend_entries * kLegendRow) + kMargin;
+    const int legend_entries = int(std::min(legend_rows.size(), kLegendRows)) +
+                               (legend_rows.size() > kLegendRows) + any_other + any_spare +
+                               any_shared + 1;
+    const int legend_h = legend_entries * kLegendRow + 44;  // and two lines of notes
+    const int width = legend_x + 380;
+    const int height = kMargin + kTitle + std::max(grid_h, legend_h) + kMargin;
 
     std::string o = fmt::format(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
@@ -153,10 +164,6 @@ std::string svg_picture(const SnapshotView& v) {
         }
         const PageOwner& first = owners.front();
         const Rgb c = owner_colour(first);
-        for (const PageOwner& w : owners) {
-            any_spare = any_spare || w.spare;
-            any_other = any_other || (!w.spare && !v.selected(w.cache, w.row));
-        }
         // One horizontal band per colour of the rows referencing the page (at most four): the
         // pale band is the page, its solid part from the left the slots holding tokens.
         std::vector<Rgb> bands;
@@ -185,7 +192,6 @@ std::string svg_picture(const SnapshotView& v) {
         o += "</g>\n";
         const bool shared = owners.size() > 1;
         if (shared) {
-            any_shared = true;
             o += fmt::format(
                 "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"url(#hatch)\" "
                 "stroke=\"#111\" stroke-width=\"3\"/>\n",
