@@ -478,6 +478,20 @@ std::vector<uint8_t> read_snapshot_file(const std::filesystem::path& path) {
 }
 
 void write_snapshot_file(const std::filesystem::path& path, std::span<const uint8_t> bytes) {
+    std::error_code ec;
+    const auto type = std::filesystem::status(path, ec).type();
+    if (type != std::filesystem::file_type::not_found &&
+        type != std::filesystem::file_type::regular) {
+        // A device or pipe (/dev/stdout, a FIFO): renaming over it would replace it.
+        errno = 0;
+        FILE* f = std::fopen(path.string().c_str(), "wb");
+        const bool ok = f && std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+        const int err = errno;
+        if ((f && std::fclose(f) != 0) || !ok)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("cannot write '{}': {}", path.string(), std::strerror(err)));
+        return;
+    }
     std::filesystem::path tmp = path;
     tmp += ".tmp";
     auto fail = [&](const char* what) {
@@ -491,7 +505,7 @@ void write_snapshot_file(const std::filesystem::path& path, std::span<const uint
     if (!f) {
         const int err = errno;
         throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("cannot write '{}': {}", tmp.string(), std::strerror(err)));
+                    fmt::format("cannot write '{}': {}", path.string(), std::strerror(err)));
     }
     const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
     const bool closed = std::fclose(f) == 0;
