@@ -42,6 +42,61 @@ uint32_t BlockAllocator::refcount(BlockId b) const {
     return refcount_[index(b)];
 }
 
+AllocatorState BlockAllocator::state() const {
+    AllocatorState s;
+    s.refcounts = refcount_;
+    s.free_list = free_;
+    s.peak_used_blocks = counters_.peak_used_blocks;
+    s.allocations = counters_.allocations;
+    s.releases = counters_.releases;
+    return s;
+}
+
+void BlockAllocator::restore(const AllocatorState& s) {
+    auto bad = [](const std::string& m) {
+        return Error(ErrorCode::InvalidArgument, "BlockAllocator::restore: " + m);
+    };
+    const uint64_t n = refcount_.size();
+    for (const BlockTable* t : tables_)
+        if (!t->empty())
+            throw bad(fmt::format("a registered block table holds {} blocks", t->size()));
+    if (s.refcounts.size() != n)
+        throw bad(
+            fmt::format("{} reference counts for a pool of {} blocks", s.refcounts.size(), n));
+    std::vector<uint8_t> on_free_list(n, 0);
+    for (size_t i = 0; i < s.free_list.size(); ++i) {
+        const uint32_t b = index(s.free_list[i]);
+        if (b >= n) throw bad(fmt::format("free_list[{}] is block {} >= {}", i, b, n));
+        if (on_free_list[b]++) throw bad(fmt::format("block {} twice on the free list", b));
+        if (s.refcounts[b] != 0)
+            throw bad(fmt::format("block {} is free but has refcount {}", b, s.refcounts[b]));
+    }
+    uint64_t used = 0, shared = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+        if (s.refcounts[i] == 0 && !on_free_list[i])
+            throw bad(fmt::format("block {} has refcount 0 but is not on the free list", i));
+        used += s.refcounts[i] > 0;
+        shared += s.refcounts[i] > 1;
+    }
+    if (s.peak_used_blocks < used || s.peak_used_blocks > n)
+        throw bad(fmt::format("peak_used_blocks {} outside [{}, {}]", s.peak_used_blocks, used, n));
+    if (s.allocations < s.releases || s.allocations - s.releases != used)
+        throw bad(fmt::format("allocations {} - releases {} != {} blocks in use", s.allocations,
+                              s.releases, used));
+    // Copies first (they may throw bad_alloc), then nothing that throws.
+    std::vector<uint32_t> refcounts = s.refcounts;
+    std::vector<BlockId> free_list = s.free_list;
+    free_list.reserve(n);  // allocate() and release() never reallocate afterwards
+    refcount_.swap(refcounts);
+    free_.swap(free_list);
+    counters_.used_blocks = used;
+    counters_.free_blocks = n - used;
+    counters_.shared_blocks = shared;
+    counters_.peak_used_blocks = s.peak_used_blocks;
+    counters_.allocations = s.allocations;
+    counters_.releases = s.releases;
+}
+
 std::string BlockAllocator::check() const {
     const uint64_t n = refcount_.size();
     if (counters_.free_blocks != free_.size())

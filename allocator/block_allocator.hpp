@@ -26,6 +26,18 @@ struct AllocatorCounters {
     uint64_t releases = 0;       // blocks returned to the free list since creation
 };
 
+// Everything a BlockAllocator holds except the tables registered with it: enough to rebuild it
+// exactly, free-list order included (snapshots restore pools through it).
+struct AllocatorState {
+    std::vector<uint32_t> refcounts;  // one per block
+    std::vector<BlockId> free_list;   // bottom of the LIFO stack first: the last is handed out next
+    uint64_t peak_used_blocks = 0;
+    uint64_t allocations = 0;
+    uint64_t releases = 0;
+
+    bool operator==(const AllocatorState&) const = default;
+};
+
 class BlockAllocator {
   public:
     explicit BlockAllocator(uint64_t num_blocks);
@@ -91,6 +103,13 @@ class BlockAllocator {
 
     // The free list, top of the stack last (for snapshots and the dump tool).
     std::span<const BlockId> free_list() const noexcept { return free_; }
+
+    AllocatorState state() const;
+    // Makes this allocator exactly the one `s` was taken from (reference counts, free-list
+    // order, counters), so that tables can then adopt the references without allocating.
+    // Only while no registered table holds a block; throws Error(InvalidArgument) naming the
+    // first inconsistency and changes nothing.
+    void restore(const AllocatorState& s);
 
   private:
     // The error paths, out of line so the hot paths above stay small.

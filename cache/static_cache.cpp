@@ -29,6 +29,10 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
     st.start.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));
 }
 
+StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len,
+                             NoReservation)
+    : PagedKVCache(pool, "StaticKVCache"), batch_size_(batch_size), max_cache_len_(max_cache_len) {}
+
 void StaticKVCache::check_capacity(uint32_t batch, std::span<const int64_t> new_len) const {
     if (batch > batch_size_)
         throw Error(ErrorCode::CapacityExceeded,

@@ -1,7 +1,8 @@
 // pagedkv-demo: a synthetic serving workload on the default device. Requests with different
 // prompt lengths arrive, are prefilled, decode token by token, finish and free their pages,
 // and new ones are admitted; every step is checked against the CPU reference cache. Ends with
-// a table comparing the pages used with a contiguous max-length preallocation.
+// a table comparing the pages used with a contiguous max-length preallocation. At each new
+// peak of pool usage it writes a snapshot (--snapshot FILE) for pagedkv-dump to show.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -9,6 +10,8 @@
 #include <deque>
 #include <memory>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "pagedkv/pagedkv.hpp"
 #include "tests/reference_cache.hpp"
@@ -42,13 +45,17 @@ std::vector<float> random_tokens(std::mt19937& rng, size_t n, DType t) {
 int main(int argc, char** argv) {
     int num_requests = 24;
     uint32_t max_batch = 8;
+    std::string snapshot_path = "pagedkv-demo.snap";
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--requests") && i + 1 < argc)
             num_requests = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--max-batch") && i + 1 < argc)
             max_batch = uint32_t(std::atoi(argv[++i]));
+        else if (!std::strcmp(argv[i], "--snapshot") && i + 1 < argc)
+            snapshot_path = argv[++i];
         else {
-            fmt::print(stderr, "usage: pagedkv-demo [--requests N] [--max-batch N]\n");
+            fmt::print(stderr,
+                       "usage: pagedkv-demo [--requests N] [--max-batch N] [--snapshot FILE]\n");
             return 2;
         }
     }
@@ -80,7 +87,8 @@ int main(int argc, char** argv) {
         std::vector<Active> active;
         uint64_t tokens_written = 0, steps = 0, checks = 0, preempted = 0, finished = 0;
         double paged_slots = 0, contiguous_slots = 0, live_tokens = 0;  // summed over steps
-        uint64_t peak_pages = 0;
+        uint64_t peak_pages = 0, snapshot_step = 0;
+        std::string snapshot_error;
 
         // One update of one layer of one sequence, checked against its reference.
         auto step_layer = [&](Active& a, uint32_t seq, uint32_t layer, const std::vector<float>& k,
@@ -147,6 +155,20 @@ int main(int argc, char** argv) {
             if (!pool.validate())
                 throw std::runtime_error("pool invariants broken: " + pool.check());
             const PoolStats s = pool.stats();
+            if (s.used_blocks > peak_pages && snapshot_error.empty()) {
+                // The fullest pool so far, with every cache holding its pages still alive.
+                std::vector<const PagedKVCache*> caches;
+                for (const Active& a : active)
+                    caches.push_back(a.cache.get());
+                try {
+                    save_snapshot(snapshot_path, pool, caches);
+                    snapshot_step = steps;
+                } catch (const Error& e) {
+                    // An unwritable working directory costs the snapshot, not the demo.
+                    if (e.code() != ErrorCode::InvalidArgument) throw;
+                    snapshot_error = e.what();
+                }
+            }
             peak_pages = std::max(peak_pages, s.used_blocks);
             for (const Active& a : active)
                 live_tokens += double(a.cache->get_seq_length());
@@ -172,6 +194,11 @@ int main(int argc, char** argv) {
                    double(peak_pages) * page_bytes / (1 << 20), s.block_bytes);
         fmt::print("{:<34} paged {:.1f}%   contiguous max-length ({} tokens) {:.1f}%\n",
                    "waste (slots not holding a token)", paged_waste, max_len, contig_waste);
+        if (snapshot_error.empty())
+            fmt::print("{:<34} {} (step {}, peak usage; pagedkv-dump shows it)\n", "snapshot",
+                       snapshot_path, snapshot_step);
+        else
+            fmt::print("{:<34} not written: {}\n", "snapshot", snapshot_error);
         fmt::print("{:<34} {:.2f} s\n", "elapsed", secs);
         ctx.synchronize();
         return pool.stats().used_blocks == 0 && pool.validate() ? 0 : 1;

@@ -4,6 +4,7 @@
 
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/context.hpp"
+#include "pagedkv/detailed_stats.hpp"
 #include "pagedkv/dtype.hpp"
 #include "pagedkv/dynamic_cache.hpp"
 #include "pagedkv/encoder_decoder_cache.hpp"
@@ -11,6 +12,7 @@
 #include "pagedkv/kv_cache.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "pagedkv/sliding_window_cache.hpp"
+#include "pagedkv/snapshot.hpp"
 #include "pagedkv/static_cache.hpp"
 #include "pagedkv/tensor.hpp"
 #include "pagedkv/version.hpp"

@@ -8,6 +8,10 @@
 
 namespace pagedkv {
 
+namespace detail {
+struct SnapshotRestorer;
+}
+
 class StaticKVCache final : public PagedKVCache {
   public:
     StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len);
@@ -20,6 +24,11 @@ class StaticKVCache final : public PagedKVCache {
     bool reserved() const override { return true; }
 
   private:
+    friend struct detail::SnapshotRestorer;
+    struct NoReservation {};
+    // The cache without pages: restore_snapshot gives it the saved tables' references instead.
+    StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len, NoReservation);
+
     uint32_t batch_size_;
     uint32_t max_cache_len_;
 };

@@ -1,0 +1,65 @@
+// snapshot_format: where every field of a snapshot file sits (version 1, little-endian), shared
+// by the encoder, the decoder and the checks that name byte offsets. README.md#format says it
+// in words; a change here is a new format version.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace pagedkv::snapshot_format {
+
+inline constexpr std::array<uint8_t, 8> kMagic = {'P', 'K', 'V', 'S', 'N', 'A', 'P', 0x1A};
+inline constexpr uint32_t kVersion = 1;
+
+// Header: 32 bytes.
+inline constexpr uint64_t kMagicAt = 0;
+inline constexpr uint64_t kVersionAt = 8;
+inline constexpr uint64_t kFlagsAt = 12;
+inline constexpr uint64_t kPayloadBytesAt = 16;
+inline constexpr uint64_t kPayloadCrcAt = 24;
+inline constexpr uint64_t kHeaderCrcAt = 28;  // CRC-32 of bytes [0, 28)
+inline constexpr uint64_t kHeaderBytes = 32;
+
+inline constexpr uint32_t kFlagPageContents = 1u << 0;
+inline constexpr uint32_t kKnownFlags = kFlagPageContents;
+
+// A section: a 4-character tag, the body's length in bytes (u64), the body.
+inline constexpr uint64_t kSectionHeaderBytes = 12;
+inline constexpr std::array<char, 4> kPoolTag = {'P', 'O', 'O', 'L'};
+inline constexpr std::array<char, 4> kAllocatorTag = {'A', 'L', 'O', 'C'};
+inline constexpr std::array<char, 4> kCacheTag = {'C', 'A', 'C', 'H'};
+inline constexpr std::array<char, 4> kPagesTag = {'P', 'A', 'G', 'E'};
+
+// POOL body: 88 bytes, offsets from the body's first byte.
+namespace pool {
+inline constexpr uint64_t kNumLayers = 0;      // u32
+inline constexpr uint64_t kNumKvHeads = 4;     // u32
+inline constexpr uint64_t kHeadDim = 8;        // u32
+inline constexpr uint64_t kVHeadDim = 12;      // u32
+inline constexpr uint64_t kBlockSize = 16;     // u32
+inline constexpr uint64_t kDType = 20;         // u32: 0 f32, 1 f16, 2 bf16
+inline constexpr uint64_t kNumBlocks = 24;     // u64
+inline constexpr uint64_t kMaxSlabBytes = 32;  // u64
+inline constexpr uint64_t kBlockBytes = 40;    // u64
+inline constexpr uint64_t kPeakUsed = 48;      // u64
+inline constexpr uint64_t kAllocations = 56;   // u64
+inline constexpr uint64_t kReleases = 64;      // u64
+inline constexpr uint64_t kPagesCopied = 72;   // u64
+inline constexpr uint64_t kNumCaches = 80;     // u32
+inline constexpr uint64_t kReserved = 84;      // u32, zero
+inline constexpr uint64_t kBytes = 88;
+}  // namespace pool
+
+// CACH body: a 24-byte head, then rows + spare_rows tables (u32 count, count u32 block ids),
+// then num_layers x rows pairs (i64 len, i64 start), layer-major.
+namespace cache {
+inline constexpr uint64_t kKind = 0;         // u32: 0 dynamic, 1 static, 2 sliding window
+inline constexpr uint64_t kBatchSize = 4;    // u32
+inline constexpr uint64_t kMaxCacheLen = 8;  // u32
+inline constexpr uint64_t kWindow = 12;      // u32
+inline constexpr uint64_t kRows = 16;        // u32
+inline constexpr uint64_t kSpareRows = 20;   // u32
+inline constexpr uint64_t kHeadBytes = 24;
+}  // namespace cache
+
+}  // namespace pagedkv::snapshot_format

@@ -1,0 +1,154 @@
+#include "cache/snapshot_capture.hpp"
+
+#include <fmt/format.h>
+
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "allocator/detailed_stats.hpp"
+#include "allocator/snapshot_check.hpp"
+#include "allocator/snapshot_codec.hpp"
+#include "cache/cache_state.hpp"
+#include "cache/pool_state.hpp"
+#include "pagedkv/error.hpp"
+#include "pagedkv/sliding_window_cache.hpp"
+#include "pagedkv/snapshot.hpp"
+#include "pagedkv/static_cache.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+
+namespace {
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+std::vector<BlockId> blocks_of(const BlockTable& t) {
+    return t.blocks();
+}
+
+SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
+    SnapshotCache k;
+    if (auto* s = dynamic_cast<const StaticKVCache*>(&cache)) {
+        k.kind = SnapshotCacheKind::Static;
+        k.batch_size = s->max_batch_size();
+        k.max_cache_len = s->max_cache_len();
+    } else if (auto* w = dynamic_cast<const SlidingWindowKVCache*>(&cache)) {
+        k.kind = SnapshotCacheKind::SlidingWindow;
+        k.window = w->window();
+    } else {
+        k.kind = SnapshotCacheKind::Dynamic;
+    }
+    const CacheState& st = cache.state();
+    for (const BlockTable& t : st.tables)
+        k.rows.push_back(blocks_of(t));
+    for (const BlockTable& t : st.spare)
+        k.spare.push_back(blocks_of(t));
+    // An empty cache may keep no per-layer vectors at all; the file always has num_layers.
+    k.len.assign(layers, std::vector<int64_t>(st.batch, 0));
+    k.start.assign(layers, std::vector<int64_t>(st.batch, 0));
+    for (uint32_t l = 0; l < layers && l < st.len.size(); ++l)
+        for (uint32_t r = 0; r < st.batch && r < st.len[l].size(); ++r) {
+            k.len[l][r] = st.len[l][r];
+            k.start[l][r] = st.start[l][r];
+        }
+    return k;
+}
+
+// The bytes of every block in use, ascending, read back a run of consecutive blocks at a time.
+void read_pages(PoolState& ps, SnapshotData& s) {
+    const uint64_t bb = ps.layout.block_bytes();
+    std::vector<uint32_t> used;
+    for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
+        if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
+    s.pages.resize(used.size() * bb);
+    s.has_pages = true;
+    // Slabs are not tracked one by one (PageStorage is): wait for every write recorded so far.
+    ps.device->synchronize();
+    const PageStorage& pages = *ps.pages;
+    for (size_t i = 0; i < used.size();) {
+        size_t j = i + 1;
+        while (j < used.size() && used[j] == used[j - 1] + 1 &&
+               (used[j] >> pages.slab_shift()) == (used[i] >> pages.slab_shift()))
+            ++j;
+        pages.slab_of(used[i]).read(s.pages.data() + i * bb, (j - i) * bb,
+                                    pages.offset_of(used[i]));
+        i = j;
+    }
+}
+
+}  // namespace
+
+SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCache* const> caches,
+                              bool page_contents, const char* op) {
+    PoolState& ps = pool.state();
+    std::unique_lock lock(ps.device->mutex());
+    std::unordered_map<const PagedKVCache*, size_t> seen;
+    std::unordered_set<const BlockTable*> given;
+    for (size_t i = 0; i < caches.size(); ++i) {
+        const PagedKVCache* c = caches[i];
+        if (!c) throw invalid(fmt::format("{}: cache {} is null", op, i));
+        if (&c->pool() != &pool)
+            throw invalid(fmt::format("{}: cache {} is over another pool", op, i));
+        if (auto [it, fresh] = seen.emplace(c, i); !fresh)
+            throw invalid(
+                fmt::format("{}: caches {} and {} are the same cache", op, it->second, i));
+        for (const auto* tables : {&c->state().tables, &c->state().spare})
+            for (const BlockTable& t : *tables)
+                given.insert(&t);
+    }
+    uint64_t missing_tables = 0, missing_refs = 0;
+    for (const BlockTable* t : ps.allocator.tables())
+        if (!given.count(t) && !t->empty()) {
+            ++missing_tables;
+            missing_refs += t->size();
+        }
+    if (missing_tables)
+        throw invalid(
+            fmt::format("{}: {} block tables holding {} page references belong to "
+                        "caches not given; pass every cache over the pool",
+                        op, missing_tables, missing_refs));
+
+    SnapshotData s;
+    const PoolConfig& c = ps.config;
+    s.layout = {c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
+                c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+    s.allocator = ps.allocator.state();
+    s.pages_copied = ps.pages_copied;
+    for (const PagedKVCache* cache : caches)
+        s.caches.push_back(capture_cache(*cache, c.num_layers));
+    // The live state always passes; a failure here is a library bug, caught before writing.
+    if (std::string e = check_snapshot(s); !e.empty())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: the pool's state is inconsistent: {}", op, e));
+    if (page_contents) read_pages(ps, s);
+    return s;
+}
+
+}  // namespace detail
+
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::span<const PagedKVCache* const> caches, SnapshotOptions options) {
+    const SnapshotData s =
+        detail::capture_snapshot(pool, caches, options.page_contents, "save_snapshot");
+    write_snapshot_file(path, encode_snapshot(s));
+}
+
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::initializer_list<const PagedKVCache*> caches, SnapshotOptions options) {
+    save_snapshot(path, pool, std::span(caches.begin(), caches.size()), options);
+}
+
+DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches) {
+    return compute_detailed_stats(detail::capture_snapshot(pool, caches, false, "detailed_stats"));
+}
+
+DetailedStats detailed_stats(const BlockPool& pool,
+                             std::initializer_list<const PagedKVCache*> caches) {
+    return detailed_stats(pool, std::span(caches.begin(), caches.size()));
+}
+
+}  // namespace pagedkv

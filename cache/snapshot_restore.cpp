@@ -1,0 +1,103 @@
+#include <fmt/format.h>
+
+#include "allocator/snapshot_codec.hpp"
+#include "cache/cache_state.hpp"
+#include "cache/pool_state.hpp"
+#include "pagedkv/dynamic_cache.hpp"
+#include "pagedkv/error.hpp"
+#include "pagedkv/sliding_window_cache.hpp"
+#include "pagedkv/snapshot.hpp"
+#include "pagedkv/static_cache.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+
+// Builds caches over a pool whose allocator already holds the saved references: the tables
+// adopt them, nothing is allocated (a static cache skips its reservation).
+struct SnapshotRestorer {
+    static std::unique_ptr<PagedKVCache> make(BlockPool& pool, const SnapshotCache& k) {
+        std::unique_ptr<PagedKVCache> cache;
+        switch (k.kind) {
+            case SnapshotCacheKind::Dynamic:
+                cache = std::make_unique<DynamicKVCache>(pool);
+                break;
+            case SnapshotCacheKind::Static:
+                cache.reset(new StaticKVCache(pool, k.batch_size, k.max_cache_len,
+                                              StaticKVCache::NoReservation{}));
+                break;
+            case SnapshotCacheKind::SlidingWindow:
+                cache = std::make_unique<SlidingWindowKVCache>(pool, k.window);
+                break;
+        }
+        CacheState& st = cache->state();
+        BlockAllocator& alloc = st.ps->allocator;
+        for (const auto& blocks : k.rows)
+            st.tables.emplace_back(alloc).adopt_back(blocks);
+        for (const auto& blocks : k.spare)
+            st.spare.emplace_back(alloc).adopt_back(blocks);
+        st.batch = uint32_t(k.rows.size());
+        // An empty growing cache keeps no per-layer vectors (as after reset()); a reserved one
+        // keeps one per layer.
+        if (!k.rows.empty() || k.kind == SnapshotCacheKind::Static) {
+            st.len = k.len;
+            st.start = k.start;
+        }
+        return cache;
+    }
+};
+
+namespace {
+
+// Writes the saved bytes of the blocks in use into a fresh pool, a run of consecutive blocks
+// at a time (no GPU work touches a fresh pool's slabs yet).
+void write_pages(PoolState& ps, const SnapshotData& s) {
+    const uint64_t bb = ps.layout.block_bytes();
+    std::vector<uint32_t> used;
+    for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
+        if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
+    const PageStorage& pages = *ps.pages;
+    for (size_t i = 0; i < used.size();) {
+        size_t j = i + 1;
+        while (j < used.size() && used[j] == used[j - 1] + 1 &&
+               (used[j] >> pages.slab_shift()) == (used[i] >> pages.slab_shift()))
+            ++j;
+        pages.slab_of(used[i]).write(s.pages.data() + i * bb, (j - i) * bb,
+                                     pages.offset_of(used[i]));
+        i = j;
+    }
+}
+
+}  // namespace
+
+}  // namespace detail
+
+RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path) {
+    const SnapshotData s = decode_snapshot(read_snapshot_file(path));
+    if (!s.has_pages)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("restore_snapshot: '{}' holds no page contents (saved without "
+                                "SnapshotOptions::page_contents); it can be dumped, not restored",
+                                path.string()));
+    PoolConfig c;
+    c.num_layers = s.layout.num_layers;
+    c.num_kv_heads = s.layout.num_kv_heads;
+    c.head_dim = s.layout.head_dim;
+    c.v_head_dim = s.layout.v_head_dim;
+    c.block_size = s.layout.block_size;
+    c.dtype = s.layout.dtype;
+    c.num_blocks = s.layout.num_blocks;
+    c.max_slab_bytes = s.layout.max_slab_bytes;
+    // Everything below is new: if a step throws, unwinding destroys the caches, then the pool.
+    RestoredSnapshot out;
+    out.pool = std::make_unique<BlockPool>(ctx, c);
+    detail::PoolState& ps = out.pool->state();
+    ps.allocator.restore(s.allocator);
+    ps.pages_copied = s.pages_copied;
+    for (const SnapshotCache& k : s.caches)
+        out.caches.push_back(detail::SnapshotRestorer::make(*out.pool, k));
+    detail::write_pages(ps, s);
+    return out;
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,39 @@
+// DetailedStats: figures about a pool computed by walking its reference counts and block tables,
+// the second tier of statistics next to the counters of PoolStats (as in VMA), for dumps.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pagedkv {
+
+struct DetailedStats {
+    uint64_t num_blocks = 0;
+    uint64_t used_blocks = 0;
+    uint64_t free_blocks = 0;
+    uint64_t shared_blocks = 0;  // blocks with a reference count above one
+    uint64_t peak_used_blocks = 0;
+    // Table entries over every row of every cache: the sum of the reference counts.
+    uint64_t references = 0;
+    // Longest run of consecutive free block ids, and how many maximal runs the free blocks
+    // form (1 when they are contiguous). Paging does not need contiguity; a runtime that hands
+    // whole ranges to another allocator does.
+    uint64_t largest_free_run = 0;
+    uint64_t free_runs = 0;
+    // refcount_histogram[k]: blocks referenced by k table entries (index 0: free blocks).
+    std::vector<uint64_t> refcount_histogram;
+    // Token slots of the pages in use (used_blocks x block_size), and how many of them hold a
+    // token of some row in some layer; the rest is waste (a shared slot counts once).
+    uint64_t slots_held = 0;
+    uint64_t tokens_stored = 0;
+    uint64_t waste_slots = 0;
+    uint64_t caches = 0;
+    uint64_t rows = 0;
+
+    // waste_slots / slots_held, 0 for an empty pool.
+    double waste_fraction() const noexcept {
+        return slots_held ? double(waste_slots) / double(slots_held) : 0.0;
+    }
+};
+
+}  // namespace pagedkv

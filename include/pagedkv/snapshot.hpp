@@ -1,0 +1,57 @@
+// Snapshots: a pool and its caches written to one file (layout, reference counts, free list,
+// every row's block table and lengths, optionally the page bytes) for pagedkv-dump, and restored
+// into a fresh pool to resume later. The file format is described in README.md#format.
+#pragma once
+
+#include <filesystem>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "pagedkv/block_pool.hpp"
+#include "pagedkv/context.hpp"
+#include "pagedkv/detailed_stats.hpp"
+#include "pagedkv/paged_kv_cache.hpp"
+
+namespace pagedkv {
+
+struct SnapshotOptions {
+    // Also write the bytes of every page in use (block_bytes each): restore_snapshot needs
+    // them; inspection does not. Waits for the GPU work recorded so far.
+    bool page_contents = false;
+};
+
+// Writes the pool and its caches to `path` (through a temporary file renamed over it). `caches`
+// must be every cache holding pages of the pool, each once (give an EncoderDecoderCache's two
+// caches separately), else the reference counts could not be explained: throws
+// Error(InvalidArgument) naming what is missing, and writes nothing. Other failures to write
+// the file also throw InvalidArgument.
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::span<const PagedKVCache* const> caches, SnapshotOptions options = {});
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::initializer_list<const PagedKVCache*> caches, SnapshotOptions options = {});
+
+// What restore_snapshot rebuilt. The caches are declared after the pool, so they are
+// destroyed first (a pool must outlive its caches).
+struct RestoredSnapshot {
+    std::unique_ptr<BlockPool> pool;
+    // In the order they were saved: DynamicKVCache, StaticKVCache or SlidingWindowKVCache.
+    std::vector<std::unique_ptr<PagedKVCache>> caches;
+};
+
+// Rebuilds a snapshot written with page_contents on `ctx`: a new pool with the same layout,
+// reference counts, free-list order and counters, and caches with the same kinds, block tables
+// and lengths, so get() returns what it returned when the snapshot was taken. A damaged or
+// inconsistent file throws Error(CorruptSnapshot) before anything is created; a snapshot
+// without page contents, or a file that cannot be read, throws InvalidArgument.
+RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path);
+
+// The computed tier of statistics (largest free run, reference-count histogram, token slots
+// held against tokens stored), walked over the pool and every cache holding its pages (the
+// same requirement as save_snapshot).
+DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches);
+DetailedStats detailed_stats(const BlockPool& pool,
+                             std::initializer_list<const PagedKVCache*> caches);
+
+}  // namespace pagedkv

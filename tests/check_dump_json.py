@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Runs `pagedkv-dump --json` on sample snapshots and validates every output against
+tools/pagedkv-dump.schema.json, then checks what a schema cannot say (counts that add up).
+Also proves the schema rejects wrong documents, so this test can fail.
+
+usage: check_dump_json.py PAGEDKV_DUMP SCHEMA SAMPLES_DIR
+"""
+import copy
+import json
+import pathlib
+import subprocess
+import sys
+
+try:
+    import jsonschema
+except ImportError:
+    sys.exit("check_dump_json: the python3 module jsonschema is missing; install the Debian "
+             "package python3-jsonschema (tools/quickstart does)")
+
+
+def dump(exe, args):
+    r = subprocess.run([exe, "--json", *args], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or r.stderr:
+        sys.exit(f"pagedkv-dump {' '.join(args)}: status {r.returncode}, stderr {r.stderr!r}")
+    return json.loads(r.stdout)
+
+
+def consistent(doc, where):
+    pool, layout = doc["pool"], doc["layout"]
+    problems = []
+
+    def expect(ok, what):
+        if not ok:
+            problems.append(f"{where}: {what}")
+
+    expect(pool["num_blocks"] == layout["num_blocks"], "num_blocks differs from the layout")
+    expect(pool["used_blocks"] + pool["free_blocks"] == pool["num_blocks"], "used + free != total")
+    expect(len(pool["refcounts"]) == pool["num_blocks"], "one refcount per block")
+    expect(sum(pool["refcount_histogram"]) == pool["num_blocks"], "histogram does not sum to blocks")
+    expect(sum(pool["refcounts"]) == pool["references"], "references != sum of refcounts")
+    expect(sorted(pool["free_list"]) == [b for b, r in enumerate(pool["refcounts"]) if r == 0],
+           "free list is not exactly the unreferenced blocks")
+    expect(pool["slots_held"] == pool["used_blocks"] * layout["block_size"], "slots_held")
+    expect(pool["waste_slots"] == pool["slots_held"] - pool["tokens_stored"], "waste_slots")
+    for cache in doc["caches"]:
+        for row in cache["rows"]:
+            expect(len(row["shared"]) == len(row["blocks"]), f"cache {cache['index']} shared flags")
+            expect(all(s == (pool["refcounts"][b] > 1) for b, s in zip(row["blocks"], row["shared"])),
+                   f"cache {cache['index']} row {row['row']} shared flags disagree with refcounts")
+            expect(len(row["lengths"]) == layout["num_layers"], "one length per layer")
+            expect(row["length"] == max(row["lengths"]), "length is the longest layer")
+            if doc["selection"]["row"] is not None:
+                expect(row["row"] == doc["selection"]["row"], "a row outside the selection")
+        if doc["selection"]["cache"] is not None:
+            expect(cache["index"] == doc["selection"]["cache"], "a cache outside the selection")
+    return problems
+
+
+def main():
+    exe, schema_path, samples = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+    schema = json.loads(schema_path.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator = cls(schema)
+
+    runs = [
+        ("sample.snap", []),
+        ("sample.snap", ["--cache", "1"]),
+        ("sample.snap", ["--cache", "0", "--row", "1"]),
+        ("sample.snap", ["--row", "0"]),
+        ("sample-pages.snap", []),
+        ("empty.snap", []),
+    ]
+    failures = []
+    docs = []
+    for name, args in runs:
+        where = f"{name} {' '.join(args)}".strip()
+        doc = dump(exe, [*args, str(samples / name)])
+        docs.append(doc)
+        failures += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
+        failures += consistent(doc, where)
+    kinds = {c["kind"] for c in docs[0]["caches"]}
+    if kinds != {"dynamic", "static", "sliding"}:
+        failures.append(f"the sample should cover every cache kind, has {sorted(kinds)}")
+
+    # Documents the schema must refuse: otherwise validating proves nothing.
+    def broken(edit):
+        d = copy.deepcopy(docs[0])
+        edit(d)
+        return d
+
+    wrong = {
+        "schema_version 2": broken(lambda d: d.__setitem__("schema_version", 2)),
+        "unknown kind": broken(lambda d: d["caches"][0].__setitem__("kind", "paged")),
+        "static without max_cache_len": broken(lambda d: d["caches"][1].pop("max_cache_len")),
+        "window on a dynamic cache": broken(lambda d: d["caches"][0].__setitem__("window", 4)),
+        "negative block id": broken(lambda d: d["caches"][0]["rows"][0]["blocks"].__setitem__(0, -1)),
+        "unknown pool field": broken(lambda d: d["pool"].__setitem__("fragmentation", 0.5)),
+        "missing free list": broken(lambda d: d["pool"].pop("free_list")),
+    }
+    for what, doc in wrong.items():
+        if validator.is_valid(doc):
+            failures.append(f"the schema accepts a document with {what}")
+
+    for f in failures:
+        print(f, file=sys.stderr)
+    if failures:
+        sys.exit(1)
+    print(f"{len(runs)} outputs valid against {schema_path.name}, {len(wrong)} broken ones refused")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+// The --json output of pagedkv-dump: the text report's content, machine-readable, versioned by
+// schema_version and described by tools/pagedkv-dump.schema.json (a test validates against it).
+#pragma once
+
+#include <string>
+
+#include "tools/dump/snapshot_view.hpp"
+
+namespace pagedkv::dump {
+
+// Bumped whenever a field is removed or changes meaning; added fields keep the version.
+inline constexpr int kJsonSchemaVersion = 1;
+
+std::string json_report(const SnapshotView& v);
+
+// s as a JSON string literal, quotes included.
+std::string json_string(const std::string& s);
+
+}  // namespace pagedkv::dump

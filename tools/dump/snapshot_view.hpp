@@ -1,0 +1,49 @@
+// SnapshotView: a decoded snapshot as pagedkv-dump shows it: the data, the computed statistics,
+// who references each page, how full each page is, and the --cache / --row selection.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "allocator/snapshot_data.hpp"
+#include "pagedkv/detailed_stats.hpp"
+
+namespace pagedkv::dump {
+
+// One table entry pointing at a page: row `row` of cache `cache` (a spare row of a static
+// cache when `spare`).
+struct PageOwner {
+    uint32_t cache = 0;
+    uint32_t row = 0;
+    bool spare = false;
+};
+
+struct Selection {
+    std::optional<uint32_t> cache;
+    std::optional<uint32_t> row;
+};
+
+struct SnapshotView {
+    std::string path;
+    uint64_t file_bytes = 0;
+    SnapshotData data;
+    DetailedStats stats;
+    std::vector<std::vector<PageOwner>> owners;  // [block]: every reference to it
+    std::vector<uint32_t> slots_used;            // [block]: slots holding a token
+    Selection selection;
+
+    bool selected(uint32_t cache) const { return !selection.cache || *selection.cache == cache; }
+    bool selected(uint32_t cache, uint32_t row) const {
+        return selected(cache) && (!selection.row || *selection.row == row);
+    }
+    uint32_t refcount(uint32_t block) const { return data.allocator.refcounts[block]; }
+};
+
+// Decodes `bytes` (Error(CorruptSnapshot) when damaged) and checks the selection against it
+// (Error(InvalidArgument) naming the option when it selects nothing).
+SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selection selection);
+
+}  // namespace pagedkv::dump

@@ -1,0 +1,256 @@
+#include "tools/dump/svg_picture.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "tools/dump/text_report.hpp"
+
+namespace pagedkv::dump {
+
+namespace {
+
+constexpr int kCell = 36;    // a page's square, px
+constexpr int kGap = 4;      // between squares
+constexpr int kMargin = 20;  // around everything
+constexpr int kTitle = 62;   // the two title lines
+constexpr int kLegendRow = 22;
+constexpr size_t kLegendRows = 24;  // row entries shown before "+ N more"
+constexpr const char* kFont = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
+
+struct Rgb {
+    double r, g, b;  // 0..1
+    std::string hex() const {
+        auto c = [](double x) { return int(std::lround(std::clamp(x, 0.0, 1.0) * 255)); };
+        return fmt::format("#{:02x}{:02x}{:02x}", c(r), c(g), c(b));
+    }
+    // Black text on light colours, white on dark (relative luminance, sRGB weights).
+    const char* text() const {
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 ? "#111" : "#fff";
+    }
+    Rgb tint(double keep) const {
+        return {1 - (1 - r) * keep, 1 - (1 - g) * keep, 1 - (1 - b) * keep};
+    }
+};
+
+Rgb from_hex(uint32_t x) {
+    return {double((x >> 16) & 0xFF) / 255, double((x >> 8) & 0xFF) / 255, double(x & 0xFF) / 255};
+}
+
+// Tableau 10 first (distinct and readable), then hues spaced by the golden angle.
+Rgb colour(size_t i) {
+    static const uint32_t tableau[] = {0x4e79a7, 0xf28e2b, 0xe15759, 0x76b7b2, 0x59a14f,
+                                       0xedc948, 0xb07aa1, 0xff9da7, 0x9c755f, 0x79706e};
+    if (i < std::size(tableau)) return from_hex(tableau[i]);
+    const double h = std::fmod(double(i) * 137.508, 360.0) / 60.0, s = 0.55, l = 0.58;
+    const double c = (1 - std::fabs(2 * l - 1)) * s, x = c * (1 - std::fabs(std::fmod(h, 2) - 1));
+    const double m = l - c / 2;
+    const int sector = int(h);
+    const double rgb[6][3] = {{c, x, 0}, {x, c, 0}, {0, c, x}, {0, x, c}, {x, 0, c}, {c, 0, x}};
+    return {rgb[sector][0] + m, rgb[sector][1] + m, rgb[sector][2] + m};
+}
+
+std::string xml(const std::string& s) {
+    std::string o;
+    for (char c : s) {
+        switch (c) {
+            case '&':
+                o += "&amp;";
+                break;
+            case '<':
+                o += "&lt;";
+                break;
+            case '>':
+                o += "&gt;";
+                break;
+            case '"':
+                o += "&quot;";
+                break;
+            default:
+                o += c;
+        }
+    }
+    return o;
+}
+
+}  // namespace
+
+std::string svg_picture(const SnapshotView& v) {
+    const SnapshotData& d = v.data;
+    const DetailedStats& st = v.stats;
+    const uint64_t n = d.layout.num_blocks;
+    const uint32_t bs = d.layout.block_size;
+    const int cols = n <= 512 ? 16 : n <= 4096 ? 32 : 64;
+    const int grid_rows = int((n + uint64_t(cols) - 1) / uint64_t(cols));
+    const bool ids = n <= 4096;  // ids inside the squares while they stay legible
+
+    // A colour per (cache, row) in order; rows outside the selection are grey.
+    std::map<std::pair<uint32_t, uint32_t>, Rgb> colours;
+    std::vector<std::pair<uint32_t, uint32_t>> legend_rows;
+    for (uint32_t c = 0; c < d.caches.size(); ++c)
+        for (uint32_t r = 0; r < d.caches[c].rows.size(); ++r) {
+            colours[{c, r}] = colour(colours.size());
+            if (v.selected(c, r)) legend_rows.emplace_back(c, r);
+        }
+    const Rgb grey = from_hex(0xc8c8c8);
+    auto owner_colour = [&](const PageOwner& o) {
+        if (!v.selected(o.cache, o.spare ? UINT32_MAX : o.row)) return grey;
+        return o.spare ? from_hex(0x9a9a9a) : colours.at({o.cache, o.row});
+    };
+    // Which marks the legend needs.
+    bool any_shared = false, any_spare = false, any_other = false;
+    for (const auto& owners : v.owners) {
+        any_shared = any_shared || owners.size() > 1;
+        for (const PageOwner& w : owners) {
+            any_spare = any_spare || w.spare;
+            any_other = any_other || (!w.spare && !v.selected(w.cache, w.row));
+        }
+    }
+
+    const int grid_w = cols * (kCell + kGap) - kGap;
+    const int grid_h = grid_rows * (kCell + kGap) - kGap;
+    const int legend_x = kMargin + grid_w + 28;
+    const int legend_entries = int(std::min(legend_rows.size(), kLegendRows)) +
+                               (legend_rows.size() > kLegendRows) + any_other + any_spare +
+                               any_shared + 1;
+    const int legend_h = legend_entries * kLegendRow + 44;  // and two lines of notes
+    const int width = legend_x + 380;
+    const int height = kMargin + kTitle + std::max(grid_h, legend_h) + kMargin;
+
+    std::string o = fmt::format(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
+        "viewBox=\"0 0 {0} {1}\" {2}>\n",
+        width, height, kFont);
+    o += "<defs><pattern id=\"hatch\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" "
+         "patternTransform=\"rotate(45)\"><line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" "
+         "stroke=\"#000\" stroke-width=\"2\" stroke-opacity=\"0.35\"/></pattern></defs>\n";
+    o += fmt::format("<rect width=\"{}\" height=\"{}\" fill=\"#fff\"/>\n", width, height);
+    o += fmt::format(
+        "<text x=\"{}\" y=\"{}\" font-size=\"17\" font-weight=\"bold\">pagedkv pool: {} pages of "
+        "{} tokens, {} used, {} free, {} shared, peak {}</text>\n",
+        kMargin, kMargin + 18, n, bs, st.used_blocks, st.free_blocks, st.shared_blocks,
+        st.peak_used_blocks);
+    std::string sub = fmt::format(
+        "{} of {} token slots in used pages empty ({:.1f}% waste), largest free run {}, {} a "
+        "page, {}",
+        st.waste_slots, st.slots_held, 100.0 * st.waste_fraction(), st.largest_free_run,
+        human_bytes(d.layout.block_bytes()), v.path);
+    if (v.selection.cache || v.selection.row)
+        sub += fmt::format("  (showing{}{})",
+                           v.selection.cache ? fmt::format(" cache {}", *v.selection.cache) : "",
+                           v.selection.row ? fmt::format(" row {}", *v.selection.row) : "");
+    o += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"13\" fill=\"#444\">{}</text>\n", kMargin,
+                     kMargin + 40, xml(sub));
+
+    const int top = kMargin + kTitle;
+    for (uint64_t b = 0; b < n; ++b) {
+        const int x = kMargin + int(b % uint64_t(cols)) * (kCell + kGap);
+        const int y = top + int(b / uint64_t(cols)) * (kCell + kGap);
+        const auto& owners = v.owners[b];
+        if (owners.empty()) {
+            o += fmt::format(
+                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"#fff\" "
+                "stroke=\"#bbb\" stroke-dasharray=\"3 2\"/>\n",
+                x + 0.5, y + 0.5, kCell - 1, kCell - 1);
+            if (ids)
+                o += fmt::format(
+                    "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" "
+                    "fill=\"#aaa\">{}</text>\n",
+                    x + kCell / 2, y + kCell / 2 + 4, b);
+            continue;
+        }
+        const PageOwner& first = owners.front();
+        const Rgb c = owner_colour(first);
+        // One horizontal band per colour of the rows referencing the page (at most four): the
+        // pale band is the page, its solid part from the left the slots holding tokens.
+        std::vector<Rgb> bands;
+        for (const PageOwner& w : owners) {
+            const Rgb oc = owner_colour(w);
+            const bool seen = std::any_of(bands.begin(), bands.end(),
+                                          [&](const Rgb& x2) { return x2.hex() == oc.hex(); });
+            if (!seen && bands.size() < 4) bands.push_back(oc);
+        }
+        const double fill = std::min(1.0, double(v.slots_used[b]) / bs);
+        o += fmt::format(
+            "<clipPath id=\"p{0}\"><rect x=\"{1}\" y=\"{2}\" width=\"{3}\" height=\"{3}\" "
+            "rx=\"3\"/></clipPath><g clip-path=\"url(#p{0})\">",
+            b, x, y, kCell);
+        for (size_t i = 0; i < bands.size(); ++i) {
+            const double bh = double(kCell) / double(bands.size());
+            const double by = y + bh * double(i);
+            o += fmt::format(
+                "<rect x=\"{}\" y=\"{:.1f}\" width=\"{}\" height=\"{:.1f}\" fill=\"{}\"/>", x, by,
+                kCell, bh, bands[i].tint(0.35).hex());
+            if (fill > 0)
+                o += fmt::format(
+                    "<rect x=\"{}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\"/>",
+                    x, by, kCell * fill, bh, bands[i].hex());
+        }
+        o += "</g>\n";
+        const bool shared = owners.size() > 1;
+        if (shared) {
+            o += fmt::format(
+                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"url(#hatch)\" "
+                "stroke=\"#111\" stroke-width=\"3\"/>\n",
+                x + 1.5, y + 1.5, kCell - 3, kCell - 3);
+        } else if (first.spare) {
+            o += fmt::format(
+                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"none\" "
+                "stroke=\"#666\" stroke-dasharray=\"2 2\"/>\n",
+                x + 0.5, y + 0.5, kCell - 1, kCell - 1);
+        }
+        const char* ink = fill >= 0.5 ? c.text() : "#111";
+        if (ids)
+            o += fmt::format(
+                "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" "
+                "fill=\"{}\">{}</text>\n",
+                x + kCell / 2, y + (shared ? 16 : kCell / 2 + 4), ink, b);
+        if (shared)
+            o += fmt::format(
+                "<text x=\"{}\" y=\"{}\" font-size=\"10\" font-weight=\"bold\" "
+                "text-anchor=\"middle\" fill=\"{}\">×{}</text>\n",
+                x + kCell / 2, y + 29, ink, owners.size());
+    }
+
+    // Legend: one line per selected row, then the marks.
+    int ly = top + 12;
+    auto swatch = [&](const std::string& fill_attrs, const std::string& label) {
+        o += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"16\" height=\"16\" rx=\"2\" {}/>\n",
+                         legend_x, ly - 12, fill_attrs);
+        o += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>\n", legend_x + 24, ly,
+                         xml(label));
+        ly += kLegendRow;
+    };
+    for (size_t i = 0; i < legend_rows.size() && i < kLegendRows; ++i) {
+        const auto [c, r] = legend_rows[i];
+        const SnapshotCache& k = d.caches[c];
+        swatch(fmt::format("fill=\"{}\"", colours.at({c, r}).hex()),
+               fmt::format("cache {} row {} ({}): {} page{}, {} tokens", c, r, to_string(k.kind),
+                           k.rows[r].size(), k.rows[r].size() == 1 ? "" : "s", k.row_length(r)));
+    }
+    if (legend_rows.size() > kLegendRows)
+        swatch("fill=\"#fff\"", fmt::format("+ {} more rows", legend_rows.size() - kLegendRows));
+    if (any_other) swatch(fmt::format("fill=\"{}\"", grey.hex()), "rows not selected");
+    if (any_spare)
+        swatch("fill=\"#9a9a9a\" stroke=\"#666\" stroke-dasharray=\"2 2\"",
+               "reserved by a static cache, no row in use");
+    if (any_shared)
+        swatch("fill=\"url(#hatch)\" stroke=\"#111\" stroke-width=\"3\"",
+               "shared page: ×N rows reference it");
+    swatch("fill=\"#fff\" stroke=\"#bbb\" stroke-dasharray=\"3 2\"", "free page");
+    o += fmt::format(
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#555\">Solid part: slots holding tokens; "
+        "pale part: empty slots.</text>\n",
+        legend_x, ly + 4);
+    o += fmt::format(
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#555\">Pages in block-id order, {} a "
+        "line.</text>\n",
+        legend_x, ly + 20, cols);
+    o += "</svg>\n";
+    return o;
+}
+
+}  // namespace pagedkv::dump

@@ -1,0 +1,139 @@
+#include "tools/dump/text_report.hpp"
+
+#include <fmt/format.h>
+
+#include <set>
+
+namespace pagedkv::dump {
+
+namespace {
+
+// Free-list entries printed before "... (N more)": enough to see the allocation order.
+constexpr size_t kFreeListShown = 32;
+
+std::string plural(uint64_t n, const char* one, const char* many) {
+    return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+std::string table(const SnapshotView& v, const std::vector<BlockId>& blocks) {
+    std::string s = "[";
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        const uint32_t b = index(blocks[i]);
+        s += fmt::format("{}{}{}", i ? " " : "", b, v.refcount(b) > 1 ? "*" : "");
+    }
+    return s + "]";
+}
+
+std::string cache_title(const SnapshotView& v, uint32_t c) {
+    const SnapshotCache& k = v.data.caches[c];
+    std::string kind = to_string(k.kind);
+    if (k.kind == SnapshotCacheKind::Static)
+        kind += fmt::format(" (batch_size {}, max_cache_len {})", k.batch_size, k.max_cache_len);
+    if (k.kind == SnapshotCacheKind::SlidingWindow) kind += fmt::format(" (window {})", k.window);
+    std::set<uint32_t> pages;
+    for (const auto* tables : {&k.rows, &k.spare})
+        for (const auto& t : *tables)
+            for (BlockId b : t)
+                pages.insert(index(b));
+    std::string rows = plural(k.rows.size(), "row", "rows");
+    if (!k.spare.empty()) rows += fmt::format(" + {} spare", k.spare.size());
+    return fmt::format("cache {}  {}  {}, {}", c, kind, rows,
+                       plural(pages.size(), "page", "pages"));
+}
+
+std::string row_line(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
+    std::string s = fmt::format("  row {}  len {}  {}", r, k.row_length(r), table(v, k.rows[r]));
+    bool same_len = true;
+    std::set<int64_t> starts;  // of the layers holding tokens
+    for (size_t l = 0; l < k.len.size(); ++l) {
+        same_len = same_len && k.len[l][r] == k.len[0][r];
+        if (k.len[l][r] > 0) starts.insert(k.start[l][r]);
+    }
+    if (!same_len) {
+        s += "  (layer lengths";
+        for (const auto& layer : k.len)
+            s += fmt::format(" {}", layer[r]);
+        s += ")";
+    }
+    // Leading tokens were dropped (crop, sliding window) without moving bytes.
+    if (starts.size() == 1 && *starts.begin() != 0)
+        s += fmt::format("  (first token at slot {})", *starts.begin());
+    if (starts.size() > 1) {
+        s += "  (first token per layer at slots";
+        for (const auto& layer : k.start)
+            s += fmt::format(" {}", layer[r]);
+        s += ")";
+    }
+    return s;
+}
+
+}  // namespace
+
+std::string human_bytes(uint64_t b) {
+    if (b < 1024) return fmt::format("{} B", b);
+    if (b < (uint64_t(1) << 20)) return fmt::format("{:.1f} KiB", double(b) / 1024);
+    if (b < (uint64_t(1) << 30)) return fmt::format("{:.2f} MiB", double(b) / (1 << 20));
+    return fmt::format("{:.2f} GiB", double(b) / double(uint64_t(1) << 30));
+}
+
+std::string text_report(const SnapshotView& v) {
+    const SnapshotData& d = v.data;
+    const SnapshotLayout& l = d.layout;
+    const DetailedStats& st = v.stats;
+    std::string o;
+    auto line = [&](const char* key, const std::string& value) {
+        o += fmt::format("{:<11}{}\n", key, value);
+    };
+    line("snapshot", fmt::format("{}  (format 1, {}, {})", v.path, human_bytes(v.file_bytes),
+                                 d.has_pages ? "with page contents" : "no page contents"));
+    line("layout",
+         fmt::format("{}, {}, head_dim {}, v_head_dim {}, {}, {} tokens a page, {} a page",
+                     plural(l.num_layers, "layer", "layers"),
+                     plural(l.num_kv_heads, "kv head", "kv heads"), l.head_dim, l.v_head_dim,
+                     to_string(l.dtype), l.block_size, human_bytes(l.block_bytes())));
+    line("pages", fmt::format("{} total, {} used, {} free, {} shared, peak {}, {} copied on write",
+                              st.num_blocks, st.used_blocks, st.free_blocks, st.shared_blocks,
+                              st.peak_used_blocks, d.pages_copied));
+    line("waste", fmt::format("{} of {} token slots in used pages hold no token ({:.1f}%)",
+                              st.waste_slots, st.slots_held, 100.0 * st.waste_fraction()));
+    line("free runs", fmt::format("largest {}, {} in all",
+                                  plural(st.largest_free_run, "page", "pages"), st.free_runs));
+    std::string hist;
+    for (size_t k = 0; k < st.refcount_histogram.size(); ++k) {
+        if (st.refcount_histogram[k] == 0) continue;
+        hist += fmt::format("{}{}: {}", hist.empty() ? "" : ", ",
+                            k == 0 ? std::string("free") : plural(k, "ref", "refs"),
+                            st.refcount_histogram[k]);
+    }
+    line("refcounts", hist + "  (pages per reference count)");
+    const auto& fl = d.allocator.free_list;
+    std::string free_list;
+    for (size_t i = 0; i < fl.size() && i < kFreeListShown; ++i)
+        free_list += fmt::format("{}{}", i ? " " : "", index(fl[fl.size() - 1 - i]));
+    if (fl.size() > kFreeListShown)
+        free_list += fmt::format(" ... ({} more)", fl.size() - kFreeListShown);
+    line("free list", fl.empty() ? "empty" : free_list + "  (next handed out first)");
+    std::string caches = fmt::format("{}, {}", d.caches.size(), plural(st.rows, "row", "rows"));
+    if (v.selection.cache || v.selection.row) {
+        caches += "  (showing";
+        if (v.selection.cache) caches += fmt::format(" cache {}", *v.selection.cache);
+        if (v.selection.row) caches += fmt::format(" row {}", *v.selection.row);
+        caches += ")";
+    }
+    line("caches", caches + "  (* marks a page shared with another row)");
+
+    for (uint32_t c = 0; c < d.caches.size(); ++c) {
+        if (!v.selected(c)) continue;
+        const SnapshotCache& k = d.caches[c];
+        if (v.selection.row && *v.selection.row >= k.rows.size()) continue;
+        o += "\n" + cache_title(v, c) + "\n";
+        for (uint32_t r = 0; r < k.rows.size(); ++r)
+            if (v.selected(c, r)) o += row_line(v, k, r) + "\n";
+        if (!v.selection.row)
+            for (uint32_t r = 0; r < k.spare.size(); ++r)
+                o += fmt::format("  spare {}  {}\n", r, table(v, k.spare[r]));
+    }
+    return o;
+}
+
+}  // namespace pagedkv::dump

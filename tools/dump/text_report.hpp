@@ -1,0 +1,16 @@
+// The default output of pagedkv-dump: a pool summary, then every selected cache and row with
+// its block table, shared pages marked '*' (e.g. "row 3  len 45  [12 13 14*]").
+#pragma once
+
+#include <string>
+
+#include "tools/dump/snapshot_view.hpp"
+
+namespace pagedkv::dump {
+
+std::string text_report(const SnapshotView& v);
+
+// "64 B", "64.0 KiB", "3.50 MiB": sizes as a person reads them.
+std::string human_bytes(uint64_t bytes);
+
+}  // namespace pagedkv::dump
