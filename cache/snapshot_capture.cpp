@@ -69,15 +69,9 @@ void read_pages(PoolState& ps, SnapshotData& s) {
     // Slabs are not tracked one by one (PageStorage is): wait for every write recorded so far.
     ps.device->synchronize();
     const PageStorage& pages = *ps.pages;
-    for (size_t i = 0; i < used.size();) {
-        size_t j = i + 1;
-        while (j < used.size() && used[j] == used[j - 1] + 1 &&
-               (used[j] >> pages.slab_shift()) == (used[i] >> pages.slab_shift()))
-            ++j;
-        pages.slab_of(used[i]).read(s.pages.data() + i * bb, (j - i) * bb,
-                                    pages.offset_of(used[i]));
-        i = j;
-    }
+    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
+        pages.slab_of(first).read(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
+    });
 }
 
 }  // namespace

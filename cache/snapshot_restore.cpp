@@ -57,15 +57,9 @@ void write_pages(PoolState& ps, const SnapshotData& s) {
     for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
         if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
     const PageStorage& pages = *ps.pages;
-    for (size_t i = 0; i < used.size();) {
-        size_t j = i + 1;
-        while (j < used.size() && used[j] == used[j - 1] + 1 &&
-               (used[j] >> pages.slab_shift()) == (used[i] >> pages.slab_shift()))
-            ++j;
-        pages.slab_of(used[i]).write(s.pages.data() + i * bb, (j - i) * bb,
-                                     pages.offset_of(used[i]));
-        i = j;
-    }
+    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
+        pages.slab_of(first).write(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
+    });
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "shaders/buffer.hpp"
@@ -30,6 +31,19 @@ class PageStorage : public Resource {
     Buffer& slab_of(uint32_t block) const { return *slabs_[block >> slab_shift_]; }
     uint64_t offset_of(uint32_t block) const {
         return (block & (blocks_per_slab() - 1)) * layout_.block_bytes();
+    }
+    // Calls f(first, index, count) for each run of consecutive block ids inside one slab of an
+    // ascending list (so one buffer range covers the run): index is the run's position in it.
+    template <class F>
+    void for_each_run(std::span<const uint32_t> ascending, F&& f) const {
+        for (size_t i = 0; i < ascending.size();) {
+            size_t j = i + 1;
+            while (j < ascending.size() && ascending[j] == ascending[j - 1] + 1 &&
+                   (ascending[j] >> slab_shift_) == (ascending[i] >> slab_shift_))
+                ++j;
+            f(ascending[i], i, j - i);
+            i = j;
+        }
     }
 
   private:
