@@ -34,6 +34,10 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
     : PagedKVCache(pool, "StaticKVCache"), batch_size_(batch_size), max_cache_len_(max_cache_len) {}
 
 void StaticKVCache::check_capacity(uint32_t batch, std::span<const int64_t> new_len) const {
+    // Zero rows would leave the reservation unused and the next update allocating afresh.
+    if (batch == 0)
+        throw Error(ErrorCode::InvalidArgument,
+                    "StaticKVCache: cannot keep zero rows (reset() empties the rows instead)");
     if (batch > batch_size_)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("StaticKVCache: batch of {} rows exceeds batch_size {}", batch,

@@ -59,6 +59,8 @@ TEST_CASE("a static cache refuses to overflow and changes nothing", "[static][er
     require_rejected(cache, ErrorCode::CapacityExceeded,
                      "StaticKVCache: batch of 4 rows exceeds batch_size 2",
                      [&] { cache.batch_repeat_interleave(2); });
+    require_rejected(cache, ErrorCode::InvalidArgument, "StaticKVCache: cannot keep zero rows",
+                     [&] { cache.batch_select_indices({}); });
     CHECK_THROWS_MATCHES(StaticKVCache(pool, 4, 16), Error,
                          Catch::Message("out of blocks: need 16 pages, 12 of 16 free"));
     CHECK(pool.stats().used_blocks == 4);
