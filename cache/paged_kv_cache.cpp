@@ -338,6 +338,7 @@ void PagedKVCache::select_rows(std::span<const int32_t> rows, const char* op) {
         if (rows[i] < 0 || uint32_t(rows[i]) >= st.batch)
             throw invalid(fmt::format("{}: index {} at position {} out of range, batch is {}", op,
                                       rows[i], i, st.batch));
+    if (st.batch == 0) return;  // an empty cache: no index could be valid, none was given
     check_capacity(uint32_t(rows.size()), {});
     if (reserved()) return select_rows_by_copy(rows);
     std::vector<BlockTable> tables;

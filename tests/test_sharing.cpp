@@ -228,3 +228,22 @@ TEST_CASE("a pool exhausted by copy-on-write throws and changes nothing",
     require_rejected(cache, ErrorCode::OutOfBlocks, "out of blocks: need 2 pages, 1 of 4 free",
                      [&] { cache.update(kv.tk, kv.tv, 0); });
 }
+
+TEST_CASE("batch operations on a cache that holds nothing yet do nothing", "[sharing][gpu]") {
+    // Found by fuzz_cache: reorder_cache({}) before the first update read per-layer lengths
+    // that did not exist yet.
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16));
+    DynamicKVCache cache(pool);
+    cache.reorder_cache({});
+    cache.batch_select_indices({});
+    cache.batch_repeat_interleave(3);
+    cache.crop(2);
+    cache.truncate(-1);
+    CHECK(cache.batch_size() == 0);
+    CHECK(cache.get_seq_length() == 0);
+    CacheHarness h(g.ctx, pool, cache, 18);
+    h.append(2, 3, 0);
+    h.check();
+    CHECK(pool.validate());
+}
