@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "allocator/block_table.hpp"
@@ -33,6 +34,18 @@ struct CacheState {
                uint32_t(s % block_size());
     }
     uint32_t num_layers() const { return ps->config.num_layers; }
+    // Every layer's lengths and start slots become those of `rows` (old row indices), in order.
+    void select_lengths(std::span<const int32_t> rows) {
+        for (auto* per_layer : {&len, &start})
+            for (auto& v : *per_layer) {
+                std::vector<int64_t> picked;
+                picked.reserve(rows.size());
+                for (int32_t r : rows)
+                    picked.push_back(v[size_t(r)]);
+                v = std::move(picked);
+            }
+    }
+
     // Slots the row needs: the furthest any layer reaches.
     int64_t extent(uint32_t row) const {
         int64_t e = 0;

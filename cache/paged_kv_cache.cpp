@@ -345,16 +345,7 @@ void PagedKVCache::select_rows(std::span<const int32_t> rows, const char* op) {
     tables.reserve(rows.size());
     for (int32_t r : rows)
         tables.push_back(st.tables[size_t(r)].fork());
-    auto pick = [&](const std::vector<int64_t>& v) {
-        std::vector<int64_t> out;
-        for (int32_t r : rows)
-            out.push_back(v[size_t(r)]);
-        return out;
-    };
-    for (uint32_t l = 0; l < st.num_layers(); ++l) {
-        st.len[l] = pick(st.len[l]);
-        st.start[l] = pick(st.start[l]);
-    }
+    st.select_lengths(rows);
     st.tables = std::move(tables);  // the old tables drop their references
     st.batch = uint32_t(rows.size());
     if (st.batch == 0) reset();
@@ -454,16 +445,7 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
     }
     detail::record_page_copies(*st.ps->device, *st.ps->pages, copies);
     st.ps->pages_copied += copies.size();
-    auto pick = [&](const std::vector<int64_t>& v) {
-        std::vector<int64_t> o;
-        for (int32_t r : rows)
-            o.push_back(v[size_t(r)]);
-        return o;
-    };
-    for (uint32_t l = 0; l < st.num_layers(); ++l) {
-        st.len[l] = pick(st.len[l]);
-        st.start[l] = pick(st.start[l]);
-    }
+    st.select_lengths(rows);
     st.tables = std::move(out);
     st.spare = std::move(free_tables);
     st.batch = uint32_t(rows.size());
