@@ -4,6 +4,7 @@
 
 #include "cache/pool_state.hpp"
 #include "pagedkv/error.hpp"
+#include "shaders/batch.hpp"
 #include "shaders/row_copy.hpp"
 
 namespace pagedkv {
@@ -44,6 +45,14 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
 }  // namespace
 
 BlockPool::BlockPool(Context& ctx, PoolConfig config) {
+    {
+        std::lock_guard lock(ctx.device().mutex());
+        if (ctx.device().batches().recording_external())
+            throw Error(ErrorCode::InvalidArgument,
+                        "BlockPool: cannot be made while recording into the caller's command "
+                        "buffer (it measures the device with its own submits); make pools "
+                        "before Context::begin_recording()");
+    }
     PoolConfig c = checked(config, ctx.device());
     detail::PageLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,
                               c.v_head_dim, c.block_size,   c.dtype};

@@ -44,6 +44,26 @@ void Context::synchronize() {
     device_->synchronize();
 }
 
+void Context::begin_recording(VkCommandBuffer cmd) {
+    std::lock_guard lock(device_->mutex());
+    device_->batches().begin_external(cmd);
+}
+
+uint64_t Context::end_recording() {
+    std::lock_guard lock(device_->mutex());
+    return device_->batches().end_external();
+}
+
+void Context::finish_recording(uint64_t id) {
+    std::lock_guard lock(device_->mutex());
+    device_->batches().finish_external(id);
+}
+
+bool Context::recording() const {
+    std::lock_guard lock(device_->mutex());
+    return device_->batches().recording_external();
+}
+
 std::vector<std::string> Context::validation_messages() const {
     return device_->validation_messages();
 }

@@ -23,8 +23,8 @@ Error invalid(const std::string& m) {
     return Error(ErrorCode::InvalidArgument, m);
 }
 
-std::unique_lock<std::recursive_mutex> lock(const CacheState& st) {
-    return std::unique_lock(st.ps->device->mutex());
+detail::Device::CallLock lock(const CacheState& st) {
+    return detail::Device::CallLock(*st.ps->device);
 }
 
 uint64_t ceil_div(uint64_t a, uint64_t b) {

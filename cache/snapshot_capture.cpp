@@ -79,7 +79,7 @@ void read_pages(PoolState& ps, SnapshotData& s) {
 SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCache* const> caches,
                               bool page_contents, const char* op) {
     PoolState& ps = pool.state();
-    std::unique_lock lock(ps.device->mutex());
+    detail::Device::CallLock lock(*ps.device);
     std::unordered_map<const PagedKVCache*, size_t> seen;
     std::unordered_set<const BlockTable*> given;
     for (size_t i = 0; i < caches.size(); ++i) {

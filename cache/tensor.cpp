@@ -41,6 +41,17 @@ Tensor& Tensor::operator=(Tensor&& other) noexcept {
     return *this;
 }
 
+VkBuffer Tensor::vk_buffer() const {
+    if (!buffer_) throw Error(ErrorCode::InvalidArgument, "vk_buffer: the tensor is undefined");
+    return buffer_->handle();
+}
+
+VkDeviceAddress Tensor::device_address() const {
+    if (!buffer_)
+        throw Error(ErrorCode::InvalidArgument, "device_address: the tensor is undefined");
+    return buffer_->address();
+}
+
 int64_t Tensor::numel() const noexcept {
     int64_t n = 1;
     for (int64_t d : shape_)

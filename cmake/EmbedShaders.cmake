@@ -2,7 +2,7 @@
 # words in a header of constexpr arrays inside the build tree. Nothing is generated into the
 # source tree.
 #
-#   pagedkv_embed_shaders(<target> SOURCES a.comp ... VARIANTS "suffix:DEFINE" ...)
+#   pagedkv_embed_shaders(<target> SOURCES a.comp ... VARIANTS "suffix:DEFINE[,DEFINE...]" ...)
 #
 # makes an INTERFACE target whose include path holds spirv/<name>_<suffix>.inc for each
 # source and variant; code includes it as the initializer of a uint32_t array.
@@ -17,11 +17,13 @@ function(pagedkv_embed_shaders target)
         foreach(variant IN LISTS ARG_VARIANTS)
             string(REPLACE ":" ";" parts ${variant})
             list(GET parts 0 suffix)
-            list(GET parts 1 define)
+            list(GET parts 1 defines)
+            string(REPLACE "," ";" defines ${defines})
+            list(TRANSFORM defines PREPEND "-D")
             set(out ${out_dir}/${name}_${suffix}.inc)
             add_custom_command(
                 OUTPUT ${out}
-                COMMAND Vulkan::glslc --target-env=vulkan1.2 -O -Werror -D${define}
+                COMMAND Vulkan::glslc --target-env=vulkan1.2 -O -Werror ${defines}
                         -MD -MF ${out}.d -mfmt=num -o ${out} ${abs}
                 DEPENDS ${abs}
                 DEPFILE ${out}.d

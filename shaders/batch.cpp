@@ -1,8 +1,11 @@
 #include "shaders/batch.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 
+#include "pagedkv/error.hpp"
 #include "shaders/device.hpp"
 
 namespace pagedkv::detail {
@@ -12,15 +15,20 @@ namespace {
 constexpr size_t kChunkBytes = 1 << 20;
 constexpr size_t kUploadAlign = 16;
 
-// Compute and transfer writes made visible to later compute and transfer commands.
-void full_barrier(VkCommandBuffer cmd) {
+constexpr VkPipelineStageFlags kStages =
+    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+constexpr VkAccessFlags kWrites = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+
+// Compute and transfer writes made visible to later compute and transfer commands (and, with
+// host, to the host once the command buffer has finished).
+void full_barrier(VkCommandBuffer cmd, bool host = false) {
     VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    mb.srcAccessMask = kWrites;
     mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
-                       VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
-    const VkPipelineStageFlags stages =
-        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-    vkCmdPipelineBarrier(cmd, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr);
+                       VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT |
+                       (host ? VK_ACCESS_HOST_READ_BIT : 0);
+    vkCmdPipelineBarrier(cmd, kStages, kStages | (host ? VK_PIPELINE_STAGE_HOST_BIT : 0), 0, 1, &mb,
+                         0, nullptr, 0, nullptr);
 }
 
 }  // namespace
@@ -34,16 +42,16 @@ Batches::Batches(Device& dev) : dev_(dev) {
 
 Batches::~Batches() {
     VkDevice d = dev_.handle();
-    vkDeviceWaitIdle(d);
+    // Waits for the library's own submits only: the device may be a host's, busy with its work.
+    for (auto& b : in_flight_)
+        vkWaitForFences(d, 1, &b->fence, VK_TRUE, UINT64_MAX);
     auto destroy = [&](std::unique_ptr<Batch>& b) {
-        if (!b) return;
+        if (!b || b->external) return;  // the caller's command buffer is the caller's
         vkDestroyFence(d, b->fence, nullptr);
         vkFreeCommandBuffers(d, pool_, 1, &b->cmd);
     };
-    if (open_) {
-        vkEndCommandBuffer(open_->cmd);
-        destroy(open_);
-    }
+    if (open_ && !open_->external) vkEndCommandBuffer(open_->cmd);
+    destroy(open_);
     for (auto& b : in_flight_)
         destroy(b);
     for (auto& b : spare_)
@@ -99,6 +107,7 @@ VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
         dirty_.clear();
         needs_entry_barrier_ = false;
     }
+    open_->recorded = true;
     for (auto list : {reads, writes})
         for (Resource* r : list)
             open_->keep.push_back(r->shared_from_this());
@@ -138,7 +147,7 @@ void Batches::keep_alive(std::shared_ptr<const void> p) {
 }
 
 void Batches::flush() {
-    if (!open_) return;
+    if (!open_ || open_->external) return;
     // Make the batch's writes visible to the host (tensor reads map memory directly).
     VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
     mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
@@ -163,7 +172,20 @@ void Batches::flush() {
 }
 
 void Batches::wait(uint64_t serial) {
-    if (serial == 0 || serial <= completed_) return;
+    if (serial == 0) return;
+    if (open_ && open_->external && serial >= open_->serial)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("cannot wait for commands recorded into the caller's command "
+                                "buffer (recording {}): call Context::end_recording(), submit "
+                                "it, and wait for it first",
+                                open_->serial));
+    if (auto it = external_.find(serial); it != external_.end())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("this waits for commands recorded into the caller's command "
+                                "buffer (recording {}), which is not marked finished: submit it, "
+                                "wait for it, then call Context::finish_recording({})",
+                                it->first, it->first));
+    if (serial <= completed_) return;
     if (open_ && serial >= open_->serial) flush();
     while (!in_flight_.empty() && in_flight_.front()->serial <= serial) {
         Batch& b = *in_flight_.front();
@@ -174,6 +196,63 @@ void Batches::wait(uint64_t serial) {
         spare_.push_back(std::move(in_flight_.front()));
         in_flight_.pop_front();
     }
+}
+
+void Batches::wait_all() {
+    flush();
+    if (!in_flight_.empty()) wait(in_flight_.back()->serial);
+}
+
+void Batches::begin_external(VkCommandBuffer cmd) {
+    if (cmd == VK_NULL_HANDLE)
+        throw Error(ErrorCode::InvalidArgument, "begin_recording: the command buffer is null");
+    if (open_ && open_->external)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("begin_recording: already recording into a command buffer "
+                                "(recording {}); call end_recording() first",
+                                open_->serial));
+    flush();  // the library's own earlier work reaches the queue before the caller's buffer
+    auto b = std::make_unique<Batch>();
+    b->cmd = cmd;
+    b->external = true;
+    b->serial = next_serial_;
+    open_ = std::move(b);
+    chunk_used_ = kChunkBytes;
+    // The caller's earlier commands in cmd may have written what the first command reads.
+    needs_entry_barrier_ = true;
+    dirty_.clear();
+}
+
+uint64_t Batches::end_external() {
+    if (!open_ || !open_->external)
+        throw Error(ErrorCode::InvalidArgument,
+                    "end_recording: not recording into a caller's command buffer");
+    // Everything the recording wrote, visible to the caller's later commands and to the host
+    // once the command buffer has finished.
+    full_barrier(open_->cmd, /*host=*/true);
+    ++dev_.counters().barriers;
+    const uint64_t id = open_->serial;
+    external_.emplace(id, std::move(open_));
+    ++next_serial_;
+    return id;
+}
+
+void Batches::finish_external(uint64_t id) {
+    auto it = external_.find(id);
+    if (it == external_.end())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("finish_recording: no ended, unfinished recording {}", id));
+    retire(*it->second);
+    external_.erase(it);
+}
+
+void Batches::end_call() noexcept {
+    if (!open_ || !open_->external || !open_->recorded) return;
+    full_barrier(open_->cmd);
+    ++dev_.counters().barriers;
+    open_->recorded = false;
+    needs_entry_barrier_ = true;
+    dirty_.clear();
 }
 
 void Batches::collect_finished() {

@@ -1,6 +1,8 @@
 // Batches: the command buffer being recorded and those in flight. Every library operation
 // records into the open batch; a step becomes one submit. Barriers are inserted only where a
 // command touches a resource written since the last barrier (ggml's sync_buffers idea).
+// The open batch may instead be a command buffer of the caller's (begin_external): the library
+// records into it and never submits it; the caller says when it has finished executing.
 #pragma once
 
 #include <vulkan/vulkan_core.h>
@@ -8,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <unordered_set>
 #include <vector>
@@ -36,17 +39,37 @@ class Batches {
 
     // Serial of the batch being recorded; serials grow by one per submit.
     uint64_t open_serial() const noexcept { return next_serial_; }
-    // Submits the open batch if it holds any command (no wait).
+    // Submits the open batch if it holds any command (no wait); does nothing while recording
+    // into a caller's command buffer.
     void flush();
-    // Waits until the batch with this serial has finished (flushing it first if open).
+    // Waits until the batch with this serial has finished (flushing it first if open). Throws
+    // when that batch is a caller's command buffer not marked finished.
     void wait(uint64_t serial);
-    void wait_all() { wait(next_serial_); }
+    // Submits the open batch (unless it is the caller's) and waits for every submitted one.
+    void wait_all();
+
+    // From now on commands go into cmd, a primary command buffer of the caller's in the
+    // recording state (the library's own open batch is submitted first).
+    void begin_external(VkCommandBuffer cmd);
+    // Closes the caller's batch (a final barrier) and returns its id, which the caller passes
+    // to finish_external() once the command buffer has finished executing.
+    uint64_t end_external();
+    void finish_external(uint64_t id);
+    bool recording_external() const noexcept { return open_ && open_->external; }
+    // Recordings ended but not yet marked finished.
+    size_t unfinished_external() const noexcept { return external_.size(); }
+    // End of an outermost library call: in a caller's command buffer, a barrier makes the
+    // call's writes visible to the caller's later compute and transfer commands, and the next
+    // call's first command starts with one that makes the caller's writes visible to it.
+    void end_call() noexcept;
 
   private:
     struct Batch {
         VkCommandBuffer cmd = VK_NULL_HANDLE;
         VkFence fence = VK_NULL_HANDLE;
         uint64_t serial = 0;
+        bool external = false;  // the caller's command buffer (no fence, never submitted here)
+        bool recorded = false;  // a command since the last end_call()
         std::vector<std::shared_ptr<const void>> keep;
         std::vector<std::shared_ptr<Buffer>> chunks;
     };
@@ -59,6 +82,7 @@ class Batches {
     std::unique_ptr<Batch> open_;
     std::deque<std::unique_ptr<Batch>> in_flight_;
     std::vector<std::unique_ptr<Batch>> spare_;
+    std::map<uint64_t, std::unique_ptr<Batch>> external_;  // ended, not finished
     std::vector<std::shared_ptr<Buffer>> spare_chunks_;
     uint64_t next_serial_ = 1;
     uint64_t completed_ = 0;

@@ -93,7 +93,7 @@ void Buffer::write(const void* src, VkDeviceSize bytes, VkDeviceSize offset) {
     }
     auto staging = Buffer::create(*device_, bytes, MemoryKind::Upload);
     std::memcpy(staging->mapped(), src, bytes);
-    std::lock_guard lock(device_->mutex());
+    Device::CallLock lock(*device_);
     Batches& batches = device_->batches();
     VkCommandBuffer cmd = batches.record({staging.get()}, {this});
     VkBufferCopy region{0, offset, bytes};
@@ -105,8 +105,12 @@ void Buffer::write(const void* src, VkDeviceSize bytes, VkDeviceSize offset) {
 
 void Buffer::read(void* dst, VkDeviceSize bytes, VkDeviceSize offset) {
     if (bytes == 0) return;
-    std::lock_guard lock(device_->mutex());
+    Device::CallLock lock(*device_);
     Batches& batches = device_->batches();
+    if (batches.recording_external())
+        throw Error(ErrorCode::InvalidArgument,
+                    "reading a tensor waits for the GPU, which cannot happen while recording "
+                    "into the caller's command buffer: call Context::end_recording() first");
     if (mapped_) {
         batches.wait(last_write_serial);
         std::memcpy(dst, static_cast<const char*>(mapped_) + offset, bytes);

@@ -397,6 +397,16 @@ void Device::add_validation_message(std::string m) {
     messages_.push_back(std::move(m));
 }
 
+Device::CallLock::CallLock(Device& dev) : dev_(dev) {
+    dev_.mutex_.lock();
+    ++dev_.call_depth_;
+}
+
+Device::CallLock::~CallLock() {
+    if (--dev_.call_depth_ == 0 && dev_.batches_) dev_.batches_->end_call();
+    dev_.mutex_.unlock();
+}
+
 void Device::synchronize() {
     std::lock_guard lock(mutex_);
     batches_->wait_all();

@@ -51,6 +51,19 @@ class Device {
     BufferCache& buffer_cache() { return *buffer_cache_; }
     // One lock for everything recorded on this device (queue, batches, pipelines).
     std::recursive_mutex& mutex() { return mutex_; }
+    // The device lock held for one library call. Calls nest (an update takes it again for its
+    // gather); when the outermost one ends, Batches::end_call() runs, which closes the call's
+    // commands with a barrier when they went into a caller's command buffer.
+    class CallLock {
+      public:
+        explicit CallLock(Device& dev);
+        ~CallLock();
+        CallLock(const CallLock&) = delete;
+        CallLock& operator=(const CallLock&) = delete;
+
+      private:
+        Device& dev_;
+    };
     DeviceCounters& counters() { return counters_; }
 
     // A compute pipeline for one of the embedded SPIR-V modules, made on first use.
@@ -102,6 +115,7 @@ class Device {
     std::unique_ptr<BufferCache> buffer_cache_;
     std::map<std::string, Pipeline> pipelines_;
     std::recursive_mutex mutex_;
+    uint32_t call_depth_ = 0;  // CallLocks held (guarded by mutex_)
     DeviceCounters counters_;
 
     mutable std::mutex messages_mutex_;

@@ -94,8 +94,37 @@ class Context {
 
     // Submits the work recorded so far (no wait). Reading a tensor flushes by itself.
     void flush();
-    // Submits and waits for everything recorded so far.
+    // Submits and waits for everything recorded so far (the library's own batches; a
+    // recording into the caller's command buffer is the caller's to submit).
     void synchronize();
+
+    // Recording into a command buffer of the caller's, for runtimes that build their own
+    // (README, "Embedding"). Between begin_recording(cmd) and end_recording(), every command
+    // the library records (scatter, gather, page copies, staging uploads) goes into cmd, a
+    // primary command buffer in the recording state from a pool of this context's queue
+    // family; the library never begins, ends or submits it. Barriers the library inserts:
+    //  - before the first command of each library call: compute-shader and transfer writes
+    //    recorded earlier in cmd are made visible to it (the caller's own compute shader may
+    //    have written the K/V being cached);
+    //  - after the last command of each library call: its writes are made visible to later
+    //    compute-shader and transfer commands (the caller's attention shader may read the
+    //    gathered K/V or the pages right after);
+    //  - end_recording() adds one that makes every write visible to the host as well.
+    // Writes by other stages (graphics, host) before a call, and reads by other stages after
+    // it, need barriers of the caller's. The library's own earlier work is submitted by
+    // begin_recording(); submit cmd to this context's queue (or wait for synchronize() first).
+    // Until cmd is submitted, record nothing through the library outside a recording: its
+    // own batches would reach the queue first. Reading a tensor (to_host, snapshots with page
+    // contents) and making a BlockPool throw while recording.
+    void begin_recording(VkCommandBuffer cmd);
+    // Stops recording into the caller's command buffer and returns the recording's id. Once
+    // the caller has seen cmd finish executing (its fence signalled), finish_recording(id)
+    // releases the scratch memory the commands use and makes the tensors they wrote
+    // readable; reading one before throws.
+    uint64_t end_recording();
+    void finish_recording(uint64_t id);
+    // Whether begin_recording() is in effect.
+    bool recording() const;
 
     // Messages the validation layer reported (warnings and errors), oldest first.
     std::vector<std::string> validation_messages() const;

@@ -8,6 +8,7 @@
 
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/kv_cache.hpp"
+#include "pagedkv/paged_view.hpp"
 
 namespace pagedkv {
 
@@ -43,6 +44,18 @@ class PagedKVCache : public KVCache {
     // one (slot == batch_size() appends a row). Shares the row's pages instead of copying them:
     // a request prefilled alone joins a running batch without a copy (continuous batching).
     void insert(const KVCache& other, uint32_t other_row, uint32_t slot);
+
+    // One layer's pages and a device-side CSR block table, for a runtime's own attention
+    // kernels (see PagedView). Rows without tokens in the layer have no pages in the view.
+    PagedView paged_view(uint32_t layer_idx) const;
+
+    // Decode attention straight from the pages (shaders/paged_attention.comp): query is
+    // (batch, q_heads, 1, head_dim) in the pool's dtype (F16 or F32), q_heads a multiple of
+    // the pool's kv heads (GQA: query head h reads kv head h / (q_heads / kv_heads)). Each
+    // row's query attends to every token the row holds in this layer; returns
+    // softmax(q k^T * scale) v as (batch, q_heads, 1, v_head_dim) in the same dtype, zeros for
+    // a row without tokens. scale <= 0 means 1 / sqrt(head_dim). Accumulates in f32.
+    Tensor cached_attention(const Tensor& query, uint32_t layer_idx, float scale = 0.0f) const;
 
     BlockPool& pool() const noexcept;
     // The pages of one row, in logical order (for inspection and tests).

@@ -11,6 +11,7 @@
 #include "pagedkv/error.hpp"
 #include "pagedkv/kv_cache.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
+#include "pagedkv/paged_view.hpp"
 #include "pagedkv/sliding_window_cache.hpp"
 #include "pagedkv/snapshot.hpp"
 #include "pagedkv/static_cache.hpp"

@@ -2,6 +2,8 @@
 // like a framework tensor. K/V tensors given to caches are (batch, kv_heads, seq_len, head_dim).
 #pragma once
 
+#include <vulkan/vulkan_core.h>
+
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -47,6 +49,11 @@ class Tensor {
     bool defined() const noexcept { return buffer_ != nullptr; }
     // Whether two handles share one device buffer.
     bool same_storage(const Tensor& other) const noexcept { return buffer_ == other.buffer_; }
+
+    // The device buffer, for a runtime's own shaders: the tensor's bytes start at offset 0
+    // (the buffer may be larger). Valid while a handle to the tensor lives.
+    VkBuffer vk_buffer() const;
+    VkDeviceAddress device_address() const;
 
     detail::Buffer& buffer() const { return *buffer_; }
     detail::Device& device() const { return *device_; }

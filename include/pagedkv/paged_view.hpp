@@ -1,0 +1,71 @@
+// PagedView: one layer of a paged cache as a runtime's own attention kernels read it, without
+// a gather: where the pages are, and a device-side block table in FlashInfer's CSR form.
+#pragma once
+
+#include <vulkan/vulkan_core.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "pagedkv/dtype.hpp"
+
+namespace pagedkv {
+
+// Made by PagedKVCache::paged_view(layer). Token t (0 <= t < len) of batch row r lives in
+//   page  indices[indptr[r] + (first_slot[r] + t) / block_size]
+//   slot  (first_slot[r] + t) % block_size
+// where len = (pages - 1) * block_size + last_page_len[r] - first_slot[r] for a row of
+// pages = indptr[r + 1] - indptr[r] > 0 pages, and 0 for a row without pages. first_slot is
+// the one addition to FlashInfer's form: crop and sliding windows drop leading tokens by
+// moving a row's start instead of moving bytes, so the first page may begin part-way.
+//
+// Page b is in slab b >> slab_shift at byte (b & ((1 << slab_shift) - 1)) * block_bytes;
+// within it, this layer's K page starts at k_offset and its V page at v_offset, each
+// head-major [kv_heads][block_size][head_dim] (v_head_dim for V) of dtype elements.
+//
+// A view is a snapshot: any later call that changes the cache (update, write, crop, reorder,
+// ...) may move tokens to other pages (copy-on-write) or free pages; take a new view after
+// it. Keep the view alive until the GPU work that reads through it has finished (it keeps
+// the pages and its table buffer alive). The table is in host-visible memory.
+struct PagedView {
+    uint32_t layer = 0;
+    uint32_t batch = 0;
+    uint32_t kv_heads = 0;
+    uint32_t head_dim = 0;
+    uint32_t v_head_dim = 0;
+    uint32_t block_size = 0;
+    DType dtype = DType::F16;
+
+    // Page storage.
+    std::vector<VkBuffer> slabs;
+    std::vector<VkDeviceAddress> slab_addresses;
+    VkDeviceAddress slab_table = 0;  // a device array of the slab addresses (uint64 each)
+    uint32_t slab_shift = 0;
+    uint64_t block_bytes = 0;
+    uint64_t k_offset = 0;
+    uint64_t v_offset = 0;
+
+    // The block table on the device: uint32 arrays, all in one buffer, at these offsets.
+    VkBuffer table = VK_NULL_HANDLE;
+    uint64_t indptr_offset = 0;         // batch + 1 entries
+    uint64_t indices_offset = 0;        // indptr[batch] entries
+    uint64_t last_page_len_offset = 0;  // batch entries
+    uint64_t first_slot_offset = 0;     // batch entries
+    VkDeviceAddress indptr = 0;         // the same arrays by device address
+    VkDeviceAddress indices = 0;
+    VkDeviceAddress last_page_len = 0;
+    VkDeviceAddress first_slot = 0;
+
+    // The same table on the host, and each row's length.
+    std::vector<uint32_t> host_indptr;
+    std::vector<uint32_t> host_indices;
+    std::vector<uint32_t> host_last_page_len;
+    std::vector<uint32_t> host_first_slot;
+    std::vector<int64_t> lengths;
+
+    // What keeps the pages and the table alive.
+    std::shared_ptr<const void> keep;
+};
+
+}  // namespace pagedkv

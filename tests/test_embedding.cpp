@@ -1,0 +1,249 @@
+// Embedding in a host runtime: the library records into the host's command buffer between the
+// host's own compute shaders, and the host's shaders read the pages through the paged view.
+// The host (device, pipelines, command buffer, fence) is made here by hand, as a runtime would.
+#include <vulkan/vulkan_core.h>
+
+#include <cstring>
+#include <vector>
+
+#include "cache_harness.hpp"
+#include "caller_kernels.hpp"
+#include "host_vulkan.hpp"
+#include "test_support.hpp"
+
+using namespace pagedkv;
+using namespace pagedkv::test;
+
+namespace {
+
+ErrorCode code_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        UNSCOPED_INFO(e.what());
+        return e.code();
+    }
+    return ErrorCode::NotImplemented;  // "did not throw"
+}
+
+// What PRODUCE writes: base + i * step, i over the flat tensor.
+std::vector<float> produced(size_t n, float base, float step) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i)
+        v[i] = base + float(i) * step;
+    return v;
+}
+
+CallerParams produce(const Tensor& t, float base, float step) {
+    CallerParams p;
+    p.a = t.device_address();
+    p.n = uint32_t(t.numel());
+    p.base = base;
+    p.step = step;
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("the library records into the caller's command buffer between the caller's shaders") {
+    HostVulkan host;
+    {
+        Context ctx = Context::adopt(host.external());
+        CallerKernels kernels(host.device, host.family);
+        BlockPool pool(ctx, small_config(DType::F32, 2, 2, 8, 4, 64));
+        DynamicKVCache cache(pool);
+        CacheHarness h(ctx, pool, cache, 11);
+        for (uint32_t layer = 0; layer < 2; ++layer)
+            h.append(3, 5, layer);  // prefilled the ordinary way: the library's own submits
+        ctx.synchronize();
+        const DeviceCounters before = ctx.counters();
+
+        // One decode step in the host's command buffer: the host's shader computes the new
+        // token's K and V, the library writes them into pages and gathers the layer, and the
+        // host's next shader reads the gathered K and V, with no barrier of the host's.
+        const auto shape = shape4(3, 2, 1, 8);
+        Tensor k_new = Tensor::empty(ctx, shape, DType::F32);
+        Tensor v_new = Tensor::empty(ctx, shape, DType::F32);
+        VkCommandBuffer cmd = kernels.begin();
+        ctx.begin_recording(cmd);
+        REQUIRE(ctx.recording());
+        kernels.dispatch(CallerKernels::Produce, produce(k_new, 0.5f, 0.25f));
+        kernels.dispatch(CallerKernels::Produce, produce(v_new, -3.0f, 0.125f));
+        auto [k, v] = cache.update(k_new, v_new, 0);
+        Tensor combined = Tensor::empty(ctx, k.shape(), DType::F32);
+        CallerParams c;
+        c.a = k.device_address();
+        c.b = v.device_address();
+        c.c = combined.device_address();
+        c.n = uint32_t(k.numel());
+        kernels.dispatch(CallerKernels::Combine, c);
+        cache.write(k_new, v_new, 1);  // layer 1 without the gather
+        // Reading waits for the GPU, which cannot happen before the host submits.
+        CHECK(code_of([&] { (void)k.to_host(); }) == ErrorCode::InvalidArgument);
+        const uint64_t id = ctx.end_recording();
+        REQUIRE_FALSE(ctx.recording());
+        // The library submitted nothing of this step; the host's buffer holds all of it.
+        CHECK(ctx.counters().submits == before.submits);
+        CHECK(ctx.counters().dispatches + ctx.counters().copies >
+              before.dispatches + before.copies);
+        // What the library gathered is not readable until the host says the buffer finished.
+        CHECK(code_of([&] { (void)k.to_host(); }) == ErrorCode::InvalidArgument);
+        kernels.submit_and_wait(host.queue);
+        ctx.finish_recording(id);
+        CHECK(code_of([&] { ctx.finish_recording(id); }) == ErrorCode::InvalidArgument);
+
+        const auto nk = produced(3 * 2 * 8, 0.5f, 0.25f);
+        const auto nv = produced(3 * 2 * 8, -3.0f, 0.125f);
+        const std::vector<std::vector<int64_t>> pos(3, std::vector<int64_t>{5});
+        for (uint32_t layer = 0; layer < 2; ++layer)
+            h.ref.update(nk, nv, 3, 1, layer, pos);
+        const auto rk = h.ref.keys(0), rv = h.ref.values(0);
+        std::vector<float> want(rk.size());
+        for (size_t i = 0; i < want.size(); ++i)
+            want[i] = rk[i] + 2.0f * rv[i];
+        const auto got = combined.to_host();
+        INFO("first difference: " << first_difference(got, want));
+        REQUIRE(bit_equal(got, want));
+        h.compare(k, v, 0, "update recorded into the caller's buffer");
+        h.check();
+
+        // The library's own batches work as before once the recording is finished.
+        h.append(3, 2, 0);
+        h.check();
+    }
+    require_no_messages(host);
+    host.destroy();
+    require_no_messages(host);
+}
+
+TEST_CASE("recording refuses what it cannot do with clear errors and changes nothing") {
+    HostVulkan host;
+    {
+        Context ctx = Context::adopt(host.external());
+        CallerKernels kernels(host.device, host.family);
+        BlockPool pool(ctx, small_config(DType::F32, 1, 2, 8, 4, 16));
+        DynamicKVCache cache(pool);
+        CacheHarness h(ctx, pool, cache, 5);
+        h.append(2, 3, 0);
+
+        CHECK(code_of([&] { (void)ctx.end_recording(); }) == ErrorCode::InvalidArgument);
+        CHECK(code_of([&] { ctx.finish_recording(12345); }) == ErrorCode::InvalidArgument);
+        CHECK(code_of([&] { ctx.begin_recording(VK_NULL_HANDLE); }) == ErrorCode::InvalidArgument);
+        REQUIRE_FALSE(ctx.recording());
+
+        VkCommandBuffer cmd = kernels.begin();
+        ctx.begin_recording(cmd);
+        CHECK(code_of([&] { ctx.begin_recording(cmd); }) == ErrorCode::InvalidArgument);
+        CHECK(code_of([&] { BlockPool other(ctx, small_config(DType::F32, 1, 2, 8, 4, 4)); }) ==
+              ErrorCode::InvalidArgument);
+        CHECK(code_of([&] { (void)cache.get(0)->first.to_host(); }) == ErrorCode::InvalidArgument);
+        // An update refused for bad input records nothing and changes nothing.
+        Tensor wrong = Tensor::empty(ctx, shape4(2, 3, 1, 8), DType::F32);
+        CHECK(code_of([&] { cache.update(wrong, wrong, 0); }) == ErrorCode::InvalidArgument);
+        REQUIRE(ctx.recording());
+        const uint64_t id = ctx.end_recording();
+        kernels.submit_and_wait(host.queue);
+        ctx.finish_recording(id);
+        h.check();
+    }
+    require_no_messages(host);
+    host.destroy();
+    require_no_messages(host);
+}
+
+TEST_CASE("the paged view lets the caller's shader read every row's tokens from the pages") {
+    HostVulkan host;
+    {
+        Context ctx = Context::adopt(host.external());
+        CallerKernels kernels(host.device, host.family);
+        PoolConfig cfg = small_config(DType::F32, 2, 2, 8, 4, 64);
+        cfg.v_head_dim = 4;
+        cfg.max_slab_bytes = 4 * 2 * 2 * 4 * (8 + 4) * 4;  // 4 blocks a slab: 16 slabs
+        BlockPool pool(ctx, cfg);
+        DynamicKVCache cache(pool);
+        CacheHarness h(ctx, pool, cache, 3);
+
+        auto check_view = [&](uint32_t layer) {
+            ctx.synchronize();
+            PagedView view = cache.paged_view(layer);
+            REQUIRE(view.batch == cache.batch_size());
+            REQUIRE(view.lengths == cache.seq_lengths(layer));
+            REQUIRE(view.host_indptr.size() == size_t(view.batch) + 1);
+            REQUIRE(view.host_indptr.back() == view.host_indices.size());
+            REQUIRE(view.slabs.size() == pool.stats().num_slabs);
+            const uint32_t L = uint32_t(cache.get_seq_length(layer));
+            auto got = cache.get(layer);
+            REQUIRE(got.has_value());
+            for (bool value : {false, true}) {
+                const uint32_t dim = value ? view.v_head_dim : view.head_dim;
+                Tensor out =
+                    Tensor::empty(ctx, shape4(view.batch, view.kv_heads, L, dim), DType::F32);
+                CallerParams p;
+                p.a = out.device_address();
+                p.b = view.slab_table;
+                p.n = uint32_t(out.numel());
+                p.heads = view.kv_heads;
+                p.dim = dim;
+                p.max_len = L;
+                p.block_size = view.block_size;
+                p.slab_shift = view.slab_shift;
+                p.indptr = view.indptr;
+                p.indices = view.indices;
+                p.last_page_len = view.last_page_len;
+                p.first_slot = view.first_slot;
+                p.block_bytes = view.block_bytes;
+                p.page_offset = value ? view.v_offset : view.k_offset;
+                kernels.begin();
+                kernels.dispatch(CallerKernels::ViewGather, p);
+                kernels.submit_and_wait(host.queue);
+                const auto mine = out.to_host();
+                const auto lib = (value ? got->second : got->first).to_host();
+                INFO((value ? "V" : "K") << " of layer " << layer
+                                         << ", first difference: " << first_difference(mine, lib));
+                REQUIRE(bit_equal(mine, lib));
+            }
+            return view;
+        };
+
+        // Rows that start part-way into their first page (crop), share pages (reorder), and
+        // differ in length (a shorter row inserted from another cache).
+        for (uint32_t layer = 0; layer < 2; ++layer)
+            h.append(3, 9, layer);
+        cache.crop(7);
+        h.ref.crop(7);
+        DynamicKVCache other(pool);
+        CacheHarness ho(ctx, pool, other, 4);
+        for (uint32_t layer = 0; layer < 2; ++layer)
+            ho.append(1, 3, layer);
+        cache.insert(other, 0, 3);
+        h.ref.insert(ho.ref, 0, 3);
+        const std::vector<int32_t> beams{3, 0, 0, 1};
+        cache.reorder_cache(beams);
+        h.ref.select(beams);
+        h.check();
+        const PagedView shared = check_view(1);
+        CHECK(shared.host_first_slot[1] == 2);  // cropped from 9 to 7 tokens in pages of 4
+        CHECK(shared.host_indices[shared.host_indptr[1]] ==
+              shared.host_indices[shared.host_indptr[2]]);  // rows 1 and 2 share their pages
+        CHECK(shared.lengths[0] == 3);
+
+        for (int step = 0; step < 3; ++step)
+            for (uint32_t layer = 0; layer < 2; ++layer)
+                h.append(4, 1, layer);
+        h.check();
+        const PagedView after = check_view(0);
+        // Copy-on-write gave rows 1 and 2 pages of their own where they wrote.
+        CHECK(after.host_indices[after.host_indptr[2] - 1] !=
+              after.host_indices[after.host_indptr[3] - 1]);
+        check_view(1);
+
+        DynamicKVCache empty(pool);
+        const PagedView none = empty.paged_view(0);
+        CHECK(none.batch == 0);
+        CHECK(none.host_indptr == std::vector<uint32_t>{0});
+        CHECK(code_of([&] { (void)cache.paged_view(2); }) == ErrorCode::InvalidArgument);
+    }
+    require_no_messages(host);
+    host.destroy();
+    require_no_messages(host);
+}
