@@ -1,13 +1,18 @@
 // PagedKVCache::paged_view: a layer's rows as a CSR block table (FlashInfer's indptr / indices /
 // last_page_len, plus the first slot our rows may start at) in host-visible device memory,
-// next to the addresses of the pool's slabs.
+// next to the addresses of the pool's slabs. And cached_attention, which reads the pages
+// through the same table.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <cmath>
 #include <cstring>
 
+#include "cache/attention.hpp"
 #include "cache/cache_state.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
+#include "shaders/attention.hpp"
 
 namespace pagedkv {
 
@@ -24,15 +29,79 @@ uint64_t align16(uint64_t v) {
     return (v + 15) / 16 * 16;
 }
 
+struct Csr {
+    std::vector<uint32_t> indptr{0}, indices, last_page_len, first_slot;
+    std::vector<int64_t> lengths;
+};
+
+// The layer's rows as a CSR table: each row's pages from the one holding its first token to
+// the one holding its last.
+Csr build_csr(const detail::CacheState& st, uint32_t layer) {
+    Csr t;
+    const uint32_t bs = st.block_size();
+    for (uint32_t r = 0; r < st.batch; ++r) {
+        const int64_t len = st.len[layer][r];
+        const int64_t start = st.start[layer][r];
+        t.lengths.push_back(len);
+        if (len == 0) {
+            t.first_slot.push_back(0);
+            t.last_page_len.push_back(0);
+        } else {
+            for (int64_t p = start / bs; p <= (start + len - 1) / bs; ++p)
+                t.indices.push_back(index(st.tables[r][size_t(p)]));
+            t.first_slot.push_back(uint32_t(start % bs));
+            t.last_page_len.push_back(uint32_t((start + len - 1) % bs + 1));
+        }
+        t.indptr.push_back(uint32_t(t.indices.size()));
+    }
+    return t;
+}
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+void check_layer(const detail::CacheState& st, uint32_t layer, const char* op) {
+    if (layer >= st.num_layers())
+        throw invalid(fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
+                                  st.num_layers()));
+}
+
+float default_scale(float scale, uint32_t head_dim) {
+    return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim));
+}
+
+// Checks a decode query against the layout: (batch, q_heads, 1, head_dim) of dtype on dev.
+void check_query(const Tensor& q, const detail::Device& dev, DType dtype, uint32_t batch,
+                 uint32_t head_dim, const char* op) {
+    if (!q.defined()) throw invalid(fmt::format("{}: query is undefined", op));
+    if (&q.device() != &dev)
+        throw invalid(fmt::format("{}: query lives on another Context than the cache", op));
+    if (q.dtype() != dtype)
+        throw invalid(fmt::format("{}: query has dtype {}, the cache holds {}", op,
+                                  to_string(q.dtype()), to_string(dtype)));
+    const auto& s = q.shape();
+    if (s.size() != 4 || s[2] != 1)
+        throw invalid(
+            fmt::format("{}: query must be (batch, q_heads, 1, head_dim): one query "
+                        "token per row, got shape [{}]",
+                        op, fmt::join(s, ", ")));
+    if (s[0] != batch)
+        throw invalid(
+            fmt::format("{}: query has batch {}, the cache holds {} rows", op, s[0], batch));
+    if (s[3] != head_dim)
+        throw invalid(
+            fmt::format("{}: query has head_dim {}, the cache has {}", op, s[3], head_dim));
+    if (s[1] < 1 || s[1] > INT32_MAX)
+        throw invalid(fmt::format("{}: query has {} heads", op, s[1]));
+}
+
 }  // namespace
 
 PagedView PagedKVCache::paged_view(uint32_t layer) const {
     const detail::CacheState& st = *state_;
     detail::Device::CallLock l(*st.ps->device);
-    if (layer >= st.num_layers())
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("paged_view: layer_idx {} out of range, pool has {} layers", layer,
-                                st.num_layers()));
+    check_layer(st, layer, "paged_view");
     const PoolConfig& c = st.ps->config;
     const detail::PageLayout& lay = st.ps->layout;
     const detail::PageStorage& storage = *st.ps->pages;
@@ -54,23 +123,12 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     v.k_offset = lay.page_offset(layer, false);
     v.v_offset = lay.page_offset(layer, true);
 
-    const uint32_t bs = st.block_size();
-    v.host_indptr.push_back(0);
-    for (uint32_t r = 0; r < st.batch; ++r) {
-        const int64_t len = st.len[layer][r];
-        const int64_t start = st.start[layer][r];
-        v.lengths.push_back(len);
-        if (len == 0) {
-            v.host_first_slot.push_back(0);
-            v.host_last_page_len.push_back(0);
-        } else {
-            for (int64_t p = start / bs; p <= (start + len - 1) / bs; ++p)
-                v.host_indices.push_back(index(st.tables[r][size_t(p)]));
-            v.host_first_slot.push_back(uint32_t(start % bs));
-            v.host_last_page_len.push_back(uint32_t((start + len - 1) % bs + 1));
-        }
-        v.host_indptr.push_back(uint32_t(v.host_indices.size()));
-    }
+    Csr csr = build_csr(st, layer);
+    v.host_indptr = std::move(csr.indptr);
+    v.host_indices = std::move(csr.indices);
+    v.host_last_page_len = std::move(csr.last_page_len);
+    v.host_first_slot = std::move(csr.first_slot);
+    v.lengths = std::move(csr.lengths);
 
     // One buffer, four arrays at 16-byte aligned offsets.
     const auto bytes = [](const std::vector<uint32_t>& a) { return a.size() * sizeof(uint32_t); };
@@ -100,5 +158,70 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     v.keep = std::move(keep);
     return v;
 }
+
+Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float scale) const {
+    const detail::CacheState& st = *state_;
+    detail::Device::CallLock l(*st.ps->device);
+    const char* op = "cached_attention";
+    check_layer(st, layer, op);
+    const PoolConfig& c = st.ps->config;
+    if (st.batch == 0) throw invalid("cached_attention: the cache holds no rows yet");
+    check_query(query, *st.ps->device, c.dtype, st.batch, c.head_dim, op);
+    detail::AttentionShape shape;
+    shape.batch = st.batch;
+    shape.q_heads = uint32_t(query.shape()[1]);
+    shape.kv_heads = c.num_kv_heads;
+    shape.head_dim = c.head_dim;
+    shape.v_head_dim = c.v_head_dim;
+    shape.dtype = c.dtype;
+    shape.scale = default_scale(scale, c.head_dim);
+    detail::check_attention_shape(shape, op);
+    const Csr csr = build_csr(st, layer);
+    Tensor out =
+        Tensor::empty(st.ps->device, {shape.batch, shape.q_heads, 1, c.v_head_dim}, c.dtype);
+    detail::record_paged_attention(*st.ps->device, shape, query.buffer(), out.buffer(),
+                                   *st.ps->pages, layer,
+                                   {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
+    return out;
+}
+
+namespace detail {
+
+Tensor contiguous_attention(const Tensor& query, const Tensor& k, const Tensor& v,
+                            std::span<const int64_t> lengths, float scale) {
+    const char* op = "contiguous_attention";
+    if (!k.defined() || !v.defined() || k.shape().size() != 4 || v.shape().size() != 4)
+        throw invalid(fmt::format("{}: k and v must be (batch, kv_heads, len, dim)", op));
+    const auto& ks = k.shape();
+    Device& dev = k.device();
+    Device::CallLock l(dev);
+    check_query(query, dev, k.dtype(), uint32_t(ks[0]), uint32_t(ks[3]), op);
+    if (v.dtype() != k.dtype() || v.shape()[0] != ks[0] || v.shape()[1] != ks[1] ||
+        v.shape()[2] != ks[2] || lengths.size() != size_t(ks[0]))
+        throw invalid(fmt::format("{}: k [{}], v [{}] and {} lengths disagree", op,
+                                  fmt::join(ks, ", "), fmt::join(v.shape(), ", "), lengths.size()));
+    std::vector<uint32_t> lens;
+    for (int64_t n : lengths) {
+        if (n < 0 || n > ks[2])
+            throw invalid(fmt::format("{}: length {} outside [0, {}]", op, n, ks[2]));
+        lens.push_back(uint32_t(n));
+    }
+    AttentionShape shape;
+    shape.batch = uint32_t(ks[0]);
+    shape.q_heads = uint32_t(query.shape()[1]);
+    shape.kv_heads = uint32_t(ks[1]);
+    shape.head_dim = uint32_t(ks[3]);
+    shape.v_head_dim = uint32_t(v.shape()[3]);
+    shape.dtype = k.dtype();
+    shape.scale = default_scale(scale, shape.head_dim);
+    check_attention_shape(shape, op);
+    Tensor out =
+        Tensor::empty(k.device_ptr(), {ks[0], query.shape()[1], 1, v.shape()[3]}, k.dtype());
+    record_contiguous_attention(dev, shape, query.buffer(), out.buffer(), k.buffer(), v.buffer(),
+                                uint32_t(ks[2]), lens);
+    return out;
+}
+
+}  // namespace detail
 
 }  // namespace pagedkv

@@ -57,6 +57,7 @@ class Tensor {
 
     detail::Buffer& buffer() const { return *buffer_; }
     detail::Device& device() const { return *device_; }
+    const std::shared_ptr<detail::Device>& device_ptr() const noexcept { return device_; }
 
   private:
     std::shared_ptr<detail::Device> device_;  // declared first: outlives the buffer

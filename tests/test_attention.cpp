@@ -1,0 +1,205 @@
+// cached_attention: decode attention read straight from the pages (shaders/paged_attention.comp),
+// checked against attention computed on the CPU over the reference cache's K/V, and against the
+// same shader run on the contiguous K/V that get() gathers, which must agree bit for bit.
+#include <cmath>
+#include <vector>
+
+#include "cache/attention.hpp"
+#include "cache_harness.hpp"
+#include "test_support.hpp"
+
+using namespace pagedkv;
+using namespace pagedkv::test;
+
+namespace {
+
+// softmax(q k^T * scale) v in double, row b over its first lengths[b] tokens; q is
+// (B, Hq, 1, D), k/v (B, Hkv, L, D/Dv) padded; GQA: query head h reads kv head h / group.
+std::vector<double> cpu_attention(const std::vector<float>& q, const std::vector<float>& k,
+                                  const std::vector<float>& v, const std::vector<int64_t>& lengths,
+                                  uint32_t q_heads, uint32_t kv_heads, uint32_t d, uint32_t dv,
+                                  float scale) {
+    const size_t B = lengths.size();
+    const size_t L = B ? k.size() / (B * kv_heads * d) : 0;
+    std::vector<double> out(B * q_heads * dv, 0.0);
+    for (size_t b = 0; b < B; ++b)
+        for (uint32_t h = 0; h < q_heads; ++h) {
+            const size_t g = h / (q_heads / kv_heads);
+            const float* qr = &q[(b * q_heads + h) * d];
+            std::vector<double> s(size_t(lengths[b]));
+            double m = -INFINITY;
+            for (size_t t = 0; t < s.size(); ++t) {
+                const float* kr = &k[((b * kv_heads + g) * L + t) * d];
+                double dot = 0;
+                for (uint32_t i = 0; i < d; ++i)
+                    dot += double(qr[i]) * double(scale) * double(kr[i]);
+                s[t] = dot;
+                m = std::max(m, dot);
+            }
+            double sum = 0;
+            for (double& x : s)
+                sum += (x = std::exp(x - m));
+            for (size_t t = 0; t < s.size(); ++t)
+                for (uint32_t i = 0; i < dv; ++i)
+                    out[(b * q_heads + h) * dv + i] +=
+                        s[t] / sum * double(v[((b * kv_heads + g) * L + t) * dv + i]);
+        }
+    return out;
+}
+
+double tolerance(DType t) {
+    switch (t) {
+        case DType::F32:
+            return 1e-4;
+        case DType::F16:
+            return 4e-3;
+        case DType::BF16:
+            break;
+    }
+    return 2e-2;
+}
+
+struct AttentionCase {
+    DType dtype;
+    uint32_t head_dim, v_head_dim, kv_heads, q_heads;
+};
+
+// Runs cached_attention on every layer of the harness's cache and checks it both ways.
+void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, float scale) {
+    const PoolConfig& c = h.pool.config();
+    const uint32_t B = cache.batch_size();
+    auto qv = random_values(size_t(B) * q_heads * c.head_dim, h.rng, c.dtype);
+    for (float& x : qv)
+        x *= 0.125f;  // exact in every dtype; keeps scores moderate
+    Tensor q = Tensor::from_host(h.ctx, qv, shape4(B, q_heads, 1, c.head_dim), c.dtype);
+    const float used_scale = scale > 0 ? scale : 1.0f / std::sqrt(float(c.head_dim));
+    for (uint32_t layer = 0; layer < c.num_layers; ++layer) {
+        INFO("layer " << layer << ", lengths " << h.ref.lengths(layer).size() << " rows");
+        Tensor paged = cache.cached_attention(q, layer, scale);
+        REQUIRE(paged.shape() == shape4(B, q_heads, 1, c.v_head_dim));
+        REQUIRE(paged.dtype() == c.dtype);
+        const auto got = paged.to_host();
+        const auto lengths = cache.seq_lengths(layer);
+        const auto want =
+            cpu_attention(qv, h.ref.keys(layer), h.ref.values(layer), h.ref.lengths(layer), q_heads,
+                          c.num_kv_heads, c.head_dim, c.v_head_dim, used_scale);
+        REQUIRE(got.size() == want.size());
+        for (size_t i = 0; i < got.size(); ++i) {
+            INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
+            REQUIRE(std::abs(double(got[i]) - want[i]) <=
+                    tolerance(c.dtype) * std::max(1.0, std::abs(want[i])));
+        }
+        // The same shader over the gathered, contiguous K/V: the same arithmetic in the same
+        // order, so the same bits.
+        if (auto kv = cache.get(layer)) {
+            Tensor contiguous =
+                detail::contiguous_attention(q, kv->first, kv->second, lengths, scale);
+            const auto flat = contiguous.to_host();
+            INFO("paged vs contiguous, first difference: " << first_difference(got, flat));
+            REQUIRE(bit_equal(got, flat));
+        } else {
+            REQUIRE(bit_equal(got, std::vector<float>(got.size(), 0.0f)));  // no tokens: zeros
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("cached_attention matches CPU attention and the contiguous shader bit for bit",
+          "[attention][gpu]") {
+    const AttentionCase cases[] = {
+        {DType::F32, 8, 6, 2, 4},      // GQA, v_head_dim != head_dim
+        {DType::F16, 8, 8, 2, 2},      // MHA
+        {DType::BF16, 8, 4, 1, 4},     // MQA
+        {DType::F32, 160, 160, 1, 2},  // rows of several words a thread
+        {DType::F16, 256, 128, 1, 1},
+    };
+    for (const AttentionCase& ac : cases) {
+        DYNAMIC_SECTION(to_string(ac.dtype)
+                        << " head_dim " << ac.head_dim << " v " << ac.v_head_dim << ", "
+                        << ac.q_heads << " query heads over " << ac.kv_heads) {
+            ValidatedContext vc;
+            PoolConfig cfg = small_config(ac.dtype, 3, ac.kv_heads, ac.head_dim, 4, 160);
+            cfg.v_head_dim = ac.v_head_dim;
+            cfg.max_slab_bytes = 8 * (uint64_t(ac.head_dim) + ac.v_head_dim) * ac.kv_heads * 4 * 3 *
+                                 dtype_size(ac.dtype);  // 8 blocks a slab
+            BlockPool pool(vc.ctx, cfg);
+            DynamicKVCache cache(pool);
+            CacheHarness h(vc.ctx, pool, cache, 21);
+            // Layer 0: 3 rows of 70 tokens (two tiles of 64), cropped to start part-way into a
+            // page, a shorter row joined from another cache, rows sharing pages; layer 1 a
+            // few tokens; layer 2 nothing (zeros out).
+            h.append(3, 70, 0);
+            h.append(3, 5, 1);
+            cache.crop(67);
+            h.ref.crop(67);
+            DynamicKVCache other(pool);
+            CacheHarness ho(vc.ctx, pool, other, 22);
+            ho.append(1, 9, 0);
+            ho.append(1, 2, 1);
+            cache.insert(other, 0, 3);
+            h.ref.insert(ho.ref, 0, 3);
+            const std::vector<int32_t> beams{3, 1, 1, 0};
+            cache.reorder_cache(beams);
+            h.ref.select(beams);
+            h.append(4, 1, 0);
+            h.check();
+            check_attention(h, cache, ac.q_heads, 0.0f);
+            check_attention(h, cache, ac.q_heads, 0.07f);
+            REQUIRE(pool.check() == "");
+        }
+    }
+}
+
+TEST_CASE("cached_attention rejects bad queries with clear errors and changes nothing",
+          "[attention][errors][gpu]") {
+    ValidatedContext vc;
+    Context& ctx = vc.ctx;
+    BlockPool pool(ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
+    DynamicKVCache cache(pool);
+    CacheHarness h(ctx, pool, cache, 9);
+    auto code_of = [&](const Tensor& q, uint32_t layer) {
+        try {
+            (void)cache.cached_attention(q, layer);
+        } catch (const Error& e) {
+            UNSCOPED_INFO(e.what());
+            return e.code();
+        }
+        return ErrorCode::NotImplemented;
+    };
+    auto q = [&](std::vector<int64_t> shape, DType t = DType::F16) {
+        return Tensor::empty(ctx, std::move(shape), t);
+    };
+    CHECK(code_of(q({1, 2, 1, 8}), 0) == ErrorCode::InvalidArgument);  // no rows yet
+    h.append(2, 6, 0);
+    const uint64_t used = pool.stats().used_blocks;
+    CHECK(code_of(Tensor(), 0) == ErrorCode::InvalidArgument);
+    CHECK(code_of(q({2, 2, 1, 8}, DType::F32), 0) == ErrorCode::InvalidArgument);
+    CHECK(code_of(q({2, 2, 2, 8}), 0) == ErrorCode::InvalidArgument);  // two query tokens
+    CHECK(code_of(q({3, 2, 1, 8}), 0) == ErrorCode::InvalidArgument);  // batch
+    CHECK(code_of(q({2, 3, 1, 8}), 0) == ErrorCode::InvalidArgument);  // 3 heads over 2
+    CHECK(code_of(q({2, 2, 1, 6}), 0) == ErrorCode::InvalidArgument);  // head_dim
+    CHECK(code_of(q({2, 2, 8}), 0) == ErrorCode::InvalidArgument);
+    CHECK(code_of(q({2, 2, 1, 8}), 2) == ErrorCode::InvalidArgument);  // layer
+    try {
+        (void)cache.cached_attention(q({2, 2, 2, 8}), 0);
+    } catch (const Error& e) {
+        CHECK(std::string(e.what()).find("one query token per row") != std::string::npos);
+    }
+    {
+        // f16 rows of an odd head_dim are not whole 32-bit words.
+        BlockPool odd(ctx, small_config(DType::F16, 1, 1, 5, 4, 8));
+        DynamicKVCache c(odd);
+        CacheHarness ho(ctx, odd, c, 1);
+        ho.append(1, 3, 0);
+        try {
+            (void)c.cached_attention(q({1, 1, 1, 5}), 0);
+            FAIL("an odd f16 head_dim was accepted");
+        } catch (const Error& e) {
+            CHECK(e.code() == ErrorCode::Unsupported);
+        }
+        ho.check();
+    }
+    REQUIRE(pool.stats().used_blocks == used);
+    h.check();
+}
