@@ -39,6 +39,10 @@ struct pagedkv_tensor {
     pagedkv::Tensor tensor;
 };
 
+struct pagedkv_paged_view {
+    pagedkv::PagedView view;
+};
+
 namespace {
 
 // The status of a C++ error code; a new ErrorCode is a compile error here (-Wswitch, -Werror)
@@ -262,6 +266,45 @@ pagedkv_status pagedkv_context_create(int32_t device_index, int enable_validatio
     });
 }
 
+pagedkv_status pagedkv_context_adopt(const pagedkv_external_vulkan* external,
+                                     pagedkv_context** out_context) noexcept {
+    return guarded("pagedkv_context_adopt", [&] {
+        const pagedkv_external_vulkan& e = need(external, "external");
+        need(out_context, "out_context");
+        pagedkv::ExternalVulkan ext;
+        ext.instance = e.instance;
+        ext.physical_device = e.physical_device;
+        ext.device = e.device;
+        ext.queue = e.queue;
+        ext.queue_family = e.queue_family;
+        ext.int16_storage = e.int16_storage != 0;
+        ext.get_instance_proc_addr = e.get_instance_proc_addr;
+        auto handle = std::unique_ptr<pagedkv_context>(
+            new pagedkv_context{pagedkv::Context::adopt(ext), {}, {}, {}});
+        handle->name = handle->ctx.device_name();
+        *out_context = handle.release();
+    });
+}
+
+pagedkv_status pagedkv_context_begin_recording(pagedkv_context* context,
+                                               VkCommandBuffer cmd) noexcept {
+    return guarded("pagedkv_context_begin_recording",
+                   [&] { need(context, "context").ctx.begin_recording(cmd); });
+}
+
+pagedkv_status pagedkv_context_end_recording(pagedkv_context* context, uint64_t* out_id) noexcept {
+    return guarded("pagedkv_context_end_recording", [&] {
+        pagedkv_context& c = need(context, "context");
+        need(out_id, "out_id");
+        *out_id = c.ctx.end_recording();
+    });
+}
+
+pagedkv_status pagedkv_context_finish_recording(pagedkv_context* context, uint64_t id) noexcept {
+    return guarded("pagedkv_context_finish_recording",
+                   [&] { need(context, "context").ctx.finish_recording(id); });
+}
+
 void pagedkv_context_destroy(pagedkv_context* context) noexcept {
     delete context;
 }
@@ -419,6 +462,19 @@ pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
     });
 }
 
+pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor, VkBuffer* out_buffer,
+                                        VkDeviceAddress* out_address) noexcept {
+    return guarded("pagedkv_tensor_vk_buffer", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        need(out_buffer, "out_buffer");
+        need(out_address, "out_address");
+        const VkBuffer b = t.vk_buffer();
+        const VkDeviceAddress a = t.device_address();
+        *out_buffer = b;
+        *out_address = a;
+    });
+}
+
 void pagedkv_tensor_destroy(pagedkv_tensor* tensor) noexcept {
     delete tensor;
 }
@@ -471,6 +527,70 @@ pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* 
             *out_value = hv.release();
         }
     });
+}
+
+pagedkv_status pagedkv_cache_cached_attention(const pagedkv_cache* cache,
+                                              const pagedkv_tensor* query, uint32_t layer_idx,
+                                              float scale,
+                                              pagedkv_tensor** out_attention) noexcept {
+    return guarded("pagedkv_cache_cached_attention", [&] {
+        const pagedkv::PagedKVCache& c = *need(cache, "cache").cache;
+        const pagedkv_tensor& q = need(query, "query");
+        need(out_attention, "out_attention");
+        auto h = std::make_unique<pagedkv_tensor>();
+        h->tensor = c.cached_attention(q.tensor, layer_idx, scale);
+        *out_attention = h.release();
+    });
+}
+
+pagedkv_status pagedkv_cache_paged_view(const pagedkv_cache* cache, uint32_t layer_idx,
+                                        pagedkv_paged_view** out_view,
+                                        pagedkv_paged_view_info* out_info) noexcept {
+    return guarded("pagedkv_cache_paged_view", [&] {
+        const pagedkv::PagedKVCache& c = *need(cache, "cache").cache;
+        need(out_view, "out_view");
+        pagedkv_paged_view_info& info = need(out_info, "out_info");
+        auto h = std::make_unique<pagedkv_paged_view>();
+        h->view = c.paged_view(layer_idx);
+        const pagedkv::PagedView& v = h->view;
+        pagedkv_paged_view_info i{};
+        i.layer = v.layer;
+        i.batch = v.batch;
+        i.kv_heads = v.kv_heads;
+        i.head_dim = v.head_dim;
+        i.v_head_dim = v.v_head_dim;
+        i.block_size = v.block_size;
+        i.dtype = c_dtype(v.dtype);
+        i.num_slabs = v.slabs.size();
+        i.slabs = v.slabs.data();
+        i.slab_addresses = v.slab_addresses.data();
+        i.slab_table = v.slab_table;
+        i.slab_shift = v.slab_shift;
+        i.block_bytes = v.block_bytes;
+        i.k_offset = v.k_offset;
+        i.v_offset = v.v_offset;
+        i.table = v.table;
+        i.indptr_offset = v.indptr_offset;
+        i.indices_offset = v.indices_offset;
+        i.last_page_len_offset = v.last_page_len_offset;
+        i.first_slot_offset = v.first_slot_offset;
+        i.indptr = v.indptr;
+        i.indices = v.indices;
+        i.last_page_len = v.last_page_len;
+        i.first_slot = v.first_slot;
+        i.num_indices = v.host_indices.size();
+        i.host_indptr = v.host_indptr.data();
+        i.host_indices = v.host_indices.data();
+        i.host_last_page_len = v.host_last_page_len.data();
+        i.host_first_slot = v.host_first_slot.data();
+        i.lengths = v.lengths.data();
+        info = i;
+        *out_view = h.release();
+    });
+}
+
+void pagedkv_paged_view_destroy(pagedkv_paged_view* view) noexcept {
+    delete view;
 }
 
 pagedkv_status pagedkv_cache_get(const pagedkv_cache* cache, uint32_t layer_idx,

@@ -382,6 +382,87 @@ static void test_destroy_order(pagedkv_context* ctx) {
     pagedkv_cache_destroy(cache);
 }
 
+// The embedding calls: the paged view, cached_attention, and the error paths of adopt and of
+// recording into a caller's command buffer (the C++ tests run those with a real host device).
+static void test_embedding(pagedkv_context* ctx, pagedkv_pool* pool) {
+    pagedkv_cache* cache = NULL;
+    OK(pagedkv_cache_create_dynamic(pool, &cache));
+    append_all(ctx, cache, 2, 0, 6);
+
+    pagedkv_paged_view* view = NULL;
+    pagedkv_paged_view_info info;
+    memset(&info, 0, sizeof info);
+    FAILS(pagedkv_cache_paged_view(cache, 5, &view, &info), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer_idx 5");
+    CHECK(view == NULL && info.batch == 0);
+    OK(pagedkv_cache_paged_view(cache, 1, &view, &info));
+    CHECK(info.layer == 1 && info.batch == 2 && info.kv_heads == HEADS && info.head_dim == DIM);
+    CHECK(info.block_size == BLOCK && info.dtype == PAGEDKV_DTYPE_F32 && info.num_slabs >= 1);
+    CHECK(info.slab_addresses[0] != 0 && info.slab_table != 0 && info.table != VK_NULL_HANDLE);
+    CHECK(info.block_bytes == (uint64_t)LAYERS * 2 * HEADS * BLOCK * DIM * sizeof(float));
+    CHECK(info.v_offset - info.k_offset == (uint64_t)HEADS * BLOCK * DIM * sizeof(float));
+    // 6 tokens a row in pages of 4: two pages, the last holding 2.
+    CHECK(info.num_indices == 4 && info.host_indptr[0] == 0 && info.host_indptr[2] == 4);
+    CHECK(info.lengths[0] == 6 && info.lengths[1] == 6);
+    CHECK(info.host_last_page_len[0] == 2 && info.host_first_slot[1] == 0);
+    CHECK(info.indices == info.indptr + info.indices_offset - info.indptr_offset);
+    pagedkv_paged_view_destroy(view);
+    pagedkv_paged_view_destroy(NULL);
+
+    // A zero query scores every token alike: the output is the mean of the row's values.
+    enum { QHEADS = 4 };
+    float zeros[2 * QHEADS * DIM];
+    memset(zeros, 0, sizeof zeros);
+    const int64_t qshape[4] = {2, QHEADS, 1, DIM};
+    pagedkv_tensor *q = NULL, *out = NULL;
+    OK(pagedkv_tensor_from_host(ctx, zeros, 2 * QHEADS * DIM, qshape, 4, PAGEDKV_DTYPE_F32, &q));
+    VkBuffer buffer = VK_NULL_HANDLE;
+    VkDeviceAddress address = 0;
+    OK(pagedkv_tensor_vk_buffer(q, &buffer, &address));
+    CHECK(buffer != VK_NULL_HANDLE && address != 0);
+    OK(pagedkv_cache_cached_attention(cache, q, 0, 0.0f, &out));
+    float got[2 * QHEADS * DIM];
+    OK(pagedkv_tensor_to_host(out, got, 2 * QHEADS * DIM));
+    int wrong = 0;
+    for (unsigned b = 0; b < 2; ++b)
+        for (unsigned h = 0; h < QHEADS; ++h)
+            for (unsigned d = 0; d < DIM; ++d) {
+                double mean = 0;
+                for (long long p = 0; p < 6; ++p)
+                    mean -= key_at(0, b, h / (QHEADS / HEADS), p, d) / 6.0;
+                const double g = got[(b * QHEADS + h) * DIM + d];
+                if (g - mean > 1e-3 * -mean || mean - g > 1e-3 * -mean) ++wrong;
+            }
+    CHECK(wrong == 0);
+    pagedkv_tensor_destroy(out);
+    out = NULL;
+    const int64_t two_tokens[4] = {1, QHEADS, 2, DIM};
+    pagedkv_tensor* q2 = NULL;
+    OK(pagedkv_tensor_from_host(ctx, zeros, QHEADS * 2 * DIM, two_tokens, 4, PAGEDKV_DTYPE_F32,
+                                &q2));
+    FAILS(pagedkv_cache_cached_attention(cache, q2, 0, 0.0f, &out), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "one query token per row");
+    CHECK(out == NULL);
+    pagedkv_tensor_destroy(q2);
+    pagedkv_tensor_destroy(q);
+
+    FAILS(pagedkv_context_begin_recording(ctx, VK_NULL_HANDLE), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "command buffer is null");
+    uint64_t id = 77;
+    FAILS(pagedkv_context_end_recording(ctx, &id), PAGEDKV_ERROR_INVALID_ARGUMENT, "not recording");
+    CHECK(id == 77);
+    FAILS(pagedkv_context_finish_recording(ctx, 12345), PAGEDKV_ERROR_INVALID_ARGUMENT, "12345");
+    pagedkv_context* adopted = NULL;
+    FAILS(pagedkv_context_adopt(NULL, &adopted), PAGEDKV_ERROR_INVALID_ARGUMENT, "external");
+    pagedkv_external_vulkan none;
+    memset(&none, 0, sizeof none);
+    FAILS(pagedkv_context_adopt(&none, &adopted), PAGEDKV_ERROR_INVALID_ARGUMENT, "");
+    CHECK(adopted == NULL);
+
+    check_get(cache, 1, 2, 6, (const unsigned[]){0, 1}, 0);
+    pagedkv_cache_destroy(cache);
+}
+
 int main(void) {
     test_errors_and_names();
 
@@ -436,6 +517,7 @@ int main(void) {
     test_static(ctx, pool);
     test_sliding_window(ctx, pool);
     test_destroy_order(ctx);
+    test_embedding(ctx, pool);
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cache/attention.hpp"
 #include "cache_harness.hpp"
 #include "caller_kernels.hpp"
 #include "host_vulkan.hpp"
@@ -40,6 +41,26 @@ CallerParams produce(const Tensor& t, float base, float step) {
     p.n = uint32_t(t.numel());
     p.base = base;
     p.step = step;
+    return p;
+}
+
+// VIEW_GATHER over one layer's K (or V) into out, (batch, heads, max_len, dim) f32.
+CallerParams view_gather(const PagedView& view, const Tensor& out, bool value, uint32_t max_len) {
+    CallerParams p;
+    p.a = out.device_address();
+    p.b = view.slab_table;
+    p.n = uint32_t(out.numel());
+    p.heads = view.kv_heads;
+    p.dim = value ? view.v_head_dim : view.head_dim;
+    p.max_len = max_len;
+    p.block_size = view.block_size;
+    p.slab_shift = view.slab_shift;
+    p.indptr = view.indptr;
+    p.indices = view.indices;
+    p.last_page_len = view.last_page_len;
+    p.first_slot = view.first_slot;
+    p.block_bytes = view.block_bytes;
+    p.page_offset = value ? view.v_offset : view.k_offset;
     return p;
 }
 
@@ -78,6 +99,14 @@ TEST_CASE("the library records into the caller's command buffer between the call
         c.n = uint32_t(k.numel());
         kernels.dispatch(CallerKernels::Combine, c);
         cache.write(k_new, v_new, 1);  // layer 1 without the gather
+        // The host's shader reads layer 1's keys straight from the pages, through the view.
+        const PagedView view = cache.paged_view(1);
+        Tensor from_pages = Tensor::empty(ctx, shape4(3, 2, 6, 8), DType::F32);
+        kernels.dispatch(CallerKernels::ViewGather, view_gather(view, from_pages, false, 6));
+        // The library's paged attention over layer 0, on a query the host's shader computes.
+        Tensor q = Tensor::empty(ctx, shape4(3, 4, 1, 8), DType::F32);
+        kernels.dispatch(CallerKernels::Produce, produce(q, -0.25f, 0.0078125f));
+        Tensor attention = cache.cached_attention(q, 0);
         // Reading waits for the GPU, which cannot happen before the host submits.
         CHECK(code_of([&] { (void)k.to_host(); }) == ErrorCode::InvalidArgument);
         const uint64_t id = ctx.end_recording();
@@ -106,6 +135,11 @@ TEST_CASE("the library records into the caller's command buffer between the call
         REQUIRE(bit_equal(got, want));
         h.compare(k, v, 0, "update recorded into the caller's buffer");
         h.check();
+        const auto layer1 = cache.get(1);
+        REQUIRE(bit_equal(from_pages.to_host(), layer1->first.to_host()));
+        const auto lengths = cache.seq_lengths(0);
+        const Tensor flat = detail::contiguous_attention(q, k, v, lengths);
+        REQUIRE(bit_equal(attention.to_host(), flat.to_host()));
 
         // The library's own batches work as before once the recording is finished.
         h.append(3, 2, 0);
@@ -178,23 +212,8 @@ TEST_CASE("the paged view lets the caller's shader read every row's tokens from 
                 const uint32_t dim = value ? view.v_head_dim : view.head_dim;
                 Tensor out =
                     Tensor::empty(ctx, shape4(view.batch, view.kv_heads, L, dim), DType::F32);
-                CallerParams p;
-                p.a = out.device_address();
-                p.b = view.slab_table;
-                p.n = uint32_t(out.numel());
-                p.heads = view.kv_heads;
-                p.dim = dim;
-                p.max_len = L;
-                p.block_size = view.block_size;
-                p.slab_shift = view.slab_shift;
-                p.indptr = view.indptr;
-                p.indices = view.indices;
-                p.last_page_len = view.last_page_len;
-                p.first_slot = view.first_slot;
-                p.block_bytes = view.block_bytes;
-                p.page_offset = value ? view.v_offset : view.k_offset;
                 kernels.begin();
-                kernels.dispatch(CallerKernels::ViewGather, p);
+                kernels.dispatch(CallerKernels::ViewGather, view_gather(view, out, value, L));
                 kernels.submit_and_wait(host.queue);
                 const auto mine = out.to_host();
                 const auto lib = (value ? got->second : got->first).to_host();

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "allocator/block_allocator.hpp"
+#include "cache/attention.hpp"
 #include "cache/pool_state.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "shaders/batch.hpp"
@@ -177,6 +178,39 @@ void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t r
             double(after.descriptor_updates - before.descriptor_updates),
             fmt::format("{}", after.descriptor_updates - before.descriptor_updates),
             "buffer device addresses in push constants");
+}
+
+// Decode attention read through the block table (cached_attention) against what a runtime
+// without a paged kernel does: gather the layer, then the same shader on contiguous K/V.
+void bench_attention(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
+                     uint32_t context) {
+    std::mt19937 rng(5);
+    const uint32_t q_heads = 32;
+    const PoolConfig c = layout(1, uint64_t(rows) * (context / 16 + 1));
+    BlockPool pool(ctx, c);
+    DynamicKVCache cache(pool);
+    Tensor pk = random_tensor(ctx, rng, {rows, 8, context, 128}, c.dtype);
+    cache.write(pk, pk, 0);
+    Tensor q = random_tensor(ctx, rng, {rows, q_heads, 1, 128}, c.dtype);
+    const std::vector<int64_t> lengths = cache.seq_lengths(0);
+    auto [k, v] = *cache.get(0);
+    const double paged = timer.median([&] { (void)cache.cached_attention(q, 0); }, 5, 1);
+    const double contiguous =
+        timer.median([&] { (void)detail::contiguous_attention(q, k, v, lengths); }, 5, 1);
+    const double gathered = timer.median(
+        [&] {
+            auto kv = cache.get(0);
+            (void)detail::contiguous_attention(q, kv->first, kv->second, lengths);
+        },
+        5, 1);
+    const std::string shape = fmt::format("{} rows x {} tokens, {} query heads over 8 x 128, f16",
+                                          rows, context, q_heads);
+    rep.add("attention_paged_vs_gather", "(gather + attention) / paged attention", gathered / paged,
+            fmt::format("{:.2f}x", gathered / paged),
+            fmt::format("{} ({:.2f} ms paged)", shape, paged * 1e3));
+    rep.add("attention_paged_vs_contiguous", "contiguous attention / paged attention",
+            contiguous / paged, fmt::format("{:.2f}x", contiguous / paged),
+            "the cost of reading through the block table (1.00x: none)");
 }
 
 // Copy-on-write page copies against one multi-region and one flat vkCmdCopyBuffer.
@@ -419,6 +453,7 @@ void bench_beams(Context& ctx, Report& rep) {
 int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32, decode_context = 64;
+    uint32_t attention_rows = 16, attention_context = 256;
     for (int i = 1; i < argc; ++i) {
         auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
         if (!std::strcmp(argv[i], "--json"))
@@ -446,6 +481,7 @@ int main(int argc, char** argv) {
                          ctx.device().byte_paths().whole_rows ? "whole rows" : "single words")});
         bench_decode(ctx, timer, rep, decode_rows, decode_layers, decode_context);
         bench_page_copy(ctx, timer, rep);
+        bench_attention(ctx, timer, rep, attention_rows, attention_context);
         const auto alloc_series = bench_allocator(rep);
         const auto gather_series = sweep_gather(ctx, timer);
         bench_memory(rep);

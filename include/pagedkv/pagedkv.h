@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <vulkan/vulkan_core.h>
 
 #include "pagedkv/version.hpp"
 
@@ -81,6 +82,33 @@ pagedkv_status pagedkv_context_device_name(const pagedkv_context* context,
                                            const char** out_name) PAGEDKV_NOEXCEPT;
 // Submits and waits for all work recorded so far.
 pagedkv_status pagedkv_context_synchronize(pagedkv_context* context) PAGEDKV_NOEXCEPT;
+// A host runtime's Vulkan objects, used without being owned (the C++ ExternalVulkan, whose
+// comment lists what the device must have enabled). int16_storage: nonzero when the device was
+// created with storageBuffer16BitAccess and shaderInt16. get_instance_proc_addr: NULL or the
+// vkGetInstanceProcAddr of the loader pagedkv is linked with.
+typedef struct pagedkv_external_vulkan {
+    VkInstance instance;
+    VkPhysicalDevice physical_device;
+    VkDevice device;
+    VkQueue queue;
+    uint32_t queue_family;
+    int int16_storage;
+    PFN_vkGetInstanceProcAddr get_instance_proc_addr;
+} pagedkv_external_vulkan;
+pagedkv_status pagedkv_context_adopt(const pagedkv_external_vulkan* external,
+                                     pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
+
+// Recording into the caller's command buffer (the C++ Context::begin_recording, whose comment
+// gives the barrier contract): between begin and end, the library's commands go into cmd and
+// nothing is submitted. After cmd has finished executing, finish_recording(id) releases what
+// its commands used and makes the tensors they wrote readable.
+pagedkv_status pagedkv_context_begin_recording(pagedkv_context* context,
+                                               VkCommandBuffer cmd) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_context_end_recording(pagedkv_context* context,
+                                             uint64_t* out_id) PAGEDKV_NOEXCEPT;
+pagedkv_status pagedkv_context_finish_recording(pagedkv_context* context,
+                                                uint64_t id) PAGEDKV_NOEXCEPT;
+
 // The validation layer's messages so far, oldest first. The array and strings belong to the
 // context and stay valid until the next call of this function on it, or its destruction.
 pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
@@ -144,6 +172,10 @@ pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor,
                                     size_t* out_count) PAGEDKV_NOEXCEPT;
 pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
                                     pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
+// The tensor's device buffer (its bytes start at offset 0) and device address, for the
+// caller's own shaders.
+pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor, VkBuffer* out_buffer,
+                                        VkDeviceAddress* out_address) PAGEDKV_NOEXCEPT;
 void pagedkv_tensor_destroy(pagedkv_tensor* tensor) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------
@@ -211,6 +243,43 @@ pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
                                                      uint32_t repeats) PAGEDKV_NOEXCEPT;
 // Empties the cache and returns its pages to the pool (a static cache keeps its reservation).
 pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
+
+// Decode attention read straight from the pages (the C++ PagedKVCache::cached_attention):
+// query (batch, q_heads, 1, head_dim) in the pool's dtype; hands out (batch, q_heads, 1,
+// v_head_dim). scale <= 0: 1 / sqrt(head_dim).
+pagedkv_status pagedkv_cache_cached_attention(const pagedkv_cache* cache,
+                                              const pagedkv_tensor* query, uint32_t layer_idx,
+                                              float scale,
+                                              pagedkv_tensor** out_attention) PAGEDKV_NOEXCEPT;
+
+// One layer's pages and CSR block table for the caller's own kernels (the C++ PagedView, whose
+// comment says how to find token t of row r). Every pointer belongs to the view handle and
+// lives until pagedkv_paged_view_destroy; keep the handle until the GPU work reading through
+// it has finished. The view is a snapshot: take a new one after the cache changes.
+typedef struct pagedkv_paged_view pagedkv_paged_view;
+typedef struct pagedkv_paged_view_info {
+    uint32_t layer, batch, kv_heads, head_dim, v_head_dim, block_size;
+    pagedkv_dtype dtype;
+    size_t num_slabs;
+    const VkBuffer* slabs;
+    const VkDeviceAddress* slab_addresses;
+    VkDeviceAddress slab_table;  // a device array of the slab addresses
+    uint32_t slab_shift;
+    uint64_t block_bytes, k_offset, v_offset;
+    VkBuffer table;  // indptr, indices, last_page_len, first_slot (uint32) at these offsets
+    uint64_t indptr_offset, indices_offset, last_page_len_offset, first_slot_offset;
+    VkDeviceAddress indptr, indices, last_page_len, first_slot;
+    size_t num_indices;
+    const uint32_t* host_indptr;         // batch + 1
+    const uint32_t* host_indices;        // num_indices
+    const uint32_t* host_last_page_len;  // batch
+    const uint32_t* host_first_slot;     // batch
+    const int64_t* lengths;              // batch
+} pagedkv_paged_view_info;
+pagedkv_status pagedkv_cache_paged_view(const pagedkv_cache* cache, uint32_t layer_idx,
+                                        pagedkv_paged_view** out_view,
+                                        pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
+void pagedkv_paged_view_destroy(pagedkv_paged_view* view) PAGEDKV_NOEXCEPT;
 
 #ifdef __cplusplus
 }  // extern "C"
