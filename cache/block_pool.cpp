@@ -62,7 +62,11 @@ BlockPool::BlockPool(Context& ctx, PoolConfig config) {
 }
 
 BlockPool::~BlockPool() {
-    if (state_) state_->device->synchronize();
+    if (!state_) return;
+    try {
+        state_->device->synchronize();
+    } catch (const Error&) {  // a lost device: nothing to wait for, and no throwing here
+    }
 }
 
 const PoolConfig& BlockPool::config() const noexcept {

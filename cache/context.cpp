@@ -1,5 +1,6 @@
 #include "pagedkv/context.hpp"
 
+#include "pagedkv/error.hpp"
 #include "shaders/batch.hpp"
 #include "shaders/device.hpp"
 
@@ -9,7 +10,12 @@ Context::Context(std::shared_ptr<detail::Device> d) : device_(std::move(d)) {}
 Context::Context(Context&&) noexcept = default;
 Context& Context::operator=(Context&& other) noexcept {
     if (this != &other) {
-        if (device_) device_->synchronize();
+        if (device_) {
+            try {
+                device_->synchronize();
+            } catch (const Error&) {  // a lost device: nothing to wait for
+            }
+        }
         device_ = std::move(other.device_);
     }
     return *this;
@@ -17,8 +23,13 @@ Context& Context::operator=(Context&& other) noexcept {
 
 Context::~Context() {
     // Finished batches drop what they kept alive; the device itself goes when the last
-    // tensor or pool holding it does.
-    if (device_) device_->synchronize();
+    // tensor or pool holding it does. A lost device leaves nothing to wait for, and a
+    // destructor must not throw.
+    if (!device_) return;
+    try {
+        device_->synchronize();
+    } catch (const Error&) {
+    }
 }
 
 Context Context::create(ContextOptions opts) {

@@ -20,9 +20,19 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
     const uint64_t per_row = (uint64_t(max_cache_len) + st.block_size() - 1) / st.block_size();
     std::vector<BlockId> blocks;
     st.ps->allocator.allocate(per_row * batch_size, blocks);  // OutOfBlocks: nothing held
-    for (uint32_t b = 0; b < batch_size; ++b) {
-        st.tables.emplace_back(st.ps->allocator);
-        st.tables.back().adopt_back(std::span(blocks).subspan(b * per_row, per_row));
+    size_t adopted = 0;
+    try {
+        for (uint32_t b = 0; b < batch_size; ++b) {
+            st.tables.emplace_back(st.ps->allocator);
+            st.tables.back().adopt_back(std::span(blocks).subspan(b * per_row, per_row));
+            adopted += per_row;
+        }
+    } catch (...) {
+        // Out of host memory half-way: the tables made so far go with the base class; the
+        // blocks no table took go back here.
+        for (size_t i = adopted; i < blocks.size(); ++i)
+            st.ps->allocator.release(blocks[i]);
+        throw;
     }
     st.batch = batch_size;
     st.len.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));

@@ -19,6 +19,12 @@ int64_t checked_numel(const std::vector<int64_t>& shape) {
             throw Error(
                 ErrorCode::InvalidArgument,
                 fmt::format("tensor shape [{}] has a negative dimension", fmt::join(shape, ", ")));
+        // 2^48 elements is far beyond any device and keeps bytes (x4) inside 64 bits.
+        constexpr int64_t kMaxElements = int64_t(1) << 48;
+        if (d != 0 && n > kMaxElements / d)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("tensor shape [{}] has more than 2^48 elements",
+                                    fmt::join(shape, ", ")));
         n *= d;
     }
     return n;

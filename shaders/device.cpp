@@ -298,8 +298,8 @@ void Device::init_common(bool enable_16bit) {
 Device::~Device() {
     if (batches_) --g_live_devices;
     if (device_) {
-        // An adopted device also runs the host's work: wait for ours only. (Batches' destructor
-        // still waits for the whole device; ExternalVulkan documents that.)
+        // An adopted device also runs the host's work: wait for ours only (so does Batches'
+        // destructor).
         if (owns_) {
             vkDeviceWaitIdle(device_);
         } else if (batches_) {

@@ -142,4 +142,9 @@ TEST_CASE("pool and tensor construction reject bad arguments", "[errors][gpu]") 
         CHECK(e.code() == ErrorCode::InvalidArgument);
         CHECK(std::string(e.what()) == "from_host: shape [2, 3] holds 6 elements, data has 5");
     }
+    // A shape whose element count overflows is refused before anything is allocated.
+    const int64_t big = int64_t(1) << 30;
+    CHECK_THROWS_WITH(Tensor::empty(g.ctx, {big, big, big}, DType::F32),
+                      "tensor shape [1073741824, 1073741824, 1073741824] has more than 2^48 "
+                      "elements");
 }

@@ -37,8 +37,9 @@ struct ContextOptions {
 
 // A host runtime's Vulkan objects, adopted by Context::adopt. The library never destroys them;
 // destroy every pagedkv object made on the context (contexts, pools, caches, tensors) before
-// destroying the device. When the last of them goes, the library waits for the device to be
-// idle (vkDeviceWaitIdle): the host must not be using any of its queues at that moment.
+// destroying the device. When the last of them goes, the library waits for its own
+// submissions (their fences) only, never for the whole device, so the host's queues may be
+// busy; recordings into the host's command buffers must have finished by then.
 //
 // What the host must have set up, because Vulkan offers no way to ask a VkDevice which
 // features it was created with:
