@@ -175,4 +175,19 @@ inline void require_no_messages(HostVulkan& host) {
     REQUIRE(messages.empty());
 }
 
+// Runs body on a context adopted from a fresh host, then checks that the host tears down
+// cleanly: no validation message before or after it destroys its device and instance (the
+// layer reports objects the library left behind or destroyed twice).
+template <class Body>
+void on_adopted_device(Body&& body) {
+    HostVulkan host;
+    {
+        Context ctx = Context::adopt(host.external());
+        body(host, ctx);
+    }
+    require_no_messages(host);
+    host.destroy();
+    require_no_messages(host);
+}
+
 }  // namespace pagedkv::test

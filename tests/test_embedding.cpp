@@ -67,9 +67,7 @@ CallerParams view_gather(const PagedView& view, const Tensor& out, bool value, u
 }  // namespace
 
 TEST_CASE("the library records into the caller's command buffer between the caller's shaders") {
-    HostVulkan host;
-    {
-        Context ctx = Context::adopt(host.external());
+    on_adopted_device([](HostVulkan& host, Context& ctx) {
         CallerKernels kernels(host.device, host.family);
         BlockPool pool(ctx, small_config(DType::F32, 2, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
@@ -144,16 +142,11 @@ TEST_CASE("the library records into the caller's command buffer between the call
         // The library's own batches work as before once the recording is finished.
         h.append(3, 2, 0);
         h.check();
-    }
-    require_no_messages(host);
-    host.destroy();
-    require_no_messages(host);
+    });
 }
 
 TEST_CASE("recording refuses what it cannot do with clear errors and changes nothing") {
-    HostVulkan host;
-    {
-        Context ctx = Context::adopt(host.external());
+    on_adopted_device([](HostVulkan& host, Context& ctx) {
         CallerKernels kernels(host.device, host.family);
         BlockPool pool(ctx, small_config(DType::F32, 1, 2, 8, 4, 16));
         DynamicKVCache cache(pool);
@@ -179,16 +172,11 @@ TEST_CASE("recording refuses what it cannot do with clear errors and changes not
         kernels.submit_and_wait(host.queue);
         ctx.finish_recording(id);
         h.check();
-    }
-    require_no_messages(host);
-    host.destroy();
-    require_no_messages(host);
+    });
 }
 
 TEST_CASE("the paged view lets the caller's shader read every row's tokens from the pages") {
-    HostVulkan host;
-    {
-        Context ctx = Context::adopt(host.external());
+    on_adopted_device([](HostVulkan& host, Context& ctx) {
         CallerKernels kernels(host.device, host.family);
         PoolConfig cfg = small_config(DType::F32, 2, 2, 8, 4, 64);
         cfg.v_head_dim = 4;
@@ -261,8 +249,5 @@ TEST_CASE("the paged view lets the caller's shader read every row's tokens from 
         CHECK(none.batch == 0);
         CHECK(none.host_indptr == std::vector<uint32_t>{0});
         CHECK(code_of([&] { (void)cache.paged_view(2); }) == ErrorCode::InvalidArgument);
-    }
-    require_no_messages(host);
-    host.destroy();
-    require_no_messages(host);
+    });
 }
