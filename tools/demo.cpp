@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "pagedkv/pagedkv.hpp"
+#include "tests/reference_attention.hpp"
 #include "tests/reference_cache.hpp"
 
 using namespace pagedkv;
@@ -90,6 +92,29 @@ int main(int argc, char** argv) {
         uint64_t peak_pages = 0, snapshot_step = 0;
         std::string snapshot_error;
 
+        // Decode attention over layer 0 read straight from the pages (cached_attention), with
+        // two query heads per kv head, against attention on the CPU over the reference.
+        const uint32_t q_heads = 2 * H;
+        uint64_t attention_checks = 0;
+        double attention_error = 0;  // largest |difference| seen
+        auto check_attention = [&](Active& a) {
+            auto q = random_tokens(rng, size_t(q_heads) * D, cfg.dtype);
+            Tensor tq = Tensor::from_host(ctx, q, {1, q_heads, 1, D}, cfg.dtype);
+            const auto got = a.cache->cached_attention(tq, 0).to_host();
+            const auto want =
+                test::reference_attention(q, a.ref->keys(0), a.ref->values(0), a.ref->lengths(0),
+                                          q_heads, H, D, D, 1.0f / std::sqrt(float(D)));
+            for (size_t i = 0; i < got.size(); ++i) {
+                const double diff = std::abs(double(got[i]) - want[i]);
+                attention_error = std::max(attention_error, diff);
+                if (diff > 4e-3 * std::max(1.0, std::abs(want[i])))
+                    throw std::runtime_error(fmt::format(
+                        "request {}: cached_attention gives {} where the reference gives {}",
+                        a.req.id, got[i], want[i]));
+            }
+            ++attention_checks;
+        };
+
         // One update of one layer of one sequence, checked against its reference.
         auto step_layer = [&](Active& a, uint32_t seq, uint32_t layer, const std::vector<float>& k,
                               const std::vector<float>& v) {
@@ -136,6 +161,7 @@ int main(int argc, char** argv) {
                         auto v = random_tokens(rng, size_t(H) * D, cfg.dtype);
                         step_layer(a, 1, l, k, v);
                     }
+                    check_attention(a);
                 } catch (const Error& e) {
                     if (e.code() != ErrorCode::OutOfBlocks) throw;
                     // Out of pages is an ordinary outcome: preempt this request and retry later.
@@ -188,6 +214,10 @@ int main(int argc, char** argv) {
                    preempted);
         fmt::print("{:<34} {} written over {} steps, {} checks vs reference\n", "tokens",
                    tokens_written, steps, checks);
+        fmt::print(
+            "{:<34} {} decode steps read layer 0 from the pages (cached_attention, {} "
+            "query heads over {}); largest difference from CPU attention {:.1e}\n",
+            "attention", attention_checks, q_heads, H, attention_error);
         fmt::print("{:<34} peak {} of {} (pages of {} tokens)\n", "pages used", peak_pages,
                    s.num_blocks, cfg.block_size);
         fmt::print("{:<34} peak {:.2f} MiB (page = {} bytes, all layers K+V)\n", "bytes",

@@ -116,7 +116,9 @@ class Context {
     // begin_recording(); submit cmd to this context's queue (or wait for synchronize() first).
     // Until cmd is submitted, record nothing through the library outside a recording: its
     // own batches would reach the queue first. Reading a tensor (to_host, snapshots with page
-    // contents) and making a BlockPool throw while recording.
+    // contents) and making a BlockPool throw while recording. The recording belongs to the
+    // context, not to a thread: calls from any thread on this context (and on what was made
+    // from it) go into cmd until end_recording().
     void begin_recording(VkCommandBuffer cmd);
     // Stops recording into the caller's command buffer and returns the recording's id. Once
     // the caller has seen cmd finish executing (its fence signalled), finish_recording(id)
