@@ -1,12 +1,14 @@
 // libFuzzer harness: random operation sequences of the whole cache API on lavapipe with small
 // shapes, compared with the CPU reference after every operation. An operation that throws
-// pagedkv::Error must leave the cache exactly as before (the reference is not touched).
+// pagedkv::Error must leave the cache exactly as before (the reference is not touched). After
+// each operation the paged view and cached_attention are checked against get() as well.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 
+#include "cache/attention.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "tests/reference_cache.hpp"
 
@@ -14,7 +16,7 @@ using namespace pagedkv;
 
 namespace {
 
-constexpr uint32_t kLayers = 2, kHeads = 2, kDim = 4;
+constexpr uint32_t kLayers = 2, kHeads = 2, kDim = 4, kQueryHeads = 4;
 
 Context& context() {
     // No validation layer here: under ASan it makes each execution several times slower, and
@@ -35,6 +37,7 @@ bool same(const std::vector<float>& a, const std::vector<float>& b) {
 
 void compare(const PagedKVCache& cache, const test::ReferenceCache& ref, size_t op) {
     if (!cache.pool().validate()) fail("pool invariants broken", op);
+    const uint32_t batch = cache.batch_size();
     for (uint32_t l = 0; l < kLayers; ++l) {
         if (cache.seq_lengths(l) != ref.lengths(l)) fail("lengths differ", op);
         auto kv = cache.get(l);
@@ -42,6 +45,23 @@ void compare(const PagedKVCache& cache, const test::ReferenceCache& ref, size_t 
         if (kv &&
             (!same(kv->first.to_host(), ref.keys(l)) || !same(kv->second.to_host(), ref.values(l))))
             fail("K/V differ", op);
+        // The paged view's table and the attention read through it agree with what get()
+        // gathers, whatever crops, reorders and copies made of the rows.
+        const PagedView view = cache.paged_view(l);
+        if (view.lengths != cache.seq_lengths(l) || view.host_indptr.size() != batch + 1 ||
+            view.host_indptr.back() != view.host_indices.size())
+            fail("paged view disagrees with the cache", op);
+        if (batch == 0) continue;
+        std::vector<float> qv(size_t(batch) * kQueryHeads * kDim);
+        for (size_t i = 0; i < qv.size(); ++i)
+            qv[i] = float(int(i % 7) - 3) * 0.125f;
+        Tensor q = Tensor::from_host(context(), qv, {batch, kQueryHeads, 1, kDim}, DType::F16);
+        const auto paged = cache.cached_attention(q, l).to_host();
+        const auto flat =
+            kv ? detail::contiguous_attention(q, kv->first, kv->second, cache.seq_lengths(l))
+                     .to_host()
+               : std::vector<float>(paged.size(), 0.0f);
+        if (!same(paged, flat)) fail("cached_attention differs from attention on get()", op);
     }
 }
 
