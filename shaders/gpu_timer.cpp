@@ -15,7 +15,7 @@ GpuTimer::GpuTimer(Device& dev) : dev_(dev) {
     qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
     qi.queryCount = kQueries;
     vk_check(vkCreateQueryPool(dev.handle(), &qi, nullptr, &pool_), "vkCreateQueryPool");
-    period_ns_ = dev.properties().limits.timestampPeriod;
+    period_ns_ = double(dev.properties().limits.timestampPeriod);
 }
 
 GpuTimer::~GpuTimer() {
