@@ -104,7 +104,12 @@ TEST_CASE("the library records into the caller's command buffer between the call
         // The library's paged attention over layer 0, on a query the host's shader computes.
         Tensor q = Tensor::empty(ctx, shape4(3, 4, 1, 8), DType::F32);
         kernels.dispatch(CallerKernels::Produce, produce(q, -0.25f, 0.0078125f));
+        // One dispatch, bracketed by a barrier before it (the host's writes, such as q) and one
+        // after (for the host's reads). lavapipe runs commands in order, so only the count
+        // shows a missing one here.
+        const uint64_t barriers = ctx.counters().barriers;
         Tensor attention = cache.cached_attention(q, 0);
+        CHECK(ctx.counters().barriers == barriers + 2);
         // Reading waits for the GPU, which cannot happen before the host submits.
         CHECK(code_of([&] { (void)k.to_host(); }) == ErrorCode::InvalidArgument);
         const uint64_t id = ctx.end_recording();
