@@ -45,19 +45,18 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
 }  // namespace
 
 BlockPool::BlockPool(Context& ctx, PoolConfig config) {
-    {
-        std::lock_guard lock(ctx.device().mutex());
-        if (ctx.device().batches().recording_external())
-            throw Error(ErrorCode::InvalidArgument,
-                        "BlockPool: cannot be made while recording into the caller's command "
-                        "buffer (it measures the device with its own submits); make pools "
-                        "before Context::begin_recording()");
-    }
+    // One lock from the check to the end: another thread's begin_recording() in between would
+    // capture the slab table upload and the byte-path timing, which must be submitted here.
+    std::lock_guard lock(ctx.device().mutex());
+    if (ctx.device().batches().recording_external())
+        throw Error(ErrorCode::InvalidArgument,
+                    "BlockPool: cannot be made while recording into the caller's command "
+                    "buffer (it measures the device with its own submits); make pools "
+                    "before Context::begin_recording()");
     PoolConfig c = checked(config, ctx.device());
     detail::PageLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,
                               c.v_head_dim, c.block_size,   c.dtype};
     state_ = std::make_unique<detail::PoolState>(ctx.device_ptr(), c, layout);
-    std::lock_guard lock(ctx.device().mutex());
     detail::resolve_byte_paths(ctx.device());
 }
 

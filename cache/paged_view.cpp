@@ -13,6 +13,7 @@
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "shaders/attention.hpp"
+#include "shaders/batch.hpp"
 
 namespace pagedkv {
 
@@ -102,6 +103,11 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     const detail::CacheState& st = *state_;
     detail::Device::CallLock l(*st.ps->device);
     check_layer(st, layer, "paged_view");
+    // Outside a recording, the writes recorded so far go to the queue now, ahead of the
+    // caller's own submission that reads through the view (their batch ends with a barrier
+    // that makes them visible to later compute and transfer commands).
+    detail::Batches& batches = st.ps->device->batches();
+    if (!batches.recording_external()) batches.flush();
     const PoolConfig& c = st.ps->config;
     const detail::PageLayout& lay = st.ps->layout;
     const detail::PageStorage& storage = *st.ps->pages;
@@ -195,6 +201,8 @@ Tensor contiguous_attention(const Tensor& query, const Tensor& k, const Tensor& 
     const auto& ks = k.shape();
     Device& dev = k.device();
     Device::CallLock l(dev);
+    if (&v.device() != &dev)
+        throw invalid(fmt::format("{}: k and v live on different Contexts", op));
     check_query(query, dev, k.dtype(), uint32_t(ks[0]), uint32_t(ks[3]), op);
     if (v.dtype() != k.dtype() || v.shape()[0] != ks[0] || v.shape()[1] != ks[1] ||
         v.shape()[2] != ks[2] || lengths.size() != size_t(ks[0]))

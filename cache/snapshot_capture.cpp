@@ -15,6 +15,7 @@
 #include "pagedkv/sliding_window_cache.hpp"
 #include "pagedkv/snapshot.hpp"
 #include "pagedkv/static_cache.hpp"
+#include "shaders/batch.hpp"
 
 namespace pagedkv {
 
@@ -66,7 +67,9 @@ void read_pages(PoolState& ps, SnapshotData& s) {
         if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
     s.pages.resize(used.size() * bb);
     s.has_pages = true;
-    // Slabs are not tracked one by one (PageStorage is): wait for every write recorded so far.
+    // Slabs are not tracked one by one (PageStorage is): wait for every write recorded so far,
+    // refusing pages a caller's unfinished command buffer writes.
+    ps.device->batches().require_finished(ps.pages->last_write_serial);
     ps.device->synchronize();
     const PageStorage& pages = *ps.pages;
     pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {

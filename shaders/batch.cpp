@@ -148,13 +148,10 @@ void Batches::keep_alive(std::shared_ptr<const void> p) {
 
 void Batches::flush() {
     if (!open_ || open_->external) return;
-    // Make the batch's writes visible to the host (tensor reads map memory directly).
-    VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
-    mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-    vkCmdPipelineBarrier(open_->cmd,
-                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                         VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
+    // Make the batch's writes visible to the host (tensor reads map memory directly) and to
+    // compute and transfer commands submitted later to the queue, the host's own included
+    // (a barrier's second scope reaches later submissions).
+    full_barrier(open_->cmd, /*host=*/true);
     vk_check(vkEndCommandBuffer(open_->cmd), "vkEndCommandBuffer");
     VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
     si.commandBufferCount = 1;
@@ -171,20 +168,26 @@ void Batches::flush() {
     in_flight_.push_back(std::move(open_));
 }
 
-void Batches::wait(uint64_t serial) {
+void Batches::require_finished(uint64_t serial) const {
     if (serial == 0) return;
     if (open_ && open_->external && serial >= open_->serial)
         throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("cannot wait for commands recorded into the caller's command "
-                                "buffer (recording {}): call Context::end_recording(), submit "
-                                "it, and wait for it first",
+                    fmt::format("this reads what commands recorded into the caller's command "
+                                "buffer write (recording {}): call Context::end_recording(), "
+                                "submit the buffer, wait for it and call "
+                                "Context::finish_recording() first",
                                 open_->serial));
     if (auto it = external_.find(serial); it != external_.end())
         throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("this waits for commands recorded into the caller's command "
-                                "buffer (recording {}), which is not marked finished: submit it, "
-                                "wait for it, then call Context::finish_recording({})",
+                    fmt::format("this reads what commands recorded into the caller's command "
+                                "buffer write (recording {}), which is not marked finished: "
+                                "submit it, wait for it, then call Context::finish_recording({})",
                                 it->first, it->first));
+}
+
+void Batches::wait(uint64_t serial) {
+    if (serial == 0) return;
+    require_finished(serial);
     if (serial <= completed_) return;
     if (open_ && serial >= open_->serial) flush();
     while (!in_flight_.empty() && in_flight_.front()->serial <= serial) {
@@ -218,6 +221,10 @@ void Batches::begin_external(VkCommandBuffer cmd) {
     b->serial = next_serial_;
     open_ = std::move(b);
     chunk_used_ = kChunkBytes;
+    // The library's earlier work is visible to whatever the caller records next (the flushed
+    // batch ends with such a barrier too; this one also covers a queue the caller switched).
+    full_barrier(cmd);
+    ++dev_.counters().barriers;
     // The caller's earlier commands in cmd may have written what the first command reads.
     needs_entry_barrier_ = true;
     dirty_.clear();

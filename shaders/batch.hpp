@@ -45,6 +45,9 @@ class Batches {
     // Waits until the batch with this serial has finished (flushing it first if open). Throws
     // when that batch is a caller's command buffer not marked finished.
     void wait(uint64_t serial);
+    // Throws when the batch with this serial is a caller's command buffer still recording or
+    // not marked finished (what it writes cannot be read yet).
+    void require_finished(uint64_t serial) const;
     // Submits the open batch (unless it is the caller's) and waits for every submitted one.
     void wait_all();
 

@@ -111,6 +111,9 @@ void Buffer::read(void* dst, VkDeviceSize bytes, VkDeviceSize offset) {
         throw Error(ErrorCode::InvalidArgument,
                     "reading a tensor waits for the GPU, which cannot happen while recording "
                     "into the caller's command buffer: call Context::end_recording() first");
+    // Written by a caller's command buffer not yet marked finished: nothing to read yet (a
+    // staging copy submitted now could run before the caller's buffer).
+    batches.require_finished(last_write_serial);
     if (mapped_) {
         batches.wait(last_write_serial);
         std::memcpy(dst, static_cast<const char*>(mapped_) + offset, bytes);

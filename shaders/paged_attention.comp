@@ -61,6 +61,7 @@ const uint PER_WORD = 2;
 vec2 unpack_word(uint w) { return vec2(uintBitsToFloat(w << 16), uintBitsToFloat(w & 0xFFFF0000u)); }
 uint to_bf16(float f) {
     const uint u = floatBitsToUint(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40u;  // NaN stays a quiet NaN
     return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
 }
 uint pack_word(vec2 v) { return to_bf16(v.x) | (to_bf16(v.y) << 16); }
@@ -100,7 +101,7 @@ void main() {
     const uint g = h / p.group;
     const uint len = row_length(row);
 
-    Words q = Words(p.q + uint64_t((row * p.q_heads + h) * p.k_words) * 4ul);
+    Words q = Words(p.q + uint64_t(row * p.q_heads + h) * uint64_t(p.k_words) * 4ul);
     for (uint w = tid; w < p.k_words; w += TILE) {
         const vec2 x = unpack_word(q.w[w]) * p.scale;
         q_s[w * PER_WORD] = x.x;
@@ -149,7 +150,7 @@ void main() {
         barrier();  // score_s and weight_s are rewritten by the next tile
     }
 
-    Words o = Words(p.dst + uint64_t((row * p.q_heads + h) * p.v_words) * 4ul);
+    Words o = Words(p.dst + uint64_t(row * p.q_heads + h) * uint64_t(p.v_words) * 4ul);
     const float inv = l > 0.0 ? 1.0 / l : 0.0;
     for (uint i = 0; i * TILE + tid < p.v_words; ++i)
         o.w[i * TILE + tid] = pack_word(acc[i] * inv);

@@ -4,6 +4,8 @@
 #include <vulkan/vulkan_core.h>
 
 #include <cstring>
+#include <filesystem>
+#include <mutex>
 #include <vector>
 
 #include "cache/attention.hpp"
@@ -191,7 +193,7 @@ TEST_CASE("the paged view lets the caller's shader read every row's tokens from 
         CacheHarness h(ctx, pool, cache, 3);
 
         auto check_view = [&](uint32_t layer) {
-            ctx.synchronize();
+            // No synchronize: paged_view() submits what is pending, ahead of the host's buffer.
             PagedView view = cache.paged_view(layer);
             REQUIRE(view.batch == cache.batch_size());
             REQUIRE(view.lengths == cache.seq_lengths(layer));
@@ -255,4 +257,40 @@ TEST_CASE("the paged view lets the caller's shader read every row's tokens from 
         CHECK(none.host_indptr == std::vector<uint32_t>{0});
         CHECK(code_of([&] { (void)cache.paged_view(2); }) == ErrorCode::InvalidArgument);
     });
+}
+
+TEST_CASE("what an unfinished recording writes is unreadable on the staging path too") {
+    // Tensors in device-local memory are read through a staging copy the library submits
+    // itself: that copy must not run ahead of the caller's buffer, so the read is refused.
+    ContextOptions o;
+    o.force_staging = true;
+    ValidatedContext vc(o);
+    Context& ctx = vc.ctx;
+    detail::Device& dev = ctx.device();
+    CallerKernels kernels(dev.handle(), dev.queue_family());
+    BlockPool pool(ctx, small_config(DType::F32, 1, 2, 8, 4, 16));
+    DynamicKVCache cache(pool);
+    CacheHarness h(ctx, pool, cache, 8);
+    h.append(2, 3, 0);
+    ctx.synchronize();
+
+    auto kv = h.make_kv(2, 1);
+    ctx.begin_recording(kernels.begin());
+    auto [k, v] = cache.update(kv.tk, kv.tv, 0);
+    const uint64_t id = ctx.end_recording();
+    CHECK(code_of([&] { (void)k.to_host(); }) == ErrorCode::InvalidArgument);
+    const auto path = std::filesystem::temp_directory_path() / "pagedkv-unfinished.snap";
+    CHECK(code_of([&] { save_snapshot(path, pool, {&cache}, {.page_contents = true}); }) ==
+          ErrorCode::InvalidArgument);
+    {
+        std::lock_guard lock(dev.mutex());  // the queue is the library's to synchronize
+        kernels.submit_and_wait(dev.queue());
+    }
+    ctx.finish_recording(id);
+    const std::vector<std::vector<int64_t>> pos(2, std::vector<int64_t>{3});
+    h.ref.update(kv.k, kv.v, 2, 1, 0, pos);
+    h.compare(k, v, 0, "update recorded into the caller's buffer, read by staging");
+    save_snapshot(path, pool, {&cache}, {.page_contents = true});
+    std::filesystem::remove(path);
+    h.check();
 }

@@ -104,6 +104,7 @@ class Context {
     // the library records (scatter, gather, page copies, staging uploads) goes into cmd, a
     // primary command buffer in the recording state from a pool of this context's queue
     // family; the library never begins, ends or submits it. Barriers the library inserts:
+    //  - at begin_recording(): the library's earlier writes are made visible to what follows;
     //  - before the first command of each library call: compute-shader and transfer writes
     //    recorded earlier in cmd are made visible to it (the caller's own compute shader may
     //    have written the K/V being cached);

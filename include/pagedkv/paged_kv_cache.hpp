@@ -50,7 +50,7 @@ class PagedKVCache : public KVCache {
     PagedView paged_view(uint32_t layer_idx) const;
 
     // Decode attention straight from the pages (shaders/paged_attention.comp): query is
-    // (batch, q_heads, 1, head_dim) in the pool's dtype (F16 or F32), q_heads a multiple of
+    // (batch, q_heads, 1, head_dim) in the pool's dtype (F32, F16 or BF16), q_heads a multiple of
     // the pool's kv heads (GQA: query head h reads kv head h / (q_heads / kv_heads)). Each
     // row's query attends to every token the row holds in this layer; returns
     // softmax(q k^T * scale) v as (batch, q_heads, 1, v_head_dim) in the same dtype, zeros for

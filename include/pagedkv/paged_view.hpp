@@ -28,6 +28,11 @@ namespace pagedkv {
 // ...) may move tokens to other pages (copy-on-write) or free pages; take a new view after
 // it. Keep the view alive until the GPU work that reads through it has finished (it keeps
 // the pages and its table buffer alive). The table is in host-visible memory.
+//
+// Outside a recording, paged_view() submits the work recorded so far; that submission ends
+// with a barrier that makes its writes visible to compute and transfer commands submitted
+// later to the same queue, so a command buffer of the caller's submitted afterwards reads the
+// pages as they are. Inside a recording the barriers of Context::begin_recording apply.
 struct PagedView {
     uint32_t layer = 0;
     uint32_t batch = 0;
