@@ -118,6 +118,37 @@ TEST_CASE("cached_attention matches CPU attention and the contiguous shader bit 
     }
 }
 
+TEST_CASE("cached_attention over sliding-window and static caches", "[attention][gpu]") {
+    ValidatedContext vc;
+    BlockPool pool(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 96));
+    SECTION("a sliding window's rows start part-way into their first page") {
+        const int64_t window = 10;
+        SlidingWindowKVCache cache(pool, uint32_t(window));
+        CacheHarness h(vc.ctx, pool, cache, 31);
+        h.after_update = [&](uint32_t l) { h.ref.keep_last(l, window); };
+        for (int step = 0; step < 3; ++step)
+            for (uint32_t layer = 0; layer < 2; ++layer)
+                h.append(3, 7, layer);
+        h.check();
+        check_attention(h, cache, 4, 0.0f);
+    }
+    SECTION("a static cache after crop and batch selection") {
+        StaticKVCache cache(pool, 4, 24);
+        CacheHarness h(vc.ctx, pool, cache, 32);
+        h.ref.set_batch(4);
+        for (uint32_t layer = 0; layer < 2; ++layer)
+            h.append(4, 11, layer);
+        cache.crop(6);
+        h.ref.crop(6);
+        const std::vector<int32_t> rows{2, 2, 0, 1};
+        cache.batch_select_indices(rows);
+        h.ref.select(rows);
+        h.append(4, 1, 0);
+        h.check();
+        check_attention(h, cache, 2, 0.0f);
+    }
+}
+
 TEST_CASE("cached_attention rejects bad queries with clear errors and changes nothing",
           "[attention][errors][gpu]") {
     ValidatedContext vc;
