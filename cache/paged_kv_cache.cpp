@@ -115,6 +115,26 @@ std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uin
     return pos;
 }
 
+// Records the scatter (or gather) of one layer's K and V for the same entries: one op for both
+// when their rows are the same size (one dispatch, no barrier between them), else one each.
+void record_kv(detail::Device& dev, detail::PageStorage& pages, const detail::PageLayout& lay,
+               uint32_t layer, detail::Buffer& k, detail::Buffer& v,
+               std::span<const detail::RowEntry> entries, uint32_t heads, uint32_t head_stride,
+               bool gather) {
+    detail::RowCopy op{
+        &k, entries, heads, lay.k_row_bytes(), head_stride, lay.page_offset(layer, false), gather};
+    if (lay.k_row_bytes() == lay.v_row_bytes()) {
+        op.tensor2 = &v;
+        op.page_offset2 = lay.page_offset(layer, true);
+        detail::record_row_copy(dev, pages, op);
+        return;
+    }
+    detail::record_row_copy(dev, pages, op);
+    detail::record_row_copy(
+        dev, pages,
+        {&v, entries, heads, lay.v_row_bytes(), head_stride, lay.page_offset(layer, true), gather});
+}
+
 }  // namespace
 
 PagedKVCache::PagedKVCache(BlockPool& pool, const char* name)
@@ -250,13 +270,7 @@ void PagedKVCache::write(const Tensor& key, const Tensor& value, uint32_t layer,
         for (int64_t p = old_len[b]; p < new_len[b]; ++p)
             if (!written[size_t(p - old_len[b])]) entries.push_back({detail::kNone, slot_of(b, p)});
     }
-    const detail::PageLayout& lay = st.ps->layout;
-    detail::record_row_copy(
-        dev, pages,
-        {&key.buffer(), entries, H, lay.k_row_bytes(), S, lay.page_offset(layer, false), false});
-    detail::record_row_copy(
-        dev, pages,
-        {&value.buffer(), entries, H, lay.v_row_bytes(), S, lay.page_offset(layer, true), false});
+    record_kv(dev, pages, st.ps->layout, layer, key.buffer(), value.buffer(), entries, H, S, false);
     st.len[layer] = new_len;
     after_write(layer);
 }
@@ -279,14 +293,8 @@ std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
             if (t < st.len[layer][b]) slot = st.slot_of(layer, b, t);
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
-    const detail::PageLayout& lay = st.ps->layout;
-    detail::Device& dev = *dev_ptr;
-    detail::record_row_copy(dev, *st.ps->pages,
-                            {&k.buffer(), entries, H, lay.k_row_bytes(), uint32_t(L),
-                             lay.page_offset(layer, false), true});
-    detail::record_row_copy(dev, *st.ps->pages,
-                            {&v.buffer(), entries, H, lay.v_row_bytes(), uint32_t(L),
-                             lay.page_offset(layer, true), true});
+    record_kv(*dev_ptr, *st.ps->pages, st.ps->layout, layer, k.buffer(), v.buffer(), entries, H,
+              uint32_t(L), true);
     return {k, v};
 }
 

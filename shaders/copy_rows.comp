@@ -2,7 +2,9 @@
 // pages, for every sequence of a step in one dispatch. Scatter writes tensor rows into pages,
 // gather reads pages into tensor rows (an entry without a page zero-fills its row).
 // Pages are reached through buffer device addresses, so a pool may span any number of slabs.
-// Compiled three times: WORD16 (uint16_t), WORD32 (uint), WORD128 (uvec4) words.
+// A second tensor may ride along (tensor2 at page_offset2: a layer's V next to its K): units
+// past heads * chunks of an entry address it. Compiled three times: WORD16 (uint16_t), WORD32
+// (uint), WORD128 (uvec4) words.
 #version 460
 #extension GL_EXT_buffer_reference2 : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
@@ -34,6 +36,7 @@ layout(push_constant) uniform Params {
     uint64_t tensor;        // Words
     uint64_t entries;       // Entries
     uint64_t slabs;         // Addresses: base of each slab
+    uint64_t tensor2;       // Words: the second tensor, or 0
     uint num_entries;
     uint heads;
     uint row_words;         // words in one (token, head) row
@@ -51,6 +54,7 @@ layout(push_constant) uniform Params {
     uint chunk_shift;
     uint unit_shift;
     uint block_shift;
+    uint page_offset2;      // words from a block's start to the second tensor's page
 } p;
 
 const uint NONE = 0xFFFFFFFFu;  // an entry without a tensor row or without a page
@@ -62,12 +66,19 @@ void main() {
     const uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
     const uint slab_mask = (1u << p.slab_shift) - 1u;
     Entries entries = Entries(p.entries);
-    Words tensor = Words(p.tensor);
     for (uint i = gl_GlobalInvocationID.x; i < total; i += stride) {
         const uint entry = div(i, p.units, p.unit_shift);
         const uint unit = i - entry * p.units;
-        const uint head = div(unit, p.chunks, p.chunk_shift);
-        const uint first = (unit - head * p.chunks) * p.chunk_words;
+        const uint unit_head = div(unit, p.chunks, p.chunk_shift);
+        const uint first = (unit - unit_head * p.chunks) * p.chunk_words;
+        uint head = unit_head;
+        Words tensor = Words(p.tensor);
+        uint page_offset = p.page_offset;
+        if (head >= p.heads) {  // the second tensor's share of the entry
+            head -= p.heads;
+            tensor = Words(p.tensor2);
+            page_offset = p.page_offset2;
+        }
         const uvec2 e = entries.e[entry];
         const uint t = (e.x + head * p.head_stride) * p.row_words + first;
         if (e.y == NONE) {  // gather past a row's end: zero padding
@@ -77,7 +88,7 @@ void main() {
         const uint block = div(e.y, p.block_size, p.block_shift);
         const uint slot = e.y - block * p.block_size;
         Words page = Words(Addresses(p.slabs).a[block >> p.slab_shift]);
-        const uint o = (block & slab_mask) * p.block_words + p.page_offset +
+        const uint o = (block & slab_mask) * p.block_words + page_offset +
                        (head * p.block_size + slot) * p.row_words + first;
         if (p.gather != 0u) {
             for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = page.w[o + w];

@@ -31,6 +31,7 @@ struct PushConstants {
     uint64_t tensor;
     uint64_t entries;
     uint64_t slabs;
+    uint64_t tensor2;
     uint32_t num_entries;
     uint32_t heads;
     uint32_t row_words;
@@ -46,11 +47,21 @@ struct PushConstants {
     uint32_t chunk_shift;
     uint32_t unit_shift;
     uint32_t block_shift;
+    uint32_t page_offset2;
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
 constexpr uint32_t kMaxGroups = 65535;
 constexpr uint32_t kNoShift = 0xFFFFFFFFu;
+
+// Opens the command of op: reads the tensors and writes the pages (scatter), or the reverse.
+VkCommandBuffer record_op(Batches& batches, PageStorage& pages, const RowCopy& op) {
+    if (op.gather)
+        return op.tensor2 ? batches.record({&pages}, {op.tensor, op.tensor2})
+                          : batches.record({&pages}, {op.tensor});
+    return op.tensor2 ? batches.record({op.tensor, op.tensor2}, {&pages})
+                      : batches.record({op.tensor}, {&pages});
+}
 
 uint32_t log2_or_none(uint32_t v) {
     if (v == 0 || (v & (v - 1)) != 0) return kNoShift;
@@ -67,7 +78,7 @@ void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op) 
     const PageLayout& layout = pages.layout();
     // The widest word that divides every stride keeps the shader's loads aligned.
     uint64_t word = 16;
-    for (uint64_t v : {op.row_bytes, op.page_offset, layout.block_bytes()})
+    for (uint64_t v : {op.row_bytes, op.page_offset, op.page_offset2, layout.block_bytes()})
         while (v % word)
             word /= 2;
     const Device::Pipeline* pipe = nullptr;
@@ -93,7 +104,8 @@ void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op) 
                         fmt::format("row of {} bytes is not a whole number of 16-bit elements",
                                     op.row_bytes));
     }
-    const uint64_t total = uint64_t(op.entries.size()) * op.heads * (op.row_bytes / word);
+    const uint32_t members = op.tensor2 ? 2 : 1;
+    const uint64_t total = uint64_t(op.entries.size()) * members * op.heads * (op.row_bytes / word);
     if (total > UINT32_MAX || layout.block_bytes() / word > UINT32_MAX)
         throw Error(
             ErrorCode::CapacityExceeded,
@@ -103,6 +115,8 @@ void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op) 
     PushConstants pc{};
     pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
     pc.tensor = op.tensor->address();
+    pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
+    pc.page_offset2 = uint32_t(op.page_offset2 / word);
     pc.slabs = pages.slab_table().address();
     pc.num_entries = uint32_t(op.entries.size());
     pc.heads = op.heads;
@@ -116,14 +130,13 @@ void record_row_copy_shader(Device& dev, PageStorage& pages, const RowCopy& op) 
     // One word per thread (coalesced on GPUs) or a whole row per thread (CPU SIMD lanes).
     pc.chunk_words = dev.byte_paths().whole_rows ? pc.row_words : 1;
     pc.chunks = pc.row_words / pc.chunk_words;
-    pc.units = op.heads * pc.chunks;
+    pc.units = members * op.heads * pc.chunks;
     pc.chunk_shift = log2_or_none(pc.chunks);
     pc.unit_shift = log2_or_none(pc.units);
     pc.block_shift = log2_or_none(layout.block_size);
     const uint64_t threads = uint64_t(op.entries.size()) * pc.units;
 
-    VkCommandBuffer cmd =
-        op.gather ? batches.record({&pages}, {op.tensor}) : batches.record({op.tensor}, {&pages});
+    VkCommandBuffer cmd = record_op(batches, pages, op);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe->pipeline);
     vkCmdPushConstants(cmd, pipe->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
     const uint64_t groups =
@@ -163,41 +176,48 @@ void record_row_copy_commands(Device& dev, PageStorage& pages, const RowCopy& op
         }
         runs.push_back({e.tensor_row, e.page_slot, 1});
     }
-    std::map<uint32_t, std::vector<VkBufferCopy>> by_slab;
+    // Regions per (tensor, slab): the first tensor's, then the second's.
+    std::map<std::pair<int, uint32_t>, std::vector<VkBufferCopy>> by_slab;
     struct Fill {
         VkBuffer buffer;
         VkDeviceSize offset, size;
     };
     std::vector<Fill> fills;
     const uint64_t rb = op.row_bytes;
-    for (const Run& r : runs)
-        for (uint32_t h = 0; h < op.heads; ++h) {
-            const uint64_t size = uint64_t(r.len) * rb;
-            const uint64_t t = (uint64_t(r.row) + uint64_t(h) * op.head_stride) * rb;
-            if (r.slot == kNone) {  // gather past a row's end: zero padding
-                fills.push_back({op.tensor->handle(), t, size});
-                continue;
+    const std::pair<Buffer*, uint64_t> members[] = {{op.tensor, op.page_offset},
+                                                    {op.tensor2, op.page_offset2}};
+    for (int m = 0; m < 2; ++m) {
+        const auto [tensor, page_offset] = members[m];
+        if (!tensor) continue;
+        for (const Run& r : runs)
+            for (uint32_t h = 0; h < op.heads; ++h) {
+                const uint64_t size = uint64_t(r.len) * rb;
+                const uint64_t t = (uint64_t(r.row) + uint64_t(h) * op.head_stride) * rb;
+                if (r.slot == kNone) {  // gather past a row's end: zero padding
+                    fills.push_back({tensor->handle(), t, size});
+                    continue;
+                }
+                const uint32_t block = r.slot / bs, slot = r.slot % bs;
+                const uint64_t p =
+                    pages.offset_of(block) + page_offset + (uint64_t(h) * bs + slot) * rb;
+                if (r.row == kNone) {  // a hole in a row: zeros into the page
+                    fills.push_back({pages.slab_of(block).handle(), p, size});
+                    continue;
+                }
+                by_slab[{m, block >> pages.slab_shift()}].push_back(
+                    op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size});
             }
-            const uint32_t block = r.slot / bs, slot = r.slot % bs;
-            const uint64_t p =
-                pages.offset_of(block) + op.page_offset + (uint64_t(h) * bs + slot) * rb;
-            if (r.row == kNone) {  // a hole in a row: zeros into the page
-                fills.push_back({pages.slab_of(block).handle(), p, size});
-                continue;
-            }
-            by_slab[block >> pages.slab_shift()].push_back(op.gather ? VkBufferCopy{p, t, size}
-                                                                     : VkBufferCopy{t, p, size});
-        }
+    }
     Batches& batches = dev.batches();
-    VkCommandBuffer cmd =
-        op.gather ? batches.record({&pages}, {op.tensor}) : batches.record({op.tensor}, {&pages});
+    VkCommandBuffer cmd = record_op(batches, pages, op);
     // Regions go in chunks: the validation layer checks the regions of one call against each
     // other, so one call with thousands of regions costs it quadratic time.
     constexpr size_t kRegionsPerCall = 128;
-    for (auto& [slab, regions] : by_slab) {
-        VkBuffer s = pages.slabs()[slab]->handle();
-        VkBuffer src = op.gather ? s : op.tensor->handle();
-        VkBuffer dst = op.gather ? op.tensor->handle() : s;
+    for (auto& [key, regions] : by_slab) {
+        VkBuffer s = pages.slabs()[key.second]->handle();
+        VkBuffer tensor = members[key.first].first->handle();
+        VkBuffer src = op.gather ? s : tensor;
+        VkBuffer dst = op.gather ? tensor : s;
         for (size_t i = 0; i < regions.size(); i += kRegionsPerCall) {
             const size_t n = std::min(kRegionsPerCall, regions.size() - i);
             vkCmdCopyBuffer(cmd, src, dst, uint32_t(n), regions.data() + i);

@@ -30,6 +30,10 @@ struct RowCopy {
     uint32_t head_stride = 0;  // tensor rows between heads (= the tensor's seq length)
     uint64_t page_offset = 0;  // bytes from a block's start to the layer's K or V page
     bool gather = false;
+    // Optional second tensor moved by the same entries to/from page_offset2 (a layer's V next
+    // to its K, when both have rows of row_bytes): one dispatch and no barrier between them.
+    Buffer* tensor2 = nullptr;
+    uint64_t page_offset2 = 0;
 };
 
 // Records op on the device's chosen byte path (shader, or copy commands where the layout

@@ -172,7 +172,8 @@ void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t r
     rep.add("dispatches_per_step", "dispatches per decode step",
             double(after.dispatches - before.dispatches),
             fmt::format("{}", after.dispatches - before.dispatches),
-            fmt::format("{} copy commands; on the shader path 4 per layer, whatever the batch",
+            fmt::format("{} copy commands; on the shader path 2 per layer (K and V together), "
+                        "whatever the batch",
                         after.copies - before.copies));
     rep.add("descriptor_updates_per_step", "descriptor updates per step",
             double(after.descriptor_updates - before.descriptor_updates),
