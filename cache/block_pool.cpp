@@ -61,11 +61,7 @@ BlockPool::BlockPool(Context& ctx, PoolConfig config) {
 }
 
 BlockPool::~BlockPool() {
-    if (!state_) return;
-    try {
-        state_->device->synchronize();
-    } catch (const Error&) {  // a lost device: nothing to wait for, and no throwing here
-    }
+    if (state_) state_->device->synchronize_quietly();
 }
 
 const PoolConfig& BlockPool::config() const noexcept {

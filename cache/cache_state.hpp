@@ -6,8 +6,11 @@
 #include <span>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "allocator/block_table.hpp"
 #include "cache/pool_state.hpp"
+#include "pagedkv/error.hpp"
 
 namespace pagedkv::detail {
 
@@ -34,6 +37,13 @@ struct CacheState {
                uint32_t(s % block_size());
     }
     uint32_t num_layers() const { return ps->config.num_layers; }
+    // Throws InvalidArgument naming op when layer is not one of the pool's.
+    void check_layer(uint32_t layer, const char* op) const {
+        if (layer >= num_layers())
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
+                                    num_layers()));
+    }
     // Every layer's lengths and start slots become those of `rows` (old row indices), in order.
     void select_lengths(std::span<const int32_t> rows) {
         for (auto* per_layer : {&len, &start})

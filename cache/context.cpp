@@ -1,6 +1,5 @@
 #include "pagedkv/context.hpp"
 
-#include "pagedkv/error.hpp"
 #include "shaders/batch.hpp"
 #include "shaders/device.hpp"
 
@@ -10,12 +9,7 @@ Context::Context(std::shared_ptr<detail::Device> d) : device_(std::move(d)) {}
 Context::Context(Context&&) noexcept = default;
 Context& Context::operator=(Context&& other) noexcept {
     if (this != &other) {
-        if (device_) {
-            try {
-                device_->synchronize();
-            } catch (const Error&) {  // a lost device: nothing to wait for
-            }
-        }
+        if (device_) device_->synchronize_quietly();
         device_ = std::move(other.device_);
     }
     return *this;
@@ -23,13 +17,8 @@ Context& Context::operator=(Context&& other) noexcept {
 
 Context::~Context() {
     // Finished batches drop what they kept alive; the device itself goes when the last
-    // tensor or pool holding it does. A lost device leaves nothing to wait for, and a
-    // destructor must not throw.
-    if (!device_) return;
-    try {
-        device_->synchronize();
-    } catch (const Error&) {
-    }
+    // tensor or pool holding it does.
+    if (device_) device_->synchronize_quietly();
 }
 
 Context Context::create(ContextOptions opts) {

@@ -31,12 +31,6 @@ uint64_t ceil_div(uint64_t a, uint64_t b) {
     return (a + b - 1) / b;
 }
 
-void check_layer(const CacheState& st, uint32_t layer, const char* op) {
-    if (layer >= st.num_layers())
-        throw invalid(fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
-                                  st.num_layers()));
-}
-
 // Checks key/value against the pool layout and returns (batch, seq_len).
 std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key,
                                        const Tensor& value) {
@@ -168,7 +162,7 @@ void PagedKVCache::write(const Tensor& key, const Tensor& value, uint32_t layer,
                          const CachePosition& cp) {
     CacheState& st = *state_;
     auto l = lock(st);
-    check_layer(st, layer, "update");
+    st.check_layer(layer, "update");
     const auto [B, S] = check_kv(st, key, value);
     check_capacity(B, {});
     if (st.batch != 0 && B != st.batch)
@@ -300,14 +294,14 @@ std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
 
 std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
     auto l = lock(*state_);
-    check_layer(*state_, layer, "get");
+    state_->check_layer(layer, "get");
     if (get_seq_length(layer) == 0) return std::nullopt;
     return gather(layer);
 }
 
 int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
     auto l = lock(*state_);
-    check_layer(*state_, layer, "get_seq_length");
+    state_->check_layer(layer, "get_seq_length");
     if (state_->batch == 0) return 0;
     const auto& len = state_->len[layer];
     return *std::max_element(len.begin(), len.end());
@@ -315,7 +309,7 @@ int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
 
 std::vector<int64_t> PagedKVCache::seq_lengths(uint32_t layer) const {
     auto l = lock(*state_);
-    check_layer(*state_, layer, "seq_lengths");
+    state_->check_layer(layer, "seq_lengths");
     if (state_->batch == 0) return {};
     return state_->len[layer];
 }

@@ -62,12 +62,6 @@ Error invalid(const std::string& m) {
     return Error(ErrorCode::InvalidArgument, m);
 }
 
-void check_layer(const detail::CacheState& st, uint32_t layer, const char* op) {
-    if (layer >= st.num_layers())
-        throw invalid(fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
-                                  st.num_layers()));
-}
-
 float default_scale(float scale, uint32_t head_dim) {
     return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim));
 }
@@ -102,7 +96,7 @@ void check_query(const Tensor& q, const detail::Device& dev, DType dtype, uint32
 PagedView PagedKVCache::paged_view(uint32_t layer) const {
     const detail::CacheState& st = *state_;
     detail::Device::CallLock l(*st.ps->device);
-    check_layer(st, layer, "paged_view");
+    st.check_layer(layer, "paged_view");
     // Outside a recording, the writes recorded so far go to the queue now, ahead of the
     // caller's own submission that reads through the view (their batch ends with a barrier
     // that makes them visible to later compute and transfer commands).
@@ -169,7 +163,7 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     const detail::CacheState& st = *state_;
     detail::Device::CallLock l(*st.ps->device);
     const char* op = "cached_attention";
-    check_layer(st, layer, op);
+    st.check_layer(layer, op);
     const PoolConfig& c = st.ps->config;
     if (st.batch == 0) throw invalid("cached_attention: the cache holds no rows yet");
     check_query(query, *st.ps->device, c.dtype, st.batch, c.head_dim, op);

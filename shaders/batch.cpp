@@ -102,8 +102,7 @@ VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
         for (Resource* r : list)
             hazard = hazard || dirty_.count(r) != 0;
     if (hazard) {
-        full_barrier(open_->cmd);
-        ++dev_.counters().barriers;
+        barrier(open_->cmd);
         dirty_.clear();
         needs_entry_barrier_ = false;
     }
@@ -223,8 +222,7 @@ void Batches::begin_external(VkCommandBuffer cmd) {
     chunk_used_ = kChunkBytes;
     // The library's earlier work is visible to whatever the caller records next (the flushed
     // batch ends with such a barrier too; this one also covers a queue the caller switched).
-    full_barrier(cmd);
-    ++dev_.counters().barriers;
+    barrier(cmd);
     // The caller's earlier commands in cmd may have written what the first command reads.
     needs_entry_barrier_ = true;
     dirty_.clear();
@@ -236,8 +234,7 @@ uint64_t Batches::end_external() {
                     "end_recording: not recording into a caller's command buffer");
     // Everything the recording wrote, visible to the caller's later commands and to the host
     // once the command buffer has finished.
-    full_barrier(open_->cmd, /*host=*/true);
-    ++dev_.counters().barriers;
+    barrier(open_->cmd, /*host=*/true);
     const uint64_t id = open_->serial;
     external_.emplace(id, std::move(open_));
     ++next_serial_;
@@ -255,11 +252,15 @@ void Batches::finish_external(uint64_t id) {
 
 void Batches::end_call() noexcept {
     if (!open_ || !open_->external || !open_->recorded) return;
-    full_barrier(open_->cmd);
-    ++dev_.counters().barriers;
+    barrier(open_->cmd);
     open_->recorded = false;
     needs_entry_barrier_ = true;
     dirty_.clear();
+}
+
+void Batches::barrier(VkCommandBuffer cmd, bool host) noexcept {
+    full_barrier(cmd, host);
+    ++dev_.counters().barriers;
 }
 
 void Batches::collect_finished() {

@@ -59,8 +59,6 @@ class Batches {
     uint64_t end_external();
     void finish_external(uint64_t id);
     bool recording_external() const noexcept { return open_ && open_->external; }
-    // Recordings ended but not yet marked finished.
-    size_t unfinished_external() const noexcept { return external_.size(); }
     // End of an outermost library call: in a caller's command buffer, a barrier makes the
     // call's writes visible to the caller's later compute and transfer commands, and the next
     // call's first command starts with one that makes the caller's writes visible to it.
@@ -77,6 +75,8 @@ class Batches {
         std::vector<std::shared_ptr<Buffer>> chunks;
     };
     void begin();
+    // A full barrier in cmd (host: also to host reads), counted in the device's counters.
+    void barrier(VkCommandBuffer cmd, bool host = false) noexcept;
     void retire(Batch& b);
     void collect_finished();
 

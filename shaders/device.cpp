@@ -397,6 +397,13 @@ void Device::add_validation_message(std::string m) {
     messages_.push_back(std::move(m));
 }
 
+void Device::synchronize_quietly() noexcept {
+    try {
+        synchronize();
+    } catch (const Error&) {
+    }
+}
+
 Device::CallLock::CallLock(Device& dev) : dev_(dev) {
     dev_.mutex_.lock();
     ++dev_.call_depth_;

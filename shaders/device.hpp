@@ -81,6 +81,8 @@ class Device {
 
     // Waits for all work and releases what finished batches kept alive.
     void synchronize();
+    // synchronize() for destructors: a lost device leaves nothing to wait for, and no throw.
+    void synchronize_quietly() noexcept;
 
     struct BytePaths {
         BytePath scatter = BytePath::Auto;
