@@ -6,6 +6,7 @@
 
 #include "cache/attention.hpp"
 #include "cache_harness.hpp"
+#include "cache_state_snapshot.hpp"
 #include "reference_attention.hpp"
 #include "test_support.hpp"
 
@@ -156,46 +157,36 @@ TEST_CASE("cached_attention rejects bad queries with clear errors and changes no
     BlockPool pool(ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
     DynamicKVCache cache(pool);
     CacheHarness h(ctx, pool, cache, 9);
-    auto code_of = [&](const Tensor& q, uint32_t layer) {
-        try {
-            (void)cache.cached_attention(q, layer);
-        } catch (const Error& e) {
-            UNSCOPED_INFO(e.what());
-            return e.code();
-        }
-        return ErrorCode::NotImplemented;
-    };
     auto q = [&](std::vector<int64_t> shape, DType t = DType::F16) {
         return Tensor::empty(ctx, std::move(shape), t);
     };
-    CHECK(code_of(q({1, 2, 1, 8}), 0) == ErrorCode::InvalidArgument);  // no rows yet
+    // Each refusal names what was wrong, and the cache and pool are exactly as before.
+    auto rejected = [&](PagedKVCache& c, ErrorCode code, const std::string& text,
+                        const Tensor& query, uint32_t layer) {
+        require_rejected(c, code, text, [&] { (void)c.cached_attention(query, layer); });
+    };
+    const ErrorCode bad = ErrorCode::InvalidArgument;
+    rejected(cache, bad, "the cache holds no rows yet", q({1, 2, 1, 8}), 0);
     h.append(2, 6, 0);
     const uint64_t used = pool.stats().used_blocks;
-    CHECK(code_of(Tensor(), 0) == ErrorCode::InvalidArgument);
-    CHECK(code_of(q({2, 2, 1, 8}, DType::F32), 0) == ErrorCode::InvalidArgument);
-    CHECK(code_of(q({2, 2, 2, 8}), 0) == ErrorCode::InvalidArgument);  // two query tokens
-    CHECK(code_of(q({3, 2, 1, 8}), 0) == ErrorCode::InvalidArgument);  // batch
-    CHECK(code_of(q({2, 3, 1, 8}), 0) == ErrorCode::InvalidArgument);  // 3 heads over 2
-    CHECK(code_of(q({2, 2, 1, 6}), 0) == ErrorCode::InvalidArgument);  // head_dim
-    CHECK(code_of(q({2, 2, 8}), 0) == ErrorCode::InvalidArgument);
-    CHECK(code_of(q({2, 2, 1, 8}), 2) == ErrorCode::InvalidArgument);  // layer
-    try {
-        (void)cache.cached_attention(q({2, 2, 2, 8}), 0);
-    } catch (const Error& e) {
-        CHECK(std::string(e.what()).find("one query token per row") != std::string::npos);
-    }
+    rejected(cache, bad, "query is undefined", Tensor(), 0);
+    rejected(cache, bad, "query has dtype f32, the cache holds f16", q({2, 2, 1, 8}, DType::F32),
+             0);
+    rejected(cache, bad, "one query token per row, got shape [2, 2, 2, 8]", q({2, 2, 2, 8}), 0);
+    rejected(cache, bad, "query has batch 3, the cache holds 2 rows", q({3, 2, 1, 8}), 0);
+    rejected(cache, bad, "query has 3 heads, not a multiple of the 2 kv heads", q({2, 3, 1, 8}), 0);
+    rejected(cache, bad, "query has head_dim 6, the cache has 8", q({2, 2, 1, 6}), 0);
+    rejected(cache, bad, "got shape [2, 2, 8]", q({2, 2, 8}), 0);
+    rejected(cache, bad, "cached_attention: layer_idx 2 out of range, pool has 2 layers",
+             q({2, 2, 1, 8}), 2);
     {
         // f16 rows of an odd head_dim are not whole 32-bit words.
         BlockPool odd(ctx, small_config(DType::F16, 1, 1, 5, 4, 8));
         DynamicKVCache c(odd);
         CacheHarness ho(ctx, odd, c, 1);
         ho.append(1, 3, 0);
-        try {
-            (void)c.cached_attention(q({1, 1, 1, 5}), 0);
-            FAIL("an odd f16 head_dim was accepted");
-        } catch (const Error& e) {
-            CHECK(e.code() == ErrorCode::Unsupported);
-        }
+        rejected(c, ErrorCode::Unsupported, "head dim 5 of f16 is not a whole number of them",
+                 q({1, 1, 1, 5}), 0);
         ho.check();
     }
     REQUIRE(pool.stats().used_blocks == used);
