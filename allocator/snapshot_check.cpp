@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <unordered_map>
+
 #include "allocator/snapshot_format.hpp"
 
 namespace pagedkv {
@@ -32,6 +34,8 @@ class Checker {
         for (size_t c = 0; c < s_.caches.size(); ++c)
             if (!(e = cache(c)).empty()) return e;
         if (!(e = references()).empty()) return e;
+        for (size_t c = 0; c < s_.caches.size(); ++c)
+            if (!(e = unshared(c)).empty()) return e;
         return pages();
     }
 
@@ -44,6 +48,10 @@ class Checker {
 
     std::string layout() const {
         const SnapshotLayout& l = s_.layout;
+        // Without offsets (BlockPool's constructor) the message is the problem alone.
+        auto bad = [&](uint64_t field, const char* name, const std::string& what) {
+            return at_ ? fail(pool_at(field), name, what) : what;
+        };
         struct Dim {
             uint64_t value, offset;
             const char* name;
@@ -55,24 +63,32 @@ class Checker {
                       Dim{l.block_size, pf::kBlockSize, "block_size"},
                       Dim{l.num_blocks, pf::kNumBlocks, "num_blocks"}})
             if (d.value == 0)
-                return fail(pool_at(d.offset), d.name,
-                            fmt::format("{} must be at least 1", d.name));
-        if (static_cast<uint32_t>(l.dtype) > static_cast<uint32_t>(DType::BF16))
-            return fail(pool_at(pf::kDType), "dtype",
-                        fmt::format("unknown dtype {}", static_cast<uint32_t>(l.dtype)));
-        // Page slots are block * block_size + slot in 32 bits, ~0u reserved (as BlockPool).
+                return bad(d.offset, d.name, fmt::format("{} must be at least 1", d.name));
+        if (!known_dtype(l.dtype))
+            return bad(pf::kDType, "dtype",
+                       fmt::format("unknown dtype {}", static_cast<uint32_t>(l.dtype)));
+        // Page slots are block * block_size + slot in 32 bits, ~0u reserved.
         uint64_t slots = 0;
         if (l.num_blocks > UINT32_MAX || mul_overflows(l.num_blocks, l.block_size, slots) ||
             slots >= 0xFFFFFFFFull)
-            return fail(pool_at(pf::kNumBlocks), "num_blocks",
-                        fmt::format("num_blocks {} x block_size {} exceeds 2^32 page slots",
-                                    l.num_blocks, l.block_size));
+            return bad(pf::kNumBlocks, "num_blocks",
+                       fmt::format("num_blocks {} x block_size {} exceeds 2^32 page slots",
+                                   l.num_blocks, l.block_size));
         uint64_t bytes = dtype_size(l.dtype);
         for (uint64_t f : {uint64_t(l.num_layers), uint64_t(l.num_kv_heads), uint64_t(l.block_size),
                            uint64_t(l.head_dim) + l.v_head_dim})
             if (mul_overflows(bytes, f, bytes))
-                return fail(pool_at(pf::kNumLayers), "num_layers",
-                            "a block of this layout exceeds 2^64 bytes");
+                return bad(pf::kNumLayers, "num_layers",
+                           "a block of this layout exceeds 2^64 bytes");
+        uint64_t total = 0;
+        if (mul_overflows(bytes, l.num_blocks, total))
+            return bad(pf::kNumBlocks, "num_blocks",
+                       fmt::format("num_blocks {} x {} bytes per block exceeds 2^64 bytes",
+                                   l.num_blocks, bytes));
+        if (l.max_slab_bytes != 0 && l.max_slab_bytes < bytes)
+            return bad(pf::kMaxSlabBytes, "max_slab_bytes",
+                       fmt::format("max_slab_bytes {} is smaller than one block ({} bytes)",
+                                   l.max_slab_bytes, bytes));
         return {};
     }
 
@@ -164,21 +180,40 @@ class Checker {
                             fmt::format("unknown cache kind {}", static_cast<uint32_t>(k.kind)));
         }
         const uint64_t n = s_.layout.num_blocks;
+        const uint32_t bs = s_.layout.block_size;
+        const bool is_static = k.kind == SnapshotCacheKind::Static;
+        // A static cache's tables (rows and spare ones) are exactly its reservation, each
+        // ceil(max_cache_len / block_size) pages of its own (never shared).
+        const uint64_t per_row = is_static ? (uint64_t(k.max_cache_len) + bs - 1) / bs : 0;
+        if (is_static && k.rows.size() + k.spare.size() != k.batch_size)
+            return fail(head + cf::kSpareRows, name + ".spare_rows",
+                        fmt::format("{} rows + {} spare tables, a static cache of batch_size {} "
+                                    "holds exactly {}",
+                                    k.rows.size(), k.spare.size(), k.batch_size, k.batch_size));
         const size_t tables = k.rows.size() + k.spare.size();
         for (size_t t = 0; t < tables; ++t) {
             const bool spare = t >= k.rows.size();
             const auto& blocks = spare ? k.spare[t - k.rows.size()] : k.rows[t];
             const uint64_t first = o && t < o->tables.size() ? o->tables[t] : 0;
+            const std::string table = fmt::format("{}.{}[{}]", name, spare ? "spare" : "rows",
+                                                  spare ? t - k.rows.size() : t);
+            if (is_static && blocks.size() != per_row)
+                return fail(first, table,
+                            fmt::format("{} pages, a static cache's row of max_cache_len {} "
+                                        "reserves {}",
+                                        blocks.size(), k.max_cache_len, per_row));
+            std::unordered_map<uint32_t, size_t> seen;
             for (size_t i = 0; i < blocks.size(); ++i) {
                 const uint32_t b = index(blocks[i]);
-                if (b < n) {
-                    ++refs_[b];
-                    continue;
-                }
-                return fail(first + 4 * i,
-                            fmt::format("{}.{}[{}][{}]", name, spare ? "spare" : "rows",
-                                        spare ? t - k.rows.size() : t, i),
-                            fmt::format("block {} out of range, the pool has {} blocks", b, n));
+                const std::string field = fmt::format("{}[{}]", table, i);
+                if (b >= n)
+                    return fail(first + 4 * i, field,
+                                fmt::format("block {} out of range, the pool has {} blocks", b, n));
+                if (auto [it, fresh] = seen.emplace(b, i); !fresh)
+                    return fail(first + 4 * i, field,
+                                fmt::format("block {} is in this table twice (also at [{}])", b,
+                                            it->second));
+                ++refs_[b];
             }
         }
         const uint32_t layers = s_.layout.num_layers;
@@ -187,7 +222,6 @@ class Checker {
             return fail(
                 len_at, name + ".len",
                 fmt::format("lengths for {} layers, the pool has {}", k.len.size(), layers));
-        const uint32_t bs = s_.layout.block_size;
         for (uint32_t l = 0; l < layers; ++l) {
             if (k.len[l].size() != k.rows.size() || k.start[l].size() != k.rows.size())
                 return fail(len_at, name + ".len",
@@ -207,6 +241,15 @@ class Checker {
                                 fmt::format("tokens [{}, {}) do not fit the row's {} pages ({} "
                                             "slots)",
                                             start, start + len, k.rows[r].size(), slots));
+                if (k.kind == SnapshotCacheKind::SlidingWindow && len > int64_t(k.window))
+                    return fail(
+                        off, field,
+                        fmt::format("length {} exceeds the sliding window of {}", len, k.window));
+                if (is_static && (start != 0 || len > int64_t(k.max_cache_len)))
+                    return fail(off, field,
+                                fmt::format("length {} / start {}: a static cache's rows start at "
+                                            "slot 0 and hold at most max_cache_len {}",
+                                            len, start, k.max_cache_len));
             }
         }
         return {};
@@ -220,6 +263,29 @@ class Checker {
                             fmt::format("block {} has refcount {} but the block tables reference "
                                         "it {} time{}",
                                         b, rc[b], refs_[b], refs_[b] == 1 ? "" : "s"));
+        return {};
+    }
+
+    // A static cache's pages are its own: with the references counted right, each of its
+    // blocks has refcount 1.
+    std::string unshared(size_t c) const {
+        const SnapshotCache& k = s_.caches[c];
+        if (k.kind != SnapshotCacheKind::Static) return {};
+        const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
+        for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
+            const bool spare = t >= k.rows.size();
+            const auto& blocks = spare ? k.spare[t - k.rows.size()] : k.rows[t];
+            for (size_t i = 0; i < blocks.size(); ++i) {
+                const uint32_t b = index(blocks[i]);
+                if (s_.allocator.refcounts[b] == 1) continue;
+                return fail((o && t < o->tables.size() ? o->tables[t] : 0) + 4 * i,
+                            fmt::format("caches[{}].{}[{}][{}]", c, spare ? "spare" : "rows",
+                                        spare ? t - k.rows.size() : t, i),
+                            fmt::format("block {} of a static cache has refcount {}; its pages "
+                                        "are never shared",
+                                        b, s_.allocator.refcounts[b]));
+            }
+        }
         return {};
     }
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "allocator/snapshot_check.hpp"
 #include "cache/pool_state.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/batch.hpp"
@@ -21,17 +22,13 @@ PoolState::PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg, const P
 namespace {
 
 PoolConfig checked(PoolConfig c, const detail::Device& dev) {
-    auto bad = [](const std::string& m) { return Error(ErrorCode::InvalidArgument, m); };
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
-    if (c.num_layers == 0) throw bad("BlockPool: num_layers must be at least 1");
-    if (c.num_kv_heads == 0) throw bad("BlockPool: num_kv_heads must be at least 1");
-    if (c.head_dim == 0) throw bad("BlockPool: head_dim must be at least 1");
-    if (c.block_size == 0) throw bad("BlockPool: block_size must be at least 1");
-    if (c.num_blocks == 0) throw bad("BlockPool: num_blocks must be at least 1");
-    // Page slots are encoded as block * block_size + slot in 32 bits, with ~0u reserved.
-    if (c.num_blocks * c.block_size >= 0xFFFFFFFFull)
-        throw bad(fmt::format("BlockPool: num_blocks {} x block_size {} exceeds 2^32 slots",
-                              c.num_blocks, c.block_size));
+    // The same checks as a snapshot's layout (one function for both): dimensions, dtype, page
+    // slots within 32 bits, block and pool bytes within 64 bits, a slab of at least one block.
+    const SnapshotLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
+                                c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+    if (std::string e = check_layout(layout); !e.empty())
+        throw Error(ErrorCode::InvalidArgument, "BlockPool: " + e);
     const bool odd_rows =
         c.dtype != DType::F32 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
     if (odd_rows && !dev.has_16bit_storage())
@@ -39,6 +36,17 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
                     fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess "
                                 "and shaderInt16, which this device lacks or did not enable",
                                 c.head_dim, to_string(c.dtype)));
+    // Refused here, not at the first write: some drivers (lavapipe) hand out address space
+    // for far more memory than exists.
+    const uint64_t total = layout.block_bytes() * c.num_blocks;  // no overflow: checked above
+    const uint64_t heap = dev.device_local_heap_bytes();
+    if (total > heap)
+        throw Error(ErrorCode::OutOfMemory,
+                    fmt::format("BlockPool: {} blocks of {} bytes need {} bytes ({:.1f} GiB), more "
+                                "than the device's memory heap of {} bytes ({:.1f} GiB)",
+                                c.num_blocks, layout.block_bytes(), total,
+                                double(total) / double(1ull << 30), heap,
+                                double(heap) / double(1ull << 30)));
     return c;
 }
 
@@ -56,12 +64,17 @@ BlockPool::BlockPool(Context& ctx, PoolConfig config) {
     PoolConfig c = checked(config, ctx.device());
     detail::PageLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,
                               c.v_head_dim, c.block_size,   c.dtype};
-    state_ = std::make_unique<detail::PoolState>(ctx.device_ptr(), c, layout);
+    state_ = std::make_shared<detail::PoolState>(ctx.device_ptr(), c, layout);
+    state_->pool = this;
     detail::resolve_byte_paths(ctx.device());
 }
 
 BlockPool::~BlockPool() {
-    if (state_) state_->device->synchronize_quietly();
+    if (!state_) return;
+    state_->device->synchronize_quietly();
+    // Caches still made over this pool keep its state (and pages) until they go.
+    std::lock_guard lock(state_->device->mutex());
+    state_->pool = nullptr;
 }
 
 const PoolConfig& BlockPool::config() const noexcept {

@@ -63,6 +63,8 @@ pagedkv_status status_of(ErrorCode code) noexcept {
             return PAGEDKV_ERROR_UNSUPPORTED;
         case ErrorCode::NotImplemented:
             return PAGEDKV_ERROR_NOT_IMPLEMENTED;
+        case ErrorCode::OutOfMemory:
+            return PAGEDKV_ERROR_OUT_OF_MEMORY;
     }
     return PAGEDKV_ERROR_INTERNAL;
 }
@@ -75,6 +77,7 @@ static_assert(PAGEDKV_ERROR_CORRUPT_SNAPSHOT == int(ErrorCode::CorruptSnapshot) 
 static_assert(PAGEDKV_ERROR_VULKAN == int(ErrorCode::Vulkan) + 1);
 static_assert(PAGEDKV_ERROR_UNSUPPORTED == int(ErrorCode::Unsupported) + 1);
 static_assert(PAGEDKV_ERROR_NOT_IMPLEMENTED == int(ErrorCode::NotImplemented) + 1);
+static_assert(PAGEDKV_ERROR_OUT_OF_MEMORY == int(ErrorCode::OutOfMemory) + 1);
 
 // The calling thread's last error. When even the message cannot be stored, `fallback` names
 // what happened instead.
@@ -109,7 +112,7 @@ pagedkv_status guarded(const char* function, Body&& body) noexcept {
     } catch (const Error& e) {
         return fail(status_of(e.code()), function, e.what(), e.vk_result());
     } catch (const std::bad_alloc&) {
-        return fail(PAGEDKV_ERROR_OUT_OF_HOST_MEMORY, function, "out of host memory");
+        return fail(PAGEDKV_ERROR_OUT_OF_MEMORY, function, "out of host memory");
     } catch (const std::exception& e) {
         return fail(PAGEDKV_ERROR_INTERNAL, function, e.what());
     } catch (...) {
@@ -158,8 +161,18 @@ pagedkv_dtype c_dtype(pagedkv::DType d) noexcept {
     return PAGEDKV_DTYPE_F32;
 }
 
-pagedkv::CachePosition position_of(const pagedkv_cache_position* p) {
+// The position of an update whose key is `key`. Counts are checked against the key's batch
+// and seq_len before anything is copied: a huge count must not allocate before its error.
+pagedkv::CachePosition position_of(const pagedkv_cache_position* p, const pagedkv::Tensor& key) {
     if (!p) return {};
+    const auto& shape = key.shape();
+    const bool known = key.defined() && shape.size() == 4;
+    auto expect = [&](size_t count, size_t dim, const char* what, const char* of) {
+        if (known && count != uint64_t(shape[dim]))
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("update: cache_position has {} {}, {} is {}", count, what, of,
+                                    shape[dim]));
+    };
     auto values = [&](size_t n) {
         if (n > 0 && !p->positions)
             throw Error(ErrorCode::InvalidArgument,
@@ -172,8 +185,11 @@ pagedkv::CachePosition position_of(const pagedkv_cache_position* p) {
         case PAGEDKV_POSITION_SCALAR:
             return pagedkv::CachePosition(p->scalar);
         case PAGEDKV_POSITION_VECTOR:
+            expect(p->columns, 2, "entries", "seq_len");
             return pagedkv::CachePosition(values(p->columns));
         case PAGEDKV_POSITION_MATRIX: {
+            expect(p->rows, 0, "rows", "batch");
+            expect(p->columns, 2, "columns", "seq_len");
             if (p->columns != 0 && p->rows > SIZE_MAX / p->columns)
                 throw Error(
                     ErrorCode::InvalidArgument,
@@ -230,8 +246,8 @@ const char* pagedkv_status_name(pagedkv_status status) noexcept {
             return "PAGEDKV_ERROR_UNSUPPORTED";
         case PAGEDKV_ERROR_NOT_IMPLEMENTED:
             return "PAGEDKV_ERROR_NOT_IMPLEMENTED";
-        case PAGEDKV_ERROR_OUT_OF_HOST_MEMORY:
-            return "PAGEDKV_ERROR_OUT_OF_HOST_MEMORY";
+        case PAGEDKV_ERROR_OUT_OF_MEMORY:
+            return "PAGEDKV_ERROR_OUT_OF_MEMORY";
         case PAGEDKV_ERROR_INTERNAL:
             return "PAGEDKV_ERROR_INTERNAL";
     }
@@ -513,7 +529,7 @@ pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* 
         pagedkv::KVCache& c = *need(cache, "cache").cache;
         const pagedkv::Tensor& k = need(key, "key").tensor;
         const pagedkv::Tensor& v = need(value, "value").tensor;
-        const pagedkv::CachePosition pos = position_of(position);
+        const pagedkv::CachePosition pos = position_of(position, k);
         // Handles first: once the cache has changed, nothing may fail any more.
         auto hk = out_key ? std::make_unique<pagedkv_tensor>() : nullptr;
         auto hv = out_value ? std::make_unique<pagedkv_tensor>() : nullptr;

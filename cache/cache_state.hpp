@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -15,9 +16,11 @@
 namespace pagedkv::detail {
 
 struct CacheState {
-    CacheState(BlockPool& p, const char* n) : pool(&p), ps(&p.state()), name(n) {}
+    CacheState(BlockPool& p, const char* n) : owner(p.shared_state()), ps(owner.get()), name(n) {}
 
-    BlockPool* pool;
+    // The pool's state lives as long as a cache refers to it: a cache outliving its BlockPool
+    // (a misuse) gets errors from its calls and still returns its pages when destroyed.
+    std::shared_ptr<PoolState> owner;
     PoolState* ps;
     const char* name;
     uint32_t batch = 0;  // 0 until the first update
@@ -29,6 +32,15 @@ struct CacheState {
     std::vector<std::vector<int64_t>> len;
     std::vector<std::vector<int64_t>> start;
 
+    // The pool, or InvalidArgument when it was destroyed before this cache.
+    BlockPool& pool() const {
+        if (!ps->pool)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: the BlockPool it was made over has been destroyed (a "
+                                    "pool must outlive the caches made over it)",
+                                    name));
+        return *ps->pool;
+    }
     uint32_t block_size() const { return ps->config.block_size; }
     // The page slot (block * block_size + slot) of token t of a layer's row.
     uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
@@ -44,16 +56,21 @@ struct CacheState {
                         fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
                                     num_layers()));
     }
-    // Every layer's lengths and start slots become those of `rows` (old row indices), in order.
-    void select_lengths(std::span<const int32_t> rows) {
-        for (auto* per_layer : {&len, &start})
-            for (auto& v : *per_layer) {
-                std::vector<int64_t> picked;
+    // Every layer's lengths and start slots as they become when the rows are `rows` (old row
+    // indices, in order). Built aside, so that running out of host memory changes nothing.
+    struct Lengths {
+        std::vector<std::vector<int64_t>> len, start;
+    };
+    Lengths selected_lengths(std::span<const int32_t> rows) const {
+        Lengths out;
+        for (auto [from, to] : {std::pair{&len, &out.len}, std::pair{&start, &out.start}})
+            for (const auto& v : *from) {
+                std::vector<int64_t>& picked = to->emplace_back();
                 picked.reserve(rows.size());
                 for (int32_t r : rows)
                     picked.push_back(v[size_t(r)]);
-                v = std::move(picked);
             }
+        return out;
     }
 
     // Slots the row needs: the furthest any layer reaches.
@@ -63,6 +80,11 @@ struct CacheState {
             if (len[l][row] > 0 && start[l][row] + len[l][row] > e) e = start[l][row] + len[l][row];
         return e;
     }
+};
+
+// The device lock for one call on a cache; throws when the cache's pool is gone.
+struct CacheLock : Device::CallLock {
+    explicit CacheLock(const CacheState& st) : Device::CallLock(*st.ps->device) { st.pool(); }
 };
 
 }  // namespace pagedkv::detail

@@ -2,16 +2,23 @@
 
 #include <fmt/format.h>
 
+#include <optional>
+
+#include "cache/cache_state.hpp"
 #include "pagedkv/dynamic_cache.hpp"
 #include "pagedkv/error.hpp"
-#include "pagedkv/static_cache.hpp"
 
 namespace pagedkv {
 
 EncoderDecoderCache::EncoderDecoderCache(BlockPool& pool, std::unique_ptr<KVCache> self,
                                          std::unique_ptr<KVCache> cross)
     : self_(self ? std::move(self) : std::make_unique<DynamicKVCache>(pool)),
-      cross_(cross ? std::move(cross) : std::make_unique<DynamicKVCache>(pool)) {}
+      cross_(cross ? std::move(cross) : std::make_unique<DynamicKVCache>(pool)) {
+    // A cross cache that already holds layers (rebuilt after a restore) counts as written, as
+    // in Hugging Face: the runtime must not write the encoder's K/V a second time.
+    for (uint32_t layer = 0; layer < pool.config().num_layers; ++layer)
+        if (cross_->get_seq_length(layer) > 0) is_updated_[layer] = true;
+}
 
 std::pair<Tensor, Tensor> EncoderDecoderCache::update(const Tensor& key, const Tensor& value,
                                                       uint32_t layer_idx,
@@ -38,55 +45,48 @@ void EncoderDecoderCache::reset() {
     is_updated_.clear();
 }
 
-void EncoderDecoderCache::check_rows(std::span<const int32_t> indices, size_t rows,
-                                     const char* op) const {
-    for (const KVCache* c : {self_.get(), cross_.get()}) {
-        const uint32_t batch = c->batch_size();
-        if (batch == 0) continue;  // an empty cache has nothing to reorder
-        for (size_t i = 0; i < indices.size(); ++i)
-            if (indices[i] < 0 || uint32_t(indices[i]) >= batch)
-                throw Error(
-                    ErrorCode::InvalidArgument,
-                    fmt::format("{}: index {} at position {} out of range, {} cache has "
-                                "batch {}",
-                                op, indices[i], i, c == self_.get() ? "self" : "cross", batch));
-        if (auto* s = dynamic_cast<const StaticKVCache*>(c); s && rows > s->max_batch_size())
-            throw Error(ErrorCode::CapacityExceeded,
-                        fmt::format("{}: {} rows exceed the static cache's batch_size {}", op, rows,
-                                    s->max_batch_size()));
+template <class Rows, class Apply>
+void EncoderDecoderCache::both(bool skip_empty, Rows&& rows_of, Apply&& apply) {
+    // Every part is checked before either changes. The library's caches say what they would
+    // refuse without changing; a cache of the caller's own cannot be asked, so it goes first
+    // (if it refuses, nothing has changed) and the checked ones after it.
+    struct Part {
+        KVCache* cache;
+        PagedKVCache* paged;
+        std::optional<detail::CacheLock> lock;
+        std::vector<int32_t> rows;
+    };
+    Part parts[2] = {{self_.get(), dynamic_cast<PagedKVCache*>(self_.get()), {}, {}},
+                     {cross_.get(), dynamic_cast<PagedKVCache*>(cross_.get()), {}, {}}};
+    for (Part& p : parts)
+        if (p.paged) p.lock.emplace(*p.paged->state_);
+    for (Part& p : parts) {
+        if (skip_empty && p.cache->batch_size() == 0) continue;  // nothing to reorder
+        if (p.paged) p.rows = rows_of(*p.paged);
     }
+    for (Part& p : parts)
+        if (!p.paged && !(skip_empty && p.cache->batch_size() == 0)) apply(*p.cache);
+    for (Part& p : parts)
+        if (p.paged && !(skip_empty && p.cache->batch_size() == 0)) p.paged->select_rows(p.rows);
 }
 
 void EncoderDecoderCache::reorder_cache(std::span<const int32_t> beam_idx) {
-    for (const KVCache* c : {self_.get(), cross_.get()})
-        if (c->batch_size() != 0 && beam_idx.size() != c->batch_size())
-            throw Error(ErrorCode::InvalidArgument,
-                        fmt::format("reorder_cache: {} indices for a batch of {}", beam_idx.size(),
-                                    c->batch_size()));
-    check_rows(beam_idx, beam_idx.size(), "reorder_cache");
-    if (self_->batch_size()) self_->reorder_cache(beam_idx);
-    if (cross_->batch_size()) cross_->reorder_cache(beam_idx);
+    both(
+        true, [&](const PagedKVCache& c) { return c.rows_for_reorder(beam_idx); },
+        [&](KVCache& c) { c.reorder_cache(beam_idx); });
 }
 
 void EncoderDecoderCache::batch_select_indices(std::span<const int32_t> indices) {
-    check_rows(indices, indices.size(), "batch_select_indices");
-    if (self_->batch_size()) self_->batch_select_indices(indices);
-    if (cross_->batch_size()) cross_->batch_select_indices(indices);
+    both(
+        true,
+        [&](const PagedKVCache& c) { return c.rows_for_select(indices, "batch_select_indices"); },
+        [&](KVCache& c) { c.batch_select_indices(indices); });
 }
 
 void EncoderDecoderCache::batch_repeat_interleave(uint32_t repeats) {
-    if (repeats == 0)
-        throw Error(ErrorCode::InvalidArgument,
-                    "batch_repeat_interleave: repeats must be at least 1");
-    for (const KVCache* c : {self_.get(), cross_.get()})
-        if (auto* s = dynamic_cast<const StaticKVCache*>(c);
-            s && uint64_t(c->batch_size()) * repeats > s->max_batch_size())
-            throw Error(ErrorCode::CapacityExceeded,
-                        fmt::format("batch_repeat_interleave: {} rows exceed the static cache's "
-                                    "batch_size {}",
-                                    uint64_t(c->batch_size()) * repeats, s->max_batch_size()));
-    self_->batch_repeat_interleave(repeats);
-    cross_->batch_repeat_interleave(repeats);
+    both(
+        false, [&](const PagedKVCache& c) { return c.rows_for_repeat(repeats); },
+        [&](KVCache& c) { c.batch_repeat_interleave(repeats); });
 }
 
 void EncoderDecoderCache::crop(int64_t max_length) {

@@ -18,6 +18,8 @@ const char* to_string(ErrorCode code) noexcept {
             return "Unsupported";
         case ErrorCode::NotImplemented:
             return "NotImplemented";
+        case ErrorCode::OutOfMemory:
+            return "OutOfMemory";
     }
     return "Unknown";
 }

@@ -95,7 +95,7 @@ void check_query(const Tensor& q, const detail::Device& dev, DType dtype, uint32
 
 PagedView PagedKVCache::paged_view(uint32_t layer) const {
     const detail::CacheState& st = *state_;
-    detail::Device::CallLock l(*st.ps->device);
+    detail::CacheLock l(st);
     st.check_layer(layer, "paged_view");
     // Outside a recording, the writes recorded so far go to the queue now, ahead of the
     // caller's own submission that reads through the view (their batch ends with a barrier
@@ -161,7 +161,7 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
 
 Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float scale) const {
     const detail::CacheState& st = *state_;
-    detail::Device::CallLock l(*st.ps->device);
+    detail::CacheLock l(st);
     const char* op = "cached_attention";
     st.check_layer(layer, op);
     const PoolConfig& c = st.ps->config;

@@ -15,6 +15,8 @@ struct PoolState {
     PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg, const PageLayout& layout);
 
     std::shared_ptr<Device> device;
+    // The BlockPool made of this state; null once it is destroyed (caches may outlive it).
+    BlockPool* pool = nullptr;
     PoolConfig config;
     PageLayout layout;
     BlockAllocator allocator;

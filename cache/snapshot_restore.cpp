@@ -42,6 +42,10 @@ struct SnapshotRestorer {
         if (!k.rows.empty() || k.kind == SnapshotCacheKind::Static) {
             st.len = k.len;
             st.start = k.start;
+            // An empty layer starts at slot 0 (older versions could leave it anywhere).
+            for (size_t l = 0; l < st.len.size(); ++l)
+                for (size_t r = 0; r < st.len[l].size(); ++r)
+                    if (st.len[l][r] == 0) st.start[l][r] = 0;
         }
         return cache;
     }

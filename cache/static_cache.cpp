@@ -17,6 +17,9 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
                                 "least 1",
                                 batch_size, max_cache_len));
     detail::CacheState& st = *state_;
+    // The reservation and the tables' registration touch the pool's allocator, which other
+    // threads' calls on other caches of the pool change under the same lock.
+    detail::CacheLock lock(st);
     const uint64_t per_row = (uint64_t(max_cache_len) + st.block_size() - 1) / st.block_size();
     std::vector<BlockId> blocks;
     st.ps->allocator.allocate(per_row * batch_size, blocks);  // OutOfBlocks: nothing held

@@ -71,6 +71,9 @@ Tensor Tensor::empty(Context& ctx, std::vector<int64_t> shape, DType dtype) {
 
 Tensor Tensor::empty(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
                      DType dtype) {
+    if (!known_dtype(dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("Tensor: unknown dtype {}", static_cast<uint32_t>(dtype)));
     Tensor t;
     const int64_t n = checked_numel(shape);
     t.device_ = device;

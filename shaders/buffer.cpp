@@ -12,6 +12,11 @@ namespace pagedkv::detail {
 
 std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
     Device* dev = &dev_ref;
+    if (dev->injected_allocation_failure(kind))
+        throw Error(
+            ErrorCode::Vulkan,
+            fmt::format("vkAllocateMemory of {} bytes failed: out of memory (injected)", size),
+            VK_ERROR_OUT_OF_DEVICE_MEMORY);
     if (kind != MemoryKind::DeviceLocal) {
         // Tensors and staging buffers come and go every step: reuse a cached buffer of the same
         // kind and size class (warm memory, no vkAllocateMemory), and give it back to the cache

@@ -342,6 +342,25 @@ uint64_t Device::max_buffer_bytes() const noexcept {
     return props_.limits.maxStorageBufferRange;
 }
 
+void Device::fail_allocations(MemoryKind kind, int64_t after) noexcept {
+    std::lock_guard lock(fail_mutex_);
+    fail_kind_ = kind;
+    fail_after_ = after;
+}
+
+bool Device::injected_allocation_failure(MemoryKind kind) noexcept {
+    std::lock_guard lock(fail_mutex_);
+    if (fail_after_ < 0 || kind != fail_kind_) return false;
+    if (fail_after_ == 0) return true;
+    --fail_after_;
+    return false;
+}
+
+uint64_t Device::device_local_heap_bytes() const {
+    const uint32_t type = memory_type(~0u, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
+    return mem_props_.memoryHeaps[mem_props_.memoryTypes[type].heapIndex].size;
+}
+
 const Device::Pipeline& Device::pipeline(const char* name, std::span<const uint32_t> spirv,
                                          uint32_t push_constant_bytes) {
     auto it = pipelines_.find(name);

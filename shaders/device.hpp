@@ -46,6 +46,8 @@ class Device {
                          VkMemoryPropertyFlags preferred) const;
     // Largest single storage buffer / allocation the device accepts.
     uint64_t max_buffer_bytes() const noexcept;
+    // Size of the memory heap that device-local buffers (the pool's slabs) come from.
+    uint64_t device_local_heap_bytes() const;
 
     Batches& batches() { return *batches_; }
     BufferCache& buffer_cache() { return *buffer_cache_; }
@@ -96,6 +98,12 @@ class Device {
     // Devices alive in this process (a leak shows up here before a driver runs out).
     static int live_count() noexcept;
 
+    // For tests of the out-of-memory paths: once `after` more buffers of this kind have been
+    // made, making one throws as a failed vkAllocateMemory would (negative: never fail).
+    void fail_allocations(MemoryKind kind, int64_t after) noexcept;
+    // Counts one buffer of this kind; true when it must fail.
+    bool injected_allocation_failure(MemoryKind kind) noexcept;
+
   private:
     Device() = default;
     void init_common(bool enable_16bit);
@@ -119,6 +127,10 @@ class Device {
     std::recursive_mutex mutex_;
     uint32_t call_depth_ = 0;  // CallLocks held (guarded by mutex_)
     DeviceCounters counters_;
+
+    std::mutex fail_mutex_;
+    MemoryKind fail_kind_ = MemoryKind::Tensor;
+    int64_t fail_after_ = -1;
 
     mutable std::mutex messages_mutex_;
     std::vector<std::string> messages_;

@@ -149,6 +149,8 @@ static void test_errors_and_names(void) {
     CHECK(strcmp(pagedkv_status_name(PAGEDKV_OK), "PAGEDKV_OK") == 0);
     CHECK(strcmp(pagedkv_status_name(PAGEDKV_ERROR_OUT_OF_BLOCKS), "PAGEDKV_ERROR_OUT_OF_BLOCKS") ==
           0);
+    CHECK(strcmp(pagedkv_status_name(PAGEDKV_ERROR_OUT_OF_MEMORY), "PAGEDKV_ERROR_OUT_OF_MEMORY") ==
+          0);
     CHECK(strcmp(pagedkv_status_name((pagedkv_status)42), "PAGEDKV_ERROR_UNKNOWN") == 0);
     FAILS(pagedkv_context_create(-1, 1, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_context");
     CHECK(pagedkv_last_vk_result() == 0);
@@ -276,6 +278,14 @@ static void test_dynamic(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_cache_position no_data = {PAGEDKV_POSITION_VECTOR, 0, NULL, 0, 1};
     FAILS(pagedkv_cache_update(cache, kt, kt, 0, &no_data, NULL, NULL),
           PAGEDKV_ERROR_INVALID_ARGUMENT, "positions is NULL");
+    // Counts that disagree with the key are refused before anything is allocated (2^40 rows of
+    // 0 columns used to allocate 2^40 empty rows first, and fail for want of host memory).
+    pagedkv_cache_position huge = {PAGEDKV_POSITION_MATRIX, 0, NULL, (size_t)1 << 40, 0};
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &huge, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "update: cache_position has 1099511627776 rows, batch is 2");
+    pagedkv_cache_position wide = {PAGEDKV_POSITION_MATRIX, 0, eights, 2, 5};
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &wide, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "update: cache_position has 5 columns, seq_len is 1");
     pagedkv_tensor_destroy(kt);
     CHECK(seq_length(cache, 0) == 9 && seq_length(cache, 1) == 9);
     check_get(cache, 0, 2, 9, identity, 0);

@@ -131,11 +131,169 @@ TEST_CASE("an encoder-decoder cache routes self and cross attention", "[encdec][
     const auto before_self = CacheSnapshot::of(self);
     const auto before_cross = CacheSnapshot::of(cross);
     CHECK_THROWS_WITH(cache.batch_select_indices(bad),
-                      "batch_select_indices: index 5 at position 1 out of range, self cache has "
-                      "batch 4");
+                      "batch_select_indices: index 5 at position 1 out of range for a batch of 4 "
+                      "(valid: -4 to 3)");
     CHECK(CacheSnapshot::of(self) == before_self);
     CHECK(CacheSnapshot::of(cross) == before_cross);
     cache.reset();
     CHECK(cache.is_updated().empty());
     CHECK(pool.stats().used_blocks == 0);
+}
+
+// The bound a window of `window` tokens spans when it may start anywhere in its first page:
+// ceil((window - 1) / block_size) + 1 pages.
+static size_t window_pages(int64_t window, uint32_t block) {
+    return size_t((window - 1 + block - 1) / block) + 1;
+}
+
+TEST_CASE("a sliding window written one layer after the other holds only its window's pages",
+          "[sliding][gpu]") {
+    // Window 24, block 16, a 200-token prompt into layer 0 then layer 1: each layer's window
+    // must sit in the same pages, not layer 0's at the front and layer 1's at the back.
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 16, 64));
+    const int64_t window = 24;
+    SlidingWindowKVCache cache(pool, uint32_t(window));
+    CacheHarness h(g.ctx, pool, cache, 11);
+    h.after_update = [&](uint32_t l) { h.ref.keep_last(l, window); };
+    for (uint32_t l = 0; l < 2; ++l) {
+        h.append(1, 200, l);
+        CHECK(cache.block_table(0).size() <= window_pages(window, 16));
+    }
+    CHECK(pool.stats().peak_used_blocks <= window_pages(window, 16));
+    h.check();
+    for (int step = 0; step < 100; ++step) {
+        for (uint32_t l = 0; l < 2; ++l) {
+            h.append(1, 1, l);
+            // Half-way through a step one layer is a token ahead: one page more at most.
+            CHECK(cache.block_table(0).size() <= window_pages(window + 1, 16));
+        }
+        CHECK(cache.block_table(0).size() <= window_pages(window, 16));
+    }
+    h.check();
+    CHECK(pool.stats().used_blocks == cache.pages_held());
+}
+
+TEST_CASE("a sliding window decodes forever in a pool of exactly its footprint", "[sliding][gpu]") {
+    // Window 5, block 4: a window spans at most 2 pages, and 2 pages are all the pool has. The
+    // page that leaves the window must go back before the next one is taken.
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F32, 1, 2, 8, 4, 2));
+    SlidingWindowKVCache cache(pool, 5);
+    CacheHarness h(g.ctx, pool, cache, 12);
+    h.after_update = [&](uint32_t l) { h.ref.keep_last(l, 5); };
+    for (int t = 0; t < 64; ++t) {
+        h.append(1, 1, 0);
+        CHECK(cache.block_table(0).size() <= 2);
+    }
+    h.check();
+    // A chunk of several tokens at once, and a prompt far longer than the pool, fit too.
+    h.append(1, 3, 0);
+    h.append(1, 40, 0);
+    h.check();
+    CHECK(pool.stats().used_blocks <= 2);
+}
+
+TEST_CASE("a sliding window keeps only its window of a row inserted from another cache",
+          "[sliding][gpu]") {
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 64));
+    DynamicKVCache prompt(pool);
+    CacheHarness hp(g.ctx, pool, prompt, 13);
+    for (uint32_t l = 0; l < 2; ++l)
+        hp.append(1, 30, l);
+    SlidingWindowKVCache cache(pool, 6);
+    cache.insert(prompt, 0, 0);
+    CHECK(cache.seq_lengths(0) == std::vector<int64_t>{6});
+    CHECK(cache.block_table(0).size() <= window_pages(6, 4));
+    for (uint32_t l = 0; l < 2; ++l) {
+        const auto want = prompt.get(l);
+        const auto got = cache.get(l);
+        REQUIRE(got);
+        // The last 6 tokens of each head: compare K row by row.
+        const auto wk = want->first.to_host(), gk = got->first.to_host();
+        for (uint32_t hd = 0; hd < 2; ++hd)
+            for (int64_t t = 0; t < 6; ++t)
+                for (uint32_t d = 0; d < 8; ++d)
+                    CHECK(gk[size_t((hd * 6 + t) * 8 + d)] ==
+                          wk[size_t((hd * 30 + 24 + t) * 8 + d)]);
+    }
+    CHECK(pool.validate());
+}
+
+TEST_CASE("an encoder-decoder batch operation checks both caches before changing either",
+          "[encdec][errors][gpu]") {
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 1, 2, 8, 4, 64));
+    EncoderDecoderCache cache(pool, std::make_unique<DynamicKVCache>(pool),
+                              std::make_unique<StaticKVCache>(pool, 2, 8));
+    auto& self = dynamic_cast<PagedKVCache&>(cache.self_attention_cache());
+    auto& cross = dynamic_cast<PagedKVCache&>(cache.cross_attention_cache());
+    CacheHarness hs(g.ctx, pool, self, 14), hc(g.ctx, pool, cross, 15);
+    hs.append(2, 3, 0);
+    hc.append(2, 5, 0);
+    const auto before_self = CacheSnapshot::of(self);
+    const auto before_cross = CacheSnapshot::of(cross);
+    auto unchanged = [&] {
+        CHECK(CacheSnapshot::of(self) == before_self);
+        CHECK(CacheSnapshot::of(cross) == before_cross);
+        CHECK(pool.validate());
+    };
+    // The dynamic self cache would empty itself; the static cross cache refuses zero rows.
+    CHECK_THROWS_WITH(cache.batch_select_indices({}),
+                      "StaticKVCache: cannot keep zero rows (reset() empties the rows instead)");
+    unchanged();
+    CHECK_THROWS_WITH(cache.batch_repeat_interleave(2),
+                      "StaticKVCache: batch of 4 rows exceeds batch_size 2");
+    unchanged();
+    const int too_many[] = {0, 1, 1};
+    CHECK_THROWS_WITH(cache.batch_select_indices(too_many),
+                      "StaticKVCache: batch of 3 rows exceeds batch_size 2");
+    unchanged();
+    const int short_beams[] = {1};
+    CHECK_THROWS_WITH(cache.reorder_cache(short_beams),
+                      "reorder_cache: 1 indices for a batch of 2");
+    unchanged();
+    const int swap[] = {-1, 0};  // Python semantics: -1 is the last row
+    cache.reorder_cache(swap);
+    hs.ref.select({1, 0});
+    hc.ref.select({1, 0});
+    hs.check();
+    hc.check();
+}
+
+TEST_CASE("an encoder-decoder cache over a cross cache that holds layers marks them updated",
+          "[encdec][gpu]") {
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 3, 2, 8, 4, 64));
+    auto cross = std::make_unique<DynamicKVCache>(pool);
+    CacheHarness hc(g.ctx, pool, *cross, 16);
+    hc.append(1, 5, 0);
+    hc.append(1, 2, 2);
+    EncoderDecoderCache cache(pool, nullptr, std::move(cross));
+    CHECK(cache.is_updated() == std::map<uint32_t, bool>{{0, true}, {2, true}});
+    EncoderDecoderCache empty(pool);
+    CHECK(empty.is_updated().empty());
+}
+
+TEST_CASE("negative row indices count from the end, as in Python", "[sharing][gpu]") {
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F32, 2, 2, 8, 4, 64));
+    DynamicKVCache cache(pool);
+    CacheHarness h(g.ctx, pool, cache, 17);
+    for (uint32_t l = 0; l < 2; ++l)
+        h.append(3, 5, l);
+    const int select[] = {-1, 0, -3, -2};
+    cache.batch_select_indices(select);
+    h.ref.select({2, 0, 0, 1});
+    h.check();
+    const int beams[] = {-4, -4, 3, -1};
+    cache.reorder_cache(beams);
+    h.ref.select({0, 0, 3, 3});
+    h.check();
+    const int bad[] = {0, -5};
+    require_rejected(cache, ErrorCode::InvalidArgument,
+                     "batch_select_indices: index -5 at position 1 out of range for a batch of 4 "
+                     "(valid: -4 to 3)",
+                     [&] { cache.batch_select_indices(bad); });
 }

@@ -148,3 +148,108 @@ TEST_CASE("pool and tensor construction reject bad arguments", "[errors][gpu]") 
                       "tensor shape [1073741824, 1073741824, 1073741824] has more than 2^48 "
                       "elements");
 }
+
+TEST_CASE("write names write in its errors, update names update", "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 3, 1, 8}), v = f.tensor({2, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "write: key has 3 heads, pool layout has 4 kv heads",
+                     [&] { f.cache.write(k, v, 0); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: key has 3 heads, pool layout has 4 kv heads",
+                     [&] { f.cache.update(k, v, 0); });
+    Tensor k1 = f.tensor({2, 4, 1, 8});
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "write: cache_position has 2 entries, seq_len is 1", [&] {
+                         f.cache.write(k1, v, 0, std::vector<int64_t>{0, 1});
+                     });
+    require_rejected(f.cache, ErrorCode::InvalidArgument, "write: layer_idx 2 out of range",
+                     [&] { f.cache.write(k1, v, 2); });
+    Tensor big_k = f.tensor({2, 4, 200, 8}), big_v = f.tensor({2, 4, 200, 8});
+    require_rejected(f.cache, ErrorCode::OutOfBlocks, "write: out of blocks",
+                     [&] { f.cache.write(big_k, big_v, 0); });
+}
+
+TEST_CASE("a scalar cache_position near INT64_MAX is refused before positions are formed",
+          "[errors][gpu]") {
+    Fixture f;
+    Tensor k = f.tensor({2, 4, 3, 8}), v = f.tensor({2, 4, 3, 8});
+    // scalar + 1 and scalar + 2 would overflow int64 (UBSan flags it) before the range check.
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: cache_position 9223372036854775807 with seq_len 3 is out of range",
+                     [&] { f.cache.update(k, v, 0, INT64_MAX); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: cache_position -1 with seq_len 3 is out of range",
+                     [&] { f.cache.update(k, v, 0, int64_t(-1)); });
+    require_rejected(f.cache, ErrorCode::InvalidArgument,
+                     "update: cache_position 2147483645 with seq_len 3 is out of range",
+                     [&] { f.cache.update(k, v, 0, int64_t(INT32_MAX) - 2); });
+}
+
+TEST_CASE("batch_repeat_interleave past the row limit is an Error, not bad_alloc",
+          "[errors][gpu]") {
+    Fixture f;
+    require_rejected(f.cache, ErrorCode::CapacityExceeded,
+                     "batch_repeat_interleave: 2 rows x 50000000 repeats = 100000000 rows, more "
+                     "than the 16777216 a cache holds",
+                     [&] { f.cache.batch_repeat_interleave(50'000'000); });
+}
+
+TEST_CASE("update allocates what it returns before it changes the cache", "[errors][gpu]") {
+    // The returned K/V are allocated first: when device memory for them runs out, the token
+    // is not appended (a caller that retries must not append it twice).
+    Fixture f;
+    Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 8});
+    auto& dev = f.g.ctx.device();
+    // The update with device memory for tensors running out after `after` more of them.
+    auto failing_update = [&](int64_t after) {
+        return [&, after] {
+            struct Restore {
+                detail::Device& d;
+                ~Restore() { d.fail_allocations(detail::MemoryKind::Tensor, -1); }
+            } restore{dev};
+            dev.fail_allocations(detail::MemoryKind::Tensor, after);
+            f.cache.update(k, v, 0);
+        };
+    };
+    require_rejected(f.cache, ErrorCode::Vulkan, "out of memory (injected)", failing_update(0));
+    // K allocated, V fails.
+    require_rejected(f.cache, ErrorCode::Vulkan, "out of memory (injected)", failing_update(1));
+    f.h.append(2, 1, 0);  // the same update, now that memory is back, appends once
+    f.h.check();
+}
+
+TEST_CASE("BlockPool refuses a layout the snapshot decoder refuses", "[errors][gpu]") {
+    ValidatedContext g;
+    auto refused = [&](PoolConfig c, ErrorCode code, const std::string& text) {
+        try {
+            BlockPool pool(g.ctx, c);
+            FAIL("expected pagedkv::Error containing \"" << text << "\"");
+        } catch (const Error& e) {
+            INFO("message: " << e.what());
+            CHECK(e.code() == code);
+            CHECK_THAT(e.what(), Catch::Contains(text));
+        }
+    };
+    // 16,385 layers x head_dim 2^19 x block_size 268,419,073 x F32: a block's bytes overflow
+    // 64 bits (the constructor used to take it and allocate a 4 MiB slab).
+    PoolConfig c = small_config(DType::F32, 16385, 1, 1u << 19, 268419073, 1);
+    refused(c, ErrorCode::InvalidArgument, "BlockPool: a block of this layout exceeds 2^64 bytes");
+    c = small_config(DType::F16);
+    c.dtype = static_cast<DType>(7);
+    refused(c, ErrorCode::InvalidArgument, "BlockPool: unknown dtype 7");
+    c = small_config(DType::F16);
+    c.max_slab_bytes = 16;
+    refused(c, ErrorCode::InvalidArgument,
+            "BlockPool: max_slab_bytes 16 is smaller than one block (512 bytes)");
+    c = small_config(DType::F16, 2, 2, 8, 1u << 20, 4096);
+    refused(c, ErrorCode::InvalidArgument, "exceeds 2^32 page slots");
+    // 2^24 blocks of 2 MiB: 32 TiB, more than any heap here; refused at construction.
+    c = small_config(DType::F16, 32, 8, 128, 16, uint64_t(1) << 24);
+    refused(c, ErrorCode::OutOfMemory,
+            "BlockPool: 16777216 blocks of 2097152 bytes need 35184372088832 bytes (32768.0 GiB), "
+            "more than the device's memory heap of");
+    std::vector<float> data(4);
+    CHECK_THROWS_WITH(Tensor::from_host(g.ctx, data, {4}, static_cast<DType>(7)),
+                      "Tensor: unknown dtype 7");
+}

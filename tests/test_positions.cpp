@@ -79,7 +79,8 @@ TEST_CASE("bad positions are rejected and change nothing", "[positions][errors][
                      "update: cache_position -1 (row 0) is out of range", [&] {
                          cache.update(kv.tk, kv.tv, 0, std::vector<int64_t>{0, -1, 2});
                      });
-    require_rejected(cache, ErrorCode::InvalidArgument, "update: cache_position -4 (row 0)",
+    require_rejected(cache, ErrorCode::InvalidArgument,
+                     "update: cache_position -4 with seq_len 3 is out of range",
                      [&] { cache.update(kv.tk, kv.tv, 0, int64_t(-4)); });
     require_rejected(cache, ErrorCode::InvalidArgument,
                      "update: cache_position has 1 rows, batch is 2", [&] {

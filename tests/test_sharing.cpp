@@ -201,11 +201,12 @@ TEST_CASE("batch operations reject bad indices and change nothing", "[sharing][e
                      [&] { cache.reorder_cache(short_list); });
     const int out_of_range[] = {0, 3, 1};
     require_rejected(cache, ErrorCode::InvalidArgument,
-                     "reorder_cache: index 3 at position 1 out of range, batch is 3",
+                     "reorder_cache: index 3 at position 1 out of range for a batch of 3 (valid: "
+                     "-3 to 2)",
                      [&] { cache.reorder_cache(out_of_range); });
-    const int negative[] = {-1};
+    const int negative[] = {-4};  // -1 is the last row (Python semantics), -4 is out of range
     require_rejected(cache, ErrorCode::InvalidArgument,
-                     "batch_select_indices: index -1 at position 0 out of range, batch is 3",
+                     "batch_select_indices: index -4 at position 0 out of range for a batch of 3",
                      [&] { cache.batch_select_indices(negative); });
     require_rejected(cache, ErrorCode::InvalidArgument,
                      "batch_repeat_interleave: repeats must be at least 1",

@@ -262,3 +262,95 @@ TEST_CASE("detailed_stats counts token slots held against tokens stored", "[snap
     CHECK(d.refcount_histogram == std::vector<uint64_t>{10, 0, 6});
     CHECK(d.rows == 4);
 }
+
+TEST_CASE("restore checks every cache kind's invariants and the pool's size",
+          "[snapshot][errors][gpu]") {
+    // Each case edits one field of a real snapshot (checksums recomputed): restore must refuse
+    // it with CorruptSnapshot, where it used to build a cache that crashed later.
+    TempFile file("kinds.snap");
+    ValidatedContext g;
+    const PoolConfig cfg = small_config(DType::F16, 2, 2, 8, 4, 64);
+    SnapshotData saved;
+    {
+        BlockPool pool(g.ctx, cfg);
+        StaticKVCache stat(pool, 3, 9);
+        SlidingWindowKVCache slide(pool, 6);
+        std::mt19937 rng(9);
+        for (uint32_t l = 0; l < 2; ++l) {
+            write(g.ctx, stat, cfg, 3, 5, l, rng);
+            write(g.ctx, slide, cfg, 2, 8, l, rng);
+        }
+        save_snapshot(file.path, pool, {&stat, &slide}, {.page_contents = true});
+        saved = decode_snapshot(read_snapshot_file(file.path));
+    }
+    REQUIRE(saved.caches[0].kind == SnapshotCacheKind::Static);
+    REQUIRE(saved.caches[1].kind == SnapshotCacheKind::SlidingWindow);
+    auto refused = [&](const SnapshotData& s, ErrorCode code, const std::string& text) {
+        write_snapshot_file(file.path, encode_snapshot(s));
+        try {
+            restore_snapshot(g.ctx, file.path);
+            FAIL("expected pagedkv::Error containing \"" << text << "\"");
+        } catch (const Error& e) {
+            INFO("message: " << e.what());
+            CHECK(e.code() == code);
+            CHECK_THAT(e.what(), Catch::Contains(text));
+        }
+    };
+    {  // batch_size 3 -> 4: a fourth row with no table (batch_repeat_interleave crashed)
+        SnapshotData s = saved;
+        s.caches[0].batch_size = 4;
+        refused(s, ErrorCode::CorruptSnapshot,
+                "3 rows + 0 spare tables, a static cache of batch_size 4 holds exactly 4");
+    }
+    {  // a static row one page short of its reservation (the page freed consistently)
+        SnapshotData s = saved;
+        const BlockId last = s.caches[0].rows[1].back();
+        s.caches[0].rows[1].pop_back();
+        std::vector<uint32_t> used;
+        for (uint32_t b = 0; b < s.allocator.refcounts.size(); ++b)
+            if (s.allocator.refcounts[b]) used.push_back(b);
+        const size_t at = size_t(std::find(used.begin(), used.end(), index(last)) - used.begin());
+        const uint64_t bb = s.layout.block_bytes();
+        s.pages.erase(s.pages.begin() + std::ptrdiff_t(at * bb),
+                      s.pages.begin() + std::ptrdiff_t((at + 1) * bb));
+        s.allocator.refcounts[index(last)] = 0;
+        s.allocator.free_list.push_back(last);
+        ++s.allocator.releases;
+        refused(s, ErrorCode::CorruptSnapshot,
+                "2 pages, a static cache's row of max_cache_len 9 reserves 3");
+    }
+    {  // a static row that does not start at slot 0
+        SnapshotData s = saved;
+        s.caches[0].start[1][2] = 1;
+        refused(s, ErrorCode::CorruptSnapshot, "a static cache's rows start at slot 0");
+    }
+    {  // a sliding row longer than its window
+        SnapshotData s = saved;
+        s.caches[1].window = 3;
+        refused(s, ErrorCode::CorruptSnapshot, "length 6 exceeds the sliding window of 3");
+    }
+    {  // a slab smaller than one block: the file is wrong, not the device too small
+        SnapshotData s = saved;
+        s.layout.max_slab_bytes = 8;
+        refused(s, ErrorCode::CorruptSnapshot, "max_slab_bytes 8 is smaller than one block");
+    }
+    {  // a small file asking for a pool larger than the device's memory (all blocks free)
+        SnapshotData s;
+        s.layout = {64, 32, 256, 256, 256, DType::F16, 0, 0};
+        const uint64_t heap = g.ctx.device().device_local_heap_bytes();
+        s.layout.num_blocks = heap / s.layout.block_bytes() + 1;
+        for (uint32_t b = 0; b < s.layout.num_blocks; ++b)
+            s.allocator.free_list.push_back(BlockId{b});
+        s.allocator.refcounts.assign(s.layout.num_blocks, 0);
+        s.has_pages = true;
+        refused(s, ErrorCode::OutOfMemory, "more than the device's memory heap");
+    }
+    // The unedited snapshot still restores, and its static cache repeats rows safely.
+    write_snapshot_file(file.path, encode_snapshot(saved));
+    RestoredSnapshot r = restore_snapshot(g.ctx, file.path);
+    auto& stat = dynamic_cast<StaticKVCache&>(*r.caches[0]);
+    const int keep[] = {2};
+    stat.batch_select_indices(keep);
+    stat.batch_repeat_interleave(3);
+    CHECK(r.pool->check() == "");
+}

@@ -65,3 +65,51 @@ TEST_CASE("caches over one pool are used from several threads at once", "[thread
     CHECK(pool.stats().used_blocks == 0);
     CHECK(pool.validate());
 }
+
+TEST_CASE("static caches are made and destroyed while other threads update the same pool",
+          "[threads][gpu]") {
+    // A static cache's constructor reserves pages and registers tables, and its destructor
+    // releases spare tables: both touch the allocator that the other threads' updates change.
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 512));
+    std::atomic<bool> done{false};
+    std::vector<std::string> failures(3);
+    std::thread maker([&] {
+        for (int i = 0; i < 200; ++i) {
+            StaticKVCache s(pool, 3, 9);
+            const int keep[] = {0};  // two tables become spare ones
+            s.batch_select_indices(keep);
+        }
+        done = true;
+    });
+    std::thread checker([&] {
+        while (!done)
+            if (std::string e = pool.check(); !e.empty()) failures[0] = "pool torn: " + e;
+    });
+    std::thread updater([&] {
+        std::mt19937 rng(7);
+        DynamicKVCache cache(pool);
+        ReferenceCache ref(2, 2, 8, 8);
+        for (int step = 0; !done || step < 20; ++step) {
+            auto k = random_values(size_t(2) * 8, rng, DType::F16);
+            auto v = random_values(size_t(2) * 8, rng, DType::F16);
+            Tensor tk = Tensor::from_host(g.ctx, k, shape4(1, 2, 1, 8), DType::F16);
+            Tensor tv = Tensor::from_host(g.ctx, v, shape4(1, 2, 1, 8), DType::F16);
+            const auto lens = ref.lengths(0);
+            auto [ok, ov] = cache.update(tk, tv, 0);
+            ref.update(k, v, 1, 1, 0, {{lens.empty() ? 0 : lens[0]}});
+            if (!bit_equal(ok.to_host(), ref.keys(0))) failures[1] = "K differs";
+            if (step % 16 == 15) {
+                cache.reset();
+                ref = ReferenceCache(2, 2, 8, 8);
+            }
+        }
+    });
+    maker.join();
+    checker.join();
+    updater.join();
+    for (const auto& f : failures)
+        CHECK(f == "");
+    CHECK(pool.stats().used_blocks == 0);
+    CHECK(pool.validate());
+}

@@ -59,9 +59,10 @@ class BlockPool {
     std::string check() const;
 
     detail::PoolState& state() const noexcept { return *state_; }
+    std::shared_ptr<detail::PoolState> shared_state() const noexcept { return state_; }
 
   private:
-    std::unique_ptr<detail::PoolState> state_;
+    std::shared_ptr<detail::PoolState> state_;
 };
 
 }  // namespace pagedkv

@@ -9,6 +9,11 @@ namespace pagedkv {
 
 enum class DType : uint8_t { F32, F16, BF16 };
 
+// Whether t is one of the enumerators (a DType cast from a stored or C integer may not be).
+constexpr bool known_dtype(DType t) noexcept {
+    return t == DType::F32 || t == DType::F16 || t == DType::BF16;
+}
+
 constexpr size_t dtype_size(DType t) noexcept {
     return t == DType::F32 ? 4 : 2;
 }

@@ -24,7 +24,9 @@ class EncoderDecoderCache {
                                                  bool is_cross_attention = false) const;
     int64_t get_seq_length(uint32_t layer_idx = 0, bool is_cross_attention = false) const;
 
-    // Both caches.
+    // Both caches, all or nothing (every part is checked before either changes; a cache of
+    // the caller's own that is not a PagedKVCache is run first and must itself refuse cleanly).
+    // Indices may be negative, counting from the end as in Python.
     void reset();
     void reorder_cache(std::span<const int32_t> beam_idx);
     void batch_select_indices(std::span<const int32_t> indices);
@@ -33,16 +35,19 @@ class EncoderDecoderCache {
     void crop(int64_t max_length);
     void truncate(int64_t length);
 
-    // Layers whose cross-attention cache has been written.
+    // Layers whose cross-attention cache has been written (or held tokens when this cache was
+    // made over it).
     std::map<uint32_t, bool>& is_updated() noexcept { return is_updated_; }
 
     KVCache& self_attention_cache() noexcept { return *self_; }
     KVCache& cross_attention_cache() noexcept { return *cross_; }
 
   private:
-    // Checks a batch operation producing `rows` rows from `indices` against both caches
-    // before either changes, so the pair stays all-or-nothing.
-    void check_rows(std::span<const int32_t> indices, size_t rows, const char* op) const;
+    // A batch operation on both caches, all or nothing: rows_of(cache) says which old rows a
+    // library cache would keep (throwing, unchanged, when it would refuse); apply(cache) runs
+    // the operation on a cache of the caller's own. skip_empty: leave caches without rows alone.
+    template <class Rows, class Apply>
+    void both(bool skip_empty, Rows&& rows_of, Apply&& apply);
 
     std::unique_ptr<KVCache> self_, cross_;
     std::map<uint32_t, bool> is_updated_;

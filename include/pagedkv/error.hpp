@@ -16,6 +16,7 @@ enum class ErrorCode {
     Vulkan,            // a Vulkan call failed; vk_result() holds the VkResult
     Unsupported,       // the device lacks a feature the call needs
     NotImplemented,    // the capability exists in the API but is not built yet
+    OutOfMemory,       // device or host memory is too small for the request (pages: OutOfBlocks)
 };
 
 const char* to_string(ErrorCode code) noexcept;

@@ -57,7 +57,8 @@ class PagedKVCache : public KVCache {
     // a row without tokens. scale <= 0 means 1 / sqrt(head_dim). Accumulates in f32.
     Tensor cached_attention(const Tensor& query, uint32_t layer_idx, float scale = 0.0f) const;
 
-    BlockPool& pool() const noexcept;
+    // The pool; InvalidArgument when it was destroyed before this cache (a misuse).
+    BlockPool& pool() const;
     // The pages of one row, in logical order (for inspection and tests).
     std::vector<uint32_t> block_table(uint32_t row) const;
     // Pages this cache references (shared pages counted once per cache).
@@ -71,8 +72,9 @@ class PagedKVCache : public KVCache {
     // Policy hooks of the cache kinds. Called before anything changes: throw to refuse a
     // batch of `batch` rows whose longest row reaches the given lengths (empty: unchanged).
     virtual void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const;
-    // Called after a layer's rows were written (a sliding window drops what fell out).
-    virtual void after_write(uint32_t layer);
+    // The most tokens a layer's row keeps (a sliding window's window): a write that makes a
+    // row longer drops its oldest tokens, which are then never written.
+    virtual int64_t keep_limit() const { return INT64_MAX; }
     // A reserved cache (static) keeps every page it holds for its whole life: rows never share
     // pages (batch operations copy them instead), crop moves tokens to the front of their
     // pages instead of dropping leading pages, and reset() keeps the reservation.
@@ -86,8 +88,24 @@ class PagedKVCache : public KVCache {
     std::unique_ptr<detail::CacheState> state_;
 
   private:
+    friend class EncoderDecoderCache;  // checks both of its caches before changing either
+
+    // update() (out set: the layer's K/V are gathered into it) and write(); op names the call
+    // in error messages.
+    void write_rows(const Tensor& key, const Tensor& value, uint32_t layer,
+                    const CachePosition& cache_position, const char* op,
+                    std::pair<Tensor, Tensor>* out);
+    std::pair<Tensor, Tensor> empty_kv(uint32_t batch, int64_t tokens) const;
     std::pair<Tensor, Tensor> gather(uint32_t layer) const;
-    void select_rows(std::span<const int32_t> rows, const char* op);
+    void gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const;
+    // The old row of each new row for reorder_cache / batch_select_indices (negative indices
+    // count from the end, as in Python) or batch_repeat_interleave; throws, changing nothing,
+    // when the cache would refuse them.
+    std::vector<int32_t> rows_for_select(std::span<const int32_t> indices, const char* op) const;
+    std::vector<int32_t> rows_for_reorder(std::span<const int32_t> beam_idx) const;
+    std::vector<int32_t> rows_for_repeat(uint32_t repeats) const;
+    // Makes the rows those old rows (checked by rows_for_*).
+    void select_rows(std::span<const int32_t> rows);
     void select_rows_by_copy(std::span<const int32_t> rows);
     void compact_rows();
     // Copies tokens of one layer between page slots (both K and V), through a scratch tensor.

@@ -36,8 +36,9 @@ typedef enum pagedkv_status {
     PAGEDKV_ERROR_VULKAN = 5,  // pagedkv_last_vk_result() holds the VkResult
     PAGEDKV_ERROR_UNSUPPORTED = 6,
     PAGEDKV_ERROR_NOT_IMPLEMENTED = 7,
+    PAGEDKV_ERROR_OUT_OF_MEMORY = 8,  // device or host memory too small for the request
+    PAGEDKV_ERROR_OUT_OF_HOST_MEMORY = PAGEDKV_ERROR_OUT_OF_MEMORY,  // its 0.1 name
     // Only in C: what C++ reports with other exceptions.
-    PAGEDKV_ERROR_OUT_OF_HOST_MEMORY = 8,
     PAGEDKV_ERROR_INTERNAL = 9  // an unexpected exception inside the library: a bug to report
 } pagedkv_status;
 

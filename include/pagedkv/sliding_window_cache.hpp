@@ -1,7 +1,10 @@
-// SlidingWindowKVCache: keeps the most recent `window` tokens of each row. Pages that fall
-// wholly out of the window go back to the pool as decoding goes on, so a row holds at most
-// window / block_size + 1 pages however long the sequence grows. Positions given to update()
-// count from the oldest token still in the window.
+// SlidingWindowKVCache: keeps the most recent `window` tokens of each row. Tokens older than the
+// window are never written, and pages that fall wholly out of it go back to the pool before a
+// write takes new ones, so a row decodes forever in its own footprint: written a step at a time
+// (every layer the same tokens), it holds at most ceil((window - 1) / block_size) + 1 pages
+// between steps, and ceil((window + n - 1) / block_size) + 1 while a step of n tokens has
+// reached some layers but not others. Positions given to update() count from the oldest token
+// still in the window.
 #pragma once
 
 #include "pagedkv/paged_kv_cache.hpp"
@@ -14,7 +17,7 @@ class SlidingWindowKVCache final : public PagedKVCache {
     uint32_t window() const noexcept { return window_; }
 
   protected:
-    void after_write(uint32_t layer) override;
+    int64_t keep_limit() const override { return window_; }
 
   private:
     uint32_t window_;
