@@ -528,10 +528,23 @@ void PagedKVCache::crop(int64_t max_length) {
     auto l = lock(st);
     if (max_length < 0)
         throw invalid(fmt::format("crop: max_length must be >= 0, got {}", max_length));
+    // A reserved cache moves the kept tokens: the scratch space for that comes first, so
+    // that running out of memory for it changes nothing.
+    std::pair<Tensor, Tensor> scratch;
+    if (reserved() && st.batch) {
+        int64_t most = 0;
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            int64_t kept = 0;
+            for (uint32_t b = 0; b < st.batch; ++b)
+                kept += std::min(st.len[layer][b], max_length);
+            most = std::max(most, kept);
+        }
+        scratch = empty_kv(1, most);
+    }
     for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
         for (uint32_t b = 0; b < st.batch; ++b)
             drop_front(layer, b, st.len[layer][b] - max_length);
-    if (reserved()) return compact_rows();
+    if (reserved()) return compact_rows(scratch);
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
 }
@@ -620,7 +633,7 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
 
 // Moves every row's tokens so they start at slot 0 of its first page (a gather into a scratch
 // tensor, then a scatter back): a reserved cache's capacity stays max_cache_len after crop.
-void PagedKVCache::compact_rows() {
+void PagedKVCache::compact_rows(std::pair<Tensor, Tensor>& scratch) {
     CacheState& st = *state_;
     for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
         std::vector<uint32_t> from, to;
@@ -632,17 +645,18 @@ void PagedKVCache::compact_rows() {
             for (int64_t t = 0; t < st.len[layer][b]; ++t)
                 to.push_back(st.slot_of(layer, b, t));
         }
-        move_tokens(layer, from, to);
+        move_tokens(layer, from, to, scratch);
     }
 }
 
 void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
-                               std::span<const uint32_t> to) {
+                               std::span<const uint32_t> to, std::pair<Tensor, Tensor>& scratch) {
     if (from.empty()) return;
     CacheState& st = *state_;
     const PoolConfig& c = st.ps->config;
     const detail::PageLayout& lay = st.ps->layout;
     const uint32_t n = uint32_t(from.size());
+    const auto stride = uint32_t(scratch.first.shape()[2]);  // at least n
     std::vector<detail::RowEntry> in, out;
     for (uint32_t i = 0; i < n; ++i) {
         in.push_back({i, from[i]});
@@ -650,15 +664,14 @@ void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
     }
     detail::Device& dev = *st.ps->device;
     for (bool value : {false, true}) {
-        const uint32_t dim = value ? c.v_head_dim : c.head_dim;
         const uint64_t row_bytes = value ? lay.v_row_bytes() : lay.k_row_bytes();
-        Tensor scratch = Tensor::empty(st.ps->device, {1, c.num_kv_heads, n, dim}, c.dtype);
-        detail::record_row_copy(dev, *st.ps->pages,
-                                {&scratch.buffer(), in, c.num_kv_heads, row_bytes, n,
-                                 lay.page_offset(layer, value), true});
-        detail::record_row_copy(dev, *st.ps->pages,
-                                {&scratch.buffer(), out, c.num_kv_heads, row_bytes, n,
-                                 lay.page_offset(layer, value), false});
+        detail::Buffer& buf = value ? scratch.second.buffer() : scratch.first.buffer();
+        detail::record_row_copy(
+            dev, *st.ps->pages,
+            {&buf, in, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), true});
+        detail::record_row_copy(
+            dev, *st.ps->pages,
+            {&buf, out, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), false});
     }
 }
 
@@ -695,6 +708,7 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
         // this cache's own pages (its reservation, or fresh pages for a growing cache).
         const uint32_t bs = st.block_size();
         const int64_t longest = *std::max_element(lens.begin(), lens.end());
+        std::pair<Tensor, Tensor> scratch = empty_kv(1, longest);  // before anything changes
         BlockTable target(st.ps->allocator);
         if (!reserved()) {
             std::vector<BlockId> fresh;
@@ -723,7 +737,7 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
                 from.push_back(os.slot_of(layer, other_row, t));
                 to.push_back(st.slot_of(layer, slot, t));
             }
-            move_tokens(layer, from, to);
+            move_tokens(layer, from, to, scratch);
         }
         keep_window();
         return;

@@ -253,3 +253,34 @@ TEST_CASE("BlockPool refuses a layout the snapshot decoder refuses", "[errors][g
     CHECK_THROWS_WITH(Tensor::from_host(g.ctx, data, {4}, static_cast<DType>(7)),
                       "Tensor: unknown dtype 7");
 }
+
+TEST_CASE("crop and insert that move tokens allocate their scratch before changing anything",
+          "[errors][static][gpu]") {
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 64));
+    StaticKVCache cache(pool, 2, 12);
+    CacheHarness h(g.ctx, pool, cache, 21);
+    for (uint32_t l = 0; l < 2; ++l)
+        h.append(2, 9, l);
+    DynamicKVCache other(pool);
+    CacheHarness ho(g.ctx, pool, other, 22);
+    ho.append(1, 6, 0);
+    auto& dev = g.ctx.device();
+    auto failing = [&](auto call) {
+        return [&, call] {
+            struct Restore {
+                detail::Device& d;
+                ~Restore() { d.fail_allocations(detail::MemoryKind::Tensor, -1); }
+            } restore{dev};
+            dev.fail_allocations(detail::MemoryKind::Tensor, 0);
+            call();
+        };
+    };
+    require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
+                     failing([&] { cache.crop(5); }));
+    require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
+                     failing([&] { cache.insert(other, 0, 1); }));
+    cache.crop(5);  // with memory back, both work
+    h.ref.crop(5);
+    h.check();
+}

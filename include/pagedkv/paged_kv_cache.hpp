@@ -107,9 +107,11 @@ class PagedKVCache : public KVCache {
     // Makes the rows those old rows (checked by rows_for_*).
     void select_rows(std::span<const int32_t> rows);
     void select_rows_by_copy(std::span<const int32_t> rows);
-    void compact_rows();
-    // Copies tokens of one layer between page slots (both K and V), through a scratch tensor.
-    void move_tokens(uint32_t layer, std::span<const uint32_t> from, std::span<const uint32_t> to);
+    void compact_rows(std::pair<Tensor, Tensor>& scratch);
+    // Copies tokens of one layer between page slots (both K and V), through scratch tensors of
+    // shape (1, kv_heads, >= from.size(), dim), allocated before the caller changed anything.
+    void move_tokens(uint32_t layer, std::span<const uint32_t> from, std::span<const uint32_t> to,
+                     std::pair<Tensor, Tensor>& scratch);
 };
 
 }  // namespace pagedkv
