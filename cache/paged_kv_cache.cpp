@@ -456,6 +456,9 @@ std::vector<int32_t> PagedKVCache::rows_for_select(std::span<const int32_t> indi
     for (size_t i = 0; i < rows.size(); ++i) {
         // Python semantics: -1 is the last row.
         const int64_t r = rows[i] < 0 ? int64_t(rows[i]) + st.batch : int64_t(rows[i]);
+        if (st.batch == 0)
+            throw invalid(fmt::format("{}: index {} at position {}, but the cache has no rows", op,
+                                      rows[i], i));
         if (r < 0 || r >= int64_t(st.batch))
             throw invalid(
                 fmt::format("{}: index {} at position {} out of range for a batch of {} "
