@@ -10,6 +10,7 @@
 
 #include "cache/cache_state.hpp"
 #include "pagedkv/error.hpp"
+#include "shaders/batch.hpp"
 #include "shaders/page_copy.hpp"
 #include "shaders/row_copy.hpp"
 
@@ -302,14 +303,22 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
                                 alloc.free_blocks(), alloc.num_blocks(),
                                 released ? fmt::format(", and this call would release {}", released)
                                          : std::string()));
-    // What update() returns is allocated before anything changes: running out of device
-    // memory for it leaves the cache as it was.
+    // What update() returns, and the upload space for the scatter's and gather's entries (one
+    // upload per op, two ops at most each), are allocated before anything changes: running out
+    // of memory for them leaves the cache as it was.
+    using detail::Batches;
+    size_t writes = 0;
+    for (uint32_t b = 0; b < B; ++b)
+        writes += keep[b].size() + size_t(std::max<int64_t>(0, new_len[b] - old_len[b]));
+    size_t upload = 2 * Batches::upload_bytes(writes * sizeof(detail::RowEntry));
     if (out) {
         int64_t longest = 0;
         for (uint32_t b = 0; b < B; ++b)  // every row of the layer is written
             longest = std::max(longest, new_len[b] - plan[b].drop);
         *out = empty_kv(B, longest);
+        upload += 2 * Batches::upload_bytes(size_t(B) * size_t(longest) * sizeof(detail::RowEntry));
     }
+    st.ps->device->batches().reserve_upload(upload);
 
     // Nothing below fails on bad input: the change is committed.
     if (fresh_batch) {

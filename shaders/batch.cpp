@@ -117,6 +117,26 @@ VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
     return open_->cmd;
 }
 
+void Batches::reserve_upload(size_t bytes) {
+    begin();
+    if (!open_->chunks.empty() && chunk_used_ + bytes <= open_->chunks.back()->size()) return;
+    std::shared_ptr<Buffer> chunk;
+    auto it = std::find_if(spare_chunks_.begin(), spare_chunks_.end(),
+                           [&](const auto& c) { return c->size() >= bytes; });
+    if (it != spare_chunks_.end()) {
+        chunk = std::move(*it);
+        spare_chunks_.erase(it);
+    } else {
+        chunk = Buffer::create(dev_, std::max(kChunkBytes, bytes), MemoryKind::Upload);
+    }
+    open_->chunks.push_back(std::move(chunk));
+    chunk_used_ = 0;
+}
+
+size_t Batches::upload_bytes(size_t bytes) noexcept {
+    return (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;
+}
+
 VkDeviceAddress Batches::upload(const void* data, size_t bytes) {
     begin();
     const size_t aligned = (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;

@@ -35,6 +35,11 @@ class Batches {
     // Copies host data into upload memory that lives as long as the open batch; returns its
     // device address.
     VkDeviceAddress upload(const void* data, size_t bytes);
+    // Makes sure uploads of `bytes` in all (each counted as upload_bytes()) need no new memory
+    // in the open batch, and that the batch is begun: a call that must not fail once it has
+    // changed its state reserves first.
+    void reserve_upload(size_t bytes);
+    static size_t upload_bytes(size_t bytes) noexcept;
     void keep_alive(std::shared_ptr<const void> p);
 
     // Serial of the batch being recorded; serials grow by one per submit.

@@ -284,3 +284,54 @@ TEST_CASE("crop and insert that move tokens allocate their scratch before changi
     h.ref.crop(5);
     h.check();
 }
+
+TEST_CASE("update is all or nothing whichever of its allocations runs out", "[errors][gpu]") {
+    // Every buffer an update makes (the tensors it returns, the upload space of the entries
+    // the shader path reads) is made before the cache changes. Fail the n-th of a kind in
+    // turn: each failure leaves the cache as it was, until n passes what the update needs.
+    // For upload space the update is made larger than an upload chunk (1 MiB), so that it
+    // needs a new one whatever earlier batches left to reuse.
+    for (const PathMode& mode : kPathModes)
+        for (auto kind : {detail::MemoryKind::Tensor, detail::MemoryKind::Upload}) {
+            if (kind == detail::MemoryKind::Upload && mode.path != BytePath::Shader) continue;
+            const uint32_t seq = kind == detail::MemoryKind::Upload ? 70000 : 3;
+            INFO(mode.name << ", memory kind " << int(kind));
+            Fixture f(40000);
+            use_path(f.g.ctx, mode);
+            auto& dev = f.g.ctx.device();
+            auto kv = f.h.make_kv(2, seq);
+            int64_t failures = 0;
+            bool done = false;
+            for (int64_t after = 0; after < 8 && !done; ++after) {
+                const CacheSnapshot before = CacheSnapshot::of(f.cache);
+                std::string error;
+                {
+                    struct Restore {
+                        detail::Device& d;
+                        detail::MemoryKind k;
+                        ~Restore() { d.fail_allocations(k, -1); }
+                    } restore{dev, kind};
+                    dev.fail_allocations(kind, after);
+                    try {
+                        f.cache.update(kv.tk, kv.tv, 0);
+                        done = true;
+                    } catch (const Error& e) {
+                        error = e.what();
+                    }
+                }
+                if (done) break;
+                ++failures;
+                CHECK_THAT(error, Catch::Contains("out of memory (injected)"));
+                CHECK(CacheSnapshot::of(f.cache) == before);
+            }
+            REQUIRE(done);
+            CHECK(failures > 0);  // the injection reached the update
+            const auto lens = f.h.ref.lengths(0);
+            std::vector<std::vector<int64_t>> pos(2);
+            for (uint32_t b = 0; b < 2; ++b)
+                for (uint32_t t = 0; t < seq; ++t)
+                    pos[b].push_back(lens[b] + t);
+            f.h.ref.update(kv.k, kv.v, 2, seq, 0, pos);
+            f.h.check();
+        }
+}
