@@ -354,3 +354,23 @@ TEST_CASE("restore checks every cache kind's invariants and the pool's size",
     stat.batch_repeat_interleave(3);
     CHECK(r.pool->check() == "");
 }
+
+TEST_CASE("snapshots that crashed the fuzzer are refused by restore", "[snapshot][errors][gpu]") {
+    // tests/fuzz/findings: static caches whose batch_size exceeds their tables (restore took
+    // them, and batch_repeat_interleave then crashed in select_rows_by_copy).
+    ValidatedContext g;
+    size_t files = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(PAGEDKV_FUZZ_FINDINGS)) {
+        if (entry.path().extension() != ".snap") continue;
+        ++files;
+        INFO(entry.path().filename().string());
+        try {
+            RestoredSnapshot r = restore_snapshot(g.ctx, entry.path());
+            FAIL("expected CorruptSnapshot");
+        } catch (const Error& e) {
+            CHECK(e.code() == ErrorCode::CorruptSnapshot);
+            CHECK_THAT(e.what(), Catch::Contains("a static cache of batch_size"));
+        }
+    }
+    CHECK(files >= 3);
+}

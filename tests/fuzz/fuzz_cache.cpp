@@ -20,11 +20,9 @@ constexpr uint32_t kLayers = 2, kHeads = 2, kDim = 4, kQueryHeads = 4;
 
 Context& context() {
     // No validation layer here: under ASan it makes each execution several times slower, and
-    // the test suite already runs every path under it. Never destroyed: destroying it at exit
-    // unloads the driver before LeakSanitizer runs, and the driver's own process-lifetime
-    // allocations then show as leaks from "<unknown module>", which no suppression can name.
-    static Context* ctx = new Context(Context::create());
-    return *ctx;
+    // the test suite already runs every path under it.
+    static Context ctx = Context::create();
+    return ctx;
 }
 
 [[noreturn]] void fail(const char* what, size_t op) {

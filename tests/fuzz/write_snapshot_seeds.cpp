@@ -59,10 +59,7 @@ int main(int argc, char** argv) {
     }
     const std::filesystem::path dir = argv[1];
     std::filesystem::create_directories(dir);
-    // Never destroyed, as in the harnesses: destroying it unloads the driver before
-    // LeakSanitizer runs, which then reports the driver's own allocations as unnamed leaks.
-    static Context* const context = new Context(Context::create());
-    Context& ctx = *context;
+    Context ctx = Context::create();
 
     {  // two rows of 6 tokens, growing
         BlockPool pool(ctx, tiny(DType::F16, 12));
