@@ -119,7 +119,15 @@ VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
 
 void Batches::reserve_upload(size_t bytes) {
     begin();
-    if (!open_->chunks.empty() && chunk_used_ + bytes <= open_->chunks.back()->size()) return;
+    if (open_->chunks.empty() || chunk_used_ + bytes > open_->chunks.back()->size())
+        next_chunk(bytes);
+}
+
+size_t Batches::upload_bytes(size_t bytes) noexcept {
+    return (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;
+}
+
+void Batches::next_chunk(size_t bytes) {
     std::shared_ptr<Buffer> chunk;
     auto it = std::find_if(spare_chunks_.begin(), spare_chunks_.end(),
                            [&](const auto& c) { return c->size() >= bytes; });
@@ -133,26 +141,11 @@ void Batches::reserve_upload(size_t bytes) {
     chunk_used_ = 0;
 }
 
-size_t Batches::upload_bytes(size_t bytes) noexcept {
-    return (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;
-}
-
 VkDeviceAddress Batches::upload(const void* data, size_t bytes) {
     begin();
-    const size_t aligned = (bytes + kUploadAlign - 1) / kUploadAlign * kUploadAlign;
-    if (open_->chunks.empty() || chunk_used_ + aligned > open_->chunks.back()->size()) {
-        std::shared_ptr<Buffer> chunk;
-        auto it = std::find_if(spare_chunks_.begin(), spare_chunks_.end(),
-                               [&](const auto& c) { return c->size() >= aligned; });
-        if (it != spare_chunks_.end()) {
-            chunk = std::move(*it);
-            spare_chunks_.erase(it);
-        } else {
-            chunk = Buffer::create(dev_, std::max(kChunkBytes, aligned), MemoryKind::Upload);
-        }
-        open_->chunks.push_back(std::move(chunk));
-        chunk_used_ = 0;
-    }
+    const size_t aligned = upload_bytes(bytes);
+    if (open_->chunks.empty() || chunk_used_ + aligned > open_->chunks.back()->size())
+        next_chunk(aligned);
     Buffer& chunk = *open_->chunks.back();
     std::memcpy(static_cast<char*>(chunk.mapped()) + chunk_used_, data, bytes);
     const VkDeviceAddress addr = chunk.address() + chunk_used_;

@@ -80,6 +80,8 @@ class Batches {
         std::vector<std::shared_ptr<Buffer>> chunks;
     };
     void begin();
+    // Makes a chunk of at least `bytes` (a spare one, or new) the open batch's current one.
+    void next_chunk(size_t bytes);
     // A full barrier in cmd (host: also to host reads), counted in the device's counters.
     void barrier(VkCommandBuffer cmd, bool host = false) noexcept;
     void retire(Batch& b);

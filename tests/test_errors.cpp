@@ -38,6 +38,20 @@ struct Fixture {
     }
 };
 
+// While alive, making buffers of `kind` fails once `after` more have been made (the device's
+// out-of-memory injection); memory comes back when it goes.
+struct InjectedOutOfMemory {
+    detail::Device& dev;
+    detail::MemoryKind kind;
+    InjectedOutOfMemory(Context& ctx, detail::MemoryKind k, int64_t after)
+        : dev(ctx.device()), kind(k) {
+        dev.fail_allocations(kind, after);
+    }
+    ~InjectedOutOfMemory() { dev.fail_allocations(kind, -1); }
+    InjectedOutOfMemory(const InjectedOutOfMemory&) = delete;
+    InjectedOutOfMemory& operator=(const InjectedOutOfMemory&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("update rejects a key with the wrong number of heads", "[errors][gpu]") {
@@ -200,15 +214,10 @@ TEST_CASE("update allocates what it returns before it changes the cache", "[erro
     // is not appended (a caller that retries must not append it twice).
     Fixture f;
     Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 8});
-    auto& dev = f.g.ctx.device();
     // The update with device memory for tensors running out after `after` more of them.
     auto failing_update = [&](int64_t after) {
         return [&, after] {
-            struct Restore {
-                detail::Device& d;
-                ~Restore() { d.fail_allocations(detail::MemoryKind::Tensor, -1); }
-            } restore{dev};
-            dev.fail_allocations(detail::MemoryKind::Tensor, after);
+            InjectedOutOfMemory oom(f.g.ctx, detail::MemoryKind::Tensor, after);
             f.cache.update(k, v, 0);
         };
     };
@@ -265,14 +274,9 @@ TEST_CASE("crop and insert that move tokens allocate their scratch before changi
     DynamicKVCache other(pool);
     CacheHarness ho(g.ctx, pool, other, 22);
     ho.append(1, 6, 0);
-    auto& dev = g.ctx.device();
     auto failing = [&](auto call) {
         return [&, call] {
-            struct Restore {
-                detail::Device& d;
-                ~Restore() { d.fail_allocations(detail::MemoryKind::Tensor, -1); }
-            } restore{dev};
-            dev.fail_allocations(detail::MemoryKind::Tensor, 0);
+            InjectedOutOfMemory oom(g.ctx, detail::MemoryKind::Tensor, 0);
             call();
         };
     };
@@ -298,7 +302,6 @@ TEST_CASE("update is all or nothing whichever of its allocations runs out", "[er
             INFO(mode.name << ", memory kind " << int(kind));
             Fixture f(40000);
             use_path(f.g.ctx, mode);
-            auto& dev = f.g.ctx.device();
             auto kv = f.h.make_kv(2, seq);
             int64_t failures = 0;
             bool done = false;
@@ -306,12 +309,7 @@ TEST_CASE("update is all or nothing whichever of its allocations runs out", "[er
                 const CacheSnapshot before = CacheSnapshot::of(f.cache);
                 std::string error;
                 {
-                    struct Restore {
-                        detail::Device& d;
-                        detail::MemoryKind k;
-                        ~Restore() { d.fail_allocations(k, -1); }
-                    } restore{dev, kind};
-                    dev.fail_allocations(kind, after);
+                    InjectedOutOfMemory oom(f.g.ctx, kind, after);
                     try {
                         f.cache.update(kv.tk, kv.tv, 0);
                         done = true;
