@@ -59,9 +59,11 @@ class KVCache {
     // Rows in the batch (0 before the first update).
     virtual uint32_t batch_size() const = 0;
 
-    // Row i becomes old row beam_idx[i]. Copies no K/V: rows share pages.
+    // Row i becomes old row beam_idx[i]. Copies no K/V: rows share pages. An index may be
+    // negative, counting from the end as in Python (-1 is the last row).
     virtual void reorder_cache(std::span<const int32_t> beam_idx) = 0;
-    // Keeps those rows, in that order (rows may repeat). Copies no K/V.
+    // Keeps those rows, in that order (rows may repeat; negative indices count from the end).
+    // Copies no K/V.
     virtual void batch_select_indices(std::span<const int32_t> indices) = 0;
     // B -> B * repeats; row r * repeats + j is old row r. Copies no K/V.
     virtual void batch_repeat_interleave(uint32_t repeats) = 0;
