@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "cache/cache_state.hpp"
+#include "cache/update_plan.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/batch.hpp"
 #include "shaders/page_copy.hpp"
@@ -79,58 +80,6 @@ std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, 
     return {uint32_t(key.shape()[0]), uint32_t(key.shape()[2])};
 }
 
-// Positions of the new tokens, per row; throws before anything changes.
-std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uint32_t batch,
-                                                    uint32_t seq,
-                                                    const std::vector<int64_t>& old_len,
-                                                    const char* op) {
-    std::vector<std::vector<int64_t>> pos(batch, std::vector<int64_t>(seq));
-    using K = CachePosition::Kind;
-    switch (cp.kind()) {
-        case K::Append:
-            for (uint32_t b = 0; b < batch; ++b)
-                for (uint32_t s = 0; s < seq; ++s)
-                    pos[b][s] = old_len[b] + s;
-            break;
-        case K::Scalar:
-            // Checked before the positions are formed (scalar + s must not overflow).
-            if (seq > 0 && (cp.scalar() < 0 || cp.scalar() > int64_t(INT32_MAX) - seq))
-                throw invalid(
-                    fmt::format("{}: cache_position {} with seq_len {} is out of range "
-                                "(positions must stay below {})",
-                                op, cp.scalar(), seq, INT32_MAX));
-            for (uint32_t b = 0; b < batch; ++b)
-                for (uint32_t s = 0; s < seq; ++s)
-                    pos[b][s] = cp.scalar() + s;
-            break;
-        case K::Vector:
-            if (cp.vector().size() != seq)
-                throw invalid(fmt::format("{}: cache_position has {} entries, seq_len is {}", op,
-                                          cp.vector().size(), seq));
-            for (uint32_t b = 0; b < batch; ++b)
-                pos[b] = cp.vector();
-            break;
-        case K::Matrix:
-            if (cp.matrix().size() != batch)
-                throw invalid(fmt::format("{}: cache_position has {} rows, batch is {}", op,
-                                          cp.matrix().size(), batch));
-            for (uint32_t b = 0; b < batch; ++b) {
-                if (cp.matrix()[b].size() != seq)
-                    throw invalid(
-                        fmt::format("{}: cache_position row {} has {} entries, seq_len is {}", op,
-                                    b, cp.matrix()[b].size(), seq));
-                pos[b] = cp.matrix()[b];
-            }
-            break;
-    }
-    for (uint32_t b = 0; b < batch; ++b)
-        for (int64_t p : pos[b])
-            if (p < 0 || p >= INT32_MAX)
-                throw invalid(
-                    fmt::format("{}: cache_position {} (row {}) is out of range", op, p, b));
-    return pos;
-}
-
 // Records the scatter (or gather) of one layer's K and V for the same entries: one op for both
 // when their rows are the same size (one dispatch, no barrier between them), else one each.
 void record_kv(detail::Device& dev, detail::PageStorage& pages, const detail::PageLayout& lay,
@@ -196,132 +145,34 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     st.check_layer(layer, op);
     const auto [B, S] = check_kv(st, key, value, op);
     check_capacity(B, {});
-    if (st.batch != 0 && B != st.batch)
-        throw invalid(fmt::format("{}: key has batch {}, cache holds {} rows", op, B, st.batch));
-    const bool fresh_batch = st.batch == 0;
-    const std::vector<int64_t> old_len = fresh_batch ? std::vector<int64_t>(B, 0) : st.len[layer];
-    auto pos = resolve_positions(cp, B, S, old_len, op);
-
-    // Within one update the last write to a position wins (as sequential writes would); drop
-    // the earlier ones so no two shader threads write one slot.
-    std::vector<std::vector<uint32_t>> keep(B);
-    std::vector<int64_t> new_len = old_len;
-    for (uint32_t b = 0; b < B; ++b) {
-        std::unordered_set<int64_t> seen;
-        for (uint32_t s = S; s-- > 0;)
-            if (seen.insert(pos[b][s]).second) keep[b].push_back(s);
-        // Back in input order, so consecutive tokens form runs (one copy region per run).
-        std::reverse(keep[b].begin(), keep[b].end());
-        for (int64_t p : pos[b])
-            new_len[b] = std::max(new_len[b], p + 1);
-    }
-    check_capacity(B, new_len);
-
-    // The plan of each row, in the slot coordinates of its pages before this call. A layer
-    // keeps at most keep_limit() tokens: the oldest `drop` of the row after the write are
-    // never written, and pages no layer reaches afterwards (`lead`) go back to the pool before
-    // new ones are taken, so a sliding window decodes within its own footprint.
-    const uint32_t bs = st.block_size();
-    const int64_t limit = keep_limit();
     BlockAllocator& alloc = st.ps->allocator;
-    struct RowPlan {
-        int64_t start = 0;   // slot of the layer's logical position 0
-        int64_t drop = 0;    // leading positions the layer no longer keeps
-        size_t have = 0;     // pages the row holds now
-        size_t lead = 0;     // leading pages released (may exceed have)
-        uint64_t extra = 0;  // pages added at the end
-    };
-    std::vector<RowPlan> plan(B);
-    std::vector<std::pair<uint32_t, size_t>> cow;         // (row, page) shared pages written
-    std::unordered_map<uint32_t, uint32_t> dropped_refs;  // block -> references released
-    uint64_t needed = 0;
-    for (uint32_t b = 0; b < B; ++b) {
-        RowPlan& p = plan[b];
-        p.have = fresh_batch ? 0 : st.tables[b].size();
-        p.drop = std::max<int64_t>(0, new_len[b] - limit);
-        const int64_t kept = new_len[b] - p.drop;
-        // Where the other layers of the row reach (this layer's old tokens excluded).
-        int64_t first = INT64_MAX, end = 0;
-        for (uint32_t l = 0; l < st.num_layers() && !fresh_batch; ++l)
-            if (l != layer && st.len[l][b] > 0) {
-                first = std::min(first, st.start[l][b]);
-                end = std::max(end, st.start[l][b] + st.len[l][b]);
-            }
-        if (fresh_batch) {
-            p.start = 0;
-        } else if (old_len[b] == 0 && limit != INT64_MAX && end > 0) {
-            // A window starting empty ends where the row's other layers end: layers written
-            // one after the other in a step then cover the same pages.
-            p.start = std::max<int64_t>(0, end - kept) - p.drop;
-        } else {
-            p.start = st.start[layer][b];
-        }
-        const int64_t kept_start = p.start + p.drop;
-        if (kept > 0) {
-            first = std::min(first, kept_start);
-            end = std::max(end, kept_start + kept);
-        }
-        if (first == INT64_MAX) first = 0;
-        p.lead = reserved() ? 0 : size_t(first / bs);
-        const size_t want = size_t(ceil_div(uint64_t(end), bs));
-        p.extra = want > std::max(p.have, p.lead) ? want - std::max(p.have, p.lead) : 0;
-        needed += p.extra;
-        for (size_t i = 0; i < std::min(p.lead, p.have); ++i)
-            ++dropped_refs[index(st.tables[b][i])];
-        if (p.have == 0) continue;
-        std::unordered_set<size_t> shared;
-        auto touch = [&](int64_t position) {
-            const size_t bi = size_t((p.start + position) / bs);
-            if (bi < p.have && alloc.refcount(st.tables[b][bi]) > 1) shared.insert(bi);
-        };
-        for (uint32_t s : keep[b])
-            if (pos[b][s] >= p.drop) touch(pos[b][s]);
-        for (int64_t q = std::max(old_len[b], p.drop); q < new_len[b]; ++q)
-            touch(q);
-        for (size_t bi : shared)
-            cow.emplace_back(b, bi);
-    }
-    // When every reference to a shared page belongs to a row written now, the last of them
-    // keeps the original (its sharers take copies first): r sharers cost r - 1 copies.
-    std::unordered_map<uint32_t, std::vector<size_t>> writers;
-    for (size_t i = 0; i < cow.size(); ++i)
-        writers[index(st.tables[cow[i].first][cow[i].second])].push_back(i);
-    std::vector<uint8_t> in_place(cow.size(), 0);
-    for (const auto& [block, who] : writers)
-        if (who.size() == alloc.refcount(BlockId{block})) in_place[who.back()] = 1;
-    std::vector<std::pair<uint32_t, size_t>> copy_first;
-    for (size_t i = 0; i < cow.size(); ++i)
-        if (!in_place[i]) copy_first.push_back(cow[i]);
-    cow = std::move(copy_first);
-    needed += cow.size();
-    uint64_t released = 0;  // pages the leading releases return to the free list
-    for (const auto& [block, refs] : dropped_refs)
-        released += refs == alloc.refcount(BlockId{block});
-    if (needed > alloc.free_blocks() + released)
-        throw Error(ErrorCode::OutOfBlocks,
-                    fmt::format("{}: out of blocks: need {} pages, {} of {} free{}", op, needed,
-                                alloc.free_blocks(), alloc.num_blocks(),
-                                released ? fmt::format(", and this call would release {}", released)
-                                         : std::string()));
+    const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch,
+                                 st.tables,       st.len,          st.start};
+    detail::UpdatePlan plan =
+        detail::plan_update(rows, alloc, layer, B, S, cp, {keep_limit(), reserved()}, op);
+    check_capacity(B, plan.grown_lengths());
+    plan.check_pages(alloc, op);
     // What update() returns, and the upload space for the scatter's and gather's entries (one
     // upload per op, two ops at most each), are allocated before anything changes: running out
     // of memory for them leaves the cache as it was.
     using detail::Batches;
-    size_t writes = 0;
-    for (uint32_t b = 0; b < B; ++b)
-        writes += keep[b].size() + size_t(std::max<int64_t>(0, new_len[b] - old_len[b]));
-    size_t upload = 2 * Batches::upload_bytes(writes * sizeof(detail::RowEntry));
+    size_t upload = 2 * Batches::upload_bytes(plan.slots_written() * sizeof(detail::RowEntry));
     if (out) {
-        int64_t longest = 0;
-        for (uint32_t b = 0; b < B; ++b)  // every row of the layer is written
-            longest = std::max(longest, new_len[b] - plan[b].drop);
-        *out = empty_kv(B, longest);
-        upload += 2 * Batches::upload_bytes(size_t(B) * size_t(longest) * sizeof(detail::RowEntry));
+        *out = empty_kv(B, plan.longest());
+        upload += 2 * Batches::upload_bytes(size_t(B) * size_t(plan.longest()) *
+                                            sizeof(detail::RowEntry));
     }
     st.ps->device->batches().reserve_upload(upload);
+    apply(plan, key, value);
+    if (out) gather_into(layer, *out);
+}
 
+void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value) {
     // Nothing below fails on bad input: the change is committed.
-    if (fresh_batch) {
+    CacheState& st = *state_;
+    BlockAllocator& alloc = st.ps->allocator;
+    const uint32_t bs = st.block_size(), B = plan.batch, S = plan.seq, layer = plan.layer;
+    if (plan.fresh_batch) {
         st.batch = B;
         for (uint32_t b = 0; b < B; ++b)
             st.tables.emplace_back(alloc);
@@ -330,7 +181,7 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     }
     // Leading pages first, so that the pages they free can be taken again below.
     for (uint32_t b = 0; b < B; ++b) {
-        RowPlan& p = plan[b];
+        detail::UpdatePlan::Row& p = plan.rows[b];
         if (p.lead == 0) continue;
         st.tables[b].release_front(std::min(p.lead, p.have));
         const int64_t shift = int64_t(p.lead) * bs;
@@ -339,11 +190,11 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
         p.start -= shift;
     }
     std::vector<BlockId> fresh;
-    alloc.allocate(needed, fresh);  // cannot fail: checked above
+    alloc.allocate(plan.needed, fresh);  // cannot fail: check_pages
     size_t next = 0;
     std::vector<std::pair<uint32_t, uint32_t>> copies;
-    for (auto [b, bi] : cow) {
-        const size_t at = bi - plan[b].lead;
+    for (auto [b, bi] : plan.copies) {
+        const size_t at = bi - plan.rows[b].lead;
         copies.emplace_back(index(st.tables[b][at]), index(fresh[next]));
         st.tables[b].replace(at, fresh[next++]);  // the old page stays with its other sharers
     }
@@ -352,33 +203,32 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     detail::record_page_copies(dev, pages, copies);
     st.ps->pages_copied += copies.size();
     for (uint32_t b = 0; b < B; ++b) {
-        st.tables[b].adopt_back(std::span(fresh).subspan(next, plan[b].extra));
-        next += plan[b].extra;
+        st.tables[b].adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
+        next += plan.rows[b].extra;
     }
 
     const uint32_t H = st.ps->config.num_kv_heads;
     std::vector<detail::RowEntry> entries;
     for (uint32_t b = 0; b < B; ++b) {
-        const RowPlan& p = plan[b];
+        const detail::UpdatePlan::Row& p = plan.rows[b];
         auto slot_of = [&](int64_t position) {
             const int64_t s = p.start + position;
             return index(st.tables[b][size_t(s / bs)]) * bs + uint32_t(s % bs);
         };
-        const int64_t from = std::max(old_len[b], p.drop);
-        std::vector<uint8_t> written(size_t(std::max<int64_t>(0, new_len[b] - from)), 0);
-        for (uint32_t s : keep[b]) {
-            if (pos[b][s] < p.drop) continue;
-            entries.push_back({b * H * S + s, slot_of(pos[b][s])});
-            if (pos[b][s] >= from) written[size_t(pos[b][s] - from)] = 1;
+        const int64_t from = std::max(p.old_len, p.drop);
+        std::vector<uint8_t> written(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
+        for (uint32_t s : p.keep) {
+            if (p.pos[s] < p.drop) continue;
+            entries.push_back({b * H * S + s, slot_of(p.pos[s])});
+            if (p.pos[s] >= from) written[size_t(p.pos[s] - from)] = 1;
         }
         // Positions skipped over when a write lands past the end read as zeros.
-        for (int64_t q = from; q < new_len[b]; ++q)
+        for (int64_t q = from; q < p.new_len; ++q)
             if (!written[size_t(q - from)]) entries.push_back({detail::kNone, slot_of(q)});
-        st.start[layer][b] = new_len[b] > p.drop ? p.start + p.drop : 0;
-        st.len[layer][b] = new_len[b] - p.drop;
+        st.start[layer][b] = p.new_len > p.drop ? p.start + p.drop : 0;
+        st.len[layer][b] = p.new_len - p.drop;
     }
     record_kv(dev, pages, st.ps->layout, layer, key.buffer(), value.buffer(), entries, H, S, false);
-    if (out) gather_into(layer, *out);
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens) const {

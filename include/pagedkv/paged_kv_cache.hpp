@@ -14,7 +14,8 @@ namespace pagedkv {
 
 namespace detail {
 struct CacheState;
-}
+struct UpdatePlan;
+}  // namespace detail
 
 class PagedKVCache : public KVCache {
   public:
@@ -95,6 +96,8 @@ class PagedKVCache : public KVCache {
     void write_rows(const Tensor& key, const Tensor& value, uint32_t layer,
                     const CachePosition& cache_position, const char* op,
                     std::pair<Tensor, Tensor>* out);
+    // Commits a plan of plan_update (cache/update_plan.hpp): pages, lengths, the scatter.
+    void apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value);
     std::pair<Tensor, Tensor> empty_kv(uint32_t batch, int64_t tokens) const;
     std::pair<Tensor, Tensor> gather(uint32_t layer) const;
     void gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const;
