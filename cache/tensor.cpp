@@ -91,14 +91,23 @@ Tensor Tensor::from_host(Context& ctx, std::span<const float> data, std::vector<
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("from_host: shape [{}] holds {} elements, data has {}",
                                 fmt::join(shape, ", "), n, data.size()));
-    Tensor t = empty(ctx, std::move(shape), dtype);
-    if (dtype == DType::F32) {
-        t.buffer_->write(data.data(), data.size_bytes());
-        return t;
+    Tensor t = empty(ctx, std::move(shape), dtype);  // refuses an unknown dtype
+    std::vector<uint16_t> bits;
+    switch (dtype) {
+        case DType::F32:
+            t.buffer_->write(data.data(), data.size_bytes());
+            return t;
+        case DType::F16:
+            bits.resize(data.size());
+            for (size_t i = 0; i < data.size(); ++i)
+                bits[i] = f32_to_f16(data[i]);
+            break;
+        case DType::BF16:
+            bits.resize(data.size());
+            for (size_t i = 0; i < data.size(); ++i)
+                bits[i] = f32_to_bf16(data[i]);
+            break;
     }
-    std::vector<uint16_t> bits(data.size());
-    for (size_t i = 0; i < data.size(); ++i)
-        bits[i] = dtype == DType::F16 ? f32_to_f16(data[i]) : f32_to_bf16(data[i]);
     t.buffer_->write(bits.data(), bits.size() * sizeof(uint16_t));
     return t;
 }
@@ -113,8 +122,18 @@ std::vector<float> Tensor::to_host() const {
     }
     std::vector<uint16_t> bits(n);
     buffer_->read(bits.data(), n * sizeof(uint16_t));
-    for (size_t i = 0; i < n; ++i)
-        out[i] = dtype_ == DType::F16 ? f16_to_f32(bits[i]) : bf16_to_f32(bits[i]);
+    switch (dtype_) {
+        case DType::F16:
+            for (size_t i = 0; i < n; ++i)
+                out[i] = f16_to_f32(bits[i]);
+            break;
+        case DType::BF16:
+            for (size_t i = 0; i < n; ++i)
+                out[i] = bf16_to_f32(bits[i]);
+            break;
+        case DType::F32:  // read above
+            break;
+    }
     return out;
 }
 

@@ -14,8 +14,18 @@ constexpr bool known_dtype(DType t) noexcept {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16;
 }
 
+// Bytes of one element; 0 for a value that is not an enumerator (every entry point refuses
+// such a dtype with known_dtype() before sizing anything). Each dtype is listed: a new one
+// must say its size here.
 constexpr size_t dtype_size(DType t) noexcept {
-    return t == DType::F32 ? 4 : 2;
+    switch (t) {
+        case DType::F32:
+            return 4;
+        case DType::F16:
+        case DType::BF16:
+            return 2;
+    }
+    return 0;
 }
 const char* to_string(DType t) noexcept;
 
