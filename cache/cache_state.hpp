@@ -10,19 +10,22 @@
 #include <fmt/format.h>
 
 #include "allocator/block_table.hpp"
+#include "cache/cache_policy.hpp"
 #include "cache/pool_state.hpp"
 #include "pagedkv/error.hpp"
 
 namespace pagedkv::detail {
 
 struct CacheState {
-    CacheState(BlockPool& p, const char* n) : owner(p.shared_state()), ps(owner.get()), name(n) {}
+    CacheState(BlockPool& p, const CachePolicy& kind)
+        : owner(p.shared_state()), ps(owner.get()), policy(kind), name(kind.name()) {}
 
     // The pool's state lives as long as a cache refers to it: a cache outliving its BlockPool
     // (a misuse) gets errors from its calls and still returns its pages when destroyed.
     std::shared_ptr<PoolState> owner;
     PoolState* ps;
-    const char* name;
+    CachePolicy policy;  // the cache kind
+    const char* name;    // the kind's class name, for error messages
     uint32_t batch = 0;  // 0 until the first update
     std::vector<BlockTable> tables;
     // A reserved cache's tables not in use as rows (after selecting fewer rows).

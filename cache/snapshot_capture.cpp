@@ -12,9 +12,7 @@
 #include "cache/cache_state.hpp"
 #include "cache/pool_state.hpp"
 #include "pagedkv/error.hpp"
-#include "pagedkv/sliding_window_cache.hpp"
 #include "pagedkv/snapshot.hpp"
-#include "pagedkv/static_cache.hpp"
 #include "shaders/batch.hpp"
 
 namespace pagedkv {
@@ -33,17 +31,22 @@ std::vector<BlockId> blocks_of(const BlockTable& t) {
 
 SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
     SnapshotCache k;
-    if (auto* s = dynamic_cast<const StaticKVCache*>(&cache)) {
-        k.kind = SnapshotCacheKind::Static;
-        k.batch_size = s->max_batch_size();
-        k.max_cache_len = s->max_cache_len();
-    } else if (auto* w = dynamic_cast<const SlidingWindowKVCache*>(&cache)) {
-        k.kind = SnapshotCacheKind::SlidingWindow;
-        k.window = w->window();
-    } else {
-        k.kind = SnapshotCacheKind::Dynamic;
-    }
     const CacheState& st = cache.state();
+    // The snapshot records the cache's policy (the kind and its numbers).
+    switch (st.policy.kind) {
+        case CachePolicy::Kind::Dynamic:
+            k.kind = SnapshotCacheKind::Dynamic;
+            break;
+        case CachePolicy::Kind::Static:
+            k.kind = SnapshotCacheKind::Static;
+            k.batch_size = st.policy.batch_size;
+            k.max_cache_len = st.policy.max_cache_len;
+            break;
+        case CachePolicy::Kind::SlidingWindow:
+            k.kind = SnapshotCacheKind::SlidingWindow;
+            k.window = st.policy.window;
+            break;
+    }
     for (const BlockTable& t : st.tables)
         k.rows.push_back(blocks_of(t));
     for (const BlockTable& t : st.spare)

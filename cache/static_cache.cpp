@@ -10,7 +10,9 @@
 namespace pagedkv {
 
 StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len)
-    : PagedKVCache(pool, "StaticKVCache"), batch_size_(batch_size), max_cache_len_(max_cache_len) {
+    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)),
+      batch_size_(batch_size),
+      max_cache_len_(max_cache_len) {
     if (batch_size == 0 || max_cache_len == 0)
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("StaticKVCache: batch_size ({}) and max_cache_len ({}) must be at "
@@ -44,22 +46,8 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
 
 StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len,
                              NoReservation)
-    : PagedKVCache(pool, "StaticKVCache"), batch_size_(batch_size), max_cache_len_(max_cache_len) {}
-
-void StaticKVCache::check_capacity(uint32_t batch, std::span<const int64_t> new_len) const {
-    // Zero rows would leave the reservation unused and the next update allocating afresh.
-    if (batch == 0)
-        throw Error(ErrorCode::InvalidArgument,
-                    "StaticKVCache: cannot keep zero rows (reset() empties the rows instead)");
-    if (batch > batch_size_)
-        throw Error(ErrorCode::CapacityExceeded,
-                    fmt::format("StaticKVCache: batch of {} rows exceeds batch_size {}", batch,
-                                batch_size_));
-    const auto longest = std::max_element(new_len.begin(), new_len.end());
-    if (longest != new_len.end() && *longest > int64_t(max_cache_len_))
-        throw Error(ErrorCode::CapacityExceeded,
-                    fmt::format("StaticKVCache: a row would hold {} tokens, max_cache_len is {}",
-                                *longest, max_cache_len_));
-}
+    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)),
+      batch_size_(batch_size),
+      max_cache_len_(max_cache_len) {}
 
 }  // namespace pagedkv

@@ -8,7 +8,7 @@ namespace pagedkv {
 
 class DynamicKVCache final : public PagedKVCache {
   public:
-    explicit DynamicKVCache(BlockPool& pool) : PagedKVCache(pool, "DynamicKVCache") {}
+    explicit DynamicKVCache(BlockPool& pool);
 };
 
 }  // namespace pagedkv

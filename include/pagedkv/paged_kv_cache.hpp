@@ -14,6 +14,7 @@ namespace pagedkv {
 
 namespace detail {
 struct CacheState;
+struct CachePolicy;
 struct UpdatePlan;
 }  // namespace detail
 
@@ -67,19 +68,8 @@ class PagedKVCache : public KVCache {
     detail::CacheState& state() const noexcept { return *state_; }
 
   protected:
-    // name: the class name used in error messages.
-    PagedKVCache(BlockPool& pool, const char* name);
-
-    // Policy hooks of the cache kinds. Called before anything changes: throw to refuse a
-    // batch of `batch` rows whose longest row reaches the given lengths (empty: unchanged).
-    virtual void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const;
-    // The most tokens a layer's row keeps (a sliding window's window): a write that makes a
-    // row longer drops its oldest tokens, which are then never written.
-    virtual int64_t keep_limit() const { return INT64_MAX; }
-    // A reserved cache (static) keeps every page it holds for its whole life: rows never share
-    // pages (batch operations copy them instead), crop moves tokens to the front of their
-    // pages instead of dropping leading pages, and reset() keeps the reservation.
-    virtual bool reserved() const { return false; }
+    // policy: the cache kind (cache/cache_policy.hpp), fixed for the cache's life.
+    PagedKVCache(BlockPool& pool, const detail::CachePolicy& policy);
 
     // Drops the first n tokens of one layer's row (no bytes move: the row's start advances).
     void drop_front(uint32_t layer, uint32_t row, int64_t n);

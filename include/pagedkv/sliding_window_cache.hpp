@@ -16,9 +16,6 @@ class SlidingWindowKVCache final : public PagedKVCache {
     SlidingWindowKVCache(BlockPool& pool, uint32_t window);
     uint32_t window() const noexcept { return window_; }
 
-  protected:
-    int64_t keep_limit() const override { return window_; }
-
   private:
     uint32_t window_;
 };

@@ -19,10 +19,6 @@ class StaticKVCache final : public PagedKVCache {
     uint32_t max_batch_size() const noexcept { return batch_size_; }
     uint32_t max_cache_len() const noexcept { return max_cache_len_; }
 
-  protected:
-    void check_capacity(uint32_t batch, std::span<const int64_t> new_len) const override;
-    bool reserved() const override { return true; }
-
   private:
     friend struct detail::SnapshotRestorer;
     struct NoReservation {};
