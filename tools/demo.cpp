@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "pagedkv/pagedkv.hpp"
-#include "tests/reference_attention.hpp"
-#include "tests/reference_cache.hpp"
+#include "reference_attention.hpp"
+#include "reference_cache.hpp"
 
 using namespace pagedkv;
 

@@ -10,7 +10,7 @@
 
 #include "cache/attention.hpp"
 #include "pagedkv/pagedkv.hpp"
-#include "tests/reference_cache.hpp"
+#include "reference_cache.hpp"
 
 using namespace pagedkv;
 
