@@ -190,13 +190,8 @@ class Checker {
                         fmt::format("{} rows + {} spare tables, a static cache of batch_size {} "
                                     "holds exactly {}",
                                     k.rows.size(), k.spare.size(), k.batch_size, k.batch_size));
-        const size_t tables = k.rows.size() + k.spare.size();
-        for (size_t t = 0; t < tables; ++t) {
-            const bool spare = t >= k.rows.size();
-            const auto& blocks = spare ? k.spare[t - k.rows.size()] : k.rows[t];
-            const uint64_t first = o && t < o->tables.size() ? o->tables[t] : 0;
-            const std::string table = fmt::format("{}.{}[{}]", name, spare ? "spare" : "rows",
-                                                  spare ? t - k.rows.size() : t);
+        for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
+            const auto [blocks, table, first] = table_of(c, t);
             if (is_static && blocks.size() != per_row)
                 return fail(first, table,
                             fmt::format("{} pages, a static cache's row of max_cache_len {} "
@@ -266,21 +261,34 @@ class Checker {
         return {};
     }
 
+    // Table t of cache c (its rows, then its spare tables): the blocks, the field's name, and
+    // the byte offset of block 0 (0 without offsets).
+    struct Table {
+        const std::vector<BlockId>& blocks;
+        std::string field;
+        uint64_t first;
+    };
+    Table table_of(size_t c, size_t t) const {
+        const SnapshotCache& k = s_.caches[c];
+        const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
+        const bool spare = t >= k.rows.size();
+        const size_t i = spare ? t - k.rows.size() : t;
+        return {spare ? k.spare[i] : k.rows[i],
+                fmt::format("caches[{}].{}[{}]", c, spare ? "spare" : "rows", i),
+                o && t < o->tables.size() ? o->tables[t] : 0};
+    }
+
     // A static cache's pages are its own: with the references counted right, each of its
     // blocks has refcount 1.
     std::string unshared(size_t c) const {
         const SnapshotCache& k = s_.caches[c];
         if (k.kind != SnapshotCacheKind::Static) return {};
-        const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
         for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
-            const bool spare = t >= k.rows.size();
-            const auto& blocks = spare ? k.spare[t - k.rows.size()] : k.rows[t];
+            const auto [blocks, table, first] = table_of(c, t);
             for (size_t i = 0; i < blocks.size(); ++i) {
                 const uint32_t b = index(blocks[i]);
                 if (s_.allocator.refcounts[b] == 1) continue;
-                return fail((o && t < o->tables.size() ? o->tables[t] : 0) + 4 * i,
-                            fmt::format("caches[{}].{}[{}][{}]", c, spare ? "spare" : "rows",
-                                        spare ? t - k.rows.size() : t, i),
+                return fail(first + 4 * i, fmt::format("{}[{}]", table, i),
                             fmt::format("block {} of a static cache has refcount {}; its pages "
                                         "are never shared",
                                         b, s_.allocator.refcounts[b]));
