@@ -2,6 +2,7 @@
 // how many tokens it holds and where its first token sits in the row's first page.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -45,11 +46,14 @@ struct CacheState {
         return *ps->pool;
     }
     uint32_t block_size() const { return ps->config.block_size; }
-    // The page slot (block * block_size + slot) of token t of a layer's row.
-    uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
-        const int64_t s = start[layer][row] + t;
+    // The page slot (block * block_size + slot) of slot s of a row's pages.
+    uint32_t slot_at(uint32_t row, int64_t s) const {
         return index(tables[row][size_t(s / block_size())]) * block_size() +
                uint32_t(s % block_size());
+    }
+    // The page slot of token t of a layer's row.
+    uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
+        return slot_at(row, start[layer][row] + t);
     }
     uint32_t num_layers() const { return ps->config.num_layers; }
     // Throws InvalidArgument naming op when layer is not one of the pool's.
@@ -74,6 +78,16 @@ struct CacheState {
                     picked.push_back(v[size_t(r)]);
             }
         return out;
+    }
+
+    // Gives back the row's first `lead` pages (those of them it holds) and moves every layer's
+    // start back by as many slots. An empty layer starts at slot 0: a start past the row's
+    // pages would make the next write reach for pages it does not need.
+    void release_leading(uint32_t row, size_t lead) {
+        tables[row].release_front(std::min(lead, tables[row].size()));
+        const int64_t shift = int64_t(lead) * block_size();
+        for (uint32_t l = 0; l < num_layers(); ++l)
+            start[l][row] = len[l][row] > 0 ? start[l][row] - shift : 0;
     }
 
     // Slots the row needs: the furthest any layer reaches.

@@ -141,13 +141,13 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     CacheState& st = *state_;
     st.check_layer(layer, op);
     const auto [B, S] = check_kv(st, key, value, op);
-    state_->policy.check_capacity(B, {});
+    st.policy.check_capacity(B, {});
     BlockAllocator& alloc = st.ps->allocator;
     const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch,
                                  st.tables,       st.len,          st.start};
     detail::UpdatePlan plan = detail::plan_update(
-        rows, alloc, layer, B, S, cp, {state_->policy.keep_limit(), state_->policy.reserved()}, op);
-    state_->policy.check_capacity(B, plan.grown_lengths());
+        rows, alloc, layer, B, S, cp, {st.policy.keep_limit(), st.policy.reserved()}, op);
+    st.policy.check_capacity(B, plan.grown_lengths());
     plan.check_pages(alloc, op);
     // What update() returns, and the upload space for the scatter's and gather's entries (one
     // upload per op, two ops at most each), are allocated before anything changes: running out
@@ -176,15 +176,13 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         st.len.assign(st.num_layers(), std::vector<int64_t>(B, 0));
         st.start.assign(st.num_layers(), std::vector<int64_t>(B, 0));
     }
-    // Leading pages first, so that the pages they free can be taken again below.
+    // Leading pages first, so that the pages they free can be taken again below. (This layer's
+    // start moves too; it is set from the plan below.)
     for (uint32_t b = 0; b < B; ++b) {
         detail::UpdatePlan::Row& p = plan.rows[b];
         if (p.lead == 0) continue;
-        st.tables[b].release_front(std::min(p.lead, p.have));
-        const int64_t shift = int64_t(p.lead) * bs;
-        for (uint32_t l = 0; l < st.num_layers(); ++l)
-            if (l != layer) st.start[l][b] = st.len[l][b] > 0 ? st.start[l][b] - shift : 0;
-        p.start -= shift;
+        st.release_leading(b, p.lead);
+        p.start -= int64_t(p.lead) * bs;
     }
     std::vector<BlockId> fresh;
     alloc.allocate(plan.needed, fresh);  // cannot fail: check_pages
@@ -208,10 +206,7 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     std::vector<detail::RowEntry> entries;
     for (uint32_t b = 0; b < B; ++b) {
         const detail::UpdatePlan::Row& p = plan.rows[b];
-        auto slot_of = [&](int64_t position) {
-            const int64_t s = p.start + position;
-            return index(st.tables[b][size_t(s / bs)]) * bs + uint32_t(s % bs);
-        };
+        auto slot_of = [&](int64_t position) { return st.slot_at(b, p.start + position); };
         const int64_t from = std::max(p.old_len, p.drop);
         std::vector<uint8_t> written(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
         for (uint32_t s : p.keep) {
@@ -322,7 +317,7 @@ std::vector<int32_t> PagedKVCache::rows_for_select(std::span<const int32_t> indi
                             op, rows[i], i, st.batch, st.batch, int64_t(st.batch) - 1));
         rows[i] = int32_t(r);
     }
-    if (st.batch != 0) state_->policy.check_capacity(uint32_t(rows.size()), {});
+    if (st.batch != 0) st.policy.check_capacity(uint32_t(rows.size()), {});
     return rows;
 }
 
@@ -334,7 +329,8 @@ std::vector<int32_t> PagedKVCache::rows_for_reorder(std::span<const int32_t> bea
 }
 
 std::vector<int32_t> PagedKVCache::rows_for_repeat(uint32_t repeats) const {
-    const uint32_t batch = state_->batch;
+    const CacheState& st = *state_;
+    const uint32_t batch = st.batch;
     if (repeats == 0) throw invalid("batch_repeat_interleave: repeats must be at least 1");
     if (uint64_t(batch) * repeats > kMaxRows)
         throw Error(ErrorCode::CapacityExceeded,
@@ -346,14 +342,14 @@ std::vector<int32_t> PagedKVCache::rows_for_repeat(uint32_t repeats) const {
     for (uint32_t r = 0; r < batch; ++r)
         for (uint32_t j = 0; j < repeats; ++j)
             rows.push_back(int32_t(r));
-    if (batch != 0) state_->policy.check_capacity(uint32_t(rows.size()), {});
+    if (batch != 0) st.policy.check_capacity(uint32_t(rows.size()), {});
     return rows;
 }
 
 void PagedKVCache::select_rows(std::span<const int32_t> rows) {
     CacheState& st = *state_;
     if (st.batch == 0) return;  // an empty cache: no index could be valid, none was given
-    if (state_->policy.reserved()) return select_rows_by_copy(rows);
+    if (st.policy.reserved()) return select_rows_by_copy(rows);
     std::vector<BlockTable> tables;  // built aside: running out of host memory changes nothing
     tables.reserve(rows.size());
     for (int32_t r : rows)
@@ -390,7 +386,7 @@ void PagedKVCache::crop(int64_t max_length) {
     // A reserved cache moves the kept tokens: the scratch space for that comes first, so
     // that running out of memory for it changes nothing.
     std::pair<Tensor, Tensor> scratch;
-    if (state_->policy.reserved() && st.batch) {
+    if (st.policy.reserved() && st.batch) {
         int64_t most = 0;
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
             int64_t kept = 0;
@@ -403,7 +399,7 @@ void PagedKVCache::crop(int64_t max_length) {
     for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
         for (uint32_t b = 0; b < st.batch; ++b)
             drop_front(layer, b, st.len[layer][b] - max_length);
-    if (state_->policy.reserved()) return compact_rows(scratch);
+    if (st.policy.reserved()) return compact_rows(scratch);
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
 }
@@ -421,7 +417,7 @@ void PagedKVCache::truncate(int64_t length) {
 void PagedKVCache::reset() {
     CacheState& st = *state_;
     auto l = lock(st);
-    if (state_->policy.reserved()) {  // the reservation stays; the rows become empty
+    if (st.policy.reserved()) {  // the reservation stays; the rows become empty
         for (auto& v : st.len)
             std::fill(v.begin(), v.end(), 0);
         for (auto& v : st.start)
@@ -548,28 +544,28 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
     if (slot > st.batch)
         throw invalid(fmt::format("insert: slot {} out of range, batch is {} (use {} to append)",
                                   slot, st.batch, st.batch));
-    if (state_->policy.reserved() && slot >= st.batch)
+    if (st.policy.reserved() && slot >= st.batch)
         throw Error(
             ErrorCode::CapacityExceeded,
             fmt::format("insert: slot {} is past this cache's batch_size {}", slot, st.batch));
     std::vector<int64_t> lens;
     for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
         lens.push_back(os.len[layer][other_row]);
-    state_->policy.check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
+    st.policy.check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
     // A sliding window keeps its window of the inserted row (the rest goes back to the pool).
     auto keep_window = [&] {
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
-            drop_front(layer, slot, st.len[layer][slot] - state_->policy.keep_limit());
-        if (!state_->policy.reserved()) trim_pages(slot);
+            drop_front(layer, slot, st.len[layer][slot] - st.policy.keep_limit());
+        if (!st.policy.reserved()) trim_pages(slot);
     };
-    if (state_->policy.reserved() || other->state_->policy.reserved()) {
+    if (st.policy.reserved() || other->state_->policy.reserved()) {
         // A reserved cache's pages are never shared: copy the tokens, aligned at slot 0, into
         // this cache's own pages (its reservation, or fresh pages for a growing cache).
         const uint32_t bs = st.block_size();
         const int64_t longest = *std::max_element(lens.begin(), lens.end());
         std::pair<Tensor, Tensor> scratch = empty_kv(1, longest);  // before anything changes
         BlockTable target(st.ps->allocator);
-        if (!state_->policy.reserved()) {
+        if (!st.policy.reserved()) {
             std::vector<BlockId> fresh;
             st.ps->allocator.allocate(ceil_div(uint64_t(longest), bs), fresh);
             target.adopt_back(fresh);
@@ -585,7 +581,7 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
                 st.start[layer].push_back(0);
             }
             ++st.batch;
-        } else if (!state_->policy.reserved()) {
+        } else if (!st.policy.reserved()) {
             st.tables[slot] = std::move(target);
         }
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
@@ -639,19 +635,10 @@ void PagedKVCache::trim_pages(uint32_t row) {
     int64_t first = INT64_MAX;
     for (uint32_t l = 0; l < st.num_layers(); ++l)
         if (st.len[l][row] > 0) first = std::min(first, st.start[l][row]);
-    if (first == INT64_MAX) {  // the row is empty in every layer
-        for (uint32_t l = 0; l < st.num_layers(); ++l)
-            st.start[l][row] = 0;
-        first = 0;
-    }
-    const size_t lead = state_->policy.reserved() ? 0 : std::min(t.size(), size_t(first / bs));
-    if (lead) t.release_front(lead);
-    // An empty layer starts at slot 0 (restore checks it: a start past the row's pages would
-    // make the next write reach for pages it does not need).
-    for (uint32_t l = 0; l < st.num_layers(); ++l)
-        st.start[l][row] = st.len[l][row] > 0 ? st.start[l][row] - int64_t(lead) * bs : 0;
+    if (first == INT64_MAX) first = 0;  // the row is empty in every layer
+    st.release_leading(row, st.policy.reserved() ? 0 : std::min(t.size(), size_t(first / bs)));
     const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));
-    if (!state_->policy.reserved() && t.size() > want) t.release_back(t.size() - want);
+    if (!st.policy.reserved() && t.size() > want) t.release_back(t.size() - want);
 }
 
 }  // namespace pagedkv
