@@ -25,8 +25,7 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
     // The same checks as a snapshot's layout (one function for both): dimensions, dtype, page
     // slots within 32 bits, block and pool bytes within 64 bits, a slab of at least one block.
-    const SnapshotLayout layout{c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
-                                c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+    const SnapshotLayout layout = detail::snapshot_layout(c);
     if (std::string e = check_layout(layout); !e.empty())
         throw Error(ErrorCode::InvalidArgument, "BlockPool: " + e);
     const bool odd_rows =

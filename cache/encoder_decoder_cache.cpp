@@ -52,22 +52,22 @@ void EncoderDecoderCache::both(bool skip_empty, Rows&& rows_of, Apply&& apply) {
     // (if it refuses, nothing has changed) and the checked ones after it.
     struct Part {
         KVCache* cache;
-        PagedKVCache* paged;
+        PagedKVCache* paged;  // null: a cache of the caller's own
         std::optional<detail::CacheLock> lock;
+        bool active = false;  // takes part (skip_empty leaves caches without rows alone)
         std::vector<int32_t> rows;
     };
-    Part parts[2] = {{self_.get(), dynamic_cast<PagedKVCache*>(self_.get()), {}, {}},
-                     {cross_.get(), dynamic_cast<PagedKVCache*>(cross_.get()), {}, {}}};
-    for (Part& p : parts)
-        if (p.paged) p.lock.emplace(*p.paged->state_);
+    Part parts[2] = {{self_.get(), dynamic_cast<PagedKVCache*>(self_.get()), {}, false, {}},
+                     {cross_.get(), dynamic_cast<PagedKVCache*>(cross_.get()), {}, false, {}}};
     for (Part& p : parts) {
-        if (skip_empty && p.cache->batch_size() == 0) continue;  // nothing to reorder
-        if (p.paged) p.rows = rows_of(*p.paged);
+        if (p.paged) p.lock.emplace(*p.paged->state_);
+        p.active = !skip_empty || p.cache->batch_size() != 0;
+        if (p.active && p.paged) p.rows = rows_of(*p.paged);
     }
     for (Part& p : parts)
-        if (!p.paged && !(skip_empty && p.cache->batch_size() == 0)) apply(*p.cache);
+        if (p.active && !p.paged) apply(*p.cache);
     for (Part& p : parts)
-        if (p.paged && !(skip_empty && p.cache->batch_size() == 0)) p.paged->select_rows(p.rows);
+        if (p.active && p.paged) p.paged->select_rows(p.rows);
 }
 
 void EncoderDecoderCache::reorder_cache(std::span<const int32_t> beam_idx) {

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "allocator/block_allocator.hpp"
+#include "allocator/snapshot_data.hpp"
 #include "pagedkv/block_pool.hpp"
 #include "shaders/device.hpp"
 #include "shaders/page_storage.hpp"
@@ -23,5 +24,23 @@ struct PoolState {
     std::shared_ptr<PageStorage> pages;
     uint64_t pages_copied = 0;
 };
+
+// A pool's configuration as the snapshot format (and its checks) state it, and back.
+inline SnapshotLayout snapshot_layout(const PoolConfig& c) {
+    return {c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
+            c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+}
+inline PoolConfig pool_config(const SnapshotLayout& l) {
+    PoolConfig c;
+    c.num_layers = l.num_layers;
+    c.num_kv_heads = l.num_kv_heads;
+    c.head_dim = l.head_dim;
+    c.v_head_dim = l.v_head_dim;
+    c.block_size = l.block_size;
+    c.dtype = l.dtype;
+    c.num_blocks = l.num_blocks;
+    c.max_slab_bytes = l.max_slab_bytes;
+    return c;
+}
 
 }  // namespace pagedkv::detail

@@ -1,15 +1,19 @@
 #include "pagedkv/sliding_window_cache.hpp"
 #include "pagedkv/dynamic_cache.hpp"
 
-#include "cache/cache_policy.hpp"
+#include "cache/cache_state.hpp"
 #include "pagedkv/error.hpp"
 
 namespace pagedkv {
 
 SlidingWindowKVCache::SlidingWindowKVCache(BlockPool& pool, uint32_t window)
-    : PagedKVCache(pool, detail::CachePolicy::sliding(window)), window_(window) {
+    : PagedKVCache(pool, detail::CachePolicy::sliding(window)) {
     if (window == 0)
         throw Error(ErrorCode::InvalidArgument, "SlidingWindowKVCache: window must be at least 1");
+}
+
+uint32_t SlidingWindowKVCache::window() const noexcept {
+    return state_->policy.window;
 }
 
 DynamicKVCache::DynamicKVCache(BlockPool& pool)

@@ -114,8 +114,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
 
     SnapshotData s;
     const PoolConfig& c = ps.config;
-    s.layout = {c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
-                c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+    s.layout = snapshot_layout(c);
     s.allocator = ps.allocator.state();
     s.pages_copied = ps.pages_copied;
     for (const PagedKVCache* cache : caches)

@@ -77,15 +77,7 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
                     fmt::format("restore_snapshot: '{}' holds no page contents (saved without "
                                 "SnapshotOptions::page_contents); it can be dumped, not restored",
                                 path.string()));
-    PoolConfig c;
-    c.num_layers = s.layout.num_layers;
-    c.num_kv_heads = s.layout.num_kv_heads;
-    c.head_dim = s.layout.head_dim;
-    c.v_head_dim = s.layout.v_head_dim;
-    c.block_size = s.layout.block_size;
-    c.dtype = s.layout.dtype;
-    c.num_blocks = s.layout.num_blocks;
-    c.max_slab_bytes = s.layout.max_slab_bytes;
+    const PoolConfig c = detail::pool_config(s.layout);
     // Everything below is new: if a step throws, unwinding destroys the caches, then the pool.
     RestoredSnapshot out;
     out.pool = std::make_unique<BlockPool>(ctx, c);

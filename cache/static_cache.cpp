@@ -10,9 +10,7 @@
 namespace pagedkv {
 
 StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len)
-    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)),
-      batch_size_(batch_size),
-      max_cache_len_(max_cache_len) {
+    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)) {
     if (batch_size == 0 || max_cache_len == 0)
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("StaticKVCache: batch_size ({}) and max_cache_len ({}) must be at "
@@ -46,8 +44,13 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
 
 StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len,
                              NoReservation)
-    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)),
-      batch_size_(batch_size),
-      max_cache_len_(max_cache_len) {}
+    : PagedKVCache(pool, detail::CachePolicy::fixed(batch_size, max_cache_len)) {}
+
+uint32_t StaticKVCache::max_batch_size() const noexcept {
+    return state_->policy.batch_size;
+}
+uint32_t StaticKVCache::max_cache_len() const noexcept {
+    return state_->policy.max_cache_len;
+}
 
 }  // namespace pagedkv

@@ -14,10 +14,7 @@ namespace pagedkv {
 class SlidingWindowKVCache final : public PagedKVCache {
   public:
     SlidingWindowKVCache(BlockPool& pool, uint32_t window);
-    uint32_t window() const noexcept { return window_; }
-
-  private:
-    uint32_t window_;
+    uint32_t window() const noexcept;
 };
 
 }  // namespace pagedkv

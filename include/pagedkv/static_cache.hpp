@@ -16,17 +16,14 @@ class StaticKVCache final : public PagedKVCache {
   public:
     StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len);
 
-    uint32_t max_batch_size() const noexcept { return batch_size_; }
-    uint32_t max_cache_len() const noexcept { return max_cache_len_; }
+    uint32_t max_batch_size() const noexcept;
+    uint32_t max_cache_len() const noexcept;
 
   private:
     friend struct detail::SnapshotRestorer;
     struct NoReservation {};
     // The cache without pages: restore_snapshot gives it the saved tables' references instead.
     StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len, NoReservation);
-
-    uint32_t batch_size_;
-    uint32_t max_cache_len_;
 };
 
 }  // namespace pagedkv
