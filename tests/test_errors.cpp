@@ -333,3 +333,17 @@ TEST_CASE("update is all or nothing whichever of its allocations runs out", "[er
             f.h.check();
         }
 }
+
+TEST_CASE("selections past the row limit or on an empty cache are refused and change nothing",
+          "[errors][gpu]") {
+    Fixture f;
+    const std::vector<int32_t> huge((size_t(1) << 24) + 1, 0);
+    require_rejected(f.cache, ErrorCode::CapacityExceeded,
+                     "batch_select_indices: 16777217 rows, more than the 16777216 a cache holds",
+                     [&] { f.cache.batch_select_indices(huge); });
+    DynamicKVCache empty(f.pool);
+    const int32_t one[] = {0};
+    require_rejected(empty, ErrorCode::InvalidArgument,
+                     "batch_select_indices: index 0 at position 0, but the cache has no rows",
+                     [&] { empty.batch_select_indices(one); });
+}
