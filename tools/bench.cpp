@@ -14,14 +14,15 @@
 #include <vector>
 
 #include "allocator/block_allocator.hpp"
-#include "cache/attention.hpp"
-#include "cache/pool_state.hpp"
+#include "cache/manager/access.hpp"
+#include "cache/manager/attention.hpp"
+#include "cache/manager/pool_state.hpp"
 #include "pagedkv/pagedkv.hpp"
-#include "shaders/batch.hpp"
-#include "shaders/buffer.hpp"
-#include "shaders/device.hpp"
-#include "shaders/gpu_timer.hpp"
-#include "shaders/page_copy.hpp"
+#include "shaders/kernels/page_copy.hpp"
+#include "shaders/vulkan/batch.hpp"
+#include "shaders/vulkan/buffer.hpp"
+#include "shaders/vulkan/device.hpp"
+#include "shaders/vulkan/gpu_timer.hpp"
 
 using namespace pagedkv;
 
@@ -73,12 +74,12 @@ const char* path_name(BytePath p) {
 
 // Runs f once with the shader path and once with copy commands, then restores the choice.
 void for_each_path(Context& ctx, const std::function<void(const std::string&)>& f) {
-    const auto chosen = ctx.device().byte_paths();
+    const auto chosen = detail::Access::device(ctx).byte_paths();
     for (BytePath p : {BytePath::Shader, BytePath::CopyCommands}) {
-        ctx.device().set_byte_paths({p, p, chosen.whole_rows});
+        detail::Access::device(ctx).set_byte_paths({p, p, chosen.whole_rows});
         f(path_name(p));
     }
-    ctx.device().set_byte_paths(chosen);
+    detail::Access::device(ctx).set_byte_paths(chosen);
 }
 
 PoolConfig layout(uint32_t layers, uint64_t blocks) {
@@ -101,7 +102,7 @@ void bench_prefill(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t 
     Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     Tensor v = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     const uint64_t bytes = 2 * k.nbytes();
-    const double copy = time_flat_copy(ctx.device(), timer, bytes, 2);
+    const double copy = time_flat_copy(detail::Access::device(ctx), timer, bytes, 2);
     DynamicKVCache cache(pool);
     cache.write(k, v, 0);
     const std::string shape = fmt::format("prefill {} tokens x 8 heads x 128, f16", tokens);
@@ -135,8 +136,10 @@ void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t r
     const uint64_t token_bytes = 2ull * 8 * 128 * 2;  // K and V of one token, one layer
     const uint64_t sbytes = token_bytes * rows * layers;
     const uint64_t gbytes = token_bytes * rows * context * layers;
-    const double scopy = time_flat_copy(ctx.device(), timer, sbytes, int(2 * layers));
-    const double gcopy = time_flat_copy(ctx.device(), timer, gbytes, int(2 * layers));
+    const double scopy =
+        time_flat_copy(detail::Access::device(ctx), timer, sbytes, int(2 * layers));
+    const double gcopy =
+        time_flat_copy(detail::Access::device(ctx), timer, gbytes, int(2 * layers));
     const std::string shape = fmt::format("{} rows x 1 token x {} layers", rows, layers);
     for_each_path(ctx, [&](const std::string& path) {
         const double scatter = timer.median([&] {
@@ -229,10 +232,10 @@ void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
     std::vector<std::pair<uint32_t, uint32_t>> copies;
     for (uint32_t i = 0; i < pages; ++i)
         copies.emplace_back(i, pages + 4 + i);
-    auto& st = pool.state();
-    const double cow =
-        timer.median([&] { detail::record_page_copies(ctx.device(), *st.pages, copies); });
-    const double flat = time_flat_copy(ctx.device(), timer, block * pages);
+    auto& st = detail::Access::pool(pool);
+    const double cow = timer.median(
+        [&] { detail::record_page_copies(detail::Access::device(ctx), *st.pages, copies); });
+    const double flat = time_flat_copy(detail::Access::device(ctx), timer, block * pages);
     rep.add("page_copy_ratio", "page copy / flat copy", flat / cow,
             fmt::format("{:.2f}x", flat / cow),
             fmt::format("{} pages of {} KiB, one region per page", pages, block / 1024));
@@ -261,7 +264,7 @@ std::vector<Series> sweep_gather(Context& ctx, detail::GpuTimer& timer) {
             const double t = timer.median([&] { (void)cache.get(0); }, 7, 2);
             out[size_t(i++)].points.emplace_back(bytes / 2, bytes / t / 1e9);
         });
-        const double t = time_flat_copy(ctx.device(), timer, 2 * k.nbytes(), 2);
+        const double t = time_flat_copy(detail::Access::device(ctx), timer, 2 * k.nbytes(), 2);
         out[2].points.emplace_back(bytes / 2, bytes / t / 1e9);
     }
     return out;
@@ -472,14 +475,15 @@ int main(int argc, char** argv) {
     try {
         const auto t0 = std::chrono::steady_clock::now();
         Context ctx = Context::create();
-        detail::GpuTimer timer(ctx.device());
+        detail::GpuTimer timer(detail::Access::device(ctx));
         Report rep;
         bench_prefill(ctx, timer, rep, prefill_tokens);
         rep.rows.push_back(
             {"paths chosen (scatter, gather)",
              fmt::format("{}, {}", path_name(ctx.scatter_path()), path_name(ctx.gather_path())),
              fmt::format("shader threads move {}",
-                         ctx.device().byte_paths().whole_rows ? "whole rows" : "single words")});
+                         detail::Access::device(ctx).byte_paths().whole_rows ? "whole rows"
+                                                                             : "single words")});
         bench_decode(ctx, timer, rep, decode_rows, decode_layers, decode_context);
         bench_page_copy(ctx, timer, rep);
         bench_attention(ctx, timer, rep, attention_rows, attention_context);

@@ -9,12 +9,14 @@
 
 #include "pagedkv/context.hpp"
 #include "pagedkv/dtype.hpp"
+#include "pagedkv/export.h"
 
 namespace pagedkv {
 
 namespace detail {
 struct PoolState;
-}
+struct Access;
+}  // namespace detail
 
 struct PoolConfig {
     uint32_t num_layers = 0;
@@ -42,7 +44,7 @@ struct PoolStats {
     uint64_t num_slabs = 0;
 };
 
-class BlockPool {
+class PAGEDKV_API BlockPool {
   public:
     BlockPool(Context& ctx, PoolConfig config);
     ~BlockPool();
@@ -58,10 +60,8 @@ class BlockPool {
     // The first violated invariant in words, or "" when validate() holds.
     std::string check() const;
 
-    detail::PoolState& state() const noexcept { return *state_; }
-    std::shared_ptr<detail::PoolState> shared_state() const noexcept { return state_; }
-
   private:
+    friend struct detail::Access;
     std::shared_ptr<detail::PoolState> state_;
 };
 

@@ -2,6 +2,8 @@
 // runtime). Movable, not copyable; tensors and pools keep the device alive after it is gone.
 #pragma once
 
+#include "pagedkv/export.h"
+
 #include <vulkan/vulkan_core.h>
 
 #include <cstdint>
@@ -13,7 +15,8 @@ namespace pagedkv {
 
 namespace detail {
 class Device;
-}
+struct Access;
+}  // namespace detail
 
 // How K/V bytes move between tensors and pages: a compute shader, or transfer commands
 // (vkCmdCopyBuffer with one region per head and run of page slots). Which is faster depends on
@@ -78,7 +81,7 @@ struct DeviceCounters {
     uint64_t descriptor_updates = 0;
 };
 
-class Context {
+class PAGEDKV_API Context {
   public:
     static Context create(ContextOptions opts = {});
     static Context adopt(const ExternalVulkan& ext);
@@ -138,10 +141,8 @@ class Context {
     BytePath scatter_path() const;
     BytePath gather_path() const;
 
-    detail::Device& device() const { return *device_; }
-    const std::shared_ptr<detail::Device>& device_ptr() const { return device_; }
-
   private:
+    friend struct detail::Access;
     explicit Context(std::shared_ptr<detail::Device> d);
     std::shared_ptr<detail::Device> device_;
 };

@@ -2,6 +2,8 @@
 // Conversion to and from f32 rounds to nearest-even and is done on the host, bit-exactly.
 #pragma once
 
+#include "pagedkv/export.h"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -27,15 +29,15 @@ constexpr size_t dtype_size(DType t) noexcept {
     }
     return 0;
 }
-const char* to_string(DType t) noexcept;
+PAGEDKV_API const char* to_string(DType t) noexcept;
 
 // Round-to-nearest-even conversions used by Tensor::from_host / to_host (and by the tests'
 // reference cache, so both sides round the same way).
-uint16_t f32_to_f16(float f) noexcept;
-float f16_to_f32(uint16_t h) noexcept;
-uint16_t f32_to_bf16(float f) noexcept;
-float bf16_to_f32(uint16_t h) noexcept;
+PAGEDKV_API uint16_t f32_to_f16(float f) noexcept;
+PAGEDKV_API float f16_to_f32(uint16_t h) noexcept;
+PAGEDKV_API uint16_t f32_to_bf16(float f) noexcept;
+PAGEDKV_API float bf16_to_f32(uint16_t h) noexcept;
 // Rounds f through dtype t and back: the value a tensor of dtype t stores for f.
-float round_to(DType t, float f) noexcept;
+PAGEDKV_API float round_to(DType t, float f) noexcept;
 
 }  // namespace pagedkv

@@ -2,11 +2,12 @@
 // wasting at most one partial page per row.
 #pragma once
 
+#include "pagedkv/export.h"
 #include "pagedkv/paged_kv_cache.hpp"
 
 namespace pagedkv {
 
-class DynamicKVCache final : public PagedKVCache {
+class PAGEDKV_API DynamicKVCache final : public PagedKVCache {
   public:
     explicit DynamicKVCache(BlockPool& pool);
 };

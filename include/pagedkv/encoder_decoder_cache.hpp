@@ -7,11 +7,12 @@
 #include <memory>
 
 #include "pagedkv/block_pool.hpp"
+#include "pagedkv/export.h"
 #include "pagedkv/kv_cache.hpp"
 
 namespace pagedkv {
 
-class EncoderDecoderCache {
+class PAGEDKV_API EncoderDecoderCache {
   public:
     // A missing cache is created as a DynamicKVCache over the pool.
     explicit EncoderDecoderCache(BlockPool& pool, std::unique_ptr<KVCache> self = nullptr,

@@ -2,6 +2,8 @@
 // Every throwing call is all-or-nothing: after it throws, the object is exactly as before.
 #pragma once
 
+#include "pagedkv/export.h"
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -19,9 +21,9 @@ enum class ErrorCode {
     OutOfMemory,       // device or host memory is too small for the request (pages: OutOfBlocks)
 };
 
-const char* to_string(ErrorCode code) noexcept;
+PAGEDKV_API const char* to_string(ErrorCode code) noexcept;
 
-class Error : public std::runtime_error {
+class PAGEDKV_API Error : public std::runtime_error {
   public:
     Error(ErrorCode code, const std::string& message, int32_t vk_result = 0)
         : std::runtime_error(message), code_(code), vk_result_(vk_result) {}

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "pagedkv/export.h"
 #include "pagedkv/tensor.hpp"
 
 namespace pagedkv {
@@ -17,7 +18,7 @@ namespace pagedkv {
 // last token), an int64_t (0-D: the first new token's position, the rest follow), a 1-D list
 // (one position per new token, shared by every row) or a 2-D list (batch x seq_len).
 // Writing an existing position overwrites it; writing past the end grows the row.
-class CachePosition {
+class PAGEDKV_API CachePosition {
   public:
     enum class Kind { Append, Scalar, Vector, Matrix };
 
@@ -41,7 +42,7 @@ class CachePosition {
     std::vector<std::vector<int64_t>> matrix_;
 };
 
-class KVCache {
+class PAGEDKV_API KVCache {
   public:
     virtual ~KVCache() = default;
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "pagedkv/block_pool.hpp"
+#include "pagedkv/export.h"
 #include "pagedkv/kv_cache.hpp"
 #include "pagedkv/paged_view.hpp"
 
@@ -14,11 +15,12 @@ namespace pagedkv {
 
 namespace detail {
 struct CacheState;
-struct CachePolicy;
+class CachePolicy;
 struct UpdatePlan;
+struct Access;
 }  // namespace detail
 
-class PagedKVCache : public KVCache {
+class PAGEDKV_API PagedKVCache : public KVCache {
   public:
     ~PagedKVCache() override;
     PagedKVCache(const PagedKVCache&) = delete;
@@ -65,11 +67,10 @@ class PagedKVCache : public KVCache {
     std::vector<uint32_t> block_table(uint32_t row) const;
     // Pages this cache references (shared pages counted once per cache).
     uint64_t pages_held() const;
-    detail::CacheState& state() const noexcept { return *state_; }
 
   protected:
     // policy: the cache kind (cache/cache_policy.hpp), fixed for the cache's life.
-    PagedKVCache(BlockPool& pool, const detail::CachePolicy& policy);
+    PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy);
 
     // Drops the first n tokens of one layer's row (no bytes move: the row's start advances).
     void drop_front(uint32_t layer, uint32_t row, int64_t n);
@@ -80,6 +81,7 @@ class PagedKVCache : public KVCache {
 
   private:
     friend class EncoderDecoderCache;  // checks both of its caches before changing either
+    friend struct detail::Access;
 
     // update() (out set: the layer's K/V are gathered into it) and write(); op names the call
     // in error messages.

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <vulkan/vulkan_core.h>
 
+#include "pagedkv/export.h"
 #include "pagedkv/version.hpp"
 
 #ifdef __cplusplus
@@ -43,13 +44,13 @@ typedef enum pagedkv_status {
 } pagedkv_status;
 
 // The enumerator's name ("PAGEDKV_ERROR_OUT_OF_BLOCKS"); never NULL.
-const char* pagedkv_status_name(pagedkv_status status) PAGEDKV_NOEXCEPT;
+PAGEDKV_API const char* pagedkv_status_name(pagedkv_status status) PAGEDKV_NOEXCEPT;
 // What the calling thread's last failed call got wrong ("" after a success); never NULL.
-const char* pagedkv_last_error_message(void) PAGEDKV_NOEXCEPT;
+PAGEDKV_API const char* pagedkv_last_error_message(void) PAGEDKV_NOEXCEPT;
 // The VkResult behind the calling thread's last PAGEDKV_ERROR_VULKAN, else 0.
-int32_t pagedkv_last_vk_result(void) PAGEDKV_NOEXCEPT;
+PAGEDKV_API int32_t pagedkv_last_vk_result(void) PAGEDKV_NOEXCEPT;
 // PAGEDKV_VERSION of the library linked (the macro is the version of the header compiled).
-const char* pagedkv_version(void) PAGEDKV_NOEXCEPT;
+PAGEDKV_API const char* pagedkv_version(void) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------
 // Handles. Each *_create / *_from_host / update / get hands out a new handle the caller owns and
@@ -75,14 +76,14 @@ typedef enum pagedkv_dtype {
 // device_index: index into vkEnumeratePhysicalDevices, or -1 to pick a discrete GPU, then an
 // integrated one, then a CPU implementation. enable_validation: nonzero turns on the Khronos
 // validation layer and collects its messages (also on with env PAGEDKV_VALIDATION=1).
-pagedkv_status pagedkv_context_create(int32_t device_index, int enable_validation,
-                                      pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
-void pagedkv_context_destroy(pagedkv_context* context) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_create(int32_t device_index, int enable_validation,
+                                                  pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_context_destroy(pagedkv_context* context) PAGEDKV_NOEXCEPT;
 // The device's name, owned by the context.
-pagedkv_status pagedkv_context_device_name(const pagedkv_context* context,
-                                           const char** out_name) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_device_name(const pagedkv_context* context,
+                                                       const char** out_name) PAGEDKV_NOEXCEPT;
 // Submits and waits for all work recorded so far.
-pagedkv_status pagedkv_context_synchronize(pagedkv_context* context) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_synchronize(pagedkv_context* context) PAGEDKV_NOEXCEPT;
 // A host runtime's Vulkan objects, used without being owned (the C++ ExternalVulkan, whose
 // comment lists what the device must have enabled). int16_storage: nonzero when the device was
 // created with storageBuffer16BitAccess and shaderInt16. get_instance_proc_addr: NULL or the
@@ -96,25 +97,25 @@ typedef struct pagedkv_external_vulkan {
     int int16_storage;
     PFN_vkGetInstanceProcAddr get_instance_proc_addr;
 } pagedkv_external_vulkan;
-pagedkv_status pagedkv_context_adopt(const pagedkv_external_vulkan* external,
-                                     pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_adopt(const pagedkv_external_vulkan* external,
+                                                 pagedkv_context** out_context) PAGEDKV_NOEXCEPT;
 
 // Recording into the caller's command buffer (the C++ Context::begin_recording, whose comment
 // gives the barrier contract): between begin and end, the library's commands go into cmd and
 // nothing is submitted. After cmd has finished executing, finish_recording(id) releases what
 // its commands used and makes the tensors they wrote readable.
-pagedkv_status pagedkv_context_begin_recording(pagedkv_context* context,
-                                               VkCommandBuffer cmd) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_context_end_recording(pagedkv_context* context,
-                                             uint64_t* out_id) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_context_finish_recording(pagedkv_context* context,
-                                                uint64_t id) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_begin_recording(pagedkv_context* context,
+                                                           VkCommandBuffer cmd) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_end_recording(pagedkv_context* context,
+                                                         uint64_t* out_id) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_finish_recording(pagedkv_context* context,
+                                                            uint64_t id) PAGEDKV_NOEXCEPT;
 
 // The validation layer's messages so far, oldest first. The array and strings belong to the
 // context and stay valid until the next call of this function on it, or its destruction.
-pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
-                                                   const char* const** out_messages,
-                                                   size_t* out_count) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_context_validation_messages(pagedkv_context* context,
+                                                               const char* const** out_messages,
+                                                               size_t* out_count) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------
 // Pool: device memory for num_blocks pages of every layer's K and V.
@@ -132,7 +133,7 @@ typedef struct pagedkv_pool_config {
 
 // Fills the C++ PoolConfig defaults (block_size 16, F16, everything else 0); set num_layers,
 // num_kv_heads, head_dim and num_blocks afterwards.
-void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
 
 typedef struct pagedkv_pool_stats {
     uint64_t num_blocks;
@@ -146,52 +147,57 @@ typedef struct pagedkv_pool_stats {
     uint64_t num_slabs;
 } pagedkv_pool_stats;
 
-pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
-                                   pagedkv_pool** out_pool) PAGEDKV_NOEXCEPT;
-void pagedkv_pool_destroy(pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
-                                      pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_pool_create(pagedkv_context* context,
+                                               const pagedkv_pool_config* config,
+                                               pagedkv_pool** out_pool) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_pool_destroy(pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
+                                                  pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;
 // *out_valid = 1 when every invariant of the pool holds (free + used = total, reference counts
 // match the caches' block tables), else 0.
-pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool, int* out_valid) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool,
+                                                 int* out_valid) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------
 // Tensors: contiguous row-major device tensors. K/V are (batch, kv_heads, seq_len, head_dim).
 
 // count must equal the product of the rank dimensions in shape.
-pagedkv_status pagedkv_tensor_from_host(pagedkv_context* context, const float* data, size_t count,
-                                        const int64_t* shape, size_t rank, pagedkv_dtype dtype,
-                                        pagedkv_tensor** out_tensor) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_from_host(pagedkv_context* context, const float* data,
+                                                    size_t count, const int64_t* shape, size_t rank,
+                                                    pagedkv_dtype dtype,
+                                                    pagedkv_tensor** out_tensor) PAGEDKV_NOEXCEPT;
 // Converts to f32 into out[0..count); count must equal the tensor's element count. Waits for
 // the work that writes the tensor.
-pagedkv_status pagedkv_tensor_to_host(const pagedkv_tensor* tensor, float* out,
-                                      size_t count) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_to_host(const pagedkv_tensor* tensor, float* out,
+                                                  size_t count) PAGEDKV_NOEXCEPT;
 // The dimensions, owned by the tensor.
-pagedkv_status pagedkv_tensor_shape(const pagedkv_tensor* tensor, const int64_t** out_dims,
-                                    size_t* out_rank) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor,
-                                    size_t* out_count) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
-                                    pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_shape(const pagedkv_tensor* tensor,
+                                                const int64_t** out_dims,
+                                                size_t* out_rank) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor,
+                                                size_t* out_count) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
+                                                pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
 // The tensor's device buffer (its bytes start at offset 0) and device address, for the
 // caller's own shaders.
-pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor, VkBuffer* out_buffer,
-                                        VkDeviceAddress* out_address) PAGEDKV_NOEXCEPT;
-void pagedkv_tensor_destroy(pagedkv_tensor* tensor) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor,
+                                                    VkBuffer* out_buffer,
+                                                    VkDeviceAddress* out_address) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_tensor_destroy(pagedkv_tensor* tensor) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------
 // Caches over a pool (see the C++ DynamicKVCache, StaticKVCache, SlidingWindowKVCache).
 
-pagedkv_status pagedkv_cache_create_dynamic(pagedkv_pool* pool,
-                                            pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_create_dynamic(pagedkv_pool* pool,
+                                                        pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
 // Reserves every page at once: PAGEDKV_ERROR_OUT_OF_BLOCKS when the pool cannot.
-pagedkv_status pagedkv_cache_create_static(pagedkv_pool* pool, uint32_t batch_size,
-                                           uint32_t max_cache_len,
-                                           pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
-pagedkv_status pagedkv_cache_create_sliding_window(pagedkv_pool* pool, uint32_t window,
-                                                   pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_create_static(pagedkv_pool* pool, uint32_t batch_size,
+                                                       uint32_t max_cache_len,
+                                                       pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_create_sliding_window(
+    pagedkv_pool* pool, uint32_t window, pagedkv_cache** out_cache) PAGEDKV_NOEXCEPT;
 // Returns the cache's pages to the pool.
-void pagedkv_cache_destroy(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_cache_destroy(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
 
 // Where update writes the new tokens (the C++ CachePosition).
 typedef enum pagedkv_position_kind {
@@ -211,47 +217,51 @@ typedef struct pagedkv_cache_position {
 
 // Writes key/value of one layer at position (NULL: append) and, for each out-param that is
 // not NULL, hands out the layer's whole K or V, (batch, kv_heads, seq_length, head_dim).
-pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* key,
-                                    const pagedkv_tensor* value, uint32_t layer_idx,
-                                    const pagedkv_cache_position* position,
-                                    pagedkv_tensor** out_key,
-                                    pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_update(pagedkv_cache* cache, const pagedkv_tensor* key,
+                                                const pagedkv_tensor* value, uint32_t layer_idx,
+                                                const pagedkv_cache_position* position,
+                                                pagedkv_tensor** out_key,
+                                                pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
 // The layer's K and V; both set to NULL (and PAGEDKV_OK) when the layer holds no token.
-pagedkv_status pagedkv_cache_get(const pagedkv_cache* cache, uint32_t layer_idx,
-                                 pagedkv_tensor** out_key,
-                                 pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_get(const pagedkv_cache* cache, uint32_t layer_idx,
+                                             pagedkv_tensor** out_key,
+                                             pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
 // Tokens in the layer's longest row.
-pagedkv_status pagedkv_cache_get_seq_length(const pagedkv_cache* cache, uint32_t layer_idx,
-                                            int64_t* out_length) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_get_seq_length(const pagedkv_cache* cache,
+                                                        uint32_t layer_idx,
+                                                        int64_t* out_length) PAGEDKV_NOEXCEPT;
 // Rows in the batch (0 before the first update).
-pagedkv_status pagedkv_cache_batch_size(const pagedkv_cache* cache,
-                                        uint32_t* out_batch) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_batch_size(const pagedkv_cache* cache,
+                                                    uint32_t* out_batch) PAGEDKV_NOEXCEPT;
 // Per-row lengths into out[0..batch); capacity must be at least the batch size.
-pagedkv_status pagedkv_cache_seq_lengths(const pagedkv_cache* cache, uint32_t layer_idx,
-                                         int64_t* out, size_t capacity) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_seq_lengths(const pagedkv_cache* cache, uint32_t layer_idx,
+                                                     int64_t* out,
+                                                     size_t capacity) PAGEDKV_NOEXCEPT;
 // Keeps only the most recent max_length tokens of each row; positions renumber from 0.
-pagedkv_status pagedkv_cache_crop(pagedkv_cache* cache, int64_t max_length) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_crop(pagedkv_cache* cache,
+                                              int64_t max_length) PAGEDKV_NOEXCEPT;
 // Keeps the first length tokens; a negative length removes -length tokens from the end.
-pagedkv_status pagedkv_cache_truncate(pagedkv_cache* cache, int64_t length) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_truncate(pagedkv_cache* cache,
+                                                  int64_t length) PAGEDKV_NOEXCEPT;
 // Row i becomes old row beam_idx[i] (count = batch size). Shares pages, copies nothing.
-pagedkv_status pagedkv_cache_reorder(pagedkv_cache* cache, const int32_t* beam_idx,
-                                     size_t count) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_reorder(pagedkv_cache* cache, const int32_t* beam_idx,
+                                                 size_t count) PAGEDKV_NOEXCEPT;
 // Keeps rows indices[0..count), in that order.
-pagedkv_status pagedkv_cache_batch_select_indices(pagedkv_cache* cache, const int32_t* indices,
-                                                  size_t count) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_batch_select_indices(pagedkv_cache* cache,
+                                                              const int32_t* indices,
+                                                              size_t count) PAGEDKV_NOEXCEPT;
 // B -> B * repeats; row r * repeats + j is old row r.
-pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
-                                                     uint32_t repeats) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
+                                                                 uint32_t repeats) PAGEDKV_NOEXCEPT;
 // Empties the cache and returns its pages to the pool (a static cache keeps its reservation).
-pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) PAGEDKV_NOEXCEPT;
 
 // Decode attention read straight from the pages (the C++ PagedKVCache::cached_attention):
 // query (batch, q_heads, 1, head_dim) in the pool's dtype; hands out (batch, q_heads, 1,
 // v_head_dim). scale <= 0: 1 / sqrt(head_dim).
-pagedkv_status pagedkv_cache_cached_attention(const pagedkv_cache* cache,
-                                              const pagedkv_tensor* query, uint32_t layer_idx,
-                                              float scale,
-                                              pagedkv_tensor** out_attention) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_cached_attention(
+    const pagedkv_cache* cache, const pagedkv_tensor* query, uint32_t layer_idx, float scale,
+    pagedkv_tensor** out_attention) PAGEDKV_NOEXCEPT;
 
 // One layer's pages and CSR block table for the caller's own kernels (the C++ PagedView, whose
 // comment says how to find token t of row r). Every pointer belongs to the view handle and
@@ -277,10 +287,10 @@ typedef struct pagedkv_paged_view_info {
     const uint32_t* host_first_slot;     // batch
     const int64_t* lengths;              // batch
 } pagedkv_paged_view_info;
-pagedkv_status pagedkv_cache_paged_view(const pagedkv_cache* cache, uint32_t layer_idx,
-                                        pagedkv_paged_view** out_view,
-                                        pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
-void pagedkv_paged_view_destroy(pagedkv_paged_view* view) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_cache_paged_view(
+    const pagedkv_cache* cache, uint32_t layer_idx, pagedkv_paged_view** out_view,
+    pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
+PAGEDKV_API void pagedkv_paged_view_destroy(pagedkv_paged_view* view) PAGEDKV_NOEXCEPT;
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -7,11 +7,12 @@
 // still in the window.
 #pragma once
 
+#include "pagedkv/export.h"
 #include "pagedkv/paged_kv_cache.hpp"
 
 namespace pagedkv {
 
-class SlidingWindowKVCache final : public PagedKVCache {
+class PAGEDKV_API SlidingWindowKVCache final : public PagedKVCache {
   public:
     SlidingWindowKVCache(BlockPool& pool, uint32_t window);
     uint32_t window() const noexcept;

@@ -12,6 +12,7 @@
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/context.hpp"
 #include "pagedkv/detailed_stats.hpp"
+#include "pagedkv/export.h"
 #include "pagedkv/paged_kv_cache.hpp"
 
 namespace pagedkv {
@@ -27,10 +28,12 @@ struct SnapshotOptions {
 // caches separately), else the reference counts could not be explained: throws
 // Error(InvalidArgument) naming what is missing, and writes nothing. Other failures to write
 // the file also throw InvalidArgument.
-void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
-                   std::span<const PagedKVCache* const> caches, SnapshotOptions options = {});
-void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
-                   std::initializer_list<const PagedKVCache*> caches, SnapshotOptions options = {});
+PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                               std::span<const PagedKVCache* const> caches,
+                               SnapshotOptions options = {});
+PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                               std::initializer_list<const PagedKVCache*> caches,
+                               SnapshotOptions options = {});
 
 // What restore_snapshot rebuilt. The caches are declared after the pool, so they are
 // destroyed first (a pool must outlive its caches).
@@ -45,13 +48,14 @@ struct RestoredSnapshot {
 // and lengths, so get() returns what it returned when the snapshot was taken. A damaged or
 // inconsistent file throws Error(CorruptSnapshot) before anything is created; a snapshot
 // without page contents, or a file that cannot be read, throws InvalidArgument.
-RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path);
+PAGEDKV_API RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path);
 
 // The computed tier of statistics (largest free run, reference-count histogram, token slots
 // held against tokens stored), walked over the pool and every cache holding its pages (the
 // same requirement as save_snapshot).
-DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches);
-DetailedStats detailed_stats(const BlockPool& pool,
-                             std::initializer_list<const PagedKVCache*> caches);
+PAGEDKV_API DetailedStats detailed_stats(const BlockPool& pool,
+                                         std::span<const PagedKVCache* const> caches);
+PAGEDKV_API DetailedStats detailed_stats(const BlockPool& pool,
+                                         std::initializer_list<const PagedKVCache*> caches);
 
 }  // namespace pagedkv

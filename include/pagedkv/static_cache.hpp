@@ -4,6 +4,7 @@
 // CapacityExceeded. Rows never share pages; reset() keeps the reservation.
 #pragma once
 
+#include "pagedkv/export.h"
 #include "pagedkv/paged_kv_cache.hpp"
 
 namespace pagedkv {
@@ -12,7 +13,7 @@ namespace detail {
 struct SnapshotRestorer;
 }
 
-class StaticKVCache final : public PagedKVCache {
+class PAGEDKV_API StaticKVCache final : public PagedKVCache {
   public:
     StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len);
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "pagedkv/dtype.hpp"
+#include "pagedkv/export.h"
 
 namespace pagedkv {
 
@@ -17,9 +18,10 @@ class Context;
 namespace detail {
 class Device;
 class Buffer;
+struct Access;
 }  // namespace detail
 
-class Tensor {
+class PAGEDKV_API Tensor {
   public:
     Tensor() = default;
     Tensor(const Tensor&) = default;
@@ -36,8 +38,6 @@ class Tensor {
                             DType dtype = DType::F32);
     // An uninitialised device tensor (the library fills it).
     static Tensor empty(Context& ctx, std::vector<int64_t> shape, DType dtype);
-    static Tensor empty(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
-                        DType dtype);
 
     // Converts to f32 on the host; waits for the pending work that writes the tensor.
     std::vector<float> to_host() const;
@@ -55,11 +55,11 @@ class Tensor {
     VkBuffer vk_buffer() const;
     VkDeviceAddress device_address() const;
 
-    detail::Buffer& buffer() const { return *buffer_; }
-    detail::Device& device() const { return *device_; }
-    const std::shared_ptr<detail::Device>& device_ptr() const noexcept { return device_; }
-
   private:
+    friend struct detail::Access;
+    static Tensor empty_on(const std::shared_ptr<detail::Device>& device,
+                           std::vector<int64_t> shape, DType dtype);
+
     std::shared_ptr<detail::Device> device_;  // declared first: outlives the buffer
     std::shared_ptr<detail::Buffer> buffer_;
     std::vector<int64_t> shape_;

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <memory>
 
-#include "cache/attention.hpp"
+#include "cache/manager/attention.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "reference_cache.hpp"
 

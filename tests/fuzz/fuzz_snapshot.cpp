@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "allocator/detailed_stats.hpp"
-#include "allocator/snapshot_check.hpp"
-#include "allocator/snapshot_codec.hpp"
+#include "cache/snapshot/detailed_stats.hpp"
+#include "cache/snapshot/snapshot_check.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/pagedkv.hpp"
 
 using namespace pagedkv;

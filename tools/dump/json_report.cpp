@@ -1,4 +1,4 @@
-#include "tools/dump/json_report.hpp"
+#include "json_report.hpp"
 
 #include <fmt/format.h>
 

@@ -9,12 +9,12 @@
 #include <optional>
 #include <string>
 
-#include "allocator/snapshot_codec.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
+#include "json_report.hpp"
 #include "pagedkv/error.hpp"
-#include "tools/dump/json_report.hpp"
-#include "tools/dump/snapshot_view.hpp"
-#include "tools/dump/svg_picture.hpp"
-#include "tools/dump/text_report.hpp"
+#include "snapshot_view.hpp"
+#include "svg_picture.hpp"
+#include "text_report.hpp"
 
 using namespace pagedkv;
 

@@ -1,9 +1,9 @@
-#include "tools/dump/snapshot_view.hpp"
+#include "snapshot_view.hpp"
 
 #include <fmt/format.h>
 
-#include "allocator/detailed_stats.hpp"
-#include "allocator/snapshot_codec.hpp"
+#include "cache/snapshot/detailed_stats.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/error.hpp"
 
 namespace pagedkv::dump {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "allocator/snapshot_data.hpp"
+#include "cache/snapshot/snapshot_data.hpp"
 #include "pagedkv/detailed_stats.hpp"
 
 namespace pagedkv::dump {

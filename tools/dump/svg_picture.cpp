@@ -1,4 +1,4 @@
-#include "tools/dump/svg_picture.hpp"
+#include "svg_picture.hpp"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,7 @@
 #include <map>
 #include <set>
 
-#include "tools/dump/text_report.hpp"
+#include "text_report.hpp"
 
 namespace pagedkv::dump {
 

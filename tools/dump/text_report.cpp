@@ -1,4 +1,4 @@
-#include "tools/dump/text_report.hpp"
+#include "text_report.hpp"
 
 #include <fmt/format.h>
 

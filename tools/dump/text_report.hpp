@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "tools/dump/snapshot_view.hpp"
+#include "snapshot_view.hpp"
 
 namespace pagedkv::dump {
 

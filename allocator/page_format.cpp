@@ -1,0 +1,77 @@
+#include "allocator/page_format.hpp"
+
+#include <fmt/format.h>
+
+namespace pagedkv {
+
+namespace {
+
+bool mul_overflows(uint64_t a, uint64_t b, uint64_t& out) {
+    if (a != 0 && b > UINT64_MAX / a) return true;
+    out = a * b;
+    return false;
+}
+
+}  // namespace
+
+const char* field_name(ShapeProblem::Field f) noexcept {
+    using F = ShapeProblem::Field;
+    switch (f) {
+        case F::NumLayers:
+            return "num_layers";
+        case F::NumKvHeads:
+            return "num_kv_heads";
+        case F::HeadDim:
+            return "head_dim";
+        case F::VHeadDim:
+            return "v_head_dim";
+        case F::BlockSize:
+            return "block_size";
+        case F::DType:
+            return "dtype";
+        case F::NumBlocks:
+            return "num_blocks";
+        case F::MaxSlabBytes:
+            return "max_slab_bytes";
+    }
+    return "?";
+}
+
+std::optional<ShapeProblem> check_pool_shape(const PoolShape& s) {
+    using F = ShapeProblem::Field;
+    struct Dim {
+        uint64_t value;
+        F field;
+    };
+    for (Dim d : {Dim{s.num_layers, F::NumLayers}, Dim{s.num_kv_heads, F::NumKvHeads},
+                  Dim{s.head_dim, F::HeadDim}, Dim{s.v_head_dim, F::VHeadDim},
+                  Dim{s.block_size, F::BlockSize}, Dim{s.num_blocks, F::NumBlocks}})
+        if (d.value == 0)
+            return ShapeProblem{d.field, fmt::format("{} must be at least 1", field_name(d.field))};
+    if (!known_dtype(s.dtype))
+        return ShapeProblem{F::DType,
+                            fmt::format("unknown dtype {}", static_cast<uint32_t>(s.dtype))};
+    uint64_t slots = 0;
+    if (s.num_blocks > UINT32_MAX || mul_overflows(s.num_blocks, s.block_size, slots) ||
+        slots >= 0xFFFFFFFFull)
+        return ShapeProblem{F::NumBlocks,
+                            fmt::format("num_blocks {} x block_size {} exceeds 2^32 page slots",
+                                        s.num_blocks, s.block_size)};
+    uint64_t bytes = dtype_size(s.dtype);
+    for (uint64_t f : {uint64_t(s.num_layers), uint64_t(s.num_kv_heads), uint64_t(s.block_size),
+                       uint64_t(s.head_dim) + s.v_head_dim})
+        if (mul_overflows(bytes, f, bytes))
+            return ShapeProblem{F::NumLayers, "a block of this layout exceeds 2^64 bytes"};
+    uint64_t total = 0;
+    if (mul_overflows(bytes, s.num_blocks, total))
+        return ShapeProblem{F::NumBlocks,
+                            fmt::format("num_blocks {} x {} bytes per block exceeds 2^64 bytes",
+                                        s.num_blocks, bytes)};
+    if (s.max_slab_bytes != 0 && s.max_slab_bytes < bytes)
+        return ShapeProblem{F::MaxSlabBytes,
+                            fmt::format("max_slab_bytes {} is smaller than one block ({} bytes)",
+                                        s.max_slab_bytes, bytes)};
+    return std::nullopt;
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,74 @@
+// PageFormat: the one description of a page. One block holds, for every layer, a K page and a
+// V page of block_size tokens, each head-major [kv_heads][block_size][head_dim]; one block id
+// therefore serves every layer (vLLM, TensorRT-LLM). Everything that sizes or addresses pages
+// (the pool, the slabs, the kernels' push constants, the snapshot format, the paged view)
+// derives its numbers from here; a new page encoding (quantized pages with scales) changes this
+// struct and a kernel, nothing else.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "pagedkv/dtype.hpp"
+
+namespace pagedkv {
+
+struct PageFormat {
+    uint32_t num_layers = 0;
+    uint32_t num_kv_heads = 0;
+    uint32_t head_dim = 0;
+    uint32_t v_head_dim = 0;
+    uint32_t block_size = 0;
+    DType dtype = DType::F16;
+
+    uint64_t elem_bytes() const noexcept { return dtype_size(dtype); }
+    uint64_t k_row_bytes() const noexcept { return uint64_t(head_dim) * elem_bytes(); }
+    uint64_t v_row_bytes() const noexcept { return uint64_t(v_head_dim) * elem_bytes(); }
+    uint64_t k_page_bytes() const noexcept { return k_row_bytes() * num_kv_heads * block_size; }
+    uint64_t v_page_bytes() const noexcept { return v_row_bytes() * num_kv_heads * block_size; }
+    uint64_t layer_bytes() const noexcept { return k_page_bytes() + v_page_bytes(); }
+    // Bytes of one block: every layer's K page and V page. Call after check_pool_shape (which
+    // refuses a format whose block would not fit 64 bits).
+    uint64_t block_bytes() const noexcept { return layer_bytes() * num_layers; }
+    // Bytes from a block's start to one layer's K (or V) page.
+    uint64_t page_offset(uint32_t layer, bool value) const noexcept {
+        return layer * layer_bytes() + (value ? k_page_bytes() : 0);
+    }
+
+    bool operator==(const PageFormat&) const = default;
+};
+
+// A pool: its page format, how many blocks, and the largest slab its store may make (0: the
+// device's limit).
+struct PoolShape : PageFormat {
+    uint64_t num_blocks = 0;
+    uint64_t max_slab_bytes = 0;
+
+    const PageFormat& format() const noexcept { return *this; }
+    bool operator==(const PoolShape&) const = default;
+};
+
+// What is wrong with a shape, and in which field (the snapshot decoder turns the field into a
+// byte offset; BlockPool reports the text).
+struct ShapeProblem {
+    enum class Field {
+        NumLayers,
+        NumKvHeads,
+        HeadDim,
+        VHeadDim,
+        BlockSize,
+        DType,
+        NumBlocks,
+        MaxSlabBytes
+    };
+    Field field;
+    std::string what;
+};
+const char* field_name(ShapeProblem::Field f) noexcept;
+
+// Every dimension at least 1, a known dtype, page slots (block * block_size + slot) within 32
+// bits with ~0u reserved, block and pool bytes within 64 bits, a slab of at least one block.
+std::optional<ShapeProblem> check_pool_shape(const PoolShape& s);
+
+}  // namespace pagedkv

@@ -1,0 +1,109 @@
+#include "pagedkv/block_pool.hpp"
+
+#include <fmt/format.h>
+
+#include "cache/manager/access.hpp"
+#include "cache/manager/pool_state.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/kernels/row_copy.hpp"
+#include "shaders/store/page_store.hpp"
+#include "shaders/vulkan/batch.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+
+PoolState::PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg)
+    : device(std::move(dev)),
+      config(cfg),
+      format(pool_shape(cfg).format()),
+      allocator(cfg.num_blocks) {
+    pages = DevicePageStore::create(*device, format, cfg.num_blocks, cfg.max_slab_bytes);
+}
+
+}  // namespace detail
+
+namespace {
+
+PoolConfig checked(PoolConfig c, const detail::Device& dev) {
+    if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
+    // The same checks as a snapshot's layout (one function for both): dimensions, dtype, page
+    // slots within 32 bits, block and pool bytes within 64 bits, a slab of at least one block.
+    const PoolShape layout = detail::pool_shape(c);
+    if (const auto problem = check_pool_shape(layout))
+        throw Error(ErrorCode::InvalidArgument, "BlockPool: " + problem->what);
+    const bool odd_rows =
+        c.dtype != DType::F32 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
+    if (odd_rows && !dev.has_16bit_storage())
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess "
+                                "and shaderInt16, which this device lacks or did not enable",
+                                c.head_dim, to_string(c.dtype)));
+    // Refused here, not at the first write: some drivers (lavapipe) hand out address space
+    // for far more memory than exists.
+    const uint64_t total = layout.block_bytes() * c.num_blocks;  // no overflow: checked above
+    const uint64_t heap = dev.device_local_heap_bytes();
+    if (total > heap)
+        throw Error(ErrorCode::OutOfMemory,
+                    fmt::format("BlockPool: {} blocks of {} bytes need {} bytes ({:.1f} GiB), more "
+                                "than the device's memory heap of {} bytes ({:.1f} GiB)",
+                                c.num_blocks, layout.block_bytes(), total,
+                                double(total) / double(1ull << 30), heap,
+                                double(heap) / double(1ull << 30)));
+    return c;
+}
+
+}  // namespace
+
+BlockPool::BlockPool(Context& ctx, PoolConfig config) {
+    // One lock from the check to the end: another thread's begin_recording() in between would
+    // capture the slab table upload and the byte-path timing, which must be submitted here.
+    std::lock_guard lock(detail::Access::device(ctx).mutex());
+    if (detail::Access::device(ctx).batches().recording_external())
+        throw Error(ErrorCode::InvalidArgument,
+                    "BlockPool: cannot be made while recording into the caller's command "
+                    "buffer (it measures the device with its own submits); make pools "
+                    "before Context::begin_recording()");
+    PoolConfig c = checked(config, detail::Access::device(ctx));
+    state_ = std::make_shared<detail::PoolState>(detail::Access::device_ptr(ctx), c);
+    state_->pool = this;
+    detail::resolve_byte_paths(detail::Access::device(ctx));
+}
+
+BlockPool::~BlockPool() {
+    if (!state_) return;
+    state_->device->synchronize_quietly();
+    // Caches still made over this pool keep its state (and pages) until they go.
+    std::lock_guard lock(state_->device->mutex());
+    state_->pool = nullptr;
+}
+
+const PoolConfig& BlockPool::config() const noexcept {
+    return state_->config;
+}
+
+PoolStats BlockPool::stats() const {
+    std::lock_guard lock(state_->device->mutex());
+    const AllocatorCounters& c = state_->allocator.counters();
+    PoolStats s;
+    s.num_blocks = c.num_blocks;
+    s.used_blocks = c.used_blocks;
+    s.free_blocks = c.free_blocks;
+    s.peak_used_blocks = c.peak_used_blocks;
+    s.shared_blocks = c.shared_blocks;
+    s.pages_copied = state_->pages_copied;
+    s.block_bytes = state_->format.block_bytes();
+    s.total_bytes = state_->pages->bytes();
+    s.num_slabs = state_->pages->slabs().size();
+    return s;
+}
+
+std::string BlockPool::check() const {
+    std::lock_guard lock(state_->device->mutex());
+    return state_->allocator.check();
+}
+bool BlockPool::validate() const {
+    return check().empty();
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,646 @@
+#include "pagedkv/paged_kv_cache.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <mutex>
+#include <unordered_set>
+
+#include "cache/manager/cache_state.hpp"
+#include "cache/manager/update_plan.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/kernels/page_copy.hpp"
+#include "shaders/kernels/row_copy.hpp"
+#include "shaders/vulkan/batch.hpp"
+
+namespace pagedkv {
+
+using detail::CacheState;
+
+namespace {
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+detail::CacheLock lock(const CacheState& st) {
+    return detail::CacheLock(st);
+}
+
+uint64_t ceil_div(uint64_t a, uint64_t b) {
+    return (a + b - 1) / b;
+}
+
+// The most rows a cache holds (each is a block table): far beyond any batch, and a bound that
+// turns a mistaken batch_repeat_interleave(50'000'000) into an error instead of gigabytes.
+constexpr uint64_t kMaxRows = uint64_t(1) << 24;
+
+// Runs f, turning std::bad_alloc into Error(OutOfMemory) naming the call.
+template <class F>
+void host_memory_guard(const char* op, F&& f) {
+    try {
+        f();
+    } catch (const std::bad_alloc&) {
+        throw Error(ErrorCode::OutOfMemory, fmt::format("{}: out of host memory", op));
+    }
+}
+
+// Checks key/value against the pool layout and returns (batch, seq_len).
+std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, const Tensor& value,
+                                       const char* op) {
+    const PoolConfig& c = st.ps->config;
+    auto check_one = [&](const Tensor& t, const char* what, uint32_t dim) {
+        if (!t.defined()) throw invalid(fmt::format("{}: {} is undefined", op, what));
+        if (&detail::Access::device(t) != st.ps->device.get())
+            throw invalid(fmt::format("{}: {} lives on another Context than the pool", op, what));
+        if (t.dtype() != c.dtype)
+            throw invalid(fmt::format("{}: {} has dtype {}, pool holds {}", op, what,
+                                      to_string(t.dtype()), to_string(c.dtype)));
+        const auto& s = t.shape();
+        if (s.size() != 4)
+            throw invalid(
+                fmt::format("{}: {} must be (batch, kv_heads, seq_len, head_dim), got shape [{}]",
+                            op, what, fmt::join(s, ", ")));
+        if (s[1] != c.num_kv_heads)
+            throw invalid(fmt::format("{}: {} has {} heads, pool layout has {} kv heads", op, what,
+                                      s[1], c.num_kv_heads));
+        if (s[3] != dim)
+            throw invalid(
+                fmt::format("{}: {} has head_dim {}, pool layout has {}", op, what, s[3], dim));
+        if (s[0] < 1 || s[0] > INT32_MAX || s[2] > INT32_MAX)
+            throw invalid(fmt::format("{}: {} has batch {} and seq_len {}", op, what, s[0], s[2]));
+    };
+    check_one(key, "key", c.head_dim);
+    check_one(value, "value", c.v_head_dim);
+    if (key.shape()[0] != value.shape()[0] || key.shape()[2] != value.shape()[2])
+        throw invalid(fmt::format("{}: key is [{}] but value is [{}]", op,
+                                  fmt::join(key.shape(), ", "), fmt::join(value.shape(), ", ")));
+    return {uint32_t(key.shape()[0]), uint32_t(key.shape()[2])};
+}
+
+// Records the scatter (or gather) of one layer's K and V for the same entries: one op for both
+// when their rows are the same size (one dispatch, no barrier between them), else one each.
+void record_kv(detail::Device& dev, detail::PageSlabs& pages, const PageFormat& lay, uint32_t layer,
+               detail::Buffer& k, detail::Buffer& v, std::span<const detail::RowEntry> entries,
+               uint32_t heads, uint32_t head_stride, bool gather) {
+    detail::RowCopy op{
+        &k, entries, heads, lay.k_row_bytes(), head_stride, lay.page_offset(layer, false), gather};
+    if (lay.k_row_bytes() == lay.v_row_bytes()) {
+        op.tensor2 = &v;
+        op.page_offset2 = lay.page_offset(layer, true);
+        detail::record_row_copy(dev, pages, op);
+        return;
+    }
+    detail::record_row_copy(dev, pages, op);
+    detail::record_row_copy(
+        dev, pages,
+        {&v, entries, heads, lay.v_row_bytes(), head_stride, lay.page_offset(layer, true), gather});
+}
+
+}  // namespace
+
+PagedKVCache::PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy)
+    : state_(std::make_unique<CacheState>(pool, std::move(policy))) {}
+
+PagedKVCache::~PagedKVCache() {
+    if (!state_) return;
+    // Under the device lock: the tables give their pages back, spare ones included (another
+    // thread may be allocating from the same pool).
+    detail::Device::CallLock l(*state_->ps->device);
+    state_->tables.clear();
+    state_->spare.clear();
+}
+
+BlockPool& PagedKVCache::pool() const {
+    return state_->pool();
+}
+uint32_t PagedKVCache::batch_size() const {
+    auto l = lock(*state_);
+    return state_->batch;
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::update(const Tensor& key, const Tensor& value,
+                                               uint32_t layer, const CachePosition& cp) {
+    auto l = lock(*state_);
+    std::pair<Tensor, Tensor> out;
+    host_memory_guard("update", [&] { write_rows(key, value, layer, cp, "update", &out); });
+    return out;
+}
+
+void PagedKVCache::write(const Tensor& key, const Tensor& value, uint32_t layer,
+                         const CachePosition& cp) {
+    auto l = lock(*state_);
+    host_memory_guard("write", [&] { write_rows(key, value, layer, cp, "write", nullptr); });
+}
+
+void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t layer,
+                              const CachePosition& cp, const char* op,
+                              std::pair<Tensor, Tensor>* out) {
+    CacheState& st = *state_;
+    st.check_layer(layer, op);
+    const auto [B, S] = check_kv(st, key, value, op);
+    st.policy->check_capacity(B, {});
+    BlockAllocator& alloc = st.ps->allocator;
+    const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch,
+                                 st.tables,       st.len,          st.start};
+    detail::UpdatePlan plan = detail::plan_update(
+        rows, alloc, layer, B, S, cp, {st.policy->keep_limit(), st.policy->reserved()}, op);
+    st.policy->check_capacity(B, plan.grown_lengths());
+    plan.check_pages(alloc, op);
+    // What update() returns, and the upload space for the scatter's and gather's entries (one
+    // upload per op, two ops at most each), are allocated before anything changes: running out
+    // of memory for them leaves the cache as it was.
+    using detail::Batches;
+    size_t upload = 2 * Batches::upload_bytes(plan.slots_written() * sizeof(detail::RowEntry));
+    if (out) {
+        *out = empty_kv(B, plan.longest());
+        upload += 2 * Batches::upload_bytes(size_t(B) * size_t(plan.longest()) *
+                                            sizeof(detail::RowEntry));
+    }
+    st.ps->device->batches().reserve_upload(upload);
+    apply(plan, key, value);
+    if (out) gather_into(layer, *out);
+}
+
+void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value) {
+    // Nothing below fails on bad input: the change is committed.
+    CacheState& st = *state_;
+    BlockAllocator& alloc = st.ps->allocator;
+    const uint32_t bs = st.block_size(), B = plan.batch, S = plan.seq, layer = plan.layer;
+    if (plan.fresh_batch) {
+        st.batch = B;
+        for (uint32_t b = 0; b < B; ++b)
+            st.tables.emplace_back(alloc);
+        st.len.assign(st.num_layers(), std::vector<int64_t>(B, 0));
+        st.start.assign(st.num_layers(), std::vector<int64_t>(B, 0));
+    }
+    // Leading pages first, so that the pages they free can be taken again below. (This layer's
+    // start moves too; it is set from the plan below.)
+    for (uint32_t b = 0; b < B; ++b) {
+        detail::UpdatePlan::Row& p = plan.rows[b];
+        if (p.lead == 0) continue;
+        st.release_leading(b, p.lead);
+        p.start -= int64_t(p.lead) * bs;
+    }
+    std::vector<BlockId> fresh;
+    alloc.allocate(plan.needed, fresh);  // cannot fail: check_pages
+    size_t next = 0;
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    for (auto [b, bi] : plan.copies) {
+        const size_t at = bi - plan.rows[b].lead;
+        copies.emplace_back(index(st.tables[b][at]), index(fresh[next]));
+        st.tables[b].replace(at, fresh[next++]);  // the old page stays with its other sharers
+    }
+    detail::Device& dev = *st.ps->device;
+    detail::PageSlabs& pages = *st.ps->pages;
+    detail::record_page_copies(dev, pages, copies);
+    st.ps->pages_copied += copies.size();
+    for (uint32_t b = 0; b < B; ++b) {
+        st.tables[b].adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
+        next += plan.rows[b].extra;
+    }
+
+    const uint32_t H = st.ps->config.num_kv_heads;
+    std::vector<detail::RowEntry> entries;
+    for (uint32_t b = 0; b < B; ++b) {
+        const detail::UpdatePlan::Row& p = plan.rows[b];
+        auto slot_of = [&](int64_t position) { return st.slot_at(b, p.start + position); };
+        const int64_t from = std::max(p.old_len, p.drop);
+        std::vector<uint8_t> written(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
+        for (uint32_t s : p.keep) {
+            if (p.pos[s] < p.drop) continue;
+            entries.push_back({b * H * S + s, slot_of(p.pos[s])});
+            if (p.pos[s] >= from) written[size_t(p.pos[s] - from)] = 1;
+        }
+        // Positions skipped over when a write lands past the end read as zeros.
+        for (int64_t q = from; q < p.new_len; ++q)
+            if (!written[size_t(q - from)]) entries.push_back({detail::kNone, slot_of(q)});
+        st.start[layer][b] = p.new_len > p.drop ? p.start + p.drop : 0;
+        st.len[layer][b] = p.new_len - p.drop;
+    }
+    record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
+              detail::Access::buffer(value), entries, H, S, false);
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens) const {
+    const PoolConfig& c = state_->ps->config;
+    const auto& dev = state_->ps->device;
+    return {
+        detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.head_dim}, c.dtype),
+        detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.v_head_dim}, c.dtype)};
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
+    std::pair<Tensor, Tensor> kv = empty_kv(state_->batch, get_seq_length(layer));
+    gather_into(layer, kv);
+    return kv;
+}
+
+void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const {
+    const CacheState& st = *state_;
+    const uint32_t B = st.batch;
+    const int64_t L = kv.first.shape()[2];
+    if (B == 0 || L == 0) return;
+    const uint32_t H = st.ps->config.num_kv_heads;
+    std::vector<detail::RowEntry> entries;
+    entries.reserve(size_t(B) * size_t(L));
+    for (uint32_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < L; ++t) {
+            uint32_t slot = detail::kNone;
+            if (t < st.len[layer][b]) slot = st.slot_of(layer, b, t);
+            entries.push_back({uint32_t(b * H * L + t), slot});
+        }
+    record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer, detail::Access::buffer(kv.first),
+              detail::Access::buffer(kv.second), entries, H, uint32_t(L), true);
+}
+
+std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
+    auto l = lock(*state_);
+    state_->check_layer(layer, "get");
+    if (get_seq_length(layer) == 0) return std::nullopt;
+    return gather(layer);
+}
+
+int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
+    auto l = lock(*state_);
+    state_->check_layer(layer, "get_seq_length");
+    if (state_->batch == 0) return 0;
+    const auto& len = state_->len[layer];
+    return *std::max_element(len.begin(), len.end());
+}
+
+std::vector<int64_t> PagedKVCache::seq_lengths(uint32_t layer) const {
+    auto l = lock(*state_);
+    state_->check_layer(layer, "seq_lengths");
+    if (state_->batch == 0) return {};
+    return state_->len[layer];
+}
+
+std::vector<uint32_t> PagedKVCache::block_table(uint32_t row) const {
+    auto l = lock(*state_);
+    if (row >= state_->batch)
+        throw invalid(
+            fmt::format("block_table: row {} out of range, batch is {}", row, state_->batch));
+    std::vector<uint32_t> out;
+    for (BlockId b : state_->tables[row].blocks())
+        out.push_back(index(b));
+    return out;
+}
+
+uint64_t PagedKVCache::pages_held() const {
+    auto l = lock(*state_);
+    std::unordered_set<uint32_t> s;
+    for (const auto& t : state_->tables)
+        for (BlockId b : t.blocks())
+            s.insert(index(b));
+    return s.size();
+}
+
+std::vector<int32_t> PagedKVCache::rows_for_select(std::span<const int32_t> indices,
+                                                   const char* op) const {
+    const CacheState& st = *state_;
+    if (indices.size() > kMaxRows)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("{}: {} rows, more than the {} a cache holds", op, indices.size(),
+                                kMaxRows));
+    std::vector<int32_t> rows(indices.begin(), indices.end());
+    for (size_t i = 0; i < rows.size(); ++i) {
+        // Python semantics: -1 is the last row.
+        const int64_t r = rows[i] < 0 ? int64_t(rows[i]) + st.batch : int64_t(rows[i]);
+        if (st.batch == 0)
+            throw invalid(fmt::format("{}: index {} at position {}, but the cache has no rows", op,
+                                      rows[i], i));
+        if (r < 0 || r >= int64_t(st.batch))
+            throw invalid(
+                fmt::format("{}: index {} at position {} out of range for a batch of {} "
+                            "(valid: -{} to {})",
+                            op, rows[i], i, st.batch, st.batch, int64_t(st.batch) - 1));
+        rows[i] = int32_t(r);
+    }
+    if (st.batch != 0) st.policy->check_capacity(uint32_t(rows.size()), {});
+    return rows;
+}
+
+std::vector<int32_t> PagedKVCache::rows_for_reorder(std::span<const int32_t> beam_idx) const {
+    if (beam_idx.size() != state_->batch)
+        throw invalid(fmt::format("reorder_cache: {} indices for a batch of {}", beam_idx.size(),
+                                  state_->batch));
+    return rows_for_select(beam_idx, "reorder_cache");
+}
+
+std::vector<int32_t> PagedKVCache::rows_for_repeat(uint32_t repeats) const {
+    const CacheState& st = *state_;
+    const uint32_t batch = st.batch;
+    if (repeats == 0) throw invalid("batch_repeat_interleave: repeats must be at least 1");
+    if (uint64_t(batch) * repeats > kMaxRows)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("batch_repeat_interleave: {} rows x {} repeats = {} rows, more "
+                                "than the {} a cache holds",
+                                batch, repeats, uint64_t(batch) * repeats, kMaxRows));
+    std::vector<int32_t> rows;
+    rows.reserve(size_t(batch) * repeats);
+    for (uint32_t r = 0; r < batch; ++r)
+        for (uint32_t j = 0; j < repeats; ++j)
+            rows.push_back(int32_t(r));
+    if (batch != 0) st.policy->check_capacity(uint32_t(rows.size()), {});
+    return rows;
+}
+
+void PagedKVCache::select_rows(std::span<const int32_t> rows) {
+    CacheState& st = *state_;
+    if (st.batch == 0) return;  // an empty cache: no index could be valid, none was given
+    if (st.policy->reserved()) return select_rows_by_copy(rows);
+    std::vector<BlockTable> tables;  // built aside: running out of host memory changes nothing
+    tables.reserve(rows.size());
+    for (int32_t r : rows)
+        tables.push_back(st.tables[size_t(r)].fork());
+    CacheState::Lengths lengths = st.selected_lengths(rows);
+    st.len = std::move(lengths.len);
+    st.start = std::move(lengths.start);
+    st.tables = std::move(tables);  // the old tables drop their references
+    st.batch = uint32_t(rows.size());
+    if (st.batch == 0) reset();
+}
+
+void PagedKVCache::reorder_cache(std::span<const int32_t> beam_idx) {
+    auto l = lock(*state_);
+    host_memory_guard("reorder_cache", [&] { select_rows(rows_for_reorder(beam_idx)); });
+}
+
+void PagedKVCache::batch_select_indices(std::span<const int32_t> indices) {
+    auto l = lock(*state_);
+    host_memory_guard("batch_select_indices",
+                      [&] { select_rows(rows_for_select(indices, "batch_select_indices")); });
+}
+
+void PagedKVCache::batch_repeat_interleave(uint32_t repeats) {
+    auto l = lock(*state_);
+    host_memory_guard("batch_repeat_interleave", [&] { select_rows(rows_for_repeat(repeats)); });
+}
+
+void PagedKVCache::crop(int64_t max_length) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    if (max_length < 0)
+        throw invalid(fmt::format("crop: max_length must be >= 0, got {}", max_length));
+    // A reserved cache moves the kept tokens: the scratch space for that comes first, so
+    // that running out of memory for it changes nothing.
+    std::pair<Tensor, Tensor> scratch;
+    if (st.policy->reserved() && st.batch) {
+        int64_t most = 0;
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            int64_t kept = 0;
+            for (uint32_t b = 0; b < st.batch; ++b)
+                kept += std::min(st.len[layer][b], max_length);
+            most = std::max(most, kept);
+        }
+        scratch = empty_kv(1, most);
+    }
+    for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
+        for (uint32_t b = 0; b < st.batch; ++b)
+            drop_front(layer, b, st.len[layer][b] - max_length);
+    if (st.policy->reserved()) return compact_rows(scratch);
+    for (uint32_t b = 0; b < st.batch; ++b)
+        trim_pages(b);
+}
+
+void PagedKVCache::truncate(int64_t length) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
+        for (int64_t& n : st.len[layer])
+            n = length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
+    for (uint32_t b = 0; b < st.batch; ++b)
+        trim_pages(b);
+}
+
+void PagedKVCache::reset() {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    if (st.policy->reserved()) {  // the reservation stays; the rows become empty
+        for (auto& v : st.len)
+            std::fill(v.begin(), v.end(), 0);
+        for (auto& v : st.start)
+            std::fill(v.begin(), v.end(), 0);
+        return;
+    }
+    st.tables.clear();
+    st.len.clear();
+    st.start.clear();
+    st.batch = 0;
+}
+
+void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
+    CacheState& st = *state_;
+    // The first row to pick an old row takes its table; a repeat gets a table no row picked
+    // (or a spare) and a copy of the pages. Sources are never overwritten: they are picked.
+    std::vector<uint8_t> picked(st.batch, 0);
+    size_t distinct = 0;
+    for (int32_t r : rows)
+        distinct += picked[size_t(r)] ? 0 : (picked[size_t(r)] = 1);
+    // Rows plus spare tables are the whole reservation (restore checks it), so the tables no
+    // row picks are enough for the repeats; checked anyway before anything moves.
+    if (rows.size() - distinct > st.spare.size() + (st.batch - distinct))
+        throw Error(
+            ErrorCode::CapacityExceeded,
+            fmt::format("{}: {} repeated rows but only {} reserved tables are free", st.name,
+                        rows.size() - distinct, st.spare.size() + (st.batch - distinct)));
+    CacheState::Lengths lengths = st.selected_lengths(rows);
+    std::vector<BlockTable> free_tables, out;
+    free_tables.reserve(st.spare.size() + st.batch);
+    out.reserve(rows.size());
+    std::vector<int32_t> owner(st.batch, -1);  // the new row that took old row r's table
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    const uint32_t bs = st.block_size();
+    size_t pages = 0;
+    for (size_t i = 0; i < rows.size(); ++i)
+        pages += size_t(ceil_div(uint64_t(st.extent(uint32_t(rows[i]))), bs));
+    copies.reserve(pages);
+    // Nothing below allocates host memory.
+    for (auto& t : st.spare)
+        free_tables.push_back(std::move(t));
+    st.spare.clear();
+    for (uint32_t r = 0; r < st.batch; ++r)
+        if (!picked[r]) free_tables.push_back(std::move(st.tables[r]));
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const uint32_t r = uint32_t(rows[i]);
+        if (owner[r] < 0) {
+            owner[r] = int32_t(i);
+            out.push_back(std::move(st.tables[r]));
+            continue;
+        }
+        BlockTable t = std::move(free_tables.back());
+        free_tables.pop_back();
+        const BlockTable& src = out[size_t(owner[r])];
+        const size_t n = size_t(ceil_div(uint64_t(st.extent(r)), bs));
+        for (size_t b = 0; b < n; ++b)
+            copies.emplace_back(index(src[b]), index(t[b]));
+        out.push_back(std::move(t));
+    }
+    detail::record_page_copies(*st.ps->device, *st.ps->pages, copies);
+    st.ps->pages_copied += copies.size();
+    st.len = std::move(lengths.len);
+    st.start = std::move(lengths.start);
+    st.tables = std::move(out);
+    st.spare = std::move(free_tables);
+    st.batch = uint32_t(rows.size());
+}
+
+// Moves every row's tokens so they start at slot 0 of its first page (a gather into a scratch
+// tensor, then a scatter back): a reserved cache's capacity stays max_cache_len after crop.
+void PagedKVCache::compact_rows(std::pair<Tensor, Tensor>& scratch) {
+    CacheState& st = *state_;
+    for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+        std::vector<uint32_t> from, to;
+        for (uint32_t b = 0; b < st.batch; ++b) {
+            if (st.start[layer][b] == 0) continue;
+            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+                from.push_back(st.slot_of(layer, b, t));
+            st.start[layer][b] = 0;
+            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+                to.push_back(st.slot_of(layer, b, t));
+        }
+        move_tokens(layer, from, to, scratch);
+    }
+}
+
+void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
+                               std::span<const uint32_t> to, std::pair<Tensor, Tensor>& scratch) {
+    if (from.empty()) return;
+    CacheState& st = *state_;
+    const PoolConfig& c = st.ps->config;
+    const PageFormat& lay = st.ps->format;
+    const uint32_t n = uint32_t(from.size());
+    const auto stride = uint32_t(scratch.first.shape()[2]);  // at least n
+    std::vector<detail::RowEntry> in, out;
+    for (uint32_t i = 0; i < n; ++i) {
+        in.push_back({i, from[i]});
+        out.push_back({i, to[i]});
+    }
+    detail::Device& dev = *st.ps->device;
+    for (bool value : {false, true}) {
+        const uint64_t row_bytes = value ? lay.v_row_bytes() : lay.k_row_bytes();
+        detail::Buffer& buf =
+            value ? detail::Access::buffer(scratch.second) : detail::Access::buffer(scratch.first);
+        detail::record_row_copy(
+            dev, *st.ps->pages,
+            {&buf, in, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), true});
+        detail::record_row_copy(
+            dev, *st.ps->pages,
+            {&buf, out, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), false});
+    }
+}
+
+void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_t slot) {
+    CacheState& st = *state_;
+    auto l = lock(st);
+    const auto* other = dynamic_cast<const PagedKVCache*>(&other_base);
+    if (!other || other->state_->ps != st.ps)
+        throw invalid("insert: the other cache must be a paged cache over the same pool");
+    if (other == this) throw invalid("insert: a cache cannot insert its own row");
+    const CacheState& os = *other->state_;
+    if (other_row >= os.batch)
+        throw invalid(fmt::format("insert: other_row {} out of range, the other cache has {} rows",
+                                  other_row, os.batch));
+    if (slot > st.batch)
+        throw invalid(fmt::format("insert: slot {} out of range, batch is {} (use {} to append)",
+                                  slot, st.batch, st.batch));
+    if (st.policy->reserved() && slot >= st.batch)
+        throw Error(
+            ErrorCode::CapacityExceeded,
+            fmt::format("insert: slot {} is past this cache's batch_size {}", slot, st.batch));
+    std::vector<int64_t> lens;
+    for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
+        lens.push_back(os.len[layer][other_row]);
+    st.policy->check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
+    // A sliding window keeps its window of the inserted row (the rest goes back to the pool).
+    auto keep_window = [&] {
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
+            drop_front(layer, slot, st.len[layer][slot] - st.policy->keep_limit());
+        if (!st.policy->reserved()) trim_pages(slot);
+    };
+    if (st.policy->reserved() || other->state_->policy->reserved()) {
+        // A reserved cache's pages are never shared: copy the tokens, aligned at slot 0, into
+        // this cache's own pages (its reservation, or fresh pages for a growing cache).
+        const uint32_t bs = st.block_size();
+        const int64_t longest = *std::max_element(lens.begin(), lens.end());
+        std::pair<Tensor, Tensor> scratch = empty_kv(1, longest);  // before anything changes
+        BlockTable target(st.ps->allocator);
+        if (!st.policy->reserved()) {
+            std::vector<BlockId> fresh;
+            st.ps->allocator.allocate(ceil_div(uint64_t(longest), bs), fresh);
+            target.adopt_back(fresh);
+        }
+        if (st.batch == 0) {
+            st.len.assign(st.num_layers(), {});
+            st.start.assign(st.num_layers(), {});
+        }
+        if (slot == st.batch) {
+            st.tables.push_back(std::move(target));
+            for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+                st.len[layer].push_back(0);
+                st.start[layer].push_back(0);
+            }
+            ++st.batch;
+        } else if (!st.policy->reserved()) {
+            st.tables[slot] = std::move(target);
+        }
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.start[layer][slot] = 0;
+            st.len[layer][slot] = lens[layer];
+            std::vector<uint32_t> from, to;
+            for (int64_t t = 0; t < lens[layer]; ++t) {
+                from.push_back(os.slot_of(layer, other_row, t));
+                to.push_back(st.slot_of(layer, slot, t));
+            }
+            move_tokens(layer, from, to, scratch);
+        }
+        keep_window();
+        return;
+    }
+    BlockTable shared = os.tables[other_row].fork();
+    if (st.batch == 0) {
+        st.len.assign(st.num_layers(), {});
+        st.start.assign(st.num_layers(), {});
+    }
+    if (slot == st.batch) {
+        st.tables.push_back(std::move(shared));
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.len[layer].push_back(os.len[layer][other_row]);
+            st.start[layer].push_back(os.start[layer][other_row]);
+        }
+        ++st.batch;
+    } else {
+        st.tables[slot] = std::move(shared);
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            st.len[layer][slot] = os.len[layer][other_row];
+            st.start[layer][slot] = os.start[layer][other_row];
+        }
+    }
+    keep_window();
+}
+
+void PagedKVCache::drop_front(uint32_t layer, uint32_t row, int64_t n) {
+    CacheState& st = *state_;
+    if (n <= 0) return;
+    n = std::min(n, st.len[layer][row]);
+    st.start[layer][row] += n;
+    st.len[layer][row] -= n;
+}
+
+void PagedKVCache::trim_pages(uint32_t row) {
+    CacheState& st = *state_;
+    const uint32_t bs = st.block_size();
+    BlockTable& t = st.tables[row];
+    // Leading pages no layer reaches any more go back to the pool.
+    int64_t first = INT64_MAX;
+    for (uint32_t l = 0; l < st.num_layers(); ++l)
+        if (st.len[l][row] > 0) first = std::min(first, st.start[l][row]);
+    if (first == INT64_MAX) first = 0;  // the row is empty in every layer
+    st.release_leading(row, st.policy->reserved() ? 0 : std::min(t.size(), size_t(first / bs)));
+    const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));
+    if (!st.policy->reserved() && t.size() > want) t.release_back(t.size() - want);
+}
+
+}  // namespace pagedkv

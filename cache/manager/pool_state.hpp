@@ -1,0 +1,47 @@
+// PoolState: what a BlockPool is made of: the allocator's decisions (allocator/) and the
+// device pages they index (shaders/). Caches in this folder reach both through it.
+#pragma once
+
+#include <memory>
+
+#include "allocator/block_allocator.hpp"
+#include "allocator/page_format.hpp"
+#include "pagedkv/block_pool.hpp"
+#include "shaders/kernels/page_slabs.hpp"
+#include "shaders/vulkan/device.hpp"
+
+namespace pagedkv::detail {
+
+struct PoolState {
+    PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg);
+
+    std::shared_ptr<Device> device;
+    // The BlockPool made of this state; null once it is destroyed (caches may outlive it).
+    BlockPool* pool = nullptr;
+    PoolConfig config;
+    PageFormat format;  // of cfg
+    BlockAllocator allocator;
+    std::shared_ptr<PageSlabs> pages;
+    uint64_t pages_copied = 0;
+};
+
+// The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and
+// snapshots use), and back.
+inline PoolShape pool_shape(const PoolConfig& c) {
+    return {c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
+            c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+}
+inline PoolConfig pool_config(const PoolShape& l) {
+    PoolConfig c;
+    c.num_layers = l.num_layers;
+    c.num_kv_heads = l.num_kv_heads;
+    c.head_dim = l.head_dim;
+    c.v_head_dim = l.v_head_dim;
+    c.block_size = l.block_size;
+    c.dtype = l.dtype;
+    c.num_blocks = l.num_blocks;
+    c.max_slab_bytes = l.max_slab_bytes;
+    return c;
+}
+
+}  // namespace pagedkv::detail

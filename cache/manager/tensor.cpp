@@ -1,0 +1,141 @@
+#include "pagedkv/tensor.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "cache/manager/access.hpp"
+#include "pagedkv/context.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/vulkan/buffer.hpp"
+#include "shaders/vulkan/device.hpp"
+
+namespace pagedkv {
+
+namespace {
+
+int64_t checked_numel(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        if (d < 0)
+            throw Error(
+                ErrorCode::InvalidArgument,
+                fmt::format("tensor shape [{}] has a negative dimension", fmt::join(shape, ", ")));
+        // 2^48 elements is far beyond any device and keeps bytes (x4) inside 64 bits.
+        constexpr int64_t kMaxElements = int64_t(1) << 48;
+        if (d != 0 && n > kMaxElements / d)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("tensor shape [{}] has more than 2^48 elements",
+                                    fmt::join(shape, ", ")));
+        n *= d;
+    }
+    return n;
+}
+
+}  // namespace
+
+Tensor& Tensor::operator=(const Tensor& other) {
+    if (this != &other) *this = Tensor(other);
+    return *this;
+}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+    if (this == &other) return *this;
+    buffer_.reset();
+    buffer_ = std::move(other.buffer_);
+    device_ = std::move(other.device_);
+    shape_ = std::move(other.shape_);
+    dtype_ = other.dtype_;
+    return *this;
+}
+
+VkBuffer Tensor::vk_buffer() const {
+    if (!buffer_) throw Error(ErrorCode::InvalidArgument, "vk_buffer: the tensor is undefined");
+    return buffer_->handle();
+}
+
+VkDeviceAddress Tensor::device_address() const {
+    if (!buffer_)
+        throw Error(ErrorCode::InvalidArgument, "device_address: the tensor is undefined");
+    return buffer_->address();
+}
+
+int64_t Tensor::numel() const noexcept {
+    int64_t n = 1;
+    for (int64_t d : shape_)
+        n *= d;
+    return n;
+}
+
+Tensor Tensor::empty(Context& ctx, std::vector<int64_t> shape, DType dtype) {
+    return empty_on(detail::Access::device_ptr(ctx), std::move(shape), dtype);
+}
+
+Tensor Tensor::empty_on(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
+                        DType dtype) {
+    if (!known_dtype(dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("Tensor: unknown dtype {}", static_cast<uint32_t>(dtype)));
+    Tensor t;
+    const int64_t n = checked_numel(shape);
+    t.device_ = device;
+    t.shape_ = std::move(shape);
+    t.dtype_ = dtype;
+    t.buffer_ = detail::Buffer::create(*t.device_, uint64_t(n) * dtype_size(dtype),
+                                       detail::MemoryKind::Tensor);
+    return t;
+}
+
+Tensor Tensor::from_host(Context& ctx, std::span<const float> data, std::vector<int64_t> shape,
+                         DType dtype) {
+    const int64_t n = checked_numel(shape);
+    if (uint64_t(n) != data.size())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("from_host: shape [{}] holds {} elements, data has {}",
+                                fmt::join(shape, ", "), n, data.size()));
+    Tensor t = empty(ctx, std::move(shape), dtype);  // refuses an unknown dtype
+    std::vector<uint16_t> bits;
+    switch (dtype) {
+        case DType::F32:
+            t.buffer_->write(data.data(), data.size_bytes());
+            return t;
+        case DType::F16:
+            bits.resize(data.size());
+            for (size_t i = 0; i < data.size(); ++i)
+                bits[i] = f32_to_f16(data[i]);
+            break;
+        case DType::BF16:
+            bits.resize(data.size());
+            for (size_t i = 0; i < data.size(); ++i)
+                bits[i] = f32_to_bf16(data[i]);
+            break;
+    }
+    t.buffer_->write(bits.data(), bits.size() * sizeof(uint16_t));
+    return t;
+}
+
+std::vector<float> Tensor::to_host() const {
+    if (!buffer_) throw Error(ErrorCode::InvalidArgument, "to_host: tensor is undefined");
+    const size_t n = size_t(numel());
+    std::vector<float> out(n);
+    if (dtype_ == DType::F32) {
+        buffer_->read(out.data(), n * sizeof(float));
+        return out;
+    }
+    std::vector<uint16_t> bits(n);
+    buffer_->read(bits.data(), n * sizeof(uint16_t));
+    switch (dtype_) {
+        case DType::F16:
+            for (size_t i = 0; i < n; ++i)
+                out[i] = f16_to_f32(bits[i]);
+            break;
+        case DType::BF16:
+            for (size_t i = 0; i < n; ++i)
+                out[i] = bf16_to_f32(bits[i]);
+            break;
+        case DType::F32:  // read above
+            break;
+    }
+    return out;
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,154 @@
+#include "cache/snapshot/snapshot_capture.hpp"
+
+#include <fmt/format.h>
+
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "cache/manager/cache_state.hpp"
+#include "cache/manager/pool_state.hpp"
+#include "cache/snapshot/detailed_stats.hpp"
+#include "cache/snapshot/snapshot_check.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
+#include "pagedkv/error.hpp"
+#include "pagedkv/snapshot.hpp"
+#include "shaders/vulkan/batch.hpp"
+
+namespace pagedkv {
+
+namespace detail {
+
+namespace {
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+std::vector<BlockId> blocks_of(const BlockTable& t) {
+    return t.blocks();
+}
+
+SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
+    SnapshotCache k;
+    const CacheState& st = Access::cache(cache);
+    // The snapshot records the cache's policy (the kind and its numbers).
+    const CachePolicy::Record kind = st.policy->record();
+    switch (kind.kind) {
+        case CacheKind::Dynamic:
+            k.kind = SnapshotCacheKind::Dynamic;
+            break;
+        case CacheKind::Static:
+            k.kind = SnapshotCacheKind::Static;
+            break;
+        case CacheKind::SlidingWindow:
+            k.kind = SnapshotCacheKind::SlidingWindow;
+            break;
+    }
+    k.batch_size = kind.batch_size;
+    k.max_cache_len = kind.max_cache_len;
+    k.window = kind.window;
+    for (const BlockTable& t : st.tables)
+        k.rows.push_back(blocks_of(t));
+    for (const BlockTable& t : st.spare)
+        k.spare.push_back(blocks_of(t));
+    // An empty cache may keep no per-layer vectors at all; the file always has num_layers.
+    k.len.assign(layers, std::vector<int64_t>(st.batch, 0));
+    k.start.assign(layers, std::vector<int64_t>(st.batch, 0));
+    for (uint32_t l = 0; l < layers && l < st.len.size(); ++l)
+        for (uint32_t r = 0; r < st.batch && r < st.len[l].size(); ++r) {
+            k.len[l][r] = st.len[l][r];
+            k.start[l][r] = st.start[l][r];
+        }
+    return k;
+}
+
+// The bytes of every block in use, ascending, read back a run of consecutive blocks at a time.
+void read_pages(PoolState& ps, SnapshotData& s) {
+    const uint64_t bb = ps.format.block_bytes();
+    std::vector<uint32_t> used;
+    for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
+        if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
+    s.pages.resize(used.size() * bb);
+    s.has_pages = true;
+    // Slabs are not tracked one by one (PageSlabs is): wait for every write recorded so far,
+    // refusing pages a caller's unfinished command buffer writes.
+    ps.device->batches().require_finished(ps.pages->last_write_serial);
+    ps.device->synchronize();
+    const PageSlabs& pages = *ps.pages;
+    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
+        pages.slab_of(first).read(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
+    });
+}
+
+}  // namespace
+
+SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCache* const> caches,
+                              bool page_contents, const char* op) {
+    PoolState& ps = Access::pool(pool);
+    detail::Device::CallLock lock(*ps.device);
+    std::unordered_map<const PagedKVCache*, size_t> seen;
+    std::unordered_set<const BlockTable*> given;
+    for (size_t i = 0; i < caches.size(); ++i) {
+        const PagedKVCache* c = caches[i];
+        if (!c) throw invalid(fmt::format("{}: cache {} is null", op, i));
+        if (&c->pool() != &pool)
+            throw invalid(fmt::format("{}: cache {} is over another pool", op, i));
+        if (auto [it, fresh] = seen.emplace(c, i); !fresh)
+            throw invalid(
+                fmt::format("{}: caches {} and {} are the same cache", op, it->second, i));
+        for (const auto* tables : {&Access::cache(*c).tables, &Access::cache(*c).spare})
+            for (const BlockTable& t : *tables)
+                given.insert(&t);
+    }
+    uint64_t missing_tables = 0, missing_refs = 0;
+    for (const BlockTable* t : ps.allocator.tables())
+        if (!given.count(t) && !t->empty()) {
+            ++missing_tables;
+            missing_refs += t->size();
+        }
+    if (missing_tables)
+        throw invalid(
+            fmt::format("{}: {} block tables holding {} page references belong to "
+                        "caches not given; pass every cache over the pool",
+                        op, missing_tables, missing_refs));
+
+    SnapshotData s;
+    const PoolConfig& c = ps.config;
+    s.layout = pool_shape(c);
+    s.allocator = ps.allocator.state();
+    s.pages_copied = ps.pages_copied;
+    for (const PagedKVCache* cache : caches)
+        s.caches.push_back(capture_cache(*cache, c.num_layers));
+    // The live state always passes; a failure here is a library bug, caught before writing.
+    if (std::string e = check_snapshot(s); !e.empty())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: the pool's state is inconsistent: {}", op, e));
+    if (page_contents) read_pages(ps, s);
+    return s;
+}
+
+}  // namespace detail
+
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::span<const PagedKVCache* const> caches, SnapshotOptions options) {
+    const SnapshotData s =
+        detail::capture_snapshot(pool, caches, options.page_contents, "save_snapshot");
+    write_snapshot_file(path, encode_snapshot(s));
+}
+
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::initializer_list<const PagedKVCache*> caches, SnapshotOptions options) {
+    save_snapshot(path, pool, std::span(caches.begin(), caches.size()), options);
+}
+
+DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches) {
+    return compute_detailed_stats(detail::capture_snapshot(pool, caches, false, "detailed_stats"));
+}
+
+DetailedStats detailed_stats(const BlockPool& pool,
+                             std::initializer_list<const PagedKVCache*> caches) {
+    return detailed_stats(pool, std::span(caches.begin(), caches.size()));
+}
+
+}  // namespace pagedkv

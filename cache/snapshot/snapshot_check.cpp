@@ -1,0 +1,311 @@
+#include "cache/snapshot/snapshot_check.hpp"
+
+#include <fmt/format.h>
+
+#include <unordered_map>
+
+#include "cache/snapshot/snapshot_format.hpp"
+
+namespace pagedkv {
+
+namespace {
+
+namespace pf = snapshot_format::pool;
+namespace cf = snapshot_format::cache;
+
+// Positions in a row are below INT32_MAX (update() refuses the rest).
+constexpr int64_t kMaxPosition = INT32_MAX;
+
+class Checker {
+  public:
+    Checker(const SnapshotData& s, const SnapshotOffsets* at) : s_(s), at_(at) {}
+
+    std::string run() {
+        std::string e;
+        if (!(e = layout()).empty()) return e;
+        if (!(e = allocator()).empty()) return e;
+        refs_.assign(s_.layout.num_blocks, 0);
+        for (size_t c = 0; c < s_.caches.size(); ++c)
+            if (!(e = cache(c)).empty()) return e;
+        if (!(e = references()).empty()) return e;
+        for (size_t c = 0; c < s_.caches.size(); ++c)
+            if (!(e = unshared(c)).empty()) return e;
+        return pages();
+    }
+
+    // "byte 123 (field): what", or "field: what" without offsets.
+    std::string fail(uint64_t offset, const std::string& field, const std::string& what) const {
+        if (at_) return fmt::format("byte {} ({}): {}", offset, field, what);
+        return fmt::format("{}: {}", field, what);
+    }
+    uint64_t pool_at(uint64_t field) const { return at_ ? at_->pool + field : 0; }
+
+    std::string layout() const {
+        // The pool's own checks (allocator/page_format.cpp); without offsets (BlockPool's
+        // constructor) the message is the problem alone.
+        const auto problem = check_pool_shape(s_.layout);
+        if (!problem) return {};
+        if (!at_) return problem->what;
+        return fail(pool_at(field_offset(problem->field)), field_name(problem->field),
+                    problem->what);
+    }
+
+    static uint64_t field_offset(ShapeProblem::Field f) {
+        using F = ShapeProblem::Field;
+        switch (f) {
+            case F::NumLayers:
+                return pf::kNumLayers;
+            case F::NumKvHeads:
+                return pf::kNumKvHeads;
+            case F::HeadDim:
+                return pf::kHeadDim;
+            case F::VHeadDim:
+                return pf::kVHeadDim;
+            case F::BlockSize:
+                return pf::kBlockSize;
+            case F::DType:
+                return pf::kDType;
+            case F::NumBlocks:
+                return pf::kNumBlocks;
+            case F::MaxSlabBytes:
+                return pf::kMaxSlabBytes;
+        }
+        return 0;
+    }
+
+  private:
+    std::string allocator() {
+        const AllocatorState& a = s_.allocator;
+        const uint64_t n = s_.layout.num_blocks;
+        const uint64_t rc_at = at_ ? at_->refcounts : 0, fl_at = at_ ? at_->free_list : 0;
+        if (a.refcounts.size() != n)
+            return fail(
+                rc_at, "refcounts",
+                fmt::format("{} reference counts for a pool of {} blocks", a.refcounts.size(), n));
+        std::vector<uint64_t> first_seen(n, UINT64_MAX);
+        for (size_t i = 0; i < a.free_list.size(); ++i) {
+            const uint32_t b = index(a.free_list[i]);
+            const std::string field = fmt::format("free_list[{}]", i);
+            if (b >= n)
+                return fail(fl_at + 4 * i, field,
+                            fmt::format("block {} out of range, the pool has {} blocks", b, n));
+            if (first_seen[b] != UINT64_MAX)
+                return fail(fl_at + 4 * i, field,
+                            fmt::format("block {} is on the free list twice (also at "
+                                        "free_list[{}])",
+                                        b, first_seen[b]));
+            first_seen[b] = i;
+            if (a.refcounts[b] != 0)
+                return fail(fl_at + 4 * i, field,
+                            fmt::format("block {} is on the free list but has refcount {}", b,
+                                        a.refcounts[b]));
+        }
+        uint64_t used = 0;
+        for (uint64_t b = 0; b < n; ++b) {
+            if (a.refcounts[b] == 0 && first_seen[b] == UINT64_MAX)
+                return fail(rc_at + 4 * b, fmt::format("refcounts[{}]", b),
+                            fmt::format("block {} has refcount 0 but is not on the free list", b));
+            used += a.refcounts[b] > 0;
+        }
+        if (a.peak_used_blocks < used || a.peak_used_blocks > n)
+            return fail(pool_at(pf::kPeakUsed), "peak_used_blocks",
+                        fmt::format("peak_used_blocks {} is outside [{} blocks in use, {} blocks]",
+                                    a.peak_used_blocks, used, n));
+        if (a.allocations < a.releases || a.allocations - a.releases != used)
+            return fail(pool_at(pf::kAllocations), "allocations",
+                        fmt::format("allocations {} - releases {} != {} blocks in use",
+                                    a.allocations, a.releases, used));
+        return {};
+    }
+
+    std::string cache(size_t c) {
+        const SnapshotCache& k = s_.caches[c];
+        const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
+        const uint64_t head = o ? o->head : 0;
+        const std::string name = fmt::format("caches[{}]", c);
+        auto zero = [&](uint32_t v, uint64_t off, const char* field) -> std::string {
+            if (v == 0) return {};
+            return fail(
+                head + off, name + "." + field,
+                fmt::format("{} is {}, must be 0 for a {} cache", field, v, to_string(k.kind)));
+        };
+        std::string e;
+        switch (k.kind) {
+            case SnapshotCacheKind::Dynamic:
+                if (!(e = zero(k.window, cf::kWindow, "window")).empty()) return e;
+                [[fallthrough]];
+            case SnapshotCacheKind::SlidingWindow:
+                if (!(e = zero(k.batch_size, cf::kBatchSize, "batch_size")).empty()) return e;
+                if (!(e = zero(k.max_cache_len, cf::kMaxCacheLen, "max_cache_len")).empty())
+                    return e;
+                if (!(e = zero(uint32_t(k.spare.size()), cf::kSpareRows, "spare_rows")).empty())
+                    return e;
+                if (k.kind == SnapshotCacheKind::SlidingWindow && k.window == 0)
+                    return fail(head + cf::kWindow, name + ".window",
+                                "a sliding-window cache needs a window of at least 1");
+                break;
+            case SnapshotCacheKind::Static:
+                if (!(e = zero(k.window, cf::kWindow, "window")).empty()) return e;
+                if (k.batch_size == 0 || k.max_cache_len == 0)
+                    return fail(head + cf::kBatchSize, name + ".batch_size",
+                                fmt::format("a static cache needs batch_size ({}) and "
+                                            "max_cache_len ({}) of at least 1",
+                                            k.batch_size, k.max_cache_len));
+                if (k.rows.size() > k.batch_size)
+                    return fail(head + cf::kRows, name + ".rows",
+                                fmt::format("{} rows exceed the static cache's batch_size {}",
+                                            k.rows.size(), k.batch_size));
+                break;
+            default:
+                return fail(head + cf::kKind, name + ".kind",
+                            fmt::format("unknown cache kind {}", static_cast<uint32_t>(k.kind)));
+        }
+        const uint64_t n = s_.layout.num_blocks;
+        const uint32_t bs = s_.layout.block_size;
+        const bool is_static = k.kind == SnapshotCacheKind::Static;
+        // A static cache's tables (rows and spare ones) are exactly its reservation, each
+        // ceil(max_cache_len / block_size) pages of its own (never shared).
+        const uint64_t per_row = is_static ? (uint64_t(k.max_cache_len) + bs - 1) / bs : 0;
+        if (is_static && k.rows.size() + k.spare.size() != k.batch_size)
+            return fail(head + cf::kSpareRows, name + ".spare_rows",
+                        fmt::format("{} rows + {} spare tables, a static cache of batch_size {} "
+                                    "holds exactly {}",
+                                    k.rows.size(), k.spare.size(), k.batch_size, k.batch_size));
+        for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
+            const auto [blocks, table, first] = table_of(c, t);
+            if (is_static && blocks.size() != per_row)
+                return fail(first, table,
+                            fmt::format("{} pages, a static cache's row of max_cache_len {} "
+                                        "reserves {}",
+                                        blocks.size(), k.max_cache_len, per_row));
+            std::unordered_map<uint32_t, size_t> seen;
+            for (size_t i = 0; i < blocks.size(); ++i) {
+                const uint32_t b = index(blocks[i]);
+                const std::string field = fmt::format("{}[{}]", table, i);
+                if (b >= n)
+                    return fail(first + 4 * i, field,
+                                fmt::format("block {} out of range, the pool has {} blocks", b, n));
+                if (auto [it, fresh] = seen.emplace(b, i); !fresh)
+                    return fail(first + 4 * i, field,
+                                fmt::format("block {} is in this table twice (also at [{}])", b,
+                                            it->second));
+                ++refs_[b];
+            }
+        }
+        const uint32_t layers = s_.layout.num_layers;
+        const uint64_t len_at = o ? o->lengths : 0;
+        if (k.len.size() != layers || k.start.size() != layers)
+            return fail(
+                len_at, name + ".len",
+                fmt::format("lengths for {} layers, the pool has {}", k.len.size(), layers));
+        for (uint32_t l = 0; l < layers; ++l) {
+            if (k.len[l].size() != k.rows.size() || k.start[l].size() != k.rows.size())
+                return fail(len_at, name + ".len",
+                            fmt::format("layer {} has lengths for {} rows, the cache has {}", l,
+                                        k.len[l].size(), k.rows.size()));
+            for (size_t r = 0; r < k.rows.size(); ++r) {
+                const int64_t len = k.len[l][r], start = k.start[l][r];
+                const uint64_t off = len_at + 16 * (uint64_t(l) * k.rows.size() + r);
+                const std::string field = fmt::format("{}.len[layer {}][row {}]", name, l, r);
+                if (len < 0 || len > kMaxPosition || start < 0 || start > kMaxPosition)
+                    return fail(off, field,
+                                fmt::format("length {} / start {} out of range [0, {}]", len, start,
+                                            kMaxPosition));
+                const int64_t slots = int64_t(k.rows[r].size()) * bs;
+                if (len > 0 && start + len > slots)
+                    return fail(off, field,
+                                fmt::format("tokens [{}, {}) do not fit the row's {} pages ({} "
+                                            "slots)",
+                                            start, start + len, k.rows[r].size(), slots));
+                if (k.kind == SnapshotCacheKind::SlidingWindow && len > int64_t(k.window))
+                    return fail(
+                        off, field,
+                        fmt::format("length {} exceeds the sliding window of {}", len, k.window));
+                if (is_static && (start != 0 || len > int64_t(k.max_cache_len)))
+                    return fail(off, field,
+                                fmt::format("length {} / start {}: a static cache's rows start at "
+                                            "slot 0 and hold at most max_cache_len {}",
+                                            len, start, k.max_cache_len));
+            }
+        }
+        return {};
+    }
+
+    std::string references() const {
+        const auto& rc = s_.allocator.refcounts;
+        for (uint64_t b = 0; b < rc.size(); ++b)
+            if (refs_[b] != rc[b])
+                return fail((at_ ? at_->refcounts : 0) + 4 * b, fmt::format("refcounts[{}]", b),
+                            fmt::format("block {} has refcount {} but the block tables reference "
+                                        "it {} time{}",
+                                        b, rc[b], refs_[b], refs_[b] == 1 ? "" : "s"));
+        return {};
+    }
+
+    // Table t of cache c (its rows, then its spare tables): the blocks, the field's name, and
+    // the byte offset of block 0 (0 without offsets).
+    struct Table {
+        const std::vector<BlockId>& blocks;
+        std::string field;
+        uint64_t first;
+    };
+    Table table_of(size_t c, size_t t) const {
+        const SnapshotCache& k = s_.caches[c];
+        const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
+        const bool spare = t >= k.rows.size();
+        const size_t i = spare ? t - k.rows.size() : t;
+        return {spare ? k.spare[i] : k.rows[i],
+                fmt::format("caches[{}].{}[{}]", c, spare ? "spare" : "rows", i),
+                o && t < o->tables.size() ? o->tables[t] : 0};
+    }
+
+    // A static cache's pages are its own: with the references counted right, each of its
+    // blocks has refcount 1.
+    std::string unshared(size_t c) const {
+        const SnapshotCache& k = s_.caches[c];
+        if (k.kind != SnapshotCacheKind::Static) return {};
+        for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
+            const auto [blocks, table, first] = table_of(c, t);
+            for (size_t i = 0; i < blocks.size(); ++i) {
+                const uint32_t b = index(blocks[i]);
+                if (s_.allocator.refcounts[b] == 1) continue;
+                return fail(first + 4 * i, fmt::format("{}[{}]", table, i),
+                            fmt::format("block {} of a static cache has refcount {}; its pages "
+                                        "are never shared",
+                                        b, s_.allocator.refcounts[b]));
+            }
+        }
+        return {};
+    }
+
+    std::string pages() const {
+        // The decoder reads exactly this many bytes, so only assembled data can fail here.
+        if (!s_.has_pages) {
+            if (!s_.pages.empty()) return "pages: page bytes present but has_pages is false";
+            return {};
+        }
+        const uint64_t want = s_.used_blocks() * s_.layout.block_bytes();
+        if (s_.pages.size() != want)
+            return fmt::format("pages: {} page bytes, {} blocks in use need {}", s_.pages.size(),
+                               s_.used_blocks(), want);
+        return {};
+    }
+
+    const SnapshotData& s_;
+    const SnapshotOffsets* at_;
+    std::vector<uint64_t> refs_;
+};
+
+}  // namespace
+
+std::string check_layout(const SnapshotLayout& l, const SnapshotOffsets* at) {
+    SnapshotData s;
+    s.layout = l;
+    return Checker(s, at).layout();
+}
+
+std::string check_snapshot(const SnapshotData& s, const SnapshotOffsets* at) {
+    return Checker(s, at).run();
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,45 @@
+// Records the decode-attention shader (paged_attention.comp): one query token per batch row,
+// against that row's tokens read straight from the pages through a CSR block table, or
+// against contiguous K/V (the same arithmetic on a gather's output, for comparison). Which
+// pages a row holds is the caller's business (cache policy); this only reads them.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "allocator/page_format.hpp"
+#include "shaders/kernels/page_slabs.hpp"
+#include "shaders/vulkan/buffer.hpp"
+
+namespace pagedkv::detail {
+
+class Device;
+
+struct AttentionShape {
+    uint32_t batch = 0;
+    uint32_t q_heads = 0;
+    // The kv heads, head dims and dtype of K/V (num_layers and block_size are not read; for
+    // paged attention this is the pool's format).
+    PageFormat kv;
+    float scale = 1.0f;
+};
+
+// Throws Unsupported / CapacityExceeded (naming op) for shapes the shader cannot take.
+void check_attention_shape(const AttentionShape& s, const char* op);
+
+// The CSR table of one layer: per row, its pages (indptr/indices), the tokens in its last
+// page and the slot of its first token in its first page.
+struct CsrTable {
+    std::span<const uint32_t> indptr, indices, last_page_len, first_slot;
+};
+
+// query (batch, q_heads, 1, head_dim) -> out (batch, q_heads, 1, v_head_dim).
+void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+                            PageSlabs& pages, uint32_t layer, const CsrTable& table);
+// K (batch, kv_heads, max_len, head_dim), V likewise with v_head_dim; row b uses its first
+// lengths[b] tokens.
+void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+                                 Buffer& k, Buffer& v, uint32_t max_len,
+                                 std::span<const uint32_t> lengths);
+
+}  // namespace pagedkv::detail

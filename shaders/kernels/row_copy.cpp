@@ -1,0 +1,241 @@
+#include "shaders/kernels/row_copy.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "pagedkv/error.hpp"
+#include "shaders/vulkan/batch.hpp"
+#include "shaders/vulkan/device.hpp"
+#include "shaders/vulkan/gpu_timer.hpp"
+
+namespace pagedkv::detail {
+
+namespace {
+
+constexpr uint32_t kCopyRowsU16[] = {
+#include "spirv/copy_rows_u16.inc"
+};
+constexpr uint32_t kCopyRowsU32[] = {
+#include "spirv/copy_rows_u32.inc"
+};
+constexpr uint32_t kCopyRowsU128[] = {
+#include "spirv/copy_rows_u128.inc"
+};
+
+struct PushConstants {
+    uint64_t tensor;
+    uint64_t entries;
+    uint64_t slabs;
+    uint64_t tensor2;
+    uint32_t num_entries;
+    uint32_t heads;
+    uint32_t row_words;
+    uint32_t head_stride;
+    uint32_t block_words;
+    uint32_t page_offset;
+    uint32_t block_size;
+    uint32_t slab_shift;
+    uint32_t gather;
+    uint32_t chunk_words;
+    uint32_t chunks;
+    uint32_t units;
+    uint32_t chunk_shift;
+    uint32_t unit_shift;
+    uint32_t block_shift;
+    uint32_t page_offset2;
+};
+static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
+
+constexpr uint32_t kMaxGroups = 65535;
+constexpr uint32_t kNoShift = 0xFFFFFFFFu;
+
+// Opens the command of op: reads the tensors and writes the pages (scatter), or the reverse.
+VkCommandBuffer record_op(Batches& batches, PageSlabs& pages, const RowCopy& op) {
+    if (op.gather)
+        return op.tensor2 ? batches.record({&pages}, {op.tensor, op.tensor2})
+                          : batches.record({&pages}, {op.tensor});
+    return op.tensor2 ? batches.record({op.tensor, op.tensor2}, {&pages})
+                      : batches.record({op.tensor}, {&pages});
+}
+
+uint32_t log2_or_none(uint32_t v) {
+    if (v == 0 || (v & (v - 1)) != 0) return kNoShift;
+    uint32_t s = 0;
+    while ((1u << s) < v)
+        ++s;
+    return s;
+}
+
+}  // namespace
+
+void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
+    if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
+    const PageFormat& layout = pages.format();
+    // The widest word that divides every stride keeps the shader's loads aligned.
+    uint64_t word = 16;
+    for (uint64_t v : {op.row_bytes, op.page_offset, op.page_offset2, layout.block_bytes()})
+        while (v % word)
+            word /= 2;
+    const Device::Pipeline* pipe = nullptr;
+    switch (word) {
+        case 16:
+            pipe = &dev.pipeline("copy_rows_u128", kCopyRowsU128, sizeof(PushConstants));
+            break;
+        case 8:
+        case 4:
+            word = 4;
+            pipe = &dev.pipeline("copy_rows_u32", kCopyRowsU32, sizeof(PushConstants));
+            break;
+        case 2:
+            if (!dev.has_16bit_storage())
+                throw Error(ErrorCode::Unsupported,
+                            fmt::format("rows of {} bytes need storageBuffer16BitAccess, which "
+                                        "this device lacks; use an even head_dim",
+                                        op.row_bytes));
+            pipe = &dev.pipeline("copy_rows_u16", kCopyRowsU16, sizeof(PushConstants));
+            break;
+        default:
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("row of {} bytes is not a whole number of 16-bit elements",
+                                    op.row_bytes));
+    }
+    const uint32_t members = op.tensor2 ? 2 : 1;
+    const uint64_t total = uint64_t(op.entries.size()) * members * op.heads * (op.row_bytes / word);
+    if (total > UINT32_MAX || layout.block_bytes() / word > UINT32_MAX)
+        throw Error(
+            ErrorCode::CapacityExceeded,
+            fmt::format("one copy of {} words exceeds the shader's 32-bit indexing", total));
+
+    Batches& batches = dev.batches();
+    PushConstants pc{};
+    pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
+    pc.tensor = op.tensor->address();
+    pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
+    pc.page_offset2 = uint32_t(op.page_offset2 / word);
+    pc.slabs = pages.slab_table().address();
+    pc.num_entries = uint32_t(op.entries.size());
+    pc.heads = op.heads;
+    pc.row_words = uint32_t(op.row_bytes / word);
+    pc.head_stride = op.head_stride;
+    pc.block_words = uint32_t(layout.block_bytes() / word);
+    pc.page_offset = uint32_t(op.page_offset / word);
+    pc.block_size = layout.block_size;
+    pc.slab_shift = pages.slab_shift();
+    pc.gather = op.gather ? 1 : 0;
+    // One word per thread (coalesced on GPUs) or a whole row per thread (CPU SIMD lanes).
+    pc.chunk_words = dev.byte_paths().whole_rows ? pc.row_words : 1;
+    pc.chunks = pc.row_words / pc.chunk_words;
+    pc.units = members * op.heads * pc.chunks;
+    pc.chunk_shift = log2_or_none(pc.chunks);
+    pc.unit_shift = log2_or_none(pc.units);
+    pc.block_shift = log2_or_none(layout.block_size);
+    const uint64_t threads = uint64_t(op.entries.size()) * pc.units;
+
+    VkCommandBuffer cmd = record_op(batches, pages, op);
+    vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe->pipeline);
+    vkCmdPushConstants(cmd, pipe->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
+    const uint64_t groups =
+        std::min<uint64_t>((threads + dev.workgroup_size() - 1) / dev.workgroup_size(), kMaxGroups);
+    vkCmdDispatch(cmd, uint32_t(groups), 1, 1);
+    ++dev.counters().dispatches;
+}
+
+void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) {
+    if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
+    if (op.row_bytes % 4 != 0)
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("copy commands need rows of whole 4-byte words, got {} bytes",
+                                op.row_bytes));
+    const PageFormat& layout = pages.format();
+    const uint32_t bs = layout.block_size;
+    // Runs of entries whose tensor rows and page slots both advance by one inside one page:
+    // each becomes one region per head (pages are head-major, tensors too).
+    struct Run {
+        uint32_t row, slot, len;
+    };
+    std::vector<Run> runs;
+    for (const RowEntry& e : op.entries) {
+        if (!runs.empty()) {
+            Run& r = runs.back();
+            const bool rows_follow = e.tensor_row == kNone
+                                         ? r.row == kNone
+                                         : r.row != kNone && e.tensor_row == r.row + r.len;
+            const bool slots_follow = e.page_slot == kNone
+                                          ? r.slot == kNone
+                                          : r.slot != kNone && e.page_slot == r.slot + r.len &&
+                                                r.slot / bs == e.page_slot / bs;
+            if (rows_follow && slots_follow) {
+                ++r.len;
+                continue;
+            }
+        }
+        runs.push_back({e.tensor_row, e.page_slot, 1});
+    }
+    // Regions per (tensor, slab): the first tensor's, then the second's.
+    std::map<std::pair<int, uint32_t>, std::vector<VkBufferCopy>> by_slab;
+    struct Fill {
+        VkBuffer buffer;
+        VkDeviceSize offset, size;
+    };
+    std::vector<Fill> fills;
+    const uint64_t rb = op.row_bytes;
+    const std::pair<Buffer*, uint64_t> members[] = {{op.tensor, op.page_offset},
+                                                    {op.tensor2, op.page_offset2}};
+    for (int m = 0; m < 2; ++m) {
+        const auto [tensor, page_offset] = members[m];
+        if (!tensor) continue;
+        for (const Run& r : runs)
+            for (uint32_t h = 0; h < op.heads; ++h) {
+                const uint64_t size = uint64_t(r.len) * rb;
+                const uint64_t t = (uint64_t(r.row) + uint64_t(h) * op.head_stride) * rb;
+                if (r.slot == kNone) {  // gather past a row's end: zero padding
+                    fills.push_back({tensor->handle(), t, size});
+                    continue;
+                }
+                const uint32_t block = r.slot / bs, slot = r.slot % bs;
+                const uint64_t p =
+                    pages.offset_of(block) + page_offset + (uint64_t(h) * bs + slot) * rb;
+                if (r.row == kNone) {  // a hole in a row: zeros into the page
+                    fills.push_back({pages.slab_of(block).handle(), p, size});
+                    continue;
+                }
+                by_slab[{m, block >> pages.slab_shift()}].push_back(
+                    op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size});
+            }
+    }
+    Batches& batches = dev.batches();
+    VkCommandBuffer cmd = record_op(batches, pages, op);
+    // Regions go in chunks: the validation layer checks the regions of one call against each
+    // other, so one call with thousands of regions costs it quadratic time.
+    constexpr size_t kRegionsPerCall = 128;
+    for (auto& [key, regions] : by_slab) {
+        VkBuffer s = pages.slabs()[key.second]->handle();
+        VkBuffer tensor = members[key.first].first->handle();
+        VkBuffer src = op.gather ? s : tensor;
+        VkBuffer dst = op.gather ? tensor : s;
+        for (size_t i = 0; i < regions.size(); i += kRegionsPerCall) {
+            const size_t n = std::min(kRegionsPerCall, regions.size() - i);
+            vkCmdCopyBuffer(cmd, src, dst, uint32_t(n), regions.data() + i);
+            ++dev.counters().copies;
+        }
+    }
+    for (const Fill& f : fills) {
+        vkCmdFillBuffer(cmd, f.buffer, f.offset, f.size, 0);
+        ++dev.counters().copies;
+    }
+}
+
+void record_row_copy(Device& dev, PageSlabs& pages, const RowCopy& op) {
+    const BytePath path = op.gather ? dev.byte_paths().gather : dev.byte_paths().scatter;
+    if (path == BytePath::CopyCommands && op.row_bytes % 4 == 0)
+        record_row_copy_commands(dev, pages, op);
+    else
+        record_row_copy_shader(dev, pages, op);
+}
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,104 @@
+#include "shaders/store/page_store.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "pagedkv/error.hpp"
+#include "shaders/kernels/row_copy.hpp"
+#include "shaders/vulkan/device.hpp"
+#include "shaders/vulkan/gpu_timer.hpp"
+
+namespace pagedkv::detail {
+
+std::shared_ptr<DevicePageStore> DevicePageStore::create(Device& dev, const PageFormat& format,
+                                                         uint64_t num_blocks,
+                                                         uint64_t max_slab_bytes) {
+    const uint64_t block_bytes = format.block_bytes();
+    uint64_t limit = std::min<uint64_t>(dev.max_buffer_bytes(), uint64_t(1) << 30);
+    if (max_slab_bytes) limit = std::min(limit, max_slab_bytes);
+    if (block_bytes > limit)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("one block needs {} bytes ({} layers x K+V pages), more than a "
+                                "slab may hold ({} bytes); use a smaller block_size",
+                                block_bytes, format.num_layers, limit));
+    uint32_t shift = 0;
+    while ((uint64_t(2) << shift) * block_bytes <= limit && (uint64_t(1) << shift) < num_blocks)
+        ++shift;
+    const uint64_t per_slab = uint64_t(1) << shift;
+    std::vector<std::shared_ptr<Buffer>> slabs;
+    std::vector<uint64_t> addresses;
+    for (uint64_t first = 0; first < num_blocks; first += per_slab) {
+        const uint64_t blocks = std::min(per_slab, num_blocks - first);
+        slabs.push_back(Buffer::create(dev, blocks * block_bytes, MemoryKind::DeviceLocal));
+        addresses.push_back(slabs.back()->address());
+    }
+    auto table = Buffer::create(dev, addresses.size() * sizeof(uint64_t), MemoryKind::DeviceLocal);
+    table->write(addresses.data(), addresses.size() * sizeof(uint64_t));
+    return std::make_shared<DevicePageStore>(format, num_blocks, shift, std::move(slabs),
+                                             std::move(table));
+}
+
+void resolve_byte_paths(Device& dev) {
+    Device::BytePaths paths = dev.byte_paths();
+    if (paths.scatter != BytePath::Auto && paths.gather != BytePath::Auto) {
+        paths.whole_rows = dev.is_cpu();
+        dev.set_byte_paths(paths);
+        return;
+    }
+    const BytePath fallback = dev.is_cpu() ? BytePath::CopyCommands : BytePath::Shader;
+    if (!GpuTimer::supported(dev)) {
+        paths.whole_rows = dev.is_cpu();
+        if (paths.scatter == BytePath::Auto) paths.scatter = fallback;
+        if (paths.gather == BytePath::Auto) paths.gather = fallback;
+        dev.set_byte_paths(paths);
+        return;
+    }
+    // A decode-like workload: 1024 single tokens of 8 heads x 256 bytes spread over pages in a
+    // shuffled order, and a prefill-like one: 256 whole pages (8 MiB) in order. Each path is
+    // timed on both and the faster in total wins. (With 64 pages the fixed cost of a run hid the
+    // difference on lavapipe, which then picked the shader at a third of copy speed.)
+    const PageFormat layout{1, 8, 128, 128, 16, DType::F16};
+    const uint32_t blocks = 256, tokens = blocks * 16;
+    auto storage = DevicePageStore::create(dev, layout, blocks, 0);
+    auto tensor = Buffer::create(dev, uint64_t(tokens) * 8 * 256, MemoryKind::Tensor);
+    std::vector<uint32_t> order(blocks);
+    std::iota(order.begin(), order.end(), 0u);
+    std::shuffle(order.begin(), order.end(), std::mt19937(7));
+    std::vector<RowEntry> in_order, scattered;
+    for (uint32_t t = 0; t < tokens; ++t)
+        in_order.push_back({t, t});
+    for (uint32_t t = 0; t < 1024; ++t)
+        scattered.push_back({t, order[t % blocks] * 16 + t / blocks});
+    GpuTimer timer(dev);
+    auto time = [&](bool gather, auto record) {
+        double total = 0;
+        for (const auto* entries : {&in_order, &scattered}) {
+            RowCopy op{tensor.get(), *entries, 8, 256, gather ? tokens : tokens, 0, gather};
+            total += timer.median([&] { record(dev, *storage, op); }, 3, 1);
+        }
+        return total;
+    };
+    // First the shader's thread shape (words or whole rows per thread), then shader vs copies.
+    double shader_time[2] = {0, 0};
+    for (bool rows : {false, true}) {
+        dev.set_byte_paths({BytePath::Shader, BytePath::Shader, rows});
+        shader_time[rows] =
+            time(true, record_row_copy_shader) + time(false, record_row_copy_shader);
+    }
+    paths.whole_rows = shader_time[1] < shader_time[0];
+    dev.set_byte_paths({BytePath::Shader, BytePath::Shader, paths.whole_rows});
+    for (bool gather : {false, true}) {
+        BytePath& p = gather ? paths.gather : paths.scatter;
+        if (p != BytePath::Auto) continue;
+        const double shader = time(gather, record_row_copy_shader);
+        const double copies = time(gather, record_row_copy_commands);
+        p = copies < shader ? BytePath::CopyCommands : BytePath::Shader;
+    }
+    dev.set_byte_paths(paths);
+}
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,31 @@
+// Page stores: where a pool's pages live. DevicePageStore puts them in device-local slabs, as
+// large as the device's storage-buffer range allows; a host tier or a pool spread over several
+// devices is another store here, and the kernels (which take PageSlabs) stay as they are.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "allocator/page_format.hpp"
+#include "shaders/kernels/page_slabs.hpp"
+
+namespace pagedkv::detail {
+
+class Device;
+
+class DevicePageStore : public PageSlabs {
+  public:
+    using PageSlabs::PageSlabs;
+
+    // max_slab_bytes: 0 for the device limit; smaller values make many slabs (for tests).
+    // Throws CapacityExceeded when one block does not fit a slab.
+    static std::shared_ptr<DevicePageStore> create(Device& dev, const PageFormat& format,
+                                                   uint64_t num_blocks, uint64_t max_slab_bytes);
+};
+
+// Resolves BytePath::Auto for scatter and gather by timing both byte paths of the kernels on
+// pages of this store (once; a device without timestamps uses copy commands on CPUs and
+// shaders elsewhere).
+void resolve_byte_paths(Device& dev);
+
+}  // namespace pagedkv::detail

@@ -1,0 +1,546 @@
+// c_api_test: every function of pagedkv.h called from a C11 program, on the validation layer.
+// K/V values are a closed formula of (layer, row, head, position, dim), so C needs no reference.
+#include <pagedkv/pagedkv.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            ++failures;                                                              \
+        }                                                                            \
+    } while (0)
+
+// A call that must succeed; later steps depend on it, so a failure ends the program.
+#define OK(call)                                                                      \
+    do {                                                                              \
+        pagedkv_status ok_status_ = (call);                                           \
+        if (ok_status_ != PAGEDKV_OK) {                                               \
+            fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call, \
+                    pagedkv_status_name(ok_status_), pagedkv_last_error_message());   \
+            exit(1);                                                                  \
+        }                                                                             \
+        CHECK(strcmp(pagedkv_last_error_message(), "") == 0);                         \
+    } while (0)
+
+// A call that must fail with `expected` and a message containing `needle`.
+#define FAILS(call, expected, needle)                                                         \
+    do {                                                                                      \
+        pagedkv_status fails_status_ = (call);                                                \
+        if (fails_status_ != (expected)) {                                                    \
+            fprintf(stderr, "%s:%d: %s returned %s, expected %s (%s)\n", __FILE__, __LINE__,  \
+                    #call, pagedkv_status_name(fails_status_), pagedkv_status_name(expected), \
+                    pagedkv_last_error_message());                                            \
+            ++failures;                                                                       \
+        } else if (!strstr(pagedkv_last_error_message(), (needle))) {                         \
+            fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__, __LINE__,       \
+                    pagedkv_last_error_message(), (needle));                                  \
+            ++failures;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+enum { LAYERS = 2, HEADS = 2, DIM = 4, BLOCK = 4, BLOCKS = 48 };
+
+// The key stored for (layer, row, head, position, dim); values are its negation. Exact in f32.
+static float key_at(unsigned layer, unsigned row, unsigned head, long long pos, unsigned dim) {
+    return (float)(layer * 100000u + row * 10000u + head * 1000u + (unsigned)pos * 10u + dim);
+}
+
+// (batch, HEADS, seq, DIM) keys (sign 1) or values (sign -1) for positions pos0.. of each row.
+static pagedkv_tensor* make_kv(pagedkv_context* ctx, unsigned layer, unsigned batch, unsigned heads,
+                               long long pos0, unsigned seq, float sign) {
+    const size_t n = (size_t)batch * heads * seq * DIM;
+    float* data = malloc(n * sizeof(float));
+    if (!data) exit(1);
+    size_t i = 0;
+    for (unsigned b = 0; b < batch; ++b)
+        for (unsigned h = 0; h < heads; ++h)
+            for (unsigned s = 0; s < seq; ++s)
+                for (unsigned d = 0; d < DIM; ++d)
+                    data[i++] = sign * key_at(layer, b, h, pos0 + s, d);
+    const int64_t shape[4] = {batch, heads, seq, DIM};
+    pagedkv_tensor* t = NULL;
+    OK(pagedkv_tensor_from_host(ctx, data, n, shape, 4, PAGEDKV_DTYPE_F32, &t));
+    free(data);
+    return t;
+}
+
+// Checks a returned (batch, HEADS, length, DIM) tensor: row b holds old row row_of[b], token p
+// is the one written at position p + shift.
+static void check_kv(const pagedkv_tensor* t, unsigned layer, unsigned batch, long long length,
+                     const unsigned* row_of, long long shift, float sign) {
+    const int64_t* dims = NULL;
+    size_t rank = 0;
+    OK(pagedkv_tensor_shape(t, &dims, &rank));
+    CHECK(rank == 4);
+    if (rank != 4) return;
+    CHECK(dims[0] == batch && dims[1] == HEADS && dims[2] == length && dims[3] == DIM);
+    size_t n = 0;
+    OK(pagedkv_tensor_numel(t, &n));
+    CHECK(n == (size_t)batch * HEADS * (size_t)length * DIM);
+    pagedkv_dtype dtype = PAGEDKV_DTYPE_BF16;
+    OK(pagedkv_tensor_dtype(t, &dtype));
+    CHECK(dtype == PAGEDKV_DTYPE_F32);
+    float* got = malloc(n * sizeof(float) + 1);
+    if (!got) exit(1);
+    OK(pagedkv_tensor_to_host(t, got, n));
+    size_t i = 0, wrong = 0;
+    for (unsigned b = 0; b < batch; ++b)
+        for (unsigned h = 0; h < HEADS; ++h)
+            for (long long p = 0; p < length; ++p)
+                for (unsigned d = 0; d < DIM; ++d, ++i)
+                    if (got[i] != sign * key_at(layer, row_of[b], h, p + shift, d)) ++wrong;
+    if (wrong) fprintf(stderr, "check_kv: %zu of %zu values differ\n", wrong, n);
+    CHECK(wrong == 0);
+    free(got);
+}
+
+// get() of one layer against the formula, then the handles are released.
+static void check_get(const pagedkv_cache* cache, unsigned layer, unsigned batch, long long length,
+                      const unsigned* row_of, long long shift) {
+    pagedkv_tensor *k = NULL, *v = NULL;
+    OK(pagedkv_cache_get(cache, layer, &k, &v));
+    CHECK(k != NULL && v != NULL);
+    if (!k || !v) return;
+    check_kv(k, layer, batch, length, row_of, shift, 1.0f);
+    check_kv(v, layer, batch, length, row_of, shift, -1.0f);
+    pagedkv_tensor_destroy(k);
+    pagedkv_tensor_destroy(v);
+}
+
+// Appends seq tokens at pos0.. to every row of both layers.
+static void append_all(pagedkv_context* ctx, pagedkv_cache* cache, unsigned batch, long long pos0,
+                       unsigned seq) {
+    for (unsigned layer = 0; layer < LAYERS; ++layer) {
+        pagedkv_tensor* k = make_kv(ctx, layer, batch, HEADS, pos0, seq, 1.0f);
+        pagedkv_tensor* v = make_kv(ctx, layer, batch, HEADS, pos0, seq, -1.0f);
+        OK(pagedkv_cache_update(cache, k, v, layer, NULL, NULL, NULL));
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+    }
+}
+
+static long long seq_length(const pagedkv_cache* cache, unsigned layer) {
+    int64_t n = -1;
+    OK(pagedkv_cache_get_seq_length(cache, layer, &n));
+    return (long long)n;
+}
+
+static uint64_t used_blocks(const pagedkv_pool* pool) {
+    pagedkv_pool_stats s;
+    OK(pagedkv_pool_get_stats(pool, &s));
+    return s.used_blocks;
+}
+
+static void check_valid(const pagedkv_pool* pool) {
+    int valid = 0;
+    OK(pagedkv_pool_validate(pool, &valid));
+    CHECK(valid == 1);
+}
+
+static void test_errors_and_names(void) {
+    CHECK(strcmp(pagedkv_version(), PAGEDKV_VERSION) == 0);
+    CHECK(PAGEDKV_VERSION_MAJOR == 0 && PAGEDKV_VERSION_MINOR >= 1);
+    CHECK(strcmp(pagedkv_status_name(PAGEDKV_OK), "PAGEDKV_OK") == 0);
+    CHECK(strcmp(pagedkv_status_name(PAGEDKV_ERROR_OUT_OF_BLOCKS), "PAGEDKV_ERROR_OUT_OF_BLOCKS") ==
+          0);
+    CHECK(strcmp(pagedkv_status_name(PAGEDKV_ERROR_OUT_OF_MEMORY), "PAGEDKV_ERROR_OUT_OF_MEMORY") ==
+          0);
+    CHECK(strcmp(pagedkv_status_name((pagedkv_status)42), "PAGEDKV_ERROR_UNKNOWN") == 0);
+    FAILS(pagedkv_context_create(-1, 1, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_context");
+    CHECK(pagedkv_last_vk_result() == 0);
+    // Destroying nothing is allowed, like free(NULL).
+    pagedkv_context_destroy(NULL);
+    pagedkv_pool_destroy(NULL);
+    pagedkv_cache_destroy(NULL);
+    pagedkv_tensor_destroy(NULL);
+}
+
+// Dynamic cache: prefill, decode, every kind of position, the batch operations, crop,
+// truncate, reset, and the error paths that must change nothing.
+static void test_dynamic(pagedkv_context* ctx, pagedkv_pool* pool) {
+    const unsigned identity[4] = {0, 1, 2, 3};
+    pagedkv_cache* cache = NULL;
+    OK(pagedkv_cache_create_dynamic(pool, &cache));
+    uint32_t batch = 99;
+    OK(pagedkv_cache_batch_size(cache, &batch));
+    CHECK(batch == 0);
+    // An empty layer sets both handles to NULL (sentinels first, to see that they are written).
+    pagedkv_tensor* k = (pagedkv_tensor*)&batch;
+    pagedkv_tensor* v = (pagedkv_tensor*)&batch;
+    OK(pagedkv_cache_get(cache, 0, &k, &v));
+    CHECK(k == NULL && v == NULL);
+
+    // Prefill 6 tokens for 2 rows of layer 0; the returned tensors are the whole layer.
+    pagedkv_tensor* pk = make_kv(ctx, 0, 2, HEADS, 0, 6, 1.0f);
+    pagedkv_tensor* pv = make_kv(ctx, 0, 2, HEADS, 0, 6, -1.0f);
+    pagedkv_tensor *rk = NULL, *rv = NULL;
+    OK(pagedkv_cache_update(cache, pk, pv, 0, NULL, &rk, &rv));
+    check_kv(rk, 0, 2, 6, identity, 0, 1.0f);
+    check_kv(rv, 0, 2, 6, identity, 0, -1.0f);
+    pagedkv_tensor_destroy(rk);
+    pagedkv_tensor_destroy(rv);
+    pagedkv_tensor_destroy(pk);
+    pagedkv_tensor_destroy(pv);
+    // Only the key is wanted this time.
+    pagedkv_tensor* k1 = make_kv(ctx, 1, 2, HEADS, 0, 6, 1.0f);
+    pagedkv_tensor* v1 = make_kv(ctx, 1, 2, HEADS, 0, 6, -1.0f);
+    rk = NULL;
+    OK(pagedkv_cache_update(cache, k1, v1, 1, NULL, &rk, NULL));
+    check_kv(rk, 1, 2, 6, identity, 0, 1.0f);
+    pagedkv_tensor_destroy(rk);
+    pagedkv_tensor_destroy(k1);
+    pagedkv_tensor_destroy(v1);
+    append_all(ctx, cache, 2, 6, 1);  // decode one token
+    CHECK(seq_length(cache, 0) == 7 && seq_length(cache, 1) == 7);
+    int64_t lengths[4] = {0, 0, 0, 0};
+    OK(pagedkv_cache_seq_lengths(cache, 0, lengths, 4));
+    CHECK(lengths[0] == 7 && lengths[1] == 7 && lengths[2] == 0);
+    FAILS(pagedkv_cache_seq_lengths(cache, 0, lengths, 1), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "capacity 1");
+    OK(pagedkv_cache_batch_size(cache, &batch));
+    CHECK(batch == 2);
+    check_get(cache, 0, 2, 7, identity, 0);
+    check_get(cache, 1, 2, 7, identity, 0);
+    CHECK(used_blocks(pool) == 4);  // 7 tokens in pages of 4, for each of 2 rows
+
+    // The error path: a key with 3 heads where the pool has 2. Nothing changes.
+    pagedkv_tensor* bad_k = make_kv(ctx, 0, 2, 3, 7, 1, 1.0f);
+    pagedkv_tensor* bad_v = make_kv(ctx, 0, 2, 3, 7, 1, -1.0f);
+    rk = (pagedkv_tensor*)&batch;  // must stay untouched on failure
+    FAILS(pagedkv_cache_update(cache, bad_k, bad_v, 0, NULL, &rk, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "key has 3 heads, pool layout has 2 kv heads");
+    CHECK(rk == (pagedkv_tensor*)&batch);
+    CHECK(strstr(pagedkv_last_error_message(), "pagedkv_cache_update") != NULL);
+    CHECK(pagedkv_last_vk_result() == 0);
+    FAILS(pagedkv_cache_update(cache, NULL, bad_v, 0, NULL, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "key is NULL");
+    FAILS(pagedkv_cache_update(cache, bad_k, bad_v, 5, NULL, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "layer_idx 5");
+    pagedkv_tensor_destroy(bad_k);
+    pagedkv_tensor_destroy(bad_v);
+    CHECK(seq_length(cache, 0) == 7);
+    CHECK(used_blocks(pool) == 4);
+    check_get(cache, 0, 2, 7, identity, 0);
+    check_valid(pool);
+
+    // Positions. Scalar: overwrite position 2 with keys + 0.5, then put the originals back.
+    pagedkv_cache_position at2 = {PAGEDKV_POSITION_SCALAR, 2, NULL, 0, 0};
+    {
+        const size_t n = 2 * HEADS * 1 * DIM;
+        float data[2 * HEADS * 1 * DIM];
+        for (size_t i = 0; i < n; ++i)
+            data[i] = 0.5f + (float)i;
+        const int64_t shape[4] = {2, HEADS, 1, DIM};
+        pagedkv_tensor* t = NULL;
+        OK(pagedkv_tensor_from_host(ctx, data, n, shape, 4, PAGEDKV_DTYPE_F32, &t));
+        OK(pagedkv_cache_update(cache, t, t, 0, &at2, &rk, NULL));
+        size_t total = 0;
+        OK(pagedkv_tensor_numel(rk, &total));
+        float* got = malloc(total * sizeof(float));
+        if (!got) exit(1);
+        OK(pagedkv_tensor_to_host(rk, got, total));
+        // Row 0, head 0: position 2 holds the new token, position 1 the old one.
+        CHECK(got[2 * DIM] == 0.5f);
+        CHECK(got[1 * DIM] == key_at(0, 0, 0, 1, 0));
+        free(got);
+        pagedkv_tensor_destroy(rk);
+        pagedkv_tensor_destroy(t);
+        pagedkv_tensor* k2 = make_kv(ctx, 0, 2, HEADS, 2, 1, 1.0f);
+        pagedkv_tensor* v2 = make_kv(ctx, 0, 2, HEADS, 2, 1, -1.0f);
+        OK(pagedkv_cache_update(cache, k2, v2, 0, &at2, NULL, NULL));
+        pagedkv_tensor_destroy(k2);
+        pagedkv_tensor_destroy(v2);
+        check_get(cache, 0, 2, 7, identity, 0);
+    }
+    // Vector (one position per new token, every row) and matrix (per row): append 7, then 8.
+    const int64_t seven[1] = {7};
+    const int64_t eights[2] = {8, 8};
+    pagedkv_cache_position vec = {PAGEDKV_POSITION_VECTOR, 0, seven, 0, 1};
+    pagedkv_cache_position mat = {PAGEDKV_POSITION_MATRIX, 0, eights, 2, 1};
+    for (unsigned layer = 0; layer < LAYERS; ++layer)
+        for (int step = 0; step < 2; ++step) {
+            pagedkv_tensor* kt = make_kv(ctx, layer, 2, HEADS, 7 + step, 1, 1.0f);
+            pagedkv_tensor* vt = make_kv(ctx, layer, 2, HEADS, 7 + step, 1, -1.0f);
+            OK(pagedkv_cache_update(cache, kt, vt, layer, step == 0 ? &vec : &mat, NULL, NULL));
+            pagedkv_tensor_destroy(kt);
+            pagedkv_tensor_destroy(vt);
+        }
+    pagedkv_cache_position bad_kind = {(pagedkv_position_kind)9, 0, NULL, 0, 0};
+    pagedkv_tensor* kt = make_kv(ctx, 0, 2, HEADS, 9, 1, 1.0f);
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &bad_kind, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "kind 9");
+    pagedkv_cache_position no_data = {PAGEDKV_POSITION_VECTOR, 0, NULL, 0, 1};
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &no_data, NULL, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "positions is NULL");
+    // Counts that disagree with the key are refused before anything is allocated (2^40 rows of
+    // 0 columns used to allocate 2^40 empty rows first, and fail for want of host memory).
+    pagedkv_cache_position huge = {PAGEDKV_POSITION_MATRIX, 0, NULL, (size_t)1 << 40, 0};
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &huge, NULL, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "update: cache_position has 1099511627776 rows, batch is 2");
+    pagedkv_cache_position wide = {PAGEDKV_POSITION_MATRIX, 0, eights, 2, 5};
+    FAILS(pagedkv_cache_update(cache, kt, kt, 0, &wide, NULL, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "update: cache_position has 5 columns, seq_len is 1");
+    pagedkv_tensor_destroy(kt);
+    CHECK(seq_length(cache, 0) == 9 && seq_length(cache, 1) == 9);
+    check_get(cache, 0, 2, 9, identity, 0);
+    check_get(cache, 1, 2, 9, identity, 0);
+
+    // Batch operations share pages instead of copying them.
+    const int32_t swap[2] = {1, 0};
+    OK(pagedkv_cache_reorder(cache, swap, 2));
+    const unsigned swapped[2] = {1, 0};
+    check_get(cache, 0, 2, 9, swapped, 0);
+    FAILS(pagedkv_cache_reorder(cache, NULL, 2), PAGEDKV_ERROR_INVALID_ARGUMENT, "beam_idx");
+    OK(pagedkv_cache_batch_repeat_interleave(cache, 2));
+    const unsigned repeated[4] = {1, 1, 0, 0};
+    check_get(cache, 1, 4, 9, repeated, 0);
+    pagedkv_pool_stats stats;
+    OK(pagedkv_pool_get_stats(pool, &stats));
+    CHECK(stats.shared_blocks == 6 && stats.used_blocks == 6);
+    const int32_t keep[2] = {3, 0};
+    OK(pagedkv_cache_batch_select_indices(cache, keep, 2));
+    const unsigned kept[2] = {0, 1};
+    check_get(cache, 0, 2, 9, kept, 0);
+    check_valid(pool);
+
+    // crop keeps the last 5 tokens (renumbered from 0); truncate(-2) drops 2 from the end.
+    OK(pagedkv_cache_crop(cache, 5));
+    CHECK(seq_length(cache, 0) == 5);
+    check_get(cache, 0, 2, 5, kept, 4);
+    OK(pagedkv_cache_truncate(cache, -2));
+    CHECK(seq_length(cache, 1) == 3);
+    check_get(cache, 1, 2, 3, kept, 4);
+    check_valid(pool);
+
+    OK(pagedkv_cache_reset(cache));
+    CHECK(seq_length(cache, 0) == 0);
+    k = v = (pagedkv_tensor*)&batch;
+    OK(pagedkv_cache_get(cache, 0, &k, &v));
+    CHECK(k == NULL && v == NULL);
+    CHECK(used_blocks(pool) == 0);
+    pagedkv_cache_destroy(cache);
+}
+
+// A static cache reserves its pages at once and refuses to grow past them.
+static void test_static(pagedkv_context* ctx, pagedkv_pool* pool) {
+    const unsigned identity[2] = {0, 1};
+    pagedkv_cache* cache = (pagedkv_cache*)pool;
+    FAILS(pagedkv_cache_create_static(pool, 2, BLOCKS * BLOCK, &cache), PAGEDKV_ERROR_OUT_OF_BLOCKS,
+          "need 96 pages");
+    CHECK(cache == (pagedkv_cache*)pool);
+    CHECK(used_blocks(pool) == 0);
+    OK(pagedkv_cache_create_static(pool, 2, 8, &cache));
+    CHECK(used_blocks(pool) == 4);
+    uint32_t batch = 0;
+    OK(pagedkv_cache_batch_size(cache, &batch));
+    CHECK(batch == 2);
+    append_all(ctx, cache, 2, 0, 8);
+    check_get(cache, 0, 2, 8, identity, 0);
+    pagedkv_tensor* k = make_kv(ctx, 0, 2, HEADS, 8, 1, 1.0f);
+    FAILS(pagedkv_cache_update(cache, k, k, 0, NULL, NULL, NULL), PAGEDKV_ERROR_CAPACITY_EXCEEDED,
+          "max_cache_len is 8");
+    pagedkv_tensor_destroy(k);
+    check_get(cache, 0, 2, 8, identity, 0);
+    OK(pagedkv_cache_reset(cache));
+    CHECK(used_blocks(pool) == 4);  // the reservation stays
+    pagedkv_cache_destroy(cache);
+    CHECK(used_blocks(pool) == 0);
+}
+
+// A sliding window keeps the most recent `window` tokens.
+static void test_sliding_window(pagedkv_context* ctx, pagedkv_pool* pool) {
+    const unsigned identity[2] = {0, 1};
+    pagedkv_cache* cache = NULL;
+    FAILS(pagedkv_cache_create_sliding_window(pool, 0, &cache), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "window");
+    CHECK(cache == NULL);
+    OK(pagedkv_cache_create_sliding_window(pool, 4, &cache));
+    append_all(ctx, cache, 2, 0, 6);
+    CHECK(seq_length(cache, 0) == 4);
+    check_get(cache, 0, 2, 4, identity, 2);
+    append_all(ctx, cache, 2, 6, 3);
+    check_get(cache, 1, 2, 4, identity, 5);
+    // Pages wholly out of the window went back: at most window / block + 1 per row.
+    CHECK(used_blocks(pool) <= 2 * (4 / BLOCK + 1));
+    check_valid(pool);
+    pagedkv_cache_destroy(cache);
+}
+
+// Handles may go in any order: the pool lives on while a cache over it does.
+static void test_destroy_order(pagedkv_context* ctx) {
+    pagedkv_pool_config cfg;
+    pagedkv_pool_config_init(&cfg);
+    cfg.num_layers = LAYERS;
+    cfg.num_kv_heads = HEADS;
+    cfg.head_dim = DIM;
+    cfg.num_blocks = 4;
+    cfg.dtype = PAGEDKV_DTYPE_F32;
+    pagedkv_pool* pool = NULL;
+    OK(pagedkv_pool_create(ctx, &cfg, &pool));
+    pagedkv_cache* cache = NULL;
+    OK(pagedkv_cache_create_dynamic(pool, &cache));
+    pagedkv_pool_destroy(pool);
+    append_all(ctx, cache, 1, 0, 3);
+    const unsigned identity[1] = {0};
+    check_get(cache, 1, 1, 3, identity, 0);
+    pagedkv_cache_destroy(cache);
+}
+
+// The embedding calls: the paged view, cached_attention, and the error paths of adopt and of
+// recording into a caller's command buffer (the C++ tests run those with a real host device).
+static void test_embedding(pagedkv_context* ctx, pagedkv_pool* pool) {
+    pagedkv_cache* cache = NULL;
+    OK(pagedkv_cache_create_dynamic(pool, &cache));
+    append_all(ctx, cache, 2, 0, 6);
+
+    pagedkv_paged_view* view = NULL;
+    pagedkv_paged_view_info info;
+    memset(&info, 0, sizeof info);
+    FAILS(pagedkv_cache_paged_view(cache, 5, &view, &info), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer_idx 5");
+    CHECK(view == NULL && info.batch == 0);
+    OK(pagedkv_cache_paged_view(cache, 1, &view, &info));
+    CHECK(info.layer == 1 && info.batch == 2 && info.kv_heads == HEADS && info.head_dim == DIM);
+    CHECK(info.block_size == BLOCK && info.dtype == PAGEDKV_DTYPE_F32 && info.num_slabs >= 1);
+    CHECK(info.slab_addresses[0] != 0 && info.slab_table != 0 && info.table != VK_NULL_HANDLE);
+    CHECK(info.block_bytes == (uint64_t)LAYERS * 2 * HEADS * BLOCK * DIM * sizeof(float));
+    CHECK(info.v_offset - info.k_offset == (uint64_t)HEADS * BLOCK * DIM * sizeof(float));
+    // 6 tokens a row in pages of 4: two pages, the last holding 2.
+    CHECK(info.num_indices == 4 && info.host_indptr[0] == 0 && info.host_indptr[2] == 4);
+    CHECK(info.lengths[0] == 6 && info.lengths[1] == 6);
+    CHECK(info.host_last_page_len[0] == 2 && info.host_first_slot[1] == 0);
+    CHECK(info.indices == info.indptr + info.indices_offset - info.indptr_offset);
+    pagedkv_paged_view_destroy(view);
+    pagedkv_paged_view_destroy(NULL);
+
+    // A zero query scores every token alike: the output is the mean of the row's values.
+    enum { QHEADS = 4 };
+    float zeros[2 * QHEADS * DIM];
+    memset(zeros, 0, sizeof zeros);
+    const int64_t qshape[4] = {2, QHEADS, 1, DIM};
+    pagedkv_tensor *q = NULL, *out = NULL;
+    OK(pagedkv_tensor_from_host(ctx, zeros, 2 * QHEADS * DIM, qshape, 4, PAGEDKV_DTYPE_F32, &q));
+    VkBuffer buffer = VK_NULL_HANDLE;
+    VkDeviceAddress address = 0;
+    OK(pagedkv_tensor_vk_buffer(q, &buffer, &address));
+    CHECK(buffer != VK_NULL_HANDLE && address != 0);
+    OK(pagedkv_cache_cached_attention(cache, q, 0, 0.0f, &out));
+    float got[2 * QHEADS * DIM];
+    OK(pagedkv_tensor_to_host(out, got, 2 * QHEADS * DIM));
+    int wrong = 0;
+    for (unsigned b = 0; b < 2; ++b)
+        for (unsigned h = 0; h < QHEADS; ++h)
+            for (unsigned d = 0; d < DIM; ++d) {
+                double mean = 0;
+                for (long long p = 0; p < 6; ++p)
+                    mean -= key_at(0, b, h / (QHEADS / HEADS), p, d) / 6.0;
+                const double g = got[(b * QHEADS + h) * DIM + d];
+                if (g - mean > 1e-3 * -mean || mean - g > 1e-3 * -mean) ++wrong;
+            }
+    CHECK(wrong == 0);
+    pagedkv_tensor_destroy(out);
+    out = NULL;
+    const int64_t two_tokens[4] = {1, QHEADS, 2, DIM};
+    pagedkv_tensor* q2 = NULL;
+    OK(pagedkv_tensor_from_host(ctx, zeros, QHEADS * 2 * DIM, two_tokens, 4, PAGEDKV_DTYPE_F32,
+                                &q2));
+    FAILS(pagedkv_cache_cached_attention(cache, q2, 0, 0.0f, &out), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "one query token per row");
+    CHECK(out == NULL);
+    pagedkv_tensor_destroy(q2);
+    pagedkv_tensor_destroy(q);
+
+    FAILS(pagedkv_context_begin_recording(ctx, VK_NULL_HANDLE), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "command buffer is null");
+    uint64_t id = 77;
+    FAILS(pagedkv_context_end_recording(ctx, &id), PAGEDKV_ERROR_INVALID_ARGUMENT, "not recording");
+    CHECK(id == 77);
+    FAILS(pagedkv_context_finish_recording(ctx, 12345), PAGEDKV_ERROR_INVALID_ARGUMENT, "12345");
+    pagedkv_context* adopted = NULL;
+    FAILS(pagedkv_context_adopt(NULL, &adopted), PAGEDKV_ERROR_INVALID_ARGUMENT, "external");
+    pagedkv_external_vulkan none;
+    memset(&none, 0, sizeof none);
+    FAILS(pagedkv_context_adopt(&none, &adopted), PAGEDKV_ERROR_INVALID_ARGUMENT, "");
+    CHECK(adopted == NULL);
+
+    check_get(cache, 1, 2, 6, (const unsigned[]){0, 1}, 0);
+    pagedkv_cache_destroy(cache);
+}
+
+int main(void) {
+    test_errors_and_names();
+
+    pagedkv_context* ctx = NULL;
+    OK(pagedkv_context_create(-1, 1, &ctx));
+    const char* name = NULL;
+    OK(pagedkv_context_device_name(ctx, &name));
+    CHECK(name != NULL && name[0] != '\0');
+    printf("device: %s, pagedkv %s\n", name, pagedkv_version());
+
+    pagedkv_pool_config cfg;
+    memset(&cfg, 0xff, sizeof cfg);
+    pagedkv_pool_config_init(&cfg);
+    CHECK(cfg.block_size == 16 && cfg.dtype == PAGEDKV_DTYPE_F16 && cfg.num_blocks == 0 &&
+          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0);
+    pagedkv_pool* pool = (pagedkv_pool*)ctx;
+    FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "num_layers");
+    CHECK(pool == (pagedkv_pool*)ctx);
+    cfg.num_layers = LAYERS;
+    cfg.num_kv_heads = HEADS;
+    cfg.head_dim = DIM;
+    cfg.block_size = BLOCK;
+    cfg.num_blocks = BLOCKS;
+    cfg.dtype = (pagedkv_dtype)7;
+    FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "dtype 7");
+    cfg.dtype = PAGEDKV_DTYPE_F32;
+    OK(pagedkv_pool_create(ctx, &cfg, &pool));
+    pagedkv_pool_stats stats;
+    OK(pagedkv_pool_get_stats(pool, &stats));
+    CHECK(stats.num_blocks == BLOCKS && stats.free_blocks == BLOCKS && stats.used_blocks == 0);
+    CHECK(stats.block_bytes == (uint64_t)LAYERS * 2 * HEADS * BLOCK * DIM * sizeof(float));
+
+    // Tensors: shape checks and the to_host count.
+    const float four[4] = {1, 2, 3, 4};
+    const int64_t wrong_shape[2] = {3, 2};
+    pagedkv_tensor* t = NULL;
+    FAILS(pagedkv_tensor_from_host(ctx, four, 4, wrong_shape, 2, PAGEDKV_DTYPE_F16, &t),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "holds 6 elements, data has 4");
+    CHECK(t == NULL);
+    const int64_t good_shape[2] = {2, 2};
+    OK(pagedkv_tensor_from_host(ctx, four, 4, good_shape, 2, PAGEDKV_DTYPE_BF16, &t));
+    pagedkv_dtype dtype = PAGEDKV_DTYPE_F32;
+    OK(pagedkv_tensor_dtype(t, &dtype));
+    CHECK(dtype == PAGEDKV_DTYPE_BF16);
+    float back[4] = {0, 0, 0, 0};
+    FAILS(pagedkv_tensor_to_host(t, back, 3), PAGEDKV_ERROR_INVALID_ARGUMENT, "count is 3");
+    OK(pagedkv_tensor_to_host(t, back, 4));
+    CHECK(memcmp(back, four, sizeof four) == 0);
+    pagedkv_tensor_destroy(t);
+
+    test_dynamic(ctx, pool);
+    test_static(ctx, pool);
+    test_sliding_window(ctx, pool);
+    test_destroy_order(ctx);
+    test_embedding(ctx, pool);
+    CHECK(used_blocks(pool) == 0);
+    check_valid(pool);
+    pagedkv_pool_destroy(pool);
+
+    OK(pagedkv_context_synchronize(ctx));
+    const char* const* messages = NULL;
+    size_t count = 99;
+    OK(pagedkv_context_validation_messages(ctx, &messages, &count));
+    for (size_t i = 0; i < count; ++i)
+        fprintf(stderr, "validation: %s\n", messages[i]);
+    CHECK(count == 0);
+    pagedkv_context_destroy(ctx);
+
+    if (failures) fprintf(stderr, "%d checks failed\n", failures);
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,359 @@
+// The snapshot format on the CPU: encode/decode round trips, the documented header, every
+// truncation and bit flip rejected, hand-made inconsistent files (valid checksums) named by
+// byte offset and field, allocator restore, and the computed statistics.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+
+#include "cache/snapshot/crc32.hpp"
+#include "cache/snapshot/detailed_stats.hpp"
+#include "cache/snapshot/snapshot_check.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
+#include "pagedkv/error.hpp"
+#include "snapshot_samples.hpp"
+
+using namespace pagedkv;
+using test::sample_snapshot;
+
+namespace {
+
+uint64_t get_le(const std::vector<uint8_t>& b, size_t at, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i)
+        v |= uint64_t(b[at + size_t(i)]) << (8 * i);
+    return v;
+}
+
+void put_le(std::vector<uint8_t>& b, size_t at, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i)
+        b[at + size_t(i)] = uint8_t(v >> (8 * i));
+}
+
+// The decoder's message for these bytes, or "" when they decode.
+std::string decode_error(std::span<const uint8_t> bytes) {
+    try {
+        decode_snapshot(bytes);
+    } catch (const Error& e) {
+        if (e.code() != ErrorCode::CorruptSnapshot)
+            return std::string("wrong code ") + to_string(e.code()) + ": " + e.what();
+        return e.what();
+    }
+    return "";
+}
+
+std::string encode_error(const SnapshotData& s) {
+    return decode_error(encode_snapshot(s));
+}
+
+// Offsets in the sample without pages (README#format adds them up the same way).
+constexpr size_t kRefcountsAt = 144;  // header 32 + POOL 12 + 88 + ALOC 12
+constexpr size_t kFreeListAt = 200;   // + 12 refcounts x 4 + free_count 8
+constexpr size_t kCache0At = 212;     // CACH #0 section header
+
+}  // namespace
+
+TEST_CASE("crc32 is the standard CRC-32 and can be continued", "[snapshot]") {
+    const std::string text = "123456789";
+    const std::span<const uint8_t> b(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+    CHECK(crc32(b) == 0xCBF43926u);  // the check value of CRC-32/ISO-HDLC
+    CHECK(crc32(b.subspan(4), crc32(b.first(4))) == 0xCBF43926u);
+    CHECK(crc32({}) == 0u);
+}
+
+TEST_CASE("a snapshot decodes to exactly what was encoded, with and without pages", "[snapshot]") {
+    for (bool pages : {false, true}) {
+        INFO("pages " << pages);
+        const SnapshotData s = sample_snapshot(pages);
+        REQUIRE(check_snapshot(s) == "");
+        const auto bytes = encode_snapshot(s);
+        CHECK(bytes.size() == (pages ? 512u + 12 + 8 + 9 * 4 + 9 * 64 : 512u));
+        const SnapshotData back = decode_snapshot(bytes);
+        CHECK(back == s);
+        CHECK(encode_snapshot(back) == bytes);
+    }
+}
+
+TEST_CASE("the header holds magic, version, flags, payload size and both checksums", "[snapshot]") {
+    const auto bytes = encode_snapshot(sample_snapshot(true));
+    const std::string magic(bytes.begin(), bytes.begin() + 7);
+    CHECK(magic == "PKVSNAP");
+    CHECK(bytes[7] == 0x1A);
+    CHECK(get_le(bytes, 8, 4) == 1);   // version
+    CHECK(get_le(bytes, 12, 4) == 1);  // flags: page contents
+    CHECK(get_le(bytes, 16, 8) == bytes.size() - 32);
+    CHECK(get_le(bytes, 24, 4) == crc32(std::span(bytes).subspan(32)));
+    CHECK(get_le(bytes, 28, 4) == crc32(std::span(bytes).first(28)));
+    CHECK(std::string(bytes.begin() + 32, bytes.begin() + 36) == "POOL");
+    CHECK(get_le(bytes, 36, 8) == 88);
+    CHECK(get_le(bytes, 44, 4) == 2);            // num_layers
+    CHECK(get_le(bytes, 44 + 24, 8) == 12);      // num_blocks
+    CHECK(get_le(bytes, 44 + 40, 8) == 64);      // block_bytes
+    CHECK(get_le(bytes, kRefcountsAt, 4) == 2);  // block 0 is shared by two rows
+    CHECK(get_le(bytes, kFreeListAt - 8, 8) == 3);
+    CHECK(get_le(bytes, kFreeListAt + 8, 4) == 8);  // the top of the stack: handed out next
+    CHECK(std::string(bytes.begin() + kCache0At, bytes.begin() + kCache0At + 4) == "CACH");
+}
+
+TEST_CASE("every truncation of a snapshot is rejected with one line", "[snapshot]") {
+    for (bool pages : {false, true}) {
+        const auto bytes = encode_snapshot(sample_snapshot(pages));
+        for (size_t n = 0; n < bytes.size(); ++n) {
+            INFO("truncated to " << n << " of " << bytes.size() << " bytes");
+            const std::string e = decode_error(std::span(bytes).first(n));
+            REQUIRE_THAT(e, Catch::Contains("truncated"));
+            REQUIRE(e.find('\n') == std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("a flip of any bit of a snapshot is rejected with one line", "[snapshot]") {
+    for (bool pages : {false, true}) {
+        auto bytes = encode_snapshot(sample_snapshot(pages));
+        for (size_t i = 0; i < bytes.size(); ++i)
+            for (int bit = 0; bit < 8; ++bit) {
+                INFO("byte " << i << " bit " << bit);
+                bytes[i] ^= uint8_t(1u << bit);
+                const std::string e = decode_error(bytes);
+                bytes[i] ^= uint8_t(1u << bit);
+                REQUIRE(e != "");
+                REQUIRE(e.find('\n') == std::string::npos);
+                REQUIRE_THAT(e, Catch::StartsWith("byte "));
+            }
+    }
+}
+
+TEST_CASE("a wrong magic, an unknown version and damaged checksums name the field", "[snapshot]") {
+    auto bytes = encode_snapshot(sample_snapshot(false));
+    auto edited = [&](size_t at, uint8_t v) {
+        auto b = bytes;
+        b[at] = v;
+        return decode_error(b);
+    };
+    CHECK(edited(0, 'X') ==
+          "byte 0 (magic): not a pagedkv snapshot: it starts with 'XKVSNAP\\x1a', a snapshot "
+          "with 'PKVSNAP\\x1a'");
+    CHECK(edited(8, 2) ==
+          "byte 8 (version): unsupported snapshot version 2, this build reads "
+          "version 1");
+    CHECK_THAT(edited(16, 0xFF), Catch::StartsWith("byte 28 (header_crc32): header checksum "
+                                                   "mismatch"));
+    CHECK_THAT(edited(300, bytes[300] ^ 1),
+               Catch::StartsWith("byte 24 (payload_crc32): payload checksum mismatch"));
+    const std::string text = "hello, this is not a snapshot at all";
+    CHECK_THAT(decode_error(std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size())),
+               Catch::StartsWith("byte 0 (magic): not a pagedkv snapshot"));
+    auto longer = bytes;
+    longer.push_back(0);
+    CHECK(decode_error(longer) == "byte 512 (payload): 1 bytes after the end of the payload");
+}
+
+TEST_CASE("inconsistent snapshots with valid checksums name the byte and field", "[snapshot]") {
+    const SnapshotData good = sample_snapshot(false);
+    SECTION("a reference count that disagrees with the tables") {
+        SnapshotData s = good;
+        s.allocator.refcounts[5] = 2;
+        CHECK(encode_error(s) ==
+              "byte 164 (refcounts[5]): block 5 has refcount 2 but the block "
+              "tables reference it 1 time");
+    }
+    SECTION("a block id out of range in a table") {
+        SnapshotData s = good;
+        s.caches[0].rows[1][2] = BlockId{99};
+        CHECK(encode_error(s) ==
+              "byte 276 (caches[0].rows[1][2]): block 99 out of range, the "
+              "pool has 12 blocks");
+    }
+    SECTION("a duplicate on the free list") {
+        SnapshotData s = good;
+        s.allocator.free_list[2] = s.allocator.free_list[0];
+        CHECK(encode_error(s) ==
+              "byte 208 (free_list[2]): block 11 is on the free list twice "
+              "(also at free_list[0])");
+    }
+    SECTION("a block on the free list that is referenced") {
+        SnapshotData s = good;
+        s.allocator.free_list[1] = BlockId{4};
+        CHECK(encode_error(s) ==
+              "byte 204 (free_list[1]): block 4 is on the free list but has refcount 1");
+    }
+    SECTION("an unreferenced block missing from the free list") {
+        SnapshotData s = good;
+        s.allocator.free_list.pop_back();
+        CHECK(encode_error(s) ==
+              "byte 176 (refcounts[8]): block 8 has refcount 0 but is not on "
+              "the free list");
+    }
+    SECTION("counters that do not add up") {
+        SnapshotData s = good;
+        s.allocator.allocations += 1;
+        CHECK(encode_error(s) ==
+              "byte 100 (allocations): allocations 12 - releases 2 != 9 blocks in use");
+        s = good;
+        s.allocator.peak_used_blocks = 3;
+        CHECK_THAT(encode_error(s), Catch::StartsWith("byte 92 (peak_used_blocks)"));
+    }
+    SECTION("tokens past the pages of their row") {
+        SnapshotData s = good;
+        s.caches[0].len[1][1] = 13;
+        CHECK(encode_error(s) ==
+              "byte 328 (caches[0].len[layer 1][row 1]): tokens [0, 13) do "
+              "not fit the row's 3 pages (12 slots)");
+        s = good;
+        s.caches[2].start[0][0] = -1;
+        CHECK_THAT(encode_error(s), Catch::StartsWith("byte 480 (caches[2].len[layer 0][row 0]): "
+                                                      "length 3 / start -1 out of range"));
+    }
+    SECTION("cache parameters that contradict the kind") {
+        SnapshotData s = good;
+        s.caches[2].window = 0;
+        CHECK(encode_error(s) ==
+              "byte 460 (caches[2].window): a sliding-window cache needs a "
+              "window of at least 1");
+        s = good;
+        s.caches[0].window = 4;
+        CHECK(encode_error(s) ==
+              "byte 236 (caches[0].window): window is 4, must be 0 for a dynamic cache");
+        s = good;
+        s.caches[1].batch_size = 0;
+        CHECK_THAT(encode_error(s), Catch::StartsWith("byte 360 (caches[1].batch_size)"));
+    }
+    SECTION("a layout that cannot be a pool") {
+        SnapshotData s = good;
+        s.layout.block_size = 0;
+        CHECK(encode_error(s) == "byte 60 (block_size): block_size must be at least 1");
+    }
+}
+
+TEST_CASE("counts that disagree with section sizes are rejected, not read past", "[snapshot]") {
+    const auto good = encode_snapshot(sample_snapshot(true));
+    SECTION("a table count larger than its section") {
+        auto b = good;
+        put_le(b, 248, 1000000, 4);  // cache 0 row 0 claims a million blocks
+        seal_snapshot(b);
+        CHECK(decode_error(b) ==
+              "byte 252 (caches[0].rows[0]): 1000000 x 4 bytes do not fit, "
+              "the section CACH #0 ends at byte 344");
+    }
+    SECTION("a section longer than the payload") {
+        auto b = good;
+        put_le(b, 36, uint64_t(1) << 40, 8);
+        seal_snapshot(b);
+        CHECK_THAT(decode_error(b), Catch::StartsWith("byte 36 (section POOL length): "
+                                                      "1099511627776 bytes run past the end"));
+    }
+    SECTION("a wrong section tag") {
+        auto b = good;
+        b[kCache0At] = 'K';
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte 212 (section CACH #0 tag): expected 'CACH', found 'KACH'");
+    }
+    SECTION("more caches announced than present") {
+        auto b = good;
+        put_le(b, 44 + 80, 4, 4);
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte 512 (section CACH #3 tag): expected 'CACH', found 'PAGE'");
+    }
+    SECTION("page contents without the flag") {
+        auto b = good;
+        put_le(b, 12, 0, 4);
+        seal_snapshot(b);
+        CHECK(decode_error(b) ==
+              "byte 512 (section 'PAGE'): unexpected after the last section "
+              "(flags say the file has no page contents)");
+    }
+    SECTION("a page id that is not in use") {
+        auto b = good;
+        put_le(b, 512 + 12 + 8 + 4 * 8, 10, 4);  // page_ids[8]: block 9 -> free block 10
+        seal_snapshot(b);
+        CHECK(decode_error(b) ==
+              "byte 564 (page_ids[8]): block 10 is free, only blocks in use "
+              "have contents");
+    }
+    SECTION("a block_bytes field that disagrees with the layout") {
+        auto b = good;
+        put_le(b, 44 + 40, 65, 8);
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte 84 (block_bytes): 65 but the layout makes blocks of 64");
+    }
+}
+
+TEST_CASE("a restored allocator hands out the same blocks in the same order", "[snapshot]") {
+    BlockAllocator a(16);
+    std::vector<BlockId> got;
+    a.allocate(10, got);
+    for (int i : {7, 2, 9, 0})
+        a.release(got[size_t(i)]);
+    a.retain(got[3]);
+    const AllocatorState s = a.state();
+
+    BlockAllocator b(16);
+    b.restore(s);
+    CHECK(b.state() == s);
+    CHECK(b.counters().used_blocks == a.counters().used_blocks);
+    CHECK(b.counters().shared_blocks == 1);
+    CHECK(b.counters().peak_used_blocks == 10);
+    std::vector<BlockId> from_a, from_b;
+    a.allocate(8, from_a);
+    b.allocate(8, from_b);
+    CHECK(from_a == from_b);
+    CHECK(from_b.front() == got[0]);  // released last: the top of the LIFO stack
+}
+
+TEST_CASE("BlockAllocator::restore refuses inconsistent state and changes nothing", "[snapshot]") {
+    BlockAllocator a(4);
+    std::vector<BlockId> got;
+    a.allocate(1, got);
+    AllocatorState s = a.state();
+    BlockAllocator b(4);
+    const AllocatorState before = b.state();
+    auto rejected = [&](const AllocatorState& bad, const std::string& text) {
+        try {
+            b.restore(bad);
+            FAIL("expected InvalidArgument");
+        } catch (const Error& e) {
+            CHECK(e.code() == ErrorCode::InvalidArgument);
+            CHECK_THAT(e.what(), Catch::Contains(text));
+        }
+        CHECK(b.state() == before);
+        CHECK(b.validate());
+    };
+    AllocatorState bad = s;
+    bad.free_list.push_back(bad.free_list.front());
+    rejected(bad, "twice on the free list");
+    bad = s;
+    bad.refcounts[2] = 1;
+    rejected(bad, "block 2 is free but has refcount 1");
+    bad = s;
+    bad.allocations = 0;
+    rejected(bad, "allocations 0 - releases 0 != 1 blocks in use");
+    bad = s;
+    bad.refcounts.pop_back();
+    rejected(bad, "3 reference counts for a pool of 4 blocks");
+
+    BlockTable t(b);  // a table holding blocks makes restoring meaningless
+    std::vector<BlockId> one;
+    b.allocate(1, one);
+    t.adopt_back(one);
+    CHECK_THROWS_WITH(b.restore(s), Catch::Contains("a registered block table holds 1 blocks"));
+}
+
+TEST_CASE("detailed stats count free runs, the refcount histogram and wasted slots", "[snapshot]") {
+    const DetailedStats d = compute_detailed_stats(sample_snapshot(false));
+    CHECK(d.num_blocks == 12);
+    CHECK(d.used_blocks == 9);
+    CHECK(d.free_blocks == 3);
+    CHECK(d.shared_blocks == 2);
+    CHECK(d.peak_used_blocks == 10);
+    CHECK(d.references == 11);
+    CHECK(d.free_runs == 2);  // {8} and {10, 11}
+    CHECK(d.largest_free_run == 2);
+    CHECK(d.refcount_histogram == std::vector<uint64_t>{3, 7, 2});
+    CHECK(d.caches == 3);
+    CHECK(d.rows == 4);
+    CHECK(d.slots_held == 36);
+    // Blocks 0 and 1 full (shared slots count once), 2: 2 slots, 3: 3, 4: 4, 5: 1, 6 and 7
+    // (the spare row): 0, 9: slots 1 to 3.
+    CHECK(d.tokens_stored == 21);
+    CHECK(d.waste_slots == 15);
+    CHECK(d.waste_fraction() == Approx(15.0 / 36.0));
+}

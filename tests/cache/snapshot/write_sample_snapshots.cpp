@@ -1,0 +1,25 @@
+// Writes the sample snapshots into a directory for the ctest that validates pagedkv-dump --json
+// against its schema: tables only, with page contents, and an untouched pool with no caches.
+#include <cstdio>
+#include <filesystem>
+
+#include "cache/snapshot/snapshot_codec.hpp"
+#include "snapshot_samples.hpp"
+
+int main(int argc, char** argv) {
+    using namespace pagedkv;
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: pagedkv_write_sample_snapshots DIR\n");
+        return 2;
+    }
+    const std::filesystem::path dir = argv[1];
+    std::filesystem::create_directories(dir);
+    write_snapshot_file(dir / "sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    write_snapshot_file(dir / "sample-pages.snap", encode_snapshot(test::sample_snapshot(true)));
+    SnapshotData empty;
+    empty.layout = test::sample_snapshot(false).layout;
+    BlockAllocator fresh(empty.layout.num_blocks);
+    empty.allocator = fresh.state();
+    write_snapshot_file(dir / "empty.snap", encode_snapshot(empty));
+    return 0;
+}

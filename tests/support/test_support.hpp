@@ -1,0 +1,110 @@
+// Test support: a validated GPU context that fails the test on any validation message,
+// random K/V data representable in each dtype, and a bit-exact comparison.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cache/manager/access.hpp"
+#include "pagedkv/pagedkv.hpp"
+
+namespace pagedkv::test {
+
+// Whether tests run under the validation layer: always, except in the sanitizer builds of the
+// test command, which set PAGEDKV_TEST_NO_VALIDATION=1 (the layer under ASan costs ~8 s per
+// process; the normal suite covers validation).
+inline bool validation_wanted() {
+    const char* v = std::getenv("PAGEDKV_TEST_NO_VALIDATION");
+    if (!(v && std::string(v) == "1")) return true;
+    // ctest sets PAGEDKV_VALIDATION=1 on every test, which the library also obeys.
+    setenv("PAGEDKV_VALIDATION", "0", 1);
+    return false;
+}
+
+// A Context with the Khronos validation layer on; at the end of the test every message the
+// layer reported fails it.
+struct ValidatedContext {
+    Context ctx;
+    explicit ValidatedContext(ContextOptions o = {})
+        : ctx(Context::create([&] {
+              o.enable_validation = validation_wanted();
+              return o;
+          }())) {}
+    ~ValidatedContext() {
+        ctx.synchronize();
+        const auto messages = ctx.validation_messages();
+        for (const auto& m : messages)
+            UNSCOPED_INFO(m);
+        CHECK(messages.empty());
+    }
+};
+
+// Values exactly representable in dtype t (so the upload rounds nothing away).
+inline std::vector<float> random_values(size_t n, std::mt19937& rng, DType t) {
+    std::uniform_real_distribution<float> dist(-4.0f, 4.0f);
+    std::vector<float> out(n);
+    for (float& x : out)
+        x = round_to(t, dist(rng));
+    return out;
+}
+
+// Equal bit for bit (so -0.0 != 0.0 and NaN payloads count).
+inline bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() &&
+           (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+// Where two float vectors first differ, for failure messages.
+inline std::string first_difference(const std::vector<float>& got, const std::vector<float>& want) {
+    if (got.size() != want.size())
+        return "size " + std::to_string(got.size()) + " != " + std::to_string(want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            return "index " + std::to_string(i) + ": got " + std::to_string(got[i]) + ", want " +
+                   std::to_string(want[i]);
+    return "none";
+}
+
+// A small pool layout for tests.
+inline PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads = 2,
+                               uint32_t dim = 8, uint32_t block = 4, uint64_t blocks = 64) {
+    PoolConfig c;
+    c.num_layers = layers;
+    c.num_kv_heads = heads;
+    c.head_dim = dim;
+    c.block_size = block;
+    c.dtype = dtype;
+    c.num_blocks = blocks;
+    return c;
+}
+
+inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t d) {
+    return {int64_t(b), int64_t(h), int64_t(s), int64_t(d)};
+}
+
+}  // namespace pagedkv::test
+
+#include "shaders/vulkan/device.hpp"
+
+namespace pagedkv::test {
+
+// The three ways bytes can move; differential tests run under each, whatever the device picks.
+struct PathMode {
+    const char* name;
+    BytePath path;
+    bool whole_rows;
+};
+inline constexpr PathMode kPathModes[] = {{"copy commands", BytePath::CopyCommands, false},
+                                          {"shader, a word per thread", BytePath::Shader, false},
+                                          {"shader, a row per thread", BytePath::Shader, true}};
+
+inline void use_path(Context& ctx, const PathMode& m) {
+    detail::Access::device(ctx).set_byte_paths({m.path, m.path, m.whole_rows});
+}
+
+}  // namespace pagedkv::test

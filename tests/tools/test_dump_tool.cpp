@@ -1,0 +1,232 @@
+// pagedkv-dump as a user runs it (the binary named by $PAGEDKV_DUMP, set by ctest): its text,
+// filters and picture, and for every damaged file (each truncation, a bit flip in each byte,
+// hand-made inconsistent files with valid checksums) exit status 2 with one line on stderr.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cache/snapshot/snapshot_codec.hpp"
+#include "snapshot_samples.hpp"
+
+using namespace pagedkv;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+    int status = -1;
+    std::string out, err;
+    size_t err_lines() const { return size_t(std::count(err.begin(), err.end(), '\n')); }
+};
+
+std::string slurp(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+// A scratch directory of this process, removed at exit.
+struct Scratch {
+    fs::path dir = fs::temp_directory_path() / ("pagedkv-dump-test-" + std::to_string(::getpid()));
+    Scratch() { fs::create_directories(dir); }
+    ~Scratch() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+    fs::path write(const std::string& name, std::span<const uint8_t> bytes) const {
+        const fs::path p = dir / name;
+        std::ofstream(p, std::ios::binary)
+            .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+        return p;
+    }
+};
+
+const Scratch& scratch() {
+    static Scratch s;
+    return s;
+}
+
+std::string quoted(const std::string& s) {
+    std::string o = "'";
+    for (char c : s)
+        o += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return o + "'";
+}
+
+// Runs pagedkv-dump with these arguments, capturing stdout, stderr and the exit status.
+Run dump(const std::vector<std::string>& args) {
+    const char* exe = std::getenv("PAGEDKV_DUMP");
+    REQUIRE(exe != nullptr);  // set by ctest; run the binary by hand with it set
+    std::string cmd = quoted(exe);
+    for (const auto& a : args)
+        cmd += " " + quoted(a);
+    const fs::path out = scratch().dir / "stdout", err = scratch().dir / "stderr";
+    cmd += " >" + quoted(out.string()) + " 2>" + quoted(err.string());
+    const int status = std::system(cmd.c_str());
+    Run r;
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (status & 0x7f);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+}
+
+// The run a damaged file must give: status 2 and exactly one line on stderr, nothing on stdout.
+void require_rejected(const Run& r, const std::string& text = "corrupt snapshot") {
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 2);
+    REQUIRE(r.err_lines() == 1);
+    REQUIRE_THAT(r.err, Catch::StartsWith("pagedkv-dump: ") && Catch::Contains(text));
+    REQUIRE(r.out.empty());
+}
+
+}  // namespace
+
+TEST_CASE("pagedkv-dump prints the pool summary and every row's block table", "[dump]") {
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    const Run r = dump({path.string()});
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.err.empty());
+    CHECK_THAT(r.out, Catch::Contains("pages      12 total, 9 used, 3 free, 2 shared, peak 10, 5 "
+                                      "copied on write\n"));
+    CHECK_THAT(r.out, Catch::Contains("waste      15 of 36 token slots in used pages hold no "
+                                      "token (41.7%)\n"));
+    CHECK_THAT(r.out, Catch::Contains("free runs  largest 2 pages, 2 in all\n"));
+    CHECK_THAT(r.out, Catch::Contains("refcounts  free: 3, 1 ref: 7, 2 refs: 2"));
+    CHECK_THAT(r.out, Catch::Contains("free list  8 10 11  (next handed out first)\n"));
+    CHECK_THAT(r.out, Catch::Contains("cache 0  dynamic  2 rows, 4 pages\n"
+                                      "  row 0  len 10  [0* 1* 2]  (layer lengths 10 9)\n"
+                                      "  row 1  len 11  [0* 1* 3]\n"));
+    CHECK_THAT(r.out, Catch::Contains("cache 1  static (batch_size 2, max_cache_len 6)  1 row + 1 "
+                                      "spare, 4 pages\n  row 0  len 5  [4 5]\n  spare 0  [6 7]\n"));
+    CHECK_THAT(r.out, Catch::Contains("cache 2  sliding (window 6)  1 row, 1 page\n"
+                                      "  row 0  len 3  [9]  (first token at slot 1)\n"));
+}
+
+TEST_CASE("pagedkv-dump --cache and --row show only the selected rows", "[dump]") {
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    Run r = dump({"--cache", "0", "--row", "1", path.string()});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("  row 1  len 11  [0* 1* 3]\n"));
+    CHECK_THAT(r.out, !Catch::Contains("row 0  len 10"));
+    CHECK_THAT(r.out, !Catch::Contains("cache 1"));
+    r = dump({"--row", "0", path.string()});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("cache 2  sliding"));
+    CHECK_THAT(r.out, !Catch::Contains("row 1  len 11"));
+    CHECK_THAT(r.out, !Catch::Contains("spare 0"));
+    r = dump({"--json", "--cache", "2", path.string()});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("\"selection\": {\n    \"cache\": 2,\n    \"row\": null\n"));
+    CHECK_THAT(r.out, Catch::Contains("\"window\": 6"));
+    CHECK_THAT(r.out, !Catch::Contains("\"kind\": \"static\""));
+}
+
+TEST_CASE("pagedkv-dump refuses a wrong command line with one line and status 2", "[dump]") {
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    require_rejected(dump({"--cache", "3", path.string()}), "--cache 3: the snapshot has 3 caches");
+    require_rejected(dump({"--cache", "1", "--row", "1", path.string()}),
+                     "--row 1: cache 1 has 1 rows");
+    require_rejected(dump({"--row", "-1", path.string()}), "--row needs a non-negative number");
+    require_rejected(dump({"--frobnicate", path.string()}), "unknown option '--frobnicate'");
+    require_rejected(dump({}), "no snapshot file given");
+    const Run missing = dump({(scratch().dir / "no-such.snap").string()});
+    CHECK(missing.status == 1);
+    CHECK(missing.err_lines() == 1);
+    CHECK_THAT(missing.err, Catch::Contains("cannot open"));
+}
+
+TEST_CASE("pagedkv-dump exits 2 with one line for every truncation of a snapshot", "[dump]") {
+    const auto bytes = encode_snapshot(test::sample_snapshot(false));
+    const auto path = scratch().dir / "truncated.snap";
+    for (size_t n = 0; n < bytes.size(); ++n) {
+        INFO("truncated to " << n << " bytes");
+        scratch().write("truncated.snap", std::span(bytes).first(n));
+        require_rejected(dump({path.string()}), "truncated");
+    }
+}
+
+TEST_CASE("pagedkv-dump exits 2 with one line for a bit flip in any byte", "[dump]") {
+    // The in-process decoder test flips every bit of a file with pages too; here each run is
+    // a process, so the smaller file.
+    auto bytes = encode_snapshot(test::sample_snapshot(false));
+    const auto path = scratch().dir / "flipped.snap";
+    for (size_t i = 0; i < bytes.size(); ++i) {
+        const uint8_t bit = uint8_t(1u << (i % 8));  // a different bit of each byte
+        INFO("byte " << i << " bit mask " << int(bit));
+        bytes[i] ^= bit;
+        scratch().write("flipped.snap", bytes);
+        bytes[i] ^= bit;
+        require_rejected(dump({path.string()}), "byte ");
+    }
+}
+
+TEST_CASE("pagedkv-dump names the byte and field of a hand-made inconsistent snapshot", "[dump]") {
+    struct Case {
+        const char* what;
+        void (*edit)(SnapshotData&);
+        const char* message;
+    };
+    const Case cases[] = {
+        {"refcount", [](SnapshotData& s) { s.allocator.refcounts[5] = 2; },
+         "byte 164 (refcounts[5]): block 5 has refcount 2 but the block tables reference it 1 "
+         "time"},
+        {"block id", [](SnapshotData& s) { s.caches[0].rows[1][2] = BlockId{99}; },
+         "byte 276 (caches[0].rows[1][2]): block 99 out of range, the pool has 12 blocks"},
+        {"free list", [](SnapshotData& s) { s.allocator.free_list[2] = s.allocator.free_list[0]; },
+         "byte 208 (free_list[2]): block 11 is on the free list twice"},
+        {"length", [](SnapshotData& s) { s.caches[0].len[1][1] = 13; },
+         "byte 328 (caches[0].len[layer 1][row 1]): tokens [0, 13) do not fit"},
+    };
+    for (const Case& c : cases) {
+        INFO(c.what);
+        SnapshotData s = test::sample_snapshot(false);
+        c.edit(s);
+        const auto path = scratch().write("inconsistent.snap", encode_snapshot(s));
+        require_rejected(dump({path.string()}), c.message);
+    }
+    auto bytes = encode_snapshot(test::sample_snapshot(false));
+    bytes[8] = 7;  // version 7, header checksum resealed
+    seal_snapshot(bytes);
+    auto path = scratch().write("version.snap", bytes);
+    require_rejected(
+        dump({path.string()}),
+        "byte 8 (version): unsupported snapshot version 7, this build reads version 1");
+    const std::string text = "not a snapshot\n";
+    path = scratch().write("text.snap",
+                           std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+    require_rejected(dump({path.string()}), "byte 0 (magic): not a pagedkv snapshot");
+}
+
+TEST_CASE("pagedkv-dump --svg draws every page, marks shared ones and names every row", "[dump]") {
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    const auto svg = scratch().dir / "sample.svg";
+    const Run r = dump({"--svg", svg.string(), path.string()});
+    REQUIRE(r.status == 0);
+    const std::string s = slurp(svg);
+    CHECK_THAT(s, Catch::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    CHECK_THAT(s, Catch::EndsWith("</svg>\n"));
+    auto count = [&](const std::string& needle) {
+        size_t n = 0;
+        for (size_t at = s.find(needle); at != std::string::npos; at = s.find(needle, at + 1))
+            ++n;
+        return n;
+    };
+    CHECK(count("<clipPath id=\"p") == 9);            // the pages in use
+    CHECK(count("stroke-dasharray=\"3 2\"/>") == 4);  // 3 free pages and the legend's swatch
+    CHECK(count(">×2</text>") == 2);                  // blocks 0 and 1, shared by two rows
+    CHECK_THAT(s, Catch::Contains(">cache 0 row 1 (dynamic): 3 pages, 11 tokens</text>"));
+    CHECK_THAT(s, Catch::Contains(">cache 2 row 0 (sliding): 1 page, 3 tokens</text>"));
+    CHECK_THAT(s, Catch::Contains("reserved by a static cache"));
+    CHECK_THAT(s, Catch::Contains("41.7% waste"));
+    const Run bad = dump({"--svg", (scratch().dir / "no-dir" / "x.svg").string(), path.string()});
+    CHECK(bad.status == 1);
+    CHECK(bad.err_lines() == 1);
+}
