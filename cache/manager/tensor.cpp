@@ -117,25 +117,26 @@ std::vector<float> Tensor::to_host() const {
     if (!buffer_) throw Error(ErrorCode::InvalidArgument, "to_host: tensor is undefined");
     const size_t n = size_t(numel());
     std::vector<float> out(n);
-    if (dtype_ == DType::F32) {
-        buffer_->read(out.data(), n * sizeof(float));
-        return out;
-    }
-    std::vector<uint16_t> bits(n);
-    buffer_->read(bits.data(), n * sizeof(uint16_t));
+    std::vector<uint16_t> bits;
     switch (dtype_) {
+        case DType::F32:
+            buffer_->read(out.data(), n * sizeof(float));
+            return out;
         case DType::F16:
+            bits.resize(n);
+            buffer_->read(bits.data(), n * sizeof(uint16_t));
             for (size_t i = 0; i < n; ++i)
                 out[i] = f16_to_f32(bits[i]);
-            break;
+            return out;
         case DType::BF16:
+            bits.resize(n);
+            buffer_->read(bits.data(), n * sizeof(uint16_t));
             for (size_t i = 0; i < n; ++i)
                 out[i] = bf16_to_f32(bits[i]);
-            break;
-        case DType::F32:  // read above
-            break;
+            return out;
     }
-    return out;
+    throw Error(ErrorCode::Unsupported,
+                fmt::format("to_host: unknown dtype {}", static_cast<unsigned>(dtype_)));
 }
 
 }  // namespace pagedkv

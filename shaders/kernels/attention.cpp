@@ -41,16 +41,13 @@ struct PushConstants {
     uint64_t indices;
     uint64_t last_page_len;
     uint64_t first_slot;
-    uint64_t block_bytes;
     uint64_t k_offset;
     uint64_t v_offset;
+    PageAddressing pages;
     uint32_t q_heads;
-    uint32_t group;
     uint32_t kv_heads;
     uint32_t k_words;
     uint32_t v_words;
-    uint32_t block_size;
-    uint32_t slab_shift;
     uint32_t max_len;
     float scale;
 };
@@ -61,21 +58,20 @@ uint32_t words(uint32_t dim, DType t) {
 }
 
 const Device::Pipeline& pipeline(Device& dev, DType t, bool paged) {
+    const size_t size = sizeof(PushConstants);
     switch (t) {
         case DType::F32:
-            return paged ? dev.pipeline("attention_f32_paged", kF32Paged, sizeof(PushConstants))
-                         : dev.pipeline("attention_f32_contiguous", kF32Contiguous,
-                                        sizeof(PushConstants));
+            return paged ? dev.pipeline("attention_f32_paged", kF32Paged, size)
+                         : dev.pipeline("attention_f32_contiguous", kF32Contiguous, size);
         case DType::F16:
-            return paged ? dev.pipeline("attention_f16_paged", kF16Paged, sizeof(PushConstants))
-                         : dev.pipeline("attention_f16_contiguous", kF16Contiguous,
-                                        sizeof(PushConstants));
+            return paged ? dev.pipeline("attention_f16_paged", kF16Paged, size)
+                         : dev.pipeline("attention_f16_contiguous", kF16Contiguous, size);
         case DType::BF16:
-            break;
+            return paged ? dev.pipeline("attention_bf16_paged", kBF16Paged, size)
+                         : dev.pipeline("attention_bf16_contiguous", kBF16Contiguous, size);
     }
-    return paged
-               ? dev.pipeline("attention_bf16_paged", kBF16Paged, sizeof(PushConstants))
-               : dev.pipeline("attention_bf16_contiguous", kBF16Contiguous, sizeof(PushConstants));
+    throw Error(ErrorCode::Unsupported,
+                fmt::format("attention: no shader for dtype {}", static_cast<unsigned>(t)));
 }
 
 PushConstants common(const AttentionShape& s, Buffer& query, Buffer& out) {
@@ -83,7 +79,6 @@ PushConstants common(const AttentionShape& s, Buffer& query, Buffer& out) {
     pc.q = query.address();
     pc.out = out.address();
     pc.q_heads = s.q_heads;
-    pc.group = s.q_heads / s.kv.num_kv_heads;
     pc.kv_heads = s.kv.num_kv_heads;
     pc.k_words = words(s.kv.head_dim, s.kv.dtype);
     pc.v_words = words(s.kv.v_head_dim, s.kv.dtype);
@@ -141,12 +136,9 @@ void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query,
     pc.indices = up(table.indices);
     pc.last_page_len = up(table.last_page_len);
     pc.first_slot = up(table.first_slot);
-    pc.k = pages.slab_table().address();
-    pc.block_bytes = lay.block_bytes();
+    pc.pages = pages.addressing();
     pc.k_offset = lay.page_offset(layer, false);
     pc.v_offset = lay.page_offset(layer, true);
-    pc.block_size = lay.block_size;
-    pc.slab_shift = pages.slab_shift();
     VkCommandBuffer cmd = batches.record({&query, &pages}, {&out});
     dispatch(dev, cmd, s, true, pc);
 }

@@ -24,10 +24,11 @@
 #define WORD_ALIGN 16
 #endif
 
+#include "page_address.glsl"
+
 layout(local_size_x_id = 0) in;
 
 layout(buffer_reference, std430, buffer_reference_align = WORD_ALIGN) buffer Words { WORD w[]; };
-layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Addresses { uint64_t a[]; };
 // x: tensor row of head 0 (b * heads * seq + s), or NONE (scatter zeros)
 // y: block * block_size + slot, or NONE (gather zeros)
 layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Entries { uvec2 e[]; };
@@ -35,16 +36,14 @@ layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Ent
 layout(push_constant) uniform Params {
     uint64_t tensor;        // Words
     uint64_t entries;       // Entries
-    uint64_t slabs;         // Addresses: base of each slab
     uint64_t tensor2;       // Words: the second tensor, or 0
+    uint64_t page_offset;   // bytes from a block's start to this layer's K or V page
+    uint64_t page_offset2;  // bytes from a block's start to the second tensor's page
+    PageAddressing pages;
     uint num_entries;
     uint heads;
     uint row_words;         // words in one (token, head) row
     uint head_stride;       // tensor rows between consecutive heads (= seq)
-    uint block_words;       // words per block (every layer, K and V)
-    uint page_offset;       // words from a block's start to this layer's K or V page
-    uint block_size;        // tokens per page
-    uint slab_shift;        // log2(blocks per slab)
     uint gather;            // 1: pages -> tensor, 0: tensor -> pages
     uint chunk_words;       // words one thread moves: 1 (GPUs: coalesced) or a whole row (CPUs)
     uint chunks;            // chunks per row (row_words / chunk_words)
@@ -54,7 +53,6 @@ layout(push_constant) uniform Params {
     uint chunk_shift;
     uint unit_shift;
     uint block_shift;
-    uint page_offset2;      // words from a block's start to the second tensor's page
 } p;
 
 const uint NONE = 0xFFFFFFFFu;  // an entry without a tensor row or without a page
@@ -64,7 +62,6 @@ uint div(uint a, uint b, uint shift) { return shift != NONE ? a >> shift : a / b
 void main() {
     const uint total = p.num_entries * p.units;
     const uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
-    const uint slab_mask = (1u << p.slab_shift) - 1u;
     Entries entries = Entries(p.entries);
     for (uint i = gl_GlobalInvocationID.x; i < total; i += stride) {
         const uint entry = div(i, p.units, p.unit_shift);
@@ -73,7 +70,7 @@ void main() {
         const uint first = (unit - unit_head * p.chunks) * p.chunk_words;
         uint head = unit_head;
         Words tensor = Words(p.tensor);
-        uint page_offset = p.page_offset;
+        uint64_t page_offset = p.page_offset;
         if (head >= p.heads) {  // the second tensor's share of the entry
             head -= p.heads;
             tensor = Words(p.tensor2);
@@ -85,17 +82,17 @@ void main() {
             for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = WORD_ZERO;
             continue;
         }
-        const uint block = div(e.y, p.block_size, p.block_shift);
-        const uint slot = e.y - block * p.block_size;
-        Words page = Words(Addresses(p.slabs).a[block >> p.slab_shift]);
-        const uint o = (block & slab_mask) * p.block_words + page_offset +
-                       (head * p.block_size + slot) * p.row_words + first;
+        const uint block = div(e.y, p.pages.block_size, p.block_shift);
+        const uint slot = e.y - block * p.pages.block_size;
+        Words page = Words(page_row_address(p.pages, page_offset, block, slot, head,
+                                            uint64_t(p.row_words) * WORD_ALIGN) +
+                           uint64_t(first) * WORD_ALIGN);
         if (p.gather != 0u) {
-            for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = page.w[o + w];
+            for (uint w = 0; w < p.chunk_words; ++w) tensor.w[t + w] = page.w[w];
         } else if (e.x == NONE) {  // no row: a hole, zeroed
-            for (uint w = 0; w < p.chunk_words; ++w) page.w[o + w] = WORD_ZERO;
+            for (uint w = 0; w < p.chunk_words; ++w) page.w[w] = WORD_ZERO;
         } else {
-            for (uint w = 0; w < p.chunk_words; ++w) page.w[o + w] = tensor.w[t + w];
+            for (uint w = 0; w < p.chunk_words; ++w) page.w[w] = tensor.w[t + w];
         }
     }
 }

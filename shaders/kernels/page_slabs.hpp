@@ -16,6 +16,15 @@
 
 namespace pagedkv::detail {
 
+// The struct of page_address.glsl, as the kernels' push constants hold it.
+struct PageAddressing {
+    uint64_t slab_table = 0;
+    uint64_t block_bytes = 0;
+    uint32_t block_size = 0;
+    uint32_t slab_shift = 0;
+};
+static_assert(sizeof(PageAddressing) == 24, "layout of PageAddressing in page_address.glsl");
+
 class PageSlabs : public Resource {
   public:
     // slabs[i] holds blocks [i << slab_shift, (i + 1) << slab_shift); slab_table holds their
@@ -35,6 +44,11 @@ class PageSlabs : public Resource {
     const std::vector<std::shared_ptr<Buffer>>& slabs() const noexcept { return slabs_; }
     const Buffer& slab_table() const noexcept { return *slab_table_; }
     uint64_t bytes() const noexcept { return num_blocks_ * format_.block_bytes(); }
+
+    // The numbers page_address.glsl needs, from the format and the slabs.
+    PageAddressing addressing() const {
+        return {slab_table_->address(), format_.block_bytes(), format_.block_size, slab_shift_};
+    }
 
     Buffer& slab_of(uint32_t block) const { return *slabs_[block >> slab_shift_]; }
     uint64_t offset_of(uint32_t block) const {

@@ -10,6 +10,8 @@
 #extension GL_EXT_buffer_reference2 : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 
+#include "page_address.glsl"
+
 layout(local_size_x = 64) in;
 
 const uint TILE = 64;
@@ -17,27 +19,23 @@ const uint MAX_WORDS = 256;  // head_dim up to 256 f32 or 512 16-bit elements
 
 layout(buffer_reference, std430, buffer_reference_align = 4) buffer Words { uint w[]; };
 layout(buffer_reference, std430, buffer_reference_align = 4) readonly buffer Uints { uint u[]; };
-layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Addresses { uint64_t a[]; };
 
 layout(push_constant) uniform Params {
     uint64_t q;        // (batch, q_heads, 1, head_dim)
     uint64_t dst;      // (batch, q_heads, 1, v_head_dim)
-    uint64_t k;        // PAGED: slab address table; CONTIGUOUS: K (batch, kv_heads, max_len, head_dim)
-    uint64_t v;        // PAGED: unused; CONTIGUOUS: V
+    uint64_t k;        // CONTIGUOUS: K (batch, kv_heads, max_len, head_dim)
+    uint64_t v;        // CONTIGUOUS: V
     uint64_t indptr;   // PAGED: CSR row starts (batch + 1)
     uint64_t indices;  // PAGED: pages
     uint64_t last_page_len;  // PAGED: tokens in each row's last page; CONTIGUOUS: row lengths
     uint64_t first_slot;     // PAGED: slot of each row's first token in its first page
-    uint64_t block_bytes;    // PAGED
     uint64_t k_offset;       // PAGED: bytes from a block's start to the layer's K page
     uint64_t v_offset;       // PAGED: ... and V page
+    PageAddressing pages;    // PAGED
     uint q_heads;
-    uint group;        // q_heads / kv_heads
     uint kv_heads;
     uint k_words;      // 32-bit words in one K row (head_dim * elem_bytes / 4)
     uint v_words;
-    uint block_size;
-    uint slab_shift;
     uint max_len;      // CONTIGUOUS: the K/V tensors' seq length
     float scale;
 } p;
@@ -71,7 +69,7 @@ uint row_length(uint row) {
 #if defined(PAGED)
     const uint pages = Uints(p.indptr).u[row + 1] - Uints(p.indptr).u[row];
     if (pages == 0u) return 0u;
-    return (pages - 1u) * p.block_size + Uints(p.last_page_len).u[row] - Uints(p.first_slot).u[row];
+    return (pages - 1u) * p.pages.block_size + Uints(p.last_page_len).u[row] - Uints(p.first_slot).u[row];
 #else
     return Uints(p.last_page_len).u[row];
 #endif
@@ -81,13 +79,11 @@ uint row_length(uint row) {
 uint64_t token_row(uint row, uint g, uint t, bool value) {
 #if defined(PAGED)
     const uint s = Uints(p.first_slot).u[row] + t;
-    const uint block = Uints(p.indices).u[Uints(p.indptr).u[row] + s / p.block_size];
-    const uint slot = s % p.block_size;
-    const uint64_t slab = Addresses(p.k).a[block >> p.slab_shift];
-    const uint64_t in_slab = uint64_t(block & ((1u << p.slab_shift) - 1u)) * p.block_bytes;
+    const uint block = Uints(p.indices).u[Uints(p.indptr).u[row] + s / p.pages.block_size];
+    const uint slot = s % p.pages.block_size;
     const uint words = value ? p.v_words : p.k_words;
-    return slab + in_slab + (value ? p.v_offset : p.k_offset) +
-           uint64_t((g * p.block_size + slot) * words) * 4ul;
+    return page_row_address(p.pages, value ? p.v_offset : p.k_offset, block, slot, g,
+                            uint64_t(words) * 4ul);
 #else
     const uint words = value ? p.v_words : p.k_words;
     return (value ? p.v : p.k) + uint64_t(((row * p.kv_heads + g) * p.max_len + t) * words) * 4ul;
@@ -98,7 +94,7 @@ void main() {
     const uint h = gl_WorkGroupID.x;
     const uint row = gl_WorkGroupID.y;
     const uint tid = gl_LocalInvocationID.x;
-    const uint g = h / p.group;
+    const uint g = h / (p.q_heads / p.kv_heads);
     const uint len = row_length(row);
 
     Words q = Words(p.q + uint64_t(row * p.q_heads + h) * uint64_t(p.k_words) * 4ul);

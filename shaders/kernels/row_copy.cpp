@@ -27,19 +27,18 @@ constexpr uint32_t kCopyRowsU128[] = {
 #include "spirv/copy_rows_u128.inc"
 };
 
+// Params of copy_rows.comp.
 struct PushConstants {
     uint64_t tensor;
     uint64_t entries;
-    uint64_t slabs;
     uint64_t tensor2;
+    uint64_t page_offset;
+    uint64_t page_offset2;
+    PageAddressing pages;
     uint32_t num_entries;
     uint32_t heads;
     uint32_t row_words;
     uint32_t head_stride;
-    uint32_t block_words;
-    uint32_t page_offset;
-    uint32_t block_size;
-    uint32_t slab_shift;
     uint32_t gather;
     uint32_t chunk_words;
     uint32_t chunks;
@@ -47,7 +46,6 @@ struct PushConstants {
     uint32_t chunk_shift;
     uint32_t unit_shift;
     uint32_t block_shift;
-    uint32_t page_offset2;
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
@@ -106,7 +104,7 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
     }
     const uint32_t members = op.tensor2 ? 2 : 1;
     const uint64_t total = uint64_t(op.entries.size()) * members * op.heads * (op.row_bytes / word);
-    if (total > UINT32_MAX || layout.block_bytes() / word > UINT32_MAX)
+    if (total > UINT32_MAX)
         throw Error(
             ErrorCode::CapacityExceeded,
             fmt::format("one copy of {} words exceeds the shader's 32-bit indexing", total));
@@ -116,16 +114,13 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
     pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
     pc.tensor = op.tensor->address();
     pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
-    pc.page_offset2 = uint32_t(op.page_offset2 / word);
-    pc.slabs = pages.slab_table().address();
+    pc.page_offset2 = op.page_offset2;
+    pc.pages = pages.addressing();
     pc.num_entries = uint32_t(op.entries.size());
     pc.heads = op.heads;
     pc.row_words = uint32_t(op.row_bytes / word);
     pc.head_stride = op.head_stride;
-    pc.block_words = uint32_t(layout.block_bytes() / word);
-    pc.page_offset = uint32_t(op.page_offset / word);
-    pc.block_size = layout.block_size;
-    pc.slab_shift = pages.slab_shift();
+    pc.page_offset = op.page_offset;
     pc.gather = op.gather ? 1 : 0;
     // One word per thread (coalesced on GPUs) or a whole row per thread (CPU SIMD lanes).
     pc.chunk_words = dev.byte_paths().whole_rows ? pc.row_words : 1;
