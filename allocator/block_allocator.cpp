@@ -52,37 +52,73 @@ AllocatorState BlockAllocator::state() const {
     return s;
 }
 
+std::optional<StateProblem> check_state(const AllocatorState& s, uint64_t n) {
+    using W = StateProblem::Where;
+    if (s.refcounts.size() != n)
+        return StateProblem{
+            W::Refcounts, 0, "refcounts",
+            fmt::format("{} reference counts for a pool of {} blocks", s.refcounts.size(), n)};
+    std::vector<uint64_t> first_seen(n, UINT64_MAX);
+    for (size_t i = 0; i < s.free_list.size(); ++i) {
+        const uint32_t b = index(s.free_list[i]);
+        auto at = [&](std::string what) {
+            return StateProblem{W::FreeList, i, fmt::format("free_list[{}]", i), std::move(what)};
+        };
+        if (b >= n) return at(fmt::format("block {} out of range, the pool has {} blocks", b, n));
+        if (first_seen[b] != UINT64_MAX)
+            return at(fmt::format("block {} is on the free list twice (also at free_list[{}])", b,
+                                  first_seen[b]));
+        first_seen[b] = i;
+        if (s.refcounts[b] != 0)
+            return at(
+                fmt::format("block {} is on the free list but has refcount {}", b, s.refcounts[b]));
+    }
+    uint64_t used = 0;
+    for (uint64_t b = 0; b < n; ++b) {
+        if (s.refcounts[b] == 0 && first_seen[b] == UINT64_MAX)
+            return StateProblem{
+                W::Refcounts, b, fmt::format("refcounts[{}]", b),
+                fmt::format("block {} has refcount 0 but is not on the free list", b)};
+        used += s.refcounts[b] > 0;
+    }
+    if (s.peak_used_blocks < used || s.peak_used_blocks > n)
+        return StateProblem{W::PeakUsed, 0, "peak_used_blocks",
+                            fmt::format("peak_used_blocks {} is outside [{} blocks in use, {} "
+                                        "blocks]",
+                                        s.peak_used_blocks, used, n)};
+    if (s.allocations < s.releases || s.allocations - s.releases != used)
+        return StateProblem{W::Allocations, 0, "allocations",
+                            fmt::format("allocations {} - releases {} != {} blocks in use",
+                                        s.allocations, s.releases, used)};
+    return std::nullopt;
+}
+
+std::optional<StateProblem> check_references(std::span<const uint32_t> refcounts,
+                                             std::span<const uint64_t> refs) {
+    for (uint64_t b = 0; b < refcounts.size(); ++b)
+        if (refs[b] != refcounts[b])
+            return StateProblem{StateProblem::Where::Refcounts, b, fmt::format("refcounts[{}]", b),
+                                fmt::format("block {} has refcount {} but the block tables "
+                                            "reference it {} time{}",
+                                            b, refcounts[b], refs[b], refs[b] == 1 ? "" : "s")};
+    return std::nullopt;
+}
+
 void BlockAllocator::restore(const AllocatorState& s) {
-    auto bad = [](const std::string& m) {
-        return Error(ErrorCode::InvalidArgument, "BlockAllocator::restore: " + m);
-    };
     const uint64_t n = refcount_.size();
     for (const BlockTable* t : tables_)
         if (!t->empty())
-            throw bad(fmt::format("a registered block table holds {} blocks", t->size()));
-    if (s.refcounts.size() != n)
-        throw bad(
-            fmt::format("{} reference counts for a pool of {} blocks", s.refcounts.size(), n));
-    std::vector<uint8_t> on_free_list(n, 0);
-    for (size_t i = 0; i < s.free_list.size(); ++i) {
-        const uint32_t b = index(s.free_list[i]);
-        if (b >= n) throw bad(fmt::format("free_list[{}] is block {} >= {}", i, b, n));
-        if (on_free_list[b]++) throw bad(fmt::format("block {} twice on the free list", b));
-        if (s.refcounts[b] != 0)
-            throw bad(fmt::format("block {} is free but has refcount {}", b, s.refcounts[b]));
-    }
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("BlockAllocator::restore: a registered block table holds {} "
+                                    "blocks",
+                                    t->size()));
+    if (const auto problem = check_state(s, n))
+        throw Error(ErrorCode::InvalidArgument, "BlockAllocator::restore: " + problem->what);
     uint64_t used = 0, shared = 0;
-    for (uint64_t i = 0; i < n; ++i) {
-        if (s.refcounts[i] == 0 && !on_free_list[i])
-            throw bad(fmt::format("block {} has refcount 0 but is not on the free list", i));
-        used += s.refcounts[i] > 0;
-        shared += s.refcounts[i] > 1;
+    for (uint32_t rc : s.refcounts) {
+        used += rc > 0;
+        shared += rc > 1;
     }
-    if (s.peak_used_blocks < used || s.peak_used_blocks > n)
-        throw bad(fmt::format("peak_used_blocks {} outside [{}, {}]", s.peak_used_blocks, used, n));
-    if (s.allocations < s.releases || s.allocations - s.releases != used)
-        throw bad(fmt::format("allocations {} - releases {} != {} blocks in use", s.allocations,
-                              s.releases, used));
     // Copies first (they may throw bad_alloc), then nothing that throws.
     std::vector<uint32_t> refcounts = s.refcounts;
     std::vector<BlockId> free_list = s.free_list;
@@ -105,29 +141,18 @@ std::string BlockAllocator::check() const {
     if (counters_.used_blocks + counters_.free_blocks != n)
         return fmt::format("used {} + free {} != total {}", counters_.used_blocks,
                            counters_.free_blocks, n);
-    std::vector<uint8_t> on_free_list(n, 0);
-    for (BlockId b : free_) {
-        if (index(b) >= n) return fmt::format("free list holds block {} >= {}", index(b), n);
-        if (on_free_list[index(b)]++) return fmt::format("block {} twice on free list", index(b));
-        if (refcount_[index(b)] != 0)
-            return fmt::format("block {} is free but has refcount {}", index(b),
-                               refcount_[index(b)]);
-    }
-    std::vector<uint32_t> refs(n, 0);
+    if (const auto problem = check_state(state(), n)) return problem->what;
+    std::vector<uint64_t> refs(n, 0);
     for (const BlockTable* t : tables_)
         for (BlockId b : t->blocks()) {
             if (index(b) >= n) return fmt::format("a table references block {} >= {}", index(b), n);
             ++refs[index(b)];
         }
+    if (const auto problem = check_references(refcount_, refs)) return problem->what;
     uint64_t used = 0, shared = 0;
-    for (uint64_t i = 0; i < n; ++i) {
-        if (refs[i] != refcount_[i])
-            return fmt::format("block {} has refcount {} but {} table references", i, refcount_[i],
-                               refs[i]);
-        if (refcount_[i] > 0 && on_free_list[i])
-            return fmt::format("block {} is both free and referenced", i);
-        used += refcount_[i] > 0;
-        shared += refcount_[i] > 1;
+    for (uint32_t rc : refcount_) {
+        used += rc > 0;
+        shared += rc > 1;
     }
     if (used != counters_.used_blocks)
         return fmt::format("used counter {} != blocks in use {}", counters_.used_blocks, used);

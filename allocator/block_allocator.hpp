@@ -4,26 +4,23 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "allocator/block_id.hpp"
+#include "pagedkv/block_counts.hpp"
 
 namespace pagedkv {
 
 class BlockTable;
 
 // Counters kept as we go (cheap; the "first tier" of statistics).
-struct AllocatorCounters {
-    uint64_t num_blocks = 0;
-    uint64_t used_blocks = 0;
-    uint64_t free_blocks = 0;
-    uint64_t peak_used_blocks = 0;
-    uint64_t shared_blocks = 0;  // blocks with a reference count above one
-    uint64_t allocations = 0;    // blocks handed out since creation
-    uint64_t releases = 0;       // blocks returned to the free list since creation
+struct AllocatorCounters : BlockCounts {
+    uint64_t allocations = 0;  // blocks handed out since creation
+    uint64_t releases = 0;     // blocks returned to the free list since creation
 };
 
 // Everything a BlockAllocator holds except the tables registered with it: enough to rebuild it
@@ -37,6 +34,24 @@ struct AllocatorState {
 
     bool operator==(const AllocatorState&) const = default;
 };
+
+// What is wrong with an AllocatorState: where (the field, and the index in refcounts or
+// free_list), its name for messages ("free_list[2]"), and what.
+struct StateProblem {
+    enum class Where { Refcounts, FreeList, PeakUsed, Allocations };
+    Where where;
+    uint64_t index = 0;
+    std::string field;
+    std::string what;
+};
+// The invariants of a state on its own, for a pool of num_blocks blocks: one reference count per
+// block; the free list holds every block of refcount 0 exactly once and nothing else;
+// peak_used_blocks within [blocks in use, num_blocks]; allocations - releases = blocks in use.
+// One function for BlockAllocator::restore, BlockAllocator::check and the snapshot checks.
+std::optional<StateProblem> check_state(const AllocatorState& s, uint64_t num_blocks);
+// refcounts[b] == refs[b] (the references the block tables hold) for every block.
+std::optional<StateProblem> check_references(std::span<const uint32_t> refcounts,
+                                             std::span<const uint64_t> refs);
 
 class BlockAllocator {
   public:

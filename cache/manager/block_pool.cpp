@@ -86,11 +86,7 @@ PoolStats BlockPool::stats() const {
     std::lock_guard lock(state_->device->mutex());
     const AllocatorCounters& c = state_->allocator.counters();
     PoolStats s;
-    s.num_blocks = c.num_blocks;
-    s.used_blocks = c.used_blocks;
-    s.free_blocks = c.free_blocks;
-    s.peak_used_blocks = c.peak_used_blocks;
-    s.shared_blocks = c.shared_blocks;
+    static_cast<BlockCounts&>(s) = c;
     s.pages_copied = state_->pages_copied;
     s.block_bytes = state_->format.block_bytes();
     s.total_bytes = state_->pages->bytes();

@@ -74,48 +74,27 @@ class Checker {
     }
 
   private:
-    std::string allocator() {
-        const AllocatorState& a = s_.allocator;
-        const uint64_t n = s_.layout.num_blocks;
-        const uint64_t rc_at = at_ ? at_->refcounts : 0, fl_at = at_ ? at_->free_list : 0;
-        if (a.refcounts.size() != n)
-            return fail(
-                rc_at, "refcounts",
-                fmt::format("{} reference counts for a pool of {} blocks", a.refcounts.size(), n));
-        std::vector<uint64_t> first_seen(n, UINT64_MAX);
-        for (size_t i = 0; i < a.free_list.size(); ++i) {
-            const uint32_t b = index(a.free_list[i]);
-            const std::string field = fmt::format("free_list[{}]", i);
-            if (b >= n)
-                return fail(fl_at + 4 * i, field,
-                            fmt::format("block {} out of range, the pool has {} blocks", b, n));
-            if (first_seen[b] != UINT64_MAX)
-                return fail(fl_at + 4 * i, field,
-                            fmt::format("block {} is on the free list twice (also at "
-                                        "free_list[{}])",
-                                        b, first_seen[b]));
-            first_seen[b] = i;
-            if (a.refcounts[b] != 0)
-                return fail(fl_at + 4 * i, field,
-                            fmt::format("block {} is on the free list but has refcount {}", b,
-                                        a.refcounts[b]));
+    // The allocator's own invariants (allocator/block_allocator.cpp), located in the file.
+    std::string allocator() const {
+        const auto problem = check_state(s_.allocator, s_.layout.num_blocks);
+        if (!problem) return {};
+        using W = StateProblem::Where;
+        uint64_t offset = 0;
+        switch (problem->where) {
+            case W::Refcounts:
+                offset = (at_ ? at_->refcounts : 0) + 4 * problem->index;
+                break;
+            case W::FreeList:
+                offset = (at_ ? at_->free_list : 0) + 4 * problem->index;
+                break;
+            case W::PeakUsed:
+                offset = pool_at(pf::kPeakUsed);
+                break;
+            case W::Allocations:
+                offset = pool_at(pf::kAllocations);
+                break;
         }
-        uint64_t used = 0;
-        for (uint64_t b = 0; b < n; ++b) {
-            if (a.refcounts[b] == 0 && first_seen[b] == UINT64_MAX)
-                return fail(rc_at + 4 * b, fmt::format("refcounts[{}]", b),
-                            fmt::format("block {} has refcount 0 but is not on the free list", b));
-            used += a.refcounts[b] > 0;
-        }
-        if (a.peak_used_blocks < used || a.peak_used_blocks > n)
-            return fail(pool_at(pf::kPeakUsed), "peak_used_blocks",
-                        fmt::format("peak_used_blocks {} is outside [{} blocks in use, {} blocks]",
-                                    a.peak_used_blocks, used, n));
-        if (a.allocations < a.releases || a.allocations - a.releases != used)
-            return fail(pool_at(pf::kAllocations), "allocations",
-                        fmt::format("allocations {} - releases {} != {} blocks in use",
-                                    a.allocations, a.releases, used));
-        return {};
+        return fail(offset, problem->field, problem->what);
     }
 
     std::string cache(size_t c) {
@@ -232,14 +211,9 @@ class Checker {
     }
 
     std::string references() const {
-        const auto& rc = s_.allocator.refcounts;
-        for (uint64_t b = 0; b < rc.size(); ++b)
-            if (refs_[b] != rc[b])
-                return fail((at_ ? at_->refcounts : 0) + 4 * b, fmt::format("refcounts[{}]", b),
-                            fmt::format("block {} has refcount {} but the block tables reference "
-                                        "it {} time{}",
-                                        b, rc[b], refs_[b], refs_[b] == 1 ? "" : "s"));
-        return {};
+        const auto problem = check_references(s_.allocator.refcounts, refs_);
+        if (!problem) return {};
+        return fail((at_ ? at_->refcounts : 0) + 4 * problem->index, problem->field, problem->what);
     }
 
     // Table t of cache c (its rows, then its spare tables): the blocks, the field's name, and

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "pagedkv/block_counts.hpp"
 #include "pagedkv/context.hpp"
 #include "pagedkv/dtype.hpp"
 #include "pagedkv/export.h"
@@ -32,14 +33,11 @@ struct PoolConfig {
 };
 
 // Counters kept as the pool is used (cheap to read).
-struct PoolStats {
-    uint64_t num_blocks = 0;
-    uint64_t used_blocks = 0;
-    uint64_t free_blocks = 0;
-    uint64_t peak_used_blocks = 0;
-    uint64_t shared_blocks = 0;  // pages referenced by more than one row
-    uint64_t pages_copied = 0;   // copy-on-write page copies so far
-    uint64_t block_bytes = 0;    // bytes of one block (all layers, K and V)
+// The counters of the pool's blocks (shared_blocks: pages referenced by more than one row), and
+// its bytes.
+struct PoolStats : BlockCounts {
+    uint64_t pages_copied = 0;  // copy-on-write page copies so far
+    uint64_t block_bytes = 0;   // bytes of one block (all layers, K and V)
     uint64_t total_bytes = 0;
     uint64_t num_slabs = 0;
 };

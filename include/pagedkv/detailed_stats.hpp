@@ -5,14 +5,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "pagedkv/block_counts.hpp"
+
 namespace pagedkv {
 
-struct DetailedStats {
-    uint64_t num_blocks = 0;
-    uint64_t used_blocks = 0;
-    uint64_t free_blocks = 0;
-    uint64_t shared_blocks = 0;  // blocks with a reference count above one
-    uint64_t peak_used_blocks = 0;
+// The counters (as BlockPool::stats() has them), then what only a walk finds.
+struct DetailedStats : BlockCounts {
     // Table entries over every row of every cache: the sum of the reference counts.
     uint64_t references = 0;
     // Longest run of consecutive free block ids, and how many maximal runs the free blocks

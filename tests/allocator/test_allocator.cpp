@@ -116,7 +116,7 @@ TEST_CASE("validate catches a reference count that drifted from the tables", "[a
     t.adopt_back(got);
     a.retain(BlockId{0});  // a reference nobody holds
     CHECK_FALSE(a.validate());
-    CHECK(a.check() == "block 0 has refcount 2 but 1 table references");
+    CHECK(a.check() == "block 0 has refcount 2 but the block tables reference it 1 time");
     a.release(BlockId{0});
     CHECK(a.validate());
 }

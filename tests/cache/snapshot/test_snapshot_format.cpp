@@ -319,10 +319,10 @@ TEST_CASE("BlockAllocator::restore refuses inconsistent state and changes nothin
     };
     AllocatorState bad = s;
     bad.free_list.push_back(bad.free_list.front());
-    rejected(bad, "twice on the free list");
+    rejected(bad, "is on the free list twice");
     bad = s;
     bad.refcounts[2] = 1;
-    rejected(bad, "block 2 is free but has refcount 1");
+    rejected(bad, "block 2 is on the free list but has refcount 1");
     bad = s;
     bad.allocations = 0;
     rejected(bad, "allocations 0 - releases 0 != 1 blocks in use");
