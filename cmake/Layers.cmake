@@ -35,3 +35,13 @@ function(pagedkv_layer target folder)
     pagedkv_warnings(${target})
     set_property(GLOBAL APPEND PROPERTY PAGEDKV_LAYERS ${target})
 endfunction()
+
+# Links a shared library of the layers' objects with cmake/pagedkv.map where the linker takes
+# version scripts (GNU ld, lld), so that it exports the public API and nothing else.
+function(pagedkv_export_only_api target)
+    if(CMAKE_SYSTEM_NAME STREQUAL "Linux" AND NOT APPLE)
+        set(map ${PROJECT_SOURCE_DIR}/cmake/pagedkv.map)
+        target_link_options(${target} PRIVATE "LINKER:--version-script=${map}")
+        set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS ${map})
+    endif()
+endfunction()

@@ -143,7 +143,7 @@ class PAGEDKV_API Context {
 
   private:
     friend struct detail::Access;
-    explicit Context(std::shared_ptr<detail::Device> d);
+    PAGEDKV_LOCAL explicit Context(std::shared_ptr<detail::Device> d);
     std::shared_ptr<detail::Device> device_;
 };
 

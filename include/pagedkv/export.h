@@ -17,4 +17,12 @@
 #define PAGEDKV_API __attribute__((visibility("default")))
 #endif
 
+/* PAGEDKV_LOCAL: a member of an exported class that only the library calls (its signature names
+ * internal types), kept out of the exported symbols. */
+#if defined(_WIN32)
+#define PAGEDKV_LOCAL
+#else
+#define PAGEDKV_LOCAL __attribute__((visibility("hidden")))
+#endif
+
 #endif /* PAGEDKV_EXPORT_H */

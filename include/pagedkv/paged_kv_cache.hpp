@@ -53,7 +53,7 @@ class PAGEDKV_API PagedKVCache : public KVCache {
     // kernels (see PagedView). Rows without tokens in the layer have no pages in the view.
     PagedView paged_view(uint32_t layer_idx) const;
 
-    // Decode attention straight from the pages (shaders/paged_attention.comp): query is
+    // Decode attention straight from the pages (shaders/kernels/paged_attention.comp): query is
     // (batch, q_heads, 1, head_dim) in the pool's dtype (F32, F16 or BF16), q_heads a multiple of
     // the pool's kv heads (GQA: query head h reads kv head h / (q_heads / kv_heads)). Each
     // row's query attends to every token the row holds in this layer; returns
@@ -69,8 +69,9 @@ class PAGEDKV_API PagedKVCache : public KVCache {
     uint64_t pages_held() const;
 
   protected:
-    // policy: the cache kind (cache/cache_policy.hpp), fixed for the cache's life.
-    PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy);
+    // policy: the cache kind (cache/manager/cache_policy.hpp; the kinds implement it in
+    // cache/kinds/), fixed for the cache's life.
+    PAGEDKV_LOCAL PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy);
 
     // Drops the first n tokens of one layer's row (no bytes move: the row's start advances).
     void drop_front(uint32_t layer, uint32_t row, int64_t n);
@@ -88,8 +89,8 @@ class PAGEDKV_API PagedKVCache : public KVCache {
     void write_rows(const Tensor& key, const Tensor& value, uint32_t layer,
                     const CachePosition& cache_position, const char* op,
                     std::pair<Tensor, Tensor>* out);
-    // Commits a plan of plan_update (cache/update_plan.hpp): pages, lengths, the scatter.
-    void apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value);
+    // Commits a plan of plan_update (cache/manager/update_plan.hpp): pages, lengths, the scatter.
+    PAGEDKV_LOCAL void apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value);
     std::pair<Tensor, Tensor> empty_kv(uint32_t batch, int64_t tokens) const;
     std::pair<Tensor, Tensor> gather(uint32_t layer) const;
     void gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const;

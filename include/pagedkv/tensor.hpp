@@ -57,8 +57,8 @@ class PAGEDKV_API Tensor {
 
   private:
     friend struct detail::Access;
-    static Tensor empty_on(const std::shared_ptr<detail::Device>& device,
-                           std::vector<int64_t> shape, DType dtype);
+    PAGEDKV_LOCAL static Tensor empty_on(const std::shared_ptr<detail::Device>& device,
+                                         std::vector<int64_t> shape, DType dtype);
 
     std::shared_ptr<detail::Device> device_;  // declared first: outlives the buffer
     std::shared_ptr<detail::Buffer> buffer_;

@@ -1,4 +1,4 @@
-# Fails unless README.md holds tests/readme_example.cpp verbatim in its usage example.
+# Fails unless README.md holds tests/package/readme_example.cpp verbatim in its usage example.
 file(READ ${README} readme)
 file(READ ${EXAMPLE} example)
 string(FIND "${readme}" "```cpp\n${example}```" at)

@@ -1,4 +1,4 @@
-# Configures, builds and runs the consumer project in tests/consumer (cmake -P script).
+# Configures, builds and runs the consumer project in tests/package/consumer (cmake -P script).
 #
 #   MODE=install       installs PAGEDKV_BUILD_DIR into WORK_DIR/stage, moves the prefix to
 #                      WORK_DIR/prefix (proving it relocatable), checks that no installed CMake

@@ -1,4 +1,4 @@
-// CallerKernels: compute pipelines a host runtime would own (tests/shaders/caller_kernels.comp),
+// CallerKernels: compute pipelines a host runtime would own (tests/support/caller_kernels.comp),
 // made on the host's device by the test, and dispatched into the host's command buffers.
 #pragma once
 

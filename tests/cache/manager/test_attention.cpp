@@ -1,4 +1,4 @@
-// cached_attention: decode attention read straight from the pages (shaders/paged_attention.comp),
+// cached_attention: decode attention read straight from the pages (shaders/kernels/paged_attention.comp),
 // checked against attention computed on the CPU over the reference cache's K/V, and against the
 // same shader run on the contiguous K/V that get() gathers, which must agree bit for bit.
 #include <cmath>
