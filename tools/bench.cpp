@@ -3,11 +3,14 @@
 // is asserted by a test: speed and memory targets live in this tool.
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
+#include <cstdio>
 #include <functional>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -17,12 +20,14 @@
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "json_text.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "shaders/kernels/page_copy.hpp"
 #include "shaders/vulkan/batch.hpp"
 #include "shaders/vulkan/buffer.hpp"
 #include "shaders/vulkan/device.hpp"
 #include "shaders/vulkan/gpu_timer.hpp"
+#include "svg_writer.hpp"
 
 using namespace pagedkv;
 
@@ -270,9 +275,10 @@ std::vector<Series> sweep_gather(Context& ctx, detail::GpuTimer& timer) {
     return out;
 }
 
-// A log-x line chart as an SVG group at (x0, y0).
-std::string chart(double x0, double y0, const std::string& title, const std::string& xlabel,
-                  const std::string& ylabel, const std::vector<Series>& series) {
+// A log-x line chart at (x0, y0).
+void chart(tools::SvgWriter& svg, double x0, double y0, const std::string& title,
+           const std::string& xlabel, const std::string& ylabel,
+           const std::vector<Series>& series) {
     const double w = 420, h = 260;
     double xmin = 1e300, xmax = 0, ymax = 0;
     for (const auto& s : series)
@@ -288,46 +294,61 @@ std::string chart(double x0, double y0, const std::string& title, const std::str
                    (w - 70);
     };
     auto py = [&](double y) { return y0 + h - 40 - y / ymax * (h - 70); };
-    std::string g = fmt::format("<text x='{}' y='{}' font-size='14' font-weight='bold'>{}</text>\n",
-                                x0 + 50, y0 + 16, title);
-    g += fmt::format("<line x1='{0}' y1='{1}' x2='{2}' y2='{1}' stroke='#333'/>\n", x0 + 50,
-                     y0 + h - 40, x0 + w - 20);
-    g += fmt::format("<line x1='{0}' y1='{1}' x2='{0}' y2='{2}' stroke='#333'/>\n", x0 + 50,
-                     y0 + h - 40, y0 + 30);
+    auto fixed1 = [](double v) { return fmt::format("{:.1f}", v); };
+    svg.text("text", {{"x", x0 + 50}, {"y", y0 + 16}, {"font-size", 14}, {"font-weight", "bold"}},
+             title);
+    svg.element("line", {{"x1", x0 + 50},
+                         {"y1", y0 + h - 40},
+                         {"x2", x0 + w - 20},
+                         {"y2", y0 + h - 40},
+                         {"stroke", "#333"}});
+    svg.element("line", {{"x1", x0 + 50},
+                         {"y1", y0 + h - 40},
+                         {"x2", x0 + 50},
+                         {"y2", y0 + 30},
+                         {"stroke", "#333"}});
     for (int i = 0; i <= 4; ++i) {
         const double y = ymax * i / 4;
-        g += fmt::format("<text x='{}' y='{}' font-size='10' text-anchor='end'>{:.3g}</text>\n",
-                         x0 + 46, py(y) + 3, y);
+        svg.text("text",
+                 {{"x", x0 + 46}, {"y", py(y) + 3}, {"font-size", 10}, {"text-anchor", "end"}},
+                 fmt::format("{:.3g}", y));
     }
     for (auto [x, y] : series.front().points)
-        g += fmt::format("<text x='{}' y='{}' font-size='10' text-anchor='middle'>{}</text>\n",
-                         px(x), y0 + h - 26,
-                         x >= 1e6   ? fmt::format("{:.0f}M", x / 1e6)
-                         : x >= 1e3 ? fmt::format("{:.0f}k", x / 1e3)
-                                    : fmt::format("{:.0f}", x));
-    g += fmt::format("<text x='{}' y='{}' font-size='11' text-anchor='middle'>{}</text>\n",
-                     x0 + w / 2 + 20, y0 + h - 8, xlabel);
-    g += fmt::format(
-        "<text x='{}' y='{}' font-size='11' transform='rotate(-90 {} {})' "
-        "text-anchor='middle'>{}</text>\n",
-        x0 + 12, y0 + h / 2, x0 + 12, y0 + h / 2, ylabel);
+        svg.text("text",
+                 {{"x", px(x)}, {"y", y0 + h - 26}, {"font-size", 10}, {"text-anchor", "middle"}},
+                 x >= 1e6   ? fmt::format("{:.0f}M", x / 1e6)
+                 : x >= 1e3 ? fmt::format("{:.0f}k", x / 1e3)
+                            : fmt::format("{:.0f}", x));
+    svg.text(
+        "text",
+        {{"x", x0 + w / 2 + 20}, {"y", y0 + h - 8}, {"font-size", 11}, {"text-anchor", "middle"}},
+        xlabel);
+    svg.text("text",
+             {{"x", x0 + 12},
+              {"y", y0 + h / 2},
+              {"font-size", 11},
+              {"transform", fmt::format("rotate(-90 {} {})", x0 + 12, y0 + h / 2)},
+              {"text-anchor", "middle"}},
+             ylabel);
     int row = 0;
     for (const auto& s : series) {
         std::string pts;
         for (auto [x, y] : s.points)
             pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
-        g += fmt::format("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>\n",
-                         s.color, pts);
+        svg.element("polyline",
+                    {{"fill", "none"}, {"stroke", s.color}, {"stroke-width", 2}, {"points", pts}});
         for (auto [x, y] : s.points)
-            g += fmt::format("<circle cx='{:.1f}' cy='{:.1f}' r='3' fill='{}'/>\n", px(x), py(y),
-                             s.color);
-        g += fmt::format(
-            "<rect x='{}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}' "
-            "font-size='11'>{}</text>\n",
-            x0 + 60, y0 + 28 + 14 * row, s.color, x0 + 74, y0 + 37 + 14 * row, s.name);
+            svg.element(
+                "circle",
+                {{"cx", fixed1(px(x))}, {"cy", fixed1(py(y))}, {"r", 3}, {"fill", s.color}});
+        svg.element("rect", {{"x", x0 + 60},
+                             {"y", y0 + 28 + 14 * row},
+                             {"width", 10},
+                             {"height", 10},
+                             {"fill", s.color}});
+        svg.text("text", {{"x", x0 + 74}, {"y", y0 + 37 + 14 * row}, {"font-size", 11}}, s.name);
         ++row;
     }
-    return g;
 }
 
 // Allocator allocate + free per page against a raw std::vector free list.
@@ -454,23 +475,42 @@ void bench_beams(Context& ctx, Report& rep) {
 
 }  // namespace
 
+void write_file(const std::string& path, const std::string& text) {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) throw std::runtime_error("cannot write " + path);
+    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (std::fclose(f) != 0 || !ok) throw std::runtime_error("cannot write " + path);
+}
+
 int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32, decode_context = 64;
     uint32_t attention_rows = 16, attention_context = 256;
-    for (int i = 1; i < argc; ++i) {
-        auto next = [&] { return i + 1 < argc ? argv[++i] : ""; };
-        if (!std::strcmp(argv[i], "--json"))
-            json_path = next();
-        else if (!std::strcmp(argv[i], "--svg"))
-            svg_path = next();
-        else if (!std::strcmp(argv[i], "--context"))
-            decode_context = uint32_t(std::atoi(next()));
-        else {
-            fmt::print(stderr,
-                       "usage: pagedkv-bench [--json FILE] [--svg FILE] [--context TOKENS]\n");
-            return 2;
-        }
+    CLI::App app{
+        "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
+        "printed as a table and written as JSON, with an SVG of the scaling sweeps.",
+        "pagedkv-bench"};
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    app.add_option("--json", json_path, "where the figures are written as JSON")
+        ->type_name("FILE")
+        ->capture_default_str();
+    app.add_option("--svg", svg_path, "where the charts are written")
+        ->type_name("FILE")
+        ->capture_default_str();
+    app.add_option("--context", decode_context, "tokens of context per row in the decode figures")
+        ->type_name("TOKENS")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, std::numeric_limits<uint32_t>::max()));
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {  // --help
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        fmt::print(stderr,
+                   "pagedkv-bench: {}\nusage: pagedkv-bench [--json FILE] [--svg FILE] "
+                   "[--context TOKENS]\n",
+                   e.what());
+        return 2;
     }
     try {
         const auto t0 = std::chrono::steady_clock::now();
@@ -498,28 +538,27 @@ int main(int argc, char** argv) {
         fmt::print("{:<40} {:>10}  {}\n", "figure", "value", "measured on");
         for (const Row& r : rep.rows)
             fmt::print("{:<40} {:>10}  {}\n", r.name, r.value, r.note);
-        std::FILE* f = std::fopen(json_path.c_str(), "w");
-        if (!f) throw std::runtime_error("cannot write " + json_path);
-        fmt::print(f, "{{\n  \"schema_version\": 1,\n  \"device\": \"{}\",\n  \"seconds\": {:.2f}",
-                   ctx.device_name(), secs);
+        // Keys stay in this order: the three about the run, then the figures by name.
+        tools::Json json;
+        json["schema_version"] = 1;
+        json["device"] = ctx.device_name();
+        json["seconds"] = std::round(secs * 100) / 100;
         for (const auto& [k, v] : rep.json)
-            fmt::print(f, ",\n  \"{}\": {:.6g}", k, v);
-        fmt::print(f, "\n}}\n");
-        std::fclose(f);
-        std::FILE* svg = std::fopen(svg_path.c_str(), "w");
-        if (!svg) throw std::runtime_error("cannot write " + svg_path);
-        fmt::print(
-            svg,
-            "<svg xmlns='http://www.w3.org/2000/svg' width='880' height='300' "
-            "font-family='sans-serif'>\n"
-            "<rect width='880' height='300' fill='white'/>\n{}{}"
-            "<text x='440' y='296' font-size='10' text-anchor='middle' fill='#666'>pagedkv-bench "
-            "on {}</text>\n</svg>\n",
-            chart(0, 0, "allocate + free, ns per page", "pool size (pages)", "ns", alloc_series),
-            chart(440, 0, "gather bandwidth (K+V, read + written)", "bytes gathered", "GB/s",
-                  gather_series),
-            ctx.device_name());
-        std::fclose(svg);
+            json[k] = tools::json_number(v);
+        write_file(json_path, tools::json_text(json));
+        tools::SvgWriter svg({{"width", 880}, {"height", 300}, {"font-family", "sans-serif"}});
+        svg.element("rect", {{"width", 880}, {"height", 300}, {"fill", "white"}});
+        chart(svg, 0, 0, "allocate + free, ns per page", "pool size (pages)", "ns", alloc_series);
+        chart(svg, 440, 0, "gather bandwidth (K+V, read + written)", "bytes gathered", "GB/s",
+              gather_series);
+        svg.text("text",
+                 {{"x", 440},
+                  {"y", 296},
+                  {"font-size", 10},
+                  {"text-anchor", "middle"},
+                  {"fill", "#666"}},
+                 "pagedkv-bench on " + std::string(ctx.device_name()));
+        write_file(svg_path, svg.finish());
         fmt::print("\nwrote {} and {}\n", json_path, svg_path);
         return 0;
     } catch (const std::exception& e) {

@@ -134,9 +134,12 @@ TEST_CASE("pagedkv-dump refuses a wrong command line with one line and status 2"
     require_rejected(dump({"--cache", "3", path.string()}), "--cache 3: the snapshot has 3 caches");
     require_rejected(dump({"--cache", "1", "--row", "1", path.string()}),
                      "--row 1: cache 1 has 1 rows");
-    require_rejected(dump({"--row", "-1", path.string()}), "--row needs a non-negative number");
+    require_rejected(dump({"--row", "-1", path.string()}),
+                     "--row: needs a non-negative number, got '-1'");
     require_rejected(dump({"--frobnicate", path.string()}), "unknown option '--frobnicate'");
     require_rejected(dump({}), "no snapshot file given");
+    require_rejected(dump({path.string(), path.string()}), "one snapshot file at a time");
+    require_rejected(dump({"--svg"}), "--svg");
     const Run missing = dump({(scratch().dir / "no-such.snap").string()});
     CHECK(missing.status == 1);
     CHECK(missing.err_lines() == 1);
@@ -229,4 +232,28 @@ TEST_CASE("pagedkv-dump --svg draws every page, marks shared ones and names ever
     const Run bad = dump({"--svg", (scratch().dir / "no-dir" / "x.svg").string(), path.string()});
     CHECK(bad.status == 1);
     CHECK(bad.err_lines() == 1);
+}
+
+TEST_CASE("pagedkv-dump --help lists every option, and numbers are read as decimal", "[dump]") {
+    const Run help = dump({"--help"});
+    REQUIRE(help.status == 0);
+    for (const char* option : {"--json", "--svg OUT", "--cache N", "--row N", "FILE"})
+        CHECK_THAT(help.out, Catch::Contains(option));
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    // 010 is ten, not octal eight: refused, the sample having 3 caches.
+    require_rejected(dump({"--cache", "010", path.string()}), "--cache 10: the snapshot has 3");
+    const Run last = dump({"--json", "--cache", "0", "--cache", "2", path.string()});
+    REQUIRE(last.status == 0);
+    CHECK_THAT(last.out, Catch::Contains("\"cache\": 2,"));
+}
+
+TEST_CASE("pagedkv-dump escapes a file name in its JSON and SVG", "[dump]") {
+    const auto path =
+        scratch().write("we\"ird<&>\\name.snap", encode_snapshot(test::sample_snapshot(false)));
+    const auto svg = scratch().dir / "weird.svg";
+    const Run r = dump({"--json", "--svg", svg.string(), path.string()});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("we\\\"ird<&>\\\\name.snap\",\n"));
+    const std::string s = slurp(svg);
+    CHECK_THAT(s, Catch::Contains("we&quot;ird&lt;&amp;&gt;\\name.snap</text>"));
 }

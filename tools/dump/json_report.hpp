@@ -13,7 +13,4 @@ inline constexpr int kJsonSchemaVersion = 1;
 
 std::string json_report(const SnapshotView& v);
 
-// s as a JSON string literal, quotes included.
-std::string json_string(const std::string& s);
-
 }  // namespace pagedkv::dump

@@ -4,6 +4,8 @@
 // command line; every failure is one line on stderr.
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <charconv>
 #include <cstring>
 #include <optional>
@@ -36,39 +38,51 @@ int fail(int status, const std::string& message) {
     return status;
 }
 
-std::optional<uint32_t> parse_index(const char* s) {
+// --cache and --row take a decimal number that fits in 32 bits. The value is rewritten
+// without leading zeros: CLI11's own conversion would read "010" as octal.
+std::string check_index(std::string& s) {
     uint32_t v = 0;
-    const char* end = s + std::strlen(s);
-    auto [p, ec] = std::from_chars(s, end, v);
-    if (ec != std::errc() || p != end || p == s) return std::nullopt;
-    return v;
+    const char* end = s.data() + s.size();
+    auto [p, ec] = std::from_chars(s.data(), end, v);
+    if (ec != std::errc() || p != end || s.empty())
+        return fmt::format("needs a non-negative number, got '{}'", s);
+    s = std::to_string(v);
+    return "";
 }
 
-// Fills o from argv; returns an error message, or "" when the command line is good.
-std::string parse(int argc, char** argv, Options& o) {
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-        if (a == "--json") {
-            o.json = true;
-        } else if (a == "--svg") {
-            const char* v = value();
-            if (!v) return "--svg needs an output file";
-            o.svg = v;
-        } else if (a == "--cache" || a == "--row") {
-            const char* v = value();
-            const auto n = v ? parse_index(v) : std::nullopt;
-            if (!n) return fmt::format("{} needs a non-negative number, got '{}'", a, v ? v : "");
-            (a == "--cache" ? o.selection.cache : o.selection.row) = *n;
-        } else if (a.size() > 1 && a[0] == '-') {
-            return fmt::format("unknown option '{}'", a);
-        } else if (!o.file.empty()) {
-            return fmt::format("one snapshot file at a time, got '{}' and '{}'", o.file, a);
-        } else {
-            o.file = a;
-        }
+// What CLI11 fills in before check() moves it into Options.
+struct Raw {
+    std::string svg;
+    uint32_t cache = 0, row = 0;
+};
+
+void define(CLI::App& app, Options& o, Raw& raw) {
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    // Unknown options and a second file are reported by check(), in this tool's words.
+    app.allow_extras();
+    app.add_flag("--json", o.json, "print the report as JSON (tools/pagedkv-dump.schema.json)");
+    app.add_option("--svg", raw.svg, "also draw the pool's pages as an SVG picture into OUT")
+        ->type_name("OUT");
+    const CLI::Validator number(check_index, "", "index");
+    app.add_option("--cache", raw.cache, "show only cache N (counted in the order saved, from 0)")
+        ->type_name("N")
+        ->transform(number);
+    app.add_option("--row", raw.row, "show only row N of the caches shown")
+        ->type_name("N")
+        ->transform(number);
+    app.add_option("FILE", o.file, "the snapshot file (required)")->type_name("");
+}
+
+// What CLI11 lets through: an error message, or "" when the command line is good.
+std::string check(const CLI::App& app, const Raw& raw, Options& o) {
+    for (const std::string& a : app.remaining()) {
+        if (a.size() > 1 && a[0] == '-') return fmt::format("unknown option '{}'", a);
+        return fmt::format("one snapshot file at a time, got '{}' and '{}'", o.file, a);
     }
     if (o.file.empty()) return "no snapshot file given";
+    if (app.count("--svg")) o.svg = raw.svg;
+    if (app.count("--cache")) o.selection.cache = raw.cache;
+    if (app.count("--row")) o.selection.row = raw.row;
     return "";
 }
 
@@ -82,12 +96,22 @@ bool write_text(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc == 2 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
-        fmt::print("{}\n", kUsage);
-        return 0;
-    }
     Options o;
-    if (std::string e = parse(argc, argv, o); !e.empty())
+    Raw raw;
+    CLI::App app{
+        "pagedkv-dump: shows what a pagedkv snapshot file holds: the pool's pages, who "
+        "references them, and every cache's block tables. Exit status: 0 done, 1 a file could "
+        "not be read or written, 2 a damaged snapshot or a wrong command line.",
+        "pagedkv-dump"};
+    define(app, o, raw);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {  // --help
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        return fail(2, fmt::format("{} ({})", e.what(), kUsage));
+    }
+    if (std::string e = check(app, raw, o); !e.empty())
         return fail(2, fmt::format("{} ({})", e, kUsage));
     try {
         std::vector<uint8_t> bytes;

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "svg_writer.hpp"
 #include "text_report.hpp"
 
 namespace pagedkv::dump {
@@ -19,7 +20,7 @@ constexpr int kMargin = 20;  // around everything
 constexpr int kTitle = 62;   // the two title lines
 constexpr int kLegendRow = 22;
 constexpr size_t kLegendRows = 24;  // row entries shown before "+ N more"
-constexpr const char* kFont = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
+constexpr const char* kFont = "DejaVu Sans, Helvetica, Arial, sans-serif";
 
 struct Rgb {
     double r, g, b;  // 0..1
@@ -51,29 +52,6 @@ Rgb colour(size_t i) {
     const int sector = int(h);
     const double rgb[6][3] = {{c, x, 0}, {x, c, 0}, {0, c, x}, {0, x, c}, {x, 0, c}, {c, 0, x}};
     return {rgb[sector][0] + m, rgb[sector][1] + m, rgb[sector][2] + m};
-}
-
-std::string xml(const std::string& s) {
-    std::string o;
-    for (char c : s) {
-        switch (c) {
-            case '&':
-                o += "&amp;";
-                break;
-            case '<':
-                o += "&lt;";
-                break;
-            case '>':
-                o += "&gt;";
-                break;
-            case '"':
-                o += "&quot;";
-                break;
-            default:
-                o += c;
-        }
-    }
-    return o;
 }
 
 }  // namespace
@@ -120,19 +98,30 @@ std::string svg_picture(const SnapshotView& v) {
     const int width = legend_x + 380;
     const int height = kMargin + kTitle + std::max(grid_h, legend_h) + kMargin;
 
-    std::string o = fmt::format(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
-        "viewBox=\"0 0 {0} {1}\" {2}>\n",
-        width, height, kFont);
-    o += "<defs><pattern id=\"hatch\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" "
-         "patternTransform=\"rotate(45)\"><line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" "
-         "stroke=\"#000\" stroke-width=\"2\" stroke-opacity=\"0.35\"/></pattern></defs>\n";
-    o += fmt::format("<rect width=\"{}\" height=\"{}\" fill=\"#fff\"/>\n", width, height);
-    o += fmt::format(
-        "<text x=\"{}\" y=\"{}\" font-size=\"17\" font-weight=\"bold\">pagedkv pool: {} pages of "
-        "{} tokens, {} used, {} free, {} shared, peak {}</text>\n",
-        kMargin, kMargin + 18, n, bs, st.used_blocks, st.free_blocks, st.shared_blocks,
-        st.peak_used_blocks);
+    tools::SvgWriter o({{"width", width},
+                        {"height", height},
+                        {"viewBox", fmt::format("0 0 {} {}", width, height)},
+                        {"font-family", kFont}});
+    o.open("defs");
+    o.open("pattern", {{"id", "hatch"},
+                       {"width", 6},
+                       {"height", 6},
+                       {"patternUnits", "userSpaceOnUse"},
+                       {"patternTransform", "rotate(45)"}});
+    o.element("line", {{"x1", 0},
+                       {"y1", 0},
+                       {"x2", 0},
+                       {"y2", 6},
+                       {"stroke", "#000"},
+                       {"stroke-width", 2},
+                       {"stroke-opacity", "0.35"}});
+    o.close();
+    o.close();
+    o.element("rect", {{"width", width}, {"height", height}, {"fill", "#fff"}});
+    o.text(
+        "text", {{"x", kMargin}, {"y", kMargin + 18}, {"font-size", 17}, {"font-weight", "bold"}},
+        fmt::format("pagedkv pool: {} pages of {} tokens, {} used, {} free, {} shared, peak {}", n,
+                    bs, st.used_blocks, st.free_blocks, st.shared_blocks, st.peak_used_blocks));
     std::string sub = fmt::format(
         "{} of {} token slots in used pages empty ({:.1f}% waste), largest free run {}, {} a "
         "page, {}",
@@ -142,8 +131,7 @@ std::string svg_picture(const SnapshotView& v) {
         sub += fmt::format("  (showing{}{})",
                            v.selection.cache ? fmt::format(" cache {}", *v.selection.cache) : "",
                            v.selection.row ? fmt::format(" row {}", *v.selection.row) : "");
-    o += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"13\" fill=\"#444\">{}</text>\n", kMargin,
-                     kMargin + 40, xml(sub));
+    o.text("text", {{"x", kMargin}, {"y", kMargin + 40}, {"font-size", 13}, {"fill", "#444"}}, sub);
 
     const int top = kMargin + kTitle;
     for (uint64_t b = 0; b < n; ++b) {
@@ -151,15 +139,22 @@ std::string svg_picture(const SnapshotView& v) {
         const int y = top + int(b / uint64_t(cols)) * (kCell + kGap);
         const auto& owners = v.owners[b];
         if (owners.empty()) {
-            o += fmt::format(
-                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"#fff\" "
-                "stroke=\"#bbb\" stroke-dasharray=\"3 2\"/>\n",
-                x + 0.5, y + 0.5, kCell - 1, kCell - 1);
+            o.element("rect", {{"x", x + 0.5},
+                               {"y", y + 0.5},
+                               {"width", kCell - 1},
+                               {"height", kCell - 1},
+                               {"rx", 3},
+                               {"fill", "#fff"},
+                               {"stroke", "#bbb"},
+                               {"stroke-dasharray", "3 2"}});
             if (ids)
-                o += fmt::format(
-                    "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" "
-                    "fill=\"#aaa\">{}</text>\n",
-                    x + kCell / 2, y + kCell / 2 + 4, b);
+                o.text("text",
+                       {{"x", x + kCell / 2},
+                        {"y", y + kCell / 2 + 4},
+                        {"font-size", 11},
+                        {"text-anchor", "middle"},
+                        {"fill", "#aaa"}},
+                       fmt::format("{}", b));
             continue;
         }
         const PageOwner& first = owners.front();
@@ -174,83 +169,98 @@ std::string svg_picture(const SnapshotView& v) {
             if (!seen && bands.size() < 4) bands.push_back(oc);
         }
         const double fill = std::min(1.0, double(v.slots_used[b]) / bs);
-        o += fmt::format(
-            "<clipPath id=\"p{0}\"><rect x=\"{1}\" y=\"{2}\" width=\"{3}\" height=\"{3}\" "
-            "rx=\"3\"/></clipPath><g clip-path=\"url(#p{0})\">",
-            b, x, y, kCell);
+        o.open("clipPath", {{"id", fmt::format("p{}", b)}});
+        o.element("rect", {{"x", x}, {"y", y}, {"width", kCell}, {"height", kCell}, {"rx", 3}});
+        o.close();
+        o.open("g", {{"clip-path", fmt::format("url(#p{})", b)}});
         for (size_t i = 0; i < bands.size(); ++i) {
             const double bh = double(kCell) / double(bands.size());
             const double by = y + bh * double(i);
-            o += fmt::format(
-                "<rect x=\"{}\" y=\"{:.1f}\" width=\"{}\" height=\"{:.1f}\" fill=\"{}\"/>", x, by,
-                kCell, bh, bands[i].tint(0.35).hex());
+            o.element("rect", {{"x", x},
+                               {"y", fmt::format("{:.1f}", by)},
+                               {"width", kCell},
+                               {"height", fmt::format("{:.1f}", bh)},
+                               {"fill", bands[i].tint(0.35).hex()}});
             if (fill > 0)
-                o += fmt::format(
-                    "<rect x=\"{}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\"/>",
-                    x, by, kCell * fill, bh, bands[i].hex());
+                o.element("rect", {{"x", x},
+                                   {"y", fmt::format("{:.1f}", by)},
+                                   {"width", fmt::format("{:.1f}", kCell * fill)},
+                                   {"height", fmt::format("{:.1f}", bh)},
+                                   {"fill", bands[i].hex()}});
         }
-        o += "</g>\n";
+        o.close();
         const bool shared = owners.size() > 1;
         if (shared) {
-            o += fmt::format(
-                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"url(#hatch)\" "
-                "stroke=\"#111\" stroke-width=\"3\"/>\n",
-                x + 1.5, y + 1.5, kCell - 3, kCell - 3);
+            o.element("rect", {{"x", x + 1.5},
+                               {"y", y + 1.5},
+                               {"width", kCell - 3},
+                               {"height", kCell - 3},
+                               {"rx", 3},
+                               {"fill", "url(#hatch)"},
+                               {"stroke", "#111"},
+                               {"stroke-width", 3}});
         } else if (first.spare) {
-            o += fmt::format(
-                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" rx=\"3\" fill=\"none\" "
-                "stroke=\"#666\" stroke-dasharray=\"2 2\"/>\n",
-                x + 0.5, y + 0.5, kCell - 1, kCell - 1);
+            o.element("rect", {{"x", x + 0.5},
+                               {"y", y + 0.5},
+                               {"width", kCell - 1},
+                               {"height", kCell - 1},
+                               {"rx", 3},
+                               {"fill", "none"},
+                               {"stroke", "#666"},
+                               {"stroke-dasharray", "2 2"}});
         }
         const char* ink = fill >= 0.5 ? c.text() : "#111";
         if (ids)
-            o += fmt::format(
-                "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" "
-                "fill=\"{}\">{}</text>\n",
-                x + kCell / 2, y + (shared ? 16 : kCell / 2 + 4), ink, b);
+            o.text("text",
+                   {{"x", x + kCell / 2},
+                    {"y", y + (shared ? 16 : kCell / 2 + 4)},
+                    {"font-size", 11},
+                    {"text-anchor", "middle"},
+                    {"fill", ink}},
+                   fmt::format("{}", b));
         if (shared)
-            o += fmt::format(
-                "<text x=\"{}\" y=\"{}\" font-size=\"10\" font-weight=\"bold\" "
-                "text-anchor=\"middle\" fill=\"{}\">×{}</text>\n",
-                x + kCell / 2, y + 29, ink, owners.size());
+            o.text("text",
+                   {{"x", x + kCell / 2},
+                    {"y", y + 29},
+                    {"font-size", 10},
+                    {"font-weight", "bold"},
+                    {"text-anchor", "middle"},
+                    {"fill", ink}},
+                   fmt::format("×{}", owners.size()));
     }
 
     // Legend: one line per selected row, then the marks.
     int ly = top + 12;
-    auto swatch = [&](const std::string& fill_attrs, const std::string& label) {
-        o += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"16\" height=\"16\" rx=\"2\" {}/>\n",
-                         legend_x, ly - 12, fill_attrs);
-        o += fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>\n", legend_x + 24, ly,
-                         xml(label));
+    auto swatch = [&](const tools::Attrs& fill_attrs, const std::string& label) {
+        tools::Attrs attrs{
+            {"x", legend_x}, {"y", ly - 12}, {"width", 16}, {"height", 16}, {"rx", 2}};
+        attrs.insert(attrs.end(), fill_attrs.begin(), fill_attrs.end());
+        o.element("rect", attrs);
+        o.text("text", {{"x", legend_x + 24}, {"y", ly}, {"font-size", 12}}, label);
         ly += kLegendRow;
     };
     for (size_t i = 0; i < legend_rows.size() && i < kLegendRows; ++i) {
         const auto [c, r] = legend_rows[i];
         const SnapshotCache& k = d.caches[c];
-        swatch(fmt::format("fill=\"{}\"", colours.at({c, r}).hex()),
+        swatch({{"fill", colours.at({c, r}).hex()}},
                fmt::format("cache {} row {} ({}): {} page{}, {} tokens", c, r, to_string(k.kind),
                            k.rows[r].size(), k.rows[r].size() == 1 ? "" : "s", k.row_length(r)));
     }
     if (legend_rows.size() > kLegendRows)
-        swatch("fill=\"#fff\"", fmt::format("+ {} more rows", legend_rows.size() - kLegendRows));
-    if (any_other) swatch(fmt::format("fill=\"{}\"", grey.hex()), "rows not selected");
+        swatch({{"fill", "#fff"}}, fmt::format("+ {} more rows", legend_rows.size() - kLegendRows));
+    if (any_other) swatch({{"fill", grey.hex()}}, "rows not selected");
     if (any_spare)
-        swatch("fill=\"#9a9a9a\" stroke=\"#666\" stroke-dasharray=\"2 2\"",
+        swatch({{"fill", "#9a9a9a"}, {"stroke", "#666"}, {"stroke-dasharray", "2 2"}},
                "reserved by a static cache, no row in use");
     if (any_shared)
-        swatch("fill=\"url(#hatch)\" stroke=\"#111\" stroke-width=\"3\"",
+        swatch({{"fill", "url(#hatch)"}, {"stroke", "#111"}, {"stroke-width", 3}},
                "shared page: ×N rows reference it");
-    swatch("fill=\"#fff\" stroke=\"#bbb\" stroke-dasharray=\"3 2\"", "free page");
-    o += fmt::format(
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#555\">Solid part: slots holding tokens; "
-        "pale part: empty slots.</text>\n",
-        legend_x, ly + 4);
-    o += fmt::format(
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"#555\">Pages in block-id order, {} a "
-        "line.</text>\n",
-        legend_x, ly + 20, cols);
-    o += "</svg>\n";
-    return o;
+    swatch({{"fill", "#fff"}, {"stroke", "#bbb"}, {"stroke-dasharray", "3 2"}}, "free page");
+    o.text("text", {{"x", legend_x}, {"y", ly + 4}, {"font-size", 11}, {"fill", "#555"}},
+           "Solid part: slots holding tokens; pale part: empty slots.");
+    o.text("text", {{"x", legend_x}, {"y", ly + 20}, {"font-size", 11}, {"fill", "#555"}},
+           fmt::format("Pages in block-id order, {} a line.", cols));
+    return o.finish();
 }
 
 }  // namespace pagedkv::dump
