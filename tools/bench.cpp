@@ -73,6 +73,80 @@ struct Report {
     }
 };
 
+// Progress on stderr while the bench runs (the table comes at the end, on stdout).
+void progress(const std::string& what) {
+    fmt::print(stderr, "pagedkv-bench: {}\n", what);
+}
+
+double median_of(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// A ratio measured side by side: baseline and variant alternate (b v, v b, b v, ...) so that
+// load drifting over the run hits both alike; each pair gives one ratio of the two medians.
+// Device time from GPU timestamps around each run; host time is the CPU time of the calls
+// that record the run (what the library costs the host, without the submit and the wait).
+struct Paired {
+    double ratio = 0, ratio_min = 0, ratio_max = 0;  // variant / baseline, device time
+    double base_device = 0, var_device = 0;          // medians, seconds
+    double base_host = 0, var_host = 0;
+
+    std::string text() const {
+        return fmt::format("{:.2f}x ({:.2f}-{:.2f})", ratio, ratio_min, ratio_max);
+    }
+};
+
+Paired paired(detail::GpuTimer& timer, const std::function<void()>& baseline,
+              const std::function<void()>& variant, int pairs = 5, int reps = 5) {
+    std::vector<double> ratios, bd, vd, bh, vh;
+    auto run = [&](const std::function<void()>& f, std::vector<double>& dev,
+                   std::vector<double>& host) {
+        std::vector<double> d, h;
+        for (const auto& r : timer.runs(f, reps, 1)) {
+            d.push_back(r.device_s);
+            h.push_back(r.host_s);
+        }
+        dev.push_back(median_of(d));
+        host.push_back(median_of(h));
+        return dev.back();
+    };
+    for (int i = 0; i < pairs; ++i) {
+        double b = 0, v = 0;
+        if (i % 2 == 0) {
+            b = run(baseline, bd, bh);
+            v = run(variant, vd, vh);
+        } else {
+            v = run(variant, vd, vh);
+            b = run(baseline, bd, bh);
+        }
+        ratios.push_back(v / b);
+    }
+    Paired p;
+    p.ratio = median_of(ratios);
+    p.ratio_min = *std::min_element(ratios.begin(), ratios.end());
+    p.ratio_max = *std::max_element(ratios.begin(), ratios.end());
+    p.base_device = median_of(bd);
+    p.var_device = median_of(vd);
+    p.base_host = median_of(bh);
+    p.var_host = median_of(vh);
+    return p;
+}
+
+// Adds a paired figure and its spread (key, key_min, key_max); `inverse` reports
+// baseline / variant instead (a bandwidth against a copy: higher is better).
+void add_paired(Report& rep, const std::string& key, const std::string& name, const Paired& p,
+                bool inverse, const std::string& note) {
+    const double v = inverse ? 1 / p.ratio : p.ratio;
+    const double lo = inverse ? 1 / p.ratio_max : p.ratio_min;
+    const double hi = inverse ? 1 / p.ratio_min : p.ratio_max;
+    rep.rows.push_back(
+        {name, fmt::format("{:.2f}x", v), fmt::format("{:.2f}-{:.2f}; {}", lo, hi, note)});
+    rep.json[key] = v;
+    rep.json[key + "_min"] = lo;
+    rep.json[key + "_max"] = hi;
+}
+
 const char* path_name(BytePath p) {
     return p == BytePath::Shader ? "shader" : p == BytePath::CopyCommands ? "copy" : "auto";
 }
@@ -99,94 +173,194 @@ PoolConfig layout(uint32_t layers, uint64_t blocks) {
 }
 
 // Scatter (write) and gather (get) of one prefill of `tokens` tokens, against a flat copy of
-// the same bytes (K and V: two copies).
+// the same bytes (K and V: two copies), interleaved, on each byte path.
 void bench_prefill(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t tokens) {
+    progress(fmt::format("prefill, {} tokens", tokens));
     std::mt19937 rng(1);
     const PoolConfig c = layout(1, tokens / 16 + 4);
     BlockPool pool(ctx, c);
     Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     Tensor v = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     const uint64_t bytes = 2 * k.nbytes();
-    const double copy = time_flat_copy(detail::Access::device(ctx), timer, bytes, 2);
+    detail::Device& dev = detail::Access::device(ctx);
+    auto src = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
+    auto dst = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
+    auto copy = [&] {
+        VkCommandBuffer cmd = dev.batches().record({src.get()}, {dst.get()});
+        for (uint64_t p = 0; p < 2; ++p) {
+            VkBufferCopy r{p * bytes / 2, p * bytes / 2, bytes / 2};
+            vkCmdCopyBuffer(cmd, src->handle(), dst->handle(), 1, &r);
+        }
+    };
     DynamicKVCache cache(pool);
     cache.write(k, v, 0);
+    const double copy_s = timer.median(copy);
     const std::string shape = fmt::format("prefill {} tokens x 8 heads x 128, f16", tokens);
-    rep.add("copy_gbps_prefill", "vkCmdCopyBuffer, same bytes", 2 * bytes / copy / 1e9,
-            fmt::format("{:.1f} GB/s", 2 * bytes / copy / 1e9), shape);
+    rep.add("copy_gbps_prefill", "vkCmdCopyBuffer, same bytes", 2 * bytes / copy_s / 1e9,
+            fmt::format("{:.1f} GB/s", 2 * bytes / copy_s / 1e9), shape);
+    const BytePath chosen = ctx.gather_path();
     for_each_path(ctx, [&](const std::string& path) {
-        const double scatter = timer.median([&] { cache.write(k, v, 0, int64_t(0)); });
-        const double gather = timer.median([&] { (void)cache.get(0); });
-        rep.add("gather_ratio_prefill_" + path, "gather / copy (prefill, " + path + ")",
-                copy / gather, fmt::format("{:.2f}x", copy / gather),
-                fmt::format("{:.1f} GB/s", 2 * bytes / gather / 1e9));
-        rep.add("scatter_ratio_prefill_" + path, "scatter / copy (prefill, " + path + ")",
-                copy / scatter, fmt::format("{:.2f}x", copy / scatter),
-                fmt::format("{:.1f} GB/s", 2 * bytes / scatter / 1e9));
+        const Paired scatter = paired(timer, copy, [&] { cache.write(k, v, 0, int64_t(0)); });
+        const Paired gather = paired(timer, copy, [&] { (void)cache.get(0); });
+        add_paired(rep, "gather_ratio_prefill_" + path, "gather / copy (prefill, " + path + ")",
+                   gather, true,
+                   fmt::format("{:.1f} GB/s, host {:.0f} us", 2 * bytes / gather.var_device / 1e9,
+                               gather.var_host * 1e6));
+        add_paired(rep, "scatter_ratio_prefill_" + path, "scatter / copy (prefill, " + path + ")",
+                   scatter, true,
+                   fmt::format("{:.1f} GB/s, host {:.0f} us", 2 * bytes / scatter.var_device / 1e9,
+                               scatter.var_host * 1e6));
+        if (path == path_name(chosen)) {
+            rep.json["gather_ratio_prefill"] = 1 / gather.ratio;
+            rep.json["gather_ratio_prefill_min"] = 1 / gather.ratio_max;
+            rep.json["gather_ratio_prefill_max"] = 1 / gather.ratio_min;
+        }
     });
 }
 
-// One decode step of `rows` rows over `layers` layers: scatter of one token per row and
-// layer, gather of every row's context, against flat copies of the same bytes.
-void bench_decode(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
-                  uint32_t layers, uint32_t context) {
-    std::mt19937 rng(2);
-    const PoolConfig c = layout(layers, uint64_t(rows) * ((context + 16) / 16 + 1));
+// A decode step the way serving engines run it: every row appends one token to every layer.
+// The paged cache (write, appending: the rows grow from `context`) against two contiguous
+// caches of the same bytes: llama.cpp-style (a layer's cells hold all heads of a token and a
+// step's tokens go to consecutive cells: one copy region per K/V per layer) and Hugging
+// Face-style ((rows, heads, max_len, dim) per layer: one region per row and head).
+struct DecodeShape {
+    uint32_t rows, layers, context, heads, dim;
+};
+
+struct DecodeFigures {
+    Paired llama, hf, flat;
+    double paged_host_us = 0, llama_host_us = 0;
+    uint64_t paged_regions = 0, paged_dispatches = 0;
+};
+
+DecodeFigures measure_decode(Context& ctx, detail::GpuTimer& timer, const DecodeShape& d) {
+    detail::Device& dev = detail::Access::device(ctx);
+    const uint32_t appends = 128;  // room for the steps the measurement appends
+    PoolConfig c = layout(d.layers, uint64_t(d.rows) * ((d.context + appends) / 16 + 2));
+    c.num_kv_heads = d.heads;
+    c.head_dim = d.dim;
     BlockPool pool(ctx, c);
     DynamicKVCache cache(pool);
-    Tensor pk = random_tensor(ctx, rng, {rows, 8, context, 128}, c.dtype);
-    for (uint32_t l = 0; l < layers; ++l)
-        cache.write(pk, pk, l);
-    Tensor tk = random_tensor(ctx, rng, {rows, 8, 1, 128}, c.dtype);
-    const std::vector<std::vector<int64_t>> pos(rows, std::vector<int64_t>{int64_t(context) - 1});
-    const uint64_t token_bytes = 2ull * 8 * 128 * 2;  // K and V of one token, one layer
-    const uint64_t sbytes = token_bytes * rows * layers;
-    const uint64_t gbytes = token_bytes * rows * context * layers;
-    const double scopy =
-        time_flat_copy(detail::Access::device(ctx), timer, sbytes, int(2 * layers));
-    const double gcopy =
-        time_flat_copy(detail::Access::device(ctx), timer, gbytes, int(2 * layers));
-    const std::string shape = fmt::format("{} rows x 1 token x {} layers", rows, layers);
-    for_each_path(ctx, [&](const std::string& path) {
-        const double scatter = timer.median([&] {
-            for (uint32_t l = 0; l < layers; ++l)
-                cache.write(tk, tk, l, pos);
-        });
-        const double gather = timer.median(
-            [&] {
-                for (uint32_t l = 0; l < layers; ++l)
-                    (void)cache.get(l);
-            },
-            5, 1);
-        rep.add("scatter_ratio_decode_" + path, "scatter / copy (decode, " + path + ")",
-                scopy / scatter, fmt::format("{:.2f}x", scopy / scatter),
-                fmt::format("{} ({:.1f} us per step)", shape, scatter * 1e6));
-        rep.add("gather_ratio_decode_" + path, "gather / copy (decode, " + path + ")",
-                gcopy / gather, fmt::format("{:.2f}x", gcopy / gather),
-                fmt::format("{} rows x {} tokens x {} layers ({:.2f} ms)", rows, context, layers,
-                            gather * 1e3));
-    });
-
-    // What one decode step costs the host: submits, dispatches, descriptor updates.
+    {
+        // Prefill in chunks of up to 256 tokens (the values do not matter for timing).
+        const uint32_t chunk = std::min<uint32_t>(256, d.context);
+        std::vector<float> ones(size_t(d.rows) * d.heads * chunk * d.dim, 0.5f);
+        Tensor k = Tensor::from_host(ctx, ones, {d.rows, d.heads, chunk, d.dim}, c.dtype);
+        for (uint32_t l = 0; l < d.layers; ++l)
+            for (uint32_t t = 0; t < d.context; t += chunk)
+                cache.write(k, k, l);
+        ctx.synchronize();
+    }
+    std::mt19937 rng(2);
+    Tensor tk = random_tensor(ctx, rng, {d.rows, d.heads, 1, d.dim}, c.dtype);
+    detail::Buffer& src = detail::Access::buffer(tk);
+    const uint64_t row_bytes = uint64_t(d.dim) * 2;
+    const uint64_t token_bytes = row_bytes * d.heads;  // one token of one row, K or V
+    const uint64_t step_bytes = token_bytes * d.rows;  // one layer's K (or V) in a step
+    const uint64_t cap = d.context + appends;          // tokens per row in the contiguous caches
+    // Contiguous caches: per layer a K and a V buffer of rows x cap tokens.
+    std::vector<std::shared_ptr<detail::Buffer>> contiguous;
+    for (uint32_t i = 0; i < 2 * d.layers; ++i)
+        contiguous.push_back(detail::Buffer::create(dev, uint64_t(d.rows) * cap * token_bytes,
+                                                    detail::MemoryKind::DeviceLocal));
+    uint64_t llama_pos = d.context, hf_pos = d.context;
+    auto paged_step = [&] {
+        for (uint32_t l = 0; l < d.layers; ++l)
+            cache.write(tk, tk, l);
+    };
+    auto llama_step = [&] {
+        // Cells [pos * rows, (pos + 1) * rows) of every layer: a step's tokens side by side.
+        const uint64_t at = (llama_pos++ % cap) * step_bytes;
+        for (auto& dst : contiguous) {
+            VkCommandBuffer cmd = dev.batches().record({&src}, {dst.get()});
+            VkBufferCopy r{0, at, step_bytes};
+            vkCmdCopyBuffer(cmd, src.handle(), dst->handle(), 1, &r);
+        }
+    };
+    std::vector<VkBufferCopy> hf_regions(size_t(d.rows) * d.heads);
+    auto hf_step = [&] {
+        const uint64_t t = hf_pos++ % cap;
+        for (uint32_t b = 0; b < d.rows; ++b)
+            for (uint32_t h = 0; h < d.heads; ++h)
+                hf_regions[size_t(b) * d.heads + h] = {
+                    (uint64_t(b) * d.heads + h) * row_bytes,
+                    ((uint64_t(b) * d.heads + h) * cap + t) * row_bytes, row_bytes};
+        for (auto& dst : contiguous) {
+            VkCommandBuffer cmd = dev.batches().record({&src}, {dst.get()});
+            vkCmdCopyBuffer(cmd, src.handle(), dst->handle(), uint32_t(hf_regions.size()),
+                            hf_regions.data());
+        }
+    };
+    // The same bytes as one flat copy per K/V (no per-layer commands at all): data movement.
+    auto flat_dst =
+        detail::Buffer::create(dev, 2 * step_bytes * d.layers, detail::MemoryKind::DeviceLocal);
+    auto flat_src =
+        detail::Buffer::create(dev, 2 * step_bytes * d.layers, detail::MemoryKind::DeviceLocal);
+    auto flat_step = [&] {
+        VkCommandBuffer cmd = dev.batches().record({flat_src.get()}, {flat_dst.get()});
+        VkBufferCopy r{0, 0, 2 * step_bytes * d.layers};
+        vkCmdCopyBuffer(cmd, flat_src->handle(), flat_dst->handle(), 1, &r);
+    };
+    DecodeFigures f;
+    f.llama = paired(timer, llama_step, paged_step);
+    f.hf = paired(timer, hf_step, paged_step);
+    f.flat = paired(timer, flat_step, paged_step);
+    f.paged_host_us = f.llama.var_host * 1e6;
+    f.llama_host_us = f.llama.base_host * 1e6;
     ctx.synchronize();
     const DeviceCounters before = ctx.counters();
-    std::vector<std::pair<Tensor, Tensor>> out;
-    for (uint32_t l = 0; l < layers; ++l)
-        out.push_back(cache.update(tk, tk, l, pos));
-    out.back().first.to_host();
+    paged_step();
+    ctx.synchronize();
     const DeviceCounters after = ctx.counters();
-    rep.add("submits_per_step", "submits per decode step", double(after.submits - before.submits),
-            fmt::format("{}", after.submits - before.submits),
-            fmt::format("{} rows x {} layers, update (scatter + gather)", rows, layers));
-    rep.add("dispatches_per_step", "dispatches per decode step",
-            double(after.dispatches - before.dispatches),
-            fmt::format("{}", after.dispatches - before.dispatches),
-            fmt::format("{} copy commands; on the shader path 2 per layer (K and V together), "
-                        "whatever the batch",
-                        after.copies - before.copies));
-    rep.add("descriptor_updates_per_step", "descriptor updates per step",
-            double(after.descriptor_updates - before.descriptor_updates),
-            fmt::format("{}", after.descriptor_updates - before.descriptor_updates),
-            "buffer device addresses in push constants");
+    f.paged_regions = after.copies - before.copies;
+    f.paged_dispatches = after.dispatches - before.dispatches;
+    return f;
+}
+
+void bench_decode_steps(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
+                        uint32_t host_layers) {
+    for (uint32_t context : {512u, 2048u}) {
+        // Two layers of 8 x 128 f16 heads: the step's cost per layer, at a pool size lavapipe
+        // holds (64 rows x 2048 tokens x 2 layers is 1 GiB of pages).
+        const DecodeShape d{rows, 2, context, 8, 128};
+        progress(
+            fmt::format("decode step, {} rows x {} tokens x {} layers", rows, context, d.layers));
+        const DecodeFigures f = measure_decode(ctx, timer, d);
+        const std::string shape =
+            fmt::format("{} rows, context {}, {} layers of 8 x 128 f16", rows, context, d.layers);
+        const std::string suffix = context == 2048 ? "" : fmt::format("_{}", context);
+        add_paired(rep, "decode_step_paged_over_contiguous" + suffix,
+                   fmt::format("decode step paged / llama.cpp-style ({})", context), f.llama, false,
+                   fmt::format("{}; device {:.0f} vs {:.0f} us", shape, f.llama.var_device * 1e6,
+                               f.llama.base_device * 1e6));
+        add_paired(
+            rep, "decode_step_paged_over_hf" + suffix,
+            fmt::format("decode step paged / HF-style per head ({})", context), f.hf, false,
+            fmt::format("contiguous (rows, heads, len, dim): {:.0f} us", f.hf.base_device * 1e6));
+        add_paired(
+            rep, "decode_scatter_ratio" + suffix,
+            fmt::format("decode scatter / one flat copy ({})", context), f.flat, true,
+            fmt::format("{} copy regions, {} dispatches per step; host {:.0f} us "
+                        "(llama.cpp-style {:.0f} us)",
+                        f.paged_regions, f.paged_dispatches, f.paged_host_us, f.llama_host_us));
+    }
+    // Host time of a whole model's step: 32 layers. Head size does not change what the host
+    // does (entries and regions per head), so small heads keep the pool small.
+    const DecodeShape d{rows, host_layers, 512, 8, 16};
+    const std::string chosen = path_name(ctx.scatter_path());
+    for_each_path(ctx, [&](const std::string& path) {
+        progress(
+            fmt::format("decode host time, {} rows x {} layers, {} path", rows, host_layers, path));
+        const DecodeFigures f = measure_decode(ctx, timer, d);
+        const std::string note = fmt::format(
+            "CPU time of {} write() calls, {} rows, context 512; llama.cpp-style "
+            "recording {:.0f} us",
+            host_layers, rows, f.llama_host_us);
+        rep.add("decode_host_us_per_step_" + path,
+                fmt::format("host time per decode step ({} x {}, {})", rows, host_layers, path),
+                f.paged_host_us, fmt::format("{:.0f} us", f.paged_host_us), note);
+        if (path == chosen) rep.json["decode_host_us_per_step"] = f.paged_host_us;
+    });
 }
 
 // Decode attention read through the block table (cached_attention) against what a runtime
@@ -203,23 +377,25 @@ void bench_attention(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_
     Tensor q = random_tensor(ctx, rng, {rows, q_heads, 1, 128}, c.dtype);
     const std::vector<int64_t> lengths = cache.seq_lengths(0);
     auto [k, v] = *cache.get(0);
-    const double paged = timer.median([&] { (void)cache.cached_attention(q, 0); }, 5, 1);
-    const double contiguous =
-        timer.median([&] { (void)detail::contiguous_attention(q, k, v, lengths); }, 5, 1);
-    const double gathered = timer.median(
+    progress(fmt::format("decode attention, {} rows x {} tokens", rows, context));
+    const Paired contiguous = paired(
+        timer, [&] { (void)detail::contiguous_attention(q, k, v, lengths); },
+        [&] { (void)cache.cached_attention(q, 0); }, 5, 3);
+    const Paired gathered = paired(
+        timer,
         [&] {
             auto kv = cache.get(0);
             (void)detail::contiguous_attention(q, kv->first, kv->second, lengths);
         },
-        5, 1);
+        [&] { (void)cache.cached_attention(q, 0); }, 5, 3);
     const std::string shape = fmt::format("{} rows x {} tokens, {} query heads over 8 x 128, f16",
                                           rows, context, q_heads);
-    rep.add("attention_paged_vs_gather", "(gather + attention) / paged attention", gathered / paged,
-            fmt::format("{:.2f}x", gathered / paged),
-            fmt::format("{} ({:.2f} ms paged)", shape, paged * 1e3));
-    rep.add("attention_paged_vs_contiguous", "contiguous attention / paged attention",
-            contiguous / paged, fmt::format("{:.2f}x", contiguous / paged),
-            "the cost of reading through the block table (1.00x: none)");
+    add_paired(rep, "attention_paged_over_contiguous", "paged attention / contiguous attention",
+               contiguous, false,
+               fmt::format("{}; {:.2f} ms paged; the cost of reading through the block table",
+                           shape, contiguous.var_device * 1e3));
+    add_paired(rep, "attention_paged_over_gather", "paged attention / (gather + attention)",
+               gathered, false, "what a runtime without a paged kernel pays");
 }
 
 // Copy-on-write page copies against one multi-region and one flat vkCmdCopyBuffer.
@@ -484,8 +660,8 @@ void write_file(const std::string& path, const std::string& text) {
 
 int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
-    uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32, decode_context = 64;
-    uint32_t attention_rows = 16, attention_context = 256;
+    uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32;
+    uint32_t attention_rows = 16, attention_context = 512;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
         "printed as a table and written as JSON, with an SVG of the scaling sweeps.",
@@ -497,10 +673,19 @@ int main(int argc, char** argv) {
     app.add_option("--svg", svg_path, "where the charts are written")
         ->type_name("FILE")
         ->capture_default_str();
-    app.add_option("--context", decode_context, "tokens of context per row in the decode figures")
+    app.add_option("--rows", decode_rows, "rows (sequences) of the decode figures")
+        ->type_name("ROWS")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 4096u));
+    app.add_option("--attention-context", attention_context,
+                   "tokens per row in the decode attention figures")
         ->type_name("TOKENS")
         ->capture_default_str()
-        ->check(CLI::Range(1u, std::numeric_limits<uint32_t>::max()));
+        ->check(CLI::Range(1u, 65536u));
+    app.add_option("--layers", decode_layers, "layers of the decode host-time figure")
+        ->type_name("LAYERS")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 256u));
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help
@@ -508,7 +693,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         fmt::print(stderr,
                    "pagedkv-bench: {}\nusage: pagedkv-bench [--json FILE] [--svg FILE] "
-                   "[--context TOKENS]\n",
+                   "[--rows ROWS] [--layers LAYERS] [--attention-context TOKENS]\n",
                    e.what());
         return 2;
     }
@@ -524,7 +709,7 @@ int main(int argc, char** argv) {
              fmt::format("shader threads move {}",
                          detail::Access::device(ctx).byte_paths().whole_rows ? "whole rows"
                                                                              : "single words")});
-        bench_decode(ctx, timer, rep, decode_rows, decode_layers, decode_context);
+        bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers);
         bench_page_copy(ctx, timer, rep);
         bench_attention(ctx, timer, rep, attention_rows, attention_context);
         const auto alloc_series = bench_allocator(rep);

@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <unordered_map>
-#include <unordered_set>
 
 #include "pagedkv/error.hpp"
 
@@ -71,6 +69,32 @@ std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uin
     return pos;
 }
 
+// The new tokens a row writes, in input order: within one call the last write to a position
+// wins (as sequential writes would), so that no two shader threads write one slot. Positions
+// that only increase (appends, prefill, decode) keep every token without sorting.
+void last_writes(const std::vector<int64_t>& pos, std::vector<uint32_t>& keep) {
+    keep.clear();
+    const uint32_t seq = uint32_t(pos.size());
+    bool increasing = true;
+    for (uint32_t s = 1; s < seq && increasing; ++s)
+        increasing = pos[s] > pos[s - 1];
+    if (increasing) {
+        for (uint32_t s = 0; s < seq; ++s)
+            keep.push_back(s);
+        return;
+    }
+    std::vector<uint32_t> order(seq);
+    for (uint32_t s = 0; s < seq; ++s)
+        order[s] = s;
+    // By position, the last write of each position first.
+    std::sort(order.begin(), order.end(),
+              [&](uint32_t a, uint32_t b) { return pos[a] != pos[b] ? pos[a] < pos[b] : a > b; });
+    for (size_t i = 0; i < order.size(); ++i)
+        if (i == 0 || pos[order[i]] != pos[order[i - 1]]) keep.push_back(order[i]);
+    // Back in input order, so consecutive tokens form runs (one copy region per run).
+    std::sort(keep.begin(), keep.end());
+}
+
 }  // namespace
 
 std::vector<int64_t> UpdatePlan::grown_lengths() const {
@@ -119,20 +143,15 @@ UpdatePlan plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_
     auto pos = resolve_positions(cp, batch, seq, old_len, op);
 
     const uint32_t bs = rs.block_size;
-    std::unordered_map<uint32_t, uint32_t> dropped_refs;  // block -> references released
-    std::vector<std::pair<uint32_t, size_t>> cow;         // (row, page) shared pages written
+    std::vector<uint32_t> dropped;                 // blocks whose references leading releases drop
+    std::vector<std::pair<uint32_t, size_t>> cow;  // (row, page) shared pages written
+    std::vector<size_t> shared;                    // one row's shared pages written
     plan.rows.resize(batch);
     for (uint32_t b = 0; b < batch; ++b) {
         UpdatePlan::Row& p = plan.rows[b];
         p.pos = std::move(pos[b]);
         p.old_len = p.new_len = old_len[b];
-        // Within one call the last write to a position wins (as sequential writes would); the
-        // earlier ones are dropped so no two shader threads write one slot.
-        std::unordered_set<int64_t> seen;
-        for (uint32_t s = seq; s-- > 0;)
-            if (seen.insert(p.pos[s]).second) p.keep.push_back(s);
-        // Back in input order, so consecutive tokens form runs (one copy region per run).
-        std::reverse(p.keep.begin(), p.keep.end());
+        last_writes(p.pos, p.keep);
         for (int64_t q : p.pos)
             p.new_len = std::max(p.new_len, q + 1);
 
@@ -170,33 +189,53 @@ UpdatePlan plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_
         p.extra = want > std::max(p.have, p.lead) ? want - std::max(p.have, p.lead) : 0;
         plan.needed += p.extra;
         for (size_t i = 0; i < std::min(p.lead, p.have); ++i)
-            ++dropped_refs[index(rs.tables[b][i])];
+            dropped.push_back(index(rs.tables[b][i]));
         if (p.have == 0) continue;
-        std::unordered_set<size_t> shared;
+        shared.clear();
         auto touch = [&](int64_t position) {
             const size_t bi = size_t((p.start + position) / bs);
-            if (bi < p.have && alloc.refcount(rs.tables[b][bi]) > 1) shared.insert(bi);
+            if (bi < p.have && alloc.refcount(rs.tables[b][bi]) > 1) shared.push_back(bi);
         };
         for (uint32_t s : p.keep)
             if (p.pos[s] >= p.drop) touch(p.pos[s]);
         for (int64_t q = std::max(p.old_len, p.drop); q < p.new_len; ++q)
             touch(q);
+        std::sort(shared.begin(), shared.end());
+        shared.erase(std::unique(shared.begin(), shared.end()), shared.end());
         for (size_t bi : shared)
             cow.emplace_back(b, bi);
     }
     // When every reference to a shared page belongs to a row written now, the last of them
     // keeps the original (its sharers take copies first): r sharers cost r - 1 copies.
-    std::unordered_map<uint32_t, std::vector<size_t>> writers;
-    for (size_t i = 0; i < cow.size(); ++i)
-        writers[index(rs.tables[cow[i].first][cow[i].second])].push_back(i);
-    std::vector<uint8_t> in_place(cow.size(), 0);
-    for (const auto& [block, who] : writers)
-        if (who.size() == alloc.refcount(BlockId{block})) in_place[who.back()] = 1;
-    for (size_t i = 0; i < cow.size(); ++i)
-        if (!in_place[i]) plan.copies.push_back(cow[i]);
+    if (!cow.empty()) {
+        auto block_of = [&](size_t i) { return index(rs.tables[cow[i].first][cow[i].second]); };
+        // The writes of each shared block together, in the order they were found.
+        std::vector<size_t> by_block(cow.size());
+        for (size_t i = 0; i < cow.size(); ++i)
+            by_block[i] = i;
+        std::stable_sort(by_block.begin(), by_block.end(),
+                         [&](size_t a, size_t b) { return block_of(a) < block_of(b); });
+        std::vector<uint8_t> in_place(cow.size(), 0);
+        for (size_t i = 0; i < by_block.size();) {
+            size_t j = i + 1;
+            while (j < by_block.size() && block_of(by_block[j]) == block_of(by_block[i]))
+                ++j;
+            if (j - i == alloc.refcount(BlockId{block_of(by_block[i])}))
+                in_place[by_block[j - 1]] = 1;
+            i = j;
+        }
+        for (size_t i = 0; i < cow.size(); ++i)
+            if (!in_place[i]) plan.copies.push_back(cow[i]);
+    }
     plan.needed += plan.copies.size();
-    for (const auto& [block, refs] : dropped_refs)
-        plan.released += refs == alloc.refcount(BlockId{block});
+    std::sort(dropped.begin(), dropped.end());
+    for (size_t i = 0; i < dropped.size();) {
+        size_t j = i + 1;
+        while (j < dropped.size() && dropped[j] == dropped[i])
+            ++j;
+        plan.released += (j - i) == alloc.refcount(BlockId{dropped[i]});
+        i = j;
+    }
     return plan;
 }
 

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <map>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -154,6 +153,7 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
         uint32_t row, slot, len;
     };
     std::vector<Run> runs;
+    runs.reserve(op.entries.size());
     for (const RowEntry& e : op.entries) {
         if (!runs.empty()) {
             Run& r = runs.back();
@@ -171,8 +171,13 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
         }
         runs.push_back({e.tensor_row, e.page_slot, 1});
     }
-    // Regions per (tensor, slab): the first tensor's, then the second's.
-    std::map<std::pair<int, uint32_t>, std::vector<VkBufferCopy>> by_slab;
+    // Regions keyed by (tensor, slab), the first tensor's first: one copy command per key.
+    struct Keyed {
+        uint64_t key;  // member << 32 | slab
+        VkBufferCopy region;
+    };
+    std::vector<Keyed> regions;
+    regions.reserve(runs.size() * op.heads * (op.tensor2 ? 2 : 1));
     struct Fill {
         VkBuffer buffer;
         VkDeviceSize offset, size;
@@ -199,8 +204,9 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
                     fills.push_back({pages.slab_of(block).handle(), p, size});
                     continue;
                 }
-                by_slab[{m, block >> pages.slab_shift()}].push_back(
-                    op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size});
+                regions.push_back(
+                    {uint64_t(m) << 32 | (block >> pages.slab_shift()),
+                     op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size}});
             }
     }
     Batches& batches = dev.batches();
@@ -208,14 +214,28 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
     // Regions go in chunks: the validation layer checks the regions of one call against each
     // other, so one call with thousands of regions costs it quadratic time.
     constexpr size_t kRegionsPerCall = 128;
-    for (auto& [key, regions] : by_slab) {
-        VkBuffer s = pages.slabs()[key.second]->handle();
-        VkBuffer tensor = members[key.first].first->handle();
+    auto by_key = [](const Keyed& a, const Keyed& b) { return a.key < b.key; };
+    if (!std::is_sorted(regions.begin(), regions.end(), by_key))
+        std::stable_sort(regions.begin(), regions.end(), by_key);
+    std::vector<VkBufferCopy> call;
+    call.reserve(kRegionsPerCall);
+    for (size_t i = 0; i < regions.size();) {
+        const uint64_t key = regions[i].key;
+        VkBuffer s = pages.slabs()[uint32_t(key)]->handle();
+        VkBuffer tensor = members[key >> 32].first->handle();
         VkBuffer src = op.gather ? s : tensor;
         VkBuffer dst = op.gather ? tensor : s;
-        for (size_t i = 0; i < regions.size(); i += kRegionsPerCall) {
-            const size_t n = std::min(kRegionsPerCall, regions.size() - i);
-            vkCmdCopyBuffer(cmd, src, dst, uint32_t(n), regions.data() + i);
+        call.clear();
+        for (; i < regions.size() && regions[i].key == key; ++i) {
+            call.push_back(regions[i].region);
+            if (call.size() == kRegionsPerCall) {
+                vkCmdCopyBuffer(cmd, src, dst, uint32_t(call.size()), call.data());
+                ++dev.counters().copies;
+                call.clear();
+            }
+        }
+        if (!call.empty()) {
+            vkCmdCopyBuffer(cmd, src, dst, uint32_t(call.size()), call.data());
             ++dev.counters().copies;
         }
     }

@@ -5,6 +5,7 @@
 #include <vulkan/vulkan_core.h>
 
 #include <functional>
+#include <vector>
 
 namespace pagedkv::detail {
 
@@ -22,6 +23,13 @@ class GpuTimer {
     // Median seconds of the GPU work `op` records, over `reps` runs after `warmup` runs, all in
     // one submit (which this waits for).
     double median(const std::function<void()>& op, int reps = 9, int warmup = 2);
+    // Each run's GPU time, and the CPU time the calling thread spent in `op` itself (recording
+    // the work: what the library costs the host, without the submit and the wait).
+    struct Run {
+        double device_s = 0;
+        double host_s = 0;
+    };
+    std::vector<Run> runs(const std::function<void()>& op, int reps = 9, int warmup = 2);
 
   private:
     void stamp(uint32_t query);
