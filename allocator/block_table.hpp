@@ -40,8 +40,11 @@ class BlockTable {
     void release_all() { release_back(blocks_.size()); }
 
   private:
+    friend class BlockAllocator;  // keeps slot_
+
     BlockAllocator* alloc_;
     std::vector<BlockId> blocks_;
+    size_t slot_ = 0;  // where the allocator's list of tables holds this one
 };
 
 }  // namespace pagedkv
