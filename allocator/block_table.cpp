@@ -42,13 +42,6 @@ BlockTable BlockTable::fork() const {
     return t;
 }
 
-void BlockTable::adopt_back(std::span<const BlockId> fresh) {
-    if (fresh.size() == 1)  // a sequence growing by a page at a time
-        blocks_.push_back(fresh[0]);
-    else
-        blocks_.insert(blocks_.end(), fresh.begin(), fresh.end());
-}
-
 void BlockTable::replace(size_t i, BlockId fresh) {
     BlockId old = blocks_.at(i);
     blocks_[i] = fresh;
