@@ -2,50 +2,178 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "allocator/block_table.hpp"
 #include "pagedkv/error.hpp"
 
 namespace pagedkv {
+
+namespace {
+
+inline void prefetch_for_write(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p, 1);
+#else
+    (void)p;
+#endif
+}
+
+}  // namespace
 
 BlockAllocator::BlockAllocator(uint64_t num_blocks) {
     if (num_blocks == 0 || num_blocks > UINT32_MAX)
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("BlockAllocator: num_blocks must be in [1, {}], got {}", UINT32_MAX,
                                 num_blocks));
-    refcount_.assign(num_blocks, 0);
-    free_.reserve(num_blocks);
+    refcount_ = std::make_unique<uint8_t[]>(num_blocks);  // zeroed
+    free_ = std::make_unique_for_overwrite<BlockId[]>(num_blocks);
     // Pushed in reverse so that a fresh pool hands out 0, 1, 2, ...: dumps read naturally.
-    for (uint64_t i = num_blocks; i-- > 0;)
-        free_.push_back(static_cast<BlockId>(i));
+    for (uint64_t i = 0; i < num_blocks; ++i)
+        free_[i] = static_cast<BlockId>(num_blocks - 1 - i);
+    free_top_ = num_blocks;
+    spare_.reserve(kSpareBuffers);
     counters_.num_blocks = num_blocks;
     counters_.free_blocks = num_blocks;
 }
 
+void BlockAllocator::retain_big(BlockId b) {
+    uint8_t& rc = refcount_[index(b)];
+    if (rc == kBig - 1) {
+        big_.emplace(index(b), uint32_t{kBig});  // may throw: nothing changed yet
+        rc = kBig;
+    } else {
+        uint32_t& count = big_.find(index(b))->second;
+        if (count == UINT32_MAX)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("retain: block {} has {} references already", index(b), count));
+        ++count;
+    }
+}
+
+void BlockAllocator::release_big(BlockId b) noexcept {
+    const auto it = big_.find(index(b));
+    if (--it->second == kBig - 1) {
+        big_.erase(it);
+        refcount_[index(b)] = kBig - 1;
+    }
+}
+
+void BlockAllocator::make_room(std::vector<BlockId>& out, uint64_t n) {
+    out.reserve(std::max<size_t>(out.size() + n, 2 * out.capacity()));
+}
+
+template <class Order>
+void BlockAllocator::release_each(std::span<const BlockId> blocks, size_t& done, Order order) {
+    uint8_t* const rc = refcount_.get();
+    const uint64_t n = num_blocks();
+    BlockId* const fl = free_.get();
+    size_t top = free_top_;
+    uint64_t freed = 0, unshared = 0;
+    auto commit = [&] {
+        free_top_ = top;
+        counters_.used_blocks -= freed;
+        counters_.free_blocks += freed;
+        counters_.releases += freed;
+        counters_.shared_blocks -= unshared;
+    };
+    // A table's pages lie anywhere in a large pool: ask for the reference counts a few pages
+    // ahead, so that the cache misses overlap rather than each stalling the loop in turn.
+    constexpr size_t kAhead = 16;
+    auto prefetch = [&](size_t i) {
+        const uint32_t x = index(blocks[order(i)]);
+        if (x < n) prefetch_for_write(rc + x);
+    };
+    const size_t ahead = std::min(kAhead, blocks.size());
+    for (size_t i = 0; i < ahead; ++i)
+        prefetch(i);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        if (i + kAhead < blocks.size()) prefetch(i + kAhead);
+        const BlockId b = blocks[order(i)];
+        const uint32_t x = index(b);
+        if (x >= n) [[unlikely]] {
+            commit();
+            done = i;
+            throw_not_in_use(b, "release");
+        }
+        const uint8_t r = rc[x];
+        // One test for the two rare cases, 0 (free: an error) and kBig (a large count).
+        if (uint8_t(r - 1) >= kBig - 1) [[unlikely]] {
+            if (r == 0) {
+                commit();
+                done = i;
+                throw_not_in_use(b, "release");
+            }
+            release_big(b);
+            continue;
+        }
+        const uint8_t left = uint8_t(r - 1);
+        rc[x] = left;
+        if (left == 0) {
+            fl[top++] = b;
+            ++freed;
+        } else {
+            unshared += left == 1;
+        }
+    }
+    commit();
+    done = blocks.size();
+}
+
+void BlockAllocator::release_reverse(std::span<const BlockId> blocks, size_t& done) {
+    const size_t last = blocks.size() - 1;
+    release_each(blocks, done, [last](size_t i) { return last - i; });
+}
+
+void BlockAllocator::release_forward(std::span<const BlockId> blocks, size_t& done) {
+    release_each(blocks, done, [](size_t i) { return i; });
+}
+
+void BlockAllocator::register_table(BlockTable* t) {
+    t->slot_ = tables_.size();
+    tables_.push_back(t);
+}
+
+void BlockAllocator::unregister_table(BlockTable* t) noexcept {
+    BlockTable* last = tables_.back();
+    tables_[t->slot_] = last;
+    last->slot_ = t->slot_;
+    tables_.pop_back();
+}
+
 void BlockAllocator::throw_out_of_blocks(uint64_t n) const {
     throw Error(ErrorCode::OutOfBlocks, fmt::format("out of blocks: need {} pages, {} of {} free",
-                                                    n, free_.size(), refcount_.size()));
+                                                    n, free_top_, num_blocks()));
 }
 
 void BlockAllocator::throw_not_in_use(BlockId b, const char* what) const {
-    if (index(b) >= refcount_.size())
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("{}: block {} out of range (pool has {})", what, index(b),
-                                refcount_.size()));
+    if (index(b) >= num_blocks())
+        throw Error(
+            ErrorCode::InvalidArgument,
+            fmt::format("{}: block {} out of range (pool has {})", what, index(b), num_blocks()));
     throw Error(ErrorCode::InvalidArgument, fmt::format("{}: block {} is free", what, index(b)));
 }
 
 uint32_t BlockAllocator::refcount(BlockId b) const {
-    if (index(b) >= refcount_.size())
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("refcount: block {} out of range (pool has {})", index(b),
-                                refcount_.size()));
-    return refcount_[index(b)];
+    if (index(b) >= num_blocks())
+        throw Error(
+            ErrorCode::InvalidArgument,
+            fmt::format("refcount: block {} out of range (pool has {})", index(b), num_blocks()));
+    const uint8_t rc = refcount_[index(b)];
+    return rc == kBig ? big_.find(index(b))->second : rc;
+}
+
+std::vector<uint32_t> BlockAllocator::refcounts() const {
+    std::vector<uint32_t> out(refcount_.get(), refcount_.get() + num_blocks());
+    for (const auto& [b, count] : big_)
+        out[b] = count;
+    return out;
 }
 
 AllocatorState BlockAllocator::state() const {
     AllocatorState s;
-    s.refcounts = refcount_;
-    s.free_list = free_;
+    s.refcounts = refcounts();
+    s.free_list.assign(free_.get(), free_.get() + free_top_);
     s.peak_used_blocks = counters_.peak_used_blocks;
     s.allocations = counters_.allocations;
     s.releases = counters_.releases;
@@ -105,7 +233,7 @@ std::optional<StateProblem> check_references(std::span<const uint32_t> refcounts
 }
 
 void BlockAllocator::restore(const AllocatorState& s) {
-    const uint64_t n = refcount_.size();
+    const uint64_t n = num_blocks();
     for (const BlockTable* t : tables_)
         if (!t->empty())
             throw Error(ErrorCode::InvalidArgument,
@@ -114,17 +242,23 @@ void BlockAllocator::restore(const AllocatorState& s) {
                                     t->size()));
     if (const auto problem = check_state(s, n))
         throw Error(ErrorCode::InvalidArgument, "BlockAllocator::restore: " + problem->what);
+    // The new arrays first (they may throw bad_alloc), then nothing that throws.
+    auto refcounts = std::make_unique_for_overwrite<uint8_t[]>(n);
+    std::unordered_map<uint32_t, uint32_t> big;
     uint64_t used = 0, shared = 0;
-    for (uint32_t rc : s.refcounts) {
+    for (uint64_t b = 0; b < n; ++b) {
+        const uint32_t rc = s.refcounts[b];
         used += rc > 0;
         shared += rc > 1;
+        refcounts[b] = uint8_t(std::min<uint32_t>(rc, kBig));
+        if (rc >= kBig) big.emplace(uint32_t(b), rc);
     }
-    // Copies first (they may throw bad_alloc), then nothing that throws.
-    std::vector<uint32_t> refcounts = s.refcounts;
-    std::vector<BlockId> free_list = s.free_list;
-    free_list.reserve(n);  // allocate() and release() never reallocate afterwards
+    auto free_list = std::make_unique_for_overwrite<BlockId[]>(n);
+    std::copy(s.free_list.begin(), s.free_list.end(), free_list.get());
     refcount_.swap(refcounts);
+    big_.swap(big);
     free_.swap(free_list);
+    free_top_ = s.free_list.size();
     counters_.used_blocks = used;
     counters_.free_blocks = n - used;
     counters_.shared_blocks = shared;
@@ -134,23 +268,34 @@ void BlockAllocator::restore(const AllocatorState& s) {
 }
 
 std::string BlockAllocator::check() const {
-    const uint64_t n = refcount_.size();
-    if (counters_.free_blocks != free_.size())
+    const uint64_t n = num_blocks();
+    if (counters_.free_blocks != free_top_)
         return fmt::format("free counter {} != free list length {}", counters_.free_blocks,
-                           free_.size());
+                           free_top_);
     if (counters_.used_blocks + counters_.free_blocks != n)
         return fmt::format("used {} + free {} != total {}", counters_.used_blocks,
                            counters_.free_blocks, n);
-    if (const auto problem = check_state(state(), n)) return problem->what;
+    // The large counts: each where its byte says so, and large.
+    uint64_t marked = 0;
+    for (uint64_t b = 0; b < n; ++b)
+        marked += refcount_[b] == kBig;
+    for (const auto& [b, count] : big_)
+        if (b >= n || refcount_[b] != kBig || count < kBig)
+            return fmt::format("block {} has a large reference count {} out of place", b, count);
+    if (marked != big_.size())
+        return fmt::format("{} blocks marked with a large reference count, {} recorded", marked,
+                           big_.size());
+    const AllocatorState s = state();
+    if (const auto problem = check_state(s, n)) return problem->what;
     std::vector<uint64_t> refs(n, 0);
     for (const BlockTable* t : tables_)
         for (BlockId b : t->blocks()) {
             if (index(b) >= n) return fmt::format("a table references block {} >= {}", index(b), n);
             ++refs[index(b)];
         }
-    if (const auto problem = check_references(refcount_, refs)) return problem->what;
+    if (const auto problem = check_references(s.refcounts, refs)) return problem->what;
     uint64_t used = 0, shared = 0;
-    for (uint32_t rc : refcount_) {
+    for (uint32_t rc : s.refcounts) {
         used += rc > 0;
         shared += rc > 1;
     }

@@ -1,13 +1,16 @@
 // BlockAllocator: which pages of a pool are free, and how many block tables reference each.
 // Plain C++ with no GPU behind it (like VMA's virtual blocks), so every bookkeeping rule is
-// testable on the CPU in microseconds. O(1) allocate and free through a LIFO free list.
+// testable on the CPU in microseconds. O(1) allocate and free through a LIFO free list; flat
+// arrays and no heap allocation on any path a sequence takes while it grows and ends.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "allocator/block_id.hpp"
@@ -59,20 +62,24 @@ class BlockAllocator {
     BlockAllocator(const BlockAllocator&) = delete;
     BlockAllocator& operator=(const BlockAllocator&) = delete;
 
-    uint64_t num_blocks() const noexcept { return refcount_.size(); }
-    uint64_t free_blocks() const noexcept { return free_.size(); }
+    uint64_t num_blocks() const noexcept { return counters_.num_blocks; }
+    uint64_t free_blocks() const noexcept { return free_top_; }
 
     // All or nothing: appends n fresh blocks (reference count 1) to out, or throws
     // Error(OutOfBlocks) and changes nothing.
     void allocate(uint64_t n, std::vector<BlockId>& out) {
-        if (n > free_.size()) [[unlikely]]
+        if (n > free_top_) [[unlikely]]
             throw_out_of_blocks(n);
+        if (n > out.capacity() - out.size()) make_room(out, n);  // may throw: nothing changed
+        // The top of the stack first: out gets free_[top - 1], free_[top - 2], ...
+        const BlockId* src = free_.get() + free_top_;
+        uint8_t* const rc = refcount_.get();
         for (uint64_t i = 0; i < n; ++i) {
-            const BlockId b = free_.back();
-            free_.pop_back();
-            refcount_[index(b)] = 1;
-            out.push_back(b);
+            const BlockId b = *--src;
+            out.push_back(b);  // never reallocates now
+            rc[index(b)] = 1;
         }
+        free_top_ -= n;
         counters_.used_blocks += n;
         counters_.free_blocks -= n;
         counters_.allocations += n;
@@ -81,26 +88,39 @@ class BlockAllocator {
     }
     // One more reference to a block in use (a table sharing it).
     void retain(BlockId b) {
-        if (index(b) >= refcount_.size() || refcount_[index(b)] == 0) [[unlikely]]
+        if (index(b) >= num_blocks() || refcount_[index(b)] == 0) [[unlikely]]
             throw_not_in_use(b, "retain");
-        if (++refcount_[index(b)] == 2) ++counters_.shared_blocks;
+        uint8_t& rc = refcount_[index(b)];
+        if (rc >= kBig - 1) [[unlikely]]
+            return retain_big(b);
+        if (++rc == 2) ++counters_.shared_blocks;
     }
     // One reference fewer; the block returns to the free list when none is left.
     // Returns true when it did.
     bool release(BlockId b) {
-        if (index(b) >= refcount_.size() || refcount_[index(b)] == 0) [[unlikely]]
+        if (index(b) >= num_blocks() || refcount_[index(b)] == 0) [[unlikely]]
             throw_not_in_use(b, "release");
-        uint32_t& rc = refcount_[index(b)];
+        uint8_t& rc = refcount_[index(b)];
+        if (rc == kBig) [[unlikely]] {
+            release_big(b);
+            return false;
+        }
         if (--rc != 0) {
             if (rc == 1) --counters_.shared_blocks;
             return false;
         }
-        free_.push_back(b);
+        free_[free_top_++] = b;
         --counters_.used_blocks;
         ++counters_.free_blocks;
         ++counters_.releases;
         return true;
     }
+    // release() of blocks[size - 1], ..., blocks[0], in that order (a table dropping its tail),
+    // with the counters updated once. If one is not in use it throws what release() throws,
+    // having released those before it; `done` counts the blocks released (on return: all).
+    void release_reverse(std::span<const BlockId> blocks, size_t& done);
+    // release() of blocks[0], ..., blocks[size - 1], in that order (a table dropping its head).
+    void release_forward(std::span<const BlockId> blocks, size_t& done);
     uint32_t refcount(BlockId b) const;
 
     const AllocatorCounters& counters() const noexcept { return counters_; }
@@ -111,13 +131,33 @@ class BlockAllocator {
     std::string check() const;
     bool validate() const { return check().empty(); }
 
-    // Block tables announce themselves so check() can count their references.
-    void register_table(const BlockTable* t) { tables_.insert(t); }
-    void unregister_table(const BlockTable* t) { tables_.erase(t); }
-    const std::unordered_set<const BlockTable*>& tables() const noexcept { return tables_; }
+    // Block tables announce themselves so check() can count their references: an index vector,
+    // each table knowing its slot, so that registering and unregistering are O(1) with no
+    // allocation once the vector has grown. BlockTable calls these.
+    void register_table(BlockTable* t);
+    void unregister_table(BlockTable* t) noexcept;
+    // The registered tables, in no particular order.
+    std::span<const BlockTable* const> tables() const noexcept {
+        return {const_cast<const BlockTable* const*>(tables_.data()), tables_.size()};
+    }
+
+    // Page-list storage of destroyed tables, kept for the next tables (BlockTable calls these),
+    // so that a sequence that ends and one that starts cost no heap allocation.
+    std::vector<BlockId> take_buffer() noexcept {
+        if (spare_.empty()) return {};
+        std::vector<BlockId> v = std::move(spare_.back());
+        spare_.pop_back();
+        return v;
+    }
+    void give_buffer(std::vector<BlockId>&& v) noexcept {
+        if (v.capacity() == 0 || v.capacity() > kSpareCapacity || spare_.size() == kSpareBuffers)
+            return;
+        v.clear();
+        spare_.push_back(std::move(v));  // never reallocates: reserved kSpareBuffers
+    }
 
     // The free list, top of the stack last (for snapshots and the dump tool).
-    std::span<const BlockId> free_list() const noexcept { return free_; }
+    std::span<const BlockId> free_list() const noexcept { return {free_.get(), free_top_}; }
 
     AllocatorState state() const;
     // Makes this allocator exactly the one `s` was taken from (reference counts, free-list
@@ -127,13 +167,30 @@ class BlockAllocator {
     void restore(const AllocatorState& s);
 
   private:
-    // The error paths, out of line so the hot paths above stay small.
+    // Reference counts are one byte each (a quarter of the cache lines that a sequence of random
+    // pages touches); a count of kBig or more is kept in big_, the byte saying kBig.
+    static constexpr uint8_t kBig = 255;
+    static constexpr size_t kSpareBuffers = 32;     // page lists kept for reuse
+    static constexpr size_t kSpareCapacity = 4096;  // the longest kept (16 KiB)
+
+    // The error paths and the rare counts, out of line so the hot paths above stay small.
     [[noreturn]] void throw_out_of_blocks(uint64_t n) const;
     [[noreturn]] void throw_not_in_use(BlockId b, const char* what) const;
+    void retain_big(BlockId b);
+    void release_big(BlockId b) noexcept;
+    // Capacity for n more in out, growing it geometrically.
+    static void make_room(std::vector<BlockId>& out, uint64_t n);
+    template <class Order>
+    void release_each(std::span<const BlockId> blocks, size_t& done, Order order);
+    std::vector<uint32_t> refcounts() const;
 
-    std::vector<BlockId> free_;
-    std::vector<uint32_t> refcount_;
-    std::unordered_set<const BlockTable*> tables_;
+    // The free list: a stack of num_blocks() slots, free_top_ of them in use (bottom first).
+    std::unique_ptr<BlockId[]> free_;
+    size_t free_top_ = 0;
+    std::unique_ptr<uint8_t[]> refcount_;
+    std::unordered_map<uint32_t, uint32_t> big_;  // block -> reference count, when >= kBig
+    std::vector<BlockTable*> tables_;
+    std::vector<std::vector<BlockId>> spare_;
     AllocatorCounters counters_;
 };
 

@@ -4,7 +4,7 @@
 
 namespace pagedkv {
 
-BlockTable::BlockTable(BlockAllocator& alloc) : alloc_(&alloc) {
+BlockTable::BlockTable(BlockAllocator& alloc) : alloc_(&alloc), blocks_(alloc.take_buffer()) {
     alloc_->register_table(this);
 }
 
@@ -12,6 +12,7 @@ BlockTable::~BlockTable() {
     if (!alloc_) return;
     release_all();
     alloc_->unregister_table(this);
+    alloc_->give_buffer(std::move(blocks_));
 }
 
 BlockTable::BlockTable(BlockTable&& other) noexcept
@@ -41,10 +42,6 @@ BlockTable BlockTable::fork() const {
     return t;
 }
 
-void BlockTable::adopt_back(std::span<const BlockId> fresh) {
-    blocks_.insert(blocks_.end(), fresh.begin(), fresh.end());
-}
-
 void BlockTable::replace(size_t i, BlockId fresh) {
     BlockId old = blocks_.at(i);
     blocks_[i] = fresh;
@@ -53,17 +50,21 @@ void BlockTable::replace(size_t i, BlockId fresh) {
 
 void BlockTable::release_front(size_t n) {
     if (n > blocks_.size()) n = blocks_.size();
-    for (size_t i = 0; i < n; ++i)
-        alloc_->release(blocks_[i]);
+    size_t done = 0;
+    alloc_->release_forward(std::span(blocks_).first(n), done);  // on a throw the table stays
     blocks_.erase(blocks_.begin(), blocks_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 void BlockTable::release_back(size_t n) {
     if (n > blocks_.size()) n = blocks_.size();
-    for (size_t i = 0; i < n; ++i) {
-        alloc_->release(blocks_.back());
-        blocks_.pop_back();
+    size_t done = 0;
+    try {
+        alloc_->release_reverse(std::span(blocks_).last(n), done);
+    } catch (...) {
+        blocks_.resize(blocks_.size() - done);  // those released before the failure are gone
+        throw;
     }
+    blocks_.resize(blocks_.size() - n);
 }
 
 }  // namespace pagedkv

@@ -30,7 +30,12 @@ class BlockTable {
     BlockAllocator& allocator() const noexcept { return *alloc_; }
 
     // Takes over references the caller already holds (fresh blocks from allocate()).
-    void adopt_back(std::span<const BlockId> fresh);
+    void adopt_back(std::span<const BlockId> fresh) {
+        if (fresh.size() == 1)  // a sequence growing by a page at a time
+            blocks_.push_back(fresh[0]);
+        else
+            blocks_.insert(blocks_.end(), fresh.begin(), fresh.end());
+    }
     // Replaces block i by a block whose reference the caller holds, releasing the old one
     // (the last step of a copy-on-write).
     void replace(size_t i, BlockId fresh);
@@ -40,8 +45,11 @@ class BlockTable {
     void release_all() { release_back(blocks_.size()); }
 
   private:
+    friend class BlockAllocator;  // keeps slot_
+
     BlockAllocator* alloc_;
     std::vector<BlockId> blocks_;
+    size_t slot_ = 0;  // where the allocator's list of tables holds this one
 };
 
 }  // namespace pagedkv
