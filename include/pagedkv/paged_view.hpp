@@ -22,7 +22,9 @@ namespace pagedkv {
 //
 // Page b is in slab b >> slab_shift at byte (b & ((1 << slab_shift) - 1)) * block_bytes;
 // within it, this layer's K page starts at k_offset and its V page at v_offset, each
-// head-major [kv_heads][block_size][head_dim] (v_head_dim for V) of dtype elements.
+// head-major [kv_heads][block_size][head_dim] (v_head_dim for V) of dtype elements. A slab is
+// as large as the device allows a buffer to be, which may exceed maxStorageBufferRange: read
+// pages through the addresses (slab_addresses, slab_table), not through a descriptor binding.
 //
 // A view is a snapshot: any later call that changes the cache (update, write, crop, reorder,
 // ...) may move tokens to other pages (copy-on-write) or free pages; take a new view after

@@ -18,7 +18,8 @@ std::shared_ptr<DevicePageStore> DevicePageStore::create(Device& dev, const Page
                                                          uint64_t num_blocks,
                                                          uint64_t max_slab_bytes) {
     const uint64_t block_bytes = format.block_bytes();
-    uint64_t limit = std::min<uint64_t>(dev.max_buffer_bytes(), uint64_t(1) << 30);
+    // As large as the device allows: the kernels address pages, nothing binds a slab.
+    uint64_t limit = dev.max_buffer_bytes();
     if (max_slab_bytes) limit = std::min(limit, max_slab_bytes);
     if (block_bytes > limit)
         throw Error(ErrorCode::CapacityExceeded,

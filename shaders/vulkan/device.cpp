@@ -291,6 +291,22 @@ void Device::init_common(bool enable_16bit) {
     ++g_live_devices;
     storage16_ = enable_16bit;
     vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
+    // The largest buffer and allocation the device takes (Vulkan 1.1 maintenance3, 1.3
+    // maintenance4): slab size, since every kernel reaches pages by address and no slab is
+    // bound through a descriptor (maxStorageBufferRange does not apply).
+    VkPhysicalDeviceMaintenance4Properties m4{
+        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3{
+        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    const bool has_m4 = props_.apiVersion >= VK_API_VERSION_1_3;
+    if (has_m4) m3.pNext = &m4;
+    VkPhysicalDeviceProperties2 p2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    p2.pNext = &m3;
+    vkGetPhysicalDeviceProperties2(physical_, &p2);
+    max_buffer_bytes_ = m3.maxMemoryAllocationSize;
+    if (has_m4 && m4.maxBufferSize)
+        max_buffer_bytes_ = std::min(max_buffer_bytes_, m4.maxBufferSize);
+    if (max_buffer_bytes_ == 0) max_buffer_bytes_ = props_.limits.maxStorageBufferRange;
     buffer_cache_ = std::make_unique<BufferCache>(uint64_t(512) << 20);
     batches_ = std::make_unique<Batches>(*this);
 }
@@ -339,7 +355,7 @@ uint32_t Device::memory_type(uint32_t type_bits, VkMemoryPropertyFlags required,
 }
 
 uint64_t Device::max_buffer_bytes() const noexcept {
-    return props_.limits.maxStorageBufferRange;
+    return max_buffer_bytes_;
 }
 
 void Device::fail_allocations(MemoryKind kind, int64_t after) noexcept {

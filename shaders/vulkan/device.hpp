@@ -44,7 +44,7 @@ class Device {
     // A memory type with all of `required`, preferring one that also has `preferred`.
     uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags required,
                          VkMemoryPropertyFlags preferred) const;
-    // Largest single storage buffer / allocation the device accepts.
+    // Largest single buffer / allocation the device accepts (maintenance3/4 limits).
     uint64_t max_buffer_bytes() const noexcept;
     // Size of the memory heap that device-local buffers (the pool's slabs) come from.
     uint64_t device_local_heap_bytes() const;
@@ -117,6 +117,7 @@ class Device {
     uint32_t family_ = 0;
     VkPhysicalDeviceProperties props_{};
     VkPhysicalDeviceMemoryProperties mem_props_{};
+    uint64_t max_buffer_bytes_ = 0;
     bool storage16_ = false;
     BytePaths paths_;
     bool map_tensors_ = false;
