@@ -290,6 +290,15 @@ int Device::live_count() noexcept {
 void Device::init_common(bool enable_16bit) {
     ++g_live_devices;
     storage16_ = enable_16bit;
+    VkPhysicalDeviceSubgroupProperties sub{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 props2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    props2.pNext = &sub;
+    vkGetPhysicalDeviceProperties2(physical_, &props2);
+    const VkSubgroupFeatureFlags need =
+        VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+    subgroup_arithmetic_ = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                           (sub.supportedOperations & need) == need && sub.subgroupSize >= 1 &&
+                           sub.subgroupSize <= 64;
     vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
     buffer_cache_ = std::make_unique<BufferCache>(uint64_t(512) << 20);
     batches_ = std::make_unique<Batches>(*this);
