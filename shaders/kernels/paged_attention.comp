@@ -290,8 +290,9 @@ void main() {
         reduce(tid, wsum, false);  // its barriers also publish weight_s
         for (uint hh = 0; hh < MAX_G; ++hh) l[hh] = l[hh] * factor[hh] + wsum[hh];
 
-        for (uint i = 0; i * WG + tid < p.v_words; ++i) {
+        for (uint i = 0; i < MAX_WORDS / WG; ++i) {  // constant bounds: acc stays in registers
             const uint w = i * WG + tid;
+            if (w >= p.v_words) break;
             vec2 a[MAX_G];
             for (uint hh = 0; hh < MAX_G; ++hh) a[hh] = acc[i][hh] * factor[hh];
             for (uint j = 0; j < n; ++j) {
@@ -307,7 +308,8 @@ void main() {
     if (p.chunk != 0u) {
         const uint chunks = gl_NumWorkGroups.z;
         const uint rec = 2u + 2u * p.v_words;
-        for (uint hh = 0; hh < group; ++hh) {
+        for (uint hh = 0; hh < MAX_G; ++hh) {
+            if (hh >= group) break;
             Floats part = Floats(p.scratch +
                                  uint64_t(((row * p.q_heads + h0 + hh) * chunks +
                                            gl_WorkGroupID.z) * rec) * 4ul);
@@ -316,8 +318,9 @@ void main() {
                 part.f[1] = l[hh];
             }
             if (l[hh] > 0.0)
-                for (uint i = 0; i * WG + tid < p.v_words; ++i) {
+                for (uint i = 0; i < MAX_WORDS / WG; ++i) {
                     const uint w = i * WG + tid;
+                    if (w >= p.v_words) break;
                     part.f[2u + 2u * w] = acc[i][hh].x;
                     part.f[3u + 2u * w] = acc[i][hh].y;
                 }
@@ -328,8 +331,8 @@ void main() {
         if (hh < group) {
             Words o = Words(p.dst + uint64_t(row * p.q_heads + h0 + hh) * uint64_t(p.v_words) * 4ul);
             const float inv = l[hh] > 0.0 ? 1.0 / l[hh] : 0.0;
-            for (uint i = 0; i * WG + tid < p.v_words; ++i)
-                o.w[i * WG + tid] = pack_word(acc[i][hh] * inv);
+            for (uint i = 0; i < MAX_WORDS / WG; ++i)
+                if (i * WG + tid < p.v_words) o.w[i * WG + tid] = pack_word(acc[i][hh] * inv);
         }
 }
 #endif
