@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <memory>
+#include <vector>
+
 #include "pagedkv/error.hpp"
 #include "shaders/vulkan/batch.hpp"
 #include "shaders/vulkan/device.hpp"
@@ -10,46 +14,91 @@ namespace pagedkv::detail {
 
 namespace {
 
-constexpr uint32_t kF32Paged[] = {
+constexpr uint32_t k_f32_paged[] = {
 #include "spirv/paged_attention_f32_paged.inc"
 };
-constexpr uint32_t kF16Paged[] = {
-#include "spirv/paged_attention_f16_paged.inc"
+constexpr uint32_t k_f32_paged_subgroup[] = {
+#include "spirv/paged_attention_f32_paged_subgroup.inc"
 };
-constexpr uint32_t kBF16Paged[] = {
-#include "spirv/paged_attention_bf16_paged.inc"
-};
-constexpr uint32_t kF32Contiguous[] = {
+constexpr uint32_t k_f32_contiguous[] = {
 #include "spirv/paged_attention_f32_contiguous.inc"
 };
-constexpr uint32_t kF16Contiguous[] = {
+constexpr uint32_t k_f32_contiguous_subgroup[] = {
+#include "spirv/paged_attention_f32_contiguous_subgroup.inc"
+};
+constexpr uint32_t k_f32_reduce[] = {
+#include "spirv/paged_attention_f32_reduce.inc"
+};
+constexpr uint32_t k_f16_paged[] = {
+#include "spirv/paged_attention_f16_paged.inc"
+};
+constexpr uint32_t k_f16_paged_subgroup[] = {
+#include "spirv/paged_attention_f16_paged_subgroup.inc"
+};
+constexpr uint32_t k_f16_contiguous[] = {
 #include "spirv/paged_attention_f16_contiguous.inc"
 };
-constexpr uint32_t kBF16Contiguous[] = {
+constexpr uint32_t k_f16_contiguous_subgroup[] = {
+#include "spirv/paged_attention_f16_contiguous_subgroup.inc"
+};
+constexpr uint32_t k_f16_reduce[] = {
+#include "spirv/paged_attention_f16_reduce.inc"
+};
+constexpr uint32_t k_bf16_paged[] = {
+#include "spirv/paged_attention_bf16_paged.inc"
+};
+constexpr uint32_t k_bf16_paged_subgroup[] = {
+#include "spirv/paged_attention_bf16_paged_subgroup.inc"
+};
+constexpr uint32_t k_bf16_contiguous[] = {
 #include "spirv/paged_attention_bf16_contiguous.inc"
 };
+constexpr uint32_t k_bf16_contiguous_subgroup[] = {
+#include "spirv/paged_attention_bf16_contiguous_subgroup.inc"
+};
+constexpr uint32_t k_bf16_reduce[] = {
+#include "spirv/paged_attention_bf16_reduce.inc"
+};
 
-constexpr uint32_t kMaxWords = 256;  // MAX_WORDS in the shader
+// Limits of paged_attention.comp (MAX_WORDS, MAX_G, Q_FLOATS, K_S_WORDS, the workgroup size).
+constexpr uint32_t kMaxWords = 256;
+constexpr uint32_t kMaxGroupHeads = 8;
+constexpr uint32_t kQFloats = 2048;
+constexpr uint32_t kKSharedWords = 4160;
+constexpr uint32_t kTile = 64;
+constexpr uint32_t kSharedBytes =
+    (kQFloats + kKSharedWords + 2 * kMaxGroupHeads * kTile) * 4 + kTile * 8;
 constexpr uint32_t kMaxGroups = 65535;
+
+// The split rule (flash-decoding): a decode step of few rows x kv heads leaves most of a GPU
+// idle, so when fewer than kSplitBelow workgroups would run and the longest row has at least
+// kMinSplitTokens tokens, each row is cut into chunks of at least kMinChunkTokens tokens
+// (a multiple of kTile), enough of them for about kTargetGroups workgroups in all; a second
+// dispatch combines the chunks.
+constexpr uint64_t kSplitBelow = 128;
+constexpr uint64_t kTargetGroups = 256;
+constexpr uint32_t kMinSplitTokens = 512;
+constexpr uint32_t kMinChunkTokens = 256;
 
 struct PushConstants {
     uint64_t q;
     uint64_t out;
     uint64_t k;
     uint64_t v;
-    uint64_t indptr;
-    uint64_t indices;
-    uint64_t last_page_len;
-    uint64_t first_slot;
-    uint64_t k_offset;
-    uint64_t v_offset;
+    uint64_t table;
+    uint64_t scratch;
     PageAddressing pages;
+    uint32_t batch;
     uint32_t q_heads;
     uint32_t kv_heads;
     uint32_t k_words;
     uint32_t v_words;
     uint32_t max_len;
     float scale;
+    uint32_t chunk;
+    uint32_t tile;
+    uint32_t group;
+    uint32_t quads;
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
@@ -57,40 +106,135 @@ uint32_t words(uint32_t dim, DType t) {
     return uint32_t(uint64_t(dim) * dtype_size(t) / 4);
 }
 
-const Device::Pipeline& pipeline(Device& dev, DType t, bool paged) {
+enum class Kind { Paged, Contiguous, Reduce };
+
+const Device::Pipeline& pipeline(Device& dev, DType t, Kind kind) {
     const size_t size = sizeof(PushConstants);
+    const bool sub = dev.has_subgroup_arithmetic() && !dev.attention_paths().no_subgroups;
+    struct Variant {
+        const char* name;
+        std::span<const uint32_t> spirv;
+    };
+    // [dtype][paged, contiguous, reduce][shared memory, subgroup]
+    static const Variant variants[3][3][2] = {
+        {{{"attention_f32_paged", k_f32_paged}, {"attention_f32_paged_sg", k_f32_paged_subgroup}},
+         {{"attention_f32_contiguous", k_f32_contiguous},
+          {"attention_f32_contiguous_sg", k_f32_contiguous_subgroup}},
+         {{"attention_f32_reduce", k_f32_reduce}, {"attention_f32_reduce", k_f32_reduce}}},
+        {{{"attention_f16_paged", k_f16_paged}, {"attention_f16_paged_sg", k_f16_paged_subgroup}},
+         {{"attention_f16_contiguous", k_f16_contiguous},
+          {"attention_f16_contiguous_sg", k_f16_contiguous_subgroup}},
+         {{"attention_f16_reduce", k_f16_reduce}, {"attention_f16_reduce", k_f16_reduce}}},
+        {{{"attention_bf16_paged", k_bf16_paged},
+          {"attention_bf16_paged_sg", k_bf16_paged_subgroup}},
+         {{"attention_bf16_contiguous", k_bf16_contiguous},
+          {"attention_bf16_contiguous_sg", k_bf16_contiguous_subgroup}},
+         {{"attention_bf16_reduce", k_bf16_reduce}, {"attention_bf16_reduce", k_bf16_reduce}}},
+    };
+    int d = 0;
     switch (t) {
         case DType::F32:
-            return paged ? dev.pipeline("attention_f32_paged", kF32Paged, size)
-                         : dev.pipeline("attention_f32_contiguous", kF32Contiguous, size);
+            d = 0;
+            break;
         case DType::F16:
-            return paged ? dev.pipeline("attention_f16_paged", kF16Paged, size)
-                         : dev.pipeline("attention_f16_contiguous", kF16Contiguous, size);
+            d = 1;
+            break;
         case DType::BF16:
-            return paged ? dev.pipeline("attention_bf16_paged", kBF16Paged, size)
-                         : dev.pipeline("attention_bf16_contiguous", kBF16Contiguous, size);
+            d = 2;
+            break;
+        default:
+            throw Error(ErrorCode::Unsupported,
+                        fmt::format("attention: no shader for dtype {}", static_cast<unsigned>(t)));
     }
-    throw Error(ErrorCode::Unsupported,
-                fmt::format("attention: no shader for dtype {}", static_cast<unsigned>(t)));
+    const Variant& v = variants[d][int(kind)][sub ? 1 : 0];
+    return dev.pipeline(v.name, v.spirv, size);
 }
 
-PushConstants common(const AttentionShape& s, Buffer& query, Buffer& out) {
+// How one call runs: the workgroups along x (kv heads x slices of their query heads), the
+// chunk length (0: no split) and the chunks a row is cut into.
+struct Plan {
     PushConstants pc{};
+    uint32_t groups_x = 0;
+    uint32_t chunks = 1;
+    uint64_t scratch_bytes = 0;
+};
+
+Plan plan(const Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+          uint32_t max_len) {
+    if (dev.properties().limits.maxComputeSharedMemorySize < kSharedBytes)
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("attention: the shader needs {} bytes of shared memory, the "
+                                "device offers {}",
+                                kSharedBytes, dev.properties().limits.maxComputeSharedMemorySize));
+    Plan pl;
+    PushConstants& pc = pl.pc;
     pc.q = query.address();
     pc.out = out.address();
+    pc.batch = s.batch;
     pc.q_heads = s.q_heads;
     pc.kv_heads = s.kv.num_kv_heads;
     pc.k_words = words(s.kv.head_dim, s.kv.dtype);
     pc.v_words = words(s.kv.v_head_dim, s.kv.dtype);
     pc.scale = s.scale;
-    return pc;
+    pc.tile = std::min(kTile, kKSharedWords / (pc.k_words + 1));
+    const uint32_t per_kv = s.q_heads / s.kv.num_kv_heads;
+    pc.group = std::min({per_kv, kMaxGroupHeads, kQFloats / s.kv.head_dim});
+    const uint32_t slices = (per_kv + pc.group - 1) / pc.group;
+    pl.groups_x = s.kv.num_kv_heads * slices;
+    const uint64_t workgroups = uint64_t(pl.groups_x) * s.batch;
+    uint64_t chunk = 0;
+    const uint32_t forced = dev.attention_paths().chunk_tokens;
+    if (forced == Device::kNoSplit) {
+        chunk = 0;
+    } else if (forced != 0) {
+        chunk = forced;
+    } else if (workgroups < kSplitBelow && max_len >= kMinSplitTokens) {
+        const uint64_t want = (kTargetGroups + workgroups - 1) / workgroups;
+        const uint64_t most = (max_len + kMinChunkTokens - 1) / kMinChunkTokens;
+        const uint64_t splits = std::min(want, most);
+        if (splits > 1) chunk = ((max_len + splits - 1) / splits + kTile - 1) / kTile * kTile;
+    }
+    if (chunk != 0 && max_len > 0) {
+        chunk = std::max<uint64_t>(chunk, (max_len + kMaxGroups - 1) / kMaxGroups);
+        pl.chunks = uint32_t((max_len + chunk - 1) / chunk);
+    }
+    if (chunk == 0 || pl.chunks <= 1 || max_len == 0) {
+        pl.chunks = 1;
+        pc.chunk = 0;
+    } else {
+        pc.chunk = uint32_t(chunk);
+        pl.scratch_bytes = uint64_t(s.batch) * s.q_heads * pl.chunks * (2 + 2 * pc.v_words) * 4;
+    }
+    return pl;
 }
 
-void dispatch(Device& dev, VkCommandBuffer cmd, const AttentionShape& s, bool paged,
-              const PushConstants& pc) {
-    const Device::Pipeline& pipe = pipeline(dev, s.kv.dtype, paged);
+// The scratch buffer of a split plan, made before anything is uploaded or recorded so that a
+// failed allocation leaves the batch untouched (null when not split).
+std::shared_ptr<Buffer> make_scratch(Device& dev, Plan& pl) {
+    if (pl.pc.chunk == 0) return nullptr;
+    std::shared_ptr<Buffer> scratch = Buffer::create(dev, pl.scratch_bytes, MemoryKind::Tensor);
+    pl.pc.scratch = scratch->address();
+    return scratch;
+}
+
+// Records the attention dispatch and, when split, the reduction that reads scratch.
+void run(Device& dev, const AttentionShape& s, Kind kind, const Plan& pl,
+         const std::shared_ptr<Buffer>& scratch, std::initializer_list<Resource*> reads,
+         Buffer& out) {
+    const Device::Pipeline& pipe = pipeline(dev, s.kv.dtype, kind);
+    const Device::Pipeline& reduce = pipeline(dev, s.kv.dtype, Kind::Reduce);
+    Batches& batches = dev.batches();
+    VkCommandBuffer cmd = batches.record(reads, {scratch ? scratch.get() : &out});
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe.pipeline);
-    vkCmdPushConstants(cmd, pipe.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
+    vkCmdPushConstants(cmd, pipe.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pl.pc), &pl.pc);
+    vkCmdDispatch(cmd, pl.groups_x, s.batch, pl.chunks);
+    ++dev.counters().dispatches;
+    if (!scratch) return;
+    PushConstants rc = pl.pc;
+    rc.chunk = pl.chunks;  // REDUCE: chunks per row
+    cmd = batches.record({scratch.get()}, {&out});
+    vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, reduce.pipeline);
+    vkCmdPushConstants(cmd, reduce.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(rc), &rc);
     vkCmdDispatch(cmd, s.q_heads, s.batch, 1);
     ++dev.counters().dispatches;
 }
@@ -124,42 +268,50 @@ void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query,
                             PageSlabs& pages, uint32_t layer, const CsrTable& table) {
     if (s.batch == 0) return;
     const PageFormat& lay = pages.format();
-    Batches& batches = dev.batches();
-    PushConstants pc = common(s, query, out);
-    // Empty arrays still need a valid address: upload one word at least.
-    const uint32_t zero = 0;
-    auto up = [&](std::span<const uint32_t> a) {
-        return a.empty() ? batches.upload(&zero, sizeof zero)
-                         : batches.upload(a.data(), a.size_bytes());
-    };
-    pc.indptr = up(table.indptr);
-    pc.indices = up(table.indices);
-    pc.last_page_len = up(table.last_page_len);
-    pc.first_slot = up(table.first_slot);
-    pc.pages = pages.addressing();
-    pc.k_offset = lay.page_offset(layer, false);
-    pc.v_offset = lay.page_offset(layer, true);
-    VkCommandBuffer cmd = batches.record({&query, &pages}, {&out});
-    dispatch(dev, cmd, s, true, pc);
+    uint32_t max_len = 0;
+    for (uint32_t r = 0; r < s.batch; ++r) {
+        const uint32_t n = table.indptr[r + 1] - table.indptr[r];
+        if (n != 0)
+            max_len = std::max(
+                max_len, (n - 1) * lay.block_size + table.last_page_len[r] - table.first_slot[r]);
+    }
+    Plan pl = plan(dev, s, query, out, max_len);
+    const std::shared_ptr<Buffer> scratch = make_scratch(dev, pl);
+    // One upload: indptr, last_page_len, first_slot, indices.
+    std::vector<uint32_t> packed;
+    packed.reserve(table.indptr.size() + 2 * size_t(s.batch) + table.indices.size());
+    for (auto a : {table.indptr, table.last_page_len, table.first_slot, table.indices})
+        packed.insert(packed.end(), a.begin(), a.end());
+    pl.pc.table = dev.batches().upload(packed.data(), packed.size() * sizeof(uint32_t));
+    pl.pc.pages = pages.addressing();
+    pl.pc.k = lay.page_offset(layer, false);
+    pl.pc.v = lay.page_offset(layer, true);
+    pl.pc.quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0 && lay.block_bytes() % 16 == 0;
+    for (const auto& slab : pages.slabs())
+        pl.pc.quads = pl.pc.quads && slab->address() % 16 == 0;
+    run(dev, s, Kind::Paged, pl, scratch, {&query, &pages}, out);
 }
 
 void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
                                  Buffer& k, Buffer& v, uint32_t max_len,
                                  std::span<const uint32_t> lengths) {
     if (s.batch == 0) return;
-    if (uint64_t(s.batch) * s.kv.num_kv_heads * max_len * kMaxWords > UINT32_MAX)
+    if (uint64_t(s.batch) * s.kv.num_kv_heads * max_len > UINT32_MAX)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("attention over {} rows x {} kv heads x {} tokens exceeds the "
                                 "shader's 32-bit indexing",
                                 s.batch, s.kv.num_kv_heads, max_len));
-    Batches& batches = dev.batches();
-    PushConstants pc = common(s, query, out);
-    pc.k = k.address();
-    pc.v = v.address();
-    pc.last_page_len = batches.upload(lengths.data(), lengths.size_bytes());
-    pc.max_len = max_len;
-    VkCommandBuffer cmd = batches.record({&query, &k, &v}, {&out});
-    dispatch(dev, cmd, s, false, pc);
+    uint32_t longest = 0;
+    for (uint32_t n : lengths)
+        longest = std::max(longest, n);
+    Plan pl = plan(dev, s, query, out, longest);
+    const std::shared_ptr<Buffer> scratch = make_scratch(dev, pl);
+    pl.pc.k = k.address();
+    pl.pc.v = v.address();
+    pl.pc.table = dev.batches().upload(lengths.data(), lengths.size_bytes());
+    pl.pc.max_len = max_len;
+    pl.pc.quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0;
+    run(dev, s, Kind::Contiguous, pl, scratch, {&query, &k, &v}, out);
 }
 
 }  // namespace pagedkv::detail

@@ -290,6 +290,15 @@ int Device::live_count() noexcept {
 void Device::init_common(bool enable_16bit) {
     ++g_live_devices;
     storage16_ = enable_16bit;
+    VkPhysicalDeviceSubgroupProperties sub{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 props2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    props2.pNext = &sub;
+    vkGetPhysicalDeviceProperties2(physical_, &props2);
+    const VkSubgroupFeatureFlags need =
+        VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+    subgroup_arithmetic_ = (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                           (sub.supportedOperations & need) == need && sub.subgroupSize >= 1 &&
+                           sub.subgroupSize <= 64;
     vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
     // The largest buffer and allocation the device takes (Vulkan 1.1 maintenance3, 1.3
     // maintenance4): slab size, since every kernel reaches pages by address and no slab is

@@ -38,6 +38,9 @@ class Device {
     const VkPhysicalDeviceMemoryProperties& memory() const noexcept { return mem_props_; }
     bool is_cpu() const noexcept { return props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU; }
     bool has_16bit_storage() const noexcept { return storage16_; }
+    // Whether compute shaders may use GL_KHR_shader_subgroup_arithmetic (subgroupMax,
+    // subgroupAdd) with subgroups of at most 64 invocations.
+    bool has_subgroup_arithmetic() const noexcept { return subgroup_arithmetic_; }
 
     // Whether tensors live in memory the host can map (UMA, lavapipe, large-BAR GPUs).
     bool map_tensors() const noexcept { return map_tensors_; }
@@ -104,6 +107,16 @@ class Device {
     // Counts one buffer of this kind; true when it must fail.
     bool injected_allocation_failure(MemoryKind kind) noexcept;
 
+    // For tests of the attention kernel's paths (shaders/kernels/attention.cpp): which
+    // variant and split it takes, instead of what the device and the shape suggest.
+    struct AttentionPaths {
+        bool no_subgroups = false;  // the shared-memory reductions even where subgroups work
+        uint32_t chunk_tokens = 0;  // 0: the host's rule; kNoSplit: never split; else this
+    };
+    static constexpr uint32_t kNoSplit = 0xFFFFFFFFu;
+    const AttentionPaths& attention_paths() const noexcept { return attention_paths_; }
+    void set_attention_paths(AttentionPaths p) noexcept { attention_paths_ = p; }
+
   private:
     Device() = default;
     void init_common(bool enable_16bit);
@@ -119,6 +132,8 @@ class Device {
     VkPhysicalDeviceMemoryProperties mem_props_{};
     uint64_t max_buffer_bytes_ = 0;
     bool storage16_ = false;
+    bool subgroup_arithmetic_ = false;
+    AttentionPaths attention_paths_;
     BytePaths paths_;
     bool map_tensors_ = false;
 

@@ -1,6 +1,7 @@
-// cached_attention: decode attention read straight from the pages (shaders/kernels/paged_attention.comp),
-// checked against attention computed on the CPU over the reference cache's K/V, and against the
-// same shader run on the contiguous K/V that get() gathers, which must agree bit for bit.
+// cached_attention: decode attention read straight from the pages
+// (shaders/kernels/paged_attention.comp), checked against attention computed on the CPU over the
+// reference cache's K/V, and against the same shader run on the contiguous K/V that get() gathers,
+// which must agree bit for bit.
 #include <cmath>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include "cache_harness.hpp"
 #include "cache_state_snapshot.hpp"
 #include "reference_attention.hpp"
+#include "shaders/vulkan/device.hpp"
 #include "test_support.hpp"
 
 using namespace pagedkv;
@@ -32,10 +34,31 @@ struct AttentionCase {
     uint32_t head_dim, v_head_dim, kv_heads, q_heads;
 };
 
-// Runs cached_attention on every layer of the harness's cache and checks it both ways.
-void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, float scale) {
+// The kernel's paths (shaders/kernels/attention.cpp), forced through the device's test hook:
+// the host's split rule, never split, split into small chunks, with subgroup reductions
+// where the device has them or with the shared-memory fallback.
+struct PathMode {
+    const char* name;
+    bool no_subgroups;
+    uint32_t chunk_tokens;
+};
+constexpr uint32_t kNoSplit = detail::Device::kNoSplit;
+const PathMode kModes[] = {
+    {"the host's rule", false, 0},
+    {"no split", false, kNoSplit},
+    {"split into 16-token chunks", false, 16},
+    {"split into 64-token chunks, shared-memory reductions", true, 64},
+    {"no split, shared-memory reductions", true, kNoSplit},
+};
+
+// Runs cached_attention on every layer of the harness's cache and checks it both ways, on
+// every path of the kernel. expect_dispatches: how many dispatches the host's rule records (1: no
+// split, 2: split and reduce), or 0 to not check.
+void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, float scale,
+                     uint32_t expect_dispatches = 0) {
     const PoolConfig& c = h.pool.config();
     const uint32_t B = cache.batch_size();
+    detail::Device& dev = detail::Access::device(h.ctx);
     auto qv = random_values(size_t(B) * q_heads * c.head_dim, h.rng, c.dtype);
     for (float& x : qv)
         x *= 0.125f;  // exact in every dtype; keeps scores moderate
@@ -43,31 +66,39 @@ void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, flo
     const float used_scale = scale > 0 ? scale : 1.0f / std::sqrt(float(c.head_dim));
     for (uint32_t layer = 0; layer < c.num_layers; ++layer) {
         INFO("layer " << layer << ", lengths " << h.ref.lengths(layer).size() << " rows");
-        Tensor paged = cache.cached_attention(q, layer, scale);
-        REQUIRE(paged.shape() == shape4(B, q_heads, 1, c.v_head_dim));
-        REQUIRE(paged.dtype() == c.dtype);
-        const auto got = paged.to_host();
         const auto lengths = cache.seq_lengths(layer);
         const auto want =
             reference_attention(qv, h.ref.keys(layer), h.ref.values(layer), h.ref.lengths(layer),
                                 q_heads, c.num_kv_heads, c.head_dim, c.v_head_dim, used_scale);
-        REQUIRE(got.size() == want.size());
-        for (size_t i = 0; i < got.size(); ++i) {
-            INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
-            REQUIRE(std::abs(double(got[i]) - want[i]) <=
-                    tolerance(c.dtype) * std::max(1.0, std::abs(want[i])));
+        for (const PathMode& mode : kModes) {
+            INFO("path: " << mode.name);
+            dev.set_attention_paths({mode.no_subgroups, mode.chunk_tokens});
+            const uint64_t before = h.ctx.counters().dispatches;
+            Tensor paged = cache.cached_attention(q, layer, scale);
+            if (layer == 0 && mode.chunk_tokens == 0 && expect_dispatches != 0)
+                REQUIRE(h.ctx.counters().dispatches - before == expect_dispatches);
+            REQUIRE(paged.shape() == shape4(B, q_heads, 1, c.v_head_dim));
+            REQUIRE(paged.dtype() == c.dtype);
+            const auto got = paged.to_host();
+            REQUIRE(got.size() == want.size());
+            for (size_t i = 0; i < got.size(); ++i) {
+                INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
+                REQUIRE(std::abs(double(got[i]) - want[i]) <=
+                        tolerance(c.dtype) * std::max(1.0, std::abs(want[i])));
+            }
+            // The same shader over the gathered, contiguous K/V: the same tiles and chunks,
+            // the same arithmetic in the same order, so the same bits.
+            if (auto kv = cache.get(layer)) {
+                Tensor contiguous =
+                    detail::contiguous_attention(q, kv->first, kv->second, lengths, scale);
+                const auto flat = contiguous.to_host();
+                INFO("paged vs contiguous, first difference: " << first_difference(got, flat));
+                REQUIRE(bit_equal(got, flat));
+            } else {
+                REQUIRE(bit_equal(got, std::vector<float>(got.size(), 0.0f)));  // no tokens
+            }
         }
-        // The same shader over the gathered, contiguous K/V: the same arithmetic in the same
-        // order, so the same bits.
-        if (auto kv = cache.get(layer)) {
-            Tensor contiguous =
-                detail::contiguous_attention(q, kv->first, kv->second, lengths, scale);
-            const auto flat = contiguous.to_host();
-            INFO("paged vs contiguous, first difference: " << first_difference(got, flat));
-            REQUIRE(bit_equal(got, flat));
-        } else {
-            REQUIRE(bit_equal(got, std::vector<float>(got.size(), 0.0f)));  // no tokens: zeros
-        }
+        dev.set_attention_paths({});
     }
 }
 
@@ -147,6 +178,48 @@ TEST_CASE("cached_attention over sliding-window and static caches", "[attention]
         h.append(4, 1, 0);
         h.check();
         check_attention(h, cache, 2, 0.0f);
+    }
+}
+
+TEST_CASE("cached_attention over GQA groups, long rows across many pages and slabs, empty rows",
+          "[attention][gpu]") {
+    struct Case {
+        DType dtype;
+        uint32_t head_dim, kv_heads, q_heads;
+    };
+    // Groups of 1, 4 and 8 query heads a kv head, and 16 (two slices of 8 a workgroup); rows
+    // of 16-byte words (uvec4 loads) and of 4-byte words (head_dim 6 f16, 10 f32).
+    const Case cases[] = {
+        {DType::F16, 8, 2, 2},   {DType::F16, 64, 1, 4}, {DType::BF16, 8, 1, 8},
+        {DType::F32, 10, 1, 16}, {DType::F16, 6, 2, 8},  {DType::F32, 256, 1, 4},
+    };
+    for (const Case& ac : cases) {
+        DYNAMIC_SECTION(to_string(ac.dtype) << " head_dim " << ac.head_dim << ", " << ac.q_heads
+                                            << " query heads over " << ac.kv_heads) {
+            ValidatedContext vc;
+            PoolConfig cfg = small_config(ac.dtype, 2, ac.kv_heads, ac.head_dim, 4, 420);
+            cfg.max_slab_bytes =
+                8 * uint64_t(ac.head_dim) * 2 * ac.kv_heads * 4 * 2 * dtype_size(ac.dtype);
+            BlockPool pool(vc.ctx, cfg);
+            DynamicKVCache cache(pool);
+            CacheHarness h(vc.ctx, pool, cache, 41);
+            // Two rows of 600 tokens (150 pages of 4 over ~19 slabs; few workgroups and long
+            // rows: the host's rule splits), cropped so they start mid-page; then a row empty
+            // in layer 0, joined from another cache.
+            h.append(2, 601, 0);
+            h.append(2, 7, 1);
+            cache.crop(599);
+            h.ref.crop(599);
+            DynamicKVCache other(pool);
+            CacheHarness ho(vc.ctx, pool, other, 42);
+            ho.append(1, 5, 1);
+            cache.insert(other, 0, 2);
+            h.ref.insert(ho.ref, 0, 2);
+            h.append(3, 2, 1);
+            h.check();
+            check_attention(h, cache, ac.q_heads, 0.0f, 2);
+            REQUIRE(pool.check() == "");
+        }
     }
 }
 
