@@ -14,7 +14,9 @@
 #include "cache/manager/access.hpp"
 #include "cache/manager/cache_policy.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
+#include "shaders/kernels/row_copy.hpp"
 
 namespace pagedkv::detail {
 
@@ -39,6 +41,17 @@ struct CacheState {
     // moves forward when crop or a sliding window drops leading tokens without moving bytes.
     std::vector<std::vector<int64_t>> len;
     std::vector<std::vector<int64_t>> start;
+
+    // Storage a write reuses from call to call (under the cache's lock), so that a decode step
+    // allocates nothing on the host once warm: the plan, the pages it takes, the entries of the
+    // scatter.
+    struct WriteScratch {
+        UpdatePlan plan;
+        std::vector<BlockId> fresh;
+        std::vector<std::pair<uint32_t, uint32_t>> copies;
+        std::vector<RowEntry> entries;
+        std::vector<uint8_t> written;
+    } scratch;
 
     // The pool, or InvalidArgument when it was destroyed before this cache.
     BlockPool& pool() const {

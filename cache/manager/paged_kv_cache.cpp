@@ -144,8 +144,9 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     BlockAllocator& alloc = st.ps->allocator;
     const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch,
                                  st.tables,       st.len,          st.start};
-    detail::UpdatePlan plan = detail::plan_update(
-        rows, alloc, layer, B, S, cp, {st.policy->keep_limit(), st.policy->reserved()}, op);
+    detail::UpdatePlan& plan = st.scratch.plan;
+    detail::plan_update(rows, alloc, layer, B, S, cp,
+                        {st.policy->keep_limit(), st.policy->reserved()}, op, plan);
     st.policy->check_capacity(B, plan.grown_lengths());
     plan.check_pages(alloc, op);
     // What update() returns, and the upload space for the scatter's and gather's entries (one
@@ -183,10 +184,12 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         st.release_leading(b, p.lead);
         p.start -= int64_t(p.lead) * bs;
     }
-    std::vector<BlockId> fresh;
+    std::vector<BlockId>& fresh = st.scratch.fresh;
+    fresh.clear();
     alloc.allocate(plan.needed, fresh);  // cannot fail: check_pages
     size_t next = 0;
-    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    std::vector<std::pair<uint32_t, uint32_t>>& copies = st.scratch.copies;
+    copies.clear();
     for (auto [b, bi] : plan.copies) {
         const size_t at = bi - plan.rows[b].lead;
         copies.emplace_back(index(st.tables[b][at]), index(fresh[next]));
@@ -202,12 +205,14 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     }
 
     const uint32_t H = st.ps->config.num_kv_heads;
-    std::vector<detail::RowEntry> entries;
+    std::vector<detail::RowEntry>& entries = st.scratch.entries;
+    entries.clear();
+    std::vector<uint8_t>& written = st.scratch.written;
     for (uint32_t b = 0; b < B; ++b) {
         const detail::UpdatePlan::Row& p = plan.rows[b];
         auto slot_of = [&](int64_t position) { return st.slot_at(b, p.start + position); };
         const int64_t from = std::max(p.old_len, p.drop);
-        std::vector<uint8_t> written(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
+        written.assign(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
         for (uint32_t s : p.keep) {
             if (p.pos[s] < p.drop) continue;
             entries.push_back({b * H * S + s, slot_of(p.pos[s])});

@@ -18,11 +18,11 @@ uint64_t ceil_div(uint64_t a, uint64_t b) {
     return (a + b - 1) / b;
 }
 
-// Positions of the new tokens, per row; throws before anything changes.
-std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uint32_t batch,
-                                                    uint32_t seq,
-                                                    const std::vector<int64_t>& old_len,
-                                                    const char* op) {
+// Positions of the new tokens into each row's pos (rows[b].pos, storage reused); throws
+// before anything changes. old_len: the rows' lengths (null: fresh rows, all empty).
+void resolve_positions(const CachePosition& cp, uint32_t batch, uint32_t seq,
+                       const std::vector<int64_t>* old_len, const char* op,
+                       std::vector<UpdatePlan::Row>& rows) {
     using K = CachePosition::Kind;
     // Counts first: nothing is allocated for a position list of the wrong size.
     if (cp.kind() == K::Vector && cp.vector().size() != seq)
@@ -44,29 +44,30 @@ std::vector<std::vector<int64_t>> resolve_positions(const CachePosition& cp, uin
             fmt::format("{}: cache_position {} with seq_len {} is out of range "
                         "(positions must stay below {})",
                         op, cp.scalar(), seq, INT32_MAX));
-    std::vector<std::vector<int64_t>> pos(batch, std::vector<int64_t>(seq));
-    for (uint32_t b = 0; b < batch; ++b)
+    rows.resize(batch);
+    for (uint32_t b = 0; b < batch; ++b) {
+        std::vector<int64_t>& pos = rows[b].pos;
+        pos.resize(seq);
         for (uint32_t s = 0; s < seq; ++s)
             switch (cp.kind()) {
                 case K::Append:
-                    pos[b][s] = old_len[b] + s;
+                    pos[s] = (old_len ? (*old_len)[b] : 0) + s;
                     break;
                 case K::Scalar:
-                    pos[b][s] = cp.scalar() + s;
+                    pos[s] = cp.scalar() + s;
                     break;
                 case K::Vector:
-                    pos[b][s] = cp.vector()[s];
+                    pos[s] = cp.vector()[s];
                     break;
                 case K::Matrix:
-                    pos[b][s] = cp.matrix()[b][s];
+                    pos[s] = cp.matrix()[b][s];
                     break;
             }
-    for (uint32_t b = 0; b < batch; ++b)
-        for (int64_t p : pos[b])
+        for (int64_t p : pos)
             if (p < 0 || p >= INT32_MAX)
                 throw invalid(
                     fmt::format("{}: cache_position {} (row {}) is out of range", op, p, b));
-    return pos;
+    }
 }
 
 // The new tokens a row writes, in input order: within one call the last write to a position
@@ -130,27 +131,33 @@ void UpdatePlan::check_pages(const BlockAllocator& alloc, const char* op) const 
 UpdatePlan plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t layer,
                        uint32_t batch, uint32_t seq, const CachePosition& cp,
                        const WritePolicy& policy, const char* op) {
+    UpdatePlan plan;
+    plan_update(rs, alloc, layer, batch, seq, cp, policy, op, plan);
+    return plan;
+}
+
+void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t layer, uint32_t batch,
+                 uint32_t seq, const CachePosition& cp, const WritePolicy& policy, const char* op,
+                 UpdatePlan& plan) {
     if (rs.batch != 0 && batch != rs.batch)
         throw invalid(
             fmt::format("{}: key has batch {}, cache holds {} rows", op, batch, rs.batch));
-    UpdatePlan plan;
     plan.layer = layer;
     plan.batch = batch;
     plan.seq = seq;
     plan.fresh_batch = rs.batch == 0;
-    const std::vector<int64_t> old_len =
-        plan.fresh_batch ? std::vector<int64_t>(batch, 0) : rs.len[layer];
-    auto pos = resolve_positions(cp, batch, seq, old_len, op);
+    plan.copies.clear();
+    plan.needed = 0;
+    plan.released = 0;
+    resolve_positions(cp, batch, seq, plan.fresh_batch ? nullptr : &rs.len[layer], op, plan.rows);
 
     const uint32_t bs = rs.block_size;
     std::vector<uint32_t> dropped;                 // blocks whose references leading releases drop
     std::vector<std::pair<uint32_t, size_t>> cow;  // (row, page) shared pages written
     std::vector<size_t> shared;                    // one row's shared pages written
-    plan.rows.resize(batch);
     for (uint32_t b = 0; b < batch; ++b) {
         UpdatePlan::Row& p = plan.rows[b];
-        p.pos = std::move(pos[b]);
-        p.old_len = p.new_len = old_len[b];
+        p.old_len = p.new_len = plan.fresh_batch ? 0 : rs.len[layer][b];
         last_writes(p.pos, p.keep);
         for (int64_t q : p.pos)
             p.new_len = std::max(p.new_len, q + 1);
@@ -236,7 +243,6 @@ UpdatePlan plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_
         plan.released += (j - i) == alloc.refcount(BlockId{dropped[i]});
         i = j;
     }
-    return plan;
 }
 
 }  // namespace pagedkv::detail

@@ -71,5 +71,10 @@ struct UpdatePlan {
 UpdatePlan plan_update(const RowsState& rows, const BlockAllocator& alloc, uint32_t layer,
                        uint32_t batch, uint32_t seq, const CachePosition& cache_position,
                        const WritePolicy& policy, const char* op);
+// The same into `plan`, reusing its storage (a cache keeps one plan for its writes, so a decode
+// step allocates nothing on the host once warm). On a throw, plan holds no meaning.
+void plan_update(const RowsState& rows, const BlockAllocator& alloc, uint32_t layer, uint32_t batch,
+                 uint32_t seq, const CachePosition& cache_position, const WritePolicy& policy,
+                 const char* op, UpdatePlan& plan);
 
 }  // namespace pagedkv::detail

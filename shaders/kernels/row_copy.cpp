@@ -204,9 +204,21 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
                     fills.push_back({pages.slab_of(block).handle(), p, size});
                     continue;
                 }
-                regions.push_back(
-                    {uint64_t(m) << 32 | (block >> pages.slab_shift()),
-                     op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size}});
+                const Keyed k{uint64_t(m) << 32 | (block >> pages.slab_shift()),
+                              op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size}};
+                // A region that continues the previous one on both sides (the next head of a
+                // whole page when the tensor's heads are a page apart too, or the next run)
+                // extends it: one region wherever the layout makes the bytes contiguous.
+                if (!regions.empty()) {
+                    Keyed& last = regions.back();
+                    if (last.key == k.key &&
+                        last.region.srcOffset + last.region.size == k.region.srcOffset &&
+                        last.region.dstOffset + last.region.size == k.region.dstOffset) {
+                        last.region.size += k.region.size;
+                        continue;
+                    }
+                }
+                regions.push_back(k);
             }
     }
     Batches& batches = dev.batches();
