@@ -341,7 +341,7 @@ void bench_decode_steps(Context& ctx, detail::GpuTimer& timer, Report& rep, uint
         add_paired(
             rep, "decode_scatter_ratio" + suffix,
             fmt::format("decode scatter / one flat copy ({})", context), f.flat, true,
-            fmt::format("{} copy regions, {} dispatches per step; host {:.0f} us "
+            fmt::format("{} copy commands, {} dispatches per step; host {:.0f} us "
                         "(llama.cpp-style {:.0f} us)",
                         f.paged_regions, f.paged_dispatches, f.paged_host_us, f.llama_host_us));
     }
