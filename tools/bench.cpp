@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "allocator/block_allocator.hpp"
+#include "bench/allocator_churn.hpp"
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
-#include "bench/allocator_churn.hpp"
 #include "json_text.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "shaders/kernels/page_copy.hpp"
@@ -354,9 +354,11 @@ void bench_decode_steps(Context& ctx, detail::GpuTimer& timer, Report& rep, uint
             fmt::format("decode host time, {} rows x {} layers, {} path", rows, host_layers, path));
         const DecodeFigures f = measure_decode(ctx, timer, d);
         const std::string note = fmt::format(
-            "CPU time of {} write() calls, {} rows, context 512; llama.cpp-style "
-            "recording {:.0f} us",
-            host_layers, rows, f.llama_host_us);
+            "CPU time of {} write() calls, {} rows, context 512; device {:.0f} us; "
+            "llama.cpp-style recording {:.0f} us, device {:.0f} us",
+            host_layers, rows, f.llama.var_device * 1e6, f.llama_host_us,
+            f.llama.base_device * 1e6);
+        rep.json["decode_device_us_per_step_" + path] = f.llama.var_device * 1e6;
         rep.add("decode_host_us_per_step_" + path,
                 fmt::format("host time per decode step ({} x {}, {})", rows, host_layers, path),
                 f.paged_host_us, fmt::format("{:.0f} us", f.paged_host_us), note);
@@ -540,12 +542,12 @@ std::vector<Series> bench_allocator(Report& rep) {
         out[1].points.emplace_back(double(n), r.ns_per_page_raw);
         if (n == 10000) continue;  // plotted, not tabulated
         const std::string key = fmt::format("allocator_churn_ratio_{}", n);
-        rep.rows.push_back({fmt::format("allocator / raw under churn ({} pages)", n),
-                            fmt::format("{:.2f}x", r.ratio),
-                            fmt::format("{:.2f}-{:.2f}; {:.1f} vs {:.1f} ns per page, pool 90% "
-                                        "full, sequences of 1-128 pages",
-                                        r.ratio_min, r.ratio_max, r.ns_per_page_allocator,
-                                        r.ns_per_page_raw)});
+        rep.rows.push_back(
+            {fmt::format("allocator / raw under churn ({} pages)", n),
+             fmt::format("{:.2f}x", r.ratio),
+             fmt::format("{:.2f}-{:.2f}; {:.1f} vs {:.1f} ns per page, pool 90% "
+                         "full, sequences of 1-128 pages",
+                         r.ratio_min, r.ratio_max, r.ns_per_page_allocator, r.ns_per_page_raw)});
         rep.json[key] = r.ratio;
         rep.json[key + "_min"] = r.ratio_min;
         rep.json[key + "_max"] = r.ratio_max;
@@ -710,7 +712,8 @@ int main(int argc, char** argv) {
         write_file(json_path, tools::json_text(json));
         tools::SvgWriter svg({{"width", 880}, {"height", 300}, {"font-family", "sans-serif"}});
         svg.element("rect", {{"width", 880}, {"height", 300}, {"fill", "white"}});
-        chart(svg, 0, 0, "allocator under churn, ns per page", "pool size (pages)", "ns", alloc_series);
+        chart(svg, 0, 0, "allocator under churn, ns per page", "pool size (pages)", "ns",
+              alloc_series);
         chart(svg, 440, 0, "gather bandwidth (K+V, read + written)", "bytes gathered", "GB/s",
               gather_series);
         svg.text("text",

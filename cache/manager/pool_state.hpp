@@ -28,8 +28,9 @@ struct PoolState {
 // The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and
 // snapshots use), and back.
 inline PoolShape pool_shape(const PoolConfig& c) {
-    return {c.num_layers, c.num_kv_heads, c.head_dim,   c.v_head_dim,
-            c.block_size, c.dtype,        c.num_blocks, c.max_slab_bytes};
+    return {{c.num_layers, c.num_kv_heads, c.head_dim, c.v_head_dim, c.block_size, c.dtype},
+            c.num_blocks,
+            c.max_slab_bytes};
 }
 inline PoolConfig pool_config(const PoolShape& l) {
     PoolConfig c;

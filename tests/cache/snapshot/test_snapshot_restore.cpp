@@ -337,7 +337,7 @@ TEST_CASE("restore checks every cache kind's invariants and the pool's size",
     }
     {  // a small file asking for a pool larger than the device's memory (all blocks free)
         SnapshotData s;
-        s.layout = {64, 32, 256, 256, 256, DType::F16, 0, 0};
+        s.layout = {{64, 32, 256, 256, 256, DType::F16}, 0, 0};
         const uint64_t heap = detail::Access::device(g.ctx).device_local_heap_bytes();
         s.layout.num_blocks = heap / s.layout.block_bytes() + 1;
         for (uint32_t b = 0; b < s.layout.num_blocks; ++b)
