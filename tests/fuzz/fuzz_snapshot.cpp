@@ -222,9 +222,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::filesystem::path& out = temp_files().out;
     save_snapshot(out, pool, caches, SnapshotOptions{.page_contents = true});
     const std::vector<uint8_t> saved = read_snapshot_file(out);
-    if (saved != sealed) {
+    // Restore puts an empty layer's start at slot 0 (the library never leaves it elsewhere, older
+    // versions could): a file that has one elsewhere comes back in that canonical form.
+    SnapshotData canonical = *s;
+    bool normalised = false;
+    for (SnapshotCache& k : canonical.caches)
+        for (size_t l = 0; l < k.len.size(); ++l)
+            for (size_t row = 0; row < k.len[l].size(); ++row)
+                if (k.len[l][row] == 0 && k.start[l][row] != 0) {
+                    k.start[l][row] = 0;
+                    normalised = true;
+                }
+    const std::vector<uint8_t> expected = normalised ? encode_snapshot(canonical) : sealed;
+    if (saved != expected) {
         size_t at = 0;
-        while (at < saved.size() && at < sealed.size() && saved[at] == sealed[at])
+        while (at < saved.size() && at < expected.size() && saved[at] == expected[at])
             ++at;
         fail("restore then save does not give back the file",
              "first difference at byte " + std::to_string(at));
