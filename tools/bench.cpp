@@ -34,19 +34,33 @@ using namespace pagedkv;
 
 namespace {
 
-// A flat vkCmdCopyBuffer of `bytes` (the device's own copy speed), in `pieces` equal copies.
-double time_flat_copy(detail::Device& dev, detail::GpuTimer& timer, uint64_t bytes,
-                      int pieces = 1) {
-    auto src = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
-    auto dst = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
-    const uint64_t each = bytes / uint64_t(pieces);
-    return timer.median([&] {
+// Records a flat vkCmdCopyBuffer of `bytes` (the device's own copy speed) in `pieces` equal
+// copies, between two buffers of its own: the baseline of the bandwidth figures.
+struct FlatCopy {
+    FlatCopy(detail::Device& d, uint64_t n, int p)
+        : dev(d),
+          bytes(n),
+          pieces(p),
+          src(detail::Buffer::create(d, n, detail::MemoryKind::DeviceLocal)),
+          dst(detail::Buffer::create(d, n, detail::MemoryKind::DeviceLocal)) {}
+    void operator()() const {
+        const uint64_t each = bytes / uint64_t(pieces);
         VkCommandBuffer cmd = dev.batches().record({src.get()}, {dst.get()});
         for (int p = 0; p < pieces; ++p) {
             VkBufferCopy r{uint64_t(p) * each, uint64_t(p) * each, each};
             vkCmdCopyBuffer(cmd, src->handle(), dst->handle(), 1, &r);
         }
-    });
+    }
+    detail::Device& dev;
+    uint64_t bytes;
+    int pieces;
+    std::shared_ptr<detail::Buffer> src, dst;
+};
+
+double time_flat_copy(detail::Device& dev, detail::GpuTimer& timer, uint64_t bytes,
+                      int pieces = 1) {
+    const FlatCopy copy(dev, bytes, pieces);
+    return timer.median(copy);
 }
 
 Tensor random_tensor(Context& ctx, std::mt19937& rng, std::vector<int64_t> shape, DType t) {
@@ -183,16 +197,7 @@ void bench_prefill(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t 
     Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     Tensor v = random_tensor(ctx, rng, {1, 8, tokens, 128}, c.dtype);
     const uint64_t bytes = 2 * k.nbytes();
-    detail::Device& dev = detail::Access::device(ctx);
-    auto src = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
-    auto dst = detail::Buffer::create(dev, bytes, detail::MemoryKind::DeviceLocal);
-    auto copy = [&] {
-        VkCommandBuffer cmd = dev.batches().record({src.get()}, {dst.get()});
-        for (uint64_t p = 0; p < 2; ++p) {
-            VkBufferCopy r{p * bytes / 2, p * bytes / 2, bytes / 2};
-            vkCmdCopyBuffer(cmd, src->handle(), dst->handle(), 1, &r);
-        }
-    };
+    const FlatCopy copy(detail::Access::device(ctx), bytes, 2);  // K and V
     DynamicKVCache cache(pool);
     cache.write(k, v, 0);
     const double copy_s = timer.median(copy);
@@ -293,15 +298,7 @@ DecodeFigures measure_decode(Context& ctx, detail::GpuTimer& timer, const Decode
         }
     };
     // The same bytes as one flat copy per K/V (no per-layer commands at all): data movement.
-    auto flat_dst =
-        detail::Buffer::create(dev, 2 * step_bytes * d.layers, detail::MemoryKind::DeviceLocal);
-    auto flat_src =
-        detail::Buffer::create(dev, 2 * step_bytes * d.layers, detail::MemoryKind::DeviceLocal);
-    auto flat_step = [&] {
-        VkCommandBuffer cmd = dev.batches().record({flat_src.get()}, {flat_dst.get()});
-        VkBufferCopy r{0, 0, 2 * step_bytes * d.layers};
-        vkCmdCopyBuffer(cmd, flat_src->handle(), flat_dst->handle(), 1, &r);
-    };
+    const FlatCopy flat_step(dev, 2 * step_bytes * d.layers, 1);
     DecodeFigures f;
     f.llama = paired(timer, llama_step, paged_step);
     f.hf = paired(timer, hf_step, paged_step);
