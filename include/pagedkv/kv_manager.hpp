@@ -69,7 +69,7 @@ class PAGEDKV_API Step {
   private:
     friend class KVManager;
     friend struct detail::Access;
-    explicit Step(std::shared_ptr<detail::StepState> s);
+    PAGEDKV_LOCAL explicit Step(std::shared_ptr<detail::StepState> s);
     std::shared_ptr<detail::StepState> state_;
 };
 
