@@ -26,21 +26,21 @@ StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_
     st.ps->allocator.allocate(per_row * batch_size, blocks);  // OutOfBlocks: nothing held
     size_t adopted = 0;
     try {
+        std::vector<detail::Sequence> rows;
+        rows.reserve(batch_size);
         for (uint32_t b = 0; b < batch_size; ++b) {
-            st.tables.emplace_back(st.ps->allocator);
-            st.tables.back().adopt_back(std::span(blocks).subspan(b * per_row, per_row));
+            rows.push_back(st.empty_sequence());
+            rows.back().table.adopt_back(std::span(blocks).subspan(b * per_row, per_row));
             adopted += per_row;
         }
+        st.set_rows(std::move(rows));
     } catch (...) {
-        // Out of host memory half-way: the tables made so far go with the base class; the
-        // blocks no table took go back here.
+        // Out of host memory half-way: the tables made so far give their blocks back with
+        // them; the blocks no table took go back here.
         for (size_t i = adopted; i < blocks.size(); ++i)
             st.ps->allocator.release(blocks[i]);
         throw;
     }
-    st.batch = batch_size;
-    st.len.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));
-    st.start.assign(st.num_layers(), std::vector<int64_t>(batch_size, 0));
 }
 
 StaticKVCache::StaticKVCache(BlockPool& pool, uint32_t batch_size, uint32_t max_cache_len,

@@ -13,6 +13,7 @@
 #include "allocator/block_table.hpp"
 #include "cache/manager/access.hpp"
 #include "cache/manager/cache_policy.hpp"
+#include "cache/manager/manager_state.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
@@ -25,7 +26,8 @@ struct CacheState {
         : owner(Access::shared_pool(p)),
           ps(owner.get()),
           policy(std::move(kind)),
-          name(policy->name()) {}
+          name(policy->name()),
+          manager(std::make_shared<ManagerState>(owner, ManagerOptions{0.0, false})) {}
 
     // The pool's state lives as long as a cache refers to it: a cache outliving its BlockPool
     // (a misuse) gets errors from its calls and still returns its pages when destroyed.
@@ -33,14 +35,15 @@ struct CacheState {
     PoolState* ps;
     std::unique_ptr<const CachePolicy> policy;  // the cache kind
     const char* name;                           // the kind's class name, for error messages
-    uint32_t batch = 0;                         // 0 until the first update
-    std::vector<BlockTable> tables;
+    // The cache is a view over a manager's sequences: batch row r is sequence ids[r] (rows[r]
+    // points at it). Each row's layers hold their own lengths: update() writes one layer at a
+    // time, and crop and sliding windows move a layer's start.
+    std::shared_ptr<ManagerState> manager;
+    uint32_t batch = 0;  // 0 until the first update
+    std::vector<SequenceId> ids;
+    std::vector<Sequence*> rows;
     // A reserved cache's tables not in use as rows (after selecting fewer rows).
     std::vector<BlockTable> spare;
-    // [layer][row]. Token t of a row/layer lives at slot start + t of the row's pages; start
-    // moves forward when crop or a sliding window drops leading tokens without moving bytes.
-    std::vector<std::vector<int64_t>> len;
-    std::vector<std::vector<int64_t>> start;
 
     // Storage a write reuses from call to call (under the cache's lock), so that a decode step
     // allocates nothing on the host once warm: the plan, the pages it takes, the entries of the
@@ -52,6 +55,64 @@ struct CacheState {
         std::vector<RowEntry> entries;
         std::vector<uint8_t> written;
     } scratch;
+
+    BlockTable& table(uint32_t row) { return rows[row]->table; }
+    const BlockTable& table(uint32_t row) const { return rows[row]->table; }
+    int64_t& len(uint32_t layer, uint32_t row) { return rows[row]->len[layer]; }
+    int64_t len(uint32_t layer, uint32_t row) const { return rows[row]->len[layer]; }
+    int64_t& start(uint32_t layer, uint32_t row) { return rows[row]->start[layer]; }
+    int64_t start(uint32_t layer, uint32_t row) const { return rows[row]->start[layer]; }
+    // Every row's length in one layer, and the longest.
+    std::vector<int64_t> lengths(uint32_t layer) const {
+        std::vector<int64_t> out;
+        out.reserve(batch);
+        for (uint32_t r = 0; r < batch; ++r)
+            out.push_back(len(layer, r));
+        return out;
+    }
+    int64_t longest(uint32_t layer) const {
+        int64_t m = 0;
+        for (uint32_t r = 0; r < batch; ++r)
+            m = std::max(m, len(layer, r));
+        return m;
+    }
+
+    // Makes these sequences the rows, in order (the old rows' sequences end). Reserve `fresh`
+    // first: nothing here allocates host memory but the ids' and rows' vectors, which are sized
+    // before the old rows go.
+    void set_rows(std::vector<Sequence>&& fresh) {
+        std::vector<SequenceId> new_ids;
+        std::vector<Sequence*> new_rows;
+        new_ids.reserve(fresh.size());
+        new_rows.reserve(fresh.size());
+        for (SequenceId id : ids)
+            manager->seqs.erase(id);
+        for (Sequence& s : fresh) {
+            new_ids.push_back(manager->seqs.add(std::move(s)));
+            new_rows.push_back(manager->seqs.find(new_ids.back()));
+        }
+        ids = std::move(new_ids);
+        rows = std::move(new_rows);
+        batch = uint32_t(rows.size());
+    }
+    // Appends one row made of s.
+    void push_row(Sequence&& s) {
+        ids.reserve(ids.size() + 1);
+        rows.reserve(rows.size() + 1);
+        ids.push_back(manager->seqs.add(std::move(s)));
+        rows.push_back(manager->seqs.find(ids.back()));
+        ++batch;
+    }
+    // Row r becomes s (its old sequence ends).
+    void replace_row(uint32_t r, Sequence&& s) {
+        const SequenceId id = manager->seqs.add(std::move(s));
+        manager->seqs.erase(ids[r]);
+        ids[r] = id;
+        rows[r] = manager->seqs.find(id);
+    }
+    void clear_rows() { set_rows({}); }
+    // An empty sequence of this pool's layers.
+    Sequence empty_sequence() const { return Sequence(ps->allocator, num_layers()); }
 
     // The pool, or InvalidArgument when it was destroyed before this cache.
     BlockPool& pool() const {
@@ -65,12 +126,12 @@ struct CacheState {
     uint32_t block_size() const { return ps->config.block_size; }
     // The page slot (block * block_size + slot) of slot s of a row's pages.
     uint32_t slot_at(uint32_t row, int64_t s) const {
-        return index(tables[row][size_t(s / block_size())]) * block_size() +
+        return index(table(row)[size_t(s / block_size())]) * block_size() +
                uint32_t(s % block_size());
     }
     // The page slot of token t of a layer's row.
     uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
-        return slot_at(row, start[layer][row] + t);
+        return slot_at(row, start(layer, row) + t);
     }
     uint32_t num_layers() const { return ps->config.num_layers; }
     // Throws InvalidArgument naming op when layer is not one of the pool's.
@@ -80,40 +141,12 @@ struct CacheState {
                         fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
                                     num_layers()));
     }
-    // Every layer's lengths and start slots as they become when the rows are `rows` (old row
-    // indices, in order). Built aside, so that running out of host memory changes nothing.
-    struct Lengths {
-        std::vector<std::vector<int64_t>> len, start;
-    };
-    Lengths selected_lengths(std::span<const int32_t> rows) const {
-        Lengths out;
-        for (auto [from, to] : {std::pair{&len, &out.len}, std::pair{&start, &out.start}})
-            for (const auto& v : *from) {
-                std::vector<int64_t>& picked = to->emplace_back();
-                picked.reserve(rows.size());
-                for (int32_t r : rows)
-                    picked.push_back(v[size_t(r)]);
-            }
-        return out;
-    }
 
-    // Gives back the row's first `lead` pages (those of them it holds) and moves every layer's
-    // start back by as many slots. An empty layer starts at slot 0: a start past the row's
-    // pages would make the next write reach for pages it does not need.
     void release_leading(uint32_t row, size_t lead) {
-        tables[row].release_front(std::min(lead, tables[row].size()));
-        const int64_t shift = int64_t(lead) * block_size();
-        for (uint32_t l = 0; l < num_layers(); ++l)
-            start[l][row] = len[l][row] > 0 ? start[l][row] - shift : 0;
+        rows[row]->release_leading(lead, block_size());
     }
-
     // Slots the row needs: the furthest any layer reaches.
-    int64_t extent(uint32_t row) const {
-        int64_t e = 0;
-        for (uint32_t l = 0; l < num_layers(); ++l)
-            if (len[l][row] > 0 && start[l][row] + len[l][row] > e) e = start[l][row] + len[l][row];
-        return e;
-    }
+    int64_t extent(uint32_t row) const { return rows[row]->extent(); }
 };
 
 // The device lock for one call on a cache; throws when the cache's pool is gone.

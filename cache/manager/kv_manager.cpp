@@ -56,9 +56,9 @@ auto host_memory_guard(const char* op, F&& f) {
 }
 
 Sequence& find(ManagerState& m, SeqId id, const char* op) {
-    auto it = m.seqs.find(id);
-    if (it == m.seqs.end()) throw invalid(fmt::format("{}: unknown sequence {}", op, id));
-    return it->second;
+    Sequence* s = m.seqs.find(id);
+    if (!s) throw invalid(fmt::format("{}: unknown sequence {}", op, id));
+    return *s;
 }
 const Sequence& find(const ManagerState& m, SeqId id, const char* op) {
     return find(const_cast<ManagerState&>(m), id, op);
@@ -79,10 +79,11 @@ std::vector<Sequence*> resolve(ManagerState& m, std::span<const SeqId> ids,
         if (!seen.insert(ids[i]).second)
             throw invalid(fmt::format("{}: sequence {} is listed twice", op, ids[i]));
         Sequence& s = find(m, ids[i], op);
-        if (uint64_t(s.length) + counts[i] + lookahead > kMaxTokens)
-            throw Error(ErrorCode::CapacityExceeded,
-                        fmt::format("{}: sequence {} would hold {} + {} + {} tokens, more than {}",
-                                    op, ids[i], s.length, counts[i], lookahead, kMaxTokens));
+        if (uint64_t(detail::length_of(s)) + counts[i] + lookahead > kMaxTokens)
+            throw Error(
+                ErrorCode::CapacityExceeded,
+                fmt::format("{}: sequence {} would hold {} + {} + {} tokens, more than {}", op,
+                            ids[i], detail::length_of(s), counts[i], lookahead, kMaxTokens));
         out.push_back(&s);
     }
     return out;
@@ -96,7 +97,7 @@ detail::GrowthPlan plan(const ManagerState& m, const std::vector<Sequence*>& seq
     lengths.reserve(seqs.size());
     for (const Sequence* s : seqs) {
         tables.push_back(&s->table);
-        lengths.push_back(s->length);
+        lengths.push_back(detail::length_of(*s));
     }
     return detail::plan_growth(tables, lengths, counts, lookahead, m.ps->config.block_size,
                                m.ps->allocator);
@@ -307,12 +308,7 @@ const ManagerOptions& KVManager::options() const noexcept {
 SeqId KVManager::add_sequence() {
     ManagerState& m = *state_;
     Lock l(m);
-    return host_memory_guard("add_sequence", [&] {
-        const SeqId id = m.next_id;
-        m.seqs.emplace(id, Sequence{BlockTable(m.ps->allocator), 0});
-        ++m.next_id;
-        return id;
-    });
+    return host_memory_guard("add_sequence", [&] { return m.seqs.add(); });
 }
 
 SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t /*salt*/) {
@@ -363,15 +359,12 @@ SeqId KVManager::fork(SeqId seq) {
     ManagerState& m = *state_;
     Lock l(m);
     return host_memory_guard("fork", [&] {
-        const Sequence& s = find(m, seq, "fork");
         // The pages holding tokens are shared; the parent's reservation past them stays its own.
-        BlockTable t = s.table.fork();
+        Sequence s = find(m, seq, "fork").fork();
         const uint32_t bs = m.ps->config.block_size;
-        const size_t used = size_t((uint64_t(s.length) + bs - 1) / bs);
-        if (t.size() > used) t.release_back(t.size() - used);
-        const SeqId id = m.next_id;
-        m.seqs.emplace(id, Sequence{std::move(t), s.length});
-        ++m.next_id;
+        const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
+        if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+        const SeqId id = m.seqs.add(std::move(s));
         ++m.generation;
         return id;
     });
@@ -381,9 +374,10 @@ void KVManager::truncate(SeqId seq, int64_t length) {
     ManagerState& m = *state_;
     Lock l(m);
     Sequence& s = find(m, seq, "truncate");
-    s.length = length >= 0 ? std::min(s.length, length) : std::max<int64_t>(0, s.length + length);
+    const int64_t n = detail::length_of(s);
+    detail::set_length(s, length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length));
     const uint32_t bs = m.ps->config.block_size;
-    const size_t used = size_t((uint64_t(s.length) + bs - 1) / bs);
+    const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
     if (s.table.size() > used) s.table.release_back(s.table.size() - used);
     ++m.generation;
 }
@@ -398,12 +392,12 @@ void KVManager::free(SeqId seq) {
 
 int64_t KVManager::length(SeqId seq) const {
     Lock l(*state_);
-    return find(*state_, seq, "length").length;
+    return detail::length_of(find(*state_, seq, "length"));
 }
 
 bool KVManager::contains(SeqId seq) const {
     Lock l(*state_);
-    return state_->seqs.count(seq) != 0;
+    return state_->seqs.find(seq) != nullptr;
 }
 
 std::vector<uint32_t> KVManager::block_table(SeqId seq) const {
@@ -420,7 +414,7 @@ std::vector<SeqId> KVManager::sequences() const {
     Lock l(*state_);
     std::vector<SeqId> out;
     out.reserve(state_->seqs.size());
-    for (const auto& [id, s] : state_->seqs)
+    for (const auto& [id, s] : state_->seqs.all())
         out.push_back(id);
     return out;
 }
@@ -428,7 +422,7 @@ std::vector<SeqId> KVManager::sequences() const {
 uint64_t KVManager::pages_held() const {
     Lock l(*state_);
     std::unordered_set<uint32_t> pages;
-    for (const auto& [id, s] : state_->seqs)
+    for (const auto& [id, s] : state_->seqs.all())
         for (BlockId b : s.table.blocks())
             pages.insert(index(b));
     return pages.size();
@@ -442,7 +436,7 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     if (layer >= c.num_layers)
         throw invalid(
             fmt::format("gather: layer {} out of range, pool has {} layers", layer, c.num_layers));
-    const int64_t len = s.length;
+    const int64_t len = detail::length_of(s);
     std::pair<Tensor, Tensor> kv{
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, c.dtype),
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, c.dtype)};
@@ -482,7 +476,7 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
         uint64_t total = 0, pages = 0;
         for (size_t i = 0; i < seqs.size(); ++i) {
             total += new_tokens[i];
-            pages += (uint64_t(seqs[i]->length) + new_tokens[i] + bs - 1) / bs;
+            pages += (uint64_t(detail::length_of(*seqs[i])) + new_tokens[i] + bs - 1) / bs;
         }
         if (total * c.num_kv_heads > UINT32_MAX)
             throw Error(ErrorCode::CapacityExceeded,
@@ -529,9 +523,9 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
         s->indptr.push_back(0);
         for (size_t i = 0; i < n; ++i) {
             Sequence& q = *seqs[i];
-            const int64_t before = q.length, after = before + new_tokens[i];
+            const int64_t before = detail::length_of(q), after = before + new_tokens[i];
             s->first_pos.push_back(before);
-            q.length = after;
+            detail::set_length(q, after);
             for (int64_t pos = before; pos < after; ++pos) {
                 const uint32_t slot = slot_of(q.table, pos, bs);
                 s->entries.push_back({uint32_t(s->slot_mapping.size()) * H, slot});

@@ -3,37 +3,43 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <vector>
 
 #include "allocator/block_table.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "cache/manager/sequence.hpp"
 #include "pagedkv/kv_manager.hpp"
 #include "shaders/kernels/row_copy.hpp"
 #include "shaders/vulkan/buffer.hpp"
 
 namespace pagedkv::detail {
 
-struct Sequence {
-    BlockTable table;
-    int64_t length = 0;  // tokens; slots past it in the table are reserved
-};
-
 struct ManagerState {
     ManagerState(std::shared_ptr<PoolState> pool, ManagerOptions o)
-        : owner(std::move(pool)), ps(owner.get()), options(o) {}
+        : owner(std::move(pool)),
+          ps(owner.get()),
+          options(o),
+          seqs(ps->allocator, ps->config.num_layers) {}
 
     std::shared_ptr<PoolState> owner;  // outlives the BlockPool object when it must
     PoolState* ps;
     ManagerOptions options;
-    std::map<SeqId, Sequence> seqs;
-    SeqId next_id = 1;
+    // A manager's sequences hold the same number of tokens in every layer, from slot 0 of
+    // their first page; pages past that in a table are reserved (allocate's lookahead).
+    SequenceSet seqs;
     // Bumped by every change of the sequences' pages or lengths: a step made at another
     // generation is stale.
     uint64_t generation = 0;
     bool alive = true;  // false once the KVManager is destroyed (steps may outlive it)
 };
+
+inline int64_t length_of(const Sequence& s) {
+    return s.len.empty() ? 0 : s.len[0];
+}
+inline void set_length(Sequence& s, int64_t n) {
+    std::fill(s.len.begin(), s.len.end(), n);
+}
 
 struct StepState {
     std::shared_ptr<ManagerState> manager;

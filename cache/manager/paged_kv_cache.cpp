@@ -90,7 +90,7 @@ PagedKVCache::~PagedKVCache() {
     // Under the device lock: the tables give their pages back, spare ones included (another
     // thread may be allocating from the same pool).
     detail::Device::CallLock l(*state_->ps->device);
-    state_->tables.clear();
+    state_->clear_rows();
     state_->spare.clear();
 }
 
@@ -124,8 +124,7 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     const auto [B, S] = check_kv(st, key, value, op);
     st.policy->check_capacity(B, {});
     BlockAllocator& alloc = st.ps->allocator;
-    const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch,
-                                 st.tables,       st.len,          st.start};
+    const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch, st.rows};
     detail::UpdatePlan& plan = st.scratch.plan;
     detail::plan_update(rows, alloc, layer, B, S, cp,
                         {st.policy->keep_limit(), st.policy->reserved()}, op, plan);
@@ -152,11 +151,11 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     BlockAllocator& alloc = st.ps->allocator;
     const uint32_t bs = st.block_size(), B = plan.batch, S = plan.seq, layer = plan.layer;
     if (plan.fresh_batch) {
-        st.batch = B;
+        std::vector<detail::Sequence> fresh_rows;
+        fresh_rows.reserve(B);
         for (uint32_t b = 0; b < B; ++b)
-            st.tables.emplace_back(alloc);
-        st.len.assign(st.num_layers(), std::vector<int64_t>(B, 0));
-        st.start.assign(st.num_layers(), std::vector<int64_t>(B, 0));
+            fresh_rows.push_back(st.empty_sequence());
+        st.set_rows(std::move(fresh_rows));
     }
     // Leading pages first, so that the pages they free can be taken again below. (This layer's
     // start moves too; it is set from the plan below.)
@@ -174,15 +173,15 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     copies.clear();
     for (auto [b, bi] : plan.copies) {
         const size_t at = bi - plan.rows[b].lead;
-        copies.emplace_back(index(st.tables[b][at]), index(fresh[next]));
-        st.tables[b].replace(at, fresh[next++]);  // the old page stays with its other sharers
+        copies.emplace_back(index(st.table(b)[at]), index(fresh[next]));
+        st.table(b).replace(at, fresh[next++]);  // the old page stays with its other sharers
     }
     detail::Device& dev = *st.ps->device;
     detail::PageSlabs& pages = *st.ps->pages;
     detail::record_page_copies(dev, pages, copies);
     st.ps->pages_copied += copies.size();
     for (uint32_t b = 0; b < B; ++b) {
-        st.tables[b].adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
+        st.table(b).adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
         next += plan.rows[b].extra;
     }
 
@@ -203,8 +202,8 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         // Positions skipped over when a write lands past the end read as zeros.
         for (int64_t q = from; q < p.new_len; ++q)
             if (!written[size_t(q - from)]) entries.push_back({detail::kNone, slot_of(q)});
-        st.start[layer][b] = p.new_len > p.drop ? p.start + p.drop : 0;
-        st.len[layer][b] = p.new_len - p.drop;
+        st.start(layer, b) = p.new_len > p.drop ? p.start + p.drop : 0;
+        st.len(layer, b) = p.new_len - p.drop;
     }
     detail::record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
                       detail::Access::buffer(value), entries, H, S, false);
@@ -235,7 +234,7 @@ void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) co
     for (uint32_t b = 0; b < B; ++b)
         for (int64_t t = 0; t < L; ++t) {
             uint32_t slot = detail::kNone;
-            if (t < st.len[layer][b]) slot = st.slot_of(layer, b, t);
+            if (t < st.len(layer, b)) slot = st.slot_of(layer, b, t);
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
     detail::record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer,
@@ -253,16 +252,13 @@ std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const
 int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
     auto l = lock(*state_);
     state_->check_layer(layer, "get_seq_length");
-    if (state_->batch == 0) return 0;
-    const auto& len = state_->len[layer];
-    return *std::max_element(len.begin(), len.end());
+    return state_->longest(layer);
 }
 
 std::vector<int64_t> PagedKVCache::seq_lengths(uint32_t layer) const {
     auto l = lock(*state_);
     state_->check_layer(layer, "seq_lengths");
-    if (state_->batch == 0) return {};
-    return state_->len[layer];
+    return state_->lengths(layer);
 }
 
 std::vector<uint32_t> PagedKVCache::block_table(uint32_t row) const {
@@ -271,7 +267,7 @@ std::vector<uint32_t> PagedKVCache::block_table(uint32_t row) const {
         throw invalid(
             fmt::format("block_table: row {} out of range, batch is {}", row, state_->batch));
     std::vector<uint32_t> out;
-    for (BlockId b : state_->tables[row].blocks())
+    for (BlockId b : state_->table(row).blocks())
         out.push_back(index(b));
     return out;
 }
@@ -279,8 +275,8 @@ std::vector<uint32_t> PagedKVCache::block_table(uint32_t row) const {
 uint64_t PagedKVCache::pages_held() const {
     auto l = lock(*state_);
     std::unordered_set<uint32_t> s;
-    for (const auto& t : state_->tables)
-        for (BlockId b : t.blocks())
+    for (uint32_t r = 0; r < state_->batch; ++r)
+        for (BlockId b : state_->table(r).blocks())
             s.insert(index(b));
     return s.size();
 }
@@ -339,16 +335,13 @@ void PagedKVCache::select_rows(std::span<const int32_t> rows) {
     CacheState& st = *state_;
     if (st.batch == 0) return;  // an empty cache: no index could be valid, none was given
     if (st.policy->reserved()) return select_rows_by_copy(rows);
-    std::vector<BlockTable> tables;  // built aside: running out of host memory changes nothing
-    tables.reserve(rows.size());
+    // The new rows are forks of the old (built aside: running out of host memory changes
+    // nothing), then the old rows' sequences end and drop their references.
+    std::vector<detail::Sequence> forks;
+    forks.reserve(rows.size());
     for (int32_t r : rows)
-        tables.push_back(st.tables[size_t(r)].fork());
-    CacheState::Lengths lengths = st.selected_lengths(rows);
-    st.len = std::move(lengths.len);
-    st.start = std::move(lengths.start);
-    st.tables = std::move(tables);  // the old tables drop their references
-    st.batch = uint32_t(rows.size());
-    if (st.batch == 0) reset();
+        forks.push_back(st.rows[size_t(r)]->fork());
+    st.set_rows(std::move(forks));
 }
 
 void PagedKVCache::reorder_cache(std::span<const int32_t> beam_idx) {
@@ -380,14 +373,14 @@ void PagedKVCache::crop(int64_t max_length) {
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
             int64_t kept = 0;
             for (uint32_t b = 0; b < st.batch; ++b)
-                kept += std::min(st.len[layer][b], max_length);
+                kept += std::min(st.len(layer, b), max_length);
             most = std::max(most, kept);
         }
         scratch = empty_kv(1, most);
     }
     for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
         for (uint32_t b = 0; b < st.batch; ++b)
-            drop_front(layer, b, st.len[layer][b] - max_length);
+            drop_front(layer, b, st.len(layer, b) - max_length);
     if (st.policy->reserved()) return compact_rows(scratch);
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
@@ -396,8 +389,8 @@ void PagedKVCache::crop(int64_t max_length) {
 void PagedKVCache::truncate(int64_t length) {
     CacheState& st = *state_;
     auto l = lock(st);
-    for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
-        for (int64_t& n : st.len[layer])
+    for (uint32_t b = 0; b < st.batch; ++b)
+        for (int64_t& n : st.rows[b]->len)
             n = length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
@@ -407,16 +400,13 @@ void PagedKVCache::reset() {
     CacheState& st = *state_;
     auto l = lock(st);
     if (st.policy->reserved()) {  // the reservation stays; the rows become empty
-        for (auto& v : st.len)
-            std::fill(v.begin(), v.end(), 0);
-        for (auto& v : st.start)
-            std::fill(v.begin(), v.end(), 0);
+        for (detail::Sequence* r : st.rows) {
+            std::fill(r->len.begin(), r->len.end(), 0);
+            std::fill(r->start.begin(), r->start.end(), 0);
+        }
         return;
     }
-    st.tables.clear();
-    st.len.clear();
-    st.start.clear();
-    st.batch = 0;
+    st.clear_rows();
 }
 
 void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
@@ -434,7 +424,12 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
             ErrorCode::CapacityExceeded,
             fmt::format("{}: {} repeated rows but only {} reserved tables are free", st.name,
                         rows.size() - distinct, st.spare.size() + (st.batch - distinct)));
-    CacheState::Lengths lengths = st.selected_lengths(rows);
+    // The new rows' lengths, copied before any table moves.
+    std::vector<detail::Sequence> fresh;
+    fresh.reserve(rows.size());
+    for (int32_t r : rows)
+        fresh.emplace_back(BlockTable(st.ps->allocator), st.rows[size_t(r)]->len,
+                           st.rows[size_t(r)]->start);
     std::vector<BlockTable> free_tables, out;
     free_tables.reserve(st.spare.size() + st.batch);
     out.reserve(rows.size());
@@ -450,12 +445,12 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
         free_tables.push_back(std::move(t));
     st.spare.clear();
     for (uint32_t r = 0; r < st.batch; ++r)
-        if (!picked[r]) free_tables.push_back(std::move(st.tables[r]));
+        if (!picked[r]) free_tables.push_back(std::move(st.table(r)));
     for (size_t i = 0; i < rows.size(); ++i) {
         const uint32_t r = uint32_t(rows[i]);
         if (owner[r] < 0) {
             owner[r] = int32_t(i);
-            out.push_back(std::move(st.tables[r]));
+            out.push_back(std::move(st.table(r)));
             continue;
         }
         BlockTable t = std::move(free_tables.back());
@@ -468,11 +463,10 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
     }
     detail::record_page_copies(*st.ps->device, *st.ps->pages, copies);
     st.ps->pages_copied += copies.size();
-    st.len = std::move(lengths.len);
-    st.start = std::move(lengths.start);
-    st.tables = std::move(out);
+    for (size_t i = 0; i < rows.size(); ++i)
+        fresh[i].table = std::move(out[i]);
     st.spare = std::move(free_tables);
-    st.batch = uint32_t(rows.size());
+    st.set_rows(std::move(fresh));  // the old rows' sequences hold no page any more
 }
 
 // Moves every row's tokens so they start at slot 0 of its first page (a gather into a scratch
@@ -482,11 +476,11 @@ void PagedKVCache::compact_rows(std::pair<Tensor, Tensor>& scratch) {
     for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
         std::vector<uint32_t> from, to;
         for (uint32_t b = 0; b < st.batch; ++b) {
-            if (st.start[layer][b] == 0) continue;
-            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+            if (st.start(layer, b) == 0) continue;
+            for (int64_t t = 0; t < st.len(layer, b); ++t)
                 from.push_back(st.slot_of(layer, b, t));
-            st.start[layer][b] = 0;
-            for (int64_t t = 0; t < st.len[layer][b]; ++t)
+            st.start(layer, b) = 0;
+            for (int64_t t = 0; t < st.len(layer, b); ++t)
                 to.push_back(st.slot_of(layer, b, t));
         }
         move_tokens(layer, from, to, scratch);
@@ -540,12 +534,12 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
             fmt::format("insert: slot {} is past this cache's batch_size {}", slot, st.batch));
     std::vector<int64_t> lens;
     for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
-        lens.push_back(os.len[layer][other_row]);
+        lens.push_back(os.len(layer, other_row));
     st.policy->check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
     // A sliding window keeps its window of the inserted row (the rest goes back to the pool).
     auto keep_window = [&] {
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
-            drop_front(layer, slot, st.len[layer][slot] - st.policy->keep_limit());
+            drop_front(layer, slot, st.len(layer, slot) - st.policy->keep_limit());
         if (!st.policy->reserved()) trim_pages(slot);
     };
     if (st.policy->reserved() || other->state_->policy->reserved()) {
@@ -560,23 +554,15 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
             st.ps->allocator.allocate(ceil_div(uint64_t(longest), bs), fresh);
             target.adopt_back(fresh);
         }
-        if (st.batch == 0) {
-            st.len.assign(st.num_layers(), {});
-            st.start.assign(st.num_layers(), {});
-        }
         if (slot == st.batch) {
-            st.tables.push_back(std::move(target));
-            for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
-                st.len[layer].push_back(0);
-                st.start[layer].push_back(0);
-            }
-            ++st.batch;
+            const std::vector<int64_t> zeros(st.num_layers(), 0);
+            st.push_row(detail::Sequence(std::move(target), zeros, zeros));
         } else if (!st.policy->reserved()) {
-            st.tables[slot] = std::move(target);
+            st.table(slot) = std::move(target);
         }
         for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
-            st.start[layer][slot] = 0;
-            st.len[layer][slot] = lens[layer];
+            st.start(layer, slot) = 0;
+            st.len(layer, slot) = lens[layer];
             std::vector<uint32_t> from, to;
             for (int64_t t = 0; t < lens[layer]; ++t) {
                 from.push_back(os.slot_of(layer, other_row, t));
@@ -587,44 +573,30 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
         keep_window();
         return;
     }
-    BlockTable shared = os.tables[other_row].fork();
-    if (st.batch == 0) {
-        st.len.assign(st.num_layers(), {});
-        st.start.assign(st.num_layers(), {});
-    }
-    if (slot == st.batch) {
-        st.tables.push_back(std::move(shared));
-        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
-            st.len[layer].push_back(os.len[layer][other_row]);
-            st.start[layer].push_back(os.start[layer][other_row]);
-        }
-        ++st.batch;
-    } else {
-        st.tables[slot] = std::move(shared);
-        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
-            st.len[layer][slot] = os.len[layer][other_row];
-            st.start[layer][slot] = os.start[layer][other_row];
-        }
-    }
+    detail::Sequence shared = os.rows[other_row]->fork();
+    if (slot == st.batch)
+        st.push_row(std::move(shared));
+    else
+        st.replace_row(slot, std::move(shared));
     keep_window();
 }
 
 void PagedKVCache::drop_front(uint32_t layer, uint32_t row, int64_t n) {
     CacheState& st = *state_;
     if (n <= 0) return;
-    n = std::min(n, st.len[layer][row]);
-    st.start[layer][row] += n;
-    st.len[layer][row] -= n;
+    n = std::min(n, st.len(layer, row));
+    st.start(layer, row) += n;
+    st.len(layer, row) -= n;
 }
 
 void PagedKVCache::trim_pages(uint32_t row) {
     CacheState& st = *state_;
     const uint32_t bs = st.block_size();
-    BlockTable& t = st.tables[row];
+    BlockTable& t = st.table(row);
     // Leading pages no layer reaches any more go back to the pool.
     int64_t first = INT64_MAX;
     for (uint32_t l = 0; l < st.num_layers(); ++l)
-        if (st.len[l][row] > 0) first = std::min(first, st.start[l][row]);
+        if (st.len(l, row) > 0) first = std::min(first, st.start(l, row));
     if (first == INT64_MAX) first = 0;  // the row is empty in every layer
     st.release_leading(row, st.policy->reserved() ? 0 : std::min(t.size(), size_t(first / bs)));
     const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));

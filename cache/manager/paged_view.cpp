@@ -41,15 +41,15 @@ Csr build_csr(const detail::CacheState& st, uint32_t layer) {
     Csr t;
     const uint32_t bs = st.block_size();
     for (uint32_t r = 0; r < st.batch; ++r) {
-        const int64_t len = st.len[layer][r];
-        const int64_t start = st.start[layer][r];
+        const int64_t len = st.len(layer, r);
+        const int64_t start = st.start(layer, r);
         t.lengths.push_back(len);
         if (len == 0) {
             t.first_slot.push_back(0);
             t.last_page_len.push_back(0);
         } else {
             for (int64_t p = start / bs; p <= (start + len - 1) / bs; ++p)
-                t.indices.push_back(index(st.tables[r][size_t(p)]));
+                t.indices.push_back(index(st.table(r)[size_t(p)]));
             t.first_slot.push_back(uint32_t(start % bs));
             t.last_page_len.push_back(uint32_t((start + len - 1) % bs + 1));
         }

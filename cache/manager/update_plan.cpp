@@ -19,10 +19,10 @@ uint64_t ceil_div(uint64_t a, uint64_t b) {
 }
 
 // Positions of the new tokens into each row's pos (rows[b].pos, storage reused); throws
-// before anything changes. old_len: the rows' lengths (null: fresh rows, all empty).
-void resolve_positions(const CachePosition& cp, uint32_t batch, uint32_t seq,
-                       const std::vector<int64_t>* old_len, const char* op,
-                       std::vector<UpdatePlan::Row>& rows) {
+// before anything changes. old: the rows, whose lengths in `layer` new tokens follow (null:
+// fresh rows, all empty).
+void resolve_positions(const CachePosition& cp, uint32_t batch, uint32_t seq, const RowsState* old,
+                       uint32_t layer, const char* op, std::vector<UpdatePlan::Row>& rows) {
     using K = CachePosition::Kind;
     // Counts first: nothing is allocated for a position list of the wrong size.
     if (cp.kind() == K::Vector && cp.vector().size() != seq)
@@ -51,7 +51,7 @@ void resolve_positions(const CachePosition& cp, uint32_t batch, uint32_t seq,
         for (uint32_t s = 0; s < seq; ++s)
             switch (cp.kind()) {
                 case K::Append:
-                    pos[s] = (old_len ? (*old_len)[b] : 0) + s;
+                    pos[s] = (old ? old->rows[b]->len[layer] : 0) + s;
                     break;
                 case K::Scalar:
                     pos[s] = cp.scalar() + s;
@@ -149,7 +149,7 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
     plan.copies.clear();
     plan.needed = 0;
     plan.released = 0;
-    resolve_positions(cp, batch, seq, plan.fresh_batch ? nullptr : &rs.len[layer], op, plan.rows);
+    resolve_positions(cp, batch, seq, plan.fresh_batch ? nullptr : &rs, layer, op, plan.rows);
 
     const uint32_t bs = rs.block_size;
     std::vector<uint32_t> dropped;                 // blocks whose references leading releases drop
@@ -157,7 +157,7 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
     std::vector<size_t> shared;                    // one row's shared pages written
     for (uint32_t b = 0; b < batch; ++b) {
         UpdatePlan::Row& p = plan.rows[b];
-        p.old_len = p.new_len = plan.fresh_batch ? 0 : rs.len[layer][b];
+        p.old_len = p.new_len = plan.fresh_batch ? 0 : rs.rows[b]->len[layer];
         last_writes(p.pos, p.keep);
         for (int64_t q : p.pos)
             p.new_len = std::max(p.new_len, q + 1);
@@ -166,15 +166,15 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
         // tokens of the grown row are never written, and pages no layer reaches afterwards
         // (`lead`) go back to the pool before new ones are taken, so a sliding window decodes
         // within its own footprint.
-        p.have = plan.fresh_batch ? 0 : rs.tables[b].size();
+        p.have = plan.fresh_batch ? 0 : rs.rows[b]->table.size();
         p.drop = std::max<int64_t>(0, p.new_len - policy.keep_limit);
         const int64_t kept = p.new_len - p.drop;
         // Where the other layers of the row reach (this layer's old tokens excluded).
         int64_t first = INT64_MAX, end = 0;
         for (uint32_t l = 0; l < rs.num_layers && !plan.fresh_batch; ++l)
-            if (l != layer && rs.len[l][b] > 0) {
-                first = std::min(first, rs.start[l][b]);
-                end = std::max(end, rs.start[l][b] + rs.len[l][b]);
+            if (l != layer && rs.rows[b]->len[l] > 0) {
+                first = std::min(first, rs.rows[b]->start[l]);
+                end = std::max(end, rs.rows[b]->start[l] + rs.rows[b]->len[l]);
             }
         if (plan.fresh_batch) {
             p.start = 0;
@@ -183,7 +183,7 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
             // one after the other in a step then cover the same pages.
             p.start = std::max<int64_t>(0, end - kept) - p.drop;
         } else {
-            p.start = rs.start[layer][b];
+            p.start = rs.rows[b]->start[layer];
         }
         const int64_t kept_start = p.start + p.drop;
         if (kept > 0) {
@@ -196,12 +196,12 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
         p.extra = want > std::max(p.have, p.lead) ? want - std::max(p.have, p.lead) : 0;
         plan.needed += p.extra;
         for (size_t i = 0; i < std::min(p.lead, p.have); ++i)
-            dropped.push_back(index(rs.tables[b][i]));
+            dropped.push_back(index(rs.rows[b]->table[i]));
         if (p.have == 0) continue;
         shared.clear();
         auto touch = [&](int64_t position) {
             const size_t bi = size_t((p.start + position) / bs);
-            if (bi < p.have && alloc.refcount(rs.tables[b][bi]) > 1) shared.push_back(bi);
+            if (bi < p.have && alloc.refcount(rs.rows[b]->table[bi]) > 1) shared.push_back(bi);
         };
         for (uint32_t s : p.keep)
             if (p.pos[s] >= p.drop) touch(p.pos[s]);
@@ -215,7 +215,9 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
     // When every reference to a shared page belongs to a row written now, the last of them
     // keeps the original (its sharers take copies first): r sharers cost r - 1 copies.
     if (!cow.empty()) {
-        auto block_of = [&](size_t i) { return index(rs.tables[cow[i].first][cow[i].second]); };
+        auto block_of = [&](size_t i) {
+            return index(rs.rows[cow[i].first]->table[cow[i].second]);
+        };
         // The writes of each shared block together, in the order they were found.
         std::vector<size_t> by_block(cow.size());
         for (size_t i = 0; i < cow.size(); ++i)

@@ -10,6 +10,7 @@
 
 #include "allocator/block_allocator.hpp"
 #include "allocator/block_table.hpp"
+#include "cache/manager/sequence.hpp"
 #include "pagedkv/kv_cache.hpp"
 
 namespace pagedkv::detail {
@@ -19,10 +20,8 @@ namespace pagedkv::detail {
 struct RowsState {
     uint32_t block_size = 0;
     uint32_t num_layers = 0;
-    uint32_t batch = 0;  // 0: no rows yet (len and start are then not read)
-    std::span<const BlockTable> tables;
-    std::span<const std::vector<int64_t>> len;    // [layer][row]
-    std::span<const std::vector<int64_t>> start;  // [layer][row]
+    uint32_t batch = 0;               // 0: no rows yet (rows is then not read)
+    std::span<Sequence* const> rows;  // [row]: its table, and per layer its len and start
 };
 
 // A cache kind's rules for a write.

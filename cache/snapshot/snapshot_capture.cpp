@@ -48,17 +48,17 @@ SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
     k.batch_size = kind.batch_size;
     k.max_cache_len = kind.max_cache_len;
     k.window = kind.window;
-    for (const BlockTable& t : st.tables)
-        k.rows.push_back(blocks_of(t));
+    for (uint32_t r = 0; r < st.batch; ++r)
+        k.rows.push_back(blocks_of(st.table(r)));
     for (const BlockTable& t : st.spare)
         k.spare.push_back(blocks_of(t));
     // An empty cache may keep no per-layer vectors at all; the file always has num_layers.
     k.len.assign(layers, std::vector<int64_t>(st.batch, 0));
     k.start.assign(layers, std::vector<int64_t>(st.batch, 0));
-    for (uint32_t l = 0; l < layers && l < st.len.size(); ++l)
-        for (uint32_t r = 0; r < st.batch && r < st.len[l].size(); ++r) {
-            k.len[l][r] = st.len[l][r];
-            k.start[l][r] = st.start[l][r];
+    for (uint32_t l = 0; l < layers; ++l)
+        for (uint32_t r = 0; r < st.batch; ++r) {
+            k.len[l][r] = st.len(l, r);
+            k.start[l][r] = st.start(l, r);
         }
     return k;
 }
@@ -97,9 +97,11 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
         if (auto [it, fresh] = seen.emplace(c, i); !fresh)
             throw invalid(
                 fmt::format("{}: caches {} and {} are the same cache", op, it->second, i));
-        for (const auto* tables : {&Access::cache(*c).tables, &Access::cache(*c).spare})
-            for (const BlockTable& t : *tables)
-                given.insert(&t);
+        const CacheState& st = Access::cache(*c);
+        for (uint32_t r = 0; r < st.batch; ++r)
+            given.insert(&st.table(r));
+        for (const BlockTable& t : st.spare)
+            given.insert(&t);
     }
     uint64_t missing_tables = 0, missing_refs = 0;
     for (const BlockTable* t : ps.allocator.tables())

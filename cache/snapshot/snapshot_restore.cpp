@@ -32,21 +32,20 @@ struct SnapshotRestorer {
         }
         CacheState& st = Access::cache(*cache);
         BlockAllocator& alloc = st.ps->allocator;
-        for (const auto& blocks : k.rows)
-            st.tables.emplace_back(alloc).adopt_back(blocks);
+        std::vector<detail::Sequence> rows;
+        rows.reserve(k.rows.size());
+        for (size_t r = 0; r < k.rows.size(); ++r) {
+            rows.push_back(st.empty_sequence());
+            rows.back().table.adopt_back(k.rows[r]);
+            for (uint32_t l = 0; l < st.num_layers() && l < k.len.size(); ++l) {
+                rows.back().len[l] = k.len[l][r];
+                // An empty layer starts at slot 0 (older versions could leave it anywhere).
+                rows.back().start[l] = k.len[l][r] == 0 ? 0 : k.start[l][r];
+            }
+        }
         for (const auto& blocks : k.spare)
             st.spare.emplace_back(alloc).adopt_back(blocks);
-        st.batch = uint32_t(k.rows.size());
-        // An empty growing cache keeps no per-layer vectors (as after reset()); a reserved one
-        // keeps one per layer.
-        if (!k.rows.empty() || k.kind == SnapshotCacheKind::Static) {
-            st.len = k.len;
-            st.start = k.start;
-            // An empty layer starts at slot 0 (older versions could leave it anywhere).
-            for (size_t l = 0; l < st.len.size(); ++l)
-                for (size_t r = 0; r < st.len[l].size(); ++r)
-                    if (st.len[l][r] == 0) st.start[l][r] = 0;
-        }
+        st.set_rows(std::move(rows));
         return cache;
     }
 };

@@ -20,9 +20,9 @@ void require_trimmed(const PagedKVCache& cache) {
     for (uint32_t r = 0; r < st.batch; ++r) {
         int64_t first = INT64_MAX;
         for (uint32_t l = 0; l < st.num_layers(); ++l)
-            if (st.len[l][r] > 0) first = std::min(first, st.start[l][r]);
+            if (st.len(l, r) > 0) first = std::min(first, st.start(l, r));
         INFO("row " << r);
-        REQUIRE(st.tables[r].size() == size_t((st.extent(r) + bs - 1) / bs));
+        REQUIRE(st.table(r).size() == size_t((st.extent(r) + bs - 1) / bs));
         if (first != INT64_MAX) REQUIRE(first < int64_t(bs));
     }
 }

@@ -2,6 +2,8 @@
 // released, added and copied, and every refusal, before any cache changes.
 #include <catch2/catch.hpp>
 
+#include <memory>
+
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
 
@@ -10,11 +12,11 @@ using namespace pagedkv::detail;
 
 namespace {
 
-// Rows of a cache as plain data: tables over an allocator of its own, lengths and starts.
+// Rows of a cache as plain data: sequences over an allocator of their own.
 struct Rows {
     BlockAllocator alloc;
-    std::vector<BlockTable> tables;
-    std::vector<std::vector<int64_t>> len, start;  // [layer][row]
+    std::vector<std::unique_ptr<Sequence>> seqs;
+    std::vector<Sequence*> rows;
     uint32_t block_size, layers;
 
     Rows(uint64_t blocks, uint32_t block, uint32_t num_layers)
@@ -24,17 +26,19 @@ struct Rows {
     void add_row(size_t pages, std::vector<std::pair<int64_t, int64_t>> per_layer) {
         std::vector<BlockId> fresh;
         alloc.allocate(pages, fresh);
-        tables.emplace_back(alloc).adopt_back(fresh);
-        len.resize(layers);
-        start.resize(layers);
+        Sequence s(alloc, layers);
+        s.table.adopt_back(fresh);
         for (uint32_t l = 0; l < layers; ++l) {
-            start[l].push_back(per_layer[l].first);
-            len[l].push_back(per_layer[l].second);
+            s.start[l] = per_layer[l].first;
+            s.len[l] = per_layer[l].second;
         }
+        push(std::move(s));
     }
-    RowsState state() const {
-        return {block_size, layers, uint32_t(tables.size()), tables, len, start};
+    void push(Sequence&& s) {
+        seqs.push_back(std::make_unique<Sequence>(std::move(s)));
+        rows.push_back(seqs.back().get());
     }
+    RowsState state() const { return {block_size, layers, uint32_t(rows.size()), rows}; }
     UpdatePlan plan(uint32_t layer, uint32_t batch, uint32_t seq, const CachePosition& cp = {},
                     WritePolicy policy = {}) const {
         return plan_update(state(), alloc, layer, batch, seq, cp, policy, "update");
@@ -124,9 +128,7 @@ TEST_CASE("plan_update: a shared page written is copied, by all but the last of 
     Rows r(16, 4, 1);
     r.add_row(1, {{0, 2}});
     // Row 1 shares row 0's page (a fork), as batch_repeat_interleave leaves it.
-    r.tables.push_back(r.tables[0].fork());
-    r.len[0].push_back(2);
-    r.start[0].push_back(0);
+    r.push(r.rows[0]->fork());       // (start 0, len 2) like row 0
     UpdatePlan p = r.plan(0, 2, 1);  // both sharers write the page: one copy
     REQUIRE(p.copies.size() == 1);
     CHECK(p.copies[0] == std::pair<uint32_t, size_t>{0, 0});

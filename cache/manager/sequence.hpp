@@ -1,0 +1,87 @@
+// Sequence and SequenceSet: the one core of sequence bookkeeping. A sequence is a block table
+// and, per layer, how many tokens it holds and the slot of the first one in the table's pages
+// (token t of layer l at slot start[l] + t; crop and sliding windows move the start instead
+// of moving bytes). A SequenceSet names sequences by ids that are never reused. KVManager is a
+// SequenceSet driven by a scheduler; each 0.1 cache (PagedKVCache) is a view over one, whose
+// batch row r is the sequence rows[r]. Pure host logic: no Vulkan.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "allocator/block_table.hpp"
+
+namespace pagedkv::detail {
+
+using SequenceId = uint64_t;  // pagedkv::SeqId
+
+struct Sequence {
+    Sequence(BlockAllocator& alloc, uint32_t layers)
+        : table(alloc), len(layers, 0), start(layers, 0) {}
+    Sequence(BlockTable t, std::vector<int64_t> l, std::vector<int64_t> s)
+        : table(std::move(t)), len(std::move(l)), start(std::move(s)) {}
+
+    BlockTable table;
+    std::vector<int64_t> len;    // [layer]: tokens held
+    std::vector<int64_t> start;  // [layer]: slot of the first of them in the table's pages
+
+    // Slots the sequence needs: the furthest any layer reaches.
+    int64_t extent() const {
+        int64_t e = 0;
+        for (size_t l = 0; l < len.size(); ++l)
+            if (len[l] > 0) e = std::max(e, start[l] + len[l]);
+        return e;
+    }
+    // A second sequence sharing every page (copy-on-write), with the same lengths.
+    Sequence fork() const { return Sequence(table.fork(), len, start); }
+    // Gives back the first `lead` pages (those held) and moves every layer's start back by as
+    // many slots; an empty layer starts at slot 0 (a start past the pages would make the next
+    // write reach for pages it does not need).
+    void release_leading(size_t lead, uint32_t block_size) {
+        table.release_front(std::min(lead, table.size()));
+        const int64_t shift = int64_t(lead) * block_size;
+        for (size_t l = 0; l < len.size(); ++l)
+            start[l] = len[l] > 0 ? start[l] - shift : 0;
+    }
+};
+
+class SequenceSet {
+  public:
+    SequenceSet(BlockAllocator& alloc, uint32_t layers) : alloc_(&alloc), layers_(layers) {}
+
+    // A new empty sequence, or one made of `s`.
+    SequenceId add() { return add(Sequence(*alloc_, layers_)); }
+    SequenceId add(Sequence&& s) {
+        const SequenceId id = next_id_;
+        seqs_.emplace(id, std::move(s));
+        ++next_id_;
+        return id;
+    }
+    SequenceId fork(SequenceId id) { return add(seqs_.at(id).fork()); }
+    void erase(SequenceId id) { seqs_.erase(id); }
+    void clear() { seqs_.clear(); }
+
+    Sequence* find(SequenceId id) {
+        auto it = seqs_.find(id);
+        return it == seqs_.end() ? nullptr : &it->second;
+    }
+    const Sequence* find(SequenceId id) const {
+        auto it = seqs_.find(id);
+        return it == seqs_.end() ? nullptr : &it->second;
+    }
+    Sequence& at(SequenceId id) { return seqs_.at(id); }
+    const std::map<SequenceId, Sequence>& all() const noexcept { return seqs_; }
+    size_t size() const noexcept { return seqs_.size(); }
+    uint32_t num_layers() const noexcept { return layers_; }
+    BlockAllocator& allocator() const noexcept { return *alloc_; }
+
+  private:
+    BlockAllocator* alloc_;
+    uint32_t layers_;
+    std::map<SequenceId, Sequence> seqs_;  // node-based: a Sequence* stays valid until erased
+    SequenceId next_id_ = 1;
+};
+
+}  // namespace pagedkv::detail
