@@ -103,12 +103,11 @@ int serve_main(int argc, char** argv) {
         fmt::print("\n{:<24} {}\n", "device", ctx.device_name());
         fmt::print("{:<24} {} of {} finished\n", "requests", s.finished, s.requests);
         fmt::print("{:<24} {}\n", "steps", s.steps);
-        fmt::print(
-            "{:<24} {} written: {} prefill ({} of them recomputed after preemption), {} "
-            "decode ({} rejected drafts rolled back)\n",
-            "tokens", s.tokens_written, s.prefill_tokens, s.recomputed_tokens, s.decode_tokens,
-            s.drafts_rejected);
-        fmt::print("{:<24} {}\n", "preemptions", s.preemptions);
+        fmt::print("{:<24} {} written: {} prefill, {} decode ({} rejected drafts rolled back)\n",
+                   "tokens", s.tokens_written, s.prefill_tokens, s.decode_tokens,
+                   s.drafts_rejected);
+        fmt::print("{:<24} {} ({} tokens dropped and written again)\n", "preemptions",
+                   s.preemptions, s.recomputed_tokens);
         fmt::print("{:<24} {} (parallel samples sharing their prompt's pages)\n", "forks", s.forks);
         fmt::print("{:<24} {} (truncate after speculative steps)\n", "rollbacks", s.rollbacks);
         fmt::print(
