@@ -222,8 +222,8 @@ bool Engine::step() {
     // Admission: new requests while the budget, max_running and can_allocate allow (none in a
     // step that had to preempt).
     size_t in_flight = 0;
-    for (const Group& g : running_)
-        in_flight += g.seqs.size();
+    for (const Group& g : running_)  // a request still prefilling counts its samples to come
+        in_flight += g.prefilling() ? g.req.outputs.size() : g.seqs.size();
     while (!preempted && budget > 0 && !waiting_.empty() &&
            in_flight + waiting_.front().req.outputs.size() <= opt_.max_running) {
         const Waiting& w = waiting_.front();

@@ -15,7 +15,7 @@ namespace pagedkv::serve {
 int serve_main(int argc, char** argv) {
     TraceOptions trace;
     EngineOptions opt;
-    uint64_t pages = 64;
+    uint64_t pages = 48;
     uint32_t layers = 4;
     trace.requests = 24;
     trace.max_prompt = 192;
