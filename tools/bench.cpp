@@ -21,6 +21,7 @@
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "engine.hpp"
 #include "json_text.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "shaders/kernels/page_copy.hpp"
@@ -625,6 +626,86 @@ void bench_beams(Context& ctx, Report& rep) {
             fmt::format("{:.0f}%", 100.0 * (1 - double(peak) / double(copied))));
 }
 
+// The serving engine's loop (tools/serve/engine.hpp, what `pagedkv-demo serve` runs) without
+// its CPU checks: after a warm-up of the trace, `steps` steps each one submit waited for
+// (GpuTimer::runs: device time from timestamps around each step, host time the CPU time of
+// recording it), the wall time around them all. Three runs of the same trace from scratch.
+void bench_serve(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t steps) {
+    // Small heads and two layers: lavapipe runs a step's attention (64 rows over contexts of
+    // up to ~300 tokens) in tens of milliseconds, and the row must stay a few seconds.
+    PoolConfig c = layout(2, 128);
+    c.num_kv_heads = 2;
+    c.head_dim = 32;
+    serve::TraceOptions trace;
+    trace.requests = 400;
+    trace.arrivals_per_step = 1.0;
+    trace.max_prompt = 256;
+    trace.max_output = 64;
+    serve::EngineOptions opt;
+    opt.check = false;
+    opt.q_heads = 4;
+    const uint32_t warmup = 8;
+    std::vector<double> steps_s, tokens_s, device_ms, host_us;
+    serve::EngineStats last;
+    uint64_t peak = 0;
+    for (int run = 0; run < 3; ++run) {
+        progress(fmt::format("serve loop, run {} of 3: {} steps after {}", run + 1, steps, warmup));
+        BlockPool pool(ctx, c);
+        serve::Engine engine(ctx, pool, serve::make_trace(trace), opt);
+        engine.run(warmup);
+        ctx.synchronize();
+        const uint64_t tokens0 = engine.stats().tokens_written;
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto runs = timer.runs([&] { engine.step(); }, int(steps), 0);
+        const double wall =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        double dev = 0;
+        std::vector<double> host;
+        for (const auto& r : runs) {
+            dev += r.device_s;
+            host.push_back(r.host_s);
+        }
+        const double n = double(runs.size());
+        steps_s.push_back(n / wall);
+        tokens_s.push_back(double(engine.stats().tokens_written - tokens0) / wall);
+        device_ms.push_back(dev / n * 1e3);
+        host_us.push_back(median_of(host) * 1e6);
+        last = engine.stats();
+        peak = std::max(peak, last.peak_pages);
+    }
+    auto spread = [&](const std::string& key, const std::string& name, std::vector<double> v,
+                      const std::string& unit, const std::string& note) {
+        std::sort(v.begin(), v.end());
+        rep.rows.push_back({name, fmt::format("{:.1f}{}", v[v.size() / 2], unit),
+                            fmt::format("{:.1f}-{:.1f}; {}", v.front(), v.back(), note)});
+        rep.json[key] = v[v.size() / 2];
+        rep.json[key + "_min"] = v.front();
+        rep.json[key + "_max"] = v.back();
+    };
+    const std::string shape = fmt::format(
+        "{} steps of a Poisson trace, budget {} tokens, {} layers of {} x {} f16, {} query heads",
+        steps, opt.token_budget, c.num_layers, c.num_kv_heads, c.head_dim, opt.q_heads);
+    spread("serve_steps_per_s", "serve loop steps / s", steps_s, "",
+           shape + "; host wall time, each step submitted and waited for");
+    spread("serve_tokens_per_s", "serve loop tokens / s", tokens_s, "",
+           "K/V rows written (prefill chunks, decodes, drafts), host wall time");
+    spread("serve_device_ms_per_step", "serve loop device time per step", device_ms, " ms",
+           fmt::format("GPU timestamps; host recording {:.0f} us per step (median)",
+                       median_of(host_us)));
+    rep.json["serve_host_us_per_step"] = median_of(host_us);
+    const uint64_t contiguous = last.contiguous_pages_peak;
+    rep.add("serve_peak_pages", "serve loop pages, peak", double(peak), fmt::format("{}", peak),
+            fmt::format("of {}; {} preemptions, {} forks, {} rollbacks over {} steps", c.num_blocks,
+                        last.preemptions, last.forks, last.rollbacks, last.steps));
+    rep.add("serve_contiguous_pages", "serve loop pages, contiguous max-length", double(contiguous),
+            fmt::format("{}", contiguous),
+            fmt::format("{} sequences at once x {} tokens", last.peak_sequences, last.max_length));
+    rep.add("serve_pages_over_contiguous", "serve pages paged / contiguous",
+            double(peak) / double(contiguous),
+            fmt::format("{:.2f}x", double(peak) / double(contiguous)),
+            "peak pages held against a contiguous max-length cache for the same sequences");
+}
+
 }  // namespace
 
 void write_file(const std::string& path, const std::string& text) {
@@ -637,7 +718,7 @@ void write_file(const std::string& path, const std::string& text) {
 int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32;
-    uint32_t attention_rows = 16, attention_context = 512;
+    uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
         "printed as a table and written as JSON, with an SVG of the scaling sweeps.",
@@ -662,6 +743,10 @@ int main(int argc, char** argv) {
         ->type_name("LAYERS")
         ->capture_default_str()
         ->check(CLI::Range(1u, 256u));
+    app.add_option("--serve-steps", serve_steps, "timed steps of each serve loop run")
+        ->type_name("STEPS")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 128u));
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help
@@ -669,7 +754,8 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         fmt::print(stderr,
                    "pagedkv-bench: {}\nusage: pagedkv-bench [--json FILE] [--svg FILE] "
-                   "[--rows ROWS] [--layers LAYERS] [--attention-context TOKENS]\n",
+                   "[--rows ROWS] [--layers LAYERS] [--attention-context TOKENS] "
+                   "[--serve-steps STEPS]\n",
                    e.what());
         return 2;
     }
@@ -692,6 +778,7 @@ int main(int argc, char** argv) {
         const auto gather_series = sweep_gather(ctx, timer);
         bench_memory(rep);
         bench_beams(ctx, rep);
+        bench_serve(ctx, timer, rep, serve_steps);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

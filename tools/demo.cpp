@@ -3,6 +3,8 @@
 // and new ones are admitted; every step is checked against the CPU reference cache. Ends with
 // a table comparing the pages used with a contiguous max-length preallocation. At each new
 // peak of pool usage it writes a snapshot (--snapshot FILE) for pagedkv-dump to show.
+// `pagedkv-demo serve [options]` runs the second demo instead: a serving engine's loop over
+// KVManager (tools/serve).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -17,6 +19,7 @@
 #include "pagedkv/pagedkv.hpp"
 #include "reference_attention.hpp"
 #include "reference_cache.hpp"
+#include "serve_demo.hpp"
 
 using namespace pagedkv;
 
@@ -45,6 +48,7 @@ std::vector<float> random_tokens(std::mt19937& rng, size_t n, DType t) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1 && !std::strcmp(argv[1], "serve")) return serve::serve_main(argc - 1, argv + 1);
     int num_requests = 24;
     uint32_t max_batch = 8;
     std::string snapshot_path = "pagedkv-demo.snap";
@@ -57,7 +61,8 @@ int main(int argc, char** argv) {
             snapshot_path = argv[++i];
         else {
             fmt::print(stderr,
-                       "usage: pagedkv-demo [--requests N] [--max-batch N] [--snapshot FILE]\n");
+                       "usage: pagedkv-demo [--requests N] [--max-batch N] [--snapshot FILE]\n"
+                       "       pagedkv-demo serve [options] (--help for them)\n");
             return 2;
         }
     }
