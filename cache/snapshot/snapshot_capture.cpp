@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "cache/manager/cache_state.hpp"
+#include "cache/manager/manager_state.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/detailed_stats.hpp"
 #include "cache/snapshot/snapshot_check.hpp"
@@ -29,6 +30,19 @@ std::vector<BlockId> blocks_of(const BlockTable& t) {
     return t.blocks();
 }
 
+// Appends these sequences as the record's rows: tables, and per layer lengths and starts.
+void add_rows(SnapshotCache& k, std::span<Sequence* const> rows, uint32_t layers) {
+    for (const Sequence* r : rows)
+        k.rows.push_back(blocks_of(r->table));
+    k.len.assign(layers, std::vector<int64_t>(rows.size(), 0));
+    k.start.assign(layers, std::vector<int64_t>(rows.size(), 0));
+    for (uint32_t l = 0; l < layers; ++l)
+        for (size_t r = 0; r < rows.size(); ++r) {
+            k.len[l][r] = rows[r]->len[l];
+            k.start[l][r] = rows[r]->start[l];
+        }
+}
+
 SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
     SnapshotCache k;
     const CacheState& st = Access::cache(cache);
@@ -48,18 +62,21 @@ SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
     k.batch_size = kind.batch_size;
     k.max_cache_len = kind.max_cache_len;
     k.window = kind.window;
-    for (uint32_t r = 0; r < st.batch; ++r)
-        k.rows.push_back(blocks_of(st.table(r)));
     for (const BlockTable& t : st.spare)
         k.spare.push_back(blocks_of(t));
-    // An empty cache may keep no per-layer vectors at all; the file always has num_layers.
-    k.len.assign(layers, std::vector<int64_t>(st.batch, 0));
-    k.start.assign(layers, std::vector<int64_t>(st.batch, 0));
-    for (uint32_t l = 0; l < layers; ++l)
-        for (uint32_t r = 0; r < st.batch; ++r) {
-            k.len[l][r] = st.len(l, r);
-            k.start[l][r] = st.start(l, r);
-        }
+    add_rows(k, st.rows, layers);
+    return k;
+}
+
+// A manager's sequences, in ascending id order, as the rows of a dynamic cache (the same
+// sequence core: a table and per-layer lengths and starts).
+SnapshotCache capture_manager(const KVManager& manager, uint32_t layers) {
+    SnapshotCache k;
+    k.kind = SnapshotCacheKind::Dynamic;
+    std::vector<Sequence*> rows;
+    for (const auto& [id, seq] : Access::manager(manager).seqs.all())
+        rows.push_back(const_cast<Sequence*>(&seq));
+    add_rows(k, rows, layers);
     return k;
 }
 
@@ -84,7 +101,8 @@ void read_pages(PoolState& ps, SnapshotData& s) {
 }  // namespace
 
 SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCache* const> caches,
-                              bool page_contents, const char* op) {
+                              std::span<const KVManager* const> managers, bool page_contents,
+                              const char* op) {
     PoolState& ps = Access::pool(pool);
     detail::Device::CallLock lock(*ps.device);
     std::unordered_map<const PagedKVCache*, size_t> seen;
@@ -103,6 +121,17 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
         for (const BlockTable& t : st.spare)
             given.insert(&t);
     }
+    std::unordered_set<const KVManager*> seen_managers;
+    for (size_t i = 0; i < managers.size(); ++i) {
+        const KVManager* m = managers[i];
+        if (!m) throw invalid(fmt::format("{}: manager {} is null", op, i));
+        if (Access::manager(*m).ps != &ps)
+            throw invalid(fmt::format("{}: manager {} is over another pool", op, i));
+        if (!seen_managers.insert(m).second)
+            throw invalid(fmt::format("{}: manager {} is given twice", op, i));
+        for (const auto& [id, seq] : Access::manager(*m).seqs.all())
+            given.insert(&seq.table);
+    }
     uint64_t missing_tables = 0, missing_refs = 0;
     for (const BlockTable* t : ps.allocator.tables())
         if (!given.count(t) && !t->empty()) {
@@ -112,7 +141,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     if (missing_tables)
         throw invalid(
             fmt::format("{}: {} block tables holding {} page references belong to "
-                        "caches not given; pass every cache over the pool",
+                        "caches or managers not given; pass every cache and manager over the pool",
                         op, missing_tables, missing_refs));
 
     SnapshotData s;
@@ -122,6 +151,8 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     s.pages_copied = ps.pages_copied;
     for (const PagedKVCache* cache : caches)
         s.caches.push_back(capture_cache(*cache, c.num_layers));
+    for (const KVManager* m : managers)
+        s.caches.push_back(capture_manager(*m, c.num_layers));
     // The live state always passes; a failure here is a library bug, caught before writing.
     if (std::string e = check_snapshot(s); !e.empty())
         throw Error(ErrorCode::InvalidArgument,
@@ -134,8 +165,14 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
 
 void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
                    std::span<const PagedKVCache* const> caches, SnapshotOptions options) {
+    save_snapshot(path, pool, caches, {}, options);
+}
+
+void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                   std::span<const PagedKVCache* const> caches,
+                   std::span<const KVManager* const> managers, SnapshotOptions options) {
     const SnapshotData s =
-        detail::capture_snapshot(pool, caches, options.page_contents, "save_snapshot");
+        detail::capture_snapshot(pool, caches, managers, options.page_contents, "save_snapshot");
     write_snapshot_file(path, encode_snapshot(s));
 }
 
@@ -145,7 +182,13 @@ void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
 }
 
 DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches) {
-    return compute_detailed_stats(detail::capture_snapshot(pool, caches, false, "detailed_stats"));
+    return detailed_stats(pool, caches, {});
+}
+
+DetailedStats detailed_stats(const BlockPool& pool, std::span<const PagedKVCache* const> caches,
+                             std::span<const KVManager* const> managers) {
+    return compute_detailed_stats(
+        detail::capture_snapshot(pool, caches, managers, false, "detailed_stats"));
 }
 
 DetailedStats detailed_stats(const BlockPool& pool,

@@ -13,6 +13,7 @@
 #include "pagedkv/context.hpp"
 #include "pagedkv/detailed_stats.hpp"
 #include "pagedkv/export.h"
+#include "pagedkv/kv_manager.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 
 namespace pagedkv {
@@ -33,6 +34,14 @@ PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPoo
                                SnapshotOptions options = {});
 PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
                                std::initializer_list<const PagedKVCache*> caches,
+                               SnapshotOptions options = {});
+// A pool served by KVManagers (and caches): each manager's sequences are recorded after the
+// caches as the rows of a dynamic cache, in ascending id order (the same core: a block table
+// and per-layer lengths per sequence), so pagedkv-dump shows them; restore_snapshot brings a
+// manager back as a DynamicKVCache whose row i is its i-th sequence (ids are not recorded).
+PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
+                               std::span<const PagedKVCache* const> caches,
+                               std::span<const KVManager* const> managers,
                                SnapshotOptions options = {});
 
 // What restore_snapshot rebuilt. The caches are declared after the pool, so they are
@@ -57,5 +66,8 @@ PAGEDKV_API DetailedStats detailed_stats(const BlockPool& pool,
                                          std::span<const PagedKVCache* const> caches);
 PAGEDKV_API DetailedStats detailed_stats(const BlockPool& pool,
                                          std::initializer_list<const PagedKVCache*> caches);
+PAGEDKV_API DetailedStats detailed_stats(const BlockPool& pool,
+                                         std::span<const PagedKVCache* const> caches,
+                                         std::span<const KVManager* const> managers);
 
 }  // namespace pagedkv

@@ -5,6 +5,7 @@
 // sequences over 32 layers being one submit with no per-layer upload.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
@@ -440,4 +441,66 @@ TEST_CASE("KVManager: a step of 64 sequences over 32 layers is one submit, no pe
             REQUIRE(pool.validate());
         }
     }
+}
+
+TEST_CASE("KVManager: snapshots record a manager's sequences as a dynamic cache's rows") {
+    ValidatedContext vc;
+    const PoolConfig c = small_config(DType::F32, 2, 2, 8, 4, 32);
+    BlockPool pool(vc.ctx, c);
+    KVManager mgr(pool);
+    DynamicKVCache cache(pool);
+    std::mt19937 rng(9);
+    cache.update(upload(vc.ctx, random_values(2 * 2 * 3 * 8, rng, DType::F32), shape4(2, 2, 3, 8),
+                        DType::F32),
+                 upload(vc.ctx, random_values(2 * 2 * 3 * 8, rng, DType::F32), shape4(2, 2, 3, 8),
+                        DType::F32),
+                 0);
+    const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
+    {
+        const SeqId ids[] = {a, b};
+        const uint32_t n[] = {6, 2};
+        mgr.allocate(ids, n, 4);  // a reservation past the tokens is recorded too
+        Step st = mgr.begin_step(ids, n);
+        for (uint32_t l = 0; l < 2; ++l) {
+            const Tensor k =
+                upload(vc.ctx, random_values(8 * 16, rng, DType::F32), {8, 2, 8}, DType::F32);
+            mgr.write(st, l, k, k);
+        }
+    }
+    const SeqId f = mgr.fork(a);
+    const std::string path = "kv_manager_snapshot.pkvs";
+    const PagedKVCache* caches[] = {&cache};
+    const KVManager* managers[] = {&mgr};
+    try {
+        save_snapshot(path, pool, caches, {}, {true});
+        FAIL("a manager's pages were not explained");
+    } catch (const Error& e) {
+        REQUIRE_THAT(e.what(), Catch::Contains("caches or managers not given"));
+    }
+    save_snapshot(path, pool, caches, managers, {true});
+    const DetailedStats stats = detailed_stats(pool, caches, managers);
+    RestoredSnapshot r = restore_snapshot(vc.ctx, path);
+    std::remove(path.c_str());
+    REQUIRE(r.caches.size() == 2);
+    REQUIRE(r.caches[1]->batch_size() == 3);  // a, b, f in id order
+    REQUIRE(r.pool->stats().used_blocks == pool.stats().used_blocks);
+    REQUIRE(r.pool->validate());
+    const SeqId order[] = {a, b, f};
+    for (uint32_t l = 0; l < 2; ++l) {
+        const auto got = r.caches[1]->get(l)->first.to_host();  // (3, 2, 6, 8), padded
+        for (uint32_t row = 0; row < 3; ++row) {
+            const auto want = mgr.gather(order[row], l).first.to_host();  // (2, len, 8)
+            const int64_t len = mgr.length(order[row]);
+            REQUIRE(r.caches[1]->block_table(row) == mgr.block_table(order[row]));
+            for (uint32_t h = 0; h < 2; ++h)
+                for (int64_t t = 0; t < len; ++t)
+                    for (uint32_t x = 0; x < 8; ++x)
+                        REQUIRE(got[((row * 2 + h) * 6 + size_t(t)) * 8 + x] ==
+                                want[(h * size_t(len) + size_t(t)) * 8 + x]);
+        }
+    }
+    REQUIRE(stats.used_blocks == pool.stats().used_blocks);
+    REQUIRE(stats.references == mgr.block_table(a).size() + mgr.block_table(b).size() +
+                                    mgr.block_table(f).size() + cache.block_table(0).size() +
+                                    cache.block_table(1).size());
 }
