@@ -52,7 +52,7 @@ void check_page_bytes(CacheHarness& h, const PagedKVCache& cache) {
     const SnapshotData s = detail::capture_snapshot(h.pool, caches, true, "check_page_bytes");
     const PageFormat& f = s.layout;
     REQUIRE(f.layout == h.pool.config().layout);
-    std::vector<uint64_t> index_of(f.num_blocks, UINT64_MAX);
+    std::vector<uint64_t> index_of(s.layout.num_blocks, UINT64_MAX);
     for (size_t b = 0, i = 0; b < s.allocator.refcounts.size(); ++b)
         if (s.allocator.refcounts[b] > 0) index_of[b] = i++;
     const SnapshotCache& k = s.caches.at(0);
@@ -113,35 +113,36 @@ TEST_CASE("row_offset places rows head-major or token-major", "[layout]") {
 
 TEST_CASE("both page layouts match the reference bit for bit on every byte path and dtype",
           "[layout][gpu]") {
+    // One context for every case (the validation layer's start-up dominates the small cases).
+    ValidatedContext g;
+    BlockPool warmup(g.ctx, layout_config(DType::F32, PageLayout::Auto));  // resolves Auto
     for (PageLayout layout : kLayouts)
-        for (const PathMode& mode : kPathModes)
-            DYNAMIC_SECTION(to_string(layout) << ", byte path: " << mode.name) {
-                ValidatedContext g;
-                BlockPool warmup(g.ctx, layout_config(DType::F32, layout));  // resolves Auto
-                use_path(g.ctx, mode);
-                uint32_t seed = 40;
-                for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
-                    INFO("dtype " << to_string(dtype));
-                    PoolConfig c = layout_config(dtype, layout, 3, 8, 4, 2, 96);
-                    c.v_head_dim = 6;  // V rows of another size: K and V move separately
-                    BlockPool pool(g.ctx, c);
-                    REQUIRE(pool.config().layout == layout);
-                    DynamicKVCache cache(pool);
-                    CacheHarness h(g.ctx, pool, cache, ++seed);
+        for (const PathMode& mode : kPathModes) {
+            INFO(to_string(layout) << ", byte path: " << mode.name);
+            use_path(g.ctx, mode);
+            uint32_t seed = 40;
+            for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+                INFO("dtype " << to_string(dtype));
+                PoolConfig c = layout_config(dtype, layout, 3, 8, 4, 2, 96);
+                c.v_head_dim = 6;  // V rows of another size: K and V move separately
+                BlockPool pool(g.ctx, c);
+                REQUIRE(pool.config().layout == layout);
+                DynamicKVCache cache(pool);
+                CacheHarness h(g.ctx, pool, cache, ++seed);
+                for (uint32_t l = 0; l < 2; ++l)
+                    h.append(3, 9, l);  // prefill: runs of tokens, pages part-filled
+                for (int step = 0; step < 5; ++step)
                     for (uint32_t l = 0; l < 2; ++l)
-                        h.append(3, 9, l);  // prefill: runs of tokens, pages part-filled
-                    for (int step = 0; step < 5; ++step)
-                        for (uint32_t l = 0; l < 2; ++l)
-                            h.append(3, 1, l);  // decode: one token per row
-                    const std::vector<std::vector<int64_t>> pos{{2, 3}, {0, 1}, {13, 14}};
-                    h.write(3, 2, 0, CachePosition(pos), pos);  // overwrites
-                    cache.crop(11);
-                    h.ref.crop(11);
-                    h.append(3, 2, 0);
-                    h.check();
-                    check_page_bytes(h, cache);
-                }
+                        h.append(3, 1, l);  // decode: one token per row
+                const std::vector<std::vector<int64_t>> pos{{2, 3}, {0, 1}, {13, 14}};
+                h.write(3, 2, 0, CachePosition(pos), pos);  // overwrites
+                cache.crop(11);
+                h.ref.crop(11);
+                h.append(3, 2, 0);
+                h.check();
+                check_page_bytes(h, cache);
             }
+        }
 }
 
 TEST_CASE("a decode write into token-major pages is one copy region per token", "[layout][gpu]") {
@@ -193,37 +194,36 @@ TEST_CASE("cached_attention over token-major pages equals the head-major result 
     const Case cases[] = {{DType::F32, 4, 8, 8}, {DType::F16, 3, 6, 6}, {DType::BF16, 2, 2, 64}};
     const detail::Device::AttentionPaths modes[] = {
         {false, 0}, {false, 16}, {true, detail::Device::kNoSplit}};
-    for (const Case& ac : cases)
-        DYNAMIC_SECTION(to_string(ac.dtype)
-                        << " " << ac.kv_heads << " kv heads, head_dim " << ac.head_dim) {
-            ValidatedContext g;
-            detail::Device& dev = detail::Access::device(g.ctx);
-            std::vector<float> results[2];
-            for (int li = 0; li < 2; ++li) {
-                BlockPool pool(g.ctx, layout_config(ac.dtype, kLayouts[li], ac.kv_heads,
-                                                    ac.head_dim, 4, 1, 128));
-                DynamicKVCache cache(pool);
-                CacheHarness h(g.ctx, pool, cache, 77);  // the same tokens in both pools
-                h.append(3, 70, 0);                      // two tiles, many pages
-                cache.crop(61);                          // rows start part-way into a page
-                h.ref.crop(61);
-                h.append(3, 1, 0);
-                std::mt19937 rng(5);
-                auto qv = random_values(size_t(3) * ac.q_heads * ac.head_dim, rng, ac.dtype);
-                for (float& x : qv)
-                    x *= 0.125f;
-                Tensor q =
-                    Tensor::from_host(g.ctx, qv, shape4(3, ac.q_heads, 1, ac.head_dim), ac.dtype);
-                for (const auto& mode : modes) {
-                    dev.set_attention_paths(mode);
-                    const auto got = cache.cached_attention(q, 0).to_host();
-                    results[li].insert(results[li].end(), got.begin(), got.end());
-                }
-                dev.set_attention_paths({});
+    ValidatedContext g;  // one context for every case
+    detail::Device& dev = detail::Access::device(g.ctx);
+    for (const Case& ac : cases) {
+        INFO(to_string(ac.dtype) << " " << ac.kv_heads << " kv heads, head_dim " << ac.head_dim);
+        std::vector<float> results[2];
+        for (int li = 0; li < 2; ++li) {
+            BlockPool pool(
+                g.ctx, layout_config(ac.dtype, kLayouts[li], ac.kv_heads, ac.head_dim, 4, 1, 128));
+            DynamicKVCache cache(pool);
+            CacheHarness h(g.ctx, pool, cache, 77);  // the same tokens in both pools
+            h.append(3, 70, 0);                      // two tiles, many pages
+            cache.crop(61);                          // rows start part-way into a page
+            h.ref.crop(61);
+            h.append(3, 1, 0);
+            std::mt19937 rng(5);
+            auto qv = random_values(size_t(3) * ac.q_heads * ac.head_dim, rng, ac.dtype);
+            for (float& x : qv)
+                x *= 0.125f;
+            Tensor q =
+                Tensor::from_host(g.ctx, qv, shape4(3, ac.q_heads, 1, ac.head_dim), ac.dtype);
+            for (const auto& mode : modes) {
+                dev.set_attention_paths(mode);
+                const auto got = cache.cached_attention(q, 0).to_host();
+                results[li].insert(results[li].end(), got.begin(), got.end());
             }
-            INFO("first difference: " << first_difference(results[1], results[0]));
-            CHECK(bit_equal(results[1], results[0]));
+            dev.set_attention_paths({});
         }
+        INFO("first difference: " << first_difference(results[1], results[0]));
+        CHECK(bit_equal(results[1], results[0]));
+    }
 }
 
 TEST_CASE("PageLayout::Auto resolves once per device to a concrete layout", "[layout][gpu]") {
