@@ -1,4 +1,5 @@
 #include "pagedkv/dtype.hpp"
+#include "pagedkv/page_layout.hpp"
 
 #include <bit>
 #include <cmath>
@@ -13,6 +14,18 @@ const char* to_string(DType t) noexcept {
             return "f16";
         case DType::BF16:
             return "bf16";
+    }
+    return "?";
+}
+
+const char* to_string(PageLayout l) noexcept {
+    switch (l) {
+        case PageLayout::HeadMajor:
+            return "head_major";
+        case PageLayout::TokenMajor:
+            return "token_major";
+        case PageLayout::Auto:
+            return "auto";
     }
     return "?";
 }

@@ -29,6 +29,8 @@ const char* field_name(ShapeProblem::Field f) noexcept {
             return "block_size";
         case F::DType:
             return "dtype";
+        case F::Layout:
+            return "layout";
         case F::NumBlocks:
             return "num_blocks";
         case F::MaxSlabBytes:
@@ -51,6 +53,10 @@ std::optional<ShapeProblem> check_pool_shape(const PoolShape& s) {
     if (!known_dtype(s.dtype))
         return ShapeProblem{F::DType,
                             fmt::format("unknown dtype {}", static_cast<uint32_t>(s.dtype))};
+    if (s.layout != PageLayout::HeadMajor && s.layout != PageLayout::TokenMajor)
+        return ShapeProblem{F::Layout, fmt::format("page layout {} is neither 0 (head_major) nor 1 "
+                                                   "(token_major)",
+                                                   static_cast<uint32_t>(s.layout))};
     uint64_t slots = 0;
     if (s.num_blocks > UINT32_MAX || mul_overflows(s.num_blocks, s.block_size, slots) ||
         slots >= 0xFFFFFFFFull)

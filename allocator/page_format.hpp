@@ -1,7 +1,10 @@
 // PageFormat: the one description of a page. One block holds, for every layer, a K page and a
-// V page of block_size tokens, each head-major [kv_heads][block_size][head_dim]; one block id
-// therefore serves every layer (vLLM, TensorRT-LLM). Everything that sizes or addresses pages
-// (the pool, the slabs, the kernels' push constants, the snapshot format, the paged view)
+// V page of block_size tokens of every kv head, in one of two layouts: head-major
+// [kv_heads][block_size][head_dim] or token-major [block_size][kv_heads][head_dim]; one block id
+// therefore serves every layer (vLLM, TensorRT-LLM). row_offset() is the one place a (slot,
+// head) row is placed within a page: every host-side address derives from it, and
+// page_address.glsl (from the strides below) for the shaders. Everything that sizes or addresses
+// pages (the pool, the slabs, the kernels' push constants, the snapshot format, the paged view)
 // derives its numbers from here; a new page encoding (quantized pages with scales) changes this
 // struct and a kernel, nothing else.
 #pragma once
@@ -11,6 +14,7 @@
 #include <string>
 
 #include "pagedkv/dtype.hpp"
+#include "pagedkv/page_layout.hpp"
 
 namespace pagedkv {
 
@@ -21,6 +25,8 @@ struct PageFormat {
     uint32_t v_head_dim = 0;
     uint32_t block_size = 0;
     DType dtype = DType::F16;
+    // Resolved: HeadMajor or TokenMajor, never Auto (check_pool_shape refuses anything else).
+    PageLayout layout = PageLayout::HeadMajor;
 
     uint64_t elem_bytes() const noexcept { return dtype_size(dtype); }
     uint64_t k_row_bytes() const noexcept { return uint64_t(head_dim) * elem_bytes(); }
@@ -34,6 +40,19 @@ struct PageFormat {
     // Bytes from a block's start to one layer's K (or V) page.
     uint64_t page_offset(uint32_t layer, bool value) const noexcept {
         return layer * layer_bytes() + (value ? k_page_bytes() : 0);
+    }
+
+    // Rows between consecutive heads of one slot, and between consecutive slots of one head.
+    uint32_t head_stride_rows() const noexcept {
+        return layout == PageLayout::TokenMajor ? 1 : block_size;
+    }
+    uint32_t slot_stride_rows() const noexcept {
+        return layout == PageLayout::TokenMajor ? num_kv_heads : 1;
+    }
+    // Bytes from a page's start to the row of (slot, head), rows of row_bytes (K or V).
+    uint64_t row_offset(uint32_t slot, uint32_t head, uint64_t row_bytes) const noexcept {
+        return (uint64_t(head) * head_stride_rows() + uint64_t(slot) * slot_stride_rows()) *
+               row_bytes;
     }
 
     bool operator==(const PageFormat&) const = default;
@@ -59,6 +78,7 @@ struct ShapeProblem {
         VHeadDim,
         BlockSize,
         DType,
+        Layout,
         NumBlocks,
         MaxSlabBytes
     };
@@ -67,8 +87,9 @@ struct ShapeProblem {
 };
 const char* field_name(ShapeProblem::Field f) noexcept;
 
-// Every dimension at least 1, a known dtype, page slots (block * block_size + slot) within 32
-// bits with ~0u reserved, block and pool bytes within 64 bits, a slab of at least one block.
+// Every dimension at least 1, a known dtype, a resolved layout (HeadMajor or TokenMajor), page
+// slots (block * block_size + slot) within 32 bits with ~0u reserved, block and pool bytes within
+// 64 bits, a slab of at least one block.
 std::optional<ShapeProblem> check_pool_shape(const PoolShape& s);
 
 }  // namespace pagedkv

@@ -12,6 +12,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -314,6 +315,80 @@ DecodeFigures measure_decode(Context& ctx, detail::GpuTimer& timer, const Decode
     f.paged_regions = after.copies - before.copies;
     f.paged_dispatches = after.dispatches - before.dispatches;
     return f;
+}
+
+// A decode write into head-major and into token-major pages (PoolConfig::layout): `rows` rows
+// write one token each (8 heads x 128, f16) into 4 layers, overwriting their last position so
+// that the pages stay where they are, against one flat copy of the same bytes (K and V of every
+// layer), interleaved, on each byte path. Token-major makes a token's heads one contiguous run,
+// so the copy path moves one region per token instead of one per head.
+void bench_decode_layouts(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows) {
+    constexpr uint32_t kLayers = 4, kContext = 40;
+    progress(fmt::format("decode write by page layout, {} rows x {} layers", rows, kLayers));
+    detail::Device& dev = detail::Access::device(ctx);
+    std::mt19937 rng(4);
+    Tensor prefill = random_tensor(ctx, rng, {rows, 8, kContext, 128}, DType::F16);
+    Tensor tk = random_tensor(ctx, rng, {rows, 8, 1, 128}, DType::F16);
+    const uint64_t step_bytes = 2 * tk.nbytes() * kLayers;  // K and V of every layer
+    const FlatCopy flat(dev, step_bytes, 1);
+    struct Pool {
+        std::unique_ptr<BlockPool> pool;
+        std::unique_ptr<DynamicKVCache> cache;
+    };
+    Pool pools[2];
+    const PageLayout layouts[2] = {PageLayout::HeadMajor, PageLayout::TokenMajor};
+    for (int i = 0; i < 2; ++i) {
+        PoolConfig c = layout(kLayers, uint64_t(rows) * (kContext / 16 + 2));
+        c.layout = layouts[i];
+        pools[i].pool = std::make_unique<BlockPool>(ctx, c);
+        pools[i].cache = std::make_unique<DynamicKVCache>(*pools[i].pool);
+        for (uint32_t l = 0; l < kLayers; ++l)
+            pools[i].cache->write(prefill, prefill, l);
+    }
+    ctx.synchronize();
+    auto step = [&](int i) {
+        return [&, i] {
+            for (uint32_t l = 0; l < kLayers; ++l)
+                pools[i].cache->write(tk, tk, l, int64_t(kContext - 1));
+        };
+    };
+    const BytePath chosen = ctx.scatter_path();
+    for_each_path(ctx, [&](const std::string& path) {
+        const uint64_t regions0 = ctx.counters().copy_regions;
+        step(0)();
+        const uint64_t regions1 = ctx.counters().copy_regions;
+        step(1)();
+        const uint64_t regions2 = ctx.counters().copy_regions;
+        ctx.synchronize();
+        const Paired head = paired(timer, flat, step(0));
+        const Paired token = paired(timer, flat, step(1));
+        const Paired over = paired(timer, step(0), step(1));  // token / head, side by side
+        const std::string shape = fmt::format("{} rows x 8 heads x 128, {} layers", rows, kLayers);
+        add_paired(rep, "decode_write_head_major_vs_copy_" + path,
+                   "decode write head-major / copy (" + path + ")", head, true,
+                   fmt::format("{}; {} regions a step, host {:.0f} us", shape, regions1 - regions0,
+                               head.var_host * 1e6));
+        add_paired(rep, "decode_write_token_major_vs_copy_" + path,
+                   "decode write token-major / copy (" + path + ")", token, true,
+                   fmt::format("{}; {} regions a step, host {:.0f} us", shape, regions2 - regions1,
+                               token.var_host * 1e6));
+        add_paired(rep, "decode_write_token_major_speedup_" + path,
+                   "decode write token- over head-major (" + path + ")", over, true,
+                   "head-major time / token-major time, interleaved");
+        if (path == path_name(chosen)) {
+            for (const auto& [key, p] : {std::pair{"decode_write_head_major_vs_copy", head},
+                                         std::pair{"decode_write_token_major_vs_copy", token},
+                                         std::pair{"decode_write_token_major_speedup", over}}) {
+                rep.json[key] = 1 / p.ratio;
+                rep.json[std::string(key) + "_min"] = 1 / p.ratio_max;
+                rep.json[std::string(key) + "_max"] = 1 / p.ratio_min;
+            }
+        }
+    });
+    PoolConfig c = layout(1, 4);  // Auto: what this device picked
+    BlockPool picked(ctx, c);
+    rep.rows.push_back({"page layout Auto picks", to_string(picked.config().layout),
+                        "measured once per device when the first pool is made"});
 }
 
 void bench_decode_steps(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
@@ -772,6 +847,7 @@ int main(int argc, char** argv) {
                          detail::Access::device(ctx).byte_paths().whole_rows ? "whole rows"
                                                                              : "single words")});
         bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers);
+        bench_decode_layouts(ctx, timer, rep, decode_rows);
         bench_page_copy(ctx, timer, rep);
         bench_attention(ctx, timer, rep, attention_rows, attention_context);
         const auto alloc_series = bench_allocator(rep);

@@ -158,6 +158,33 @@ pagedkv::DType dtype_of(const pagedkv_dtype& d) {
                 fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16)", raw(d)));
 }
 
+pagedkv::PageLayout layout_of(const pagedkv_page_layout& l) {
+    switch (raw(l)) {
+        case PAGEDKV_PAGE_LAYOUT_HEAD_MAJOR:
+            return pagedkv::PageLayout::HeadMajor;
+        case PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR:
+            return pagedkv::PageLayout::TokenMajor;
+        case PAGEDKV_PAGE_LAYOUT_AUTO:
+            return pagedkv::PageLayout::Auto;
+    }
+    throw Error(ErrorCode::InvalidArgument,
+                fmt::format("layout {} is not a pagedkv_page_layout (0: HEAD_MAJOR, 1: "
+                            "TOKEN_MAJOR, 2: AUTO)",
+                            raw(l)));
+}
+
+pagedkv_page_layout c_layout(pagedkv::PageLayout l) noexcept {
+    switch (l) {
+        case pagedkv::PageLayout::HeadMajor:
+            return PAGEDKV_PAGE_LAYOUT_HEAD_MAJOR;
+        case pagedkv::PageLayout::TokenMajor:
+            return PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR;
+        case pagedkv::PageLayout::Auto:
+            return PAGEDKV_PAGE_LAYOUT_AUTO;
+    }
+    return PAGEDKV_PAGE_LAYOUT_AUTO;
+}
+
 pagedkv_dtype c_dtype(pagedkv::DType d) noexcept {
     switch (d) {
         case pagedkv::DType::F32:
@@ -422,6 +449,7 @@ void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
     config->dtype = c_dtype(d.dtype);
     config->num_blocks = d.num_blocks;
     config->max_slab_bytes = d.max_slab_bytes;
+    config->layout = c_layout(d.layout);
 }
 
 pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
@@ -439,6 +467,7 @@ pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_
         pc.dtype = dtype_of(cfg.dtype);
         pc.num_blocks = cfg.num_blocks;
         pc.max_slab_bytes = cfg.max_slab_bytes;
+        pc.layout = layout_of(cfg.layout);
         auto handle = std::make_unique<pagedkv_pool>();
         handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pc);
         *out_pool = handle.release();
@@ -458,6 +487,15 @@ pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
         *out_stats = pagedkv_pool_stats{s.num_blocks,       s.used_blocks,   s.free_blocks,
                                         s.peak_used_blocks, s.shared_blocks, s.pages_copied,
                                         s.block_bytes,      s.total_bytes,   s.num_slabs};
+    });
+}
+
+pagedkv_status pagedkv_pool_layout(const pagedkv_pool* pool,
+                                   pagedkv_page_layout* out_layout) noexcept {
+    return guarded("pagedkv_pool_layout", [&] {
+        const pagedkv_pool& p = need(pool, "pool");
+        need(out_layout, "out_layout");
+        *out_layout = c_layout(p.pool->config().layout);
     });
 }
 

@@ -27,9 +27,16 @@ namespace {
 
 PoolConfig checked(PoolConfig c, const detail::Device& dev) {
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
+    if (!known_layout(c.layout))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("BlockPool: unknown page layout {} (0 head_major, 1 token_major, "
+                                "2 auto)",
+                                static_cast<uint32_t>(c.layout)));
     // The same checks as a snapshot's layout (one function for both): dimensions, dtype, page
     // slots within 32 bits, block and pool bytes within 64 bits, a slab of at least one block.
-    const PoolShape layout = detail::pool_shape(c);
+    // (Auto is resolved after these checks; every layout has the same sizes.)
+    PoolShape layout = detail::pool_shape(c);
+    if (layout.layout == PageLayout::Auto) layout.layout = PageLayout::HeadMajor;
     if (const auto problem = check_pool_shape(layout))
         throw Error(ErrorCode::InvalidArgument, "BlockPool: " + problem->what);
     const bool odd_rows =
@@ -65,9 +72,12 @@ BlockPool::BlockPool(Context& ctx, PoolConfig config) {
                     "buffer (it measures the device with its own submits); make pools "
                     "before Context::begin_recording()");
     PoolConfig c = checked(config, detail::Access::device(ctx));
+    detail::resolve_byte_paths(detail::Access::device(ctx));
+    // Measured after the byte paths: it times the scatter path the pool will use.
+    if (c.layout == PageLayout::Auto)
+        c.layout = detail::resolve_page_layout(detail::Access::device(ctx));
     state_ = std::make_shared<detail::PoolState>(detail::Access::device_ptr(ctx), c);
     state_->pool = this;
-    detail::resolve_byte_paths(detail::Access::device(ctx));
 }
 
 BlockPool::~BlockPool() {

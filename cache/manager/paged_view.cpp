@@ -112,6 +112,7 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     v.v_head_dim = lay.v_head_dim;
     v.block_size = lay.block_size;
     v.dtype = lay.dtype;
+    v.layout = lay.layout;
     for (const auto& slab : storage.slabs()) {
         v.slabs.push_back(slab->handle());
         v.slab_addresses.push_back(slab->address());

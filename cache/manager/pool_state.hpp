@@ -28,9 +28,10 @@ struct PoolState {
 // The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and
 // snapshots use), and back.
 inline PoolShape pool_shape(const PoolConfig& c) {
-    return {{c.num_layers, c.num_kv_heads, c.head_dim, c.v_head_dim, c.block_size, c.dtype},
-            c.num_blocks,
-            c.max_slab_bytes};
+    return {
+        {c.num_layers, c.num_kv_heads, c.head_dim, c.v_head_dim, c.block_size, c.dtype, c.layout},
+        c.num_blocks,
+        c.max_slab_bytes};
 }
 inline PoolConfig pool_config(const PoolShape& l) {
     PoolConfig c;
@@ -40,6 +41,7 @@ inline PoolConfig pool_config(const PoolShape& l) {
     c.v_head_dim = l.v_head_dim;
     c.block_size = l.block_size;
     c.dtype = l.dtype;
+    c.layout = l.layout;
     c.num_blocks = l.num_blocks;
     c.max_slab_bytes = l.max_slab_bytes;
     return c;

@@ -65,6 +65,8 @@ class Checker {
                 return pf::kBlockSize;
             case F::DType:
                 return pf::kDType;
+            case F::Layout:
+                return pf::kPageLayout;
             case F::NumBlocks:
                 return pf::kNumBlocks;
             case F::MaxSlabBytes:

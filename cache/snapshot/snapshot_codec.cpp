@@ -186,9 +186,13 @@ void decode_pool(Reader r, SnapshotData& s, uint32_t& num_caches, SnapshotOffset
     s.allocator.releases = r.u64("releases");
     s.pages_copied = r.u64("pages_copied");
     num_caches = r.u32("num_caches");
-    if (const uint32_t z = r.u32("reserved"); z != 0)
-        throw corrupt(fmt::format("byte {} (reserved): {} where version 1 writes 0",
-                                  at.pool + pf::kReserved, z));
+    const uint32_t layout = r.u32("page_layout");
+    if (layout > static_cast<uint32_t>(PageLayout::TokenMajor))
+        throw corrupt(
+            fmt::format("byte {} (page_layout): unknown page layout {} (0 head-major, "
+                        "1 token-major)",
+                        at.pool + pf::kPageLayout, layout));
+    l.layout = static_cast<PageLayout>(layout);
     r.finish();
     if (std::string e = check_layout(l, &at); !e.empty()) throw corrupt(e);
     if (block_bytes != l.block_bytes())
@@ -322,7 +326,7 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
           s.allocator.allocations, s.allocator.releases, s.pages_copied})
         w.u64(v);
     w.u32(uint32_t(s.caches.size()));
-    w.u32(0);
+    w.u32(static_cast<uint32_t>(s.layout.layout));
     w.end_section(at);
 
     at = w.begin_section(sf::kAllocatorTag);

@@ -1,6 +1,8 @@
 // snapshot_format: where every field of a snapshot file sits (version 1, little-endian), shared
 // by the encoder, the decoder and the checks that name byte offsets. README.md#format says it
-// in words; a change here is a new format version.
+// in words; a change here is a new format version. (The page layout took POOL's reserved u32,
+// which every earlier file holds as 0: head-major, the only layout those pools had. A reader
+// from before refuses a token-major file rather than misreading its pages.)
 #pragma once
 
 #include <array>
@@ -46,7 +48,7 @@ inline constexpr uint64_t kAllocations = 56;   // u64
 inline constexpr uint64_t kReleases = 64;      // u64
 inline constexpr uint64_t kPagesCopied = 72;   // u64
 inline constexpr uint64_t kNumCaches = 80;     // u32
-inline constexpr uint64_t kReserved = 84;      // u32, zero
+inline constexpr uint64_t kPageLayout = 84;    // u32: 0 head-major, 1 token-major
 inline constexpr uint64_t kBytes = 88;
 }  // namespace pool
 

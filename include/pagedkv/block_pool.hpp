@@ -11,6 +11,7 @@
 #include "pagedkv/context.hpp"
 #include "pagedkv/dtype.hpp"
 #include "pagedkv/export.h"
+#include "pagedkv/page_layout.hpp"
 
 namespace pagedkv {
 
@@ -30,6 +31,9 @@ struct PoolConfig {
     // Largest slab (one VkBuffer) in bytes; 0 for the device's maxStorageBufferRange (capped
     // at 1 GiB). Smaller values spread a pool over many slabs.
     uint64_t max_slab_bytes = 0;
+    // How a page orders its (token, head) rows. Auto is resolved when the pool is made (per
+    // device, by measurement); config().layout is then HeadMajor or TokenMajor.
+    PageLayout layout = PageLayout::Auto;
 };
 
 // Counters kept as the pool is used (cheap to read).
@@ -49,7 +53,7 @@ class PAGEDKV_API BlockPool {
     BlockPool(const BlockPool&) = delete;
     BlockPool& operator=(const BlockPool&) = delete;
 
-    // The configuration with defaults filled in (v_head_dim set).
+    // The configuration with defaults filled in (v_head_dim set, layout resolved).
     const PoolConfig& config() const noexcept;
     PoolStats stats() const;
     // Every invariant: free + used = total, refcounts equal the references held by the

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pagedkv/dtype.hpp"
+#include "pagedkv/page_layout.hpp"
 
 namespace pagedkv {
 
@@ -23,7 +24,10 @@ namespace pagedkv {
 //
 // Page b is in slab b >> slab_shift at byte (b & ((1 << slab_shift) - 1)) * block_bytes;
 // within it, this layer's K page starts at k_offset and its V page at v_offset, each
-// head-major [kv_heads][block_size][head_dim] (v_head_dim for V) of dtype elements. A slab is
+// [kv_heads][block_size][head_dim] (layout HeadMajor) or [block_size][kv_heads][head_dim]
+// (TokenMajor, vLLM / FlashInfer "NHD") of dtype elements, v_head_dim for V: the row of
+// (slot, head) is at page byte (head * block_size + slot) * row_bytes, or
+// (slot * kv_heads + head) * row_bytes, with row_bytes = head_dim * element size. A slab is
 // as large as the device allows a buffer to be, which may exceed maxStorageBufferRange: read
 // pages through the addresses (slab_addresses, slab_table), not through a descriptor binding.
 //
@@ -44,6 +48,7 @@ struct PagedView {
     uint32_t v_head_dim = 0;
     uint32_t block_size = 0;
     DType dtype = DType::F16;
+    PageLayout layout = PageLayout::HeadMajor;  // the pool's, resolved: never Auto
 
     // Page storage.
     std::vector<VkBuffer> slabs;

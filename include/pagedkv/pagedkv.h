@@ -70,6 +70,15 @@ typedef enum pagedkv_dtype {
     PAGEDKV_DTYPE_BF16 = 2
 } pagedkv_dtype;
 
+// How a page orders its rows (the C++ PageLayout): HEAD_MAJOR [kv_heads][block_size][head_dim],
+// TOKEN_MAJOR [block_size][kv_heads][head_dim] (vLLM / FlashInfer "NHD"), or AUTO: picked per
+// device by measurement when the pool is made (pagedkv_pool_layout says which).
+typedef enum pagedkv_page_layout {
+    PAGEDKV_PAGE_LAYOUT_HEAD_MAJOR = 0,
+    PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR = 1,
+    PAGEDKV_PAGE_LAYOUT_AUTO = 2
+} pagedkv_page_layout;
+
 // ---------------------------------------------------------------------------------------------
 // Context: the Vulkan device.
 
@@ -129,10 +138,12 @@ typedef struct pagedkv_pool_config {
     pagedkv_dtype dtype;
     uint64_t num_blocks;
     uint64_t max_slab_bytes;  // largest VkBuffer of pages; 0: the device's limit
+    // Last, so the fields before it keep their offsets from 0.1.
+    pagedkv_page_layout layout;
 } pagedkv_pool_config;
 
-// Fills the C++ PoolConfig defaults (block_size 16, F16, everything else 0); set num_layers,
-// num_kv_heads, head_dim and num_blocks afterwards.
+// Fills the C++ PoolConfig defaults (block_size 16, F16, layout AUTO, everything else 0); set
+// num_layers, num_kv_heads, head_dim and num_blocks afterwards.
 PAGEDKV_API void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
 
 typedef struct pagedkv_pool_stats {
@@ -155,6 +166,9 @@ PAGEDKV_API pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
                                                   pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;
 // *out_valid = 1 when every invariant of the pool holds (free + used = total, reference counts
 // match the caches' block tables), else 0.
+// The pool's page layout, resolved: HEAD_MAJOR or TOKEN_MAJOR (never AUTO).
+PAGEDKV_API pagedkv_status pagedkv_pool_layout(const pagedkv_pool* pool,
+                                               pagedkv_page_layout* out_layout) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool,
                                                  int* out_valid) PAGEDKV_NOEXCEPT;
 

@@ -11,6 +11,7 @@
 #include "pagedkv/error.hpp"
 #include "pagedkv/kv_cache.hpp"
 #include "pagedkv/kv_manager.hpp"
+#include "pagedkv/page_layout.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "pagedkv/paged_view.hpp"
 #include "pagedkv/sliding_window_cache.hpp"

@@ -22,8 +22,12 @@ struct PageAddressing {
     uint64_t block_bytes = 0;
     uint32_t block_size = 0;
     uint32_t slab_shift = 0;
+    // The page layout as row strides (PageFormat::head_stride_rows / slot_stride_rows):
+    // head-major (block_size, 1), token-major (1, kv_heads).
+    uint32_t head_rows = 0;
+    uint32_t slot_rows = 0;
 };
-static_assert(sizeof(PageAddressing) == 24, "layout of PageAddressing in page_address.glsl");
+static_assert(sizeof(PageAddressing) == 32, "layout of PageAddressing in page_address.glsl");
 
 class PageSlabs : public Resource {
   public:
@@ -47,7 +51,9 @@ class PageSlabs : public Resource {
 
     // The numbers page_address.glsl needs, from the format and the slabs.
     PageAddressing addressing() const {
-        return {slab_table_->address(), format_.block_bytes(), format_.block_size, slab_shift_};
+        return {slab_table_->address(),     format_.block_bytes(),
+                format_.block_size,         slab_shift_,
+                format_.head_stride_rows(), format_.slot_stride_rows()};
     }
 
     Buffer& slab_of(uint32_t block) const { return *slabs_[block >> slab_shift_]; }

@@ -7,8 +7,9 @@
 // per slice, when head_dim * heads would not fit q_s). Tokens go in tiles of p.tile tokens:
 //   1. staging: the tile's K rows are copied into shared memory with coalesced loads (16-byte
 //      uvec4 words where rows, pages and offsets allow, else 32-bit words). PAGED walks the
-//      pages the tile touches: one block-table read per page, and within a page the tile's
-//      rows are contiguous (pages are head-major [kv_heads][block_size][row]);
+//      pages the tile touches: one block-table read per page; within a page the tile's rows
+//      are contiguous (head-major [kv_heads][block_size][row]) or kv_heads rows apart
+//      (token-major [block_size][kv_heads][row]): p.pages.slot_rows;
 //   2. scores: thread j scores token j against every query head of the slice;
 //   3. online softmax (as in FlashAttention): the tile's max and sum per head are reduced with
 //      subgroupMax / subgroupAdd (SUBGROUP) or a shared-memory tree (otherwise);
@@ -138,31 +139,37 @@ uint row_length(uint row) {
 #endif
 }
 
-// Copies count K rows starting at address k into k_s rows [first, first + count) (stride
+// Copies count K rows, the first at address k and each `rows` K rows after the previous (1:
+// contiguous; token-major pages: kv_heads), into k_s rows [first, first + count) (stride
 // k_words + 1: scoring threads read different rows at the same column without bank
-// conflicts), and notes the V row of each.
-void stage(uint tid, uint64_t k, uint64_t v, uint first, uint count) {
+// conflicts), and notes the V row of each (V rows `rows` V rows apart from v).
+void stage(uint tid, uint64_t k, uint64_t v, uint first, uint count, uint rows) {
     const uint stride = p.k_words + 1u;
     if (p.quads != 0u) {
         const uint per_row = p.k_words >> 2;
+        const uint src_row = per_row * rows;
         Quads src = Quads(k);
         for (uint i = tid; i < count * per_row; i += WG) {
             const uint r = i / per_row;
-            const uint at = (first + r) * stride + (i - r * per_row) * 4u;
-            const uvec4 x = src.w[i];
+            const uint c = i - r * per_row;
+            const uint at = (first + r) * stride + c * 4u;
+            const uvec4 x = src.w[r * src_row + c];
             k_s[at] = x.x;
             k_s[at + 1u] = x.y;
             k_s[at + 2u] = x.z;
             k_s[at + 3u] = x.w;
         }
     } else {
+        const uint src_row = p.k_words * rows;
         Words src = Words(k);
         for (uint i = tid; i < count * p.k_words; i += WG) {
             const uint r = i / p.k_words;
-            k_s[(first + r) * stride + (i - r * p.k_words)] = src.w[i];
+            const uint c = i - r * p.k_words;
+            k_s[(first + r) * stride + c] = src.w[r * src_row + c];
         }
     }
-    if (tid < count) value_s[first + tid] = v + uint64_t(tid) * uint64_t(p.v_words) * 4ul;
+    if (tid < count)
+        value_s[first + tid] = v + uint64_t(tid * rows) * uint64_t(p.v_words) * 4ul;
 }
 
 // v[hh] = the max (or sum) of every thread's v[hh], for hh < p.group; in every thread.
@@ -249,12 +256,13 @@ void main() {
             const uint count = min(n - j, p.pages.block_size - slot);
             const uint block = table.u[indices + first_page + page];
             stage(tid, page_row_address(p.pages, p.k, block, slot, g, k_row),
-                  page_row_address(p.pages, p.v, block, slot, g, v_row), j, count);
+                  page_row_address(p.pages, p.v, block, slot, g, v_row), j, count,
+                  p.pages.slot_rows);
             j += count;
         }
 #else
         const uint64_t at = uint64_t((row * p.kv_heads + g) * p.max_len + t0);
-        stage(tid, p.k + at * k_row, p.v + at * v_row, 0u, n);
+        stage(tid, p.k + at * k_row, p.v + at * v_row, 0u, n, 1u);
 #endif
         barrier();
 

@@ -153,7 +153,9 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
     const PageFormat& layout = pages.format();
     const uint32_t bs = layout.block_size;
     // Runs of entries whose tensor rows and page slots both advance by one inside one page:
-    // each becomes one region per head (pages are head-major, tensors too).
+    // each becomes one region per head in head-major pages (a head's tokens are adjacent there
+    // and in the tensor), one per (token, head) in token-major pages, merged below where the
+    // tensor's heads are adjacent too.
     struct Run {
         uint32_t row, slot, len;
     };
@@ -189,43 +191,67 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
     };
     std::vector<Fill> fills;
     const uint64_t rb = op.row_bytes;
+    const bool token_major = layout.layout == PageLayout::TokenMajor;
     const std::pair<Buffer*, uint64_t> members[] = {{op.tensor, op.page_offset},
                                                     {op.tensor2, op.page_offset2}};
+    // Adds the region of `size` bytes between tensor byte t and slab byte p of one member. A
+    // region that continues the previous one on both sides extends it: one region wherever the
+    // layouts make the bytes contiguous (head-major: the next head of a whole page when the
+    // tensor's heads are a page apart too, or the next run; token-major: the next head of a
+    // token when the tensor's heads are adjacent, as in a decode step or an NHD tensor).
+    auto add = [&](int m, uint32_t block, uint64_t t, uint64_t p, uint64_t size) {
+        const Keyed k{uint64_t(m) << 32 | (block >> pages.slab_shift()),
+                      op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size}};
+        if (!regions.empty()) {
+            Keyed& last = regions.back();
+            if (last.key == k.key &&
+                last.region.srcOffset + last.region.size == k.region.srcOffset &&
+                last.region.dstOffset + last.region.size == k.region.dstOffset) {
+                last.region.size += k.region.size;
+                return;
+            }
+        }
+        regions.push_back(k);
+    };
     for (int m = 0; m < 2; ++m) {
         const auto [tensor, page_offset] = members[m];
         if (!tensor) continue;
-        for (const Run& r : runs)
-            for (uint32_t h = 0; h < op.heads; ++h) {
-                const uint64_t size = uint64_t(r.len) * rb;
-                const uint64_t t = (uint64_t(r.row) + uint64_t(h) * op.head_stride) * rb;
-                if (r.slot == kNone) {  // gather past a row's end: zero padding
-                    fills.push_back({tensor->handle(), t, size});
-                    continue;
-                }
-                const uint32_t block = r.slot / bs, slot = r.slot % bs;
-                const uint64_t p =
-                    pages.offset_of(block) + page_offset + (uint64_t(h) * bs + slot) * rb;
-                if (r.row == kNone) {  // a hole in a row: zeros into the page
-                    fills.push_back({pages.slab_of(block).handle(), p, size});
-                    continue;
-                }
-                const Keyed k{uint64_t(m) << 32 | (block >> pages.slab_shift()),
-                              op.gather ? VkBufferCopy{p, t, size} : VkBufferCopy{t, p, size}};
-                // A region that continues the previous one on both sides (the next head of a
-                // whole page when the tensor's heads are a page apart too, or the next run)
-                // extends it: one region wherever the layout makes the bytes contiguous.
-                if (!regions.empty()) {
-                    Keyed& last = regions.back();
-                    if (last.key == k.key &&
-                        last.region.srcOffset + last.region.size == k.region.srcOffset &&
-                        last.region.dstOffset + last.region.size == k.region.dstOffset) {
-                        last.region.size += k.region.size;
-                        continue;
-                    }
-                }
-                regions.push_back(k);
+        for (const Run& r : runs) {
+            auto tensor_at = [&](uint32_t i, uint32_t h) {
+                return (uint64_t(r.row) + i + uint64_t(h) * op.head_stride) * rb;
+            };
+            if (r.slot == kNone) {  // gather past a row's end: zero padding
+                for (uint32_t h = 0; h < op.heads; ++h)
+                    fills.push_back({tensor->handle(), tensor_at(0, h), uint64_t(r.len) * rb});
+                continue;
             }
+            const uint32_t block = r.slot / bs, slot = r.slot % bs;
+            const uint64_t page = pages.offset_of(block) + page_offset;
+            if (r.row == kNone) {  // a hole in a row: zeros into the page
+                VkBuffer slab = pages.slab_of(block).handle();
+                if (token_major)  // a token's heads are adjacent
+                    for (uint32_t i = 0; i < r.len; ++i)
+                        fills.push_back({slab, page + layout.row_offset(slot + i, 0, rb),
+                                         uint64_t(op.heads) * rb});
+                else  // a head's tokens are
+                    for (uint32_t h = 0; h < op.heads; ++h)
+                        fills.push_back(
+                            {slab, page + layout.row_offset(slot, h, rb), uint64_t(r.len) * rb});
+                continue;
+            }
+            if (token_major) {
+                for (uint32_t i = 0; i < r.len; ++i)
+                    for (uint32_t h = 0; h < op.heads; ++h)
+                        add(m, block, tensor_at(i, h), page + layout.row_offset(slot + i, h, rb),
+                            rb);
+            } else {
+                for (uint32_t h = 0; h < op.heads; ++h)
+                    add(m, block, tensor_at(0, h), page + layout.row_offset(slot, h, rb),
+                        uint64_t(r.len) * rb);
+            }
+        }
     }
+    dev.counters().copy_regions += regions.size();
     Batches& batches = dev.batches();
     VkCommandBuffer cmd = record_op(batches, pages, op);
     // Regions go in chunks: the validation layer checks the regions of one call against each

@@ -102,4 +102,40 @@ void resolve_byte_paths(Device& dev) {
     dev.set_byte_paths(paths);
 }
 
+PageLayout resolve_page_layout(Device& dev) {
+    if (dev.page_layout() != PageLayout::Auto) return dev.page_layout();
+    if (!GpuTimer::supported(dev)) {
+        dev.set_page_layout(PageLayout::TokenMajor);
+        return PageLayout::TokenMajor;
+    }
+    // A decode step: 16 sequences write one token each (8 heads x 256 bytes, the heads adjacent
+    // in the (batch, heads, 1, dim) tensor) to slots spread over 64 pages, on the byte path the
+    // device uses for scatter. Timed head-major and token-major in alternation, a few runs
+    // each, the smaller median wins (ties: token-major, the NHD layout runtimes expect). A few
+    // milliseconds on lavapipe.
+    constexpr uint32_t kHeads = 8, kDim = 128, kBlock = 16, kBlocks = 64, kSeqs = 16;
+    std::vector<RowEntry> entries;
+    for (uint32_t b = 0; b < kSeqs; ++b)
+        entries.push_back({b * kHeads, ((b * 37) % kBlocks) * kBlock + (b * 5) % kBlock});
+    auto tensor = Buffer::create(dev, uint64_t(kSeqs) * kHeads * kDim * 2, MemoryKind::Tensor);
+    std::shared_ptr<DevicePageStore> stores[2];
+    for (PageLayout l : {PageLayout::HeadMajor, PageLayout::TokenMajor}) {
+        PageFormat f{1, kHeads, kDim, kDim, kBlock, DType::F16};
+        f.layout = l;
+        stores[l == PageLayout::TokenMajor] = DevicePageStore::create(dev, f, kBlocks, 0);
+    }
+    GpuTimer timer(dev);
+    std::vector<double> times[2];
+    for (int round = 0; round < 3; ++round)
+        for (int l = 0; l < 2; ++l) {
+            RowCopy op{tensor.get(), entries, kHeads, kDim * 2, 1, 0, false};
+            times[l].push_back(timer.median([&] { record_row_copy(dev, *stores[l], op); }, 3, 1));
+        }
+    for (auto& t : times)
+        std::sort(t.begin(), t.end());
+    const PageLayout l = times[0][1] < times[1][1] ? PageLayout::HeadMajor : PageLayout::TokenMajor;
+    dev.set_page_layout(l);
+    return l;
+}
+
 }  // namespace pagedkv::detail

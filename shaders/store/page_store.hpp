@@ -28,4 +28,9 @@ class DevicePageStore : public PageSlabs {
 // shaders elsewhere).
 void resolve_byte_paths(Device& dev);
 
+// The layout PageLayout::Auto stands for on this device, measured once (after
+// resolve_byte_paths: it times a decode-like scatter on the scatter path into head-major and
+// into token-major pages) and kept on the device; TokenMajor on a device without timestamps.
+PageLayout resolve_page_layout(Device& dev);
+
 }  // namespace pagedkv::detail

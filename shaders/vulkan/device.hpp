@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pagedkv/context.hpp"
+#include "pagedkv/page_layout.hpp"
 #include "shaders/vulkan/buffer.hpp"
 
 namespace pagedkv::detail {
@@ -98,6 +99,11 @@ class Device {
     const BytePaths& byte_paths() const noexcept { return paths_; }
     void set_byte_paths(BytePaths p) noexcept { paths_ = p; }
 
+    // The page layout PageLayout::Auto stands for on this device: Auto until measured
+    // (resolve_page_layout() in shaders/store/), then HeadMajor or TokenMajor.
+    PageLayout page_layout() const noexcept { return page_layout_; }
+    void set_page_layout(PageLayout l) noexcept { page_layout_ = l; }
+
     // Devices alive in this process (a leak shows up here before a driver runs out).
     static int live_count() noexcept;
 
@@ -135,6 +141,7 @@ class Device {
     bool subgroup_arithmetic_ = false;
     AttentionPaths attention_paths_;
     BytePaths paths_;
+    PageLayout page_layout_ = PageLayout::Auto;
     bool map_tensors_ = false;
 
     std::unique_ptr<Batches> batches_;

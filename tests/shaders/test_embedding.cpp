@@ -63,6 +63,7 @@ CallerParams view_gather(const PagedView& view, const Tensor& out, bool value, u
     p.max_len = max_len;
     p.block_size = view.block_size;
     p.slab_shift = view.slab_shift;
+    p.token_major = view.layout == PageLayout::TokenMajor ? 1 : 0;
     p.indptr = view.indptr;
     p.indices = view.indices;
     p.last_page_len = view.last_page_len;

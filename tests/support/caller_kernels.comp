@@ -28,6 +28,7 @@ layout(push_constant) uniform Params {
     uint max_len;
     uint block_size;
     uint slab_shift;
+    uint token_major;  // 1: pages are [block_size][heads][dim], else [heads][block_size][dim]
     uint64_t indptr;
     uint64_t indices;
     uint64_t last_page_len;
@@ -62,7 +63,8 @@ void main() {
     const uint slot = s % p.block_size;
     const uint64_t slab = Addresses(p.b).a[block >> p.slab_shift];
     const uint64_t in_slab = uint64_t(block & ((1u << p.slab_shift) - 1u)) * p.block_bytes;
-    const uint64_t byte = in_slab + p.page_offset + uint64_t((h * p.block_size + slot) * p.dim + d) * 4ul;
+    const uint r = p.token_major != 0u ? slot * p.heads + h : h * p.block_size + slot;
+    const uint64_t byte = in_slab + p.page_offset + uint64_t(r * p.dim + d) * 4ul;
     Floats(p.a).f[i] = Floats(slab + byte).f[0];
 #endif
 }

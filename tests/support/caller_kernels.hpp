@@ -23,6 +23,7 @@ struct CallerParams {
     uint32_t max_len = 0;
     uint32_t block_size = 0;
     uint32_t slab_shift = 0;
+    uint32_t token_major = 0;
     uint64_t indptr = 0;
     uint64_t indices = 0;
     uint64_t last_page_len = 0;

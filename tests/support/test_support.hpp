@@ -70,7 +70,20 @@ inline std::string first_difference(const std::vector<float>& got, const std::ve
     return "none";
 }
 
-// A small pool layout for tests.
+// The page layout the differential tests run under: env PAGEDKV_TEST_LAYOUT = head, token or
+// auto (tests/CMakeLists.txt registers the GPU tests once with each of head and token); unset:
+// head-major. Any other value fails loudly rather than testing something else.
+inline PageLayout test_layout() {
+    const char* v = std::getenv("PAGEDKV_TEST_LAYOUT");
+    const std::string s = v ? v : "head";
+    if (s == "head") return PageLayout::HeadMajor;
+    if (s == "token") return PageLayout::TokenMajor;
+    if (s == "auto") return PageLayout::Auto;
+    FAIL("PAGEDKV_TEST_LAYOUT must be head, token or auto, not '" << s << "'");
+    return PageLayout::Auto;
+}
+
+// A small pool layout for tests (in test_layout()'s page layout).
 inline PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads = 2,
                                uint32_t dim = 8, uint32_t block = 4, uint64_t blocks = 64) {
     PoolConfig c;
@@ -80,6 +93,7 @@ inline PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads 
     c.block_size = block;
     c.dtype = dtype;
     c.num_blocks = blocks;
+    c.layout = test_layout();
     return c;
 }
 

@@ -69,6 +69,7 @@ def main():
         ("sample.snap", ["--cache", "0", "--row", "1"]),
         ("sample.snap", ["--row", "0"]),
         ("sample-pages.snap", []),
+        ("sample-token-major.snap", []),
         ("empty.snap", []),
     ]
     failures = []
@@ -79,6 +80,9 @@ def main():
         docs.append(doc)
         failures += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
         failures += consistent(doc, where)
+    layouts = [d["layout"]["page_layout"] for d in docs]
+    if layouts[0] != "head_major" or "token_major" not in layouts:
+        failures.append(f"the samples should be head-major and one token-major, are {layouts}")
     kinds = {c["kind"] for c in docs[0]["caches"]}
     if kinds != {"dynamic", "static", "sliding"}:
         failures.append(f"the sample should cover every cache kind, has {sorted(kinds)}")
@@ -97,6 +101,7 @@ def main():
         "negative block id": broken(lambda d: d["caches"][0]["rows"][0]["blocks"].__setitem__(0, -1)),
         "unknown pool field": broken(lambda d: d["pool"].__setitem__("fragmentation", 0.5)),
         "missing free list": broken(lambda d: d["pool"].pop("free_list")),
+        "page layout auto": broken(lambda d: d["layout"].__setitem__("page_layout", "auto")),
     }
     for what, doc in wrong.items():
         if validator.is_valid(doc):

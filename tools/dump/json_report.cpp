@@ -78,11 +78,11 @@ std::string json_report(const SnapshotView& v) {
                    {"page_contents", d.has_pages}};
     doc["selection"] = {{"cache", optional_index(v.selection.cache)},
                         {"row", optional_index(v.selection.row)}};
-    doc["layout"] = {{"num_layers", l.num_layers},    {"num_kv_heads", l.num_kv_heads},
-                     {"head_dim", l.head_dim},        {"v_head_dim", l.v_head_dim},
-                     {"block_size", l.block_size},    {"dtype", to_string(l.dtype)},
-                     {"num_blocks", l.num_blocks},    {"max_slab_bytes", l.max_slab_bytes},
-                     {"block_bytes", l.block_bytes()}};
+    doc["layout"] = {{"num_layers", l.num_layers},     {"num_kv_heads", l.num_kv_heads},
+                     {"head_dim", l.head_dim},         {"v_head_dim", l.v_head_dim},
+                     {"block_size", l.block_size},     {"dtype", to_string(l.dtype)},
+                     {"num_blocks", l.num_blocks},     {"max_slab_bytes", l.max_slab_bytes},
+                     {"block_bytes", l.block_bytes()}, {"page_layout", to_string(l.layout)}};
     doc["pool"] = {{"num_blocks", st.num_blocks},
                    {"used_blocks", st.used_blocks},
                    {"free_blocks", st.free_blocks},

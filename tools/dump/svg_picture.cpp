@@ -124,9 +124,9 @@ std::string svg_picture(const SnapshotView& v) {
                     bs, st.used_blocks, st.free_blocks, st.shared_blocks, st.peak_used_blocks));
     std::string sub = fmt::format(
         "{} of {} token slots in used pages empty ({:.1f}% waste), largest free run {}, {} a "
-        "page, {}",
+        "page ({}), {}",
         st.waste_slots, st.slots_held, 100.0 * st.waste_fraction(), st.largest_free_run,
-        human_bytes(d.layout.block_bytes()), v.path);
+        human_bytes(d.layout.block_bytes()), layout_name(d.layout.layout), v.path);
     if (v.selection.cache || v.selection.row)
         sub += fmt::format("  (showing{}{})",
                            v.selection.cache ? fmt::format(" cache {}", *v.selection.cache) : "",

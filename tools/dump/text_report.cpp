@@ -69,6 +69,10 @@ std::string row_line(const SnapshotView& v, const SnapshotCache& k, uint32_t r) 
 
 }  // namespace
 
+std::string layout_name(PageLayout l) {
+    return l == PageLayout::TokenMajor ? "token-major pages" : "head-major pages";
+}
+
 std::string human_bytes(uint64_t b) {
     if (b < 1024) return fmt::format("{} B", b);
     if (b < (uint64_t(1) << 20)) return fmt::format("{:.1f} KiB", double(b) / 1024);
@@ -87,10 +91,11 @@ std::string text_report(const SnapshotView& v) {
     line("snapshot", fmt::format("{}  (format 1, {}, {})", v.path, human_bytes(v.file_bytes),
                                  d.has_pages ? "with page contents" : "no page contents"));
     line("layout",
-         fmt::format("{}, {}, head_dim {}, v_head_dim {}, {}, {} tokens a page, {} a page",
+         fmt::format("{}, {}, head_dim {}, v_head_dim {}, {}, {} tokens a page, {} a page, {}",
                      plural(l.num_layers, "layer", "layers"),
                      plural(l.num_kv_heads, "kv head", "kv heads"), l.head_dim, l.v_head_dim,
-                     to_string(l.dtype), l.block_size, human_bytes(l.block_bytes())));
+                     to_string(l.dtype), l.block_size, human_bytes(l.block_bytes()),
+                     layout_name(l.layout)));
     line("pages", fmt::format("{} total, {} used, {} free, {} shared, peak {}, {} copied on write",
                               st.num_blocks, st.used_blocks, st.free_blocks, st.shared_blocks,
                               st.peak_used_blocks, d.pages_copied));

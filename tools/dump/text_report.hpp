@@ -13,4 +13,7 @@ std::string text_report(const SnapshotView& v);
 // "64 B", "64.0 KiB", "3.50 MiB": sizes as a person reads them.
 std::string human_bytes(uint64_t bytes);
 
+// "head-major pages" or "token-major pages".
+std::string layout_name(PageLayout l);
+
 }  // namespace pagedkv::dump

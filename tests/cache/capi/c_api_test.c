@@ -634,7 +634,7 @@ int main(void) {
     memset(&cfg, 0xff, sizeof cfg);
     pagedkv_pool_config_init(&cfg);
     CHECK(cfg.block_size == 16 && cfg.dtype == PAGEDKV_DTYPE_F16 && cfg.num_blocks == 0 &&
-          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0);
+          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 && cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO);
     pagedkv_pool* pool = (pagedkv_pool*)ctx;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "num_layers");
     CHECK(pool == (pagedkv_pool*)ctx);
@@ -646,7 +646,18 @@ int main(void) {
     cfg.dtype = (pagedkv_dtype)7;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "dtype 7");
     cfg.dtype = PAGEDKV_DTYPE_F32;
+    cfg.layout = (pagedkv_page_layout)258;
+    FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "layout 258");
+    CHECK(pool == (pagedkv_pool*)ctx);
+    cfg.layout = PAGEDKV_PAGE_LAYOUT_AUTO;
     OK(pagedkv_pool_create(ctx, &cfg, &pool));
+    // AUTO is resolved when the pool is made.
+    pagedkv_page_layout layout = PAGEDKV_PAGE_LAYOUT_AUTO;
+    FAILS(pagedkv_pool_layout(pool, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_layout");
+    OK(pagedkv_pool_layout(pool, &layout));
+    CHECK(layout == PAGEDKV_PAGE_LAYOUT_HEAD_MAJOR || layout == PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR);
+    printf("page layout: %s\n",
+           layout == PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR ? "token-major" : "head-major");
     pagedkv_pool_stats stats;
     OK(pagedkv_pool_get_stats(pool, &stats));
     CHECK(stats.num_blocks == BLOCKS && stats.free_blocks == BLOCKS && stats.used_blocks == 0);
@@ -676,6 +687,21 @@ int main(void) {
     test_destroy_order(ctx);
     test_embedding(ctx, pool);
     test_manager(ctx, pool);
+    CHECK(used_blocks(pool) == 0);
+    check_valid(pool);
+    pagedkv_pool_destroy(pool);
+
+    // The other layout, asked for by name: the same results.
+    cfg.layout = layout == PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR ? PAGEDKV_PAGE_LAYOUT_HEAD_MAJOR
+                                                           : PAGEDKV_PAGE_LAYOUT_TOKEN_MAJOR;
+    OK(pagedkv_pool_create(ctx, &cfg, &pool));
+    pagedkv_page_layout other = PAGEDKV_PAGE_LAYOUT_AUTO;
+    OK(pagedkv_pool_layout(pool, &other));
+    CHECK(other == cfg.layout);
+    test_dynamic(ctx, pool);
+    test_static(ctx, pool);
+    test_sliding_window(ctx, pool);
+    test_embedding(ctx, pool);
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);

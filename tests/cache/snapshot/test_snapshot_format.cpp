@@ -73,6 +73,25 @@ TEST_CASE("a snapshot decodes to exactly what was encoded, with and without page
     }
 }
 
+TEST_CASE("a snapshot records the page layout in POOL's former reserved field", "[snapshot]") {
+    SnapshotData s = sample_snapshot(true);
+    const auto head = encode_snapshot(s);
+    constexpr size_t kLayoutAt = 32 + 12 + 84;  // header, POOL section header, the field
+    CHECK(head[kLayoutAt] == 0);                // head-major files are those of 0.1, byte for byte
+    s.layout.layout = PageLayout::TokenMajor;
+    const auto token = encode_snapshot(s);
+    CHECK(token[kLayoutAt] == 1);
+    const SnapshotData back = decode_snapshot(token);
+    CHECK(back.layout.layout == PageLayout::TokenMajor);
+    CHECK(back == s);
+    for (uint32_t bad : {2u, 7u}) {
+        s.layout.layout = static_cast<PageLayout>(bad);
+        CHECK(encode_error(s) == "byte " + std::to_string(kLayoutAt) +
+                                     " (page_layout): unknown page layout " + std::to_string(bad) +
+                                     " (0 head-major, 1 token-major)");
+    }
+}
+
 TEST_CASE("the header holds magic, version, flags, payload size and both checksums", "[snapshot]") {
     const auto bytes = encode_snapshot(sample_snapshot(true));
     const std::string magic(bytes.begin(), bytes.begin() + 7);

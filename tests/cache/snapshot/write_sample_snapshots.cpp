@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(dir);
     write_snapshot_file(dir / "sample.snap", encode_snapshot(test::sample_snapshot(false)));
     write_snapshot_file(dir / "sample-pages.snap", encode_snapshot(test::sample_snapshot(true)));
+    SnapshotData token = test::sample_snapshot(true);
+    token.layout.layout = PageLayout::TokenMajor;
+    write_snapshot_file(dir / "sample-token-major.snap", encode_snapshot(token));
     SnapshotData empty;
     empty.layout = test::sample_snapshot(false).layout;
     BlockAllocator fresh(empty.layout.num_blocks);
