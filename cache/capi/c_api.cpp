@@ -43,6 +43,15 @@ struct pagedkv_paged_view {
     pagedkv::PagedView view;
 };
 
+struct pagedkv_manager {
+    std::shared_ptr<pagedkv::BlockPool> pool;  // the pool outlives the manager drawing from it
+    std::unique_ptr<pagedkv::KVManager> manager;
+};
+
+struct pagedkv_step {
+    pagedkv::Step step;
+};
+
 namespace {
 
 // The status of a C++ error code; a new ErrorCode is a compile error here (-Wswitch, -Werror)
@@ -212,6 +221,46 @@ std::span<const T> span_of(const T* data, size_t count, const char* name) {
     if (count > 0 && !data)
         throw Error(ErrorCode::InvalidArgument, fmt::format("{} is NULL, count {}", name, count));
     return count == 0 ? std::span<const T>() : std::span<const T>(data, count);
+}
+
+// The C description of a view; its pointers point into v.
+void fill_view_info(const pagedkv::PagedView& v, pagedkv_paged_view_info& info) {
+    pagedkv_paged_view_info i{};
+    i.layer = v.layer;
+    i.batch = v.batch;
+    i.kv_heads = v.kv_heads;
+    i.head_dim = v.head_dim;
+    i.v_head_dim = v.v_head_dim;
+    i.block_size = v.block_size;
+    i.dtype = c_dtype(v.dtype);
+    i.num_slabs = v.slabs.size();
+    i.slabs = v.slabs.data();
+    i.slab_addresses = v.slab_addresses.data();
+    i.slab_table = v.slab_table;
+    i.slab_shift = v.slab_shift;
+    i.block_bytes = v.block_bytes;
+    i.k_offset = v.k_offset;
+    i.v_offset = v.v_offset;
+    i.table = v.table;
+    i.indptr_offset = v.indptr_offset;
+    i.indices_offset = v.indices_offset;
+    i.last_page_len_offset = v.last_page_len_offset;
+    i.first_slot_offset = v.first_slot_offset;
+    i.indptr = v.indptr;
+    i.indices = v.indices;
+    i.last_page_len = v.last_page_len;
+    i.first_slot = v.first_slot;
+    i.num_indices = v.host_indices.size();
+    i.host_indptr = v.host_indptr.data();
+    i.host_indices = v.host_indices.data();
+    i.host_last_page_len = v.host_last_page_len.data();
+    i.host_first_slot = v.host_first_slot.data();
+    i.lengths = v.lengths.data();
+    i.num_tokens = v.num_tokens;
+    i.slot_mapping_offset = v.slot_mapping_offset;
+    i.slot_mapping = v.slot_mapping;
+    i.host_slot_mapping = v.host_slot_mapping.data();
+    info = i;
 }
 
 template <class Cache, class... Args>
@@ -592,39 +641,7 @@ pagedkv_status pagedkv_cache_paged_view(const pagedkv_cache* cache, uint32_t lay
         pagedkv_paged_view_info& info = need(out_info, "out_info");
         auto h = std::make_unique<pagedkv_paged_view>();
         h->view = c.paged_view(layer_idx);
-        const pagedkv::PagedView& v = h->view;
-        pagedkv_paged_view_info i{};
-        i.layer = v.layer;
-        i.batch = v.batch;
-        i.kv_heads = v.kv_heads;
-        i.head_dim = v.head_dim;
-        i.v_head_dim = v.v_head_dim;
-        i.block_size = v.block_size;
-        i.dtype = c_dtype(v.dtype);
-        i.num_slabs = v.slabs.size();
-        i.slabs = v.slabs.data();
-        i.slab_addresses = v.slab_addresses.data();
-        i.slab_table = v.slab_table;
-        i.slab_shift = v.slab_shift;
-        i.block_bytes = v.block_bytes;
-        i.k_offset = v.k_offset;
-        i.v_offset = v.v_offset;
-        i.table = v.table;
-        i.indptr_offset = v.indptr_offset;
-        i.indices_offset = v.indices_offset;
-        i.last_page_len_offset = v.last_page_len_offset;
-        i.first_slot_offset = v.first_slot_offset;
-        i.indptr = v.indptr;
-        i.indices = v.indices;
-        i.last_page_len = v.last_page_len;
-        i.first_slot = v.first_slot;
-        i.num_indices = v.host_indices.size();
-        i.host_indptr = v.host_indptr.data();
-        i.host_indices = v.host_indices.data();
-        i.host_last_page_len = v.host_last_page_len.data();
-        i.host_first_slot = v.host_first_slot.data();
-        i.lengths = v.lengths.data();
-        info = i;
+        fill_view_info(h->view, info);
         *out_view = h.release();
     });
 }
@@ -717,6 +734,227 @@ pagedkv_status pagedkv_cache_batch_repeat_interleave(pagedkv_cache* cache,
 
 pagedkv_status pagedkv_cache_reset(pagedkv_cache* cache) noexcept {
     return guarded("pagedkv_cache_reset", [&] { need(cache, "cache").cache->reset(); });
+}
+
+}  // extern "C"
+
+// ---- The serving engine's API
+
+namespace {
+
+// ids and counts of a C call as spans (count 0 allows NULL pointers).
+struct SeqCounts {
+    std::span<const pagedkv::SeqId> seqs;
+    std::span<const uint32_t> counts;
+};
+SeqCounts seq_counts(const pagedkv_seq_id* seqs, const uint32_t* new_tokens, size_t count) {
+    static_assert(sizeof(pagedkv_seq_id) == sizeof(pagedkv::SeqId));
+    return {span_of(seqs, count, "seqs"), span_of(new_tokens, count, "new_tokens")};
+}
+
+pagedkv::KVManager& manager_of(pagedkv_manager* m) {
+    return *need(m, "manager").manager;
+}
+const pagedkv::KVManager& manager_of(const pagedkv_manager* m) {
+    return *need(m, "manager").manager;
+}
+
+// Copies a list into out[0..capacity) and its size into *out_count.
+template <class T>
+void copy_out(const std::vector<T>& list, T* out, size_t capacity, size_t* out_count) {
+    need(out_count, "out_count");
+    if (out && capacity < list.size())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("capacity {} is less than the {} entries", capacity, list.size()));
+    if (out) std::copy(list.begin(), list.end(), out);
+    *out_count = list.size();
+}
+
+}  // namespace
+
+extern "C" {
+
+void pagedkv_manager_options_init(pagedkv_manager_options* options) noexcept {
+    if (!options) return;
+    const pagedkv::ManagerOptions d;
+    options->watermark = d.watermark;
+    options->prefix_caching = d.prefix_caching ? 1 : 0;
+}
+
+pagedkv_status pagedkv_manager_create(pagedkv_pool* pool, const pagedkv_manager_options* options,
+                                      pagedkv_manager** out_manager) noexcept {
+    return guarded("pagedkv_manager_create", [&] {
+        pagedkv_pool& p = need(pool, "pool");
+        need(out_manager, "out_manager");
+        pagedkv::ManagerOptions o;
+        if (options) {
+            o.watermark = options->watermark;
+            o.prefix_caching = options->prefix_caching != 0;
+        }
+        auto h = std::make_unique<pagedkv_manager>();
+        h->pool = p.pool;
+        h->manager = std::make_unique<pagedkv::KVManager>(*p.pool, o);
+        *out_manager = h.release();
+    });
+}
+
+void pagedkv_manager_destroy(pagedkv_manager* manager) noexcept {
+    delete manager;
+}
+
+pagedkv_status pagedkv_manager_add_sequence(pagedkv_manager* manager, const int32_t* prompt,
+                                            size_t prompt_len, uint64_t salt,
+                                            pagedkv_seq_id* out_seq) noexcept {
+    return guarded("pagedkv_manager_add_sequence", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        need(out_seq, "out_seq");
+        *out_seq = m.add_sequence(span_of(prompt, prompt_len, "prompt"), salt);
+    });
+}
+
+pagedkv_status pagedkv_manager_can_allocate(const pagedkv_manager* manager,
+                                            const pagedkv_seq_id* seqs, const uint32_t* new_tokens,
+                                            size_t count, int* out_ok) noexcept {
+    return guarded("pagedkv_manager_can_allocate", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_ok, "out_ok");
+        const SeqCounts sc = seq_counts(seqs, new_tokens, count);
+        *out_ok = m.can_allocate(sc.seqs, sc.counts) ? 1 : 0;
+    });
+}
+
+pagedkv_status pagedkv_manager_allocate(pagedkv_manager* manager, const pagedkv_seq_id* seqs,
+                                        const uint32_t* new_tokens, size_t count,
+                                        uint32_t lookahead) noexcept {
+    return guarded("pagedkv_manager_allocate", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        const SeqCounts sc = seq_counts(seqs, new_tokens, count);
+        m.allocate(sc.seqs, sc.counts, lookahead);
+    });
+}
+
+pagedkv_status pagedkv_manager_fork(pagedkv_manager* manager, pagedkv_seq_id seq,
+                                    pagedkv_seq_id* out_seq) noexcept {
+    return guarded("pagedkv_manager_fork", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        need(out_seq, "out_seq");
+        *out_seq = m.fork(seq);
+    });
+}
+
+pagedkv_status pagedkv_manager_truncate(pagedkv_manager* manager, pagedkv_seq_id seq,
+                                        int64_t length) noexcept {
+    return guarded("pagedkv_manager_truncate", [&] { manager_of(manager).truncate(seq, length); });
+}
+
+pagedkv_status pagedkv_manager_free(pagedkv_manager* manager, pagedkv_seq_id seq) noexcept {
+    return guarded("pagedkv_manager_free", [&] { manager_of(manager).free(seq); });
+}
+
+pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                      int64_t* out_length) noexcept {
+    return guarded("pagedkv_manager_length", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_length, "out_length");
+        *out_length = m.length(seq);
+    });
+}
+
+pagedkv_status pagedkv_manager_block_table(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                           uint32_t* out, size_t capacity,
+                                           size_t* out_count) noexcept {
+    return guarded("pagedkv_manager_block_table", [&] {
+        copy_out(manager_of(manager).block_table(seq), out, capacity, out_count);
+    });
+}
+
+pagedkv_status pagedkv_manager_sequences(const pagedkv_manager* manager, pagedkv_seq_id* out,
+                                         size_t capacity, size_t* out_count) noexcept {
+    return guarded("pagedkv_manager_sequences", [&] {
+        const std::vector<pagedkv::SeqId> ids = manager_of(manager).sequences();
+        const std::vector<pagedkv_seq_id> list(ids.begin(), ids.end());
+        copy_out(list, out, capacity, out_count);
+    });
+}
+
+pagedkv_status pagedkv_manager_gather(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                      uint32_t layer, pagedkv_tensor** out_key,
+                                      pagedkv_tensor** out_value) noexcept {
+    return guarded("pagedkv_manager_gather", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_key, "out_key");
+        need(out_value, "out_value");
+        auto hk = std::make_unique<pagedkv_tensor>();
+        auto hv = std::make_unique<pagedkv_tensor>();
+        auto [k, v] = m.gather(seq, layer);
+        hk->tensor = std::move(k);
+        hv->tensor = std::move(v);
+        *out_key = hk.release();
+        *out_value = hv.release();
+    });
+}
+
+pagedkv_status pagedkv_manager_begin_step(pagedkv_manager* manager, const pagedkv_seq_id* seqs,
+                                          const uint32_t* new_tokens, size_t count,
+                                          pagedkv_step** out_step) noexcept {
+    return guarded("pagedkv_manager_begin_step", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        need(out_step, "out_step");
+        const SeqCounts sc = seq_counts(seqs, new_tokens, count);
+        auto h = std::make_unique<pagedkv_step>();  // before the sequences change
+        h->step = m.begin_step(sc.seqs, sc.counts);
+        *out_step = h.release();
+    });
+}
+
+pagedkv_status pagedkv_manager_write(pagedkv_manager* manager, const pagedkv_step* step,
+                                     uint32_t layer, const pagedkv_tensor* key,
+                                     const pagedkv_tensor* value) noexcept {
+    return guarded("pagedkv_manager_write", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        const pagedkv::Step& s = need(step, "step").step;
+        const pagedkv::Tensor& k = need(key, "key").tensor;
+        m.write(s, layer, k, need(value, "value").tensor);
+    });
+}
+
+pagedkv_status pagedkv_manager_attention(pagedkv_manager* manager, const pagedkv_step* step,
+                                         uint32_t layer, const pagedkv_tensor* query, float scale,
+                                         pagedkv_tensor** out_attention) noexcept {
+    return guarded("pagedkv_manager_attention", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        need(out_attention, "out_attention");
+        auto h = std::make_unique<pagedkv_tensor>();
+        const pagedkv::Step& s = need(step, "step").step;
+        h->tensor = m.attention(s, layer, need(query, "query").tensor, scale);
+        *out_attention = h.release();
+    });
+}
+
+pagedkv_status pagedkv_step_total_tokens(const pagedkv_step* step, uint32_t* out_total) noexcept {
+    return guarded("pagedkv_step_total_tokens", [&] {
+        const pagedkv_step& s = need(step, "step");
+        need(out_total, "out_total");
+        *out_total = s.step.total_tokens();
+    });
+}
+
+pagedkv_status pagedkv_step_view(const pagedkv_step* step, uint32_t layer,
+                                 pagedkv_paged_view** out_view,
+                                 pagedkv_paged_view_info* out_info) noexcept {
+    return guarded("pagedkv_step_view", [&] {
+        const pagedkv_step& s = need(step, "step");
+        need(out_view, "out_view");
+        pagedkv_paged_view_info& info = need(out_info, "out_info");
+        auto h = std::make_unique<pagedkv_paged_view>();
+        h->view = s.step.view(layer);
+        fill_view_info(h->view, info);
+        *out_view = h.release();
+    });
+}
+
+void pagedkv_step_destroy(pagedkv_step* step) noexcept {
+    delete step;
 }
 
 }  // extern "C"

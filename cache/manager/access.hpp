@@ -8,6 +8,7 @@
 
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/context.hpp"
+#include "pagedkv/kv_manager.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "pagedkv/tensor.hpp"
 
@@ -19,6 +20,9 @@ struct Access {
         return p.state_;
     }
     static CacheState& cache(const PagedKVCache& c) noexcept { return *c.state_; }
+    static ManagerState& manager(const KVManager& m) noexcept { return *m.state_; }
+    // The step's state, or null for an empty (moved-from) step.
+    static StepState* step(const Step& s) noexcept { return s.state_.get(); }
 
     static Device& device(const Context& c) noexcept { return *c.device_; }
     static const std::shared_ptr<Device>& device_ptr(const Context& c) noexcept {

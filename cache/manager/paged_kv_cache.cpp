@@ -9,6 +9,7 @@
 
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/converted.hpp"
+#include "cache/manager/kv_copy.hpp"
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/page_copy.hpp"
@@ -75,25 +76,6 @@ std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, 
         throw invalid(fmt::format("{}: key is [{}] but value is [{}]", op,
                                   fmt::join(key.shape(), ", "), fmt::join(value.shape(), ", ")));
     return {uint32_t(key.shape()[0]), uint32_t(key.shape()[2])};
-}
-
-// Records the scatter (or gather) of one layer's K and V for the same entries: one op for both
-// when their rows are the same size (one dispatch, no barrier between them), else one each.
-void record_kv(detail::Device& dev, detail::PageSlabs& pages, const PageFormat& lay, uint32_t layer,
-               detail::Buffer& k, detail::Buffer& v, std::span<const detail::RowEntry> entries,
-               uint32_t heads, uint32_t head_stride, bool gather) {
-    detail::RowCopy op{
-        &k, entries, heads, lay.k_row_bytes(), head_stride, lay.page_offset(layer, false), gather};
-    if (lay.k_row_bytes() == lay.v_row_bytes()) {
-        op.tensor2 = &v;
-        op.page_offset2 = lay.page_offset(layer, true);
-        detail::record_row_copy(dev, pages, op);
-        return;
-    }
-    detail::record_row_copy(dev, pages, op);
-    detail::record_row_copy(
-        dev, pages,
-        {&v, entries, heads, lay.v_row_bytes(), head_stride, lay.page_offset(layer, true), gather});
 }
 
 }  // namespace
@@ -226,8 +208,8 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         st.start[layer][b] = p.new_len > p.drop ? p.start + p.drop : 0;
         st.len[layer][b] = p.new_len - p.drop;
     }
-    record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
-              detail::Access::buffer(value), entries, H, S, false);
+    detail::record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
+                      detail::Access::buffer(value), entries, H, S, false);
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens) const {
@@ -258,8 +240,9 @@ void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) co
             if (t < st.len[layer][b]) slot = st.slot_of(layer, b, t);
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
-    record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer, detail::Access::buffer(kv.first),
-              detail::Access::buffer(kv.second), entries, H, uint32_t(L), true);
+    detail::record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer,
+                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), entries,
+                      H, uint32_t(L), true);
 }
 
 std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {

@@ -79,6 +79,7 @@ struct DeviceCounters {
     uint64_t barriers = 0;
     uint64_t copies = 0;
     uint64_t descriptor_updates = 0;
+    uint64_t uploads = 0;  // host data copied into per-batch upload memory (tables, entries)
 };
 
 class PAGEDKV_API Context {

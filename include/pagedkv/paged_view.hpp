@@ -12,7 +12,8 @@
 
 namespace pagedkv {
 
-// Made by PagedKVCache::paged_view(layer). Token t (0 <= t < len) of batch row r lives in
+// Made by PagedKVCache::paged_view(layer) (a row is a batch row) and Step::view(layer) (a row
+// is one of the step's sequences, in order). Token t (0 <= t < len) of batch row r lives in
 //   page  indices[indptr[r] + (first_slot[r] + t) / block_size]
 //   slot  (first_slot[r] + t) % block_size
 // where len = (pages - 1) * block_size + last_page_len[r] - first_slot[r] for a row of
@@ -63,6 +64,14 @@ struct PagedView {
     VkDeviceAddress indices = 0;
     VkDeviceAddress last_page_len = 0;
     VkDeviceAddress first_slot = 0;
+
+    // A step's view (Step::view) also has the page slot (block * block_size + slot) of each of
+    // the step's new tokens, in order (vLLM's slot_mapping), in the same buffer; a cache's view
+    // has none (num_tokens 0).
+    uint32_t num_tokens = 0;
+    uint64_t slot_mapping_offset = 0;
+    VkDeviceAddress slot_mapping = 0;
+    std::vector<uint32_t> host_slot_mapping;
 
     // The same table on the host, and each row's length.
     std::vector<uint32_t> host_indptr;

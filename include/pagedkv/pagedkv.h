@@ -298,11 +298,102 @@ typedef struct pagedkv_paged_view_info {
     const uint32_t* host_last_page_len;  // batch
     const uint32_t* host_first_slot;     // batch
     const int64_t* lengths;              // batch
+    // A step's view (pagedkv_step_view): the page slot of each new token (uint32, in `table`
+    // at slot_mapping_offset); 0 / NULL for a cache's view.
+    uint32_t num_tokens;
+    uint64_t slot_mapping_offset;
+    VkDeviceAddress slot_mapping;
+    const uint32_t* host_slot_mapping;  // num_tokens
 } pagedkv_paged_view_info;
 PAGEDKV_API pagedkv_status pagedkv_cache_paged_view(
     const pagedkv_cache* cache, uint32_t layer_idx, pagedkv_paged_view** out_view,
     pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
 PAGEDKV_API void pagedkv_paged_view_destroy(pagedkv_paged_view* view) PAGEDKV_NOEXCEPT;
+
+// ---------------------------------------------------------------------------------------------
+// The serving engine's API (the C++ KVManager and Step): sequences by id over a pool, and
+// steps that write a ragged batch of new tokens, (total_tokens, kv_heads, head_dim), and run
+// causal attention over it. A manager keeps its pool alive; a step keeps its table alive.
+
+typedef struct pagedkv_manager pagedkv_manager;
+typedef struct pagedkv_step pagedkv_step;
+typedef uint64_t pagedkv_seq_id;  // never reused within a manager
+
+typedef struct pagedkv_manager_options {
+    double watermark;    // share of the pool can_allocate keeps free for running sequences
+    int prefix_caching;  // nonzero: not implemented yet (PAGEDKV_ERROR_UNSUPPORTED)
+} pagedkv_manager_options;
+// The defaults: watermark 0.01, no prefix caching.
+PAGEDKV_API void pagedkv_manager_options_init(pagedkv_manager_options* options) PAGEDKV_NOEXCEPT;
+// options NULL: the defaults.
+PAGEDKV_API pagedkv_status pagedkv_manager_create(pagedkv_pool* pool,
+                                                  const pagedkv_manager_options* options,
+                                                  pagedkv_manager** out_manager) PAGEDKV_NOEXCEPT;
+// Returns every sequence's pages to the pool.
+PAGEDKV_API void pagedkv_manager_destroy(pagedkv_manager* manager) PAGEDKV_NOEXCEPT;
+// A new sequence; prompt may be NULL (prompt_len 0). The prompt's ids serve prefix caching.
+PAGEDKV_API pagedkv_status pagedkv_manager_add_sequence(pagedkv_manager* manager,
+                                                        const int32_t* prompt, size_t prompt_len,
+                                                        uint64_t salt,
+                                                        pagedkv_seq_id* out_seq) PAGEDKV_NOEXCEPT;
+// *out_ok = 1 when allocate(seqs, new_tokens) would succeed and keep the watermark free.
+PAGEDKV_API pagedkv_status pagedkv_manager_can_allocate(const pagedkv_manager* manager,
+                                                        const pagedkv_seq_id* seqs,
+                                                        const uint32_t* new_tokens, size_t count,
+                                                        int* out_ok) PAGEDKV_NOEXCEPT;
+// Reserves pages for new_tokens[i] (+ lookahead) more tokens of each seqs[i], all or nothing.
+PAGEDKV_API pagedkv_status pagedkv_manager_allocate(pagedkv_manager* manager,
+                                                    const pagedkv_seq_id* seqs,
+                                                    const uint32_t* new_tokens, size_t count,
+                                                    uint32_t lookahead) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_manager_fork(pagedkv_manager* manager, pagedkv_seq_id seq,
+                                                pagedkv_seq_id* out_seq) PAGEDKV_NOEXCEPT;
+// Keeps the first length tokens; negative: drops -length tokens from the end.
+PAGEDKV_API pagedkv_status pagedkv_manager_truncate(pagedkv_manager* manager, pagedkv_seq_id seq,
+                                                    int64_t length) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_manager_free(pagedkv_manager* manager,
+                                                pagedkv_seq_id seq) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager,
+                                                  pagedkv_seq_id seq,
+                                                  int64_t* out_length) PAGEDKV_NOEXCEPT;
+// The sequence's pages into out[0..capacity); *out_count is their number (call with capacity 0
+// to learn it; PAGEDKV_ERROR_INVALID_ARGUMENT when capacity is short and out is not NULL).
+PAGEDKV_API pagedkv_status pagedkv_manager_block_table(const pagedkv_manager* manager,
+                                                       pagedkv_seq_id seq, uint32_t* out,
+                                                       size_t capacity,
+                                                       size_t* out_count) PAGEDKV_NOEXCEPT;
+// Live sequences, ascending, in the same way.
+PAGEDKV_API pagedkv_status pagedkv_manager_sequences(const pagedkv_manager* manager,
+                                                     pagedkv_seq_id* out, size_t capacity,
+                                                     size_t* out_count) PAGEDKV_NOEXCEPT;
+// The sequence's K and V of one layer, (kv_heads, length, head_dim).
+PAGEDKV_API pagedkv_status pagedkv_manager_gather(const pagedkv_manager* manager,
+                                                  pagedkv_seq_id seq, uint32_t layer,
+                                                  pagedkv_tensor** out_key,
+                                                  pagedkv_tensor** out_value) PAGEDKV_NOEXCEPT;
+// Allocates and builds the step's slot mapping and block tables once for all layers (no
+// submit). From here on the sequences' lengths include the new tokens.
+PAGEDKV_API pagedkv_status pagedkv_manager_begin_step(pagedkv_manager* manager,
+                                                      const pagedkv_seq_id* seqs,
+                                                      const uint32_t* new_tokens, size_t count,
+                                                      pagedkv_step** out_step) PAGEDKV_NOEXCEPT;
+// Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim).
+PAGEDKV_API pagedkv_status pagedkv_manager_write(pagedkv_manager* manager, const pagedkv_step* step,
+                                                 uint32_t layer, const pagedkv_tensor* key,
+                                                 const pagedkv_tensor* value) PAGEDKV_NOEXCEPT;
+// Causal attention over the step: query (total_tokens, q_heads, head_dim); hands out
+// (total_tokens, q_heads, v_head_dim). scale <= 0: 1 / sqrt(head_dim).
+PAGEDKV_API pagedkv_status pagedkv_manager_attention(
+    pagedkv_manager* manager, const pagedkv_step* step, uint32_t layer, const pagedkv_tensor* query,
+    float scale, pagedkv_tensor** out_attention) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_step_total_tokens(const pagedkv_step* step,
+                                                     uint32_t* out_total) PAGEDKV_NOEXCEPT;
+// The step's view of one layer for the caller's kernels (slot mapping included).
+PAGEDKV_API pagedkv_status pagedkv_step_view(const pagedkv_step* step, uint32_t layer,
+                                             pagedkv_paged_view** out_view,
+                                             pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
+// Ends the step (the C++ end_step): reserved lookahead pages stay with their sequences.
+PAGEDKV_API void pagedkv_step_destroy(pagedkv_step* step) PAGEDKV_NOEXCEPT;
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -10,6 +10,7 @@
 #include "pagedkv/encoder_decoder_cache.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/kv_cache.hpp"
+#include "pagedkv/kv_manager.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "pagedkv/paged_view.hpp"
 #include "pagedkv/sliding_window_cache.hpp"

@@ -264,32 +264,59 @@ void check_attention_shape(const AttentionShape& s, const char* op) {
                                 s.batch, s.q_heads, kMaxGroups));
 }
 
-void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
-                            PageSlabs& pages, uint32_t layer, const CsrTable& table) {
-    if (s.batch == 0) return;
-    const PageFormat& lay = pages.format();
-    uint32_t max_len = 0;
-    for (uint32_t r = 0; r < s.batch; ++r) {
+std::vector<uint32_t> pack_row_table(const CsrTable& table, uint32_t block_size) {
+    const size_t batch = table.last_page_len.size();
+    std::vector<uint32_t> words(3 * batch + table.indices.size());
+    for (size_t r = 0; r < batch; ++r) {
         const uint32_t n = table.indptr[r + 1] - table.indptr[r];
-        if (n != 0)
-            max_len = std::max(
-                max_len, (n - 1) * lay.block_size + table.last_page_len[r] - table.first_slot[r]);
+        words[r] = table.indptr[r];
+        words[batch + r] =
+            n == 0 ? 0 : (n - 1) * block_size + table.last_page_len[r] - table.first_slot[r];
+        words[2 * batch + r] = table.first_slot[r];
     }
-    Plan pl = plan(dev, s, query, out, max_len);
-    const std::shared_ptr<Buffer> scratch = make_scratch(dev, pl);
-    // One upload: indptr, last_page_len, first_slot, indices.
-    std::vector<uint32_t> packed;
-    packed.reserve(table.indptr.size() + 2 * size_t(s.batch) + table.indices.size());
-    for (auto a : {table.indptr, table.last_page_len, table.first_slot, table.indices})
-        packed.insert(packed.end(), a.begin(), a.end());
-    pl.pc.table = dev.batches().upload(packed.data(), packed.size() * sizeof(uint32_t));
+    std::copy(table.indices.begin(), table.indices.end(), words.begin() + 3 * batch);
+    return words;
+}
+
+namespace {
+
+// The paged plan's page numbers and the dispatch.
+void run_paged(Device& dev, const AttentionShape& s, Plan& pl,
+               const std::shared_ptr<Buffer>& scratch, Buffer& query, Buffer& out, PageSlabs& pages,
+               uint32_t layer, Resource& table) {
+    const PageFormat& lay = pages.format();
     pl.pc.pages = pages.addressing();
     pl.pc.k = lay.page_offset(layer, false);
     pl.pc.v = lay.page_offset(layer, true);
     pl.pc.quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0 && lay.block_bytes() % 16 == 0;
     for (const auto& slab : pages.slabs())
         pl.pc.quads = pl.pc.quads && slab->address() % 16 == 0;
-    run(dev, s, Kind::Paged, pl, scratch, {&query, &pages}, out);
+    run(dev, s, Kind::Paged, pl, scratch, {&query, &pages, &table}, out);
+}
+
+}  // namespace
+
+void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+                            PageSlabs& pages, uint32_t layer, const CsrTable& table) {
+    if (s.batch == 0) return;
+    const std::vector<uint32_t> words = pack_row_table(table, pages.format().block_size);
+    uint32_t max_len = 0;
+    for (uint32_t r = 0; r < s.batch; ++r)
+        max_len = std::max(max_len, words[s.batch + r]);
+    Plan pl = plan(dev, s, query, out, max_len);
+    const std::shared_ptr<Buffer> scratch = make_scratch(dev, pl);
+    pl.pc.table = dev.batches().upload(words.data(), words.size() * sizeof(uint32_t));
+    run_paged(dev, s, pl, scratch, query, out, pages, layer, pages);
+}
+
+void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+                            PageSlabs& pages, uint32_t layer, Buffer& table, uint64_t table_offset,
+                            uint32_t max_len) {
+    if (s.batch == 0) return;
+    Plan pl = plan(dev, s, query, out, max_len);
+    const std::shared_ptr<Buffer> scratch = make_scratch(dev, pl);
+    pl.pc.table = table.address() + table_offset;
+    run_paged(dev, s, pl, scratch, query, out, pages, layer, table);
 }
 
 void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "allocator/page_format.hpp"
 #include "shaders/kernels/page_slabs.hpp"
@@ -33,9 +34,21 @@ struct CsrTable {
     std::span<const uint32_t> indptr, indices, last_page_len, first_slot;
 };
 
+// The kernel's own table, one entry per query row (a batch row, or one new token of a ragged
+// step, which attends to its sequence's tokens up to itself): where the row's pages start in
+// indices, how many tokens it reads, and the slot of its first token in its first page. As
+// uint32 words: first_page[batch], length[batch], first_slot[batch], indices[...].
+std::vector<uint32_t> pack_row_table(const CsrTable& table, uint32_t block_size);
+
 // query (batch, q_heads, 1, head_dim) -> out (batch, q_heads, 1, v_head_dim).
 void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
                             PageSlabs& pages, uint32_t layer, const CsrTable& table);
+// The same with the row table (pack_row_table's words) already in device-readable memory at
+// `table` + table_offset (a step's table, built once for every layer: nothing is uploaded);
+// max_len is the longest row's length.
+void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
+                            PageSlabs& pages, uint32_t layer, Buffer& table, uint64_t table_offset,
+                            uint32_t max_len);
 // K (batch, kv_heads, max_len, head_dim), V likewise with v_head_dim; row b uses its first
 // lengths[b] tokens.
 void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,

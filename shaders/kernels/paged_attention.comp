@@ -50,7 +50,8 @@ layout(push_constant) uniform Params {
     uint64_t dst;      // (batch, q_heads, 1, v_head_dim)
     uint64_t k;        // CONTIGUOUS: K (batch, kv_heads, max_len, head_dim); PAGED: K page offset
     uint64_t v;        // CONTIGUOUS: V; PAGED: bytes from a block's start to the layer's V page
-    // PAGED: indptr (batch + 1), last_page_len (batch), first_slot (batch), indices;
+    // PAGED: first_page (batch: where the row's pages start in indices), length (batch: the
+    // row's tokens), first_slot (batch: its first token's slot in its first page), indices;
     // CONTIGUOUS: row lengths (batch)
     uint64_t table;
     uint64_t scratch;  // split: partials (batch, q_heads, chunks) of 2 + 2 * v_words floats
@@ -131,11 +132,7 @@ shared uint64_t value_s[WG];  // address of each tile token's V row
 
 uint row_length(uint row) {
 #if defined(PAGED)
-    Uints t = Uints(p.table);
-    const uint pages = t.u[row + 1] - t.u[row];
-    if (pages == 0u) return 0u;
-    return (pages - 1u) * p.pages.block_size + t.u[p.batch + 1u + row] -
-           t.u[2u * p.batch + 1u + row];
+    return Uints(p.table).u[p.batch + row];
 #else
     return Uints(p.table).u[row];
 #endif
@@ -228,8 +225,8 @@ void main() {
 #if defined(PAGED)
     Uints table = Uints(p.table);
     const uint first_page = table.u[row];
-    const uint first_slot = table.u[2u * p.batch + 1u + row];
-    const uint indices = 3u * p.batch + 1u;
+    const uint first_slot = table.u[2u * p.batch + row];
+    const uint indices = 3u * p.batch;
 #endif
 
     float m[MAX_G];  // running max of the scores

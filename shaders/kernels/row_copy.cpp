@@ -112,7 +112,12 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
 
     Batches& batches = dev.batches();
     PushConstants pc{};
-    pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
+    if (op.entries_buffer) {
+        pc.entries = op.entries_buffer->address() + op.entries_offset;
+        batches.keep_alive(op.entries_buffer->shared_from_this());
+    } else {
+        pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
+    }
     pc.tensor = op.tensor->address();
     pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
     pc.page_offset2 = op.page_offset2;

@@ -34,6 +34,11 @@ struct RowCopy {
     // to its K, when both have rows of row_bytes): one dispatch and no barrier between them.
     Buffer* tensor2 = nullptr;
     uint64_t page_offset2 = 0;
+    // The entries already in device-readable memory (a step's, written once for every layer):
+    // the shader reads them there instead of an upload of `entries` (which the copy-command
+    // path still reads on the host). Kept alive until the batch ends.
+    Buffer* entries_buffer = nullptr;
+    uint64_t entries_offset = 0;
 };
 
 // Records op on the device's chosen byte path (shader, or copy commands where the layout

@@ -142,6 +142,7 @@ void Batches::next_chunk(size_t bytes) {
 }
 
 VkDeviceAddress Batches::upload(const void* data, size_t bytes) {
+    ++dev_.counters().uploads;
     begin();
     const size_t aligned = upload_bytes(bytes);
     if (open_->chunks.empty() || chunk_used_ + aligned > open_->chunks.back()->size())

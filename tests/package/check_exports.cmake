@@ -22,7 +22,10 @@ foreach(expected
         "pagedkv::save_snapshot("
         "typeinfo for pagedkv::Error"
         "pagedkv_pool_create"
-        "pagedkv_cache_update")
+        "pagedkv_cache_update"
+        "pagedkv::KVManager::begin_step("
+        "pagedkv::Step::view("
+        "pagedkv_manager_begin_step")
     string(FIND "${symbols}" "${expected}" at)
     if(at EQUAL -1)
         message(FATAL_ERROR "${LIB} does not export ${expected}")

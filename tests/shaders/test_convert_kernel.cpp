@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cache/manager/access.hpp"
+#include "host_vulkan.hpp"
 #include "shaders/kernels/convert.hpp"
 #include "shaders/vulkan/device.hpp"
 #include "test_support.hpp"
@@ -176,4 +177,41 @@ TEST_CASE("convert kernel: odd element counts touch no element past the end", "[
         CHECK(out[2 * n] == char(0x5a));
         CHECK(out[2 * n + 1] == char(0x5a));
     }
+}
+
+TEST_CASE("convert kernel: without 16-bit storage an odd count is refused, an even one converts",
+          "[convert][adopt][gpu]") {
+    HostVulkan host(/*enable_storage16=*/false);
+    {
+        Context ctx = Context::adopt(host.external());
+        detail::Device& dev = detail::Access::device(ctx);
+        REQUIRE_FALSE(dev.has_16bit_storage());
+        auto src = detail::Buffer::create(dev, 64, detail::MemoryKind::Tensor);
+        auto dst = detail::Buffer::create(dev, 64, detail::MemoryKind::Tensor);
+        {
+            detail::Device::CallLock lock(dev);
+            const uint64_t dispatches = ctx.counters().dispatches;
+            try {
+                detail::record_convert(dev, *src, DType::F32, *dst, DType::BF16, 7);
+                FAIL("expected Unsupported");
+            } catch (const Error& e) {
+                CHECK(e.code() == ErrorCode::Unsupported);
+                CHECK_THAT(e.what(), Catch::Contains("convert: 7 f32 elements to bf16 need "
+                                                     "storageBuffer16BitAccess"));
+            }
+            CHECK(ctx.counters().dispatches == dispatches);
+        }
+        std::mt19937 rng(5);
+        std::vector<uint32_t> bits(4096);
+        for (uint32_t& b : bits)
+            b = uint32_t(rng());
+        check_kernel(ctx, bits, DType::F32, DType::F16);
+        check_kernel(ctx, bits, DType::F32, DType::BF16);
+        for (uint32_t& b : bits)
+            b &= 0xffffu;
+        check_kernel(ctx, bits, DType::F16, DType::F32);
+        check_kernel(ctx, bits, DType::BF16, DType::F16);
+        ctx.synchronize();
+    }
+    require_no_messages(host);
 }

@@ -473,6 +473,153 @@ static void test_embedding(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_cache_destroy(cache);
 }
 
+// Packed ragged (total, HEADS, DIM) keys (sign 1) or values (sign -1): token j of sequence
+// seqs[i] (at position first[i] + j) is key_at(layer, seqs[i], head, position, dim).
+static pagedkv_tensor* make_ragged(pagedkv_context* ctx, unsigned layer, const pagedkv_seq_id* seqs,
+                                   const int64_t* first, const uint32_t* counts, size_t n,
+                                   float sign) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i)
+        total += counts[i];
+    float* data = malloc((total ? total : 1) * HEADS * DIM * sizeof(float));
+    if (!data) exit(1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; ++i)
+        for (uint32_t j = 0; j < counts[i]; ++j)
+            for (unsigned h = 0; h < HEADS; ++h)
+                for (unsigned d = 0; d < DIM; ++d)
+                    data[k++] = sign * key_at(layer, (unsigned)seqs[i], h, first[i] + j, d);
+    const int64_t shape[3] = {(int64_t)total, HEADS, DIM};
+    pagedkv_tensor* t = NULL;
+    OK(pagedkv_tensor_from_host(ctx, data, k, shape, 3, PAGEDKV_DTYPE_F32, &t));
+    free(data);
+    return t;
+}
+
+// Runs a step of the manager: every layer written, attention over layer 0.
+static void manager_step(pagedkv_context* ctx, pagedkv_manager* m, const pagedkv_seq_id* seqs,
+                         const uint32_t* counts, size_t n) {
+    int64_t first[8];
+    for (size_t i = 0; i < n; ++i)
+        OK(pagedkv_manager_length(m, seqs[i], &first[i]));
+    pagedkv_step* step = NULL;
+    OK(pagedkv_manager_begin_step(m, seqs, counts, n, &step));
+    uint32_t total = 0;
+    OK(pagedkv_step_total_tokens(step, &total));
+    for (unsigned l = 0; l < LAYERS; ++l) {
+        pagedkv_tensor* k = make_ragged(ctx, l, seqs, first, counts, n, 1.0f);
+        pagedkv_tensor* v = make_ragged(ctx, l, seqs, first, counts, n, -1.0f);
+        OK(pagedkv_manager_write(m, step, l, k, v));
+        if (l == 0) {
+            pagedkv_tensor* out = NULL;
+            OK(pagedkv_manager_attention(m, step, l, k, 0.0f, &out));
+            const int64_t* shape = NULL;
+            size_t ndim = 0;
+            OK(pagedkv_tensor_shape(out, &shape, &ndim));
+            CHECK(ndim == 3 && shape[0] == total && shape[1] == HEADS && shape[2] == DIM);
+            pagedkv_tensor_destroy(out);
+        }
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+    }
+    pagedkv_paged_view* view = NULL;
+    pagedkv_paged_view_info info;
+    FAILS(pagedkv_step_view(step, LAYERS, &view, &info), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "out of range");
+    OK(pagedkv_step_view(step, 1, &view, &info));
+    CHECK(info.batch == n && info.num_tokens == total && info.host_slot_mapping != NULL);
+    for (size_t i = 0; i < n; ++i)
+        CHECK(info.lengths[i] == first[i] + counts[i]);
+    pagedkv_paged_view_destroy(view);
+    pagedkv_step_destroy(step);
+}
+
+// Checks a sequence's gathered (HEADS, length, DIM) K and V against key_at.
+static void check_sequence(const pagedkv_manager* m, pagedkv_seq_id seq, unsigned as_seq) {
+    int64_t len = -1;
+    OK(pagedkv_manager_length(m, seq, &len));
+    for (unsigned l = 0; l < LAYERS; ++l) {
+        pagedkv_tensor *k = NULL, *v = NULL;
+        OK(pagedkv_manager_gather(m, seq, l, &k, &v));
+        const size_t n = (size_t)HEADS * (size_t)len * DIM;
+        float* kh = malloc((n ? n : 1) * sizeof(float));
+        float* vh = malloc((n ? n : 1) * sizeof(float));
+        if (!kh || !vh) exit(1);
+        OK(pagedkv_tensor_to_host(k, kh, n));
+        OK(pagedkv_tensor_to_host(v, vh, n));
+        size_t i = 0;
+        for (unsigned h = 0; h < HEADS; ++h)
+            for (int64_t p = 0; p < len; ++p)
+                for (unsigned d = 0; d < DIM; ++d, ++i) {
+                    CHECK(kh[i] == key_at(l, as_seq, h, p, d));
+                    CHECK(vh[i] == -key_at(l, as_seq, h, p, d));
+                }
+        free(kh);
+        free(vh);
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+    }
+}
+
+static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
+    pagedkv_manager_options o;
+    pagedkv_manager_options_init(&o);
+    CHECK(o.watermark == 0.01 && o.prefix_caching == 0);
+    pagedkv_manager* m = NULL;
+    o.prefix_caching = 1;
+    FAILS(pagedkv_manager_create(pool, &o, &m), PAGEDKV_ERROR_UNSUPPORTED, "prefix caching");
+    CHECK(m == NULL);
+    OK(pagedkv_manager_create(pool, NULL, &m));
+    pagedkv_seq_id a = 0, b = 0, c = 0;
+    const int32_t prompt[3] = {5, 6, 7};
+    OK(pagedkv_manager_add_sequence(m, NULL, 0, 0, &a));
+    OK(pagedkv_manager_add_sequence(m, prompt, 3, 9, &b));
+    CHECK(a != b);
+    const pagedkv_seq_id ab[2] = {a, b};
+    const uint32_t prefill[2] = {6, 3};
+    int ok = 0;
+    OK(pagedkv_manager_can_allocate(m, ab, prefill, 2, &ok));
+    CHECK(ok == 1);
+    const uint32_t too_many[2] = {BLOCKS * BLOCK, 1};
+    OK(pagedkv_manager_can_allocate(m, ab, too_many, 2, &ok));
+    CHECK(ok == 0);
+    FAILS(pagedkv_manager_allocate(m, ab, too_many, 2, 0), PAGEDKV_ERROR_OUT_OF_BLOCKS, "needs");
+    OK(pagedkv_manager_allocate(m, ab, prefill, 2, 2));
+    manager_step(ctx, m, ab, prefill, 2);
+    const uint32_t decode[2] = {1, 1};
+    manager_step(ctx, m, ab, decode, 2);
+    check_sequence(m, a, (unsigned)a);
+    check_sequence(m, b, (unsigned)b);
+    // Fork, rollback, free.
+    OK(pagedkv_manager_fork(m, a, &c));
+    int64_t len = 0;
+    OK(pagedkv_manager_length(m, c, &len));
+    CHECK(len == 7);
+    OK(pagedkv_manager_truncate(m, c, -2));
+    OK(pagedkv_manager_length(m, c, &len));
+    CHECK(len == 5);
+    size_t count = 0;
+    OK(pagedkv_manager_block_table(m, c, NULL, 0, &count));
+    CHECK(count == 2);
+    uint32_t pages[1];
+    FAILS(pagedkv_manager_block_table(m, c, pages, 1, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "capacity 1");
+    pagedkv_seq_id ids[4];
+    OK(pagedkv_manager_sequences(m, ids, 4, &count));
+    CHECK(count == 3 && ids[0] == a && ids[1] == b && ids[2] == c);
+    FAILS(pagedkv_manager_free(m, 12345), PAGEDKV_ERROR_INVALID_ARGUMENT, "unknown sequence 12345");
+    FAILS(pagedkv_manager_length(m, 12345, &len), PAGEDKV_ERROR_INVALID_ARGUMENT, "unknown");
+    FAILS(pagedkv_manager_write(m, NULL, 0, NULL, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "step is NULL");
+    OK(pagedkv_manager_free(m, a));
+    check_sequence(m, c, (unsigned)a);  // its pages were shared with a
+    check_valid(pool);
+    pagedkv_manager_destroy(m);
+    pagedkv_manager_destroy(NULL);
+    pagedkv_step_destroy(NULL);
+    CHECK(used_blocks(pool) == 0);
+}
+
 // Wrapped tensors: a view of a VkBuffer the caller holds (here a library tensor's own buffer,
 // which has every usage wrap needs), read in place as K/V and by to_host, with its errors.
 static void test_wrap(pagedkv_context* ctx, pagedkv_pool* pool) {
@@ -591,6 +738,7 @@ int main(void) {
     test_sliding_window(ctx, pool);
     test_destroy_order(ctx);
     test_embedding(ctx, pool);
+    test_manager(ctx, pool);
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);

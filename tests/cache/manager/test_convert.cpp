@@ -217,3 +217,49 @@ TEST_CASE("cached_attention takes a query of any float dtype, converted to the p
             require_bits(got.to_host(), want.to_host(), "attention");
         }
 }
+
+TEST_CASE("KVManager writes and attention take any float dtype, converted to the pool's",
+          "[convert][manager][gpu]") {
+    for (DType pool_type : kDTypes)
+        for (DType input : kDTypes) {
+            INFO("pool " << to_string(pool_type) << ", input " << to_string(input));
+            ValidatedContext vc;
+            Context& ctx = vc.ctx;
+            BlockPool pool(ctx, small_config(pool_type, 1, 2, 8, 4, 32));
+            KVManager mgr(pool);
+            const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
+            const SeqId seqs[] = {a, b};
+            const uint32_t counts[] = {5, 2};
+            Step step = mgr.begin_step(seqs, counts);
+            std::mt19937 rng(6);
+            const auto k = awkward_values(7 * 2 * 8, rng), v = awkward_values(7 * 2 * 8, rng);
+            mgr.write(step, 0, Tensor::from_host(ctx, k, {7, 2, 8}, input),
+                      Tensor::from_host(ctx, v, {7, 2, 8}, input));
+            // Sequence a holds tokens 0..4 of the packed (token, head, dim) input, as
+            // (head, token, dim).
+            const auto [gk, gv] = mgr.gather(a, 0);
+            const auto rk = rounded(rounded(k, input), pool_type);
+            const auto rv = rounded(rounded(v, input), pool_type);
+            std::vector<float> wk, wv;
+            for (size_t h = 0; h < 2; ++h)
+                for (size_t t = 0; t < 5; ++t)
+                    for (size_t d = 0; d < 8; ++d) {
+                        wk.push_back(rk[(t * 2 + h) * 8 + d]);
+                        wv.push_back(rv[(t * 2 + h) * 8 + d]);
+                    }
+            require_bits(gk.to_host(), wk, "gathered keys");
+            require_bits(gv.to_host(), wv, "gathered values");
+            // Attention with a query of the input's dtype equals one already in the pool's.
+            std::vector<float> q(7 * 4 * 8);
+            std::normal_distribution<float> dist(0.0f, 1.0f);
+            for (float& x : q)
+                x = dist(rng);
+            const Tensor got = mgr.attention(step, 0, Tensor::from_host(ctx, q, {7, 4, 8}, input));
+            const Tensor want =
+                mgr.attention(step, 0,
+                              Tensor::from_host(ctx, rounded(rounded(q, input), pool_type),
+                                                {7, 4, 8}, pool_type));
+            require_bits(got.to_host(), want.to_host(), "attention");
+            mgr.end_step(std::move(step));
+        }
+}

@@ -1,0 +1,621 @@
+// KVManager: sequences by id over a pool's allocator, and steps: a ragged batch of new tokens
+// whose slot mapping and block tables are built once, in one host-visible buffer, for every
+// layer's write and attention.
+#include "pagedkv/kv_manager.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_set>
+
+#include "cache/manager/access.hpp"
+#include "cache/manager/converted.hpp"
+#include "cache/manager/kv_copy.hpp"
+#include "cache/manager/manager_state.hpp"
+#include "cache/manager/step_plan.hpp"
+#include "pagedkv/error.hpp"
+#include "shaders/kernels/attention.hpp"
+#include "shaders/kernels/page_copy.hpp"
+#include "shaders/vulkan/batch.hpp"
+
+namespace pagedkv {
+
+using detail::ManagerState;
+using detail::Sequence;
+using detail::StepState;
+
+namespace {
+
+Error invalid(const std::string& m) {
+    return Error(ErrorCode::InvalidArgument, m);
+}
+
+// The most tokens a sequence holds: page slots (block * block_size + slot) are 32-bit, and so
+// are the attention kernel's row lengths.
+constexpr uint64_t kMaxTokens = uint64_t(INT32_MAX);
+
+// The device lock for one call; throws when the pool is gone.
+struct Lock : detail::Device::CallLock {
+    explicit Lock(const ManagerState& m) : detail::Device::CallLock(*m.ps->device) {
+        if (!m.ps->pool)
+            throw invalid(
+                "KVManager: the BlockPool it was made over has been destroyed (a pool must "
+                "outlive the managers made over it)");
+    }
+};
+
+template <class F>
+auto host_memory_guard(const char* op, F&& f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        throw Error(ErrorCode::OutOfMemory, fmt::format("{}: out of host memory", op));
+    }
+}
+
+Sequence& find(ManagerState& m, SeqId id, const char* op) {
+    auto it = m.seqs.find(id);
+    if (it == m.seqs.end()) throw invalid(fmt::format("{}: unknown sequence {}", op, id));
+    return it->second;
+}
+const Sequence& find(const ManagerState& m, SeqId id, const char* op) {
+    return find(const_cast<ManagerState&>(m), id, op);
+}
+
+// The listed sequences, checked: as many counts as ids, no id twice, every id live, and the
+// grown lengths within kMaxTokens.
+std::vector<Sequence*> resolve(ManagerState& m, std::span<const SeqId> ids,
+                               std::span<const uint32_t> counts, uint32_t lookahead,
+                               const char* op) {
+    if (ids.size() != counts.size())
+        throw invalid(
+            fmt::format("{}: {} sequences but {} token counts", op, ids.size(), counts.size()));
+    std::vector<Sequence*> out;
+    out.reserve(ids.size());
+    std::unordered_set<SeqId> seen;
+    for (size_t i = 0; i < ids.size(); ++i) {
+        if (!seen.insert(ids[i]).second)
+            throw invalid(fmt::format("{}: sequence {} is listed twice", op, ids[i]));
+        Sequence& s = find(m, ids[i], op);
+        if (uint64_t(s.length) + counts[i] + lookahead > kMaxTokens)
+            throw Error(ErrorCode::CapacityExceeded,
+                        fmt::format("{}: sequence {} would hold {} + {} + {} tokens, more than {}",
+                                    op, ids[i], s.length, counts[i], lookahead, kMaxTokens));
+        out.push_back(&s);
+    }
+    return out;
+}
+
+detail::GrowthPlan plan(const ManagerState& m, const std::vector<Sequence*>& seqs,
+                        std::span<const uint32_t> counts, uint32_t lookahead) {
+    std::vector<const BlockTable*> tables;
+    std::vector<int64_t> lengths;
+    tables.reserve(seqs.size());
+    lengths.reserve(seqs.size());
+    for (const Sequence* s : seqs) {
+        tables.push_back(&s->table);
+        lengths.push_back(s->length);
+    }
+    return detail::plan_growth(tables, lengths, counts, lookahead, m.ps->config.block_size,
+                               m.ps->allocator);
+}
+
+// OutOfBlocks naming each sequence that needs pages, unless the pool has them.
+void check_pages(const ManagerState& m, const detail::GrowthPlan& p, std::span<const SeqId> ids,
+                 const char* op) {
+    const uint64_t free = m.ps->allocator.free_blocks();
+    if (p.needed <= free) return;
+    std::vector<std::string> who;
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const auto& s = p.seqs[i];
+        if (s.extra + s.copies.size() == 0) continue;
+        who.push_back(s.copies.empty()
+                          ? fmt::format("sequence {}: {}", ids[i], s.extra)
+                          : fmt::format("sequence {}: {} ({} of them copies of shared pages)",
+                                        ids[i], s.extra + s.copies.size(), s.copies.size()));
+    }
+    throw Error(ErrorCode::OutOfBlocks, fmt::format("{}: needs {} pages ({}), the pool has {} free",
+                                                    op, p.needed, fmt::join(who, ", "), free));
+}
+
+// Commits a checked plan: fresh pages, copies of the shared pages written, appended pages.
+void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::GrowthPlan& p) {
+    ++m.generation;
+    if (p.needed == 0) return;
+    std::vector<BlockId> fresh;
+    fresh.reserve(p.needed);
+    std::vector<std::pair<uint32_t, uint32_t>> copies;
+    m.ps->allocator.allocate(p.needed, fresh);  // cannot fail: check_pages
+    size_t next = 0;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        BlockTable& t = seqs[i]->table;
+        for (size_t page : p.seqs[i].copies) {
+            copies.emplace_back(index(t[page]), index(fresh[next]));
+            t.replace(page, fresh[next++]);  // the old page stays with its other sharers
+        }
+        t.adopt_back(std::span(fresh).subspan(next, p.seqs[i].extra));
+        next += p.seqs[i].extra;
+    }
+    detail::record_page_copies(*m.ps->device, *m.ps->pages, copies);
+    m.ps->pages_copied += copies.size();
+}
+
+uint32_t slot_of(const BlockTable& t, int64_t position, uint32_t bs) {
+    return index(t[size_t(position / bs)]) * bs + uint32_t(position % bs);
+}
+
+uint64_t align16(uint64_t v) {
+    return (v + 15) / 16 * 16;
+}
+
+float default_scale(float scale, uint32_t head_dim) {
+    return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim));
+}
+
+// The step's state, checked: made by this manager, and nothing changed its sequences since.
+const StepState& live_step(const ManagerState& m, const Step& step, const char* op) {
+    const StepState* s = detail::Access::step(step);
+    if (!s) throw invalid(fmt::format("{}: the step is empty (moved from or ended)", op));
+    if (s->manager.get() != &m)
+        throw invalid(fmt::format("{}: the step was begun by another KVManager", op));
+    if (s->generation != m.generation)
+        throw invalid(
+            fmt::format("{}: the step is stale: the manager's sequences changed since begin_step "
+                        "(allocate, fork, truncate, free or another begin_step)",
+                        op));
+    return *s;
+}
+
+// A ragged tensor (total, heads, dim) on the pool's device (of any float dtype: converted).
+void check_ragged(const ManagerState& m, const Tensor& t, const char* op, const char* what,
+                  uint32_t total, int64_t heads, uint32_t dim, bool heads_multiple = false) {
+    if (!t.defined()) throw invalid(fmt::format("{}: {} is undefined", op, what));
+    if (&detail::Access::device(t) != m.ps->device.get())
+        throw invalid(fmt::format("{}: {} lives on another Context than the pool", op, what));
+    const auto& s = t.shape();
+    if (s.size() != 3)
+        throw invalid(fmt::format("{}: {} must be (total_tokens, heads, head_dim), got shape [{}]",
+                                  op, what, fmt::join(s, ", ")));
+    if (s[0] != total)
+        throw invalid(fmt::format("{}: {} has {} tokens, the step has {}", op, what, s[0], total));
+    if (heads_multiple ? (s[1] < 1 || s[1] > INT32_MAX || s[1] % heads != 0) : s[1] != heads)
+        throw invalid(
+            fmt::format("{}: {} has {} heads, pool layout has {} kv heads", op, what, s[1], heads));
+    if (s[2] != dim)
+        throw invalid(
+            fmt::format("{}: {} has head_dim {}, pool layout has {}", op, what, s[2], dim));
+}
+
+}  // namespace
+
+// ---- Step
+
+Step::Step(std::shared_ptr<detail::StepState> s) : state_(std::move(s)) {}
+Step::Step(Step&&) noexcept = default;
+Step& Step::operator=(Step&&) noexcept = default;
+Step::~Step() = default;
+
+namespace {
+const StepState& state_of(const std::shared_ptr<StepState>& s) {
+    if (!s) throw invalid("Step: the step is empty (moved from or ended)");
+    return *s;
+}
+}  // namespace
+
+const std::vector<SeqId>& Step::sequences() const {
+    return state_of(state_).seqs;
+}
+const std::vector<uint32_t>& Step::new_tokens() const {
+    return state_of(state_).new_tokens;
+}
+uint32_t Step::total_tokens() const {
+    return state_of(state_).total;
+}
+const std::vector<int64_t>& Step::first_positions() const {
+    return state_of(state_).first_pos;
+}
+const std::vector<uint32_t>& Step::slot_mapping() const {
+    return state_of(state_).slot_mapping;
+}
+
+PagedView Step::view(uint32_t layer) const {
+    const StepState& s = state_of(state_);
+    const ManagerState& m = *s.manager;
+    Lock l(m);
+    live_step(m, *this, "Step::view");
+    const PageFormat& lay = m.ps->format;
+    if (layer >= lay.num_layers)
+        throw invalid(fmt::format("Step::view: layer {} out of range, pool has {} layers", layer,
+                                  lay.num_layers));
+    const detail::PageSlabs& storage = *m.ps->pages;
+    PagedView v;
+    v.layer = layer;
+    v.batch = uint32_t(s.seqs.size());
+    v.kv_heads = lay.num_kv_heads;
+    v.head_dim = lay.head_dim;
+    v.v_head_dim = lay.v_head_dim;
+    v.block_size = lay.block_size;
+    v.dtype = lay.dtype;
+    for (const auto& slab : storage.slabs()) {
+        v.slabs.push_back(slab->handle());
+        v.slab_addresses.push_back(slab->address());
+    }
+    v.slab_table = storage.slab_table().address();
+    v.slab_shift = storage.slab_shift();
+    v.block_bytes = lay.block_bytes();
+    v.k_offset = lay.page_offset(layer, false);
+    v.v_offset = lay.page_offset(layer, true);
+    v.table = s.buffer->handle();
+    const VkDeviceAddress base = s.buffer->address();
+    v.indptr_offset = s.indptr_offset;
+    v.indices_offset = s.indices_offset;
+    v.last_page_len_offset = s.last_page_len_offset;
+    v.first_slot_offset = s.first_slot_offset;
+    v.slot_mapping_offset = s.slot_mapping_offset;
+    v.indptr = base + s.indptr_offset;
+    v.indices = base + s.indices_offset;
+    v.last_page_len = base + s.last_page_len_offset;
+    v.first_slot = base + s.first_slot_offset;
+    v.slot_mapping = base + s.slot_mapping_offset;
+    v.num_tokens = s.total;
+    v.host_indptr = s.indptr;
+    v.host_indices = s.indices;
+    v.host_last_page_len = s.last_page_len;
+    v.host_first_slot = s.first_slot;
+    v.host_slot_mapping = s.slot_mapping;
+    v.lengths = s.lengths;
+    v.keep = state_;
+    return v;
+}
+
+// ---- KVManager
+
+KVManager::KVManager(BlockPool& pool, ManagerOptions options) {
+    if (!(options.watermark >= 0.0 && options.watermark < 1.0))
+        throw invalid(
+            fmt::format("KVManager: watermark must be in [0, 1), got {}", options.watermark));
+    if (options.prefix_caching)
+        throw Error(ErrorCode::Unsupported,
+                    "KVManager: prefix caching is not implemented yet (ManagerOptions::"
+                    "prefix_caching must be false)");
+    state_ = std::make_shared<ManagerState>(detail::Access::shared_pool(pool), options);
+}
+
+KVManager::~KVManager() {
+    if (!state_) return;
+    detail::Device::CallLock l(*state_->ps->device);
+    state_->seqs.clear();  // the tables give their pages back
+    state_->alive = false;
+    ++state_->generation;
+}
+
+BlockPool& KVManager::pool() const {
+    Lock l(*state_);
+    return *state_->ps->pool;
+}
+
+const ManagerOptions& KVManager::options() const noexcept {
+    return state_->options;
+}
+
+SeqId KVManager::add_sequence() {
+    ManagerState& m = *state_;
+    Lock l(m);
+    return host_memory_guard("add_sequence", [&] {
+        const SeqId id = m.next_id;
+        m.seqs.emplace(id, Sequence{BlockTable(m.ps->allocator), 0});
+        ++m.next_id;
+        return id;
+    });
+}
+
+SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t /*salt*/) {
+    if (prompt_tokens.size() > kMaxTokens)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("add_sequence: a prompt of {} tokens, more than {}",
+                                prompt_tokens.size(), kMaxTokens));
+    return add_sequence();
+}
+
+uint64_t KVManager::pages_needed(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens,
+                                 uint32_t lookahead) const {
+    ManagerState& m = *state_;
+    Lock l(m);
+    return host_memory_guard("pages_needed", [&] {
+        return plan(m, resolve(m, seqs, new_tokens, lookahead, "pages_needed"), new_tokens,
+                    lookahead)
+            .needed;
+    });
+}
+
+bool KVManager::can_allocate(std::span<const SeqId> seqs,
+                             std::span<const uint32_t> new_tokens) const {
+    ManagerState& m = *state_;
+    Lock l(m);
+    return host_memory_guard("can_allocate", [&] {
+        const uint64_t needed =
+            plan(m, resolve(m, seqs, new_tokens, 0, "can_allocate"), new_tokens, 0).needed;
+        const uint64_t keep = uint64_t(m.options.watermark * double(m.ps->config.num_blocks));
+        const uint64_t free = m.ps->allocator.free_blocks();
+        return free >= keep && needed <= free - keep;
+    });
+}
+
+void KVManager::allocate(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens,
+                         uint32_t lookahead) {
+    ManagerState& m = *state_;
+    Lock l(m);
+    host_memory_guard("allocate", [&] {
+        const std::vector<Sequence*> s = resolve(m, seqs, new_tokens, lookahead, "allocate");
+        const detail::GrowthPlan p = plan(m, s, new_tokens, lookahead);
+        check_pages(m, p, seqs, "allocate");
+        commit(m, s, p);
+    });
+}
+
+SeqId KVManager::fork(SeqId seq) {
+    ManagerState& m = *state_;
+    Lock l(m);
+    return host_memory_guard("fork", [&] {
+        const Sequence& s = find(m, seq, "fork");
+        // The pages holding tokens are shared; the parent's reservation past them stays its own.
+        BlockTable t = s.table.fork();
+        const uint32_t bs = m.ps->config.block_size;
+        const size_t used = size_t((uint64_t(s.length) + bs - 1) / bs);
+        if (t.size() > used) t.release_back(t.size() - used);
+        const SeqId id = m.next_id;
+        m.seqs.emplace(id, Sequence{std::move(t), s.length});
+        ++m.next_id;
+        ++m.generation;
+        return id;
+    });
+}
+
+void KVManager::truncate(SeqId seq, int64_t length) {
+    ManagerState& m = *state_;
+    Lock l(m);
+    Sequence& s = find(m, seq, "truncate");
+    s.length = length >= 0 ? std::min(s.length, length) : std::max<int64_t>(0, s.length + length);
+    const uint32_t bs = m.ps->config.block_size;
+    const size_t used = size_t((uint64_t(s.length) + bs - 1) / bs);
+    if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+    ++m.generation;
+}
+
+void KVManager::free(SeqId seq) {
+    ManagerState& m = *state_;
+    Lock l(m);
+    find(m, seq, "free");
+    m.seqs.erase(seq);
+    ++m.generation;
+}
+
+int64_t KVManager::length(SeqId seq) const {
+    Lock l(*state_);
+    return find(*state_, seq, "length").length;
+}
+
+bool KVManager::contains(SeqId seq) const {
+    Lock l(*state_);
+    return state_->seqs.count(seq) != 0;
+}
+
+std::vector<uint32_t> KVManager::block_table(SeqId seq) const {
+    Lock l(*state_);
+    const Sequence& s = find(*state_, seq, "block_table");
+    std::vector<uint32_t> out;
+    out.reserve(s.table.size());
+    for (BlockId b : s.table.blocks())
+        out.push_back(index(b));
+    return out;
+}
+
+std::vector<SeqId> KVManager::sequences() const {
+    Lock l(*state_);
+    std::vector<SeqId> out;
+    out.reserve(state_->seqs.size());
+    for (const auto& [id, s] : state_->seqs)
+        out.push_back(id);
+    return out;
+}
+
+uint64_t KVManager::pages_held() const {
+    Lock l(*state_);
+    std::unordered_set<uint32_t> pages;
+    for (const auto& [id, s] : state_->seqs)
+        for (BlockId b : s.table.blocks())
+            pages.insert(index(b));
+    return pages.size();
+}
+
+std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const Sequence& s = find(m, seq, "gather");
+    const PoolConfig& c = m.ps->config;
+    if (layer >= c.num_layers)
+        throw invalid(
+            fmt::format("gather: layer {} out of range, pool has {} layers", layer, c.num_layers));
+    const int64_t len = s.length;
+    std::pair<Tensor, Tensor> kv{
+        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, c.dtype),
+        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, c.dtype)};
+    if (len == 0) return kv;
+    std::vector<detail::RowEntry> entries;
+    entries.reserve(size_t(len));
+    for (int64_t t = 0; t < len; ++t)
+        entries.push_back({uint32_t(t), slot_of(s.table, t, c.block_size)});
+    detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
+                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), entries,
+                      c.num_kv_heads, uint32_t(len), true);
+    return kv;
+}
+
+Step KVManager::begin_step(std::span<const SeqId> seqs,
+                           std::span<const std::span<const int32_t>> token_ids) {
+    std::vector<uint32_t> counts;
+    counts.reserve(token_ids.size());
+    for (const auto& ids : token_ids) {
+        if (ids.size() > kMaxTokens)
+            throw Error(ErrorCode::CapacityExceeded,
+                        fmt::format("begin_step: {} new tokens for one sequence, more than {}",
+                                    ids.size(), kMaxTokens));
+        counts.push_back(uint32_t(ids.size()));
+    }
+    return begin_step(seqs, counts);
+}
+
+Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t> new_tokens) {
+    ManagerState& m = *state_;
+    Lock l(m);
+    const char* op = "begin_step";
+    return host_memory_guard(op, [&] {
+        const std::vector<Sequence*> seqs = resolve(m, ids, new_tokens, 0, op);
+        const PoolConfig& c = m.ps->config;
+        const uint32_t bs = c.block_size;
+        uint64_t total = 0, pages = 0;
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            total += new_tokens[i];
+            pages += (uint64_t(seqs[i]->length) + new_tokens[i] + bs - 1) / bs;
+        }
+        if (total * c.num_kv_heads > UINT32_MAX)
+            throw Error(ErrorCode::CapacityExceeded,
+                        fmt::format("{}: {} new tokens x {} kv heads exceed 32-bit indexing", op,
+                                    total, c.num_kv_heads));
+        const detail::GrowthPlan p = plan(m, seqs, new_tokens, 0);
+        check_pages(m, p, ids, op);
+
+        // Everything the step holds is made before the sequences change.
+        auto s = std::make_shared<StepState>();
+        s->manager = state_;
+        s->pool = m.owner;
+        s->seqs.assign(ids.begin(), ids.end());
+        s->new_tokens.assign(new_tokens.begin(), new_tokens.end());
+        s->total = uint32_t(total);
+        const size_t n = seqs.size();
+        s->slot_mapping.reserve(total);
+        s->entries.reserve(total);
+        s->rows.reserve(3 * total + pages);
+        s->indptr.reserve(n + 1);
+        s->indices.reserve(pages);
+        s->last_page_len.reserve(n);
+        s->first_slot.assign(n, 0);  // a manager's sequences start at slot 0 of their first page
+        s->lengths.reserve(n);
+        s->first_pos.reserve(n);
+        const auto bytes = [](uint64_t words) { return words * sizeof(uint32_t); };
+        s->entries_offset = 0;
+        s->rows_offset = align16(s->entries_offset + total * sizeof(detail::RowEntry));
+        s->slot_mapping_offset = align16(s->rows_offset + bytes(3 * total + pages));
+        s->indptr_offset = align16(s->slot_mapping_offset + bytes(total));
+        s->indices_offset = align16(s->indptr_offset + bytes(n + 1));
+        s->last_page_len_offset = align16(s->indices_offset + bytes(pages));
+        s->first_slot_offset = align16(s->last_page_len_offset + bytes(n));
+        const uint64_t size = align16(s->first_slot_offset + bytes(n));
+        s->buffer = detail::Buffer::create(*m.ps->device, size, detail::MemoryKind::Upload);
+
+        // Nothing below fails: the sequences change.
+        commit(m, seqs, p);
+        s->generation = m.generation;
+        const uint32_t H = c.num_kv_heads;
+        std::vector<uint32_t> row_first, row_len;
+        row_first.reserve(total);
+        row_len.reserve(total);
+        s->indptr.push_back(0);
+        for (size_t i = 0; i < n; ++i) {
+            Sequence& q = *seqs[i];
+            const int64_t before = q.length, after = before + new_tokens[i];
+            s->first_pos.push_back(before);
+            q.length = after;
+            for (int64_t pos = before; pos < after; ++pos) {
+                const uint32_t slot = slot_of(q.table, pos, bs);
+                s->entries.push_back({uint32_t(s->slot_mapping.size()) * H, slot});
+                s->slot_mapping.push_back(slot);
+                row_first.push_back(s->indptr.back());
+                row_len.push_back(uint32_t(pos + 1));
+            }
+            const size_t used = size_t((uint64_t(after) + bs - 1) / bs);
+            for (size_t b = 0; b < used; ++b)
+                s->indices.push_back(index(q.table[b]));
+            s->indptr.push_back(uint32_t(s->indices.size()));
+            s->last_page_len.push_back(after == 0 ? 0 : uint32_t((after - 1) % bs + 1));
+            s->lengths.push_back(after);
+            if (new_tokens[i] != 0) s->max_len = std::max(s->max_len, uint32_t(after));
+        }
+        // Attention's rows: first_page, length, first_slot (0) per token, then the indices.
+        s->rows = row_first;
+        s->rows.insert(s->rows.end(), row_len.begin(), row_len.end());
+        s->rows.resize(3 * size_t(total), 0);
+        s->rows.insert(s->rows.end(), s->indices.begin(), s->indices.end());
+
+        char* mapped = static_cast<char*>(s->buffer->mapped());
+        auto put = [&](uint64_t offset, const void* data, size_t len) {
+            if (len) std::memcpy(mapped + offset, data, len);
+        };
+        put(s->entries_offset, s->entries.data(), s->entries.size() * sizeof(detail::RowEntry));
+        put(s->rows_offset, s->rows.data(), bytes(s->rows.size()));
+        put(s->slot_mapping_offset, s->slot_mapping.data(), bytes(s->slot_mapping.size()));
+        put(s->indptr_offset, s->indptr.data(), bytes(s->indptr.size()));
+        put(s->indices_offset, s->indices.data(), bytes(s->indices.size()));
+        put(s->last_page_len_offset, s->last_page_len.data(), bytes(s->last_page_len.size()));
+        put(s->first_slot_offset, s->first_slot.data(), bytes(s->first_slot.size()));
+        return Step(std::move(s));
+    });
+}
+
+void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const Tensor& value) {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const char* op = "write";
+    const StepState& s = live_step(m, step, op);
+    const PoolConfig& c = m.ps->config;
+    if (layer >= c.num_layers)
+        throw invalid(
+            fmt::format("{}: layer {} out of range, pool has {} layers", op, layer, c.num_layers));
+    check_ragged(m, key, op, "key", s.total, c.num_kv_heads, c.head_dim);
+    check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
+    if (s.total == 0) return;
+    host_memory_guard(op, [&] {
+        // Inputs of another float dtype than the pool's: converted on the device first.
+        const Tensor k = detail::converted(key, c.dtype), v = detail::converted(value, c.dtype);
+        detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
+                          detail::Access::buffer(k), detail::Access::buffer(v), s.entries,
+                          c.num_kv_heads, 1, false, s.buffer.get(), s.entries_offset);
+    });
+}
+
+Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& query, float scale) {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const char* op = "attention";
+    const StepState& s = live_step(m, step, op);
+    const PoolConfig& c = m.ps->config;
+    if (layer >= c.num_layers)
+        throw invalid(
+            fmt::format("{}: layer {} out of range, pool has {} layers", op, layer, c.num_layers));
+    check_ragged(m, query, op, "query", s.total, c.num_kv_heads, c.head_dim, true);
+    detail::AttentionShape shape;
+    shape.batch = s.total;
+    shape.q_heads = uint32_t(query.shape()[1]);
+    shape.kv = m.ps->format;
+    shape.scale = default_scale(scale, c.head_dim);
+    detail::check_attention_shape(shape, op);
+    return host_memory_guard(op, [&] {
+        const Tensor q = detail::converted(query, c.dtype);
+        Tensor out = detail::Access::empty_tensor(
+            m.ps->device, {int64_t(s.total), int64_t(shape.q_heads), int64_t(c.v_head_dim)},
+            c.dtype);
+        detail::record_paged_attention(*m.ps->device, shape, detail::Access::buffer(q),
+                                       detail::Access::buffer(out), *m.ps->pages, layer, *s.buffer,
+                                       s.rows_offset, s.max_len);
+        return out;
+    });
+}
+
+void KVManager::end_step(Step&& step) {
+    Step ended = std::move(step);  // the reservation stays with the sequences
+}
+
+}  // namespace pagedkv

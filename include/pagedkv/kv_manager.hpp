@@ -1,0 +1,154 @@
+// KVManager: the serving engine's view of a pool. A scheduler admits sequences by id, grows
+// them each step, forks them for parallel sampling and beams, rolls them back after
+// speculative decoding and frees them when they end (vLLM's KVCacheManager, llama.cpp's
+// llama_memory_seq_*). Every step writes a ragged batch of new tokens, (total_tokens,
+// kv_heads, head_dim), and runs attention over it: begin_step builds the slot mapping and the
+// block table once for all layers, and write / attention reuse them for every layer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "pagedkv/block_pool.hpp"
+#include "pagedkv/export.h"
+#include "pagedkv/paged_view.hpp"
+#include "pagedkv/tensor.hpp"
+
+namespace pagedkv {
+
+// A sequence's id; never reused within a manager.
+using SeqId = uint64_t;
+
+struct ManagerOptions {
+    // The share of the pool's blocks that can_allocate keeps free for the sequences that are
+    // already running (so that admitting one more does not starve their next steps).
+    double watermark = 0.01;
+    // Sharing of cached full pages between sequences with the same prompt prefix (not yet
+    // implemented: a manager made with it on throws Unsupported).
+    bool prefix_caching = false;
+};
+
+namespace detail {
+struct ManagerState;
+struct StepState;
+struct Access;
+}  // namespace detail
+
+// One step of a KVManager: the sequences it writes, how many new tokens each, and on the
+// device the slot mapping and block tables that write(), attention() and view() read for
+// every layer. Made by KVManager::begin_step; ends with KVManager::end_step or when
+// destroyed. A step stays usable until the manager's sequences change (allocate, fork,
+// truncate, free, another begin_step): then its calls throw InvalidArgument.
+class PAGEDKV_API Step {
+  public:
+    Step() = default;
+    Step(Step&&) noexcept;
+    Step& operator=(Step&&) noexcept;
+    ~Step();
+
+    // The sequences, in the order their new tokens are packed.
+    const std::vector<SeqId>& sequences() const;
+    // New tokens of each sequence, and their sum (the rows of write's and attention's tensors).
+    const std::vector<uint32_t>& new_tokens() const;
+    uint32_t total_tokens() const;
+    // Position of each sequence's first new token (its length before the step).
+    const std::vector<int64_t>& first_positions() const;
+    // Page slot (block * block_size + slot) of each new token, in order.
+    const std::vector<uint32_t>& slot_mapping() const;
+
+    // What a runtime's own kernels need for one layer: the pool's pages and, on the device,
+    // the step's CSR block table (every sequence's pages after the step's tokens) and slot
+    // mapping. Records nothing and submits nothing; the view shares the step's table buffer.
+    PagedView view(uint32_t layer) const;
+
+    bool valid() const noexcept { return state_ != nullptr; }
+
+  private:
+    friend class KVManager;
+    friend struct detail::Access;
+    PAGEDKV_LOCAL explicit Step(std::shared_ptr<detail::StepState> s);
+    std::shared_ptr<detail::StepState> state_;
+};
+
+class PAGEDKV_API KVManager {
+  public:
+    KVManager(BlockPool& pool, ManagerOptions options = {});
+    ~KVManager();
+    KVManager(const KVManager&) = delete;
+    KVManager& operator=(const KVManager&) = delete;
+
+    // A new, empty sequence.
+    SeqId add_sequence();
+    // A new sequence for this prompt. With prefix caching on it would start holding the
+    // cached pages of its prompt's prefix; without, it is add_sequence() (the tokens are
+    // written by the steps that follow, as with any sequence).
+    SeqId add_sequence(std::span<const int32_t> prompt_tokens, uint64_t salt = 0);
+
+    // Pages that allocate(seqs, new_tokens, lookahead) would take from the pool: those past
+    // each sequence's table, and a copy of each shared page the new tokens land in.
+    uint64_t pages_needed(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens,
+                          uint32_t lookahead = 0) const;
+    // Whether allocate would succeed while keeping watermark x num_blocks pages free for the
+    // sequences already running (admission control).
+    bool can_allocate(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens) const;
+    // Reserves pages for that many new tokens (+ lookahead slots for speculative decoding) in
+    // every listed sequence, all or nothing, and copies the shared pages they will write
+    // (copy-on-write). OutOfBlocks names the sequences and page counts. The reservation stays
+    // until the tokens are written or the sequence is truncated or freed.
+    void allocate(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens,
+                  uint32_t lookahead = 0);
+
+    // A new sequence sharing every page of seq (copy-on-write), for parallel sampling and beams.
+    SeqId fork(SeqId seq);
+    // Keeps the first length tokens; a negative length drops -length tokens from the end
+    // (speculative rollback). Pages left without a token go back to the pool.
+    void truncate(SeqId seq, int64_t length);
+    // Ends a sequence: its pages go back to the pool (shared ones stay with their sharers).
+    void free(SeqId seq);
+
+    // Tokens of the sequence (including those of a step begun for it).
+    int64_t length(SeqId seq) const;
+    // The sequence's pages in logical order, reserved ones included.
+    std::vector<uint32_t> block_table(SeqId seq) const;
+    // Live sequences, ascending.
+    std::vector<SeqId> sequences() const;
+    bool contains(SeqId seq) const;
+    // That sequence's K and V of one layer, (kv_heads, length, head_dim) (v_head_dim for V),
+    // in the pool's dtype.
+    std::pair<Tensor, Tensor> gather(SeqId seq, uint32_t layer) const;
+
+    // Allocates like allocate(seqs, new_tokens) and builds, once for every layer, the step's
+    // slot mapping and block tables in device-readable memory (no submit). From here on,
+    // length(seq) includes the new tokens.
+    Step begin_step(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens);
+    // The same, given the ids of each sequence's new tokens (their counts are the sizes; the
+    // ids are for prefix caching, which is not implemented yet).
+    Step begin_step(std::span<const SeqId> seqs,
+                    std::span<const std::span<const int32_t>> token_ids);
+    // Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim) ("NHD"), tokens of
+    // the step's first sequence first. One dispatch (or copy command) for the whole step.
+    void write(const Step& step, uint32_t layer, const Tensor& key, const Tensor& value);
+    // Causal attention over the step: q is (total_tokens, q_heads, head_dim), q_heads a
+    // multiple of kv_heads (GQA); each new token attends to its sequence's tokens up to and
+    // including itself, read from the pages (prefill, chunked prefill and decode in one call).
+    // Returns (total_tokens, q_heads, v_head_dim) in the pool's dtype; scale <= 0 means
+    // 1 / sqrt(head_dim). Accumulates in f32.
+    Tensor attention(const Step& step, uint32_t layer, const Tensor& query, float scale = 0.0f);
+    // Ends the step (the Step destructor does the same): pages it reserved but no token used
+    // (lookahead) stay reserved for the next step.
+    void end_step(Step&& step);
+
+    BlockPool& pool() const;
+    const ManagerOptions& options() const noexcept;
+    // Pages the manager's sequences reference (shared pages counted once).
+    uint64_t pages_held() const;
+
+  private:
+    friend struct detail::Access;
+    std::shared_ptr<detail::ManagerState> state_;
+};
+
+}  // namespace pagedkv
