@@ -578,6 +578,30 @@ pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor, VkBuffer* 
     });
 }
 
+pagedkv_status pagedkv_tensor_vk_offset(const pagedkv_tensor* tensor,
+                                        VkDeviceSize* out_offset) noexcept {
+    return guarded("pagedkv_tensor_vk_offset", [&] {
+        const pagedkv::Tensor& t = need(tensor, "tensor").tensor;
+        need(out_offset, "out_offset");
+        *out_offset = t.vk_offset();
+    });
+}
+
+pagedkv_status pagedkv_tensor_wrap(pagedkv_context* context, VkBuffer buffer, VkDeviceSize offset,
+                                   VkDeviceSize buffer_size, const int64_t* shape, size_t rank,
+                                   pagedkv_dtype dtype, pagedkv_tensor** out_tensor) noexcept {
+    return guarded("pagedkv_tensor_wrap", [&] {
+        pagedkv_context& c = need(context, "context");
+        need(out_tensor, "out_tensor");
+        const std::span<const int64_t> dims = span_of(shape, rank, "shape");
+        auto handle = std::make_unique<pagedkv_tensor>();
+        handle->tensor = pagedkv::Tensor::wrap(c.ctx, buffer, offset,
+                                               std::vector<int64_t>(dims.begin(), dims.end()),
+                                               dtype_of(dtype), buffer_size);
+        *out_tensor = handle.release();
+    });
+}
+
 void pagedkv_tensor_destroy(pagedkv_tensor* tensor) noexcept {
     delete tensor;
 }

@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "cache/manager/access.hpp"
+#include "cache/manager/converted.hpp"
 #include "cache/manager/kv_copy.hpp"
 #include "cache/manager/manager_state.hpp"
 #include "cache/manager/step_plan.hpp"
@@ -169,16 +170,12 @@ const StepState& live_step(const ManagerState& m, const Step& step, const char* 
     return *s;
 }
 
-// A ragged tensor (total, heads, dim) of the pool's dtype on the pool's device.
+// A ragged tensor (total, heads, dim) on the pool's device (of any float dtype: converted).
 void check_ragged(const ManagerState& m, const Tensor& t, const char* op, const char* what,
                   uint32_t total, int64_t heads, uint32_t dim, bool heads_multiple = false) {
     if (!t.defined()) throw invalid(fmt::format("{}: {} is undefined", op, what));
     if (&detail::Access::device(t) != m.ps->device.get())
         throw invalid(fmt::format("{}: {} lives on another Context than the pool", op, what));
-    const PoolConfig& c = m.ps->config;
-    if (t.dtype() != c.dtype)
-        throw invalid(fmt::format("{}: {} has dtype {}, pool holds {}", op, what,
-                                  to_string(t.dtype()), to_string(c.dtype)));
     const auto& s = t.shape();
     if (s.size() != 3)
         throw invalid(fmt::format("{}: {} must be (total_tokens, heads, head_dim), got shape [{}]",
@@ -575,8 +572,10 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
     check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
     if (s.total == 0) return;
     host_memory_guard(op, [&] {
+        // Inputs of another float dtype than the pool's: converted on the device first.
+        const Tensor k = detail::converted(key, c.dtype), v = detail::converted(value, c.dtype);
         detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
-                          detail::Access::buffer(key), detail::Access::buffer(value), s.entries,
+                          detail::Access::buffer(k), detail::Access::buffer(v), s.entries,
                           c.num_kv_heads, 1, false, s.buffer.get(), s.entries_offset);
     });
 }
@@ -598,10 +597,11 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     return host_memory_guard(op, [&] {
+        const Tensor q = detail::converted(query, c.dtype);
         Tensor out = detail::Access::empty_tensor(
             m.ps->device, {int64_t(s.total), int64_t(shape.q_heads), int64_t(c.v_head_dim)},
             c.dtype);
-        detail::record_paged_attention(*m.ps->device, shape, detail::Access::buffer(query),
+        detail::record_paged_attention(*m.ps->device, shape, detail::Access::buffer(q),
                                        detail::Access::buffer(out), *m.ps->pages, layer, *s.buffer,
                                        s.rows_offset, s.max_len);
         return out;

@@ -8,6 +8,7 @@
 #include <unordered_set>
 
 #include "cache/manager/cache_state.hpp"
+#include "cache/manager/converted.hpp"
 #include "cache/manager/kv_copy.hpp"
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
@@ -55,9 +56,6 @@ std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, 
         if (!t.defined()) throw invalid(fmt::format("{}: {} is undefined", op, what));
         if (&detail::Access::device(t) != st.ps->device.get())
             throw invalid(fmt::format("{}: {} lives on another Context than the pool", op, what));
-        if (t.dtype() != c.dtype)
-            throw invalid(fmt::format("{}: {} has dtype {}, pool holds {}", op, what,
-                                      to_string(t.dtype()), to_string(c.dtype)));
         const auto& s = t.shape();
         if (s.size() != 4)
             throw invalid(
@@ -130,6 +128,10 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
                         {st.policy->keep_limit(), st.policy->reserved()}, op, plan);
     st.policy->check_capacity(B, plan.grown_lengths());
     plan.check_pages(alloc, op);
+    // Inputs of another float dtype than the pool's are converted on the device first, before
+    // anything changes (the conversion writes only its own new tensors).
+    const Tensor k = detail::converted(key, st.ps->config.dtype);
+    const Tensor v = detail::converted(value, st.ps->config.dtype);
     // What update() returns, and the upload space for the scatter's and gather's entries (one
     // upload per op, two ops at most each), are allocated before anything changes: running out
     // of memory for them leaves the cache as it was.
@@ -141,7 +143,7 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
                                             sizeof(detail::RowEntry));
     }
     st.ps->device->batches().reserve_upload(upload);
-    apply(plan, key, value);
+    apply(plan, k, v);
     if (out) gather_into(layer, *out);
 }
 

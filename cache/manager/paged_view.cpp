@@ -10,6 +10,7 @@
 
 #include "cache/manager/attention.hpp"
 #include "cache/manager/cache_state.hpp"
+#include "cache/manager/converted.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "shaders/kernels/attention.hpp"
@@ -66,15 +67,12 @@ float default_scale(float scale, uint32_t head_dim) {
     return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim));
 }
 
-// Checks a decode query against the layout: (batch, q_heads, 1, head_dim) of dtype on dev.
-void check_query(const Tensor& q, const detail::Device& dev, DType dtype, uint32_t batch,
-                 uint32_t head_dim, const char* op) {
+// Checks a decode query against the layout: (batch, q_heads, 1, head_dim) on dev.
+void check_query(const Tensor& q, const detail::Device& dev, uint32_t batch, uint32_t head_dim,
+                 const char* op) {
     if (!q.defined()) throw invalid(fmt::format("{}: query is undefined", op));
     if (&detail::Access::device(q) != &dev)
         throw invalid(fmt::format("{}: query lives on another Context than the cache", op));
-    if (q.dtype() != dtype)
-        throw invalid(fmt::format("{}: query has dtype {}, the cache holds {}", op,
-                                  to_string(q.dtype()), to_string(dtype)));
     const auto& s = q.shape();
     if (s.size() != 4 || s[2] != 1)
         throw invalid(
@@ -166,7 +164,7 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     st.check_layer(layer, op);
     const PoolConfig& c = st.ps->config;
     if (st.batch == 0) throw invalid("cached_attention: the cache holds no rows yet");
-    check_query(query, *st.ps->device, c.dtype, st.batch, c.head_dim, op);
+    check_query(query, *st.ps->device, st.batch, c.head_dim, op);
     detail::AttentionShape shape;
     shape.batch = st.batch;
     shape.q_heads = uint32_t(query.shape()[1]);
@@ -174,9 +172,11 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     const Csr csr = build_csr(st, layer);
+    // A query of another float dtype is converted to the pool's (the shader reads one dtype).
+    const Tensor q = detail::converted(query, c.dtype);
     Tensor out = detail::Access::empty_tensor(
         st.ps->device, {shape.batch, shape.q_heads, 1, c.v_head_dim}, c.dtype);
-    detail::record_paged_attention(*st.ps->device, shape, detail::Access::buffer(query),
+    detail::record_paged_attention(*st.ps->device, shape, detail::Access::buffer(q),
                                    detail::Access::buffer(out), *st.ps->pages, layer,
                                    {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
     return out;
@@ -194,7 +194,10 @@ Tensor contiguous_attention(const Tensor& query, const Tensor& k, const Tensor& 
     Device::CallLock l(dev);
     if (&Access::device(v) != &dev)
         throw invalid(fmt::format("{}: k and v live on different Contexts", op));
-    check_query(query, dev, k.dtype(), uint32_t(ks[0]), uint32_t(ks[3]), op);
+    check_query(query, dev, uint32_t(ks[0]), uint32_t(ks[3]), op);
+    if (query.dtype() != k.dtype())
+        throw invalid(fmt::format("{}: query has dtype {}, k holds {}", op,
+                                  to_string(query.dtype()), to_string(k.dtype())));
     if (v.dtype() != k.dtype() || v.shape()[0] != ks[0] || v.shape()[1] != ks[1] ||
         v.shape()[2] != ks[2] || lengths.size() != size_t(ks[0]))
         throw invalid(fmt::format("{}: k [{}], v [{}] and {} lengths disagree", op,

@@ -53,6 +53,15 @@ VkBuffer Tensor::vk_buffer() const {
     return buffer_->handle();
 }
 
+VkDeviceSize Tensor::vk_offset() const {
+    if (!buffer_) throw Error(ErrorCode::InvalidArgument, "vk_offset: the tensor is undefined");
+    return buffer_->offset();
+}
+
+bool Tensor::is_wrapped() const noexcept {
+    return buffer_ && buffer_->kind() == detail::MemoryKind::External;
+}
+
 VkDeviceAddress Tensor::device_address() const {
     if (!buffer_)
         throw Error(ErrorCode::InvalidArgument, "device_address: the tensor is undefined");
@@ -82,6 +91,30 @@ Tensor Tensor::empty_on(const std::shared_ptr<detail::Device>& device, std::vect
     t.dtype_ = dtype;
     t.buffer_ = detail::Buffer::create(*t.device_, uint64_t(n) * dtype_size(dtype),
                                        detail::MemoryKind::Tensor);
+    return t;
+}
+
+Tensor Tensor::wrap(Context& ctx, VkBuffer buffer, VkDeviceSize offset, std::vector<int64_t> shape,
+                    DType dtype, VkDeviceSize buffer_size) {
+    if (buffer == VK_NULL_HANDLE)
+        throw Error(ErrorCode::InvalidArgument, "wrap: the VkBuffer is null");
+    if (!known_dtype(dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("wrap: unknown dtype {}", static_cast<uint32_t>(dtype)));
+    if (offset % 4 != 0)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("wrap: offset {} is not a multiple of 4 bytes", offset));
+    const uint64_t bytes = uint64_t(checked_numel(shape)) * dtype_size(dtype);
+    if (buffer_size != VK_WHOLE_SIZE && (offset > buffer_size || bytes > buffer_size - offset))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("wrap: shape [{}] of {} needs bytes [{}, {}), the buffer has {}",
+                                fmt::join(shape, ", "), to_string(dtype), offset, offset + bytes,
+                                buffer_size));
+    Tensor t;
+    t.device_ = detail::Access::device_ptr(ctx);
+    t.buffer_ = detail::Buffer::wrap(*t.device_, buffer, offset, bytes, "wrap");
+    t.shape_ = std::move(shape);
+    t.dtype_ = dtype;
     return t;
 }
 

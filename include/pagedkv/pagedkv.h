@@ -192,11 +192,23 @@ PAGEDKV_API pagedkv_status pagedkv_tensor_numel(const pagedkv_tensor* tensor,
                                                 size_t* out_count) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_tensor_dtype(const pagedkv_tensor* tensor,
                                                 pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
-// The tensor's device buffer (its bytes start at offset 0) and device address, for the
-// caller's own shaders.
+// The tensor's device buffer and the address of its first byte, for the caller's own shaders.
+// Its bytes start at offset 0 of the buffer (at pagedkv_tensor_vk_offset for a wrapped one).
 PAGEDKV_API pagedkv_status pagedkv_tensor_vk_buffer(const pagedkv_tensor* tensor,
                                                     VkBuffer* out_buffer,
                                                     VkDeviceAddress* out_address) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_tensor_vk_offset(const pagedkv_tensor* tensor,
+                                                    VkDeviceSize* out_offset) PAGEDKV_NOEXCEPT;
+// A view of the caller's own buffer (Tensor::wrap in tensor.hpp says what it must be): bytes
+// [offset, offset + count * dtype size) of `buffer`, read in place wherever a tensor is taken,
+// never copied, written or freed by the library. buffer_size: the size the buffer was created
+// with, or VK_WHOLE_SIZE when unknown (then checked against its memory requirements only).
+// offset must be a multiple of 4.
+PAGEDKV_API pagedkv_status pagedkv_tensor_wrap(pagedkv_context* context, VkBuffer buffer,
+                                               VkDeviceSize offset, VkDeviceSize buffer_size,
+                                               const int64_t* shape, size_t rank,
+                                               pagedkv_dtype dtype,
+                                               pagedkv_tensor** out_tensor) PAGEDKV_NOEXCEPT;
 PAGEDKV_API void pagedkv_tensor_destroy(pagedkv_tensor* tensor) PAGEDKV_NOEXCEPT;
 
 // ---------------------------------------------------------------------------------------------

@@ -39,6 +39,27 @@ class PAGEDKV_API Tensor {
     // An uninitialised device tensor (the library fills it).
     static Tensor empty(Context& ctx, std::vector<int64_t> shape, DType dtype);
 
+    // A view of a host runtime's own buffer: the tensor's bytes are [offset, offset + nbytes())
+    // of `buffer`, read in place (no copy) wherever a Tensor is taken. The library never frees,
+    // caches or writes the buffer. The host guarantees:
+    //  - `buffer` was created on ctx's VkDevice with usage STORAGE_BUFFER | SHADER_DEVICE_ADDRESS
+    //    | TRANSFER_SRC | TRANSFER_DST, is bound to memory allocated with
+    //    VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT, and outlives every handle to the tensor and the
+    //    GPU work reading it (ctx.synchronize(), or finish_recording() of the recording);
+    //  - its writes to the range are done before a call reads the tensor: submitted and waited
+    //    for, or recorded earlier in the command buffer pagedkv records into (the barrier that
+    //    starts each call covers compute and transfer writes); and it does not overwrite the
+    //    range until the work reading it has finished.
+    // Checked (InvalidArgument, nothing made): a null buffer; an offset that is not a multiple
+    // of 4 (16 lets copies use the widest words); a negative dimension or an unknown dtype; a
+    // range past buffer_size when given, else past the buffer's vkGetBufferMemoryRequirements
+    // size (the only size Vulkan reports: it may round the created size up, so pass
+    // buffer_size to have an overrun of that slack caught too). Usage and memory binding cannot
+    // be queried; the validation layer reports them.
+    static Tensor wrap(Context& ctx, VkBuffer buffer, VkDeviceSize offset,
+                       std::vector<int64_t> shape, DType dtype,
+                       VkDeviceSize buffer_size = VK_WHOLE_SIZE);
+
     // Converts to f32 on the host; waits for the pending work that writes the tensor.
     std::vector<float> to_host() const;
 
@@ -50,10 +71,14 @@ class PAGEDKV_API Tensor {
     // Whether two handles share one device buffer.
     bool same_storage(const Tensor& other) const noexcept { return buffer_ == other.buffer_; }
 
-    // The device buffer, for a runtime's own shaders: the tensor's bytes start at offset 0
-    // (the buffer may be larger). Valid while a handle to the tensor lives.
+    // The device buffer, for a runtime's own shaders: the tensor's bytes start at vk_offset()
+    // (0 but for a wrapped tensor; the buffer may be larger). Valid while a handle to the
+    // tensor lives. device_address() is that of the first byte (vk_offset() included).
     VkBuffer vk_buffer() const;
+    VkDeviceSize vk_offset() const;
     VkDeviceAddress device_address() const;
+    // Whether the tensor is a view made by wrap().
+    bool is_wrapped() const noexcept;
 
   private:
     friend struct detail::Access;

@@ -74,8 +74,10 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
     if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
     const PageFormat& layout = pages.format();
     // The widest word that divides every stride keeps the shader's loads aligned.
+    // (A wrapped tensor may start at any multiple of 4 bytes into its VkBuffer.)
     uint64_t word = 16;
-    for (uint64_t v : {op.row_bytes, op.page_offset, op.page_offset2, layout.block_bytes()})
+    for (uint64_t v : {op.row_bytes, op.page_offset, op.page_offset2, layout.block_bytes(),
+                       op.tensor->offset(), op.tensor2 ? op.tensor2->offset() : 0})
         while (v % word)
             word /= 2;
     const Device::Pipeline* pipe = nullptr;
@@ -218,7 +220,7 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
         if (!tensor) continue;
         for (const Run& r : runs) {
             auto tensor_at = [&](uint32_t i, uint32_t h) {
-                return (uint64_t(r.row) + i + uint64_t(h) * op.head_stride) * rb;
+                return tensor->offset() + (uint64_t(r.row) + i + uint64_t(h) * op.head_stride) * rb;
             };
             if (r.slot == kNone) {  // gather past a row's end: zero padding
                 for (uint32_t h = 0; h < op.heads; ++h)

@@ -100,7 +100,7 @@ VkCommandBuffer Batches::record(std::initializer_list<Resource*> reads,
     bool hazard = needs_entry_barrier_;
     for (auto list : {reads, writes})
         for (Resource* r : list)
-            hazard = hazard || dirty_.count(r) != 0;
+            hazard = hazard || dirty_.count(r) != 0 || (r->may_alias() && !dirty_.empty());
     if (hazard) {
         barrier(open_->cmd);
         dirty_.clear();

@@ -29,6 +29,29 @@ std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, Memor
     return std::shared_ptr<Buffer>(make(*dev, size, kind).release());
 }
 
+std::shared_ptr<Buffer> Buffer::wrap(Device& dev, VkBuffer buffer, VkDeviceSize offset,
+                                     VkDeviceSize size, const char* op) {
+    if (buffer == VK_NULL_HANDLE)
+        throw Error(ErrorCode::InvalidArgument, fmt::format("{}: the VkBuffer is null", op));
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(dev.handle(), buffer, &req);
+    if (offset > req.size || size > req.size - offset)
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: bytes [{}, {}) do not fit the buffer, whose memory "
+                                "requirements are {} bytes",
+                                op, offset, offset + size, req.size));
+    std::shared_ptr<Buffer> b(new Buffer());
+    b->device_ = &dev;
+    b->kind_ = MemoryKind::External;
+    b->buffer_ = buffer;
+    b->offset_ = offset;
+    b->size_ = size;
+    VkBufferDeviceAddressInfo bdai{VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO};
+    bdai.buffer = buffer;
+    b->address_ = vkGetBufferDeviceAddress(dev.handle(), &bdai) + offset;
+    return b;
+}
+
 std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryKind kind) {
     Device* dev = &dev_ref;
     std::unique_ptr<Buffer> b(new Buffer());
@@ -62,6 +85,8 @@ std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryK
                                       : dev->memory_type(req.memoryTypeBits,
                                                          VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
             break;
+        case MemoryKind::External:
+            throw Error(ErrorCode::InvalidArgument, "Buffer::create: external buffers are wrapped");
     }
     VkMemoryAllocateFlagsInfo flags{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO};
     flags.flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT;
@@ -84,6 +109,7 @@ std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryK
 }
 
 Buffer::~Buffer() {
+    if (kind_ == MemoryKind::External) return;  // the host's buffer
     VkDevice d = device_->handle();
     if (mapped_) vkUnmapMemory(d, memory_);
     vkDestroyBuffer(d, buffer_, nullptr);
@@ -101,7 +127,7 @@ void Buffer::write(const void* src, VkDeviceSize bytes, VkDeviceSize offset) {
     Device::CallLock lock(*device_);
     Batches& batches = device_->batches();
     VkCommandBuffer cmd = batches.record({staging.get()}, {this});
-    VkBufferCopy region{0, offset, bytes};
+    VkBufferCopy region{0, offset_ + offset, bytes};
     vkCmdCopyBuffer(cmd, staging->handle(), buffer_, 1, &region);
     ++device_->counters().copies;
     batches.keep_alive(staging);
@@ -126,7 +152,7 @@ void Buffer::read(void* dst, VkDeviceSize bytes, VkDeviceSize offset) {
     }
     auto staging = Buffer::create(*device_, bytes, MemoryKind::Upload);
     VkCommandBuffer cmd = batches.record({this}, {staging.get()});
-    VkBufferCopy region{offset, 0, bytes};
+    VkBufferCopy region{offset_ + offset, 0, bytes};
     vkCmdCopyBuffer(cmd, buffer_, staging->handle(), 1, &region);
     ++device_->counters().copies;
     batches.wait(staging->last_write_serial);

@@ -620,6 +620,68 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     CHECK(used_blocks(pool) == 0);
 }
 
+// Wrapped tensors: a view of a VkBuffer the caller holds (here a library tensor's own buffer,
+// which has every usage wrap needs), read in place as K/V and by to_host, with its errors.
+static void test_wrap(pagedkv_context* ctx, pagedkv_pool* pool) {
+    // Row 0's K of 3 tokens, then its V, at byte 16 of one f16 buffer.
+    enum { N = HEADS * 3 * DIM };
+    float data[4 + 2 * N];
+    for (unsigned i = 0; i < 4; ++i)
+        data[i] = -1.0f;
+    for (unsigned h = 0; h < HEADS; ++h)
+        for (unsigned s = 0; s < 3; ++s)
+            for (unsigned d = 0; d < DIM; ++d) {
+                data[4 + (h * 3 + s) * DIM + d] = key_at(0, 0, h, s, d) / 1024.0f;
+                data[4 + N + (h * 3 + s) * DIM + d] = -key_at(0, 0, h, s, d) / 1024.0f;
+            }
+    const int64_t flat[1] = {4 + 2 * N};
+    pagedkv_tensor* holder = NULL;
+    OK(pagedkv_tensor_from_host(ctx, data, 4 + 2 * N, flat, 1, PAGEDKV_DTYPE_F32, &holder));
+    VkBuffer buffer = VK_NULL_HANDLE;
+    VkDeviceAddress address = 0;
+    OK(pagedkv_tensor_vk_buffer(holder, &buffer, &address));
+    const int64_t shape[4] = {1, HEADS, 3, DIM};
+    pagedkv_tensor *k = NULL, *v = NULL;
+    FAILS(pagedkv_tensor_wrap(ctx, VK_NULL_HANDLE, 16, VK_WHOLE_SIZE, shape, 4, PAGEDKV_DTYPE_F32,
+                              &k),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "VkBuffer is null");
+    FAILS(pagedkv_tensor_wrap(ctx, buffer, 18, VK_WHOLE_SIZE, shape, 4, PAGEDKV_DTYPE_F32, &k),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "offset 18 is not a multiple of 4");
+    FAILS(pagedkv_tensor_wrap(ctx, buffer, 16, 64, shape, 4, PAGEDKV_DTYPE_F32, &k),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "needs bytes [16, 112), the buffer has 64");
+    FAILS(pagedkv_tensor_wrap(ctx, buffer, 16, VK_WHOLE_SIZE, shape, 4, (pagedkv_dtype)9, &k),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "dtype 9");
+    CHECK(k == NULL);
+    OK(pagedkv_tensor_wrap(ctx, buffer, 16, VK_WHOLE_SIZE, shape, 4, PAGEDKV_DTYPE_F32, &k));
+    OK(pagedkv_tensor_wrap(ctx, buffer, 16 + N * 4, VK_WHOLE_SIZE, shape, 4, PAGEDKV_DTYPE_F32,
+                           &v));
+    VkBuffer wrapped = VK_NULL_HANDLE;
+    VkDeviceAddress wrapped_address = 0;
+    VkDeviceSize offset = 0;
+    OK(pagedkv_tensor_vk_buffer(k, &wrapped, &wrapped_address));
+    OK(pagedkv_tensor_vk_offset(k, &offset));
+    CHECK(wrapped == buffer && offset == 16 && wrapped_address == address + 16);
+    float back[N];
+    OK(pagedkv_tensor_to_host(v, back, N));
+    CHECK(memcmp(back, data + 4 + N, sizeof back) == 0);
+
+    pagedkv_cache* cache = NULL;
+    OK(pagedkv_cache_create_dynamic(pool, &cache));
+    pagedkv_tensor *keys = NULL, *values = NULL;
+    OK(pagedkv_cache_update(cache, k, v, 0, NULL, &keys, &values));
+    float got[N];
+    OK(pagedkv_tensor_to_host(keys, got, N));
+    CHECK(memcmp(got, data + 4, sizeof got) == 0);
+    OK(pagedkv_tensor_to_host(values, got, N));
+    CHECK(memcmp(got, data + 4 + N, sizeof got) == 0);
+    pagedkv_tensor_destroy(keys);
+    pagedkv_tensor_destroy(values);
+    pagedkv_tensor_destroy(k);
+    pagedkv_tensor_destroy(v);
+    pagedkv_cache_destroy(cache);
+    pagedkv_tensor_destroy(holder);  // the buffer's owner goes last
+}
+
 int main(void) {
     test_errors_and_names();
 
@@ -681,6 +743,7 @@ int main(void) {
     CHECK(memcmp(back, four, sizeof four) == 0);
     pagedkv_tensor_destroy(t);
 
+    test_wrap(ctx, pool);
     test_dynamic(ctx, pool);
     test_static(ctx, pool);
     test_sliding_window(ctx, pool);
