@@ -16,6 +16,7 @@
 #include "cache/manager/kv_copy.hpp"
 #include "cache/manager/manager_state.hpp"
 #include "cache/manager/step_plan.hpp"
+#include "cache/manager/view_pages.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/attention.hpp"
 #include "shaders/kernels/page_copy.hpp"
@@ -227,28 +228,9 @@ PagedView Step::view(uint32_t layer) const {
     const ManagerState& m = *s.manager;
     Lock l(m);
     live_step(m, *this, "Step::view");
-    const PageFormat& lay = m.ps->format;
-    if (layer >= lay.num_layers)
-        throw invalid(fmt::format("Step::view: layer {} out of range, pool has {} layers", layer,
-                                  lay.num_layers));
-    const detail::PageSlabs& storage = *m.ps->pages;
-    PagedView v;
-    v.layer = layer;
+    m.check_layer(layer, "Step::view");
+    PagedView v = detail::view_pages(*m.ps, layer);
     v.batch = uint32_t(s.seqs.size());
-    v.kv_heads = lay.num_kv_heads;
-    v.head_dim = lay.head_dim;
-    v.v_head_dim = lay.v_head_dim;
-    v.block_size = lay.block_size;
-    v.dtype = lay.dtype;
-    for (const auto& slab : storage.slabs()) {
-        v.slabs.push_back(slab->handle());
-        v.slab_addresses.push_back(slab->address());
-    }
-    v.slab_table = storage.slab_table().address();
-    v.slab_shift = storage.slab_shift();
-    v.block_bytes = lay.block_bytes();
-    v.k_offset = lay.page_offset(layer, false);
-    v.v_offset = lay.page_offset(layer, true);
     v.table = s.buffer->handle();
     const VkDeviceAddress base = s.buffer->address();
     v.indptr_offset = s.indptr_offset;
@@ -430,9 +412,7 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     Lock l(m);
     const Sequence& s = find(m, seq, "gather");
     const PoolConfig& c = m.ps->config;
-    if (layer >= c.num_layers)
-        throw invalid(
-            fmt::format("gather: layer {} out of range, pool has {} layers", layer, c.num_layers));
+    m.check_layer(layer, "gather");
     const int64_t len = detail::length_of(s);
     std::pair<Tensor, Tensor> kv{
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, c.dtype),
@@ -565,9 +545,7 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
     const char* op = "write";
     const StepState& s = live_step(m, step, op);
     const PoolConfig& c = m.ps->config;
-    if (layer >= c.num_layers)
-        throw invalid(
-            fmt::format("{}: layer {} out of range, pool has {} layers", op, layer, c.num_layers));
+    m.check_layer(layer, op);
     check_ragged(m, key, op, "key", s.total, c.num_kv_heads, c.head_dim);
     check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
     if (s.total == 0) return;
@@ -586,9 +564,7 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
     const char* op = "attention";
     const StepState& s = live_step(m, step, op);
     const PoolConfig& c = m.ps->config;
-    if (layer >= c.num_layers)
-        throw invalid(
-            fmt::format("{}: layer {} out of range, pool has {} layers", op, layer, c.num_layers));
+    m.check_layer(layer, op);
     check_ragged(m, query, op, "query", s.total, c.num_kv_heads, c.head_dim, true);
     detail::AttentionShape shape;
     shape.batch = s.total;

@@ -4,11 +4,14 @@
 
 #include <cstdint>
 #include <memory>
+
+#include <fmt/format.h>
 #include <vector>
 
 #include "allocator/block_table.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/manager/sequence.hpp"
+#include "pagedkv/error.hpp"
 #include "pagedkv/kv_manager.hpp"
 #include "shaders/kernels/row_copy.hpp"
 #include "shaders/vulkan/buffer.hpp"
@@ -32,6 +35,14 @@ struct ManagerState {
     // generation is stale.
     uint64_t generation = 0;
     bool alive = true;  // false once the KVManager is destroyed (steps may outlive it)
+
+    // Throws InvalidArgument naming op when layer is not one of the pool's.
+    void check_layer(uint32_t layer, const char* op) const {
+        if (layer >= ps->config.num_layers)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: layer {} out of range, pool has {} layers", op, layer,
+                                    ps->config.num_layers));
+    }
 };
 
 inline int64_t length_of(const Sequence& s) {

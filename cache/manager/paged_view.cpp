@@ -11,6 +11,7 @@
 #include "cache/manager/attention.hpp"
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/converted.hpp"
+#include "cache/manager/view_pages.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
 #include "shaders/kernels/attention.hpp"
@@ -100,26 +101,8 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     // that makes them visible to later compute and transfer commands).
     detail::Batches& batches = st.ps->device->batches();
     if (!batches.recording_external()) batches.flush();
-    const PageFormat& lay = st.ps->format;
-    const detail::PageSlabs& storage = *st.ps->pages;
-    PagedView v;
-    v.layer = layer;
+    PagedView v = detail::view_pages(*st.ps, layer);
     v.batch = st.batch;
-    v.kv_heads = lay.num_kv_heads;
-    v.head_dim = lay.head_dim;
-    v.v_head_dim = lay.v_head_dim;
-    v.block_size = lay.block_size;
-    v.dtype = lay.dtype;
-    v.layout = lay.layout;
-    for (const auto& slab : storage.slabs()) {
-        v.slabs.push_back(slab->handle());
-        v.slab_addresses.push_back(slab->address());
-    }
-    v.slab_table = storage.slab_table().address();
-    v.slab_shift = storage.slab_shift();
-    v.block_bytes = lay.block_bytes();
-    v.k_offset = lay.page_offset(layer, false);
-    v.v_offset = lay.page_offset(layer, true);
 
     Csr csr = build_csr(st, layer);
     v.host_indptr = std::move(csr.indptr);

@@ -141,7 +141,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     if (missing_tables)
         throw invalid(
             fmt::format("{}: {} block tables holding {} page references belong to "
-                        "caches or managers not given; pass every cache and manager over the pool",
+                        "caches not given; pass every cache and KVManager over the pool",
                         op, missing_tables, missing_refs));
 
     SnapshotData s;

@@ -474,7 +474,7 @@ TEST_CASE("KVManager: snapshots record a manager's sequences as a dynamic cache'
         save_snapshot(path, pool, caches, {}, {true});
         FAIL("a manager's pages were not explained");
     } catch (const Error& e) {
-        REQUIRE_THAT(e.what(), Catch::Contains("caches or managers not given"));
+        REQUIRE_THAT(e.what(), Catch::Contains("caches not given; pass every cache and KVManager"));
     }
     save_snapshot(path, pool, caches, managers, {true});
     const DetailedStats stats = detailed_stats(pool, caches, managers);

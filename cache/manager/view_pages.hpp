@@ -1,0 +1,34 @@
+// view_pages: the part of a PagedView that describes the pool's pages (dims, layout, slabs,
+// where one layer's K and V pages sit in a block), shared by a cache's view and a step's view;
+// each fills in its own block table.
+#pragma once
+
+#include "cache/manager/pool_state.hpp"
+#include "pagedkv/paged_view.hpp"
+
+namespace pagedkv::detail {
+
+inline PagedView view_pages(const PoolState& ps, uint32_t layer) {
+    const PageFormat& lay = ps.format;
+    const PageSlabs& storage = *ps.pages;
+    PagedView v;
+    v.layer = layer;
+    v.kv_heads = lay.num_kv_heads;
+    v.head_dim = lay.head_dim;
+    v.v_head_dim = lay.v_head_dim;
+    v.block_size = lay.block_size;
+    v.dtype = lay.dtype;
+    v.layout = lay.layout;
+    for (const auto& slab : storage.slabs()) {
+        v.slabs.push_back(slab->handle());
+        v.slab_addresses.push_back(slab->address());
+    }
+    v.slab_table = storage.slab_table().address();
+    v.slab_shift = storage.slab_shift();
+    v.block_bytes = lay.block_bytes();
+    v.k_offset = lay.page_offset(layer, false);
+    v.v_offset = lay.page_offset(layer, true);
+    return v;
+}
+
+}  // namespace pagedkv::detail
