@@ -219,8 +219,9 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
         const auto [tensor, page_offset] = members[m];
         if (!tensor) continue;
         for (const Run& r : runs) {
+            const uint64_t base = tensor->offset();  // (a lambda may not name a binding in C++20)
             auto tensor_at = [&](uint32_t i, uint32_t h) {
-                return tensor->offset() + (uint64_t(r.row) + i + uint64_t(h) * op.head_stride) * rb;
+                return base + (uint64_t(r.row) + i + uint64_t(h) * op.head_stride) * rb;
             };
             if (r.slot == kNone) {  // gather past a row's end: zero padding
                 for (uint32_t h = 0; h < op.heads; ++h)
