@@ -69,12 +69,13 @@ void BlockAllocator::release_each(std::span<const BlockId> blocks, size_t& done,
     const uint64_t n = num_blocks();
     BlockId* const fl = free_.get();
     size_t top = free_top_;
-    uint64_t freed = 0, unshared = 0;
+    uint64_t freed = 0, to_lru = 0, unshared = 0;
     auto commit = [&] {
         free_top_ = top;
-        counters_.used_blocks -= freed;
+        counters_.used_blocks -= freed + to_lru;
         counters_.free_blocks += freed;
-        counters_.releases += freed;
+        counters_.cached_blocks += to_lru;
+        counters_.releases += freed + to_lru;
         counters_.shared_blocks -= unshared;
     };
     // A table's pages lie anywhere in a large pool: ask for the reference counts a few pages
@@ -110,8 +111,13 @@ void BlockAllocator::release_each(std::span<const BlockId> blocks, size_t& done,
         const uint8_t left = uint8_t(r - 1);
         rc[x] = left;
         if (left == 0) {
-            fl[top++] = b;
-            ++freed;
+            if (caching_ && cached_[x]) [[unlikely]] {
+                lru_push_back(x);
+                ++to_lru;
+            } else {
+                fl[top++] = b;
+                ++freed;
+            }
         } else {
             unshared += left == 1;
         }
@@ -142,8 +148,89 @@ void BlockAllocator::unregister_table(BlockTable* t) noexcept {
 }
 
 void BlockAllocator::throw_out_of_blocks(uint64_t n) const {
+    if (counters_.cached_blocks)
+        throw Error(ErrorCode::OutOfBlocks,
+                    fmt::format("out of blocks: need {} pages, {} of {} free and {} evictable", n,
+                                free_top_, num_blocks(), counters_.cached_blocks));
     throw Error(ErrorCode::OutOfBlocks, fmt::format("out of blocks: need {} pages, {} of {} free",
                                                     n, free_top_, num_blocks()));
+}
+
+void BlockAllocator::evict_for(uint64_t n, std::vector<BlockId>& out) {
+    if (n > free_top_ + counters_.cached_blocks) throw_out_of_blocks(n);
+    if (n > out.capacity() - out.size()) make_room(out, n);  // may throw: nothing changed
+    // Each eviction frees at least one block (the listener may free more: children whose
+    // parent went), so this ends; nothing below throws.
+    while (free_top_ < n) {
+        const uint32_t x = lru_next_[lru_end_];
+        lru_unlink(x);
+        cached_[x] = 0;
+        --counters_.cached_blocks;
+        ++counters_.free_blocks;
+        free_[free_top_++] = BlockId{x};
+        ++evictions_;
+        if (listener_) listener_->evicted(BlockId{x});
+    }
+}
+
+void BlockAllocator::enable_caching(EvictionListener* listener) {
+    if (!caching_) {
+        const uint64_t n = num_blocks();
+        auto flags = std::make_unique<uint8_t[]>(n);  // zeroed
+        auto prev = std::make_unique_for_overwrite<uint32_t[]>(n + 1);
+        auto next = std::make_unique_for_overwrite<uint32_t[]>(n + 1);
+        lru_end_ = uint32_t(n);
+        prev[n] = next[n] = uint32_t(n);
+        cached_ = std::move(flags);
+        lru_prev_ = std::move(prev);
+        lru_next_ = std::move(next);
+        caching_ = true;
+    }
+    listener_ = listener;
+}
+
+void BlockAllocator::disable_caching() noexcept {
+    listener_ = nullptr;
+}
+
+void BlockAllocator::mark_cached(BlockId b) {
+    if (!caching_) throw Error(ErrorCode::InvalidArgument, "mark_cached: caching is not enabled");
+    if (index(b) >= num_blocks() || refcount_[index(b)] == 0) throw_not_in_use(b, "mark_cached");
+    cached_[index(b)] = 1;
+}
+
+void BlockAllocator::uncache(BlockId b) noexcept {
+    const uint32_t x = index(b);
+    if (!caching_ || x >= num_blocks() || !cached_[x]) return;
+    cached_[x] = 0;
+    if (refcount_[x] != 0) return;
+    lru_unlink(x);
+    --counters_.cached_blocks;
+    ++counters_.free_blocks;
+    free_[free_top_++] = b;
+}
+
+void BlockAllocator::reuse(BlockId b) {
+    const uint32_t x = index(b);
+    if (!is_cached(b))
+        throw Error(ErrorCode::InvalidArgument, fmt::format("reuse: block {} is not cached", x));
+    if (refcount_[x] != 0) return retain(b);
+    lru_unlink(x);
+    refcount_[x] = 1;
+    --counters_.cached_blocks;
+    ++counters_.used_blocks;
+    ++counters_.allocations;
+    if (counters_.used_blocks > counters_.peak_used_blocks)
+        counters_.peak_used_blocks = counters_.used_blocks;
+}
+
+std::vector<BlockId> BlockAllocator::evictable() const {
+    std::vector<BlockId> out;
+    if (!caching_) return out;
+    out.reserve(counters_.cached_blocks);
+    for (uint32_t x = lru_next_[lru_end_]; x != lru_end_; x = lru_next_[x])
+        out.push_back(BlockId{x});
+    return out;
 }
 
 void BlockAllocator::throw_not_in_use(BlockId b, const char* what) const {
@@ -174,6 +261,11 @@ AllocatorState BlockAllocator::state() const {
     AllocatorState s;
     s.refcounts = refcounts();
     s.free_list.assign(free_.get(), free_.get() + free_top_);
+    if (caching_) {
+        for (uint64_t b = 0; b < num_blocks(); ++b)
+            if (cached_[b]) s.cached.push_back(BlockId(b));
+        s.evictable = evictable();
+    }
     s.peak_used_blocks = counters_.peak_used_blocks;
     s.allocations = counters_.allocations;
     s.releases = counters_.releases;
@@ -201,12 +293,42 @@ std::optional<StateProblem> check_state(const AllocatorState& s, uint64_t n) {
             return at(
                 fmt::format("block {} is on the free list but has refcount {}", b, s.refcounts[b]));
     }
+    // Cached blocks: ascending, in range, none on the free list.
+    std::vector<uint8_t> cached(n, 0);
+    for (size_t i = 0; i < s.cached.size(); ++i) {
+        const uint32_t b = index(s.cached[i]);
+        auto at = [&](std::string what) {
+            return StateProblem{W::Cached, i, fmt::format("cached[{}]", i), std::move(what)};
+        };
+        if (b >= n) return at(fmt::format("block {} out of range, the pool has {} blocks", b, n));
+        if (i > 0 && b <= index(s.cached[i - 1]))
+            return at(fmt::format("block {} is not above the one before it", b));
+        if (first_seen[b] != UINT64_MAX)
+            return at(fmt::format("block {} is cached but on the free list (free_list[{}])", b,
+                                  first_seen[b]));
+        cached[b] = 1;
+    }
+    // Evictable blocks: cached, of refcount 0, each once.
+    for (size_t i = 0; i < s.evictable.size(); ++i) {
+        const uint32_t b = index(s.evictable[i]);
+        auto at = [&](std::string what) {
+            return StateProblem{W::Evictable, i, fmt::format("evictable[{}]", i), std::move(what)};
+        };
+        if (b >= n) return at(fmt::format("block {} out of range, the pool has {} blocks", b, n));
+        if (cached[b] != 1)
+            return at(cached[b] == 2 ? fmt::format("block {} is evictable twice", b)
+                                     : fmt::format("block {} is evictable but not cached", b));
+        if (s.refcounts[b] != 0)
+            return at(fmt::format("block {} is evictable but has refcount {}", b, s.refcounts[b]));
+        cached[b] = 2;
+    }
     uint64_t used = 0;
     for (uint64_t b = 0; b < n; ++b) {
-        if (s.refcounts[b] == 0 && first_seen[b] == UINT64_MAX)
+        if (s.refcounts[b] == 0 && first_seen[b] == UINT64_MAX && cached[b] != 2)
             return StateProblem{
                 W::Refcounts, b, fmt::format("refcounts[{}]", b),
-                fmt::format("block {} has refcount 0 but is not on the free list", b)};
+                cached[b] ? fmt::format("block {} is cached with refcount 0 but not evictable", b)
+                          : fmt::format("block {} has refcount 0 but is not on the free list", b)};
         used += s.refcounts[b] > 0;
     }
     if (s.peak_used_blocks < used || s.peak_used_blocks > n)
@@ -242,6 +364,10 @@ void BlockAllocator::restore(const AllocatorState& s) {
                                     t->size()));
     if (const auto problem = check_state(s, n))
         throw Error(ErrorCode::InvalidArgument, "BlockAllocator::restore: " + problem->what);
+    if (!s.cached.empty() && !caching_)
+        throw Error(ErrorCode::InvalidArgument,
+                    "BlockAllocator::restore: the state has cached blocks but caching is not "
+                    "enabled");
     // The new arrays first (they may throw bad_alloc), then nothing that throws.
     auto refcounts = std::make_unique_for_overwrite<uint8_t[]>(n);
     std::unordered_map<uint32_t, uint32_t> big;
@@ -259,8 +385,17 @@ void BlockAllocator::restore(const AllocatorState& s) {
     big_.swap(big);
     free_.swap(free_list);
     free_top_ = s.free_list.size();
+    if (caching_) {
+        std::fill(cached_.get(), cached_.get() + n, uint8_t{0});
+        for (BlockId b : s.cached)
+            cached_[index(b)] = 1;
+        lru_prev_[lru_end_] = lru_next_[lru_end_] = lru_end_;
+        for (BlockId b : s.evictable)
+            lru_push_back(index(b));
+    }
     counters_.used_blocks = used;
-    counters_.free_blocks = n - used;
+    counters_.free_blocks = s.free_list.size();
+    counters_.cached_blocks = s.evictable.size();
     counters_.shared_blocks = shared;
     counters_.peak_used_blocks = s.peak_used_blocks;
     counters_.allocations = s.allocations;
@@ -272,9 +407,21 @@ std::string BlockAllocator::check() const {
     if (counters_.free_blocks != free_top_)
         return fmt::format("free counter {} != free list length {}", counters_.free_blocks,
                            free_top_);
-    if (counters_.used_blocks + counters_.free_blocks != n)
-        return fmt::format("used {} + free {} != total {}", counters_.used_blocks,
-                           counters_.free_blocks, n);
+    if (counters_.used_blocks + counters_.free_blocks + counters_.cached_blocks != n)
+        return fmt::format("used {} + free {} + evictable {} != total {}", counters_.used_blocks,
+                           counters_.free_blocks, counters_.cached_blocks, n);
+    if (caching_) {
+        // The evictable list, walked both ways: as long as the counter, and linked back.
+        uint64_t walked = 0;
+        for (uint32_t x = lru_next_[lru_end_]; x != lru_end_ && walked <= n; x = lru_next_[x]) {
+            if (x >= n || lru_prev_[lru_next_[x]] != x)
+                return fmt::format("the evictable list is broken at block {}", x);
+            ++walked;
+        }
+        if (walked != counters_.cached_blocks)
+            return fmt::format("evictable counter {} != evictable list length {}",
+                               counters_.cached_blocks, walked);
+    }
     // The large counts: each where its byte says so, and large.
     uint64_t marked = 0;
     for (uint64_t b = 0; b < n; ++b)

@@ -29,6 +29,7 @@ class BlockTable {
     BlockId operator[](size_t i) const { return blocks_[i]; }
     BlockAllocator& allocator() const noexcept { return *alloc_; }
 
+    void reserve(size_t n) { blocks_.reserve(n); }
     // Takes over references the caller already holds (fresh blocks from allocate()).
     void adopt_back(std::span<const BlockId> fresh) {
         if (fresh.size() == 1)  // a sequence growing by a page at a time

@@ -106,7 +106,9 @@ PoolStats BlockPool::stats() const {
 
 std::string BlockPool::check() const {
     std::lock_guard lock(state_->device->mutex());
-    return state_->allocator.check();
+    std::string problem = state_->allocator.check();
+    if (problem.empty() && state_->prefix) problem = state_->prefix->check();
+    return problem;
 }
 bool BlockPool::validate() const {
     return check().empty();

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <unordered_set>
 
 #include "cache/manager/access.hpp"
@@ -108,7 +109,7 @@ detail::GrowthPlan plan(const ManagerState& m, const std::vector<Sequence*>& seq
 // OutOfBlocks naming each sequence that needs pages, unless the pool has them.
 void check_pages(const ManagerState& m, const detail::GrowthPlan& p, std::span<const SeqId> ids,
                  const char* op) {
-    const uint64_t free = m.ps->allocator.free_blocks();
+    const uint64_t free = m.ps->allocator.available_blocks();  // evictable pages count
     if (p.needed <= free) return;
     std::vector<std::string> who;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -119,8 +120,12 @@ void check_pages(const ManagerState& m, const detail::GrowthPlan& p, std::span<c
                           : fmt::format("sequence {}: {} ({} of them copies of shared pages)",
                                         ids[i], s.extra + s.copies.size(), s.copies.size()));
     }
-    throw Error(ErrorCode::OutOfBlocks, fmt::format("{}: needs {} pages ({}), the pool has {} free",
-                                                    op, p.needed, fmt::join(who, ", "), free));
+    throw Error(ErrorCode::OutOfBlocks,
+                fmt::format("{}: needs {} pages ({}), the pool has {} free{}", op, p.needed,
+                            fmt::join(who, ", "), free,
+                            m.ps->allocator.counters().cached_blocks
+                                ? fmt::format(" (evictable ones included)")
+                                : std::string()));
 }
 
 // Commits a checked plan: fresh pages, copies of the shared pages written, appended pages.
@@ -143,6 +148,32 @@ void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::G
     }
     detail::record_page_copies(*m.ps->device, *m.ps->pages, copies);
     m.ps->pages_copied += copies.size();
+}
+
+// Prefix caching: registers the full pages of a sequence that are not in the index yet, each
+// after its parent. Best effort (nothing is lost when a page is not registered: it is only not
+// shared), so it never throws.
+void register_pages(ManagerState& m, const Sequence& s, ManagerState::Track& t) noexcept {
+    if (!m.index || !t.known) return;
+    const uint32_t bs = m.ps->config.block_size;
+    const size_t full = std::min<size_t>(t.tokens.size(), s.table.size() * bs) / bs;
+    // An anchor that left the index (evicted, reset) means starting again from the first page:
+    // the pages before it are found again (or registered again) one by one.
+    if (t.anchored > 0 && m.index->serial(t.anchor) != t.anchor_serial) t.anchored = 0;
+    try {
+        while (t.anchored < full) {
+            const size_t k = t.anchored;
+            const auto r =
+                m.index->insert(s.table[k], k == 0 ? PrefixEntry::kNoParent : index(t.anchor),
+                                t.salt, std::span(t.tokens).subspan(k * bs, bs));
+            if (r.what != PrefixIndex::Insert::Added && r.what != PrefixIndex::Insert::Duplicate)
+                return;  // a hash collision: this sequence's pages past here stay unshared
+            t.anchor = r.found;
+            t.anchor_serial = m.index->serial(r.found);
+            ++t.anchored;
+        }
+    } catch (...) {  // out of host memory in the index: the page stays unregistered
+    }
 }
 
 uint32_t slot_of(const BlockTable& t, int64_t position, uint32_t bs) {
@@ -190,6 +221,11 @@ void check_ragged(const ManagerState& m, const Tensor& t, const char* op, const 
         throw invalid(
             fmt::format("{}: {} has head_dim {}, pool layout has {}", op, what, s[2], dim));
 }
+
+std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state,
+                                      std::span<const SeqId> ids,
+                                      std::span<const uint32_t> new_tokens,
+                                      std::span<const std::span<const int32_t>> token_ids);
 
 }  // namespace
 
@@ -260,18 +296,22 @@ KVManager::KVManager(BlockPool& pool, ManagerOptions options) {
     if (!(options.watermark >= 0.0 && options.watermark < 1.0))
         throw invalid(
             fmt::format("KVManager: watermark must be in [0, 1), got {}", options.watermark));
-    if (options.prefix_caching)
-        throw Error(ErrorCode::Unsupported,
-                    "KVManager: prefix caching is not implemented yet (ManagerOptions::"
-                    "prefix_caching must be false)");
-    state_ = std::make_shared<ManagerState>(detail::Access::shared_pool(pool), options);
+    auto state = std::make_shared<ManagerState>(detail::Access::shared_pool(pool), options);
+    if (options.prefix_caching) {
+        detail::PoolState& ps = *state->ps;
+        detail::Device::CallLock l(*ps.device);
+        if (!ps.prefix)
+            ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
+        state->index = ps.prefix.get();
+    }
+    state_ = std::move(state);
 }
 
 KVManager::~KVManager() {
     if (!state_) return;
     detail::Device::CallLock l(*state_->ps->device);
     state_->seqs.clear();  // the tables give their pages back
-    state_->alive = false;
+    state_->tracks.clear();
     ++state_->generation;
 }
 
@@ -285,17 +325,53 @@ const ManagerOptions& KVManager::options() const noexcept {
 }
 
 SeqId KVManager::add_sequence() {
-    ManagerState& m = *state_;
-    Lock l(m);
-    return host_memory_guard("add_sequence", [&] { return m.seqs.add(); });
+    return add_sequence(std::span<const int32_t>{}, 0);
 }
 
-SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t /*salt*/) {
+SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t salt) {
     if (prompt_tokens.size() > kMaxTokens)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("add_sequence: a prompt of {} tokens, more than {}",
                                 prompt_tokens.size(), kMaxTokens));
-    return add_sequence();
+    ManagerState& m = *state_;
+    Lock l(m);
+    return host_memory_guard("add_sequence", [&] {
+        if (!m.index) return m.seqs.add();
+        // The longest cached run of full pages, leaving at least one token to compute.
+        const uint32_t bs = m.ps->config.block_size;
+        const size_t max_pages = prompt_tokens.empty() ? 0 : (prompt_tokens.size() - 1) / bs;
+        const std::vector<BlockId> hit = m.index->match(prompt_tokens, salt, max_pages);
+        const size_t held = hit.size() * bs;
+        ManagerState::Track t;
+        t.tokens.assign(prompt_tokens.begin(), prompt_tokens.begin() + ptrdiff_t(held));
+        t.salt = salt;
+        t.anchored = hit.size();
+        if (!hit.empty()) {
+            t.anchor = hit.back();
+            t.anchor_serial = m.index->serial(hit.back());
+        }
+        Sequence s(m.ps->allocator, m.ps->config.num_layers);
+        s.table.reserve(hit.size());
+        // Everything that allocates is done; nothing below throws but add's map node and
+        // the track's, undone if the second fails.
+        const SeqId id = m.seqs.add(std::move(s));
+        try {
+            m.tracks.emplace(id, std::move(t));
+        } catch (...) {
+            m.seqs.erase(id);
+            throw;
+        }
+        Sequence& q = m.seqs.at(id);
+        for (BlockId b : hit)
+            m.ps->allocator.reuse(b);  // takes an evictable page off the list
+        q.table.adopt_back(hit);
+        detail::set_length(q, int64_t(held));
+        ++m.lookups.queries;
+        m.lookups.query_tokens += prompt_tokens.size();
+        m.lookups.hit_tokens += held;
+        ++m.generation;
+        return id;
+    });
 }
 
 uint64_t KVManager::pages_needed(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens,
@@ -317,7 +393,7 @@ bool KVManager::can_allocate(std::span<const SeqId> seqs,
         const uint64_t needed =
             plan(m, resolve(m, seqs, new_tokens, 0, "can_allocate"), new_tokens, 0).needed;
         const uint64_t keep = uint64_t(m.options.watermark * double(m.ps->config.num_blocks));
-        const uint64_t free = m.ps->allocator.free_blocks();
+        const uint64_t free = m.ps->allocator.available_blocks();
         return free >= keep && needed <= free - keep;
     });
 }
@@ -343,7 +419,17 @@ SeqId KVManager::fork(SeqId seq) {
         const uint32_t bs = m.ps->config.block_size;
         const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
         if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+        std::optional<ManagerState::Track> track;
+        if (const auto it = m.tracks.find(seq); it != m.tracks.end()) track = it->second;
         const SeqId id = m.seqs.add(std::move(s));
+        if (track) {
+            try {
+                m.tracks.emplace(id, std::move(*track));
+            } catch (...) {
+                m.seqs.erase(id);
+                throw;
+            }
+        }
         ++m.generation;
         return id;
     });
@@ -358,6 +444,12 @@ void KVManager::truncate(SeqId seq, int64_t length) {
     const uint32_t bs = m.ps->config.block_size;
     const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
     if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+    if (const auto it = m.tracks.find(seq); it != m.tracks.end()) {
+        ManagerState::Track& t = it->second;
+        const size_t keep = size_t(detail::length_of(s));
+        if (t.tokens.size() > keep) t.tokens.resize(keep);
+        if (t.anchored > keep / bs) t.anchored = 0;  // found again from the first page
+    }
     ++m.generation;
 }
 
@@ -365,7 +457,8 @@ void KVManager::free(SeqId seq) {
     ManagerState& m = *state_;
     Lock l(m);
     find(m, seq, "free");
-    m.seqs.erase(seq);
+    m.seqs.erase(seq);  // its cached pages stay in the index, evictable once unreferenced
+    m.tracks.erase(seq);
     ++m.generation;
 }
 
@@ -428,6 +521,27 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     return kv;
 }
 
+PrefixCacheStats KVManager::prefix_stats() const {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    PrefixCacheStats s = m.lookups;
+    if (m.index) {
+        s.cached_pages = m.index->size();
+        s.evictions = m.ps->allocator.evictions();
+    }
+    return s;
+}
+
+void KVManager::reset_prefix_cache() {
+    ManagerState& m = *state_;
+    Lock l(m);
+    m.lookups = {};
+    if (!m.index) return;
+    m.index->clear();
+    for (auto& [id, t] : m.tracks)
+        t.anchored = 0;
+}
+
 Step KVManager::begin_step(std::span<const SeqId> seqs,
                            std::span<const std::span<const int32_t>> token_ids) {
     std::vector<uint32_t> counts;
@@ -439,11 +553,21 @@ Step KVManager::begin_step(std::span<const SeqId> seqs,
                                     ids.size(), kMaxTokens));
         counts.push_back(uint32_t(ids.size()));
     }
-    return begin_step(seqs, counts);
+    return Step(build_step(state_, seqs, counts, token_ids));
 }
 
 Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t> new_tokens) {
-    ManagerState& m = *state_;
+    return Step(build_step(state_, ids, new_tokens, {}));
+}
+
+namespace {
+
+// begin_step: token_ids empty, or one span per sequence (prefix caching registers their pages).
+std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state,
+                                      std::span<const SeqId> ids,
+                                      std::span<const uint32_t> new_tokens,
+                                      std::span<const std::span<const int32_t>> token_ids) {
+    ManagerState& m = *state;
     Lock l(m);
     const char* op = "begin_step";
     return host_memory_guard(op, [&] {
@@ -463,16 +587,24 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
         check_pages(m, p, ids, op);
 
         // Everything the step holds is made before the sequences change.
+        // The tracks of prefix caching, with room for the new token ids.
+        std::vector<ManagerState::Track*> tracks(seqs.size(), nullptr);
+        if (m.index)
+            for (size_t i = 0; i < seqs.size(); ++i) {
+                const auto it = m.tracks.find(ids[i]);
+                if (it == m.tracks.end() || !it->second.known) continue;
+                tracks[i] = &it->second;
+                if (!token_ids.empty())
+                    it->second.tokens.reserve(it->second.tokens.size() + new_tokens[i]);
+            }
         auto s = std::make_shared<StepState>();
-        s->manager = state_;
-        s->pool = m.owner;
+        s->manager = state;
         s->seqs.assign(ids.begin(), ids.end());
         s->new_tokens.assign(new_tokens.begin(), new_tokens.end());
         s->total = uint32_t(total);
         const size_t n = seqs.size();
         s->slot_mapping.reserve(total);
         s->entries.reserve(total);
-        s->rows.reserve(3 * total + pages);
         s->indptr.reserve(n + 1);
         s->indices.reserve(pages);
         s->last_page_len.reserve(n);
@@ -495,7 +627,7 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
         s->generation = m.generation;
         const uint32_t H = c.num_kv_heads;
         std::vector<uint32_t> row_first, row_len;
-        row_first.reserve(total);
+        row_first.reserve(3 * total + pages);
         row_len.reserve(total);
         s->indptr.push_back(0);
         for (size_t i = 0; i < n; ++i) {
@@ -503,6 +635,15 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
             const int64_t before = detail::length_of(q), after = before + new_tokens[i];
             s->first_pos.push_back(before);
             detail::set_length(q, after);
+            if (ManagerState::Track* t = tracks[i]) {
+                if (!token_ids.empty()) {
+                    t->tokens.insert(t->tokens.end(), token_ids[i].begin(), token_ids[i].end());
+                    register_pages(m, q, *t);
+                } else if (new_tokens[i] != 0) {
+                    t->known = false;  // tokens without ids: this sequence registers no more
+                    std::vector<int32_t>().swap(t->tokens);
+                }
+            }
             for (int64_t pos = before; pos < after; ++pos) {
                 const uint32_t slot = slot_of(q.table, pos, bs);
                 s->entries.push_back({uint32_t(s->slot_mapping.size()) * H, slot});
@@ -519,25 +660,27 @@ Step KVManager::begin_step(std::span<const SeqId> ids, std::span<const uint32_t>
             if (new_tokens[i] != 0) s->max_len = std::max(s->max_len, uint32_t(after));
         }
         // Attention's rows: first_page, length, first_slot (0) per token, then the indices.
-        s->rows = row_first;
-        s->rows.insert(s->rows.end(), row_len.begin(), row_len.end());
-        s->rows.resize(3 * size_t(total), 0);
-        s->rows.insert(s->rows.end(), s->indices.begin(), s->indices.end());
+        std::vector<uint32_t>& rows = row_first;
+        rows.insert(rows.end(), row_len.begin(), row_len.end());
+        rows.resize(3 * size_t(total), 0);
+        rows.insert(rows.end(), s->indices.begin(), s->indices.end());
 
         char* mapped = static_cast<char*>(s->buffer->mapped());
         auto put = [&](uint64_t offset, const void* data, size_t len) {
             if (len) std::memcpy(mapped + offset, data, len);
         };
         put(s->entries_offset, s->entries.data(), s->entries.size() * sizeof(detail::RowEntry));
-        put(s->rows_offset, s->rows.data(), bytes(s->rows.size()));
+        put(s->rows_offset, rows.data(), bytes(rows.size()));
         put(s->slot_mapping_offset, s->slot_mapping.data(), bytes(s->slot_mapping.size()));
         put(s->indptr_offset, s->indptr.data(), bytes(s->indptr.size()));
         put(s->indices_offset, s->indices.data(), bytes(s->indices.size()));
         put(s->last_page_len_offset, s->last_page_len.data(), bytes(s->last_page_len.size()));
         put(s->first_slot_offset, s->first_slot.data(), bytes(s->first_slot.size()));
-        return Step(std::move(s));
+        return s;
     });
 }
+
+}  // namespace
 
 void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const Tensor& value) {
     const ManagerState& m = *state_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 
 #include <fmt/format.h>
@@ -34,7 +35,22 @@ struct ManagerState {
     // Bumped by every change of the sequences' pages or lengths: a step made at another
     // generation is stale.
     uint64_t generation = 0;
-    bool alive = true;  // false once the KVManager is destroyed (steps may outlive it)
+
+    // Prefix caching (null without): the pool's index, and what it needs of each sequence.
+    PrefixIndex* index = nullptr;
+    struct Track {
+        std::vector<int32_t> tokens;  // every token id of the sequence, when known
+        uint64_t salt = 0;
+        bool known = true;  // false once a step gave no ids: nothing more is registered
+        // The first `anchored` full pages are in the index (as the sequence's own pages or
+        // equal ones); `anchor` is the indexed block of the last of them, valid while its
+        // serial is anchor_serial.
+        size_t anchored = 0;
+        BlockId anchor{};
+        uint64_t anchor_serial = 0;
+    };
+    std::map<SeqId, Track> tracks;
+    PrefixCacheStats lookups;  // queries, hit_tokens, query_tokens
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const {
@@ -64,12 +80,11 @@ struct StepState {
     // Host copies of what the buffer holds.
     std::vector<uint32_t> slot_mapping;  // [total]
     std::vector<RowEntry> entries;       // [total]: (token * kv_heads, slot), for write()
-    std::vector<uint32_t> rows;          // attention's row table: pack_row_table's words
     std::vector<uint32_t> indptr, indices, last_page_len, first_slot;  // the CSR table
     std::vector<int64_t> lengths;  // each sequence's length after the step
 
-    std::shared_ptr<PoolState> pool;  // keeps the pages alive with the buffer
-    std::shared_ptr<Buffer> buffer;   // host-visible, written once by begin_step
+    std::shared_ptr<Buffer> buffer;  // host-visible, written once by begin_step (the manager
+                                     // state keeps the pool's pages alive with it)
     uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
              indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
 };

@@ -6,6 +6,7 @@
 
 #include "allocator/block_allocator.hpp"
 #include "allocator/page_format.hpp"
+#include "allocator/prefix_index.hpp"
 #include "pagedkv/block_pool.hpp"
 #include "shaders/kernels/page_slabs.hpp"
 #include "shaders/vulkan/device.hpp"
@@ -21,6 +22,9 @@ struct PoolState {
     PoolConfig config;
     PageFormat format;  // of cfg
     BlockAllocator allocator;
+    // The prefix index, made by the first KVManager with prefix caching (declared after the
+    // allocator: destroyed first).
+    std::unique_ptr<PrefixIndex> prefix;
     std::shared_ptr<PageSlabs> pages;
     uint64_t pages_copied = 0;
 };

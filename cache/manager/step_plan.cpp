@@ -18,7 +18,7 @@ GrowthPlan plan_growth(std::span<const BlockTable* const> tables, std::span<cons
         if (end > uint64_t(lengths[i]))
             for (size_t p = size_t(uint64_t(lengths[i]) / block_size);
                  p < std::min<uint64_t>(pages, t.size()); ++p)
-                if (alloc.refcount(t[p]) > 1) s.copies.push_back(p);
+                if (alloc.must_copy(t[p])) s.copies.push_back(p);
         plan.needed += s.extra + s.copies.size();
     }
     return plan;

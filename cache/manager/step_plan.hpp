@@ -24,7 +24,7 @@ struct GrowthPlan {
 
 // Plans growing each table (holding lengths[i] tokens) by new_tokens[i] + lookahead slots.
 // Pages past the table are appended; pages the new slots reach that are shared with another
-// table (reference count above one) are copied.
+// table (reference count above one) or cached (prefix caching: the cached copy stays) are copied.
 GrowthPlan plan_growth(std::span<const BlockTable* const> tables, std::span<const int64_t> lengths,
                        std::span<const uint32_t> new_tokens, uint32_t lookahead,
                        uint32_t block_size, const BlockAllocator& alloc);

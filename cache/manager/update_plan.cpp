@@ -120,10 +120,10 @@ size_t UpdatePlan::slots_written() const {
 }
 
 void UpdatePlan::check_pages(const BlockAllocator& alloc, const char* op) const {
-    if (needed <= alloc.free_blocks() + released) return;
+    if (needed <= alloc.available_blocks() + released) return;
     throw Error(ErrorCode::OutOfBlocks,
                 fmt::format("{}: out of blocks: need {} pages, {} of {} free{}", op, needed,
-                            alloc.free_blocks(), alloc.num_blocks(),
+                            alloc.available_blocks(), alloc.num_blocks(),
                             released ? fmt::format(", and this call would release {}", released)
                                      : std::string()));
 }
@@ -201,7 +201,7 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
         shared.clear();
         auto touch = [&](int64_t position) {
             const size_t bi = size_t((p.start + position) / bs);
-            if (bi < p.have && alloc.refcount(rs.rows[b]->table[bi]) > 1) shared.push_back(bi);
+            if (bi < p.have && alloc.must_copy(rs.rows[b]->table[bi])) shared.push_back(bi);
         };
         for (uint32_t s : p.keep)
             if (p.pos[s] >= p.drop) touch(p.pos[s]);

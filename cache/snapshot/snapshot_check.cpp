@@ -95,6 +95,9 @@ class Checker {
             case W::Allocations:
                 offset = pool_at(pf::kAllocations);
                 break;
+            case W::Cached:
+            case W::Evictable:
+                break;  // not in format version 1
         }
         return fail(offset, problem->field, problem->what);
     }

@@ -9,7 +9,8 @@ namespace pagedkv {
 struct BlockCounts {
     uint64_t num_blocks = 0;
     uint64_t used_blocks = 0;
-    uint64_t free_blocks = 0;
+    uint64_t free_blocks = 0;    // never-cached free blocks: the free list
+    uint64_t cached_blocks = 0;  // free but cached (prefix caching): evictable, least recent first
     uint64_t peak_used_blocks = 0;
     uint64_t shared_blocks = 0;  // blocks with a reference count above one
 

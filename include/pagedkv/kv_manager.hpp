@@ -26,9 +26,23 @@ struct ManagerOptions {
     // The share of the pool's blocks that can_allocate keeps free for the sequences that are
     // already running (so that admitting one more does not starve their next steps).
     double watermark = 0.01;
-    // Sharing of cached full pages between sequences with the same prompt prefix (not yet
-    // implemented: a manager made with it on throws Unsupported).
+    // Prefix caching: full pages are indexed by a chained hash of their token ids (and the
+    // sequence's salt); add_sequence(prompt) starts a sequence holding the cached pages of its
+    // prompt's longest cached prefix, and pages whose last sequence ends stay cached
+    // (evictable, least recently used first) until the pool needs them. The index belongs to
+    // the pool: every manager with prefix caching over one pool shares it.
     bool prefix_caching = false;
+};
+
+// Prefix cache counters: this manager's lookups, and the pool's index.
+struct PrefixCacheStats {
+    uint64_t queries = 0;       // add_sequence(prompt) calls
+    uint64_t hit_tokens = 0;    // prompt tokens found cached (need no prefill)
+    uint64_t query_tokens = 0;  // prompt tokens looked up
+    uint64_t cached_pages = 0;  // pages in the pool's index (held by sequences or evictable)
+    uint64_t evictions = 0;     // cached pages the pool evicted to make room, so far
+
+    bool operator==(const PrefixCacheStats&) const = default;
 };
 
 namespace detail {
@@ -82,9 +96,12 @@ class PAGEDKV_API KVManager {
 
     // A new, empty sequence.
     SeqId add_sequence();
-    // A new sequence for this prompt. With prefix caching on it would start holding the
-    // cached pages of its prompt's prefix; without, it is add_sequence() (the tokens are
-    // written by the steps that follow, as with any sequence).
+    // A new sequence for this prompt. With prefix caching on, it starts holding the cached
+    // pages of the prompt's longest cached prefix of full pages (never the whole prompt: at
+    // least one token is left to compute), and length() says how many tokens need no prefill;
+    // the steps that follow write the rest (their token ids continue the prompt). A different
+    // salt (tenant, LoRA adapter) never shares pages. Without prefix caching it is
+    // add_sequence().
     SeqId add_sequence(std::span<const int32_t> prompt_tokens, uint64_t salt = 0);
 
     // Pages that allocate(seqs, new_tokens, lookahead) would take from the pool: those past
@@ -124,8 +141,10 @@ class PAGEDKV_API KVManager {
     // slot mapping and block tables in device-readable memory (no submit). From here on,
     // length(seq) includes the new tokens.
     Step begin_step(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens);
-    // The same, given the ids of each sequence's new tokens (their counts are the sizes; the
-    // ids are for prefix caching, which is not implemented yet).
+    // The same, given the ids of each sequence's new tokens (their counts are the sizes). With
+    // prefix caching on, the pages these tokens fill are hashed and registered in the index;
+    // a sequence given a step without its token ids stops registering pages (its tokens are
+    // not known).
     Step begin_step(std::span<const SeqId> seqs,
                     std::span<const std::span<const int32_t>> token_ids);
     // Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim) ("NHD"), tokens of
@@ -145,6 +164,13 @@ class PAGEDKV_API KVManager {
     const ManagerOptions& options() const noexcept;
     // Pages the manager's sequences reference (shared pages counted once).
     uint64_t pages_held() const;
+
+    // Prefix caching: this manager's lookups and the pool's index (all zero without it).
+    PrefixCacheStats prefix_stats() const;
+    // Empties the pool's prefix index: evictable pages become free, pages held by sequences
+    // stay theirs (uncached), and this manager's counters restart. Pages filled from here on
+    // are registered again.
+    void reset_prefix_cache();
 
   private:
     friend struct detail::Access;

@@ -360,7 +360,6 @@ TEST_CASE("KVManager: every error is clear and changes nothing") {
            "needs 10 pages (sequence 1: 10), the pool has 5 free");
     expect([&] { mgr.begin_step(ab, huge); }, ErrorCode::OutOfBlocks, "sequence 1: 10");
     expect([&] { KVManager bad(pool, {1.5}); }, ErrorCode::InvalidArgument, "watermark");
-    expect([&] { KVManager bad(pool, {0.01, true}); }, ErrorCode::Unsupported, "prefix caching");
 
     // A step's calls: bad tensors, a stale step, an empty step.
     Step st = mgr.begin_step(ab, two);
