@@ -24,8 +24,8 @@ uint64_t PrefixIndex::hash_page(uint64_t parent_hash, uint64_t salt,
     return XXH3_64bits_digest(&state);
 }
 
-PrefixIndex::PrefixIndex(BlockAllocator& alloc, uint32_t block_size)
-    : alloc_(&alloc), block_size_(block_size) {
+PrefixIndex::PrefixIndex(BlockAllocator& alloc, uint32_t block_size, HashFn hash_fn)
+    : alloc_(&alloc), block_size_(block_size), hash_(hash_fn) {
     if (block_size == 0)
         throw Error(ErrorCode::InvalidArgument, "PrefixIndex: block_size must be at least 1");
     const uint64_t n = alloc.num_blocks();
@@ -68,7 +68,7 @@ std::vector<BlockId> PrefixIndex::match(std::span<const int32_t> tokens, uint64_
     uint32_t parent = kNone;
     for (size_t i = 0; i < pages; ++i) {
         const auto page = tokens.subspan(i * block_size_, block_size_);
-        const uint64_t h = hash_page(parent_hash, salt, page);
+        const uint64_t h = hash_of(parent_hash, salt, page);
         const auto it = by_hash_.find(h);
         if (it == by_hash_.end()) break;
         const uint32_t x = it->second;
@@ -91,7 +91,7 @@ PrefixIndex::InsertResult PrefixIndex::insert(BlockId b, uint32_t parent, uint64
                                 nodes_.size(), tokens.size(), block_size_));
     if (parent != kNone && (parent >= nodes_.size() || nodes_[parent].serial == 0))
         return {Insert::ParentGone};
-    const uint64_t h = hash_page(parent == kNone ? kRootHash : nodes_[parent].hash, salt, tokens);
+    const uint64_t h = hash_of(parent == kNone ? kRootHash : nodes_[parent].hash, salt, tokens);
     if (const auto it = by_hash_.find(h); it != by_hash_.end()) {
         const uint32_t y = it->second;
         const Node& n = nodes_[y];
@@ -208,7 +208,7 @@ void PrefixIndex::restore(std::span<const PrefixEntry> entries) {
         const uint32_t x = index(e.block);
         const uint64_t parent_hash =
             e.parent == PrefixEntry::kNoParent ? kRootHash : hashes[e.parent];
-        const uint64_t h = hash_page(parent_hash, e.salt, e.tokens);
+        const uint64_t h = hash_of(parent_hash, e.salt, e.tokens);
         if (h != e.hash)
             throw Error(ErrorCode::InvalidArgument,
                         fmt::format("PrefixIndex::restore: entry {} (block {}): hash {:016x}, its "
@@ -224,11 +224,15 @@ void PrefixIndex::restore(std::span<const PrefixEntry> entries) {
         n.hash = h;
         n.salt = e.salt;
         n.parent = e.parent == PrefixEntry::kNoParent ? kNone : e.parent;
-        if (n.parent != kNone) {
-            n.next_sibling = nodes[n.parent].first_child;
-            if (n.next_sibling != kNone) nodes[n.next_sibling].prev_sibling = x;
-            nodes[n.parent].first_child = x;
-        }
+    }
+    // Children linked last first, so that entries() lists them in the order given.
+    for (size_t i = entries.size(); i-- > 0;) {
+        const uint32_t x = index(entries[i].block);
+        Node& n = nodes[x];
+        if (n.parent == kNone) continue;
+        n.next_sibling = nodes[n.parent].first_child;
+        if (n.next_sibling != kNone) nodes[n.next_sibling].prev_sibling = x;
+        nodes[n.parent].first_child = x;
     }
     for (BlockId b : alloc_->state().cached)
         if (!seen[index(b)])
@@ -263,11 +267,11 @@ std::string PrefixIndex::check() const {
                 "indexed block {} has parent {}, which is not indexed: it cannot "
                 "be found",
                 x, n.parent);
-        if (hash_page(parent_hash(x), n.salt, tokens_of(x)) != n.hash)
+        if (hash_of(parent_hash(x), n.salt, tokens_of(x)) != n.hash)
             return fmt::format(
                 "indexed block {} has hash {:016x} but holds tokens that hash to "
                 "{:016x}",
-                x, n.hash, hash_page(parent_hash(x), n.salt, tokens_of(x)));
+                x, n.hash, hash_of(parent_hash(x), n.salt, tokens_of(x)));
         const auto it = by_hash_.find(n.hash);
         if (it == by_hash_.end() || it->second != x)
             return fmt::format("indexed block {} (hash {:016x}) cannot be found by its hash", x,

@@ -45,8 +45,12 @@ class PrefixIndex final : public EvictionListener {
     static uint64_t hash_page(uint64_t parent_hash, uint64_t salt,
                               std::span<const int32_t> tokens) noexcept;
 
-    // Enables caching in alloc (this index is its EvictionListener until destroyed).
-    PrefixIndex(BlockAllocator& alloc, uint32_t block_size);
+    using HashFn = uint64_t (*)(uint64_t parent_hash, uint64_t salt,
+                                std::span<const int32_t> tokens) noexcept;
+
+    // Enables caching in alloc (this index is its EvictionListener until destroyed). hash_fn is
+    // hash_page; tests pass a weak one to make collisions happen.
+    PrefixIndex(BlockAllocator& alloc, uint32_t block_size, HashFn hash_fn = &hash_page);
     ~PrefixIndex();
     PrefixIndex(const PrefixIndex&) = delete;
     PrefixIndex& operator=(const PrefixIndex&) = delete;
@@ -108,11 +112,15 @@ class PrefixIndex final : public EvictionListener {
         return {tokens_.data() + size_t(x) * block_size_, block_size_};
     }
     uint64_t parent_hash(uint32_t x) const;
+    uint64_t hash_of(uint64_t parent_hash, uint64_t salt, std::span<const int32_t> t) const {
+        return hash_(parent_hash, salt, t);
+    }
     // Takes x out of the index and of its parent's children; then each descendant likewise.
     void drop(uint32_t x, bool uncache_self);
 
     BlockAllocator* alloc_;
     uint32_t block_size_;
+    HashFn hash_;
     std::vector<Node> nodes_;      // [block]
     std::vector<int32_t> tokens_;  // [block][block_size]
     std::unordered_map<uint64_t, uint32_t> by_hash_;
