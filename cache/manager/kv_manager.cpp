@@ -303,6 +303,7 @@ KVManager::KVManager(BlockPool& pool, ManagerOptions options) {
         if (!ps.prefix)
             ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
         state->index = ps.prefix.get();
+        state->evictions_base = ps.allocator.evictions();
     }
     state_ = std::move(state);
 }
@@ -527,7 +528,7 @@ PrefixCacheStats KVManager::prefix_stats() const {
     PrefixCacheStats s = m.lookups;
     if (m.index) {
         s.cached_pages = m.index->size();
-        s.evictions = m.ps->allocator.evictions();
+        s.evictions = m.ps->allocator.evictions() - m.evictions_base;
     }
     return s;
 }
@@ -536,6 +537,7 @@ void KVManager::reset_prefix_cache() {
     ManagerState& m = *state_;
     Lock l(m);
     m.lookups = {};
+    m.evictions_base = m.ps->allocator.evictions();
     if (!m.index) return;
     m.index->clear();
     for (auto& [id, t] : m.tracks)

@@ -50,7 +50,8 @@ struct ManagerState {
         uint64_t anchor_serial = 0;
     };
     std::map<SeqId, Track> tracks;
-    PrefixCacheStats lookups;  // queries, hit_tokens, query_tokens
+    PrefixCacheStats lookups;     // queries, hit_tokens, query_tokens
+    uint64_t evictions_base = 0;  // the pool's evictions when the counters (re)started
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const {

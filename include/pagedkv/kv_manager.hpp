@@ -40,7 +40,8 @@ struct PrefixCacheStats {
     uint64_t hit_tokens = 0;    // prompt tokens found cached (need no prefill)
     uint64_t query_tokens = 0;  // prompt tokens looked up
     uint64_t cached_pages = 0;  // pages in the pool's index (held by sequences or evictable)
-    uint64_t evictions = 0;     // cached pages the pool evicted to make room, so far
+    uint64_t evictions = 0;     // cached pages the pool evicted to make room, since the
+                                // manager was made or reset_prefix_cache()
 
     bool operator==(const PrefixCacheStats&) const = default;
 };
