@@ -77,20 +77,28 @@ struct CacheState {
         return m;
     }
 
-    // Makes these sequences the rows, in order (the old rows' sequences end). Reserve `fresh`
-    // first: nothing here allocates host memory but the ids' and rows' vectors, which are sized
-    // before the old rows go.
+    // Makes these sequences the rows, in order (the old rows' sequences end). All or nothing:
+    // the new sequences are added first (each a map node: the allocations that can fail, and
+    // on a failure they move back into `fresh`), and only then do the old rows go.
     void set_rows(std::vector<Sequence>&& fresh) {
         std::vector<SequenceId> new_ids;
         std::vector<Sequence*> new_rows;
         new_ids.reserve(fresh.size());
         new_rows.reserve(fresh.size());
+        try {
+            for (Sequence& s : fresh) {
+                new_ids.push_back(manager->seqs.add(std::move(s)));
+                new_rows.push_back(manager->seqs.find(new_ids.back()));
+            }
+        } catch (...) {
+            for (size_t i = 0; i < new_ids.size(); ++i) {
+                fresh[i] = std::move(*new_rows[i]);
+                manager->seqs.erase(new_ids[i]);
+            }
+            throw;
+        }
         for (SequenceId id : ids)
             manager->seqs.erase(id);
-        for (Sequence& s : fresh) {
-            new_ids.push_back(manager->seqs.add(std::move(s)));
-            new_rows.push_back(manager->seqs.find(new_ids.back()));
-        }
         ids = std::move(new_ids);
         rows = std::move(new_rows);
         batch = uint32_t(rows.size());

@@ -623,14 +623,13 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         s->first_slot_offset = align16(s->last_page_len_offset + bytes(n));
         const uint64_t size = align16(s->first_slot_offset + bytes(n));
         s->buffer = detail::Buffer::create(*m.ps->device, size, detail::MemoryKind::Upload);
+        detail::AttentionRows rows;  // attention's, one per new token
+        rows.reserve(total);
 
         // Nothing below fails: the sequences change.
         commit(m, seqs, p);
         s->generation = m.generation;
         const uint32_t H = c.num_kv_heads;
-        std::vector<uint32_t> row_first, row_len;
-        row_first.reserve(3 * total + pages);
-        row_len.reserve(total);
         s->indptr.push_back(0);
         for (size_t i = 0; i < n; ++i) {
             Sequence& q = *seqs[i];
@@ -650,8 +649,7 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
                 const uint32_t slot = slot_of(q.table, pos, bs);
                 s->entries.push_back({uint32_t(s->slot_mapping.size()) * H, slot});
                 s->slot_mapping.push_back(slot);
-                row_first.push_back(s->indptr.back());
-                row_len.push_back(uint32_t(pos + 1));
+                rows.push(s->indptr.back(), uint32_t(pos + 1), 0);  // slot 0: from the start
             }
             const size_t used = size_t((uint64_t(after) + bs - 1) / bs);
             for (size_t b = 0; b < used; ++b)
@@ -661,18 +659,13 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
             s->lengths.push_back(after);
             if (new_tokens[i] != 0) s->max_len = std::max(s->max_len, uint32_t(after));
         }
-        // Attention's rows: first_page, length, first_slot (0) per token, then the indices.
-        std::vector<uint32_t>& rows = row_first;
-        rows.insert(rows.end(), row_len.begin(), row_len.end());
-        rows.resize(3 * size_t(total), 0);
-        rows.insert(rows.end(), s->indices.begin(), s->indices.end());
 
         char* mapped = static_cast<char*>(s->buffer->mapped());
         auto put = [&](uint64_t offset, const void* data, size_t len) {
             if (len) std::memcpy(mapped + offset, data, len);
         };
         put(s->entries_offset, s->entries.data(), s->entries.size() * sizeof(detail::RowEntry));
-        put(s->rows_offset, rows.data(), bytes(rows.size()));
+        rows.pack_into(reinterpret_cast<uint32_t*>(mapped + s->rows_offset), s->indices);
         put(s->slot_mapping_offset, s->slot_mapping.data(), bytes(s->slot_mapping.size()));
         put(s->indptr_offset, s->indptr.data(), bytes(s->indptr.size()));
         put(s->indices_offset, s->indices.data(), bytes(s->indices.size()));

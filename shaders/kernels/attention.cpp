@@ -264,18 +264,29 @@ void check_attention_shape(const AttentionShape& s, const char* op) {
                                 s.batch, s.q_heads, kMaxGroups));
 }
 
+void AttentionRows::pack_into(uint32_t* words, std::span<const uint32_t> indices) const noexcept {
+    for (const auto* part : {&first_page, &length, &first_slot})
+        words = std::copy(part->begin(), part->end(), words);
+    std::copy(indices.begin(), indices.end(), words);
+}
+
+std::vector<uint32_t> AttentionRows::pack(std::span<const uint32_t> indices) const {
+    std::vector<uint32_t> words(3 * first_page.size() + indices.size());
+    pack_into(words.data(), indices);
+    return words;
+}
+
 std::vector<uint32_t> pack_row_table(const CsrTable& table, uint32_t block_size) {
     const size_t batch = table.last_page_len.size();
-    std::vector<uint32_t> words(3 * batch + table.indices.size());
+    AttentionRows rows;
+    rows.reserve(batch);
     for (size_t r = 0; r < batch; ++r) {
         const uint32_t n = table.indptr[r + 1] - table.indptr[r];
-        words[r] = table.indptr[r];
-        words[batch + r] =
-            n == 0 ? 0 : (n - 1) * block_size + table.last_page_len[r] - table.first_slot[r];
-        words[2 * batch + r] = table.first_slot[r];
+        rows.push(table.indptr[r],
+                  n == 0 ? 0 : (n - 1) * block_size + table.last_page_len[r] - table.first_slot[r],
+                  table.first_slot[r]);
     }
-    std::copy(table.indices.begin(), table.indices.end(), words.begin() + 3 * batch);
-    return words;
+    return rows.pack(table.indices);
 }
 
 namespace {

@@ -38,6 +38,24 @@ struct CsrTable {
 // step, which attends to its sequence's tokens up to itself): where the row's pages start in
 // indices, how many tokens it reads, and the slot of its first token in its first page. As
 // uint32 words: first_page[batch], length[batch], first_slot[batch], indices[...].
+struct AttentionRows {
+    std::vector<uint32_t> first_page, length, first_slot;  // one each per query row
+
+    void reserve(size_t rows) {
+        first_page.reserve(rows);
+        length.reserve(rows);
+        first_slot.reserve(rows);
+    }
+    void push(uint32_t page, uint32_t len, uint32_t slot) {
+        first_page.push_back(page);
+        length.push_back(len);
+        first_slot.push_back(slot);
+    }
+    // The words the kernel reads: the three arrays, then indices (3 * rows + indices words).
+    std::vector<uint32_t> pack(std::span<const uint32_t> indices) const;
+    void pack_into(uint32_t* words, std::span<const uint32_t> indices) const noexcept;
+};
+// One row per CSR row.
 std::vector<uint32_t> pack_row_table(const CsrTable& table, uint32_t block_size);
 
 // query (batch, q_heads, 1, head_dim) -> out (batch, q_heads, 1, v_head_dim).
