@@ -123,14 +123,7 @@ struct CacheState {
     Sequence empty_sequence() const { return Sequence(ps->allocator, num_layers()); }
 
     // The pool, or InvalidArgument when it was destroyed before this cache.
-    BlockPool& pool() const {
-        if (!ps->pool)
-            throw Error(ErrorCode::InvalidArgument,
-                        fmt::format("{}: the BlockPool it was made over has been destroyed (a "
-                                    "pool must outlive the caches made over it)",
-                                    name));
-        return *ps->pool;
-    }
+    BlockPool& pool() const { return ps->live_pool(name, "the caches"); }
     uint32_t block_size() const { return ps->config.block_size; }
     // The page slot (block * block_size + slot) of slot s of a row's pages.
     uint32_t slot_at(uint32_t row, int64_t s) const {
@@ -144,10 +137,7 @@ struct CacheState {
     uint32_t num_layers() const { return ps->config.num_layers; }
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const {
-        if (layer >= num_layers())
-            throw Error(ErrorCode::InvalidArgument,
-                        fmt::format("{}: layer_idx {} out of range, pool has {} layers", op, layer,
-                                    num_layers()));
+        ps->check_layer(layer, op, "layer_idx");
     }
 
     void release_leading(uint32_t row, size_t lead) {
@@ -158,8 +148,8 @@ struct CacheState {
 };
 
 // The device lock for one call on a cache; throws when the cache's pool is gone.
-struct CacheLock : Device::CallLock {
-    explicit CacheLock(const CacheState& st) : Device::CallLock(*st.ps->device) { st.pool(); }
+struct CacheLock : PoolLock {
+    explicit CacheLock(const CacheState& st) : PoolLock(*st.ps, st.name, "the caches") {}
 };
 
 }  // namespace pagedkv::detail

@@ -40,13 +40,8 @@ Error invalid(const std::string& m) {
 constexpr uint64_t kMaxTokens = uint64_t(INT32_MAX);
 
 // The device lock for one call; throws when the pool is gone.
-struct Lock : detail::Device::CallLock {
-    explicit Lock(const ManagerState& m) : detail::Device::CallLock(*m.ps->device) {
-        if (!m.ps->pool)
-            throw invalid(
-                "KVManager: the BlockPool it was made over has been destroyed (a pool must "
-                "outlive the managers made over it)");
-    }
+struct Lock : detail::PoolLock {
+    explicit Lock(const ManagerState& m) : detail::PoolLock(*m.ps, "KVManager", "the managers") {}
 };
 
 template <class F>

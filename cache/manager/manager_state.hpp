@@ -54,12 +54,7 @@ struct ManagerState {
     uint64_t evictions_base = 0;  // the pool's evictions when the counters (re)started
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
-    void check_layer(uint32_t layer, const char* op) const {
-        if (layer >= ps->config.num_layers)
-            throw Error(ErrorCode::InvalidArgument,
-                        fmt::format("{}: layer {} out of range, pool has {} layers", op, layer,
-                                    ps->config.num_layers));
-    }
+    void check_layer(uint32_t layer, const char* op) const { ps->check_layer(layer, op, "layer"); }
 };
 
 inline int64_t length_of(const Sequence& s) {

@@ -4,10 +4,13 @@
 
 #include <memory>
 
+#include <fmt/format.h>
+
 #include "allocator/block_allocator.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
 #include "pagedkv/block_pool.hpp"
+#include "pagedkv/error.hpp"
 #include "shaders/kernels/page_slabs.hpp"
 #include "shaders/vulkan/device.hpp"
 
@@ -27,6 +30,33 @@ struct PoolState {
     std::unique_ptr<PrefixIndex> prefix;
     std::shared_ptr<PageSlabs> pages;
     uint64_t pages_copied = 0;
+
+    // The BlockPool, or InvalidArgument when it was destroyed before `who` (a cache or a
+    // manager, "the caches" / "the managers" in the message).
+    BlockPool& live_pool(const char* who, const char* made_over) const {
+        if (!pool)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: the BlockPool it was made over has been destroyed (a "
+                                    "pool must outlive {} made over it)",
+                                    who, made_over));
+        return *pool;
+    }
+    // InvalidArgument naming op and the argument (`what`) when layer is not one of the pool's.
+    void check_layer(uint32_t layer, const char* op, const char* what) const {
+        if (layer >= config.num_layers)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: {} {} out of range, pool has {} layers", op, what, layer,
+                                    config.num_layers));
+    }
+};
+
+// One call into the library over a pool: the device's call lock, taken after checking that the
+// pool still exists.
+struct PoolLock : Device::CallLock {
+    PoolLock(const PoolState& ps, const char* who, const char* made_over)
+        : Device::CallLock(*ps.device) {
+        ps.live_pool(who, made_over);
+    }
 };
 
 // The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and
