@@ -46,14 +46,7 @@ struct CacheSnapshot {
 template <class F>
 void require_rejected(PagedKVCache& cache, ErrorCode code, const std::string& text, F&& f) {
     const CacheSnapshot before = CacheSnapshot::of(cache);
-    try {
-        f();
-        FAIL("expected pagedkv::Error containing \"" << text << "\"");
-    } catch (const Error& e) {
-        INFO("message: " << e.what());
-        CHECK(e.code() == code);
-        CHECK_THAT(e.what(), Catch::Contains(text));
-    }
+    require_error(f, code, text);
     CHECK(CacheSnapshot::of(cache) == before);
     CHECK(cache.pool().check() == "");
 }

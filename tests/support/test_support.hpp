@@ -53,6 +53,19 @@ inline std::vector<float> random_values(size_t n, std::mt19937& rng, DType t) {
     return out;
 }
 
+// Runs f, which must throw pagedkv::Error with `code` and a message containing `text`.
+template <class F>
+void require_error(F&& f, ErrorCode code, const std::string& text) {
+    try {
+        f();
+        FAIL("expected pagedkv::Error containing \"" << text << "\"");
+    } catch (const Error& e) {
+        INFO("message: " << e.what());
+        REQUIRE(e.code() == code);
+        REQUIRE_THAT(e.what(), Catch::Contains(text));
+    }
+}
+
 // Equal bit for bit (so -0.0 != 0.0 and NaN payloads count).
 inline bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() &&

@@ -329,14 +329,7 @@ TEST_CASE("KVManager: every error is clear and changes nothing") {
     };
     const State before = state();
     auto expect = [&](auto&& f, ErrorCode code, const char* text) {
-        try {
-            f();
-            FAIL("no error for: " << text);
-        } catch (const Error& e) {
-            INFO(e.what());
-            REQUIRE(e.code() == code);
-            REQUIRE_THAT(e.what(), Catch::Contains(text));
-        }
+        require_error(f, code, text);
         REQUIRE(state() == before);
         REQUIRE(pool.validate());
     };
