@@ -228,8 +228,38 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
 
 Step::Step(std::shared_ptr<detail::StepState> s) : state_(std::move(s)) {}
 Step::Step(Step&&) noexcept = default;
-Step& Step::operator=(Step&&) noexcept = default;
-Step::~Step() = default;
+Step& Step::operator=(Step&& other) noexcept {
+    if (this != &other) {
+        if (state_) detail::end_step(*state_);
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+Step::~Step() {
+    if (state_) detail::end_step(*state_);
+}
+
+void detail::end_step(StepState& s) noexcept {
+    if (s.ended) return;
+    s.ended = true;
+    if (!s.registers) return;
+    ManagerState& m = *s.manager;
+    Device::CallLock l(*m.ps->device);
+    const bool written =
+        std::all_of(s.layer_done.begin(), s.layer_done.end(), [](uint8_t d) { return d != 0; });
+    for (size_t i = 0; i < s.seqs.size(); ++i) {
+        if (s.new_tokens[i] == 0) continue;
+        const auto t = m.tracks.find(s.seqs[i]);
+        Sequence* q = m.seqs.find(s.seqs[i]);
+        if (t == m.tracks.end() || !q || !t->second.known) continue;
+        if (written) {
+            register_pages(m, *q, t->second);
+        } else {
+            t->second.known = false;  // its K/V past here were never written
+            std::vector<int32_t>().swap(t->second.tokens);
+        }
+    }
+}
 
 namespace {
 const StepState& state_of(const std::shared_ptr<StepState>& s) {
@@ -261,6 +291,7 @@ PagedView Step::view(uint32_t layer) const {
     live_step(m, *this, "Step::view");
     m.check_layer(layer, "Step::view");
     PagedView v = detail::view_pages(*m.ps, layer);
+    if (!s.layer_done.empty()) state_->layer_done[layer] = 1;  // the runtime writes it
     v.batch = uint32_t(s.seqs.size());
     v.table = s.buffer->handle();
     const VkDeviceAddress base = s.buffer->address();
@@ -620,6 +651,8 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         s->buffer = detail::Buffer::create(*m.ps->device, size, detail::MemoryKind::Upload);
         detail::AttentionRows rows;  // attention's, one per new token
         rows.reserve(total);
+        s->registers = m.index != nullptr && !token_ids.empty();
+        if (s->registers) s->layer_done.assign(c.num_layers, 0);
 
         // Nothing below fails: the sequences change.
         commit(m, seqs, p);
@@ -632,9 +665,8 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
             s->first_pos.push_back(before);
             detail::set_length(q, after);
             if (ManagerState::Track* t = tracks[i]) {
-                if (!token_ids.empty()) {
+                if (!token_ids.empty()) {  // registered when the step ends, once written
                     t->tokens.insert(t->tokens.end(), token_ids[i].begin(), token_ids[i].end());
-                    register_pages(m, q, *t);
                 } else if (new_tokens[i] != 0) {
                     t->known = false;  // tokens without ids: this sequence registers no more
                     std::vector<int32_t>().swap(t->tokens);
@@ -683,6 +715,7 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
     check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
     if (s.total == 0) return;
     host_memory_guard(op, [&] {
+        if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
         // Inputs of another float dtype than the pool's: converted on the device first.
         const Tensor k = detail::converted(key, c.dtype), v = detail::converted(value, c.dtype);
         detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
@@ -718,7 +751,7 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
 }
 
 void KVManager::end_step(Step&& step) {
-    Step ended = std::move(step);  // the reservation stays with the sequences
+    Step ended = std::move(step);  // registers its pages; the reservation stays
 }
 
 }  // namespace pagedkv

@@ -79,10 +79,21 @@ struct StepState {
     std::vector<uint32_t> indptr, indices, last_page_len, first_slot;  // the CSR table
     std::vector<int64_t> lengths;  // each sequence's length after the step
 
+    // Prefix caching: the pages the step fills are registered when it ends, and only when
+    // every layer's K/V was written (write(), or view() for the runtime's own kernels); a step
+    // ended without them leaves its sequences unregistrable (their pages' K/V are unknown).
+    bool registers = false;           // token ids were given, with prefix caching on
+    std::vector<uint8_t> layer_done;  // [layer]
+    bool ended = false;
+
     std::shared_ptr<Buffer> buffer;  // host-visible, written once by begin_step (the manager
                                      // state keeps the pool's pages alive with it)
     uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
              indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
 };
+
+// Ends a step once (Step's destructor, move assignment and KVManager::end_step): with prefix
+// caching, registers the pages it filled if every layer was written. Never throws.
+void end_step(StepState& s) noexcept;
 
 }  // namespace pagedkv::detail

@@ -143,9 +143,10 @@ class PAGEDKV_API KVManager {
     // length(seq) includes the new tokens.
     Step begin_step(std::span<const SeqId> seqs, std::span<const uint32_t> new_tokens);
     // The same, given the ids of each sequence's new tokens (their counts are the sizes). With
-    // prefix caching on, the pages these tokens fill are hashed and registered in the index;
-    // a sequence given a step without its token ids stops registering pages (its tokens are
-    // not known).
+    // prefix caching on, the pages these tokens fill are hashed and registered in the index
+    // when the step ends, if every layer's K/V was written (write(), or view() taken for the
+    // runtime's own kernels); a sequence whose step ends unwritten, or given a step without
+    // its token ids, stops registering pages (its tokens or K/V are not known).
     Step begin_step(std::span<const SeqId> seqs,
                     std::span<const std::span<const int32_t>> token_ids);
     // Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim) ("NHD"), tokens of
@@ -157,8 +158,8 @@ class PAGEDKV_API KVManager {
     // Returns (total_tokens, q_heads, v_head_dim) in the pool's dtype; scale <= 0 means
     // 1 / sqrt(head_dim). Accumulates in f32.
     Tensor attention(const Step& step, uint32_t layer, const Tensor& query, float scale = 0.0f);
-    // Ends the step (the Step destructor does the same): pages it reserved but no token used
-    // (lookahead) stay reserved for the next step.
+    // Ends the step (the Step destructor does the same): with prefix caching, registers the
+    // pages it filled; pages it reserved but no token used (lookahead) stay reserved.
     void end_step(Step&& step);
 
     BlockPool& pool() const;

@@ -509,3 +509,44 @@ TEST_CASE("prefix caching: errors change nothing, the index included", "[gpu][pr
         ErrorCode::OutOfBlocks, "needs");
     expect([&] { s.mgr.fork(99); }, ErrorCode::InvalidArgument, "unknown sequence");
 }
+
+TEST_CASE("prefix caching: pages register when the step's K/V are written, not before",
+          "[gpu][prefix]") {
+    ValidatedContext vc;
+    Served s(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
+    const std::vector<int32_t> P = seq_tokens(8, 9);
+    const std::vector<std::span<const int32_t>> ids = {P};
+    const SeqId a = s.mgr.add_sequence(P);
+    {
+        Step st = s.mgr.begin_step(std::vector<SeqId>{a}, ids);
+        // Only layer 0 written: while the step is open nothing is registered, and it ends
+        // with a layer unwritten, so its pages never are (their K/V are not all there).
+        const auto k = s.rows(0, P, 0, P.size(), 0, false);
+        s.mgr.write(st, 0, Tensor::from_host(vc.ctx, k, {9, 2, 8}, DType::F16),
+                    Tensor::from_host(vc.ctx, k, {9, 2, 8}, DType::F16));
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+    }
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+    REQUIRE(s.mgr.length(s.mgr.add_sequence(P)) == 0);
+    // a is unregistrable from now on: a later, fully written step registers nothing either.
+    const std::vector<int32_t> more = {1, 2, 3};
+    const std::vector<std::span<const int32_t>> more_ids = {more};
+    {
+        Step st = s.mgr.begin_step(std::vector<SeqId>{a}, more_ids);
+        for (uint32_t l = 0; l < 2; ++l)
+            (void)st.view(l);
+    }
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+    // A runtime writing with its own kernels takes every layer's view: then pages register.
+    const SeqId b = s.mgr.add_sequence(P, 3);
+    {
+        Step st = s.mgr.begin_step(std::vector<SeqId>{b}, ids);
+        for (uint32_t l = 0; l < 2; ++l)
+            (void)st.view(l);
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+        s.mgr.end_step(std::move(st));
+    }
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 2);
+    REQUIRE(s.mgr.length(s.mgr.add_sequence(P, 3)) == 8);
+    REQUIRE(s.pool.check() == "");
+}
