@@ -2,15 +2,31 @@
 // shapes, compared with the CPU reference after every operation. An operation that throws
 // pagedkv::Error must leave the cache exactly as before (the reference is not touched). After
 // each operation the paged view, and after the last cached_attention, are checked against get().
+//
+// With the first byte's top bit set it drives a KVManager with prefix caching instead, over a
+// small pool so that cached pages are evicted: prompts from a few templates that share their
+// first tokens (salt 0 or 1), steps with token ids (chunked prefill, decode, a token that
+// diverges from the template), fork, truncate, free, reservations and reset_prefix_cache. Each
+// token's K and V are a function of its salt and its whole prefix of token ids, so a page the
+// index shares must hold exactly what the sequence would have written; after every operation
+// every live sequence's gathered K/V must equal the reference (ReferenceSequences) bit for bit,
+// and the pool (allocator and index) must validate.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <vector>
 
+#include "allocator/prefix_index.hpp"
+#include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
+#include "cache/manager/pool_state.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "reference_cache.hpp"
+#include "reference_sequences.hpp"
 
 using namespace pagedkv;
 
@@ -76,10 +92,348 @@ void compare(const PagedKVCache& cache, const test::ReferenceCache& ref, size_t 
     }
 }
 
+// ---- KVManager with prefix caching
+
+// Token j of prompt template t (0..3): ids 0..2, the templates sharing their first tokens in
+// pairs, so that prompts repeat each other's pages.
+int32_t template_token(uint32_t t, size_t j) {
+    if (j < 2) return 0;
+    if (j < 5) return int32_t(t & 1);
+    return int32_t((j * (t + 1) + t) % 3);
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// The K (kv 0) and V (kv 1) of a token, (heads, dim), as a function of the salt and every
+// token id up to and including it: a page holding a prefix holds the same K/V whoever wrote
+// it. Multiples of 1/64 in [-16, 16): exact in f16.
+void token_kv(uint64_t salt, const std::vector<int32_t>& tokens, size_t pos, uint32_t layer,
+              uint32_t kv, std::vector<float>& out) {
+    uint64_t h = mix(salt + 0x51);
+    for (size_t j = 0; j <= pos; ++j)
+        h = mix(h ^ uint64_t(uint32_t(tokens[j]) + 1));
+    h = mix(h ^ (uint64_t(layer) << 40) ^ (uint64_t(kv) << 48));
+    for (uint32_t i = 0; i < kHeads * kDim; ++i)
+        out.push_back(float(int(mix(h + i) % 2048) - 1024) / 64.0f);
+}
+
+struct ManagedSeq {
+    SeqId id;
+    std::vector<int32_t> tokens;  // every token id so far
+    uint64_t salt;
+    uint32_t tmpl;
+    bool known;  // every step gave token ids: its full pages are registered
+};
+
+constexpr size_t kMaxSeqs = 8;
+
+// How far the prefix-caching inputs went, printed at exit: executions, operations, prompt
+// tokens found cached, evictions, copy-on-write page copies.
+uint64_t managed_runs = 0, managed_ops = 0, managed_hits = 0, managed_evictions = 0,
+         managed_copies = 0;
+
+void print_managed() {
+    using ull = unsigned long long;
+    std::fprintf(stderr,
+                 "fuzz_cache: prefix caching: %llu executions, %llu operations, %llu prompt "
+                 "tokens hit, %llu evictions, %llu page copies\n",
+                 ull(managed_runs), ull(managed_ops), ull(managed_hits), ull(managed_evictions),
+                 ull(managed_copies));
+}
+
+// Writes the K/V of tokens [from, tokens.size()) of each sequence into the reference, packed.
+void reference_write(test::ReferenceSequences& ref, const std::vector<const ManagedSeq*>& seqs,
+                     const std::vector<uint32_t>& counts, bool step) {
+    std::vector<uint64_t> ids;
+    for (const ManagedSeq* s : seqs)
+        ids.push_back(s->id);
+    if (step) ref.begin_step(ids, counts);
+    for (uint32_t l = 0; l < kLayers; ++l) {
+        std::vector<float> k, v;
+        for (size_t i = 0; i < seqs.size(); ++i)
+            for (size_t p = seqs[i]->tokens.size() - counts[i]; p < seqs[i]->tokens.size(); ++p) {
+                token_kv(seqs[i]->salt, seqs[i]->tokens, p, l, 0, k);
+                token_kv(seqs[i]->salt, seqs[i]->tokens, p, l, 1, v);
+            }
+        ref.write(ids, counts, l, k, v);
+    }
+}
+
+void compare_manager(const KVManager& mgr, const BlockPool& pool,
+                     const test::ReferenceSequences& ref, const std::vector<ManagedSeq>& seqs,
+                     size_t op) {
+    if (!pool.validate()) {
+        std::fprintf(stderr, "fuzz_cache: %s\n", pool.check().c_str());
+        fail("pool invariants broken (allocator or prefix index)", op);
+    }
+    const PoolStats st = pool.stats();
+    if (st.used_blocks + st.free_blocks + st.cached_blocks != st.num_blocks)
+        fail("pool stats do not add up", op);
+    if (mgr.prefix_stats().cached_pages < st.cached_blocks)
+        fail("more evictable pages than indexed ones", op);
+    std::vector<SeqId> ids;
+    for (const ManagedSeq& s : seqs)
+        ids.push_back(s.id);
+    std::sort(ids.begin(), ids.end());
+    if (mgr.sequences() != ids || ref.ids() != std::vector<uint64_t>(ids.begin(), ids.end()))
+        fail("live sequences differ", op);
+    for (const ManagedSeq& s : seqs) {
+        if (mgr.length(s.id) != ref.length(s.id) || ref.length(s.id) != int64_t(s.tokens.size()))
+            fail("sequence length differs", op);
+        for (uint32_t l = 0; l < kLayers; ++l) {
+            const auto kv = mgr.gather(s.id, l);
+            if (!same(kv.first.to_host(), ref.keys(s.id, l)) ||
+                !same(kv.second.to_host(), ref.values(s.id, l)))
+                fail("gathered K/V differ from the reference (a shared page holds other K/V)", op);
+        }
+    }
+}
+
+// Every page of the pool's prefix index holds the K/V of its tokens: a probe manager (one more
+// KVManager with prefix caching over the pool: it shares the index) admits each leaf's whole
+// chain of tokens, must find every page of it, and gathers them. Done after an input's last
+// operation (each probe puts its pages back at the tail of the evictable list).
+void probe_index(BlockPool& pool, size_t op) {
+    const PrefixIndex* pi = detail::Access::pool(pool).prefix.get();
+    if (!pi) fail("no prefix index behind a manager with prefix caching", op);
+    const std::vector<PrefixEntry> entries = pi->entries();  // each after its parent
+    std::map<uint32_t, std::vector<int32_t>> prefix;         // block -> tokens up to its page's end
+    std::map<uint32_t, bool> leaf;
+    for (const PrefixEntry& e : entries) {
+        std::vector<int32_t> t;
+        if (e.parent != PrefixEntry::kNoParent) {
+            t = prefix.at(e.parent);
+            leaf[e.parent] = false;
+        }
+        t.insert(t.end(), e.tokens.begin(), e.tokens.end());
+        prefix[index(e.block)] = std::move(t);
+        leaf.emplace(index(e.block), true);
+    }
+    KVManager probe(pool, ManagerOptions{0.01, true});
+    for (const PrefixEntry& e : entries) {
+        if (!leaf.at(index(e.block))) continue;
+        std::vector<int32_t> tokens = prefix.at(index(e.block));
+        const size_t n = tokens.size();
+        tokens.push_back(0);  // one token to compute: every full page can be shared
+        const SeqId id = probe.add_sequence(tokens, e.salt);
+        if (probe.length(id) != int64_t(n)) fail("an indexed page cannot be found", op);
+        for (uint32_t l = 0; l < kLayers; ++l) {
+            std::vector<float> k, v, want_k(n * kHeads * kDim), want_v(n * kHeads * kDim);
+            for (size_t p = 0; p < n; ++p) {
+                token_kv(e.salt, tokens, p, l, 0, k);
+                token_kv(e.salt, tokens, p, l, 1, v);
+            }
+            for (size_t p = 0; p < n; ++p)  // (tokens, heads, dim) -> (heads, tokens, dim)
+                for (uint32_t h = 0; h < kHeads; ++h)
+                    for (uint32_t d = 0; d < kDim; ++d) {
+                        want_k[(h * n + p) * kDim + d] = k[(p * kHeads + h) * kDim + d];
+                        want_v[(h * n + p) * kDim + d] = v[(p * kHeads + h) * kDim + d];
+                    }
+            const auto kv = probe.gather(id, l);
+            if (!same(kv.first.to_host(), want_k) || !same(kv.second.to_host(), want_v))
+                fail("a cached page holds other K/V than its tokens'", op);
+        }
+        probe.free(id);
+    }
+}
+
+int run_manager(const uint8_t* data, size_t size) {
+    Context& ctx = context();
+    PoolConfig c;
+    c.num_layers = kLayers;
+    c.num_kv_heads = kHeads;
+    c.head_dim = kDim;
+    c.block_size = 1 + data[0] % 4;
+    c.dtype = DType::F16;
+    c.num_blocks = 4 + data[1] % 28;  // small: prompts outgrow it, cached pages are evicted
+    // Probing the index after every operation reorders the evictable list (each probe puts
+    // the pages it held back at its tail), so half the inputs probe only after the last one.
+    const bool probe_every_op = data[1] & 0x80;
+    const uint32_t bs = c.block_size;
+    BlockPool pool(ctx, c);
+    KVManager mgr(pool, ManagerOptions{0.01, true});
+    const PrefixIndex& index = *detail::Access::pool(pool).prefix;  // read only
+    test::ReferenceSequences ref(kLayers, kHeads, kDim, kDim);
+    std::vector<ManagedSeq> seqs;
+    PrefixCacheStats before = mgr.prefix_stats();
+    ++managed_runs;
+    uint64_t hit_tokens = 0;  // prefix_stats restarts at reset_prefix_cache
+    for (size_t i = 2; i + 2 < size; i += 3) {
+        ++managed_ops;
+        const uint8_t op = data[i] % 8, a = data[i + 1], b = data[i + 2];
+        ManagedSeq* s = seqs.empty() ? nullptr : &seqs[a % seqs.size()];
+        try {
+            switch (op) {
+                case 0: {  // add_sequence(prompt, salt): the cached pages of its prefix
+                    if (seqs.size() >= kMaxSeqs) break;
+                    const uint32_t tmpl = a & 3;
+                    const uint64_t salt = (a >> 2) & 1;
+                    std::vector<int32_t> prompt;
+                    for (size_t j = 0; j < size_t(b % 24); ++j)
+                        prompt.push_back(template_token(tmpl, j));
+                    // The longest cached run of full pages, never the whole prompt.
+                    const size_t cached =
+                        index.match(prompt, salt, prompt.empty() ? 0 : (prompt.size() - 1) / bs)
+                            .size();
+                    const SeqId id = mgr.add_sequence(prompt, salt);
+                    const int64_t held = mgr.length(id);
+                    if (held != int64_t(cached * bs) || mgr.block_table(id).size() != cached)
+                        fail("add_sequence holds other than the longest cached prefix", i);
+                    const PrefixCacheStats now = mgr.prefix_stats();
+                    if (now.queries != before.queries + 1 ||
+                        now.query_tokens != before.query_tokens + prompt.size() ||
+                        now.hit_tokens != before.hit_tokens + uint64_t(held))
+                        fail("prefix_stats did not count the lookup", i);
+                    hit_tokens += uint64_t(held);
+                    ref.add(id);
+                    seqs.push_back({id, {}, salt, tmpl, true});
+                    ManagedSeq& q = seqs.back();
+                    q.tokens.assign(prompt.begin(), prompt.begin() + held);
+                    // The shared pages must hold what this sequence would have written.
+                    reference_write(ref, {&q}, {uint32_t(held)}, true);
+                    break;
+                }
+                case 1: {  // a step: 1..3 sequences, each 1..4 new tokens (prefill or decode)
+                    if (!s) break;
+                    const size_t first = a % seqs.size(),
+                                 n = std::min<size_t>(seqs.size(), 1 + (a >> 6) % 3);
+                    std::vector<ManagedSeq*> in;
+                    std::vector<SeqId> ids;
+                    std::vector<uint32_t> counts;
+                    std::vector<std::vector<int32_t>> more(n);
+                    for (size_t j = 0; j < n; ++j) {
+                        ManagedSeq& q = seqs[(first + j) % seqs.size()];
+                        in.push_back(&q);
+                        ids.push_back(q.id);
+                        counts.push_back(1 + ((b >> (2 * j)) & 3));
+                        for (uint32_t t = 0; t < counts[j]; ++t)
+                            more[j].push_back(template_token(q.tmpl, q.tokens.size() + t));
+                        if (j == 0 && (b & 0x40))  // diverges from the template
+                            more[0][0] = (more[0][0] + 1 + ((a >> 3) & 1)) % 3;
+                    }
+                    std::vector<std::span<const int32_t>> spans(more.begin(), more.end());
+                    // Rarely a step without token ids: those sequences register no more pages.
+                    const bool with_ids = (a & 0x30) != 0x30 || !(b & 0x80);
+                    Step step = with_ids ? mgr.begin_step(ids, spans) : mgr.begin_step(ids, counts);
+                    std::vector<const ManagedSeq*> done;
+                    for (size_t j = 0; j < n; ++j) {
+                        ManagedSeq& q = *in[j];
+                        q.tokens.insert(q.tokens.end(), more[j].begin(), more[j].end());
+                        q.known = q.known && with_ids;
+                        // begin_step registered every page its tokens filled.
+                        if (q.known &&
+                            index.match(q.tokens, q.salt, SIZE_MAX).size() != q.tokens.size() / bs)
+                            fail("a full page of a step is not in the prefix index", i);
+                        done.push_back(&q);
+                    }
+                    const uint32_t total = step.total_tokens();
+                    for (uint32_t l = 0; l < kLayers; ++l) {
+                        std::vector<float> k, v;
+                        for (size_t j = 0; j < n; ++j)
+                            for (size_t p = in[j]->tokens.size() - counts[j];
+                                 p < in[j]->tokens.size(); ++p) {
+                                token_kv(in[j]->salt, in[j]->tokens, p, l, 0, k);
+                                token_kv(in[j]->salt, in[j]->tokens, p, l, 1, v);
+                            }
+                        const std::vector<int64_t> shape{total, kHeads, kDim};
+                        mgr.write(step, l, Tensor::from_host(ctx, k, shape, DType::F16),
+                                  Tensor::from_host(ctx, v, shape, DType::F16));
+                    }
+                    mgr.end_step(std::move(step));
+                    reference_write(ref, done, counts, true);
+                    break;
+                }
+                case 2: {  // fork
+                    if (!s || seqs.size() >= kMaxSeqs) break;
+                    const SeqId id = mgr.fork(s->id);
+                    ref.fork(s->id, id);
+                    ManagedSeq copy = *s;
+                    copy.id = id;
+                    seqs.push_back(std::move(copy));
+                    break;
+                }
+                case 3: {  // truncate: keep a length, or drop 1..4 tokens (rollback)
+                    if (!s) break;
+                    const int64_t len = int64_t(s->tokens.size());
+                    const int64_t to = (b & 0x80) ? -(1 + b % 4) : int64_t(b % (len + 2));
+                    mgr.truncate(s->id, to);
+                    ref.truncate(s->id, to);
+                    s->tokens.resize(size_t(ref.length(s->id)));
+                    break;
+                }
+                case 4:  // free: its cached pages stay, evictable
+                    if (!s) break;
+                    mgr.free(s->id);
+                    ref.free(s->id);
+                    seqs.erase(seqs.begin() + ptrdiff_t(a % seqs.size()));
+                    break;
+                case 5:
+                    mgr.reset_prefix_cache();
+                    if (mgr.prefix_stats().cached_pages != 0 || pool.stats().cached_blocks != 0)
+                        fail("reset_prefix_cache left pages cached", i);
+                    break;
+                case 6: {  // a reservation (with lookahead) that the next steps use
+                    if (!s) break;
+                    const SeqId id = s->id;
+                    const uint32_t count = b % 3;
+                    mgr.allocate(std::span(&id, 1), std::span(&count, 1), (b >> 2) % 3);
+                    break;
+                }
+                case 7: {  // a new sequence repeating a live one's tokens: shares its pages
+                    if (!s || seqs.size() >= kMaxSeqs) break;
+                    const ManagedSeq src = *s;
+                    const size_t cached =
+                        index
+                            .match(src.tokens, src.salt,
+                                   src.tokens.empty() ? 0 : (src.tokens.size() - 1) / bs)
+                            .size();
+                    const SeqId id = mgr.add_sequence(src.tokens, src.salt);
+                    const int64_t held = mgr.length(id);
+                    if (held != int64_t(cached * bs) || mgr.block_table(id).size() != cached)
+                        fail("add_sequence holds other than the longest cached prefix", i);
+                    hit_tokens += uint64_t(held);
+                    ref.add(id);
+                    seqs.push_back({id, {}, src.salt, src.tmpl, true});
+                    ManagedSeq& q = seqs.back();
+                    q.tokens.assign(src.tokens.begin(), src.tokens.begin() + held);
+                    reference_write(ref, {&q}, {uint32_t(held)}, true);
+                    break;
+                }
+            }
+        } catch (const Error& e) {
+            // Refused (out of blocks): nothing changed, which the comparison proves.
+            if (e.code() != ErrorCode::OutOfBlocks) {
+                std::fprintf(stderr, "fuzz_cache: %s\n", e.what());
+                fail("the manager refused an operation other than for want of pages", i);
+            }
+        }
+        before = mgr.prefix_stats();
+        compare_manager(mgr, pool, ref, seqs, i);
+        if (probe_every_op || i + 5 >= size) probe_index(pool, i);
+    }
+    managed_hits += hit_tokens;
+    managed_evictions += mgr.prefix_stats().evictions;
+    managed_copies += pool.stats().pages_copied;
+    return 0;
+}
+
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    // libFuzzer ends a run (-runs, -max_total_time) with exit(), which runs this.
+    std::atexit(print_managed);
+    return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (size < 2) return 0;
+    if (data[0] & 0x80) return run_manager(data, size);
     Context& ctx = context();
     PoolConfig c;
     c.num_layers = kLayers;

@@ -107,7 +107,7 @@ inline std::vector<double> causal_attention_row(const float* q, const std::vecto
     for (uint32_t h = 0; h < q_heads; ++h) {
         const uint32_t g = h / (q_heads / kv_heads);
         std::vector<double> s(static_cast<size_t>(n));
-        double m = -INFINITY;
+        double m = -HUGE_VAL;
         for (int64_t t = 0; t < n; ++t) {
             double dot = 0;
             for (uint32_t i = 0; i < d; ++i)
