@@ -326,10 +326,6 @@ int run_manager(const uint8_t* data, size_t size) {
                         ManagedSeq& q = *in[j];
                         q.tokens.insert(q.tokens.end(), more[j].begin(), more[j].end());
                         q.known = q.known && with_ids;
-                        // begin_step registered every page its tokens filled.
-                        if (q.known &&
-                            index.match(q.tokens, q.salt, SIZE_MAX).size() != q.tokens.size() / bs)
-                            fail("a full page of a step is not in the prefix index", i);
                         done.push_back(&q);
                     }
                     const uint32_t total = step.total_tokens();
@@ -346,6 +342,12 @@ int run_manager(const uint8_t* data, size_t size) {
                                   Tensor::from_host(ctx, v, shape, DType::F16));
                     }
                     mgr.end_step(std::move(step));
+                    // The step ended with every layer written: it registered every page its
+                    // tokens filled.
+                    for (const ManagedSeq* q : done)
+                        if (q->known && index.match(q->tokens, q->salt, SIZE_MAX).size() !=
+                                            q->tokens.size() / bs)
+                            fail("a full page of a step is not in the prefix index", i);
                     reference_write(ref, done, counts, true);
                     break;
                 }
