@@ -445,6 +445,11 @@ TEST_CASE(
 
     const KVManager* managers[] = {&m};
     save_snapshot(file.path, pool, {}, managers, {.page_contents = true});
+    const DetailedStats d = detailed_stats(pool, {}, managers);
+    CHECK(d.cached_blocks == 1);
+    CHECK(d.cached_held_blocks == 3);
+    CHECK(d.prefix_entries == 4);
+    CHECK(d.free_blocks == before.free_blocks);
     const SnapshotData s = decode_snapshot(read_snapshot_file(file.path));
     CHECK(s.allocator.evictable.size() == 1);
     CHECK(s.allocator.cached.size() == 4);
