@@ -484,9 +484,9 @@ pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
         const pagedkv_pool& p = need(pool, "pool");
         need(out_stats, "out_stats");
         const pagedkv::PoolStats s = p.pool->stats();
-        *out_stats = pagedkv_pool_stats{s.num_blocks,       s.used_blocks,   s.free_blocks,
-                                        s.peak_used_blocks, s.shared_blocks, s.pages_copied,
-                                        s.block_bytes,      s.total_bytes,   s.num_slabs};
+        *out_stats = pagedkv_pool_stats{
+            s.num_blocks,   s.used_blocks, s.free_blocks, s.peak_used_blocks, s.shared_blocks,
+            s.pages_copied, s.block_bytes, s.total_bytes, s.num_slabs,        s.cached_blocks};
     });
 }
 
@@ -993,6 +993,44 @@ pagedkv_status pagedkv_step_view(const pagedkv_step* step, uint32_t layer,
 
 void pagedkv_step_destroy(pagedkv_step* step) noexcept {
     delete step;
+}
+
+pagedkv_status pagedkv_manager_begin_step_tokens(pagedkv_manager* manager,
+                                                 const pagedkv_seq_id* seqs,
+                                                 const int32_t* const* token_ids,
+                                                 const uint32_t* new_tokens, size_t count,
+                                                 pagedkv_step** out_step) noexcept {
+    return guarded("pagedkv_manager_begin_step_tokens", [&] {
+        pagedkv::KVManager& m = manager_of(manager);
+        need(out_step, "out_step");
+        const SeqCounts sc = seq_counts(seqs, new_tokens, count);
+        const std::span<const int32_t* const> ids = span_of(token_ids, count, "token_ids");
+        std::vector<std::span<const int32_t>> spans;
+        spans.reserve(count);
+        for (size_t i = 0; i < count; ++i) {
+            const std::string name = fmt::format("token_ids[{}]", i);
+            spans.push_back(span_of(ids[i], sc.counts[i], name.c_str()));
+        }
+        auto h = std::make_unique<pagedkv_step>();  // before the sequences change
+        h->step = m.begin_step(sc.seqs, spans);
+        *out_step = h.release();
+    });
+}
+
+pagedkv_status pagedkv_manager_prefix_stats(const pagedkv_manager* manager,
+                                            pagedkv_prefix_cache_stats* out_stats) noexcept {
+    return guarded("pagedkv_manager_prefix_stats", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_stats, "out_stats");
+        const pagedkv::PrefixCacheStats s = m.prefix_stats();
+        *out_stats = pagedkv_prefix_cache_stats{s.queries, s.hit_tokens, s.query_tokens,
+                                                s.cached_pages, s.evictions};
+    });
+}
+
+pagedkv_status pagedkv_manager_reset_prefix_cache(pagedkv_manager* manager) noexcept {
+    return guarded("pagedkv_manager_reset_prefix_cache",
+                   [&] { manager_of(manager).reset_prefix_cache(); });
 }
 
 }  // extern "C"

@@ -1,6 +1,7 @@
 #include "cache/snapshot/detailed_stats.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <unordered_map>
 #include <utility>
 
@@ -42,12 +43,20 @@ DetailedStats compute_detailed_stats(const SnapshotData& s) {
     const uint64_t bs = s.layout.block_size;
     d.num_blocks = rc.size();
     d.peak_used_blocks = s.allocator.peak_used_blocks;
+    std::vector<uint8_t> cached(rc.size(), 0);
+    for (BlockId b : s.allocator.cached)
+        if (index(b) < cached.size()) cached[index(b)] = 1;
+    d.prefix_entries = s.prefix.size();
     uint64_t run = 0;
-    for (uint32_t r : rc) {
+    for (size_t b = 0; b < rc.size(); ++b) {
+        const uint32_t r = rc[b];
         if (r >= d.refcount_histogram.size()) d.refcount_histogram.resize(size_t(r) + 1, 0);
         ++d.refcount_histogram[r];
         d.references += r;
-        if (r == 0) {
+        if (cached[b]) ++(r == 0 ? d.cached_blocks : d.cached_held_blocks);
+        if (r == 0 && cached[b]) {
+            run = 0;  // evictable: not free
+        } else if (r == 0) {
             ++d.free_blocks;
             if (run++ == 0) ++d.free_runs;
             d.largest_free_run = std::max(d.largest_free_run, run);

@@ -80,12 +80,11 @@ SnapshotCache capture_manager(const KVManager& manager, uint32_t layers) {
     return k;
 }
 
-// The bytes of every block in use, ascending, read back a run of consecutive blocks at a time.
+// The bytes of every block in use and every evictable cached block (its K/V is what a later
+// prefix-cache hit reads), ascending, read back a run of consecutive blocks at a time.
 void read_pages(PoolState& ps, SnapshotData& s) {
     const uint64_t bb = ps.format.block_bytes();
-    std::vector<uint32_t> used;
-    for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
-        if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
+    const std::vector<uint32_t> used = s.page_blocks();
     s.pages.resize(used.size() * bb);
     s.has_pages = true;
     // Slabs are not tracked one by one (PageSlabs is): wait for every write recorded so far,
@@ -148,6 +147,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     const PoolConfig& c = ps.config;
     s.layout = pool_shape(c);
     s.allocator = ps.allocator.state();
+    if (ps.prefix) s.prefix = ps.prefix->entries();
     s.pages_copied = ps.pages_copied;
     for (const PagedKVCache* cache : caches)
         s.caches.push_back(capture_cache(*cache, c.num_layers));

@@ -12,6 +12,7 @@ namespace {
 
 namespace pf = snapshot_format::pool;
 namespace cf = snapshot_format::cache;
+namespace px = snapshot_format::prefix;
 
 // Positions in a row are below INT32_MAX (update() refuses the rest).
 constexpr int64_t kMaxPosition = INT32_MAX;
@@ -30,6 +31,7 @@ class Checker {
         if (!(e = references()).empty()) return e;
         for (size_t c = 0; c < s_.caches.size(); ++c)
             if (!(e = unshared(c)).empty()) return e;
+        if (!(e = prefix()).empty()) return e;
         return pages();
     }
 
@@ -96,8 +98,11 @@ class Checker {
                 offset = pool_at(pf::kAllocations);
                 break;
             case W::Cached:
+                offset = (at_ ? at_->cached : 0) + 4 * problem->index;
+                break;
             case W::Evictable:
-                break;  // not in format version 1
+                offset = (at_ ? at_->evictable : 0) + 4 * problem->index;
+                break;
         }
         return fail(offset, problem->field, problem->what);
     }
@@ -257,16 +262,81 @@ class Checker {
         return {};
     }
 
+    // The prefix index's entries (the allocator's cached and evictable lists passed
+    // allocator()): one per cached block, each page after its parent, each hash the hash of its
+    // parent's hash, salt and tokens (PrefixIndex::hash_page), no hash twice; what
+    // PrefixIndex::restore and PrefixIndex::check require.
+    std::string prefix() const {
+        const uint64_t n = s_.layout.num_blocks;
+        const uint32_t bs = s_.layout.block_size;
+        const auto& entries = s_.prefix;
+        std::vector<uint8_t> cached(n, 0);
+        for (BlockId b : s_.allocator.cached)
+            cached[index(b)] = 1;
+        constexpr uint64_t kNone = UINT64_MAX;
+        std::vector<uint64_t> entry_of(n, kNone);
+        std::unordered_map<uint64_t, size_t> by_hash;
+        for (size_t i = 0; i < entries.size(); ++i) {
+            const PrefixEntry& e = entries[i];
+            const uint32_t b = index(e.block);
+            auto bad = [&](uint64_t field, const char* name, const std::string& what) {
+                const uint64_t at = at_ ? at_->entries + i * at_->entry_bytes + field : 0;
+                return fail(at, fmt::format("prefix[{}].{}", i, name), what);
+            };
+            if (b >= n)
+                return bad(px::kBlock, "block",
+                           fmt::format("block {} out of range, the pool has {} blocks", b, n));
+            if (entry_of[b] != kNone)
+                return bad(
+                    px::kBlock, "block",
+                    fmt::format("block {} has two entries (also prefix[{}])", b, entry_of[b]));
+            if (!cached[b])
+                return bad(px::kBlock, "block",
+                           fmt::format("block {} has an entry but is not cached", b));
+            if (e.tokens.size() != bs)
+                return bad(px::kTokens, "tokens",
+                           fmt::format("{} token ids, a page holds {}", e.tokens.size(), bs));
+            uint64_t parent_hash = PrefixIndex::kRootHash;
+            if (e.parent != PrefixEntry::kNoParent) {
+                if (e.parent >= n || entry_of[e.parent] == kNone)
+                    return bad(px::kParent, "parent",
+                               fmt::format("parent block {} of block {} is not an entry before it "
+                                           "(each page comes after its parent)",
+                                           e.parent, b));
+                parent_hash = entries[entry_of[e.parent]].hash;
+            }
+            const uint64_t h = PrefixIndex::hash_page(parent_hash, e.salt, e.tokens);
+            if (h != e.hash)
+                return bad(px::kHash, "hash",
+                           fmt::format("hash {:016x} of block {}, but its parent's hash, salt and "
+                                       "tokens hash to {:016x}",
+                                       e.hash, b, h));
+            if (auto [it, fresh] = by_hash.emplace(h, i); !fresh)
+                return bad(
+                    px::kHash, "hash",
+                    fmt::format("hash {:016x} of block {} is also prefix[{}]'s", h, b, it->second));
+            entry_of[b] = i;
+        }
+        const auto& list = s_.allocator.cached;
+        for (size_t i = 0; i < list.size(); ++i)
+            if (entry_of[index(list[i])] == kNone)
+                return fail(
+                    (at_ ? at_->cached : 0) + 4 * i, fmt::format("cached[{}]", i),
+                    fmt::format("block {} is cached but has no prefix entry", index(list[i])));
+        return {};
+    }
+
     std::string pages() const {
         // The decoder reads exactly this many bytes, so only assembled data can fail here.
         if (!s_.has_pages) {
             if (!s_.pages.empty()) return "pages: page bytes present but has_pages is false";
             return {};
         }
-        const uint64_t want = s_.used_blocks() * s_.layout.block_bytes();
+        const uint64_t blocks = s_.page_blocks().size();
+        const uint64_t want = blocks * s_.layout.block_bytes();
         if (s_.pages.size() != want)
-            return fmt::format("pages: {} page bytes, {} blocks in use need {}", s_.pages.size(),
-                               s_.used_blocks(), want);
+            return fmt::format("pages: {} page bytes, {} blocks in use or evictable need {}",
+                               s_.pages.size(), blocks, want);
         return {};
     }
 

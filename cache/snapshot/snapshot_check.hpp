@@ -1,6 +1,7 @@
 // check_snapshot: every invariant a snapshot must hold before anything is rebuilt from it
 // (reference counts equal the tables' references, free list = the unreferenced blocks, ids in
-// range, lengths inside their rows' pages), reported as one line naming the field.
+// range, lengths inside their rows' pages, cached blocks = the prefix entries, each hashing its
+// tokens), reported as one line naming the field.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,12 @@ struct SnapshotOffsets {
     uint64_t pool = 0;       // first byte of the POOL body
     uint64_t refcounts = 0;  // refcounts[0]
     uint64_t free_list = 0;  // free_list[0]
+    // The PRFX section (version 2): cached[0], evictable[0], the first prefix entry, and the
+    // size of one entry.
+    uint64_t cached = 0;
+    uint64_t evictable = 0;
+    uint64_t entries = 0;
+    uint64_t entry_bytes = 0;
     struct Cache {
         uint64_t head = 0;             // first byte of the CACH body
         std::vector<uint64_t> tables;  // block 0 of each table: rows, then spare rows

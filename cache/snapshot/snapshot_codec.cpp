@@ -269,32 +269,76 @@ void decode_cache(Reader r, size_t c, SnapshotData& s, SnapshotOffsets& at) {
     r.finish();
 }
 
+// PRFX (version 2): the cached and evictable blocks, then the prefix index's entries.
+void decode_prefix(Reader r, SnapshotData& s, SnapshotOffsets& at) {
+    namespace px = sf::prefix;
+    const uint64_t n = s.layout.num_blocks;
+    // A list of block ids: its count, then the ids; `field` names both.
+    auto ids = [&](const char* field, uint64_t& ids_at, std::vector<BlockId>& out) {
+        const uint64_t count = r.u64([&] { return fmt::format("{}_count", field); });
+        ids_at = r.pos();
+        r.need(count, 4, field);
+        if (count > n)
+            throw corrupt(fmt::format("byte {} ({}_count): {} {} blocks in a pool of {}",
+                                      ids_at - 8, field, count, field, n));
+        out.resize(count);
+        for (uint64_t i = 0; i < count; ++i)
+            out[i] = BlockId{r.u32(field)};
+    };
+    ids("cached", at.cached, s.allocator.cached);
+    ids("evictable", at.evictable, s.allocator.evictable);
+    const uint64_t count = r.u64("entry_count");
+    at.entries = r.pos();
+    const uint32_t bs = s.layout.block_size;
+    at.entry_bytes = px::kEntryHeadBytes + 4 * uint64_t(bs);
+    r.need(count, at.entry_bytes, "prefix");  // bounds the allocations below
+    s.prefix.resize(count);
+    for (uint64_t i = 0; i < count; ++i) {
+        auto field = [i](const char* f) {
+            return [i, f] { return fmt::format("prefix[{}].{}", i, f); };
+        };
+        PrefixEntry& e = s.prefix[i];
+        e.block = BlockId{r.u32(field("block"))};
+        e.parent = r.u32(field("parent"));
+        e.hash = r.u64(field("hash"));
+        e.salt = r.u64(field("salt"));
+        e.tokens.resize(bs);
+        for (uint32_t t = 0; t < bs; ++t)
+            e.tokens[t] = static_cast<int32_t>(r.u32(field("tokens")));
+    }
+    r.finish();
+}
+
 void decode_pages(Reader r, SnapshotData& s) {
     const uint64_t count = r.u64("page_count");
     const uint64_t ids_at = r.pos();
     r.need(count, 4, "page_ids");
-    const auto& rc = s.allocator.refcounts;
-    const uint64_t used = s.used_blocks();
-    if (count != used)
+    // Blocks in use and evictable cached blocks hold K/V (SnapshotData::page_blocks).
+    const std::vector<uint32_t> want = s.page_blocks();
+    if (count != want.size())
         throw corrupt(
             fmt::format("byte {} (page_count): {} pages with contents, but {} blocks are "
-                        "in use",
-                        ids_at - 8, count, used));
+                        "in use or evictable",
+                        ids_at - 8, count, want.size()));
+    const auto& rc = s.allocator.refcounts;
+    std::vector<uint8_t> has_contents(rc.size(), 0);
+    for (uint32_t b : want)
+        has_contents[b] = 1;
     uint64_t prev = 0;
     for (uint64_t i = 0; i < count; ++i) {
         const uint64_t b = r.u32("page_ids");
         const uint64_t off = ids_at + 4 * i;
-        if (b >= rc.size() || rc[b] == 0)
+        if (b >= rc.size() || !has_contents[b])
             throw corrupt(
-                fmt::format("byte {} (page_ids[{}]): block {} is {}, only blocks in use "
-                            "have contents",
+                fmt::format("byte {} (page_ids[{}]): block {} is {}, only blocks in use or "
+                            "evictable have contents",
                             off, i, b, b >= rc.size() ? "out of range" : "free"));
         if (i > 0 && b <= prev)
             throw corrupt(
                 fmt::format("byte {} (page_ids[{}]): block {} after block {}, ids must "
                             "ascend",
                             off, i, b, prev));
-        prev = b;
+        prev = b;  // ascending, as many as want, each in want: exactly want
     }
     const uint64_t block_bytes = s.layout.block_bytes();
     r.need(count, block_bytes, "page_data");
@@ -311,7 +355,8 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
     for (uint8_t c : sf::kMagic)
         w.out.push_back(c);
     w.u32(sf::kVersion);
-    w.u32(s.has_pages ? sf::kFlagPageContents : 0);
+    w.u32((s.has_pages ? sf::kFlagPageContents : 0) |
+          (s.has_prefix_cache() ? sf::kFlagPrefixCache : 0));
     w.u64(0);  // payload bytes, sealed below
     w.u32(0);  // payload crc
     w.u32(0);  // header crc
@@ -363,13 +408,31 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
         w.end_section(at);
     }
 
+    if (s.has_prefix_cache()) {
+        at = w.begin_section(sf::kPrefixTag);
+        for (const auto* list : {&s.allocator.cached, &s.allocator.evictable}) {
+            w.u64(list->size());
+            for (BlockId b : *list)
+                w.u32(index(b));
+        }
+        w.u64(s.prefix.size());
+        for (const PrefixEntry& e : s.prefix) {
+            w.u32(index(e.block));
+            w.u32(e.parent);
+            w.u64(e.hash);
+            w.u64(e.salt);
+            // Exactly block_size ids (missing ones of inconsistent data as 0).
+            for (uint32_t t = 0; t < l.block_size; ++t)
+                w.u32(static_cast<uint32_t>(t < e.tokens.size() ? e.tokens[t] : 0));
+        }
+        w.end_section(at);
+    }
+
     if (s.has_pages) {
         at = w.begin_section(sf::kPagesTag);
-        std::vector<uint32_t> used;
-        for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
-            if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
-        w.u64(used.size());
-        for (uint32_t b : used)
+        const std::vector<uint32_t> blocks = s.page_blocks();
+        w.u64(blocks.size());
+        for (uint32_t b : blocks)
             w.u32(b);
         w.bytes(s.pages);
         w.end_section(at);
@@ -406,11 +469,11 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
                         "alone is {}",
                         size, size, sf::kHeaderBytes));
     const uint32_t version = uint32_t(get_le(b, sf::kVersionAt, 4));
-    if (version != sf::kVersion)
+    if (version < sf::kOldestVersion || version > sf::kVersion)
         throw corrupt(
             fmt::format("byte {} (version): unsupported snapshot version {}, this build "
-                        "reads version {}",
-                        sf::kVersionAt, version, sf::kVersion));
+                        "reads versions {} to {}",
+                        sf::kVersionAt, version, sf::kOldestVersion, sf::kVersion));
     const uint32_t header_crc = uint32_t(get_le(b, sf::kHeaderCrcAt, 4));
     const uint32_t header_want = crc32(b.first(sf::kHeaderCrcAt));
     if (header_crc != header_want)
@@ -419,9 +482,10 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
                         "{:#010x}, computed {:#010x} over bytes [0, {})",
                         sf::kHeaderCrcAt, header_crc, header_want, sf::kHeaderCrcAt));
     const uint32_t flags = uint32_t(get_le(b, sf::kFlagsAt, 4));
-    if (flags & ~sf::kKnownFlags)
-        throw corrupt(fmt::format("byte {} (flags): unknown flag bits {:#x}", sf::kFlagsAt,
-                                  flags & ~sf::kKnownFlags));
+    const uint32_t known = version == 1 ? sf::kKnownFlagsV1 : sf::kKnownFlags;
+    if (flags & ~known)
+        throw corrupt(fmt::format("byte {} (flags): unknown flag bits {:#x} in a version-{} file",
+                                  sf::kFlagsAt, flags & ~known, version));
     const uint64_t payload = get_le(b, sf::kPayloadBytesAt, 8);
     if (payload > size - sf::kHeaderBytes)
         throw corrupt(
@@ -451,6 +515,7 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
     s.caches.reserve(num_caches);
     for (uint32_t c = 0; c < num_caches; ++c)
         decode_cache(r.section(sf::kCacheTag, fmt::format("CACH #{}", c)), c, s, at);
+    if (flags & sf::kFlagPrefixCache) decode_prefix(r.section(sf::kPrefixTag, "PRFX"), s, at);
     if (std::string e = check_snapshot(s, &at); !e.empty()) throw corrupt(e);
     if (flags & sf::kFlagPageContents) {
         decode_pages(r.section(sf::kPagesTag, "PAGE"), s);

@@ -28,4 +28,15 @@ uint64_t SnapshotData::used_blocks() const {
                                   [](uint32_t r) { return r > 0; }));
 }
 
+std::vector<uint32_t> SnapshotData::page_blocks() const {
+    const auto& rc = allocator.refcounts;
+    std::vector<uint8_t> evictable(rc.size(), 0);
+    for (BlockId b : allocator.evictable)
+        if (index(b) < rc.size()) evictable[index(b)] = 1;
+    std::vector<uint32_t> out;
+    for (size_t b = 0; b < rc.size(); ++b)
+        if (rc[b] > 0 || evictable[b]) out.push_back(uint32_t(b));
+    return out;
+}
+
 }  // namespace pagedkv

@@ -1,5 +1,6 @@
 // SnapshotData: everything a snapshot file holds, decoded: the pool layout, the allocator's
-// exact state, every cache's kind and tables, and optionally the bytes of the pages in use.
+// exact state (cached and evictable blocks included), the prefix index's entries, every cache's
+// kind and tables, and optionally the bytes of the pages holding K/V.
 // Plain data with no GPU behind it: the codec, the checks and the dump tool work on it alone.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include "allocator/block_allocator.hpp"
 #include "allocator/block_id.hpp"
 #include "allocator/page_format.hpp"
+#include "allocator/prefix_index.hpp"
 #include "pagedkv/dtype.hpp"
 
 namespace pagedkv {
@@ -42,12 +44,22 @@ struct SnapshotData {
     AllocatorState allocator;
     uint64_t pages_copied = 0;  // the pool's copy-on-write counter
     std::vector<SnapshotCache> caches;
+    // Prefix caching: the index's entries, each page after its parent (PrefixIndex::entries()),
+    // one per block of allocator.cached. Empty without prefix caching (and in version-1 files).
+    std::vector<PrefixEntry> prefix;
     bool has_pages = false;
-    // With has_pages: the blocks in use (reference count above zero) in ascending id order,
-    // block_bytes() each.
+    // With has_pages: the bytes of page_blocks(), in that order, block_bytes() each.
     std::vector<uint8_t> pages;
 
     uint64_t used_blocks() const;
+    // The blocks whose bytes a snapshot with pages holds, ascending: those in use (reference
+    // count above zero) and the evictable cached ones (no reference, but K/V that a later
+    // prefix-cache hit reads). Free blocks hold nothing anyone reads.
+    std::vector<uint32_t> page_blocks() const;
+    // Whether there is anything of prefix caching to record (the PRFX section).
+    bool has_prefix_cache() const {
+        return !allocator.cached.empty() || !allocator.evictable.empty() || !prefix.empty();
+    }
 
     bool operator==(const SnapshotData&) const = default;
 };

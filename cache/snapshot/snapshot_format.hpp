@@ -1,8 +1,13 @@
-// snapshot_format: where every field of a snapshot file sits (version 1, little-endian), shared
+// snapshot_format: where every field of a snapshot file sits (version 2, little-endian), shared
 // by the encoder, the decoder and the checks that name byte offsets. README.md#format says it
 // in words; a change here is a new format version. (The page layout took POOL's reserved u32,
 // which every earlier file holds as 0: head-major, the only layout those pools had. A reader
 // from before refuses a token-major file rather than misreading its pages.)
+//
+// Version 2 added prefix caching: flag kFlagPrefixCache and a PRFX section after the caches
+// (cached and evictable blocks, the prefix index's entries). Without that flag a version-2 file
+// is a version-1 file with another version number; version-1 files are still read (they have
+// no cached pages).
 #pragma once
 
 #include <array>
@@ -11,7 +16,8 @@
 namespace pagedkv::snapshot_format {
 
 inline constexpr std::array<uint8_t, 8> kMagic = {'P', 'K', 'V', 'S', 'N', 'A', 'P', 0x1A};
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kOldestVersion = 1;  // the oldest version this build reads
 
 // Header: 32 bytes.
 inline constexpr uint64_t kMagicAt = 0;
@@ -23,13 +29,16 @@ inline constexpr uint64_t kHeaderCrcAt = 28;  // CRC-32 of bytes [0, 28)
 inline constexpr uint64_t kHeaderBytes = 32;
 
 inline constexpr uint32_t kFlagPageContents = 1u << 0;
-inline constexpr uint32_t kKnownFlags = kFlagPageContents;
+inline constexpr uint32_t kFlagPrefixCache = 1u << 1;  // version 2: a PRFX section
+inline constexpr uint32_t kKnownFlagsV1 = kFlagPageContents;
+inline constexpr uint32_t kKnownFlags = kFlagPageContents | kFlagPrefixCache;
 
 // A section: a 4-character tag, the body's length in bytes (u64), the body.
 inline constexpr uint64_t kSectionHeaderBytes = 12;
 inline constexpr std::array<char, 4> kPoolTag = {'P', 'O', 'O', 'L'};
 inline constexpr std::array<char, 4> kAllocatorTag = {'A', 'L', 'O', 'C'};
 inline constexpr std::array<char, 4> kCacheTag = {'C', 'A', 'C', 'H'};
+inline constexpr std::array<char, 4> kPrefixTag = {'P', 'R', 'F', 'X'};
 inline constexpr std::array<char, 4> kPagesTag = {'P', 'A', 'G', 'E'};
 
 // POOL body: 88 bytes, offsets from the body's first byte.
@@ -63,5 +72,19 @@ inline constexpr uint64_t kRows = 16;        // u32
 inline constexpr uint64_t kSpareRows = 20;   // u32
 inline constexpr uint64_t kHeadBytes = 24;
 }  // namespace cache
+
+// PRFX body (version 2, with kFlagPrefixCache; after the CACH sections, before PAGE):
+// u64 cached_count, that many u32 block ids (every cached block, ascending); u64
+// evictable_count, that many u32 block ids (the cached blocks of refcount 0, least recently
+// released first: evicted first); u64 entry_count, then the prefix index's entries, each page
+// after its parent, kEntryHeadBytes + 4 x block_size bytes each.
+namespace prefix {
+inline constexpr uint64_t kBlock = 0;    // u32
+inline constexpr uint64_t kParent = 4;   // u32: the parent page's block, or 0xFFFFFFFF
+inline constexpr uint64_t kHash = 8;     // u64: PrefixIndex::hash_page of parent hash, salt, tokens
+inline constexpr uint64_t kSalt = 16;    // u64
+inline constexpr uint64_t kTokens = 24;  // block_size x i32 token ids
+inline constexpr uint64_t kEntryHeadBytes = 24;
+}  // namespace prefix
 
 }  // namespace pagedkv::snapshot_format

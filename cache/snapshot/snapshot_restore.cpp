@@ -1,5 +1,7 @@
 #include <fmt/format.h>
 
+#include <unordered_map>
+
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
@@ -52,17 +54,46 @@ struct SnapshotRestorer {
 
 namespace {
 
-// Writes the saved bytes of the blocks in use into a fresh pool, a run of consecutive blocks
-// at a time (no GPU work touches a fresh pool's slabs yet).
+// Writes the saved bytes of the blocks in use and the evictable cached blocks into a fresh
+// pool, a run of consecutive blocks at a time (no GPU work touches a fresh pool's slabs yet).
 void write_pages(PoolState& ps, const SnapshotData& s) {
     const uint64_t bb = ps.format.block_bytes();
-    std::vector<uint32_t> used;
-    for (size_t b = 0; b < s.allocator.refcounts.size(); ++b)
-        if (s.allocator.refcounts[b] > 0) used.push_back(uint32_t(b));
+    const std::vector<uint32_t> used = s.page_blocks();
     const PageSlabs& pages = *ps.pages;
     pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
         pages.slab_of(first).write(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
     });
+}
+
+// entries (parents first) with each parent's children in the reverse of their order there,
+// parents still first.
+std::vector<PrefixEntry> siblings_reversed(const std::vector<PrefixEntry>& entries) {
+    std::unordered_map<uint32_t, std::vector<size_t>> children;
+    std::vector<size_t> order;
+    for (size_t i = 0; i < entries.size(); ++i) {
+        if (entries[i].parent == PrefixEntry::kNoParent)
+            order.push_back(i);
+        else
+            children[entries[i].parent].push_back(i);
+    }
+    for (size_t k = 0; k < order.size(); ++k) {
+        const auto it = children.find(index(entries[order[k]].block));
+        if (it != children.end()) order.insert(order.end(), it->second.rbegin(), it->second.rend());
+    }
+    std::vector<PrefixEntry> out;
+    out.reserve(entries.size());
+    for (size_t i : order)
+        out.push_back(entries[i]);
+    return out;
+}
+
+// The saved prefix index over the restored allocator, its pages' children in the saved order
+// (that order decides which blocks a cascading eviction frees first). PrefixIndex::restore
+// links each entry in front of its parent's other children, which reverses that order in
+// entries(); when it does, the index is rebuilt from the entries with siblings reversed.
+void restore_prefix(PrefixIndex& prefix, const std::vector<PrefixEntry>& entries) {
+    prefix.restore(entries);
+    if (prefix.entries() != entries) prefix.restore(siblings_reversed(entries));
 }
 
 }  // namespace
@@ -81,7 +112,13 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
     RestoredSnapshot out;
     out.pool = std::make_unique<BlockPool>(ctx, c);
     detail::PoolState& ps = detail::Access::pool(*out.pool);
+    // Cached pages: the pool's prefix index first (it turns caching on in the allocator), then
+    // the allocator, then the index's entries over it; a KVManager with prefix caching made
+    // over the restored pool uses this index.
+    if (s.has_prefix_cache())
+        ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
     ps.allocator.restore(s.allocator);
+    if (ps.prefix) detail::restore_prefix(*ps.prefix, s.prefix);
     ps.pages_copied = s.pages_copied;
     for (const SnapshotCache& k : s.caches)
         out.caches.push_back(detail::SnapshotRestorer::make(*out.pool, k));

@@ -9,16 +9,22 @@
 
 namespace pagedkv {
 
-// The counters (as BlockPool::stats() has them), then what only a walk finds.
+// The counters (as BlockPool::stats() has them: free_blocks the free list, cached_blocks the
+// evictable cached pages), then what only a walk finds.
 struct DetailedStats : BlockCounts {
     // Table entries over every row of every cache: the sum of the reference counts.
     uint64_t references = 0;
-    // Longest run of consecutive free block ids, and how many maximal runs the free blocks
-    // form (1 when they are contiguous). Paging does not need contiguity; a runtime that hands
-    // whole ranges to another allocator does.
+    // Prefix caching: cached pages that some row holds (the evictable ones are cached_blocks),
+    // and all the pages the prefix index names (cached_held_blocks + cached_blocks).
+    uint64_t cached_held_blocks = 0;
+    uint64_t prefix_entries = 0;
+    // Longest run of consecutive free block ids (evictable cached blocks are not free), and how
+    // many maximal runs the free blocks form (1 when they are contiguous). Paging does not need
+    // contiguity; a runtime that hands whole ranges to another allocator does.
     uint64_t largest_free_run = 0;
     uint64_t free_runs = 0;
-    // refcount_histogram[k]: blocks referenced by k table entries (index 0: free blocks).
+    // refcount_histogram[k]: blocks referenced by k table entries (index 0: free and evictable
+    // blocks).
     std::vector<uint64_t> refcount_histogram;
     // Token slots of the pages in use (used_blocks x block_size), and how many of them hold a
     // token of some row in some layer; the rest is waste (a shared slot counts once).

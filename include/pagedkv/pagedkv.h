@@ -156,6 +156,10 @@ typedef struct pagedkv_pool_stats {
     uint64_t block_bytes;    // bytes of one block (all layers, K and V)
     uint64_t total_bytes;
     uint64_t num_slabs;
+    // Last, so the fields before it keep their offsets from 0.1. Prefix caching: cached pages
+    // no row holds (evictable); free_blocks counts only the never-cached free ones, and
+    // used + free + cached = num_blocks.
+    uint64_t cached_blocks;
 } pagedkv_pool_stats;
 
 PAGEDKV_API pagedkv_status pagedkv_pool_create(pagedkv_context* context,
@@ -334,9 +338,22 @@ typedef struct pagedkv_step pagedkv_step;
 typedef uint64_t pagedkv_seq_id;  // never reused within a manager
 
 typedef struct pagedkv_manager_options {
-    double watermark;    // share of the pool can_allocate keeps free for running sequences
-    int prefix_caching;  // nonzero: not implemented yet (PAGEDKV_ERROR_UNSUPPORTED)
+    double watermark;  // share of the pool can_allocate keeps free for running sequences
+    // Nonzero: prefix caching (the C++ ManagerOptions::prefix_caching). Full pages of the steps
+    // begun with pagedkv_manager_begin_step_tokens are indexed by their token ids;
+    // pagedkv_manager_add_sequence(prompt) then starts holding the cached pages of the
+    // prompt's longest cached prefix, and ended sequences' pages stay cached (evictable).
+    int prefix_caching;
 } pagedkv_manager_options;
+
+// The C++ PrefixCacheStats: this manager's lookups and the pool's prefix index.
+typedef struct pagedkv_prefix_cache_stats {
+    uint64_t queries;       // add_sequence calls with a prompt
+    uint64_t hit_tokens;    // prompt tokens found cached (need no prefill)
+    uint64_t query_tokens;  // prompt tokens looked up
+    uint64_t cached_pages;  // pages in the pool's index (held by sequences or evictable)
+    uint64_t evictions;     // cached pages the pool evicted to make room, so far
+} pagedkv_prefix_cache_stats;
 // The defaults: watermark 0.01, no prefix caching.
 PAGEDKV_API void pagedkv_manager_options_init(pagedkv_manager_options* options) PAGEDKV_NOEXCEPT;
 // options NULL: the defaults.
@@ -345,7 +362,9 @@ PAGEDKV_API pagedkv_status pagedkv_manager_create(pagedkv_pool* pool,
                                                   pagedkv_manager** out_manager) PAGEDKV_NOEXCEPT;
 // Returns every sequence's pages to the pool.
 PAGEDKV_API void pagedkv_manager_destroy(pagedkv_manager* manager) PAGEDKV_NOEXCEPT;
-// A new sequence; prompt may be NULL (prompt_len 0). The prompt's ids serve prefix caching.
+// A new sequence; prompt may be NULL (prompt_len 0). With prefix caching, the sequence starts
+// holding the cached pages of the prompt's longest cached prefix (pagedkv_manager_length says
+// how many tokens need no prefill); a different salt (tenant, LoRA adapter) never shares pages.
 PAGEDKV_API pagedkv_status pagedkv_manager_add_sequence(pagedkv_manager* manager,
                                                         const int32_t* prompt, size_t prompt_len,
                                                         uint64_t salt,
@@ -391,6 +410,12 @@ PAGEDKV_API pagedkv_status pagedkv_manager_begin_step(pagedkv_manager* manager,
                                                       const pagedkv_seq_id* seqs,
                                                       const uint32_t* new_tokens, size_t count,
                                                       pagedkv_step** out_step) PAGEDKV_NOEXCEPT;
+// The same, given the ids of each sequence's new tokens: token_ids[i] holds new_tokens[i] ids
+// (NULL when new_tokens[i] is 0). With prefix caching, the pages they fill are registered in
+// the pool's prefix index.
+PAGEDKV_API pagedkv_status pagedkv_manager_begin_step_tokens(
+    pagedkv_manager* manager, const pagedkv_seq_id* seqs, const int32_t* const* token_ids,
+    const uint32_t* new_tokens, size_t count, pagedkv_step** out_step) PAGEDKV_NOEXCEPT;
 // Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim).
 PAGEDKV_API pagedkv_status pagedkv_manager_write(pagedkv_manager* manager, const pagedkv_step* step,
                                                  uint32_t layer, const pagedkv_tensor* key,
@@ -408,6 +433,13 @@ PAGEDKV_API pagedkv_status pagedkv_step_view(const pagedkv_step* step, uint32_t 
                                              pagedkv_paged_view_info* out_info) PAGEDKV_NOEXCEPT;
 // Ends the step (the C++ end_step): reserved lookahead pages stay with their sequences.
 PAGEDKV_API void pagedkv_step_destroy(pagedkv_step* step) PAGEDKV_NOEXCEPT;
+// Prefix caching: this manager's lookups and the pool's index (all zero without it).
+PAGEDKV_API pagedkv_status pagedkv_manager_prefix_stats(
+    const pagedkv_manager* manager, pagedkv_prefix_cache_stats* out_stats) PAGEDKV_NOEXCEPT;
+// Empties the pool's prefix index: evictable pages become free, pages held by sequences stay
+// theirs, and this manager's counters restart.
+PAGEDKV_API pagedkv_status pagedkv_manager_reset_prefix_cache(pagedkv_manager* manager)
+    PAGEDKV_NOEXCEPT;
 
 #ifdef __cplusplus
 }  // extern "C"

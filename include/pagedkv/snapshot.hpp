@@ -1,6 +1,7 @@
 // Snapshots: a pool and its caches written to one file (layout, reference counts, free list,
-// every row's block table and lengths, optionally the page bytes) for pagedkv-dump, and restored
-// into a fresh pool to resume later. The file format is described in README.md#format.
+// every row's block table and lengths, the prefix cache's pages and hashes, optionally the page
+// bytes) for pagedkv-dump, and restored into a fresh pool to resume later. The file format is
+// described in README.md#format.
 #pragma once
 
 #include <filesystem>
@@ -19,8 +20,9 @@
 namespace pagedkv {
 
 struct SnapshotOptions {
-    // Also write the bytes of every page in use (block_bytes each): restore_snapshot needs
-    // them; inspection does not. Waits for the GPU work recorded so far.
+    // Also write the bytes of every page in use and of every evictable cached page (block_bytes
+    // each): restore_snapshot needs them; inspection does not. Waits for the GPU work recorded
+    // so far.
     bool page_contents = false;
 };
 
@@ -54,7 +56,9 @@ struct RestoredSnapshot {
 
 // Rebuilds a snapshot written with page_contents on `ctx`: a new pool with the same layout,
 // reference counts, free-list order and counters, and caches with the same kinds, block tables
-// and lengths, so get() returns what it returned when the snapshot was taken. A damaged or
+// and lengths, so get() returns what it returned when the snapshot was taken. A pool with
+// prefix caching gets the same prefix index and evictable pages (in LRU order): a KVManager with
+// prefix_caching made over the restored pool uses that index and hits its pages. A damaged or
 // inconsistent file throws Error(CorruptSnapshot) before anything is created; a snapshot
 // without page contents, or a file that cannot be read, throws InvalidArgument.
 PAGEDKV_API RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path);

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
+#include <stdexcept>
 #include <vector>
 
 #include "pagedkv/pagedkv.hpp"
@@ -48,6 +50,33 @@ void save(const std::filesystem::path& path, const BlockPool& pool,
     if (!pool.validate()) throw std::runtime_error(pool.check());
     save_snapshot(path, pool, caches, SnapshotOptions{.page_contents = true});
     std::printf("%s: %ju bytes\n", path.c_str(), uintmax_t(std::filesystem::file_size(path)));
+}
+
+// A pool served by a KVManager: its sequences are recorded as a dynamic cache's rows, and with
+// prefix caching its cached pages (held and evictable) and the index's entries.
+void save(const std::filesystem::path& path, const BlockPool& pool, const KVManager& manager) {
+    if (!pool.validate()) throw std::runtime_error(pool.check());
+    const KVManager* managers[] = {&manager};
+    save_snapshot(path, pool, {}, managers, SnapshotOptions{.page_contents = true});
+    std::printf("%s: %ju bytes\n", path.c_str(), uintmax_t(std::filesystem::file_size(path)));
+}
+
+// One step of seq with these token ids (prefix caching registers the full pages they fill).
+void prefill(Context& ctx, KVManager& m, SeqId seq, std::span<const int32_t> ids, float base) {
+    const PoolConfig& c = m.pool().config();
+    const SeqId seqs[] = {seq};
+    const std::span<const int32_t> spans[] = {ids};
+    Step st = m.begin_step(seqs, spans);
+    const int64_t n = int64_t(ids.size());
+    for (uint32_t l = 0; l < c.num_layers; ++l) {
+        std::vector<float> k(size_t(n) * c.num_kv_heads * c.head_dim), v(k.size());
+        for (size_t i = 0; i < k.size(); ++i) {
+            k[i] = base + 0.125f * float(i % 32) + float(l);
+            v[i] = -base - 0.25f * float(i % 16);
+        }
+        m.write(st, l, Tensor::from_host(ctx, k, {n, c.num_kv_heads, c.head_dim}, c.dtype),
+                Tensor::from_host(ctx, v, {n, c.num_kv_heads, c.head_dim}, c.dtype));
+    }
 }
 
 }  // namespace
@@ -107,6 +136,22 @@ int main(int argc, char** argv) {
         append(ctx, fixed, 2, 3, 7.0f);
         append(ctx, slide, 1, 7, 8.0f);
         save(dir / "mixed-f16.snap", pool, {&dyn, &fixed, &slide});
+    }
+    {  // prefix caching (format 2's PRFX section): a prompt's sequence ended, leaving its second
+       // page evictable; another holds the shared first page and its own cached sibling page;
+       // a third, under another salt, holds a page of the same tokens
+        BlockPool pool(ctx, tiny(DType::F16, 12));
+        KVManager m(pool, {0.01, true});
+        const std::vector<int32_t> p = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+        const std::vector<int32_t> q = {1, 2, 3, 4, 20, 21, 22, 23, 24};
+        const SeqId a = m.add_sequence(p);
+        prefill(ctx, m, a, p, 9.0f);
+        const SeqId b = m.add_sequence(q);  // holds p's first page
+        prefill(ctx, m, b, std::span(q).subspan(size_t(m.length(b))), 10.0f);
+        const SeqId c = m.add_sequence(std::span(p).first(5), 3);
+        prefill(ctx, m, c, std::span(p).first(5), 11.0f);
+        m.free(a);
+        save(dir / "prefix-cached-f16.snap", pool, m);
     }
     {  // a pool with no caches: every block free, an empty PAGE section
         BlockPool pool(ctx, tiny(DType::F32, 4));

@@ -1,13 +1,24 @@
 // Sample snapshots made on the CPU with the real allocator (no GPU), for the format, decoder
-// and pagedkv-dump tests: every cache kind, shared pages, a spare row, a fragmented free list.
+// and pagedkv-dump tests: every cache kind, shared pages, a spare row, a fragmented free list;
+// and a pool with prefix caching (held and evictable cached pages, a salted page).
 #pragma once
 
 #include <random>
 
 #include "allocator/block_table.hpp"
+#include "allocator/prefix_index.hpp"
 #include "cache/snapshot/snapshot_data.hpp"
 
 namespace pagedkv::test {
+
+// Random bytes for the page contents of s (SnapshotData::page_blocks()).
+inline void fill_pages(SnapshotData& s, uint32_t seed) {
+    s.has_pages = true;
+    s.pages.resize(s.page_blocks().size() * s.layout.block_bytes());
+    std::mt19937 rng(seed);
+    for (uint8_t& b : s.pages)
+        b = uint8_t(rng());
+}
 
 // 12 blocks of 4 tokens, 2 layers, 64 bytes a block. Worked out by hand (see the detailed
 // stats test): blocks 0 and 1 are shared by the dynamic cache's two rows, 8, 10 and 11 free.
@@ -67,13 +78,62 @@ inline SnapshotData sample_snapshot(bool with_pages) {
     slide.len = {{3}, {3}};
     slide.start = {{1}, {1}};
     s.caches = {dyn, stat, slide};
-    if (with_pages) {
-        s.has_pages = true;
-        s.pages.resize(s.used_blocks() * s.layout.block_bytes());
-        std::mt19937 rng(7);
-        for (uint8_t& b : s.pages)
-            b = uint8_t(rng());
-    }
+    if (with_pages) fill_pages(s, 7);
+    return s;
+}
+
+// 12 blocks of 4 tokens, 2 layers, prefix caching on (the real allocator and PrefixIndex).
+// A sequence of pages 0 1 2 (tokens 1..12) ended; a second one shares page 0 and went on in
+// pages 3 (cached, a sibling of 1) and 4 (partial); a third, under salt 7, holds 5 (cached,
+// the same tokens as 0) and 6 (partial). 7 was taken and given back.
+//   cached 0 1 2 3 5; evictable 2 1 (the ended sequence released its tail first);
+//   entries 0, 5, then 0's children 3 and 1 (newest first), then 2.
+//   cache 0 dynamic: row 0 [0 3 4] len 10, row 1 [5 6] len 5
+inline SnapshotData cached_snapshot(bool with_pages) {
+    SnapshotData s;
+    s.layout.num_layers = 2;
+    s.layout.num_kv_heads = 1;
+    s.layout.head_dim = 2;
+    s.layout.v_head_dim = 2;
+    s.layout.block_size = 4;
+    s.layout.dtype = DType::F16;
+    s.layout.num_blocks = 12;
+    BlockAllocator a(12);
+    PrefixIndex index(a, 4);  // destroyed before a
+    std::vector<BlockId> got;
+    auto take = [&](uint64_t n) {
+        got.clear();
+        a.allocate(n, got);
+        return got;
+    };
+    auto page = [](int32_t first) {
+        return std::vector<int32_t>{first, first + 1, first + 2, first + 3};
+    };
+    constexpr uint32_t kRoot = PrefixEntry::kNoParent;
+    BlockTable ended(a);
+    ended.adopt_back(take(3));  // 0 1 2
+    index.insert(BlockId{0}, kRoot, 0, page(1));
+    index.insert(BlockId{1}, 0, 0, page(5));
+    index.insert(BlockId{2}, 1, 0, page(9));
+    BlockTable shares = ended.fork();
+    shares.release_back(2);
+    shares.adopt_back(take(1));  // 3
+    index.insert(BlockId{3}, 0, 0, page(13));
+    shares.adopt_back(take(1));  // 4, partial
+    BlockTable salted(a);
+    salted.adopt_back(take(2));  // 5 6
+    index.insert(BlockId{5}, kRoot, 7, page(1));
+    a.release(take(1)[0]);  // 7
+    ended.release_all();    // 2, then 1, become evictable; 0 stays with `shares`
+    s.allocator = a.state();
+    s.prefix = index.entries();
+    s.pages_copied = 0;
+    SnapshotCache dyn;
+    dyn.rows = {shares.blocks(), salted.blocks()};
+    dyn.len = {{10, 5}, {10, 5}};
+    dyn.start = {{0, 0}, {0, 0}};
+    s.caches = {dyn};
+    if (with_pages) fill_pages(s, 13);
     return s;
 }
 

@@ -34,12 +34,34 @@ def consistent(doc, where):
             problems.append(f"{where}: {what}")
 
     expect(pool["num_blocks"] == layout["num_blocks"], "num_blocks differs from the layout")
-    expect(pool["used_blocks"] + pool["free_blocks"] == pool["num_blocks"], "used + free != total")
+    expect(pool["used_blocks"] + pool["free_blocks"] + pool["cached_blocks"] == pool["num_blocks"],
+           "used + free + cached != total")
     expect(len(pool["refcounts"]) == pool["num_blocks"], "one refcount per block")
     expect(sum(pool["refcount_histogram"]) == pool["num_blocks"], "histogram does not sum to blocks")
     expect(sum(pool["refcounts"]) == pool["references"], "references != sum of refcounts")
-    expect(sorted(pool["free_list"]) == [b for b, r in enumerate(pool["refcounts"]) if r == 0],
-           "free list is not exactly the unreferenced blocks")
+    prefix = doc["prefix_cache"]
+    cached = set(prefix["cached"])
+    expect(sorted(pool["free_list"]) ==
+           [b for b, r in enumerate(pool["refcounts"]) if r == 0 and b not in cached],
+           "free list is not exactly the unreferenced blocks that are not cached")
+    expect(prefix["cached"] == sorted(cached), "cached blocks not ascending")
+    expect(sorted(prefix["evictable"]) ==
+           [b for b in prefix["cached"] if pool["refcounts"][b] == 0],
+           "evictable is not exactly the unreferenced cached blocks")
+    expect(len(prefix["evictable"]) == pool["cached_blocks"], "cached_blocks != evictable pages")
+    expect(len(cached) - pool["cached_blocks"] == pool["cached_held_blocks"], "cached_held_blocks")
+    expect(sorted(e["block"] for e in prefix["entries"]) == prefix["cached"],
+           "one prefix entry per cached block")
+    seen = set()
+    for e in prefix["entries"]:
+        expect(e["parent"] is None or e["parent"] in seen, f"block {e['block']} before its parent")
+        seen.add(e["block"])
+        expect(len(e["tokens"]) == layout["block_size"], f"block {e['block']}: block_size tokens")
+        expect(e["refcount"] == pool["refcounts"][e["block"]], f"block {e['block']}: refcount")
+        expect(e["evictable"] == (e["block"] in prefix["evictable"]), f"block {e['block']}: evictable")
+        if e["evictable"]:
+            expect(prefix["evictable"][e["lru_position"]] == e["block"],
+                   f"block {e['block']}: lru_position")
     expect(pool["slots_held"] == pool["used_blocks"] * layout["block_size"], "slots_held")
     expect(pool["waste_slots"] == pool["slots_held"] - pool["tokens_stored"], "waste_slots")
     for cache in doc["caches"]:
@@ -71,6 +93,8 @@ def main():
         ("sample-pages.snap", []),
         ("sample-token-major.snap", []),
         ("empty.snap", []),
+        ("sample-cached.snap", []),
+        ("sample-cached-pages.snap", ["--row", "1"]),
     ]
     failures = []
     docs = []
@@ -83,11 +107,15 @@ def main():
     layouts = [d["layout"]["page_layout"] for d in docs]
     if layouts[0] != "head_major" or "token_major" not in layouts:
         failures.append(f"the samples should be head-major and one token-major, are {layouts}")
+    if not any(d["prefix_cache"]["evictable"] and d["pool"]["cached_held_blocks"] for d in docs):
+        failures.append("no sample has both held and evictable cached pages")
     kinds = {c["kind"] for c in docs[0]["caches"]}
     if kinds != {"dynamic", "static", "sliding"}:
         failures.append(f"the sample should cover every cache kind, has {sorted(kinds)}")
 
     # Documents the schema must refuse: otherwise validating proves nothing.
+    cached_entry = next(d for d in docs if d["prefix_cache"]["entries"])["prefix_cache"]["entries"][0]
+
     def broken(edit):
         d = copy.deepcopy(docs[0])
         edit(d)
@@ -102,6 +130,12 @@ def main():
         "unknown pool field": broken(lambda d: d["pool"].__setitem__("fragmentation", 0.5)),
         "missing free list": broken(lambda d: d["pool"].pop("free_list")),
         "page layout auto": broken(lambda d: d["layout"].__setitem__("page_layout", "auto")),
+        "missing prefix_cache": broken(lambda d: d.pop("prefix_cache")),
+        "format version 3": broken(lambda d: d["file"].__setitem__("format_version", 3)),
+        "a hash as a number": broken(lambda d: d["prefix_cache"]["entries"].append(
+            {**cached_entry, "hash": 12345})),
+        "an entry without lru_position": broken(lambda d: d["prefix_cache"]["entries"].append(
+            {k: v for k, v in cached_entry.items() if k != "lru_position"})),
     }
     for what, doc in wrong.items():
         if validator.is_valid(doc):

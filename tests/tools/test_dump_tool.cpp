@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -94,8 +95,10 @@ TEST_CASE("pagedkv-dump prints the pool summary and every row's block table", "[
     INFO(r.err);
     REQUIRE(r.status == 0);
     CHECK(r.err.empty());
-    CHECK_THAT(r.out, Catch::Contains("pages      12 total, 9 used, 3 free, 2 shared, peak 10, 5 "
-                                      "copied on write\n"));
+    CHECK_THAT(r.out, Catch::Contains("(format 2, 512 B, no page contents)\n"));
+    CHECK_THAT(r.out,
+               Catch::Contains("pages      12 total, 9 used, 3 free, 0 cached, 2 shared, peak "
+                               "10, 5 copied on write\n"));
     CHECK_THAT(r.out, Catch::Contains("waste      15 of 36 token slots in used pages hold no "
                                       "token (41.7%)\n"));
     CHECK_THAT(r.out, Catch::Contains("free runs  largest 2 pages, 2 in all\n"));
@@ -108,6 +111,95 @@ TEST_CASE("pagedkv-dump prints the pool summary and every row's block table", "[
                                       "spare, 4 pages\n  row 0  len 5  [4 5]\n  spare 0  [6 7]\n"));
     CHECK_THAT(r.out, Catch::Contains("cache 2  sliding (window 6)  1 row, 1 page\n"
                                       "  row 0  len 3  [9]  (first token at slot 1)\n"));
+    CHECK_THAT(r.out, !Catch::Contains("prefix cache"));  // a pool without prefix caching
+}
+
+namespace {
+
+std::string hex(uint64_t h) {
+    char b[17];
+    std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+    return b;
+}
+
+}  // namespace
+
+TEST_CASE("pagedkv-dump shows cached pages: hashes, parents, salts, held or evictable", "[dump]") {
+    const SnapshotData s = test::cached_snapshot(false);
+    const auto path = scratch().write("cached.snap", encode_snapshot(s));
+    auto hash_of = [&](uint32_t block) {
+        for (const PrefixEntry& e : s.prefix)
+            if (index(e.block) == block) return hex(e.hash);
+        FAIL("block " << block << " has no entry");
+        return std::string();
+    };
+    // The hash is the chained hash of the page's tokens: page 1 after page 0, salt 0.
+    REQUIRE(hash_of(1) ==
+            hex(PrefixIndex::hash_page(
+                PrefixIndex::hash_page(PrefixIndex::kRootHash, 0, std::vector<int32_t>{1, 2, 3, 4}),
+                0, std::vector<int32_t>{5, 6, 7, 8})));
+    Run r = dump({path.string()});
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("(format 2, 612 B, no page contents)\n"));
+    CHECK_THAT(r.out,
+               Catch::Contains("pages      12 total, 5 used, 5 free, 2 cached, 0 shared, peak "
+                               "8, 0 copied on write\n"));
+    CHECK_THAT(r.out, Catch::Contains("refcounts  free: 5, evictable: 2, 1 ref: 5  (pages per"));
+    CHECK_THAT(r.out, Catch::Contains("free runs  largest 5 pages, 1 in all\n"));
+    CHECK_THAT(r.out,
+               Catch::Contains("\nprefix cache  5 cached pages: 3 held by rows, 2 evictable  "
+                               "(evicted in the order 2 1)\n"
+                               "  block   hash              parent  salt  state\n"
+                               "  0       " +
+                               hash_of(0) +
+                               "  -       0     held, 1 ref\n"
+                               "  5       " +
+                               hash_of(5) +
+                               "  -       7     held, 1 ref\n"
+                               "  3       " +
+                               hash_of(3) +
+                               "  0       0     held, 1 ref\n"
+                               "  1       " +
+                               hash_of(1) +
+                               "  0       0     evictable, LRU 1\n"
+                               "  2       " +
+                               hash_of(2) +
+                               "  1       0     evictable, LRU 0 "
+                               "(evicted next)\n"));
+
+    r = dump({"--json", path.string()});
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.out, Catch::Contains("\"format_version\": 2,"));
+    CHECK_THAT(r.out, Catch::Contains("\"cached_blocks\": 2,\n    \"cached_held_blocks\": 3,"));
+    CHECK_THAT(r.out, Catch::Contains("\"cached\": [0, 1, 2, 3, 5],\n    \"evictable\": [2, 1],"));
+    CHECK_THAT(r.out, Catch::Contains("\"block\": 2,\n        \"hash\": \"" + hash_of(2) +
+                                      "\",\n        \"parent\": 1,\n        \"salt\": 0,\n"
+                                      "        \"tokens\": [9, 10, 11, 12],\n        "
+                                      "\"refcount\": 0,\n        \"evictable\": true,\n"
+                                      "        \"lru_position\": 0\n"));
+
+    const auto svg = scratch().dir / "cached.svg";
+    r = dump({"--svg", svg.string(), path.string()});
+    REQUIRE(r.status == 0);
+    const std::string pic = slurp(svg);
+    auto count = [&](const std::string& needle) {
+        size_t n = 0;
+        for (size_t at = pic.find(needle); at != std::string::npos; at = pic.find(needle, at + 1))
+            ++n;
+        return n;
+    };
+    // Evictable pages 1 and 2 in their own colour (and the legend's swatch), with their place
+    // in the eviction order; held cached pages 0, 3 and 5 (and the legend) with a corner mark.
+    CHECK(count("fill=\"#e3d7f4\" stroke=\"#5b2a86\"") == 3);
+    CHECK(count(">lru 0</text>") == 1);
+    CHECK(count(">lru 1</text>") == 1);
+    CHECK(count("<polygon ") == 4);
+    CHECK(count("<clipPath id=\"p") == 5);            // the pages in use
+    CHECK(count("stroke-dasharray=\"3 2\"/>") == 6);  // 5 free pages and the legend's swatch
+    CHECK_THAT(pic, Catch::Contains(">cached page no row holds: evictable, lru 0 evicted first<"));
+    CHECK_THAT(pic, Catch::Contains(">cached page held by rows (prefix index)<"));
+    CHECK_THAT(pic, Catch::Contains("5 free, 2 cached, 0 shared"));
 }
 
 TEST_CASE("pagedkv-dump --cache and --row show only the selected rows", "[dump]") {
@@ -201,7 +293,12 @@ TEST_CASE("pagedkv-dump names the byte and field of a hand-made inconsistent sna
     auto path = scratch().write("version.snap", bytes);
     require_rejected(
         dump({path.string()}),
-        "byte 8 (version): unsupported snapshot version 7, this build reads version 1");
+        "byte 8 (version): unsupported snapshot version 7, this build reads versions 1 to 2");
+    // A damaged prefix index: an entry whose hash is not its tokens' (checksums resealed).
+    SnapshotData cached = test::cached_snapshot(false);
+    cached.prefix[3].tokens[0] = 99;
+    path = scratch().write("cached-bad.snap", encode_snapshot(cached));
+    require_rejected(dump({path.string()}), "(prefix[3].hash): hash ");
     const std::string text = "not a snapshot\n";
     path = scratch().write("text.snap",
                            std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));

@@ -1,5 +1,7 @@
 #include "json_report.hpp"
 
+#include <fmt/format.h>
+
 #include <set>
 
 #include "json_text.hpp"
@@ -64,6 +66,27 @@ Json cache_json(const SnapshotView& v, uint32_t c) {
     return cache;
 }
 
+// The prefix index's pages, parents first. Hashes as 16 hex digits (a JSON number cannot hold
+// 64 bits exactly everywhere), as the text report shows them.
+Json prefix_json(const SnapshotView& v) {
+    Json entries = Json::array();
+    for (const PrefixEntry& e : v.data.prefix) {
+        const uint32_t b = index(e.block);
+        entries.push_back(
+            {{"block", b},
+             {"hash", fmt::format("{:016x}", e.hash)},
+             {"parent", e.parent == PrefixEntry::kNoParent ? Json(nullptr) : Json(e.parent)},
+             {"salt", e.salt},
+             {"tokens", e.tokens},
+             {"refcount", v.refcount(b)},
+             {"evictable", v.evictable(b)},
+             {"lru_position", v.evictable(b) ? Json(v.lru_position[b]) : Json(nullptr)}});
+    }
+    return {{"cached", block_ids(v.data.allocator.cached)},
+            {"evictable", block_ids(v.data.allocator.evictable)},
+            {"entries", std::move(entries)}};
+}
+
 }  // namespace
 
 std::string json_report(const SnapshotView& v) {
@@ -74,7 +97,7 @@ std::string json_report(const SnapshotView& v) {
     doc["schema_version"] = kJsonSchemaVersion;
     doc["file"] = {{"path", v.path},
                    {"bytes", v.file_bytes},
-                   {"format_version", 1},
+                   {"format_version", v.format_version},
                    {"page_contents", d.has_pages}};
     doc["selection"] = {{"cache", optional_index(v.selection.cache)},
                         {"row", optional_index(v.selection.row)}};
@@ -86,6 +109,8 @@ std::string json_report(const SnapshotView& v) {
     doc["pool"] = {{"num_blocks", st.num_blocks},
                    {"used_blocks", st.used_blocks},
                    {"free_blocks", st.free_blocks},
+                   {"cached_blocks", st.cached_blocks},
+                   {"cached_held_blocks", st.cached_held_blocks},
                    {"shared_blocks", st.shared_blocks},
                    {"peak_used_blocks", st.peak_used_blocks},
                    {"pages_copied", d.pages_copied},
@@ -108,6 +133,7 @@ std::string json_report(const SnapshotView& v) {
         caches.push_back(cache_json(v, c));
     }
     doc["caches"] = std::move(caches);
+    doc["prefix_cache"] = prefix_json(v);
     return tools::json_text(doc);
 }
 

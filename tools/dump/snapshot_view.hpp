@@ -1,5 +1,6 @@
 // SnapshotView: a decoded snapshot as pagedkv-dump shows it: the data, the computed statistics,
-// who references each page, how full each page is, and the --cache / --row selection.
+// who references each page, how full each page is, which pages are cached (and when each
+// evictable one would be evicted), and the --cache / --row selection.
 #pragma once
 
 #include <cstdint>
@@ -27,14 +28,23 @@ struct Selection {
 };
 
 struct SnapshotView {
+    static constexpr uint32_t kNone = UINT32_MAX;
+
     std::string path;
     uint64_t file_bytes = 0;
+    uint32_t format_version = 0;  // of the file (README.md#format)
     SnapshotData data;
     DetailedStats stats;
     std::vector<std::vector<PageOwner>> owners;  // [block]: every reference to it
     std::vector<uint32_t> slots_used;            // [block]: slots holding a token
+    // Prefix caching, per block: its entry in data.prefix, and its place on the evictable list
+    // (0: evicted first); kNone when it has none.
+    std::vector<uint32_t> prefix_entry;
+    std::vector<uint32_t> lru_position;
     Selection selection;
 
+    bool cached(uint32_t block) const { return prefix_entry[block] != kNone; }
+    bool evictable(uint32_t block) const { return lru_position[block] != kNone; }
     bool selected(uint32_t cache) const { return !selection.cache || *selection.cache == cache; }
     bool selected(uint32_t cache, uint32_t row) const {
         return selected(cache) && (!selection.row || *selection.row == row);

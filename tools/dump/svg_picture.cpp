@@ -21,6 +21,11 @@ constexpr int kTitle = 62;   // the two title lines
 constexpr int kLegendRow = 22;
 constexpr size_t kLegendRows = 24;  // row entries shown before "+ N more"
 constexpr const char* kFont = "DejaVu Sans, Helvetica, Arial, sans-serif";
+// Prefix caching: an evictable page (no row holds it, a later prompt may) is filled with its own
+// colour; a cached page that rows hold gets a corner mark of the darker one.
+constexpr const char* kEvictableFill = "#e3d7f4";
+constexpr const char* kCachedInk = "#5b2a86";
+constexpr int kCorner = 11;  // the corner mark's legs, px
 
 struct Rgb {
     double r, g, b;  // 0..1
@@ -80,6 +85,7 @@ std::string svg_picture(const SnapshotView& v) {
     };
     // Which marks the legend needs.
     bool any_shared = false, any_spare = false, any_other = false;
+    const bool any_evictable = st.cached_blocks > 0, any_held_cached = st.cached_held_blocks > 0;
     for (const auto& owners : v.owners) {
         any_shared = any_shared || owners.size() > 1;
         for (const PageOwner& w : owners) {
@@ -93,7 +99,7 @@ std::string svg_picture(const SnapshotView& v) {
     const int legend_x = kMargin + grid_w + 28;
     const int legend_entries = int(std::min(legend_rows.size(), kLegendRows)) +
                                (legend_rows.size() > kLegendRows) + any_other + any_spare +
-                               any_shared + 1;
+                               any_shared + any_held_cached + any_evictable + 1;
     const int legend_h = legend_entries * kLegendRow + 44;  // and two lines of notes
     const int width = legend_x + 380;
     const int height = kMargin + kTitle + std::max(grid_h, legend_h) + kMargin;
@@ -120,8 +126,10 @@ std::string svg_picture(const SnapshotView& v) {
     o.element("rect", {{"width", width}, {"height", height}, {"fill", "#fff"}});
     o.text(
         "text", {{"x", kMargin}, {"y", kMargin + 18}, {"font-size", 17}, {"font-weight", "bold"}},
-        fmt::format("pagedkv pool: {} pages of {} tokens, {} used, {} free, {} shared, peak {}", n,
-                    bs, st.used_blocks, st.free_blocks, st.shared_blocks, st.peak_used_blocks));
+        fmt::format("pagedkv pool: {} pages of {} tokens, {} used, {} free, {} cached, {} shared, "
+                    "peak {}",
+                    n, bs, st.used_blocks, st.free_blocks, st.cached_blocks, st.shared_blocks,
+                    st.peak_used_blocks));
     std::string sub = fmt::format(
         "{} of {} token slots in used pages empty ({:.1f}% waste), largest free run {}, {} a "
         "page ({}), {}",
@@ -138,6 +146,33 @@ std::string svg_picture(const SnapshotView& v) {
         const int x = kMargin + int(b % uint64_t(cols)) * (kCell + kGap);
         const int y = top + int(b / uint64_t(cols)) * (kCell + kGap);
         const auto& owners = v.owners[b];
+        if (owners.empty() && v.evictable(uint32_t(b))) {
+            o.element("rect", {{"x", x + 0.5},
+                               {"y", y + 0.5},
+                               {"width", kCell - 1},
+                               {"height", kCell - 1},
+                               {"rx", 3},
+                               {"fill", kEvictableFill},
+                               {"stroke", kCachedInk}});
+            if (ids) {
+                o.text("text",
+                       {{"x", x + kCell / 2},
+                        {"y", y + 16},
+                        {"font-size", 11},
+                        {"text-anchor", "middle"},
+                        {"fill", kCachedInk}},
+                       fmt::format("{}", b));
+                // Its place in the eviction order: 0 goes first.
+                o.text("text",
+                       {{"x", x + kCell / 2},
+                        {"y", y + 29},
+                        {"font-size", 9},
+                        {"text-anchor", "middle"},
+                        {"fill", kCachedInk}},
+                       fmt::format("lru {}", v.lru_position[b]));
+            }
+            continue;
+        }
         if (owners.empty()) {
             o.element("rect", {{"x", x + 0.5},
                                {"y", y + 0.5},
@@ -188,6 +223,10 @@ std::string svg_picture(const SnapshotView& v) {
                                    {"height", fmt::format("{:.1f}", bh)},
                                    {"fill", bands[i].hex()}});
         }
+        if (v.cached(uint32_t(b)))  // held by rows and named by the prefix index
+            o.element("polygon", {{"points", fmt::format("{},{} {},{} {},{}", x + kCell - kCorner,
+                                                         y, x + kCell, y, x + kCell, y + kCorner)},
+                                  {"fill", kCachedInk}});
         o.close();
         const bool shared = owners.size() > 1;
         if (shared) {
@@ -255,6 +294,16 @@ std::string svg_picture(const SnapshotView& v) {
     if (any_shared)
         swatch({{"fill", "url(#hatch)"}, {"stroke", "#111"}, {"stroke-width", 3}},
                "shared page: ×N rows reference it");
+    if (any_held_cached) {
+        const int at = ly - 12;
+        swatch({{"fill", "#ddd"}}, "cached page held by rows (prefix index)");
+        o.element("polygon", {{"points", fmt::format("{},{} {},{} {},{}", legend_x + 16 - 7, at,
+                                                     legend_x + 16, at, legend_x + 16, at + 7)},
+                              {"fill", kCachedInk}});
+    }
+    if (any_evictable)
+        swatch({{"fill", kEvictableFill}, {"stroke", kCachedInk}},
+               "cached page no row holds: evictable, lru 0 evicted first");
     swatch({{"fill", "#fff"}, {"stroke", "#bbb"}, {"stroke-dasharray", "3 2"}}, "free page");
     o.text("text", {{"x", legend_x}, {"y", ly + 4}, {"font-size", 11}, {"fill", "#555"}},
            "Solid part: slots holding tokens; pale part: empty slots.");

@@ -67,6 +67,34 @@ std::string row_line(const SnapshotView& v, const SnapshotCache& k, uint32_t r) 
     return s;
 }
 
+// The prefix index's pages, parents first: block, hash, parent, salt, and whether a row holds
+// it or it waits on the evictable list (LRU 0 is evicted first).
+std::string prefix_section(const SnapshotView& v) {
+    const SnapshotData& d = v.data;
+    const DetailedStats& st = v.stats;
+    std::string o = fmt::format("\nprefix cache  {}: {} held by rows, {} evictable",
+                                plural(d.prefix.size(), "cached page", "cached pages"),
+                                st.cached_held_blocks, st.cached_blocks);
+    if (!d.allocator.evictable.empty()) {
+        o += "  (evicted in the order";
+        for (BlockId b : d.allocator.evictable)
+            o += fmt::format(" {}", index(b));
+        o += ")";
+    }
+    o += "\n  block   hash              parent  salt  state\n";
+    for (const PrefixEntry& e : d.prefix) {
+        const uint32_t b = index(e.block);
+        const std::string parent =
+            e.parent == PrefixEntry::kNoParent ? "-" : fmt::format("{}", e.parent);
+        const std::string state =
+            v.evictable(b) ? fmt::format("evictable, LRU {}{}", v.lru_position[b],
+                                         v.lru_position[b] == 0 ? " (evicted next)" : "")
+                           : fmt::format("held, {}", plural(v.refcount(b), "ref", "refs"));
+        o += fmt::format("  {:<7} {:016x}  {:<7} {:<5} {}\n", b, e.hash, parent, e.salt, state);
+    }
+    return o;
+}
+
 }  // namespace
 
 std::string layout_name(PageLayout l) {
@@ -88,28 +116,33 @@ std::string text_report(const SnapshotView& v) {
     auto line = [&](const char* key, const std::string& value) {
         o += fmt::format("{:<11}{}\n", key, value);
     };
-    line("snapshot", fmt::format("{}  (format 1, {}, {})", v.path, human_bytes(v.file_bytes),
-                                 d.has_pages ? "with page contents" : "no page contents"));
+    line("snapshot",
+         fmt::format("{}  (format {}, {}, {})", v.path, v.format_version, human_bytes(v.file_bytes),
+                     d.has_pages ? "with page contents" : "no page contents"));
     line("layout",
          fmt::format("{}, {}, head_dim {}, v_head_dim {}, {}, {} tokens a page, {} a page, {}",
                      plural(l.num_layers, "layer", "layers"),
                      plural(l.num_kv_heads, "kv head", "kv heads"), l.head_dim, l.v_head_dim,
                      to_string(l.dtype), l.block_size, human_bytes(l.block_bytes()),
                      layout_name(l.layout)));
-    line("pages", fmt::format("{} total, {} used, {} free, {} shared, peak {}, {} copied on write",
-                              st.num_blocks, st.used_blocks, st.free_blocks, st.shared_blocks,
-                              st.peak_used_blocks, d.pages_copied));
+    line("pages",
+         fmt::format("{} total, {} used, {} free, {} cached, {} shared, peak {}, {} copied "
+                     "on write",
+                     st.num_blocks, st.used_blocks, st.free_blocks, st.cached_blocks,
+                     st.shared_blocks, st.peak_used_blocks, d.pages_copied));
     line("waste", fmt::format("{} of {} token slots in used pages hold no token ({:.1f}%)",
                               st.waste_slots, st.slots_held, 100.0 * st.waste_fraction()));
     line("free runs", fmt::format("largest {}, {} in all",
                                   plural(st.largest_free_run, "page", "pages"), st.free_runs));
     std::string hist;
-    for (size_t k = 0; k < st.refcount_histogram.size(); ++k) {
-        if (st.refcount_histogram[k] == 0) continue;
-        hist += fmt::format("{}{}: {}", hist.empty() ? "" : ", ",
-                            k == 0 ? std::string("free") : plural(k, "ref", "refs"),
-                            st.refcount_histogram[k]);
-    }
+    auto bucket = [&](const std::string& name, uint64_t count) {
+        if (count != 0) hist += fmt::format("{}{}: {}", hist.empty() ? "" : ", ", name, count);
+    };
+    // No reference: free pages, and cached ones waiting on the evictable list.
+    bucket("free", st.free_blocks);
+    bucket("evictable", st.cached_blocks);
+    for (size_t k = 1; k < st.refcount_histogram.size(); ++k)
+        bucket(plural(k, "ref", "refs"), st.refcount_histogram[k]);
     line("refcounts", hist + "  (pages per reference count)");
     const auto& fl = d.allocator.free_list;
     std::string free_list;
@@ -138,6 +171,7 @@ std::string text_report(const SnapshotView& v) {
             for (uint32_t r = 0; r < k.spare.size(); ++r)
                 o += fmt::format("  spare {}  {}\n", r, table(v, k.spare[r]));
     }
+    if (d.has_prefix_cache()) o += prefix_section(v);
     return o;
 }
 

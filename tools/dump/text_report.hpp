@@ -1,5 +1,6 @@
 // The default output of pagedkv-dump: a pool summary, then every selected cache and row with
-// its block table, shared pages marked '*' (e.g. "row 3  len 45  [12 13 14*]").
+// its block table, shared pages marked '*' (e.g. "row 3  len 45  [12 13 14*]"), then the
+// prefix cache's pages (hash, parent, salt, held or evictable and when it would be evicted).
 #pragma once
 
 #include <string>

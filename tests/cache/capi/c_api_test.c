@@ -566,8 +566,8 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_manager_options_init(&o);
     CHECK(o.watermark == 0.01 && o.prefix_caching == 0);
     pagedkv_manager* m = NULL;
-    o.prefix_caching = 1;
-    FAILS(pagedkv_manager_create(pool, &o, &m), PAGEDKV_ERROR_UNSUPPORTED, "prefix caching");
+    o.watermark = 1.5;
+    FAILS(pagedkv_manager_create(pool, &o, &m), PAGEDKV_ERROR_INVALID_ARGUMENT, "watermark");
     CHECK(m == NULL);
     OK(pagedkv_manager_create(pool, NULL, &m));
     pagedkv_seq_id a = 0, b = 0, c = 0;
@@ -618,6 +618,92 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_manager_destroy(NULL);
     pagedkv_step_destroy(NULL);
     CHECK(used_blocks(pool) == 0);
+}
+
+static pagedkv_pool_stats pool_stats(const pagedkv_pool* pool) {
+    pagedkv_pool_stats s;
+    OK(pagedkv_pool_get_stats(pool, &s));
+    return s;
+}
+
+// Prefix caching through C: a prompt's pages registered by a step given its token ids stay
+// cached (evictable) after the sequence ends, and the same prompt and salt hits them and gathers
+// the same K/V; another salt does not. Needs a pool no other manager has cached pages in.
+static void test_prefix_caching(pagedkv_context* ctx, pagedkv_pool* pool) {
+    pagedkv_manager_options o;
+    pagedkv_manager_options_init(&o);
+    o.prefix_caching = 1;
+    pagedkv_manager* m = NULL;
+    OK(pagedkv_manager_create(pool, &o, &m));
+    enum { PROMPT = 2 * BLOCK + 1 };  // two full pages and one token
+    int32_t prompt[PROMPT];
+    for (int i = 0; i < PROMPT; ++i)
+        prompt[i] = 100 + 7 * i;
+    pagedkv_seq_id a = 0;
+    OK(pagedkv_manager_add_sequence(m, prompt, PROMPT, 3, &a));
+    int64_t len = -1;
+    OK(pagedkv_manager_length(m, a, &len));
+    CHECK(len == 0);  // nothing cached yet
+
+    const uint32_t counts[1] = {PROMPT};
+    const int32_t* ids[1] = {prompt};
+    const int32_t* no_ids[2] = {NULL, prompt};
+    const pagedkv_seq_id two[2] = {a, a};
+    pagedkv_step* step = NULL;
+    FAILS(pagedkv_manager_begin_step_tokens(m, &a, NULL, counts, 1, &step),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "token_ids is NULL");
+    FAILS(pagedkv_manager_begin_step_tokens(m, two, no_ids, counts, 1, &step),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "token_ids[0] is NULL");
+    CHECK(step == NULL);
+    OK(pagedkv_manager_length(m, a, &len));
+    CHECK(len == 0);  // the refusals changed nothing
+    OK(pagedkv_manager_begin_step_tokens(m, &a, ids, counts, 1, &step));
+    const int64_t first[1] = {0};
+    for (unsigned l = 0; l < LAYERS; ++l) {
+        pagedkv_tensor* k = make_ragged(ctx, l, &a, first, counts, 1, 1.0f);
+        pagedkv_tensor* v = make_ragged(ctx, l, &a, first, counts, 1, -1.0f);
+        OK(pagedkv_manager_write(m, step, l, k, v));
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+    }
+    pagedkv_step_destroy(step);
+    OK(pagedkv_manager_free(m, a));
+
+    pagedkv_pool_stats s = pool_stats(pool);
+    CHECK(s.cached_blocks == 2 && s.used_blocks == 0);
+    CHECK(s.used_blocks + s.free_blocks + s.cached_blocks == s.num_blocks);
+    pagedkv_prefix_cache_stats ps;
+    OK(pagedkv_manager_prefix_stats(m, &ps));
+    CHECK(ps.queries == 1 && ps.hit_tokens == 0 && ps.query_tokens == PROMPT);
+    CHECK(ps.cached_pages == 2 && ps.evictions == 0);
+
+    pagedkv_seq_id b = 0, c = 0;
+    OK(pagedkv_manager_add_sequence(m, prompt, PROMPT, 3, &b));
+    OK(pagedkv_manager_length(m, b, &len));
+    CHECK(len == 2 * BLOCK);  // both full pages hit; the last token is left to compute
+    check_sequence(m, b, (unsigned)a);
+    s = pool_stats(pool);
+    CHECK(s.cached_blocks == 0 && s.used_blocks == 2);
+    OK(pagedkv_manager_add_sequence(m, prompt, PROMPT, 4, &c));
+    OK(pagedkv_manager_length(m, c, &len));
+    CHECK(len == 0);  // another salt never hits
+    OK(pagedkv_manager_prefix_stats(m, &ps));
+    CHECK(ps.queries == 3 && ps.hit_tokens == 2 * BLOCK && ps.query_tokens == 3 * PROMPT);
+    CHECK(ps.cached_pages == 2);
+    FAILS(pagedkv_manager_prefix_stats(m, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_stats");
+    FAILS(pagedkv_manager_prefix_stats(NULL, &ps), PAGEDKV_ERROR_INVALID_ARGUMENT, "manager");
+    FAILS(pagedkv_manager_reset_prefix_cache(NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "manager");
+
+    OK(pagedkv_manager_free(m, b));
+    OK(pagedkv_manager_free(m, c));
+    CHECK(pool_stats(pool).cached_blocks == 2);
+    OK(pagedkv_manager_reset_prefix_cache(m));
+    OK(pagedkv_manager_prefix_stats(m, &ps));
+    CHECK(ps.queries == 0 && ps.cached_pages == 0);
+    s = pool_stats(pool);
+    CHECK(s.cached_blocks == 0 && s.free_blocks == s.num_blocks);
+    check_valid(pool);
+    pagedkv_manager_destroy(m);
 }
 
 // Wrapped tensors: a view of a VkBuffer the caller holds (here a library tensor's own buffer,
@@ -765,6 +851,7 @@ int main(void) {
     test_static(ctx, pool);
     test_sliding_window(ctx, pool);
     test_embedding(ctx, pool);
+    test_prefix_caching(ctx, pool);
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);

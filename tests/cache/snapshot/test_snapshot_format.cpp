@@ -97,7 +97,7 @@ TEST_CASE("the header holds magic, version, flags, payload size and both checksu
     const std::string magic(bytes.begin(), bytes.begin() + 7);
     CHECK(magic == "PKVSNAP");
     CHECK(bytes[7] == 0x1A);
-    CHECK(get_le(bytes, 8, 4) == 1);   // version
+    CHECK(get_le(bytes, 8, 4) == 2);   // version
     CHECK(get_le(bytes, 12, 4) == 1);  // flags: page contents
     CHECK(get_le(bytes, 16, 8) == bytes.size() - 32);
     CHECK(get_le(bytes, 24, 4) == crc32(std::span(bytes).subspan(32)));
@@ -151,9 +151,10 @@ TEST_CASE("a wrong magic, an unknown version and damaged checksums name the fiel
     CHECK(edited(0, 'X') ==
           "byte 0 (magic): not a pagedkv snapshot: it starts with 'XKVSNAP\\x1a', a snapshot "
           "with 'PKVSNAP\\x1a'");
-    CHECK(edited(8, 2) ==
-          "byte 8 (version): unsupported snapshot version 2, this build reads "
-          "version 1");
+    CHECK(edited(8, 3) ==
+          "byte 8 (version): unsupported snapshot version 3, this build reads "
+          "versions 1 to 2");
+    CHECK_THAT(edited(8, 0), Catch::StartsWith("byte 8 (version): unsupported snapshot version 0"));
     CHECK_THAT(edited(16, 0xFF), Catch::StartsWith("byte 28 (header_crc32): header checksum "
                                                    "mismatch"));
     CHECK_THAT(edited(300, bytes[300] ^ 1),
@@ -285,8 +286,8 @@ TEST_CASE("counts that disagree with section sizes are rejected, not read past",
         put_le(b, 512 + 12 + 8 + 4 * 8, 10, 4);  // page_ids[8]: block 9 -> free block 10
         seal_snapshot(b);
         CHECK(decode_error(b) ==
-              "byte 564 (page_ids[8]): block 10 is free, only blocks in use "
-              "have contents");
+              "byte 564 (page_ids[8]): block 10 is free, only blocks in use or "
+              "evictable have contents");
     }
     SECTION("a block_bytes field that disagrees with the layout") {
         auto b = good;
@@ -375,4 +376,251 @@ TEST_CASE("detailed stats count free runs, the refcount histogram and wasted slo
     CHECK(d.tokens_stored == 21);
     CHECK(d.waste_slots == 15);
     CHECK(d.waste_fraction() == Approx(15.0 / 36.0));
+}
+
+namespace {
+
+using test::cached_snapshot;
+
+// Offsets in cached_snapshot(false): the PRFX section follows the one CACH section.
+constexpr size_t kPrefixAt = 348;     // header 32 + POOL 100 + ALOC 12 + 76 + CACH 12 + 116
+constexpr size_t kCachedAt = 368;     // + PRFX 12 + cached_count 8
+constexpr size_t kEvictableAt = 396;  // + 5 cached x 4 + evictable_count 8
+constexpr size_t kEntriesAt = 412;    // + 2 evictable x 4 + entry_count 8
+constexpr size_t kEntryBytes = 40;    // block, parent, hash, salt, 4 token ids
+
+std::vector<uint32_t> ids_of(const std::vector<BlockId>& blocks) {
+    std::vector<uint32_t> out;
+    for (BlockId b : blocks)
+        out.push_back(index(b));
+    return out;
+}
+
+// The entries by block id (a set: their order among siblings is not what these tests check).
+std::vector<PrefixEntry> by_block(std::vector<PrefixEntry> e) {
+    std::sort(e.begin(), e.end(),
+              [](const PrefixEntry& a, const PrefixEntry& b) { return a.block < b.block; });
+    return e;
+}
+
+}  // namespace
+
+TEST_CASE("a snapshot keeps cached pages: cached and evictable blocks and the prefix entries",
+          "[snapshot][prefix]") {
+    for (bool pages : {false, true}) {
+        INFO("pages " << pages);
+        const SnapshotData s = cached_snapshot(pages);
+        REQUIRE(check_snapshot(s) == "");
+        CHECK(ids_of(s.allocator.cached) == std::vector<uint32_t>{0, 1, 2, 3, 5});
+        CHECK(ids_of(s.allocator.evictable) == std::vector<uint32_t>{2, 1});
+        REQUIRE(s.prefix.size() == 5);
+        CHECK(s.prefix[0].parent == PrefixEntry::kNoParent);
+        CHECK(s.prefix[1].salt == 7);
+        // Evictable pages hold K/V a later hit reads: their bytes are saved with the rest.
+        CHECK(s.page_blocks() == std::vector<uint32_t>{0, 1, 2, 3, 4, 5, 6});
+        const auto bytes = encode_snapshot(s);
+        CHECK(bytes.size() == (pages ? 612u + 12 + 8 + 7 * 4 + 7 * 64 : 612u));
+        CHECK(get_le(bytes, 8, 4) == 2);                 // version
+        CHECK(get_le(bytes, 12, 4) == (pages ? 3 : 2));  // flags: prefix cache (+ contents)
+        CHECK(std::string(bytes.begin() + kPrefixAt, bytes.begin() + kPrefixAt + 4) == "PRFX");
+        CHECK(get_le(bytes, kCachedAt - 8, 8) == 5);
+        CHECK(get_le(bytes, kEvictableAt, 4) == 2);  // least recently released first
+        CHECK(get_le(bytes, kEntriesAt - 8, 8) == 5);
+        CHECK(get_le(bytes, kEntriesAt + 8, 8) == s.prefix[0].hash);
+        CHECK(get_le(bytes, kEntriesAt + 24, 4) == 1);  // page 0's first token id
+        if (pages) CHECK(std::string(bytes.begin() + 612, bytes.begin() + 616) == "PAGE");
+        const SnapshotData back = decode_snapshot(bytes);
+        CHECK(back == s);
+        CHECK(encode_snapshot(back) == bytes);
+
+        // The decoded state rebuilds an allocator and index that pass their own checks
+        // (PrefixIndex::restore lists siblings in the reverse order; restore_snapshot
+        // compensates, and its test compares the entries in order).
+        BlockAllocator a(12);
+        PrefixIndex index(a, 4);
+        a.restore(back.allocator);
+        index.restore(back.prefix);
+        CHECK(a.state() == s.allocator);
+        CHECK(by_block(index.entries()) == by_block(s.prefix));
+        CHECK(index.check() == "");
+        CHECK(a.counters().cached_blocks == 2);
+        CHECK(a.counters().used_blocks == 5);
+        CHECK(a.counters().free_blocks == 5);
+    }
+}
+
+TEST_CASE("detailed stats tell cached pages from free ones", "[snapshot][prefix]") {
+    const DetailedStats d = compute_detailed_stats(cached_snapshot(false));
+    CHECK(d.used_blocks == 5);
+    CHECK(d.free_blocks == 5);  // 7..11
+    CHECK(d.cached_blocks == 2);
+    CHECK(d.cached_held_blocks == 3);
+    CHECK(d.prefix_entries == 5);
+    CHECK(d.used_blocks + d.free_blocks + d.cached_blocks == d.num_blocks);
+    CHECK(d.free_runs == 1);  // evictable 1 and 2 are not free
+    CHECK(d.largest_free_run == 5);
+    CHECK(d.refcount_histogram == std::vector<uint64_t>{7, 5});
+    CHECK(d.tokens_stored == 15);
+}
+
+TEST_CASE("version-1 files still decode, without cached pages", "[snapshot][prefix]") {
+    for (bool pages : {false, true}) {
+        const SnapshotData s = sample_snapshot(pages);
+        auto bytes = encode_snapshot(s);
+        REQUIRE(get_le(bytes, 8, 4) == 2);
+        put_le(bytes, 8, 1, 4);  // a version-1 file: the same bytes but for the version
+        seal_snapshot(bytes);
+        const SnapshotData back = decode_snapshot(bytes);
+        CHECK(back == s);
+        CHECK(back.allocator.cached.empty());
+        CHECK(back.prefix.empty());
+    }
+    // Version 1 has no PRFX section: its flag is unknown there.
+    auto bytes = encode_snapshot(cached_snapshot(false));
+    put_le(bytes, 8, 1, 4);
+    seal_snapshot(bytes);
+    CHECK(decode_error(bytes) == "byte 12 (flags): unknown flag bits 0x2 in a version-1 file");
+    // The snapshots of 0.1 checked in as fuzzer findings are version 1.
+    const auto v1 = read_snapshot_file(std::string(PAGEDKV_FUZZ_FINDINGS) +
+                                       "/../corpus/snapshot/mixed-f16.snap");
+    REQUIRE(get_le(v1, 8, 4) == 1);
+    const SnapshotData mixed = decode_snapshot(v1);
+    CHECK(mixed.caches.size() == 3);
+    CHECK(mixed.has_pages);
+    CHECK(mixed.allocator.cached.empty());
+}
+
+TEST_CASE("truncations and bit flips of a snapshot with cached pages are rejected",
+          "[snapshot][prefix]") {
+    for (bool pages : {false, true}) {
+        auto bytes = encode_snapshot(cached_snapshot(pages));
+        for (size_t n = 0; n < bytes.size(); ++n) {
+            INFO("truncated to " << n << " of " << bytes.size() << " bytes");
+            REQUIRE_THAT(decode_error(std::span(bytes).first(n)), Catch::Contains("truncated"));
+        }
+        for (size_t i = 0; i < bytes.size(); ++i)
+            for (int bit = 0; bit < 8; ++bit) {
+                INFO("byte " << i << " bit " << bit);
+                bytes[i] ^= uint8_t(1u << bit);
+                const std::string e = decode_error(bytes);
+                bytes[i] ^= uint8_t(1u << bit);
+                REQUIRE_THAT(e, Catch::StartsWith("byte "));
+                REQUIRE(e.find('\n') == std::string::npos);
+            }
+    }
+}
+
+TEST_CASE("inconsistent cached pages name the byte and field", "[snapshot][prefix]") {
+    const SnapshotData good = cached_snapshot(false);
+    auto entry_at = [](size_t i, size_t field) {
+        return std::to_string(kEntriesAt + i * kEntryBytes + field);
+    };
+    SECTION("cached blocks out of order") {
+        SnapshotData s = good;
+        std::swap(s.allocator.cached[1], s.allocator.cached[2]);
+        CHECK(encode_error(s) == "byte " + std::to_string(kCachedAt + 8) +
+                                     " (cached[2]): block 1 is not above the one before it");
+    }
+    SECTION("a cached block out of range") {
+        SnapshotData s = good;
+        s.allocator.cached.back() = BlockId{40};
+        CHECK(encode_error(s) == "byte " + std::to_string(kCachedAt + 16) +
+                                     " (cached[4]): block 40 out of range, the pool has 12 "
+                                     "blocks");
+    }
+    SECTION("an evictable block that is not cached") {
+        SnapshotData s = good;
+        s.allocator.cached.erase(s.allocator.cached.begin() + 2);  // block 2
+        CHECK(encode_error(s) == "byte " + std::to_string(kEvictableAt - 4) +
+                                     " (evictable[0]): block 2 is evictable but not cached");
+    }
+    SECTION("an evictable block that a row holds") {
+        SnapshotData s = good;
+        s.allocator.evictable.push_back(BlockId{3});
+        CHECK(encode_error(s) == "byte " + std::to_string(kEvictableAt + 8) +
+                                     " (evictable[2]): block 3 is evictable but has refcount 1");
+    }
+    SECTION("a cached block of no reference left off the evictable list") {
+        SnapshotData s = good;
+        s.allocator.evictable.pop_back();  // block 1
+        CHECK(encode_error(s) == "byte " + std::to_string(kRefcountsAt + 4) +
+                                     " (refcounts[1]): block 1 is cached with refcount 0 but not "
+                                     "evictable");
+    }
+    SECTION("a hash that is not the hash of the page's tokens") {
+        SnapshotData s = good;
+        s.prefix[3].tokens[2] += 1;  // entry 3 is block 1
+        CHECK_THAT(encode_error(s),
+                   Catch::StartsWith("byte " + entry_at(3, 8) + " (prefix[3].hash): hash ") &&
+                       Catch::Contains("of block 1, but its parent's hash, salt and tokens "
+                                       "hash to"));
+        s = good;
+        s.prefix[1].salt = 8;
+        CHECK_THAT(encode_error(s),
+                   Catch::StartsWith("byte " + entry_at(1, 8) + " (prefix[1].hash)"));
+    }
+    SECTION("a page before its parent") {
+        SnapshotData s = good;
+        std::swap(s.prefix[3], s.prefix[4]);  // block 2 before its parent 1
+        CHECK(encode_error(s) == "byte " + entry_at(3, 4) +
+                                     " (prefix[3].parent): parent block 1 of block 2 is not an "
+                                     "entry before it (each page comes after its parent)");
+        s = good;
+        s.prefix[0].parent = 0;  // its own parent
+        CHECK_THAT(encode_error(s), Catch::StartsWith("byte " + entry_at(0, 4) +
+                                                      " (prefix[0].parent): parent block 0"));
+    }
+    SECTION("a cached block without an entry, an entry for a block not cached") {
+        SnapshotData s = good;
+        s.prefix.pop_back();  // block 2's
+        CHECK(encode_error(s) == "byte " + std::to_string(kCachedAt + 8) +
+                                     " (cached[2]): block 2 is cached but has no prefix entry");
+        s = good;
+        s.prefix[1].block = BlockId{4};
+        s.prefix[1].hash = PrefixIndex::hash_page(PrefixIndex::kRootHash, 7, s.prefix[1].tokens);
+        CHECK(encode_error(s) == "byte " + entry_at(1, 0) +
+                                     " (prefix[1].block): block 4 has an entry but is not "
+                                     "cached");
+    }
+    SECTION("two entries for one block, or one hash twice") {
+        SnapshotData s = good;
+        s.prefix[1].block = BlockId{0};
+        CHECK(encode_error(s) == "byte " + entry_at(1, 0) +
+                                     " (prefix[1].block): block 0 has two entries (also "
+                                     "prefix[0])");
+        s = good;
+        s.prefix[1].salt = 0;  // block 5 now names the same page as block 0
+        s.prefix[1].hash = s.prefix[0].hash;
+        CHECK_THAT(encode_error(s),
+                   Catch::StartsWith("byte " + entry_at(1, 8) + " (prefix[1].hash): hash ") &&
+                       Catch::EndsWith("of block 5 is also prefix[0]'s"));
+    }
+    SECTION("page contents of an evictable block missing") {
+        SnapshotData s = cached_snapshot(true);
+        auto b = encode_snapshot(s);
+        const size_t ids = 612 + 12 + 8;
+        put_le(b, ids + 4, 7, 4);  // page_ids[1]: evictable block 1 -> free block 7
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte " + std::to_string(ids + 4) +
+                                     " (page_ids[1]): block 7 is free, only blocks in use or "
+                                     "evictable have contents");
+    }
+    SECTION("counts that do not fit the section") {
+        auto b = encode_snapshot(good);
+        put_le(b, kEntriesAt - 8, 6, 8);  // one entry more than there is
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte " + std::to_string(kEntriesAt) +
+                                     " (prefix): 6 x 40 bytes do not fit, the section PRFX ends "
+                                     "at byte 612");
+        b = encode_snapshot(good);
+        put_le(b, kCachedAt - 8, 13, 8);
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte " + std::to_string(kCachedAt - 8) +
+                                     " (cached_count): 13 cached blocks in a pool of 12");
+        put_le(b, kCachedAt - 8, 1000, 8);
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte " + std::to_string(kCachedAt) +
+                                     " (cached): 1000 x 4 bytes do not fit, the section PRFX "
+                                     "ends at byte 612");
+    }
 }

@@ -6,8 +6,10 @@
 #include <filesystem>
 
 #include "cache/manager/access.hpp"
+#include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "cache_state_snapshot.hpp"
+#include "snapshot_samples.hpp"
 #include "test_support.hpp"
 
 using namespace pagedkv;
@@ -374,4 +376,164 @@ TEST_CASE("snapshots that crashed the fuzzer are refused by restore", "[snapshot
         }
     }
     CHECK(files >= 3);
+}
+
+namespace {
+
+// One step of m for seq with these new token ids (prefix caching registers the pages they fill),
+// random K/V in every layer.
+void prefill(Context& ctx, KVManager& m, SeqId seq, std::span<const int32_t> ids,
+             const PoolConfig& c, std::mt19937& rng) {
+    const SeqId seqs[] = {seq};
+    const std::span<const int32_t> spans[] = {ids};
+    Step st = m.begin_step(seqs, spans);
+    const int64_t n = int64_t(ids.size());
+    for (uint32_t l = 0; l < c.num_layers; ++l) {
+        auto k = random_values(size_t(n) * c.num_kv_heads * c.head_dim, rng, c.dtype);
+        auto v = random_values(size_t(n) * c.num_kv_heads * c.head_dim, rng, c.dtype);
+        m.write(st, l, Tensor::from_host(ctx, k, {n, c.num_kv_heads, c.head_dim}, c.dtype),
+                Tensor::from_host(ctx, v, {n, c.num_kv_heads, c.head_dim}, c.dtype));
+    }
+}
+
+// The first `tokens` tokens of a gathered (kv_heads, length, dim) tensor.
+std::vector<float> first_tokens(const Tensor& t, int64_t tokens) {
+    const auto all = t.to_host();
+    const auto& s = t.shape();
+    std::vector<float> out;
+    for (int64_t h = 0; h < s[0]; ++h)
+        for (int64_t p = 0; p < tokens; ++p)
+            for (int64_t d = 0; d < s[2]; ++d)
+                out.push_back(all[size_t((h * s[1] + p) * s[2] + d)]);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a pool with cached pages restores them: held and evictable pages, the index, a later hit",
+    "[snapshot][gpu][prefix]") {
+    TempFile file("cached.snap");
+    const PoolConfig cfg = small_config(DType::F16, 2, 2, 8, 4, 16);
+    std::mt19937 rng(21);
+    ValidatedContext first, second;
+    BlockPool pool(first.ctx, cfg);
+    KVManager m(pool, {0.01, true});
+    // Prompt p: pages [1..4] [5..8], then 9 10. Prompt q shares p's first page, then its own
+    // page [20..23] and 24: p's second page and q's are siblings under p's first.
+    const std::vector<int32_t> p = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    const std::vector<int32_t> q = {1, 2, 3, 4, 20, 21, 22, 23, 24};
+    const std::vector<int32_t> salted = {1, 2, 3, 4, 5};
+    const SeqId a = m.add_sequence(p);
+    prefill(first.ctx, m, a, p, cfg, rng);
+    const SeqId b = m.add_sequence(q);
+    REQUIRE(m.length(b) == 4);  // p's first page
+    prefill(first.ctx, m, b, std::span(q).subspan(4), cfg, rng);
+    const SeqId c = m.add_sequence(salted, 5);
+    REQUIRE(m.length(c) == 0);  // another salt
+    prefill(first.ctx, m, c, salted, cfg, rng);
+    std::vector<std::vector<float>> want_k, want_v;  // p's first 8 tokens, per layer
+    for (uint32_t l = 0; l < 2; ++l) {
+        auto [k, v] = m.gather(a, l);
+        want_k.push_back(first_tokens(k, 8));
+        want_v.push_back(first_tokens(v, 8));
+    }
+    m.free(a);  // p's second page becomes evictable, its first stays with b
+    const PoolStats before = pool.stats();
+    REQUIRE(before.cached_blocks == 1);
+    REQUIRE(m.prefix_stats().cached_pages == 4);  // p's two pages, q's, the salted one
+
+    const KVManager* managers[] = {&m};
+    save_snapshot(file.path, pool, {}, managers, {.page_contents = true});
+    const DetailedStats d = detailed_stats(pool, {}, managers);
+    CHECK(d.cached_blocks == 1);
+    CHECK(d.cached_held_blocks == 3);
+    CHECK(d.prefix_entries == 4);
+    CHECK(d.free_blocks == before.free_blocks);
+    const SnapshotData s = decode_snapshot(read_snapshot_file(file.path));
+    CHECK(s.allocator.evictable.size() == 1);
+    CHECK(s.allocator.cached.size() == 4);
+    CHECK(s.prefix.size() == 4);
+    CHECK(s.page_blocks().size() == before.used_blocks + 1);  // the evictable page's K/V too
+
+    RestoredSnapshot r = restore_snapshot(second.ctx, file.path);
+    detail::PoolState& was = detail::Access::pool(pool);
+    detail::PoolState& now = detail::Access::pool(*r.pool);
+    REQUIRE(now.prefix);
+    CHECK(now.allocator.state() == was.allocator.state());
+    CHECK(now.prefix->entries() == was.prefix->entries());  // siblings in the same order
+    CHECK(now.prefix->check() == "");
+    CHECK(r.pool->validate());
+    CHECK(r.pool->stats().cached_blocks == 1);
+    CHECK(r.pool->stats().free_blocks == before.free_blocks);
+
+    // A new sequence of prompt p hits the same pages on both pools and reads the same K/V.
+    KVManager m2(*r.pool, {0.01, true});
+    const SeqId d1 = m.add_sequence(p), d2 = m2.add_sequence(p);
+    CHECK(m2.length(d2) == 8);
+    CHECK(m2.block_table(d2) == m.block_table(d1));
+    CHECK(r.pool->stats().cached_blocks == 0);
+    for (uint32_t l = 0; l < 2; ++l) {
+        auto [k, v] = m2.gather(d2, l);
+        CHECK(first_tokens(k, 8) == want_k[l]);
+        CHECK(first_tokens(v, 8) == want_v[l]);
+    }
+    CHECK(m2.prefix_stats().hit_tokens == 8);
+    // And both hand out the same pages afterwards, evicting the same cached ones.
+    m.free(d1);
+    m2.free(d2);
+    const SeqId e1 = m.add_sequence(), e2 = m2.add_sequence();
+    const SeqId one1[] = {e1}, one2[] = {e2};
+    const uint32_t fill[] = {uint32_t(r.pool->stats().free_blocks + 1) * cfg.block_size};
+    m.allocate(one1, fill);
+    m2.allocate(one2, fill);
+    CHECK(m2.block_table(e2) == m.block_table(e1));
+    CHECK(m.prefix_stats().evictions == 1);
+    CHECK(m2.prefix_stats().evictions == 1);
+    CHECK(pool.validate());
+    CHECK(r.pool->validate());
+}
+
+TEST_CASE("restore refuses a snapshot whose cached pages are inconsistent, creating nothing",
+          "[snapshot][gpu][prefix]") {
+    TempFile file("cached-bad.snap");
+    ValidatedContext g;
+    g.ctx.synchronize();
+    const DeviceCounters before = g.ctx.counters();
+    struct Case {
+        const char* field;
+        void (*edit)(SnapshotData&);
+    };
+    const Case cases[] = {
+        {"(prefix[3].hash)", [](SnapshotData& s) { s.prefix[3].tokens[1] = -5; }},
+        {"(prefix[3].parent)", [](SnapshotData& s) { std::swap(s.prefix[3], s.prefix[4]); }},
+        {"(cached[2])", [](SnapshotData& s) { s.prefix.pop_back(); }},
+        {"(evictable[1])", [](SnapshotData& s) { s.allocator.evictable[1] = BlockId{3}; }},
+        {"(cached[1])",
+         [](SnapshotData& s) { std::swap(s.allocator.cached[0], s.allocator.cached[1]); }},
+    };
+    for (const Case& c : cases) {
+        INFO(c.field);
+        SnapshotData s = cached_snapshot(true);
+        c.edit(s);
+        write_snapshot_file(file.path, encode_snapshot(s));
+        try {
+            restore_snapshot(g.ctx, file.path);
+            FAIL("expected CorruptSnapshot");
+        } catch (const Error& e) {
+            CHECK(e.code() == ErrorCode::CorruptSnapshot);
+            CHECK_THAT(e.what(), Catch::StartsWith("byte ") && Catch::Contains(c.field));
+        }
+    }
+    const DeviceCounters after = g.ctx.counters();
+    CHECK(after.submits == before.submits);
+    CHECK(after.copies == before.copies);
+    // The unedited sample restores, its cached pages with it.
+    write_snapshot_file(file.path, encode_snapshot(cached_snapshot(true)));
+    RestoredSnapshot r = restore_snapshot(g.ctx, file.path);
+    CHECK(r.pool->stats().cached_blocks == 2);
+    CHECK(r.pool->validate());
+    const detail::PoolState& ps = detail::Access::pool(*r.pool);
+    REQUIRE(ps.prefix);
+    CHECK(ps.prefix->entries() == cached_snapshot(false).prefix);
 }

@@ -1,5 +1,6 @@
 // Writes the sample snapshots into a directory for the ctest that validates pagedkv-dump --json
-// against its schema: tables only, with page contents, and an untouched pool with no caches.
+// against its schema: tables only, with page contents, an untouched pool with no caches, and a
+// pool with prefix caching (held and evictable cached pages).
 #include <cstdio>
 #include <filesystem>
 
@@ -24,5 +25,8 @@ int main(int argc, char** argv) {
     BlockAllocator fresh(empty.layout.num_blocks);
     empty.allocator = fresh.state();
     write_snapshot_file(dir / "empty.snap", encode_snapshot(empty));
+    write_snapshot_file(dir / "sample-cached.snap", encode_snapshot(test::cached_snapshot(false)));
+    write_snapshot_file(dir / "sample-cached-pages.snap",
+                        encode_snapshot(test::cached_snapshot(true)));
     return 0;
 }
