@@ -781,6 +781,124 @@ void bench_serve(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t st
             "peak pages held against a contiguous max-length cache for the same sequences");
 }
 
+// Prefix caching on the shared-prefix trace (serve::make_shared_prefix_trace: one system
+// prompt, conversations whose turns re-send their history). The working set is measured by a
+// dry run on a pool that never evicts; then, for pools of 100%, 50%, 25% and 12% of it, the
+// engine runs the whole trace dry (the manager's bookkeeping and the library's prefix cache,
+// no K/V computed: the counts do not depend on it) beside the oracle, an infinite cache on the
+// same schedule. Then three runs on the pool that holds the working set reach the middle of
+// the trace dry and time `steps` computed steps, as the serve rows do.
+void bench_prefix(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t steps) {
+    PoolConfig c = layout(2, 0);
+    c.num_kv_heads = 2;
+    c.head_dim = 32;
+    const serve::SharedPrefixOptions sp;
+    const std::vector<serve::Request> trace = serve::make_shared_prefix_trace(sp);
+    uint64_t prompt_sum = 0;
+    for (const serve::Request& r : trace)
+        prompt_sum += r.prompt;
+    serve::EngineOptions opt;
+    opt.check = false;
+    opt.q_heads = 4;
+    ManagerOptions mopt;
+    mopt.prefix_caching = true;
+    progress(
+        fmt::format("prefix caching: working set of {} conversations over a {}-token system "
+                    "prompt ({} turns)",
+                    sp.conversations, sp.system_prompt, trace.size()));
+    const uint64_t ws = serve::working_set(ctx, c, trace, opt);
+    const uint64_t least = serve::least_pages(trace, c.block_size, opt.draft_tokens);
+    rep.add(
+        "prefix_working_set_pages", "prefix trace working set, pages", double(ws),
+        fmt::format("{}", ws),
+        fmt::format("{} conversations x {}-{} turns over a {}-token system prompt, {} prompt "
+                    "tokens; most pages held (used or cached) by a pool that never evicts",
+                    sp.conversations, sp.min_turns, sp.max_turns, sp.system_prompt, prompt_sum));
+    uint64_t full_steps = 0;
+    for (const double share : {1.0, 0.5, 0.25, 0.12}) {
+        const int pct = int(std::lround(share * 100));
+        progress(fmt::format("prefix caching: pool of {}% of the working set, dry", pct));
+        c.num_blocks = serve::pool_for_share(ws, share, mopt.watermark, least);
+        BlockPool pool(ctx, c);
+        serve::EngineOptions dry = opt;
+        dry.compute = false;
+        dry.oracle = true;
+        serve::Engine engine(ctx, pool, trace, dry, mopt);
+        const serve::EngineStats& s = engine.run();
+        if (share == 1.0) full_steps = s.steps;
+        const double prompt = double(s.prompt_tokens);
+        const double computed = double(s.prompt_tokens - s.hit_tokens) / prompt;
+        const double oracle = double(s.prompt_tokens - s.oracle_hit_tokens) / prompt;
+        const double hits =
+            s.oracle_hit_tokens ? double(s.hit_tokens) / double(s.oracle_hit_tokens) : 0.0;
+        const std::string k = fmt::format("_{}", pct);
+        rep.add("prefix_prefill_ratio" + k, fmt::format("prefix {}% pool: prefill / no cache", pct),
+                computed, fmt::format("{:.3f}", computed),
+                fmt::format("oracle {:.3f} ({:+.1f}%); {} pages; {} of {} prompt tokens "
+                            "computed over {} admissions, {} preemptions",
+                            oracle, 100 * (computed / oracle - 1), c.num_blocks,
+                            s.prompt_tokens - s.hit_tokens, s.prompt_tokens, s.admissions,
+                            s.preemptions));
+        rep.json["prefix_oracle_prefill_ratio" + k] = oracle;
+        rep.add(
+            "prefix_hits_over_oracle" + k, fmt::format("prefix {}% pool: hits / oracle hits", pct),
+            hits, fmt::format("{:.3f}", hits),
+            fmt::format("{} of the oracle's {} tokens; {} pages evicted, peak {} pages held",
+                        s.hit_tokens, s.oracle_hit_tokens, s.evictions, s.peak_pages_with_cached));
+        rep.json["prefix_evictions" + k] = double(s.evictions);
+        rep.json["prefix_pool_pages" + k] = double(c.num_blocks);
+    }
+
+    c.num_blocks = serve::pool_for_share(ws, 1.0, mopt.watermark, least);
+    const uint64_t skip = full_steps / 2;
+    std::vector<double> steps_s, device_ms, host_us, tokens_step;
+    for (int run = 0; run < 3; ++run) {
+        progress(fmt::format("prefix caching, run {} of 3: {} steps after {} dry", run + 1, steps,
+                             skip));
+        BlockPool pool(ctx, c);
+        serve::Engine engine(ctx, pool, trace, opt, mopt);
+        engine.set_compute(false);
+        engine.run(skip);
+        engine.set_compute(true);
+        ctx.synchronize();
+        const uint64_t tokens0 = engine.stats().tokens_written;
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto runs = timer.runs([&] { engine.step(); }, int(steps), 0);
+        const double wall =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        double dev = 0;
+        std::vector<double> host;
+        for (const auto& r : runs) {
+            dev += r.device_s;
+            host.push_back(r.host_s);
+        }
+        const double n = double(runs.size());
+        steps_s.push_back(n / wall);
+        device_ms.push_back(dev / n * 1e3);
+        host_us.push_back(median_of(host) * 1e6);
+        tokens_step.push_back(double(engine.stats().tokens_written - tokens0) / n);
+    }
+    auto spread = [&](const std::string& key, const std::string& name, std::vector<double> v,
+                      const std::string& unit, const std::string& note) {
+        std::sort(v.begin(), v.end());
+        rep.rows.push_back({name, fmt::format("{:.1f}{}", v[v.size() / 2], unit),
+                            fmt::format("{:.1f}-{:.1f}; {}", v.front(), v.back(), note)});
+        rep.json[key] = v[v.size() / 2];
+        rep.json[key + "_min"] = v.front();
+        rep.json[key + "_max"] = v.back();
+    };
+    spread("prefix_steps_per_s", "prefix loop steps / s", steps_s, "",
+           fmt::format("{} steps from step {} of {}, pool {} pages (100%), {} layers of {} x {} "
+                       "f16; host wall time",
+                       steps, skip, full_steps, c.num_blocks, c.num_layers, c.num_kv_heads,
+                       c.head_dim));
+    spread("prefix_device_ms_per_step", "prefix loop device time per step", device_ms, " ms",
+           fmt::format("GPU timestamps; host recording {:.0f} us per step (median), {:.0f} K/V "
+                       "rows written per step",
+                       median_of(host_us), median_of(tokens_step)));
+    rep.json["prefix_host_us_per_step"] = median_of(host_us);
+}
+
 }  // namespace
 
 void write_file(const std::string& path, const std::string& text) {
@@ -793,7 +911,11 @@ void write_file(const std::string& path, const std::string& text) {
 int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32;
-    uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24;
+    uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24, prefix_steps = 8;
+    const std::vector<std::string> sections{"prefill",   "decode",    "layouts", "page-copy",
+                                            "attention", "allocator", "gather",  "memory",
+                                            "beams",     "serve",     "prefix"};
+    std::vector<std::string> only;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
         "printed as a table and written as JSON, with an SVG of the scaling sweeps.",
@@ -822,6 +944,18 @@ int main(int argc, char** argv) {
         ->type_name("STEPS")
         ->capture_default_str()
         ->check(CLI::Range(1u, 128u));
+    app.add_option("--prefix-steps", prefix_steps,
+                   "timed steps of each prefix-caching run (contexts of ~1-2k tokens: slow on "
+                   "lavapipe)")
+        ->type_name("STEPS")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 128u));
+    app.add_option("--only", only,
+                   "run only these sections (comma-separated; the SVG needs allocator and gather)")
+        ->type_name("SECTIONS")
+        ->delimiter(',')
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->check(CLI::IsMember(sections));
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help
@@ -830,7 +964,7 @@ int main(int argc, char** argv) {
         fmt::print(stderr,
                    "pagedkv-bench: {}\nusage: pagedkv-bench [--json FILE] [--svg FILE] "
                    "[--rows ROWS] [--layers LAYERS] [--attention-context TOKENS] "
-                   "[--serve-steps STEPS]\n",
+                   "[--serve-steps STEPS] [--prefix-steps STEPS] [--only SECTIONS]\n",
                    e.what());
         return 2;
     }
@@ -839,22 +973,30 @@ int main(int argc, char** argv) {
         Context ctx = Context::create();
         detail::GpuTimer timer(detail::Access::device(ctx));
         Report rep;
-        bench_prefill(ctx, timer, rep, prefill_tokens);
-        rep.rows.push_back(
-            {"paths chosen (scatter, gather)",
-             fmt::format("{}, {}", path_name(ctx.scatter_path()), path_name(ctx.gather_path())),
-             fmt::format("shader threads move {}",
-                         detail::Access::device(ctx).byte_paths().whole_rows ? "whole rows"
-                                                                             : "single words")});
-        bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers);
-        bench_decode_layouts(ctx, timer, rep, decode_rows);
-        bench_page_copy(ctx, timer, rep);
-        bench_attention(ctx, timer, rep, attention_rows, attention_context);
-        const auto alloc_series = bench_allocator(rep);
-        const auto gather_series = sweep_gather(ctx, timer);
-        bench_memory(rep);
-        bench_beams(ctx, rep);
-        bench_serve(ctx, timer, rep, serve_steps);
+        auto want = [&](const char* s) {
+            return only.empty() || std::find(only.begin(), only.end(), s) != only.end();
+        };
+        if (want("prefill")) {
+            bench_prefill(ctx, timer, rep, prefill_tokens);
+            rep.rows.push_back(
+                {"paths chosen (scatter, gather)",
+                 fmt::format("{}, {}", path_name(ctx.scatter_path()), path_name(ctx.gather_path())),
+                 fmt::format("shader threads move {}",
+                             detail::Access::device(ctx).byte_paths().whole_rows
+                                 ? "whole rows"
+                                 : "single words")});
+        }
+        if (want("decode")) bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers);
+        if (want("layouts")) bench_decode_layouts(ctx, timer, rep, decode_rows);
+        if (want("page-copy")) bench_page_copy(ctx, timer, rep);
+        if (want("attention")) bench_attention(ctx, timer, rep, attention_rows, attention_context);
+        const auto alloc_series = want("allocator") ? bench_allocator(rep) : std::vector<Series>{};
+        const auto gather_series =
+            want("gather") ? sweep_gather(ctx, timer) : std::vector<Series>{};
+        if (want("memory")) bench_memory(rep);
+        if (want("beams")) bench_beams(ctx, rep);
+        if (want("serve")) bench_serve(ctx, timer, rep, serve_steps);
+        if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -870,6 +1012,10 @@ int main(int argc, char** argv) {
         for (const auto& [k, v] : rep.json)
             json[k] = tools::json_number(v);
         write_file(json_path, tools::json_text(json));
+        if (!want("allocator") || !want("gather")) {
+            fmt::print("\nwrote {} (no charts: --only left out their sweeps)\n", json_path);
+            return 0;
+        }
         tools::SvgWriter svg({{"width", 880}, {"height", 300}, {"font-family", "sans-serif"}});
         svg.element("rect", {{"width", 880}, {"height", 300}, {"fill", "white"}});
         chart(svg, 0, 0, "allocator under churn, ns per page", "pool size (pages)", "ns",

@@ -26,6 +26,25 @@ uint32_t pages_for(uint64_t tokens, uint32_t block) {
     return uint32_t((tokens + block - 1) / block);
 }
 
+// splitmix64's finalizer: the K/V of a token are drawn from a stream seeded by the hash of its
+// prefix, so equal prefixes give equal K/V in any sequence.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+constexpr uint64_t kChainRoot = 0x243f6a8885a308d3ull;
+
+std::vector<int32_t> random_ids(std::mt19937& rng, size_t n) {
+    std::uniform_int_distribution<int32_t> d(0, kVocab - 1);
+    std::vector<int32_t> v(n);
+    for (int32_t& x : v)
+        x = d(rng);
+    return v;
+}
+
 }  // namespace
 
 std::vector<Request> make_trace(const TraceOptions& t) {
@@ -47,7 +66,80 @@ std::vector<Request> make_trace(const TraceOptions& t) {
             r.outputs.push_back(std::clamp<uint32_t>(uint32_t(output(rng)), 1, t.max_output));
         out.push_back(std::move(r));
     }
+    // The ids from a stream of their own (the lengths and arrivals stay those of the seed).
+    std::mt19937 ids(uint32_t(t.seed * 31 + 17));
+    for (Request& r : out) {
+        r.prompt_ids = random_ids(ids, r.prompt);
+        for (uint32_t n : r.outputs)
+            r.output_ids.push_back(random_ids(ids, n));
+    }
     return out;
+}
+
+std::vector<Request> make_shared_prefix_trace(const SharedPrefixOptions& t) {
+    if (t.min_turns < 1 || t.max_turns < t.min_turns)
+        throw std::invalid_argument("a conversation needs 1 <= min_turns <= max_turns");
+    std::mt19937 rng(uint32_t(t.seed));
+    std::exponential_distribution<double> gap(t.arrivals_per_step);
+    std::exponential_distribution<double> think(t.think_steps > 0 ? 1 / t.think_steps : 1.0);
+    std::lognormal_distribution<double> user(std::log(t.user_median), t.user_sigma);
+    std::lognormal_distribution<double> answer(std::log(t.answer_median), t.answer_sigma);
+    const std::vector<int32_t> system = random_ids(rng, t.system_prompt);
+    std::vector<Request> out;
+    double at = 0;
+    for (uint32_t c = 0; c < t.conversations; ++c) {
+        if (c > 0) at += gap(rng);
+        const uint32_t turns = t.min_turns + uint32_t(rng() % (t.max_turns - t.min_turns + 1));
+        std::vector<int32_t> history = system;
+        for (uint32_t k = 0; k < turns; ++k) {
+            Request r;
+            r.id = uint32_t(out.size());
+            const auto said =
+                random_ids(rng, std::clamp<uint32_t>(uint32_t(user(rng)), 1, t.max_user));
+            history.insert(history.end(), said.begin(), said.end());
+            r.prompt_ids = history;
+            r.prompt = uint32_t(history.size());
+            auto reply =
+                random_ids(rng, std::clamp<uint32_t>(uint32_t(answer(rng)), 1, t.max_answer));
+            history.insert(history.end(), reply.begin(), reply.end());
+            r.outputs = {uint32_t(reply.size())};
+            r.output_ids = {std::move(reply)};
+            if (k == 0) {
+                r.arrival_step = uint64_t(at);
+            } else {
+                r.after = int64_t(out.size()) - 1;
+                r.delay = t.think_steps > 0 ? uint64_t(think(rng)) : 0;
+            }
+            out.push_back(std::move(r));
+        }
+    }
+    return out;
+}
+
+uint64_t OracleCache::hit(std::span<const int32_t> prompt) const {
+    const size_t bs = block_size_;
+    const size_t max_pages = prompt.empty() ? 0 : (prompt.size() - 1) / bs;
+    std::pair<uint32_t, std::vector<int32_t>> key{0, {}};
+    size_t k = 0;
+    for (; k < max_pages; ++k) {
+        key.second.assign(prompt.begin() + ptrdiff_t(k * bs),
+                          prompt.begin() + ptrdiff_t(k * bs + bs));
+        const auto it = nodes_.find(key);
+        if (it == nodes_.end()) break;
+        key.first = it->second;
+    }
+    return uint64_t(k * bs);
+}
+
+uint32_t OracleCache::add(std::span<const int32_t> tokens, size_t from, uint32_t node) {
+    const size_t bs = block_size_;
+    for (size_t k = from; k < tokens.size() / bs; ++k) {
+        std::pair<uint32_t, std::vector<int32_t>> key{
+            node, {tokens.begin() + ptrdiff_t(k * bs), tokens.begin() + ptrdiff_t(k * bs + bs)}};
+        const uint32_t fresh = uint32_t(nodes_.size() + 1);  // 0 is the root
+        node = nodes_.try_emplace(std::move(key), fresh).first->second;
+    }
+    return node;
 }
 
 Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, EngineOptions opt,
@@ -59,11 +151,32 @@ Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, Engine
       cfg_(pool.config()),
       q_heads_(opt.q_heads ? opt.q_heads : 2 * pool.config().num_kv_heads),
       trace_(std::move(trace)),
-      rng_(uint32_t(opt.seed)) {
+      rng_(uint32_t(opt.seed)),
+      values_rng_(uint32_t(opt.seed * 131 + 5)) {
     if (q_heads_ % cfg_.num_kv_heads != 0)
         throw std::invalid_argument("query heads must be a multiple of the kv heads");
     if (opt_.token_budget < 1 + opt_.draft_tokens)
         throw std::invalid_argument("the token budget must hold one speculative decode");
+    if (opt_.check && !opt_.compute)
+        throw std::invalid_argument("checks need the steps computed (EngineOptions::compute)");
+    followers_.resize(trace_.size());
+    for (size_t i = 0; i < trace_.size(); ++i) {
+        const Request& r = trace_[i];
+        bool ids_ok = r.id == i && r.prompt_ids.size() == r.prompt &&
+                      r.output_ids.size() == r.outputs.size() && r.after < int64_t(i) &&
+                      r.after >= -1 && !r.outputs.empty();
+        for (size_t k = 0; ids_ok && k < r.outputs.size(); ++k)
+            ids_ok = r.output_ids[k].size() == r.outputs[k];
+        if (!ids_ok)
+            throw std::invalid_argument(fmt::format(
+                "request {} of the trace: its id must be its index, its token ids as many as its "
+                "lengths, and the request it follows an earlier one",
+                i));
+        if (r.after >= 0)
+            followers_[size_t(r.after)].push_back(i);
+        else
+            pending_.insert({r.arrival_step, i});
+    }
     for (const Request& r : trace_) {
         const uint32_t longest = *std::max_element(r.outputs.begin(), r.outputs.end());
         const uint32_t len = r.prompt + longest + opt_.draft_tokens;
@@ -80,12 +193,56 @@ Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, Engine
     if (opt_.check)
         ref_ = std::make_unique<test::ReferenceSequences>(cfg_.num_layers, cfg_.num_kv_heads,
                                                           cfg_.head_dim, cfg_.v_head_dim);
+    if (opt_.oracle) oracle_ = std::make_unique<OracleCache>(cfg_.block_size);
 }
 
 Engine::~Engine() = default;
 
 bool Engine::done() const {
-    return next_arrival_ == trace_.size() && waiting_.empty() && running_.empty();
+    return pending_.empty() && waiting_.empty() && running_.empty();
+}
+
+void Engine::arrive(size_t index, uint64_t step) {
+    pending_.insert({step, index});
+}
+
+int32_t Engine::token_at(const Request& r, uint32_t sample, size_t p) {
+    return p < r.prompt ? r.prompt_ids[p] : r.output_ids[sample][p - r.prompt];
+}
+
+void Engine::append(Seq& s, std::span<const int32_t> ids) {
+    s.ids.insert(s.ids.end(), ids.begin(), ids.end());
+    if (!ref_) return;
+    for (int32_t id : ids) {
+        const uint64_t h = s.chain.empty() ? kChainRoot : s.chain.back();
+        s.chain.push_back(mix64(h ^ (uint64_t(uint32_t(id)) * 0xd6e8feb86659fd93ull)));
+    }
+}
+
+void Engine::truncate_seq(Seq& s, size_t length) {
+    s.ids.resize(std::min(s.ids.size(), length));
+    s.chain.resize(std::min(s.chain.size(), length));
+    if (s.oracle_pages > length / cfg_.block_size) {  // found again from the first page
+        s.oracle_pages = 0;
+        s.oracle_node = 0;
+    }
+}
+
+void Engine::kv_of(const Seq& s, size_t from, size_t n, uint32_t layer, std::vector<float>& k,
+                   std::vector<float>& v) const {
+    const size_t kn = size_t(cfg_.num_kv_heads) * cfg_.head_dim;
+    const size_t vn = size_t(cfg_.num_kv_heads) * cfg_.v_head_dim;
+    auto draw = [&](uint64_t& x) {
+        x = mix64(x);
+        return round_to(cfg_.dtype, float(double(x >> 40) * 0x1p-24 * 4.0 - 2.0));
+    };
+    for (size_t p = from; p < from + n; ++p) {
+        uint64_t x = mix64(s.chain[p] ^ (uint64_t(layer + 1) * 0x9e3779b97f4a7c15ull));
+        for (size_t e = 0; e < kn; ++e)
+            k.push_back(draw(x));
+        for (size_t e = 0; e < vn; ++e)
+            v.push_back(draw(x));
+    }
 }
 
 const EngineStats& Engine::run(uint64_t max_steps) {
@@ -107,7 +264,7 @@ const Tensor& Engine::input(char kind, uint32_t tokens, uint32_t heads, uint32_t
         std::uniform_real_distribution<float> d(-2.0f, 2.0f);
         std::vector<float> v(size_t(tokens) * heads * dim);
         for (float& x : v)
-            x = round_to(cfg_.dtype, d(rng_));
+            x = round_to(cfg_.dtype, d(values_rng_));
         it = cached_inputs_
                  .emplace(key, Tensor::from_host(ctx_, v, {tokens, heads, dim}, cfg_.dtype))
                  .first;
@@ -164,9 +321,10 @@ void Engine::preempt_youngest() {
 
 bool Engine::step() {
     if (done()) return false;
-    if (running_.empty() && waiting_.empty()) clock_ = trace_[next_arrival_].arrival_step;
-    while (next_arrival_ < trace_.size() && trace_[next_arrival_].arrival_step <= clock_) {
-        waiting_.push_back({trace_[next_arrival_++], 0});
+    if (running_.empty() && waiting_.empty()) clock_ = std::max(clock_, pending_.begin()->first);
+    while (!pending_.empty() && pending_.begin()->first <= clock_) {
+        waiting_.push_back({trace_[pending_.begin()->second], 0});
+        pending_.erase(pending_.begin());
         ++stats_.requests;
     }
     ++clock_;
@@ -214,7 +372,9 @@ bool Engine::step() {
             ids.push_back(running_[w.group].seqs[w.seq].id);
             counts.push_back(w.count);
         }
-        if (mgr_.pages_needed(ids, counts) <= pool_.stats().free_blocks) break;
+        // Cached pages no sequence holds are evicted when needed: they count as free.
+        const BlockCounts pc = pool_.stats();
+        if (mgr_.pages_needed(ids, counts) <= pc.free_blocks + pc.cached_blocks) break;
         preempt_youngest();
         preempted = true;
     }
@@ -228,8 +388,15 @@ bool Engine::step() {
            in_flight + waiting_.front().req.outputs.size() <= opt_.max_running) {
         const Waiting& w = waiting_.front();
         const uint32_t prompt = w.req.prompt + w.resume;
-        const uint32_t chunk = std::min(prompt, budget);
-        const SeqId id = mgr_.add_sequence();
+        // The prompt's ids (with what it generated before a preemption): with prefix caching
+        // the sequence starts holding the cached pages of its longest cached prefix.
+        std::vector<int32_t> prompt_ids = w.req.prompt_ids;
+        if (w.resume)
+            prompt_ids.insert(prompt_ids.end(), w.req.output_ids[0].begin(),
+                              w.req.output_ids[0].begin() + w.resume);
+        const SeqId id = mgr_.add_sequence(prompt_ids);
+        const uint32_t hit = uint32_t(mgr_.length(id));
+        const uint32_t chunk = std::min(prompt - hit, budget);
         ids.push_back(id);
         counts.push_back(chunk);
         if (!mgr_.can_allocate(ids, counts)) {
@@ -238,12 +405,35 @@ bool Engine::step() {
             mgr_.free(id);
             break;
         }
+        ++stats_.admissions;
+        stats_.prompt_tokens += prompt;
+        stats_.hit_tokens += hit;
+        if (hit) ++stats_.hit_admissions;
+        if (oracle_) stats_.oracle_hit_tokens += oracle_->hit(prompt_ids);
         Group g;
         g.req = w.req;
         g.prompt = prompt;
+        g.prefilled = hit;
         g.resume = w.resume;
-        g.seqs.push_back({id, 0, w.resume});
-        if (ref_) ref_->add(id);
+        g.seqs.push_back({id, 0, w.resume, {}, {}, 0, 0});
+        append(g.seqs.back(), std::span(prompt_ids).first(hit));
+        if (ref_) {
+            ref_->add(id);
+            if (hit) {
+                // What this sequence would have computed for the cached positions: the pages
+                // it shares must hold exactly that.
+                const std::vector<uint64_t> one{id};
+                const std::vector<uint32_t> n{hit};
+                ref_->begin_step(one, n);
+                for (uint32_t l = 0; l < cfg_.num_layers; ++l) {
+                    std::vector<float> k, v;
+                    kv_of(g.seqs.back(), 0, hit, l, k, v);
+                    ref_->write(one, n, l, k, v);
+                }
+                ++stats_.shared_page_checks;
+                check_kv(id, "admitted, sharing cached pages");
+            }
+        }
         running_.push_back(std::move(g));
         work.push_back({running_.size() - 1, 0, chunk, false});
         in_flight += w.req.outputs.size();
@@ -259,6 +449,31 @@ bool Engine::step() {
         return true;
     }
 
+    // Each work item's token ids: prompt chunks, decodes, and for speculative decodes the
+    // drafts, those past the accepted ones (drawn now) rejected: ids no real token has.
+    std::uniform_int_distribution<uint32_t> accepted(0, opt_.draft_tokens);
+    std::vector<uint32_t> keeps(work.size(), 0), firsts(work.size(), 0);
+    std::vector<std::vector<int32_t>> step_ids(work.size());
+    for (size_t i = 0; i < work.size(); ++i) {
+        const Work& w = work[i];
+        const Group& g = running_[w.group];
+        Seq& s = running_[w.group].seqs[w.seq];
+        const size_t first = s.ids.size();
+        firsts[i] = uint32_t(first);
+        uint32_t keep = w.count;
+        if (!g.prefilling()) {
+            keep = 1;
+            if (w.speculative) keep += accepted(rng_);
+            keep = std::min(keep, g.req.outputs[s.sample] - s.generated);
+        }
+        keeps[i] = keep;
+        for (uint32_t j = 0; j < w.count; ++j)
+            step_ids[i].push_back(j < keep ? token_at(g.req, s.sample, first + j)
+                                           : kVocab + int32_t(j));
+        append(s, step_ids[i]);
+    }
+    const std::vector<std::span<const int32_t>> id_spans(step_ids.begin(), step_ids.end());
+
     // Speculative decodes reserve their draft slots through allocate's lookahead; the step
     // then writes 1 + k tokens into them.
     std::vector<SeqId> spec;
@@ -268,7 +483,7 @@ bool Engine::step() {
         const std::vector<uint32_t> ones(spec.size(), 1);
         mgr_.allocate(spec, ones, opt_.draft_tokens);
     }
-    Step st = mgr_.begin_step(ids, counts);
+    Step st = mgr_.begin_step(ids, id_spans);
     const uint32_t T = st.total_tokens();
     const uint32_t H = cfg_.num_kv_heads, D = cfg_.head_dim, DV = cfg_.v_head_dim;
     std::vector<Tensor> outs;
@@ -280,13 +495,18 @@ bool Engine::step() {
     auto random = [&](size_t n) {
         std::vector<float> v(n);
         for (float& x : v)
-            x = round_to(cfg_.dtype, vals(rng_));
+            x = round_to(cfg_.dtype, vals(values_rng_));
         return v;
     };
     const std::vector<uint64_t> ids64(ids.begin(), ids.end());
-    for (uint32_t l = 0; l < cfg_.num_layers; ++l) {
+    for (uint32_t l = 0; l < cfg_.num_layers && opt_.compute; ++l) {
         if (ref_) {
-            const auto k = random(size_t(T) * H * D), v = random(size_t(T) * H * DV);
+            // K/V of each token from its prefix's hash (as a model computes them).
+            std::vector<float> k, v;
+            k.reserve(size_t(T) * H * D);
+            v.reserve(size_t(T) * H * DV);
+            for (size_t i = 0; i < work.size(); ++i)
+                kv_of(running_[work[i].group].seqs[work[i].seq], firsts[i], work[i].count, l, k, v);
             mgr_.write(st, l, Tensor::from_host(ctx_, k, {T, H, D}, cfg_.dtype),
                        Tensor::from_host(ctx_, v, {T, H, DV}, cfg_.dtype));
             ref_->write(ids64, counts, l, k, v);
@@ -307,7 +527,19 @@ bool Engine::step() {
     uint64_t live = 0;
     for (const Group& g : running_)
         live += g.seqs.size();
-    stats_.peak_pages = std::max(stats_.peak_pages, pool_.stats().used_blocks);
+    const BlockCounts pc = pool_.stats();
+    stats_.peak_pages = std::max(stats_.peak_pages, pc.used_blocks);
+    stats_.peak_pages_with_cached =
+        std::max(stats_.peak_pages_with_cached, pc.used_blocks + pc.cached_blocks);
+    stats_.evictions = mgr_.prefix_stats().evictions;
+    // The oracle holds every full page written so far (as the library registers them, drafts
+    // included).
+    if (oracle_)
+        for (const Work& w : work) {
+            Seq& s = running_[w.group].seqs[w.seq];
+            s.oracle_node = oracle_->add(s.ids, s.oracle_pages, s.oracle_node);
+            s.oracle_pages = s.ids.size() / cfg_.block_size;
+        }
     stats_.peak_sequences = std::max(stats_.peak_sequences, live);
     stats_.contiguous_pages_peak = std::max(stats_.contiguous_pages_peak,
                                             live * pages_for(stats_.max_length, cfg_.block_size));
@@ -346,11 +578,11 @@ bool Engine::step() {
         }
     }
 
-    // After the step: prefills that completed fork their samples; decodes accept a random
-    // number of drafts and roll back the rest; finished samples and requests end.
-    for (const Work& w : work) {
+    // After the step: prefills that completed fork their samples; decodes accept the drafts
+    // drawn above and roll back the rest; finished samples and requests end.
+    for (size_t i = 0; i < work.size(); ++i) {
+        const Work& w = work[i];
         Group& g = running_[w.group];
-        Seq& s = g.seqs[w.seq];
         if (g.prefilling()) {
             g.prefilled += w.count;
             stats_.prefill_tokens += w.count;
@@ -358,21 +590,23 @@ bool Engine::step() {
                 for (uint32_t k = 1; k < g.req.outputs.size(); ++k) {
                     const SeqId id = mgr_.fork(g.seqs[0].id);
                     if (ref_) ref_->fork(g.seqs[0].id, id);
-                    g.seqs.push_back({id, k, 0});
+                    Seq copy = g.seqs[0];
+                    copy.id = id;
+                    copy.sample = k;
+                    copy.generated = 0;
+                    g.seqs.push_back(std::move(copy));
                     ++stats_.forks;
                 }
             continue;
         }
+        Seq& s = g.seqs[w.seq];
         stats_.decode_tokens += w.count;
-        const uint32_t left = g.req.outputs[s.sample] - s.generated;
-        uint32_t keep = 1;
-        if (w.speculative)
-            keep += std::uniform_int_distribution<uint32_t>(0, opt_.draft_tokens)(rng_);
-        keep = std::min(keep, left);
+        const uint32_t keep = keeps[i];
         if (keep < w.count) {
             const int64_t drop = int64_t(w.count - keep);
             mgr_.truncate(s.id, -drop);
             if (ref_) ref_->truncate(s.id, -drop);
+            truncate_seq(s, s.ids.size() - size_t(drop));
             ++stats_.rollbacks;
             stats_.drafts_rejected += uint64_t(drop);
         }
@@ -389,6 +623,8 @@ bool Engine::step() {
             }
         if (!g.prefilling() && g.seqs.empty()) {
             ++stats_.finished;
+            for (size_t f : followers_[g.req.id])  // the conversation's next turn
+                arrive(f, clock_ + trace_[f].delay);
             running_.erase(running_.begin() + std::ptrdiff_t(gi));
         } else {
             ++gi;
@@ -397,6 +633,49 @@ bool Engine::step() {
 
     if (ref_ && !pool_.validate()) mismatch("pool invariants broken: " + pool_.check());
     return true;
+}
+
+uint64_t least_pages(const std::vector<Request>& trace, uint32_t block_size,
+                     uint32_t draft_tokens) {
+    uint64_t least = 1;
+    for (const Request& r : trace) {
+        const uint32_t longest = *std::max_element(r.outputs.begin(), r.outputs.end());
+        least = std::max<uint64_t>(
+            least,
+            uint64_t(pages_for(r.prompt + longest + draft_tokens, block_size)) * r.outputs.size());
+    }
+    return least;
+}
+
+uint64_t working_set(Context& ctx, PoolConfig cfg, const std::vector<Request>& trace,
+                     EngineOptions opt) {
+    cfg.num_layers = 1;
+    opt.check = false;
+    opt.compute = false;
+    opt.oracle = false;
+    // Every request's pages unshared, to start with; doubled while the pool evicts.
+    uint64_t pages = 64;
+    for (const Request& r : trace) {
+        uint64_t tokens = r.prompt + opt.draft_tokens;
+        for (uint32_t n : r.outputs)
+            tokens += n;
+        pages += pages_for(tokens, cfg.block_size);
+    }
+    for (;;) {
+        cfg.num_blocks = pages;
+        BlockPool pool(ctx, cfg);
+        ManagerOptions mopt;
+        mopt.prefix_caching = true;
+        Engine e(ctx, pool, trace, opt, mopt);
+        const EngineStats& s = e.run();
+        if (s.evictions == 0 && s.preemptions == 0) return s.peak_pages_with_cached;
+        pages *= 2;
+    }
+}
+
+uint64_t pool_for_share(uint64_t working_set, double share, double watermark, uint64_t least) {
+    const double pages = std::ceil(share * double(working_set) / (1.0 - watermark)) + 1;
+    return std::max(least, uint64_t(pages));
 }
 
 }  // namespace pagedkv::serve

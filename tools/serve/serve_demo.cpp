@@ -1,16 +1,148 @@
 // pagedkv-demo serve: the serving engine loop (tools/serve/engine.hpp) over a synthetic trace,
 // every step's attention checked against the CPU and every sequence's K/V bit for bit against
 // the CPU reference; a summary at the end, and a non-zero exit on any mismatch.
+//
+// `pagedkv-demo serve --shared-prefix` runs conversations over one system prompt with prefix
+// caching, at several pool sizes (shares of the trace's working set), each run checked the
+// same way (a sequence that starts from cached pages is gathered at once and compared with
+// what it would have computed), beside the oracle (an infinite cache on the same schedule).
+// It fails when a pool that holds the working set prefills more than 2% above the oracle.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 
 #include "engine.hpp"
 #include "serve_demo.hpp"
 
 namespace pagedkv::serve {
+
+namespace {
+
+PoolConfig demo_config(uint32_t layers, uint64_t pages) {
+    PoolConfig cfg;
+    cfg.num_layers = layers;
+    cfg.num_kv_heads = 2;
+    cfg.head_dim = 32;
+    cfg.block_size = 16;
+    cfg.dtype = DType::F16;
+    cfg.num_blocks = pages;
+    return cfg;
+}
+
+// Prefill tokens computed over those of the prompts (what no cache prefills), and the oracle's.
+double prefill_ratio(const EngineStats& s) {
+    return s.prompt_tokens ? double(s.prompt_tokens - s.hit_tokens) / double(s.prompt_tokens) : 0;
+}
+double oracle_prefill_ratio(const EngineStats& s) {
+    return s.prompt_tokens ? double(s.prompt_tokens - s.oracle_hit_tokens) / double(s.prompt_tokens)
+                           : 0;
+}
+
+int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_t layers,
+                       std::vector<double> shares) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Context ctx = Context::create();
+    const std::vector<Request> trace = make_shared_prefix_trace(sp);
+    uint64_t prompt_sum = 0;
+    for (const Request& r : trace)
+        prompt_sum += r.prompt;
+    opt.check = true;
+    opt.oracle = true;
+    opt.q_heads = 4;
+    const PoolConfig base = demo_config(layers, 0);
+    ManagerOptions mopt;
+    mopt.prefix_caching = true;
+    const uint64_t ws = working_set(ctx, base, trace, opt);
+    const uint64_t least = least_pages(trace, base.block_size, opt.draft_tokens);
+    fmt::print(
+        "pagedkv serve demo, shared prefix, on {}: {} conversations ({} turns, {} prompt tokens) "
+        "over a system prompt of {} tokens; pages of {} tokens, {} layers of {} kv heads x {} "
+        "({}), {} query heads, token budget {} per step; working set {} pages (the most held "
+        "at once, in use or cached, by a pool that never evicts)\n",
+        ctx.device_name(), sp.conversations, trace.size(), prompt_sum, sp.system_prompt,
+        base.block_size, layers, base.num_kv_heads, base.head_dim, to_string(base.dtype),
+        opt.q_heads, opt.token_budget, ws);
+    std::fflush(stdout);
+    fmt::print("\n{:>6} {:>6} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>7} {:>9} {:>9}  {}\n",
+               "share", "pages", "prefill", "oracle", "hits/orcl", "evicted", "peak", "preem",
+               "steps", "KV chk", "attn rows", "result");
+    bool ok = true;
+    std::vector<std::string> notes;
+    uint64_t smaller_evictions = 0, smaller_runs = 0;
+    for (double share : shares) {
+        const uint64_t pages = pool_for_share(ws, share, mopt.watermark, least);
+        BlockPool pool(ctx, demo_config(layers, pages));
+        Engine engine(ctx, pool, trace, opt, mopt);
+        const EngineStats& s = engine.run();
+        ctx.synchronize();
+        const bool drained = pool.stats().used_blocks == 0 &&
+                             engine.manager().sequences().empty() && pool.validate();
+        bool run_ok = s.kv_mismatches == 0 && s.attention_mismatches == 0 &&
+                      s.first_mismatch.empty() && drained && s.finished == trace.size();
+        if (!s.first_mismatch.empty())
+            notes.push_back(fmt::format("share {}: first mismatch: {}", share, s.first_mismatch));
+        if (!drained)
+            notes.push_back(fmt::format("share {}: {} pages used, {} sequences left, pool {}",
+                                        share, pool.stats().used_blocks,
+                                        engine.manager().sequences().size(), pool.check()));
+        // A pool that holds the working set must do as well as the infinite cache, within 2%
+        // of its prefill.
+        const uint64_t computed = s.prompt_tokens - s.hit_tokens;
+        const uint64_t oracle = s.prompt_tokens - s.oracle_hit_tokens;
+        if (pages >= ws && double(computed) > 1.02 * double(oracle)) {
+            run_ok = false;
+            notes.push_back(fmt::format(
+                "share {}: the pool holds the working set, but {} prefill tokens were computed, "
+                "more than 2% above the oracle's {}",
+                share, computed, oracle));
+        }
+        if (s.shared_page_checks == 0) {
+            run_ok = false;
+            notes.push_back(fmt::format("share {}: no sequence started from cached pages", share));
+        }
+        ok = ok && run_ok;
+        if (pages < ws) {
+            ++smaller_runs;
+            smaller_evictions += s.evictions;
+        }
+        fmt::print(
+            "{:>5.0f}% {:>6} {:>8.1f}% {:>8.1f}% {:>9.1f}% {:>9} {:>9} {:>6} {:>7} {:>9} "
+            "{:>9}  {}\n",
+            share * 100, pages, 100 * prefill_ratio(s), 100 * oracle_prefill_ratio(s),
+            s.oracle_hit_tokens ? 100.0 * double(s.hit_tokens) / double(s.oracle_hit_tokens) : 0.0,
+            s.evictions, s.peak_pages_with_cached, s.preemptions, s.steps, s.kv_checks,
+            s.attention_rows_checked, run_ok ? "ok" : "MISMATCH");
+        std::fflush(stdout);
+        fmt::print(
+            "{:>6} {:>6} shared-page checks {} (sequences gathered bit-exact when admitted "
+            "onto cached pages), {} hit admissions of {}, max attention error {:.1e}\n",
+            "", "", s.shared_page_checks, s.hit_admissions, s.admissions, s.max_attention_error);
+    }
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    fmt::print(
+        "\nshare: of the working set (the pool adds the manager's watermark); prefill: prompt "
+        "tokens computed / prompt tokens (what no cache computes); oracle: the same for an "
+        "infinite cache on the same schedule; hits/orcl: tokens found cached / the oracle's; "
+        "peak: pages in use or cached; KV chk: sequences gathered and compared bit for bit "
+        "(admitted onto cached pages, preempted, finished).\n");
+    if (smaller_runs)
+        fmt::print(
+            "{:<24} {} pages evicted over the {} runs on pools smaller than the working "
+            "set\n",
+            "evictions", smaller_evictions, smaller_runs);
+    for (const std::string& n : notes)
+        fmt::print("{}\n", n);
+    fmt::print("{:<24} {:.2f} s\n", "elapsed", secs);
+    fmt::print("{:<24} {}\n", "result", ok ? "ok" : "MISMATCH");
+    return ok ? 0 : 1;
+}
+
+}  // namespace
 
 int serve_main(int argc, char** argv) {
     TraceOptions trace;
@@ -20,6 +152,12 @@ int serve_main(int argc, char** argv) {
     trace.requests = 24;
     trace.max_prompt = 192;
     trace.max_output = 48;
+    bool prefix_caching = false, shared = false;
+    SharedPrefixOptions sp;
+    // A couple of minutes on lavapipe with every check (pagedkv-bench runs 1024 x 64 unchecked).
+    sp.system_prompt = 256;
+    sp.conversations = 8;
+    std::vector<double> shares{1.0, 0.5, 0.25};
     CLI::App app{
         "pagedkv-demo serve: a serving engine's loop over KVManager on a synthetic trace "
         "(Poisson arrivals, log-normal lengths; chunked prefill, preemption by recompute, "
@@ -57,10 +195,35 @@ int serve_main(int argc, char** argv) {
     app.add_option("--draft-tokens", opt.draft_tokens, "draft tokens per speculative step (k)")
         ->capture_default_str()
         ->check(CLI::Range(0u, 64u));
-    app.add_option("--pages", pages, "pages in the pool")
+    CLI::Option* pages_opt = app.add_option("--pages", pages, "pages in the pool")
+                                 ->capture_default_str()
+                                 ->check(CLI::Range(1u, 1000000u));
+    app.add_flag("--prefix-caching", prefix_caching,
+                 "share cached pages between requests (a preempted request finds its own)");
+    CLI::Option* shared_opt = app.add_flag(
+        "--shared-prefix", shared,
+        "run conversations sharing one system prompt instead (prefix caching on), at each pool "
+        "size of --pool-shares, beside the oracle; --seed seeds it");
+    app.add_option("--system-prompt", sp.system_prompt, "--shared-prefix: system prompt tokens")
         ->capture_default_str()
-        ->check(CLI::Range(1u, 1000000u));
-    app.add_option("--layers", layers, "layers")
+        ->check(CLI::Range(0u, 100000u));
+    app.add_option("--conversations", sp.conversations, "--shared-prefix: conversations")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 100000u));
+    app.add_option("--min-turns", sp.min_turns, "--shared-prefix: turns of a conversation, least")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--max-turns", sp.max_turns, "--shared-prefix: turns of a conversation, most")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 1000u));
+    app.add_option("--pool-shares", shares,
+                   "--shared-prefix: pool sizes to run, as shares of the working set")
+        ->capture_default_str()
+        ->delimiter(',')
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->check(CLI::Range(0.001, 100.0));
+    pages_opt->excludes(shared_opt);
+    app.add_option("--layers", layers, "layers (--shared-prefix: 2 unless given)")
         ->capture_default_str()
         ->check(CLI::Range(1u, 256u));
     try {
@@ -73,19 +236,22 @@ int serve_main(int argc, char** argv) {
         return 2;
     }
     try {
+        if (shared) {
+            sp.seed = trace.seed;
+            if (sp.max_turns < sp.min_turns) sp.max_turns = sp.min_turns;
+            if (app.count("--layers") == 0) layers = 2;
+            return shared_prefix_main(sp, opt, layers, shares);
+        }
         const auto t0 = std::chrono::steady_clock::now();
         Context ctx = Context::create();
-        PoolConfig cfg;
-        cfg.num_layers = layers;
-        cfg.num_kv_heads = 2;
-        cfg.head_dim = 32;
-        cfg.block_size = 16;
-        cfg.dtype = DType::F16;
-        cfg.num_blocks = pages;
+        const PoolConfig cfg = demo_config(layers, pages);
         BlockPool pool(ctx, cfg);
         opt.check = true;
+        opt.oracle = prefix_caching;
         opt.q_heads = 4;
-        Engine engine(ctx, pool, make_trace(trace), opt);
+        ManagerOptions mopt;
+        mopt.prefix_caching = prefix_caching;
+        Engine engine(ctx, pool, make_trace(trace), opt, mopt);
         fmt::print(
             "pagedkv serve demo on {}: {} requests, pool of {} pages x {} tokens, {} layers of "
             "{} kv heads x {} ({}), {} query heads, token budget {} per step\n",
@@ -110,6 +276,12 @@ int serve_main(int argc, char** argv) {
                    s.preemptions, s.recomputed_tokens);
         fmt::print("{:<24} {} (parallel samples sharing their prompt's pages)\n", "forks", s.forks);
         fmt::print("{:<24} {} (truncate after speculative steps)\n", "rollbacks", s.rollbacks);
+        if (prefix_caching)
+            fmt::print(
+                "{:<24} {} of {} prompt tokens found cached ({} of {} admissions), the oracle "
+                "{}; {} evictions; {} sequences gathered bit-exact when admitted\n",
+                "prefix cache", s.hit_tokens, s.prompt_tokens, s.hit_admissions, s.admissions,
+                s.oracle_hit_tokens, s.evictions, s.shared_page_checks);
         fmt::print(
             "{:<24} peak {} of {}; contiguous max-length cache: {} ({} sequences x {} "
             "pages of {} tokens for {} tokens), {:.1f}x more\n",
