@@ -1,6 +1,5 @@
 #include <fmt/format.h>
 
-#include <unordered_map>
 
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/pool_state.hpp"
@@ -65,37 +64,6 @@ void write_pages(PoolState& ps, const SnapshotData& s) {
     });
 }
 
-// entries (parents first) with each parent's children in the reverse of their order there,
-// parents still first.
-std::vector<PrefixEntry> siblings_reversed(const std::vector<PrefixEntry>& entries) {
-    std::unordered_map<uint32_t, std::vector<size_t>> children;
-    std::vector<size_t> order;
-    for (size_t i = 0; i < entries.size(); ++i) {
-        if (entries[i].parent == PrefixEntry::kNoParent)
-            order.push_back(i);
-        else
-            children[entries[i].parent].push_back(i);
-    }
-    for (size_t k = 0; k < order.size(); ++k) {
-        const auto it = children.find(index(entries[order[k]].block));
-        if (it != children.end()) order.insert(order.end(), it->second.rbegin(), it->second.rend());
-    }
-    std::vector<PrefixEntry> out;
-    out.reserve(entries.size());
-    for (size_t i : order)
-        out.push_back(entries[i]);
-    return out;
-}
-
-// The saved prefix index over the restored allocator, its pages' children in the saved order
-// (that order decides which blocks a cascading eviction frees first). PrefixIndex::restore
-// links each entry in front of its parent's other children, which reverses that order in
-// entries(); when it does, the index is rebuilt from the entries with siblings reversed.
-void restore_prefix(PrefixIndex& prefix, const std::vector<PrefixEntry>& entries) {
-    prefix.restore(entries);
-    if (prefix.entries() != entries) prefix.restore(siblings_reversed(entries));
-}
-
 }  // namespace
 
 }  // namespace detail
@@ -118,7 +86,7 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
     if (s.has_prefix_cache())
         ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
     ps.allocator.restore(s.allocator);
-    if (ps.prefix) detail::restore_prefix(*ps.prefix, s.prefix);
+    if (ps.prefix) ps.prefix->restore(s.prefix);  // siblings in the saved order
     ps.pages_copied = s.pages_copied;
     for (const SnapshotCache& k : s.caches)
         out.caches.push_back(detail::SnapshotRestorer::make(*out.pool, k));

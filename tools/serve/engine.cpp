@@ -518,6 +518,10 @@ bool Engine::step() {
             outs.push_back(mgr_.attention(st, l, input('q', T, q_heads_, D)));
         }
     }
+    // Dry: no K/V computed here; the bookkeeping stands for a runtime whose own kernels write
+    // through each layer's view, so the step's pages register in the prefix cache as theirs do.
+    for (uint32_t l = 0; l < cfg_.num_layers && !opt_.compute; ++l)
+        (void)st.view(l);
     const std::vector<int64_t> first = st.first_positions();
     mgr_.end_step(std::move(st));
     stats_.tokens_written += T;
