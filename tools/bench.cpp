@@ -701,6 +701,40 @@ void bench_beams(Context& ctx, Report& rep) {
             fmt::format("{:.0f}%", 100.0 * (1 - double(peak) / double(copied))));
 }
 
+// `steps` steps of an engine, each one submit waited for (GpuTimer::runs: device time from
+// timestamps around each step, host time the CPU time of recording it), the wall time around
+// them all: one run's figures.
+struct LoopRun {
+    double steps_s = 0, tokens_s = 0, device_ms = 0, host_us = 0, tokens_per_step = 0;
+};
+LoopRun time_steps(detail::GpuTimer& timer, serve::Engine& engine, uint32_t steps) {
+    const uint64_t tokens0 = engine.stats().tokens_written;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto runs = timer.runs([&] { engine.step(); }, int(steps), 0);
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double dev = 0;
+    std::vector<double> host;
+    for (const auto& r : runs) {
+        dev += r.device_s;
+        host.push_back(r.host_s);
+    }
+    const double n = double(runs.size());
+    const double tokens = double(engine.stats().tokens_written - tokens0);
+    return {n / wall, tokens / wall, dev / n * 1e3, median_of(host) * 1e6, tokens / n};
+}
+
+// A row of the median of runs, with their min-max, and its JSON keys (key, key_min, key_max).
+void add_spread(Report& rep, const std::string& key, const std::string& name, std::vector<double> v,
+                const std::string& unit, const std::string& note) {
+    std::sort(v.begin(), v.end());
+    rep.rows.push_back({name, fmt::format("{:.1f}{}", v[v.size() / 2], unit),
+                        fmt::format("{:.1f}-{:.1f}; {}", v.front(), v.back(), note)});
+    rep.json[key] = v[v.size() / 2];
+    rep.json[key + "_min"] = v.front();
+    rep.json[key + "_max"] = v.back();
+}
+
 // The serving engine's loop (tools/serve/engine.hpp, what `pagedkv-demo serve` runs) without
 // its CPU checks: after a warm-up of the trace, `steps` steps each one submit waited for
 // (GpuTimer::runs: device time from timestamps around each step, host time the CPU time of
@@ -729,44 +763,24 @@ void bench_serve(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t st
         serve::Engine engine(ctx, pool, serve::make_trace(trace), opt);
         engine.run(warmup);
         ctx.synchronize();
-        const uint64_t tokens0 = engine.stats().tokens_written;
-        const auto t0 = std::chrono::steady_clock::now();
-        const auto runs = timer.runs([&] { engine.step(); }, int(steps), 0);
-        const double wall =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        double dev = 0;
-        std::vector<double> host;
-        for (const auto& r : runs) {
-            dev += r.device_s;
-            host.push_back(r.host_s);
-        }
-        const double n = double(runs.size());
-        steps_s.push_back(n / wall);
-        tokens_s.push_back(double(engine.stats().tokens_written - tokens0) / wall);
-        device_ms.push_back(dev / n * 1e3);
-        host_us.push_back(median_of(host) * 1e6);
+        const LoopRun r = time_steps(timer, engine, steps);
+        steps_s.push_back(r.steps_s);
+        tokens_s.push_back(r.tokens_s);
+        device_ms.push_back(r.device_ms);
+        host_us.push_back(r.host_us);
         last = engine.stats();
         peak = std::max(peak, last.peak_pages);
     }
-    auto spread = [&](const std::string& key, const std::string& name, std::vector<double> v,
-                      const std::string& unit, const std::string& note) {
-        std::sort(v.begin(), v.end());
-        rep.rows.push_back({name, fmt::format("{:.1f}{}", v[v.size() / 2], unit),
-                            fmt::format("{:.1f}-{:.1f}; {}", v.front(), v.back(), note)});
-        rep.json[key] = v[v.size() / 2];
-        rep.json[key + "_min"] = v.front();
-        rep.json[key + "_max"] = v.back();
-    };
     const std::string shape = fmt::format(
         "{} steps of a Poisson trace, budget {} tokens, {} layers of {} x {} f16, {} query heads",
         steps, opt.token_budget, c.num_layers, c.num_kv_heads, c.head_dim, opt.q_heads);
-    spread("serve_steps_per_s", "serve loop steps / s", steps_s, "",
-           shape + "; host wall time, each step submitted and waited for");
-    spread("serve_tokens_per_s", "serve loop tokens / s", tokens_s, "",
-           "K/V rows written (prefill chunks, decodes, drafts), host wall time");
-    spread("serve_device_ms_per_step", "serve loop device time per step", device_ms, " ms",
-           fmt::format("GPU timestamps; host recording {:.0f} us per step (median)",
-                       median_of(host_us)));
+    add_spread(rep, "serve_steps_per_s", "serve loop steps / s", steps_s, "",
+               shape + "; host wall time, each step submitted and waited for");
+    add_spread(rep, "serve_tokens_per_s", "serve loop tokens / s", tokens_s, "",
+               "K/V rows written (prefill chunks, decodes, drafts), host wall time");
+    add_spread(rep, "serve_device_ms_per_step", "serve loop device time per step", device_ms, " ms",
+               fmt::format("GPU timestamps; host recording {:.0f} us per step (median)",
+                           median_of(host_us)));
     rep.json["serve_host_us_per_step"] = median_of(host_us);
     const uint64_t contiguous = last.contiguous_pages_peak;
     rep.add("serve_peak_pages", "serve loop pages, peak", double(peak), fmt::format("{}", peak),
@@ -861,41 +875,23 @@ void bench_prefix(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t s
         engine.run(skip);
         engine.set_compute(true);
         ctx.synchronize();
-        const uint64_t tokens0 = engine.stats().tokens_written;
-        const auto t0 = std::chrono::steady_clock::now();
-        const auto runs = timer.runs([&] { engine.step(); }, int(steps), 0);
-        const double wall =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        double dev = 0;
-        std::vector<double> host;
-        for (const auto& r : runs) {
-            dev += r.device_s;
-            host.push_back(r.host_s);
-        }
-        const double n = double(runs.size());
-        steps_s.push_back(n / wall);
-        device_ms.push_back(dev / n * 1e3);
-        host_us.push_back(median_of(host) * 1e6);
-        tokens_step.push_back(double(engine.stats().tokens_written - tokens0) / n);
+        const LoopRun r = time_steps(timer, engine, steps);
+        steps_s.push_back(r.steps_s);
+        device_ms.push_back(r.device_ms);
+        host_us.push_back(r.host_us);
+        tokens_step.push_back(r.tokens_per_step);
     }
-    auto spread = [&](const std::string& key, const std::string& name, std::vector<double> v,
-                      const std::string& unit, const std::string& note) {
-        std::sort(v.begin(), v.end());
-        rep.rows.push_back({name, fmt::format("{:.1f}{}", v[v.size() / 2], unit),
-                            fmt::format("{:.1f}-{:.1f}; {}", v.front(), v.back(), note)});
-        rep.json[key] = v[v.size() / 2];
-        rep.json[key + "_min"] = v.front();
-        rep.json[key + "_max"] = v.back();
-    };
-    spread("prefix_steps_per_s", "prefix loop steps / s", steps_s, "",
-           fmt::format("{} steps from step {} of {}, pool {} pages (100%), {} layers of {} x {} "
-                       "f16; host wall time",
-                       steps, skip, full_steps, c.num_blocks, c.num_layers, c.num_kv_heads,
-                       c.head_dim));
-    spread("prefix_device_ms_per_step", "prefix loop device time per step", device_ms, " ms",
-           fmt::format("GPU timestamps; host recording {:.0f} us per step (median), {:.0f} K/V "
-                       "rows written per step",
-                       median_of(host_us), median_of(tokens_step)));
+    add_spread(
+        rep, "prefix_steps_per_s", "prefix loop steps / s", steps_s, "",
+        fmt::format("{} steps from step {} of {}, pool {} pages (100%), {} layers of {} x {} "
+                    "f16; host wall time",
+                    steps, skip, full_steps, c.num_blocks, c.num_layers, c.num_kv_heads,
+                    c.head_dim));
+    add_spread(rep, "prefix_device_ms_per_step", "prefix loop device time per step", device_ms,
+               " ms",
+               fmt::format("GPU timestamps; host recording {:.0f} us per step (median), {:.0f} K/V "
+                           "rows written per step",
+                           median_of(host_us), median_of(tokens_step)));
     rep.json["prefix_host_us_per_step"] = median_of(host_us);
 }
 
