@@ -165,57 +165,37 @@ int serve_main(int argc, char** argv) {
         "CPU reference at every step.",
         "pagedkv-demo serve"};
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-    app.add_option("--requests", trace.requests, "requests in the trace")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 100000u));
+    // An option with its default shown and its value within [lo, hi].
+    auto ranged = [&](const std::string& name, auto& value, const std::string& what, auto lo,
+                      auto hi) {
+        return app.add_option(name, value, what)->capture_default_str()->check(CLI::Range(lo, hi));
+    };
+    ranged("--requests", trace.requests, "requests in the trace", 1u, 100000u);
     app.add_option("--seed", trace.seed, "seed of the trace")->capture_default_str();
-    app.add_option("--arrival-rate", trace.arrivals_per_step, "Poisson arrivals per step")
-        ->capture_default_str()
-        ->check(CLI::Range(0.001, 1000.0));
-    app.add_option("--parallel-share", trace.parallel_share,
-                   "share of requests that ask for 2-3 samples (fork)")
-        ->capture_default_str()
-        ->check(CLI::Range(0.0, 1.0));
-    app.add_option("--max-prompt", trace.max_prompt, "longest prompt (tokens)")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 100000u));
-    app.add_option("--max-output", trace.max_output, "longest output (tokens)")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 100000u));
-    app.add_option("--token-budget", opt.token_budget, "new tokens per step")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 65536u));
-    app.add_option("--max-running", opt.max_running, "sequences in flight at most")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 4096u));
-    app.add_option("--speculate-share", opt.speculate_share,
-                   "share of a request's decode steps that verify draft tokens")
-        ->capture_default_str()
-        ->check(CLI::Range(0.0, 1.0));
-    app.add_option("--draft-tokens", opt.draft_tokens, "draft tokens per speculative step (k)")
-        ->capture_default_str()
-        ->check(CLI::Range(0u, 64u));
-    CLI::Option* pages_opt = app.add_option("--pages", pages, "pages in the pool")
-                                 ->capture_default_str()
-                                 ->check(CLI::Range(1u, 1000000u));
+    ranged("--arrival-rate", trace.arrivals_per_step, "Poisson arrivals per step", 0.001, 1000.0);
+    ranged("--parallel-share", trace.parallel_share,
+           "share of requests that ask for 2-3 samples (fork)", 0.0, 1.0);
+    ranged("--max-prompt", trace.max_prompt, "longest prompt (tokens)", 1u, 100000u);
+    ranged("--max-output", trace.max_output, "longest output (tokens)", 1u, 100000u);
+    ranged("--token-budget", opt.token_budget, "new tokens per step", 1u, 65536u);
+    ranged("--max-running", opt.max_running, "sequences in flight at most", 1u, 4096u);
+    ranged("--speculate-share", opt.speculate_share,
+           "share of a request's decode steps that verify draft tokens", 0.0, 1.0);
+    ranged("--draft-tokens", opt.draft_tokens, "draft tokens per speculative step (k)", 0u, 64u);
+    CLI::Option* pages_opt = ranged("--pages", pages, "pages in the pool", 1u, 1000000u);
     app.add_flag("--prefix-caching", prefix_caching,
                  "share cached pages between requests (a preempted request finds its own)");
     CLI::Option* shared_opt = app.add_flag(
         "--shared-prefix", shared,
         "run conversations sharing one system prompt instead (prefix caching on), at each pool "
         "size of --pool-shares, beside the oracle; --seed seeds it");
-    app.add_option("--system-prompt", sp.system_prompt, "--shared-prefix: system prompt tokens")
-        ->capture_default_str()
-        ->check(CLI::Range(0u, 100000u));
-    app.add_option("--conversations", sp.conversations, "--shared-prefix: conversations")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 100000u));
-    app.add_option("--min-turns", sp.min_turns, "--shared-prefix: turns of a conversation, least")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 1000u));
-    app.add_option("--max-turns", sp.max_turns, "--shared-prefix: turns of a conversation, most")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 1000u));
+    ranged("--system-prompt", sp.system_prompt, "--shared-prefix: system prompt tokens", 0u,
+           100000u);
+    ranged("--conversations", sp.conversations, "--shared-prefix: conversations", 1u, 100000u);
+    ranged("--min-turns", sp.min_turns, "--shared-prefix: turns of a conversation, least", 1u,
+           1000u);
+    ranged("--max-turns", sp.max_turns, "--shared-prefix: turns of a conversation, most", 1u,
+           1000u);
     app.add_option("--pool-shares", shares,
                    "--shared-prefix: pool sizes to run, as shares of the working set")
         ->capture_default_str()
@@ -223,9 +203,7 @@ int serve_main(int argc, char** argv) {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
         ->check(CLI::Range(0.001, 100.0));
     pages_opt->excludes(shared_opt);
-    app.add_option("--layers", layers, "layers (--shared-prefix: 2 unless given)")
-        ->capture_default_str()
-        ->check(CLI::Range(1u, 256u));
+    ranged("--layers", layers, "layers (--shared-prefix: 2 unless given)", 1u, 256u);
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help
