@@ -243,15 +243,22 @@ void probe_index(BlockPool& pool, size_t op) {
     }
 }
 
-int run_manager(const uint8_t* data, size_t size) {
-    Context& ctx = context();
+// The harness's pool: pages of 1-4 tokens (data[0]) of f16.
+PoolConfig fuzz_config(const uint8_t* data, uint64_t blocks) {
     PoolConfig c;
     c.num_layers = kLayers;
     c.num_kv_heads = kHeads;
     c.head_dim = kDim;
     c.block_size = 1 + data[0] % 4;
     c.dtype = DType::F16;
-    c.num_blocks = 4 + data[1] % 28;  // small: prompts outgrow it, cached pages are evicted
+    c.num_blocks = blocks;
+    return c;
+}
+
+int run_manager(const uint8_t* data, size_t size) {
+    Context& ctx = context();
+    // Small: prompts outgrow it, cached pages are evicted.
+    const PoolConfig c = fuzz_config(data, 4 + data[1] % 28);
     // Probing the index after every operation reorders the evictable list (each probe puts
     // the pages it held back at its tail), so half the inputs probe only after the last one.
     const bool probe_every_op = data[1] & 0x80;
@@ -437,13 +444,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (size < 2) return 0;
     if (data[0] & 0x80) return run_manager(data, size);
     Context& ctx = context();
-    PoolConfig c;
-    c.num_layers = kLayers;
-    c.num_kv_heads = kHeads;
-    c.head_dim = kDim;
-    c.block_size = 1 + data[0] % 4;
-    c.dtype = DType::F16;
-    c.num_blocks = 8 + data[1] % 40;
+    const PoolConfig c = fuzz_config(data, 8 + data[1] % 40);
     BlockPool pool(ctx, c);
     const bool fixed = data[1] & 0x80;  // a static cache, else dynamic
     std::unique_ptr<PagedKVCache> cache;

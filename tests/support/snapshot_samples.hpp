@@ -20,6 +20,19 @@ inline void fill_pages(SnapshotData& s, uint32_t seed) {
         b = uint8_t(rng());
 }
 
+// The samples' pool: 12 blocks of 4 tokens, 2 layers, one kv head of 2, f16.
+inline SnapshotLayout sample_layout() {
+    SnapshotLayout l;
+    l.num_layers = 2;
+    l.num_kv_heads = 1;
+    l.head_dim = 2;
+    l.v_head_dim = 2;
+    l.block_size = 4;
+    l.dtype = DType::F16;
+    l.num_blocks = 12;
+    return l;
+}
+
 // 12 blocks of 4 tokens, 2 layers, 64 bytes a block. Worked out by hand (see the detailed
 // stats test): blocks 0 and 1 are shared by the dynamic cache's two rows, 8, 10 and 11 free.
 //   cache 0 dynamic: row 0 [0 1 2] len 10/9, row 1 [0 1 3] len 11/11
@@ -27,13 +40,7 @@ inline void fill_pages(SnapshotData& s, uint32_t seed) {
 //   cache 2 sliding (window 6): row 0 [9] len 3/3 from slot 1
 inline SnapshotData sample_snapshot(bool with_pages) {
     SnapshotData s;
-    s.layout.num_layers = 2;
-    s.layout.num_kv_heads = 1;
-    s.layout.head_dim = 2;
-    s.layout.v_head_dim = 2;
-    s.layout.block_size = 4;
-    s.layout.dtype = DType::F16;
-    s.layout.num_blocks = 12;
+    s.layout = sample_layout();
     BlockAllocator a(12);
     std::vector<BlockId> got;
     auto take = [&](uint64_t n) {
@@ -91,13 +98,7 @@ inline SnapshotData sample_snapshot(bool with_pages) {
 //   cache 0 dynamic: row 0 [0 3 4] len 10, row 1 [5 6] len 5
 inline SnapshotData cached_snapshot(bool with_pages) {
     SnapshotData s;
-    s.layout.num_layers = 2;
-    s.layout.num_kv_heads = 1;
-    s.layout.head_dim = 2;
-    s.layout.v_head_dim = 2;
-    s.layout.block_size = 4;
-    s.layout.dtype = DType::F16;
-    s.layout.num_blocks = 12;
+    s.layout = sample_layout();
     BlockAllocator a(12);
     PrefixIndex index(a, 4);  // destroyed before a
     std::vector<BlockId> got;
