@@ -237,7 +237,25 @@ TEST_CASE("save_snapshot refuses a cache list that does not explain every page a
     refused({&a, &b, &a}, "save_snapshot: caches 0 and 2 are the same cache");
     refused({&a, &b, &foreign}, "save_snapshot: cache 2 is over another pool");
     refused({&a, nullptr}, "save_snapshot: cache 1 is null");
-    save_snapshot(file.path, pool, {&b, &a});
+
+    // Managers: null, over another pool, given twice; and one left out.
+    KVManager m(pool), foreign_m(other_pool);
+    const SeqId seq = m.add_sequence();
+    m.allocate(std::vector<SeqId>{seq}, std::vector<uint32_t>{3});
+    const PagedKVCache* both[] = {&a, &b};
+    auto refused_managers = [&](std::initializer_list<const KVManager*> managers,
+                                const std::string& text) {
+        const std::vector<const KVManager*> list(managers);
+        require_error([&] { save_snapshot(file.path, pool, both, list); },
+                      ErrorCode::InvalidArgument, text);
+        CHECK_FALSE(std::filesystem::exists(file.path));
+    };
+    refused_managers({&m, nullptr}, "save_snapshot: manager 1 is null");
+    refused_managers({&foreign_m}, "save_snapshot: manager 0 is over another pool");
+    refused_managers({&m, &m}, "save_snapshot: manager 1 is given twice");
+    refused_managers({}, "belong to caches not given");
+    const KVManager* just_m[] = {&m};
+    save_snapshot(file.path, pool, both, just_m);
     CHECK(std::filesystem::exists(file.path));
 }
 
