@@ -412,7 +412,8 @@ PAGEDKV_API pagedkv_status pagedkv_manager_begin_step(pagedkv_manager* manager,
                                                       pagedkv_step** out_step) PAGEDKV_NOEXCEPT;
 // The same, given the ids of each sequence's new tokens: token_ids[i] holds new_tokens[i] ids
 // (NULL when new_tokens[i] is 0). With prefix caching, the pages they fill are registered in
-// the pool's prefix index.
+// the pool's prefix index when the step ends (pagedkv_step_destroy) with every layer's K/V
+// written (pagedkv_manager_write, or the step's view taken for the runtime's own kernels).
 PAGEDKV_API pagedkv_status pagedkv_manager_begin_step_tokens(
     pagedkv_manager* manager, const pagedkv_seq_id* seqs, const int32_t* const* token_ids,
     const uint32_t* new_tokens, size_t count, pagedkv_step** out_step) PAGEDKV_NOEXCEPT;
