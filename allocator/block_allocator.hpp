@@ -70,7 +70,7 @@ std::optional<StateProblem> check_references(std::span<const uint32_t> refcounts
 // children) but must not allocate or release.
 class EvictionListener {
   public:
-    virtual void evicted(BlockId b) = 0;
+    virtual void evicted(BlockId b) noexcept = 0;
 
   protected:
     ~EvictionListener() = default;

@@ -32,6 +32,7 @@ PrefixIndex::PrefixIndex(BlockAllocator& alloc, uint32_t block_size, HashFn hash
     nodes_.resize(n);
     tokens_.resize(n * block_size);
     by_hash_.reserve(n);  // inserting never rehashes
+    stack_.reserve(n);
     alloc.enable_caching(this);
 }
 
@@ -101,8 +102,11 @@ PrefixIndex::InsertResult PrefixIndex::insert(BlockId b, uint32_t parent, uint64
     }
     if (nodes_[x].serial != 0)  // indexed already under another hash: leave it there
         return {Insert::Collision};
-    alloc_->mark_cached(b);  // throws if b is not in use: nothing changed
-    by_hash_.emplace(h, x);  // may throw bad_alloc
+    if (alloc_->refcount(b) == 0)  // throws if out of range
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("PrefixIndex::insert: block {} is not in use", x));
+    by_hash_.emplace(h, x);  // may throw bad_alloc: nothing changed
+    alloc_->mark_cached(b);  // cannot throw now
     Node& n = nodes_[x];
     n.hash = h;
     n.salt = salt;
@@ -119,7 +123,7 @@ PrefixIndex::InsertResult PrefixIndex::insert(BlockId b, uint32_t parent, uint64
     return {Insert::Added, b};
 }
 
-void PrefixIndex::drop(uint32_t x, bool uncache_self) {
+void PrefixIndex::drop(uint32_t x, bool uncache_self) noexcept {
     // Unlink x from its parent's children, then walk its subtree iteratively.
     Node& n = nodes_[x];
     if (n.prev_sibling != kNone)
@@ -127,7 +131,10 @@ void PrefixIndex::drop(uint32_t x, bool uncache_self) {
     else if (n.parent != kNone)
         nodes_[n.parent].first_child = n.next_sibling;
     if (n.next_sibling != kNone) nodes_[n.next_sibling].prev_sibling = n.prev_sibling;
-    std::vector<uint32_t> stack{x};
+    // Each indexed block is pushed at most once, so stack_ never outgrows its capacity.
+    std::vector<uint32_t>& stack = stack_;
+    stack.clear();
+    stack.push_back(x);
     bool first = true;
     while (!stack.empty()) {
         const uint32_t y = stack.back();
@@ -146,7 +153,7 @@ void PrefixIndex::remove(BlockId b) {
     if (contains(b)) drop(index(b), true);
 }
 
-void PrefixIndex::evicted(BlockId b) {
+void PrefixIndex::evicted(BlockId b) noexcept {
     if (contains(b)) drop(index(b), false);  // the allocator uncached it already
 }
 

@@ -98,8 +98,8 @@ class PrefixIndex final : public EvictionListener {
     // exactly the indexed blocks cached. Returns the first violation, or "".
     std::string check() const;
 
-    // EvictionListener: the allocator evicted b (it is free now).
-    void evicted(BlockId b) override;
+    // EvictionListener: the allocator evicted b (it is free now). Allocates nothing.
+    void evicted(BlockId b) noexcept override;
 
   private:
     static constexpr uint32_t kNone = UINT32_MAX;
@@ -116,7 +116,8 @@ class PrefixIndex final : public EvictionListener {
         return hash_(parent_hash, salt, t);
     }
     // Takes x out of the index and of its parent's children; then each descendant likewise.
-    void drop(uint32_t x, bool uncache_self);
+    // Allocates nothing (its walk uses stack_, as large as the pool).
+    void drop(uint32_t x, bool uncache_self) noexcept;
 
     BlockAllocator* alloc_;
     uint32_t block_size_;
@@ -124,6 +125,7 @@ class PrefixIndex final : public EvictionListener {
     std::vector<Node> nodes_;      // [block]
     std::vector<int32_t> tokens_;  // [block][block_size]
     std::unordered_map<uint64_t, uint32_t> by_hash_;
+    std::vector<uint32_t> stack_;  // drop()'s walk, capacity num_blocks
     uint64_t next_serial_ = 1;
 };
 

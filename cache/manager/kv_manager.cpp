@@ -151,7 +151,8 @@ void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::G
 void register_pages(ManagerState& m, const Sequence& s, ManagerState::Track& t) noexcept {
     if (!m.index || !t.known) return;
     const uint32_t bs = m.ps->config.block_size;
-    const size_t full = std::min<size_t>(t.tokens.size(), s.table.size() * bs) / bs;
+    const size_t full =
+        std::min<size_t>({t.written, t.tokens.size(), s.table.size() * size_t(bs)}) / bs;
     // An anchor that left the index (evicted, reset) means starting again from the first page:
     // the pages before it are found again (or registered again) one by one.
     if (t.anchored > 0 && m.index->serial(t.anchor) != t.anchor_serial) t.anchored = 0;
@@ -249,14 +250,16 @@ void detail::end_step(StepState& s) noexcept {
         std::all_of(s.layer_done.begin(), s.layer_done.end(), [](uint8_t d) { return d != 0; });
     for (size_t i = 0; i < s.seqs.size(); ++i) {
         if (s.new_tokens[i] == 0) continue;
-        const auto t = m.tracks.find(s.seqs[i]);
+        const auto it = m.tracks.find(s.seqs[i]);
         Sequence* q = m.seqs.find(s.seqs[i]);
-        if (t == m.tracks.end() || !q || !t->second.known) continue;
-        if (written) {
-            register_pages(m, *q, t->second);
-        } else {
-            t->second.known = false;  // its K/V past here were never written
-            std::vector<int32_t>().swap(t->second.tokens);
+        if (it == m.tracks.end() || !q || !it->second.known) continue;
+        ManagerState::Track& t = it->second;
+        const size_t first = size_t(s.first_pos[i]), end = size_t(s.lengths[i]);
+        if (!written) {
+            t.written = std::min(t.written, first);  // nothing from here on is vouched for
+        } else if (t.epoch == s.epochs[i] && first <= t.written) {
+            t.written = std::max(t.written, end);  // contiguous with what was written before
+            register_pages(m, *q, t);
         }
     }
 }
@@ -377,10 +380,15 @@ SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t s
             t.anchor = hit.back();
             t.anchor_serial = m.index->serial(hit.back());
         }
+        t.written = held;  // the shared pages' K/V were written by whoever computed them
         Sequence s(m.ps->allocator, m.ps->config.num_layers);
         s.table.reserve(hit.size());
-        // Everything that allocates is done; nothing below throws but add's map node and
-        // the track's, undone if the second fails.
+        for (BlockId b : hit) {
+            m.ps->allocator.reuse(b);              // an evictable page leaves the list; may throw
+            s.table.adopt_back(std::span(&b, 1));  // reserved: the table owns it at once
+        }
+        detail::set_length(s, int64_t(held));
+        // On a failure below (a map node) s or the added sequence gives its pages back.
         const SeqId id = m.seqs.add(std::move(s));
         try {
             m.tracks.emplace(id, std::move(t));
@@ -388,15 +396,9 @@ SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t s
             m.seqs.erase(id);
             throw;
         }
-        Sequence& q = m.seqs.at(id);
-        for (BlockId b : hit)
-            m.ps->allocator.reuse(b);  // takes an evictable page off the list
-        q.table.adopt_back(hit);
-        detail::set_length(q, int64_t(held));
         ++m.lookups.queries;
         m.lookups.query_tokens += prompt_tokens.size();
         m.lookups.hit_tokens += held;
-        ++m.generation;
         return id;
     });
 }
@@ -475,6 +477,8 @@ void KVManager::truncate(SeqId seq, int64_t length) {
         ManagerState::Track& t = it->second;
         const size_t keep = size_t(detail::length_of(s));
         if (t.tokens.size() > keep) t.tokens.resize(keep);
+        t.written = std::min(t.written, keep);
+        ++t.epoch;
         if (t.anchored > keep / bs) t.anchored = 0;  // found again from the first page
     }
     ++m.generation;
@@ -652,7 +656,12 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         detail::AttentionRows rows;  // attention's, one per new token
         rows.reserve(total);
         s->registers = m.index != nullptr && !token_ids.empty();
-        if (s->registers) s->layer_done.assign(c.num_layers, 0);
+        if (s->registers) {
+            s->layer_done.assign(c.num_layers, 0);
+            s->epochs.assign(n, 0);
+            for (size_t i = 0; i < n; ++i)
+                if (tracks[i]) s->epochs[i] = tracks[i]->epoch;
+        }
 
         // Nothing below fails: the sequences change.
         commit(m, seqs, p);
@@ -715,12 +724,12 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
     check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
     if (s.total == 0) return;
     host_memory_guard(op, [&] {
-        if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
         // Inputs of another float dtype than the pool's: converted on the device first.
         const Tensor k = detail::converted(key, c.dtype), v = detail::converted(value, c.dtype);
         detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
                           detail::Access::buffer(k), detail::Access::buffer(v), s.entries,
                           c.num_kv_heads, 1, false, s.buffer.get(), s.entries_offset);
+        if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });
 }
 

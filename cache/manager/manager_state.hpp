@@ -42,6 +42,11 @@ struct ManagerState {
         std::vector<int32_t> tokens;  // every token id of the sequence, when known
         uint64_t salt = 0;
         bool known = true;  // false once a step gave no ids: nothing more is registered
+        // The first `written` tokens' K/V are known written (a step ended with every layer
+        // written, or cached pages shared at admission); only those pages register. `epoch`
+        // counts truncations: a step begun before one does not vouch for what follows it.
+        size_t written = 0;
+        uint64_t epoch = 0;
         // The first `anchored` full pages are in the index (as the sequence's own pages or
         // equal ones); `anchor` is the indexed block of the last of them, valid while its
         // serial is anchor_serial.
@@ -84,6 +89,7 @@ struct StepState {
     // ended without them leaves its sequences unregistrable (their pages' K/V are unknown).
     bool registers = false;           // token ids were given, with prefix caching on
     std::vector<uint8_t> layer_done;  // [layer]
+    std::vector<uint64_t> epochs;     // [sequence]: its track's epoch at begin_step
     bool ended = false;
 
     std::shared_ptr<Buffer> buffer;  // host-visible, written once by begin_step (the manager

@@ -229,8 +229,10 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
             size_t j = i + 1;
             while (j < by_block.size() && block_of(by_block[j]) == block_of(by_block[i]))
                 ++j;
-            if (j - i == alloc.refcount(BlockId{block_of(by_block[i])}))
-                in_place[by_block[j - 1]] = 1;
+            // Every reference is among these writes: the last one may take the page itself,
+            // unless it is cached (a prefix index names its contents: they must stay).
+            const BlockId b{block_of(by_block[i])};
+            if (j - i == alloc.refcount(b) && !alloc.is_cached(b)) in_place[by_block[j - 1]] = 1;
             i = j;
         }
         for (size_t i = 0; i < cow.size(); ++i)

@@ -163,7 +163,7 @@ class Spy final : public EvictionListener {
   public:
     Spy(BlockAllocator& alloc, PrefixIndex& index, const Model& model)
         : alloc_(&alloc), index_(&index), model_(&model) {}
-    void evicted(BlockId b) override {
+    void evicted(BlockId b) noexcept override {
         // The model's count is the one from before allocate: a block it says is referenced
         // must never be evicted, whatever the allocator's own count says.
         if (alloc_->refcount(b) != 0 || model_->refs[index(b)] != 0) referenced = true;

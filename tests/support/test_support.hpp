@@ -4,8 +4,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,6 +55,18 @@ inline std::vector<float> random_values(size_t n, std::mt19937& rng, DType t) {
         x = round_to(t, dist(rng));
     return out;
 }
+
+// A file name of its own for each test process, removed at the end of the test.
+struct TempFile {
+    std::filesystem::path path;
+    explicit TempFile(const std::string& name)
+        : path(std::filesystem::temp_directory_path() /
+               ("pagedkv-" + std::to_string(::getpid()) + "-" + name)) {}
+    ~TempFile() {
+        std::error_code ec;
+        std::filesystem::remove(path, ec);
+    }
+};
 
 // Runs f, which must throw pagedkv::Error with `code` and a message containing `text`.
 template <class F>

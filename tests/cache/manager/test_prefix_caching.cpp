@@ -550,3 +550,96 @@ TEST_CASE("prefix caching: pages register when the step's K/V are written, not b
     REQUIRE(s.mgr.length(s.mgr.add_sequence(P, 3)) == 8);
     REQUIRE(s.pool.check() == "");
 }
+
+TEST_CASE("prefix caching: a finished step vouches only for its own tokens", "[gpu][prefix]") {
+    ValidatedContext vc;
+    Served s(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
+    const std::vector<int32_t> P = seq_tokens(2, 9);
+    auto write_all = [&](Step& st, const std::vector<int32_t>& toks, size_t from) {
+        const uint32_t T = st.total_tokens();
+        for (uint32_t l = 0; l < 2; ++l) {
+            const auto k = s.rows(0, toks, from, T, l, false);
+            const auto v = s.rows(0, toks, from, T, l, true);
+            s.mgr.write(st, l, Tensor::from_host(vc.ctx, k, {T, 2, 8}, DType::F16),
+                        Tensor::from_host(vc.ctx, v, {T, 2, 8}, DType::F16));
+        }
+    };
+    const SeqId a = s.mgr.add_sequence();
+    const std::vector<int32_t> first(P.begin(), P.begin() + 2),
+        second(P.begin() + 2, P.begin() + 6);
+    const std::vector<std::span<const int32_t>> ids1 = {first}, ids2 = {second};
+    // Step 1 (tokens 0-1) written; step 2 (tokens 2-5, filling page 0) begun before step 1
+    // ends, as `step = mgr.begin_step(...)` does, and ended unwritten.
+    Step one = s.mgr.begin_step(std::vector<SeqId>{a}, ids1);
+    write_all(one, P, 0);
+    Step two = s.mgr.begin_step(std::vector<SeqId>{a}, ids2);
+    s.mgr.end_step(std::move(one));
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 0);  // page 0's last tokens are unwritten
+    s.mgr.end_step(std::move(two));
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+    REQUIRE(s.mgr.length(s.mgr.add_sequence(P)) == 0);
+    // Rolled back to what was written, a sequence registers again as it goes on.
+    s.mgr.truncate(a, 2);
+    Step three = s.mgr.begin_step(std::vector<SeqId>{a}, ids2);
+    write_all(three, P, 2);
+    s.mgr.end_step(std::move(three));
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 1);
+
+    // The assignment pattern with every step written: each ended step registers its pages.
+    const SeqId b = s.mgr.add_sequence(std::vector<int32_t>{}, 5);
+    Step st;
+    for (size_t from = 0; from < 8; from += 2) {
+        const std::vector<int32_t> two_ids(P.begin() + ptrdiff_t(from),
+                                           P.begin() + ptrdiff_t(from) + 2);
+        const std::vector<std::span<const int32_t>> ids = {two_ids};
+        st = s.mgr.begin_step(std::vector<SeqId>{b}, ids);
+        const uint32_t T = st.total_tokens();
+        for (uint32_t l = 0; l < 2; ++l) {
+            const auto k = s.rows(5, P, from, T, l, false);
+            s.mgr.write(st, l, Tensor::from_host(vc.ctx, k, {T, 2, 8}, DType::F16),
+                        Tensor::from_host(vc.ctx, k, {T, 2, 8}, DType::F16));
+        }
+    }
+    s.mgr.end_step(std::move(st));
+    REQUIRE(s.mgr.length(s.mgr.add_sequence(P, 5)) == 8);
+
+    // Admitting a request does not make a step in flight stale.
+    Step open = s.mgr.begin_step(std::vector<SeqId>{a}, std::vector<uint32_t>{0});
+    s.mgr.add_sequence(P);
+    REQUIRE_NOTHROW(open.view(0));
+    REQUIRE(s.pool.check() == "");
+}
+
+TEST_CASE("prefix caching: a cache row holding cached pages copies them before writing",
+          "[gpu][prefix][snapshot]") {
+    ValidatedContext vc;
+    TempFile file("prefix-cow.snap");
+    Served s(vc.ctx, small_config(DType::F32, 2, 2, 8, 4, 16));
+    const std::vector<int32_t> P = seq_tokens(6, 12);
+    const SeqId a = s.admit(P);
+    s.step({a}, {P});
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+    const KVManager* managers[] = {&s.mgr};
+    save_snapshot(file.path, s.pool, std::span<const PagedKVCache* const>{}, managers,
+                  SnapshotOptions{true});
+    RestoredSnapshot r = restore_snapshot(vc.ctx, file.path);
+    PagedKVCache& row = *r.caches.at(0);  // the sequence, as a dynamic cache's row 0
+    // Truncate into the last (cached) page and write there: the page is copied first.
+    row.truncate(10);
+    const uint64_t copied = r.pool->stats().pages_copied;
+    std::vector<float> kv(2 * 8, 0.5f);
+    row.write(Tensor::from_host(vc.ctx, kv, {1, 2, 1, 8}, DType::F32),
+              Tensor::from_host(vc.ctx, kv, {1, 2, 1, 8}, DType::F32), 0);
+    REQUIRE(r.pool->stats().pages_copied == copied + 1);
+    REQUIRE(r.pool->check() == "");
+    // The cached page still holds what it held: a new manager on the restored pool hits it and
+    // reads the original K/V.
+    KVManager m2(*r.pool, {0.0, true});
+    const SeqId b = m2.add_sequence(concat(P, {1}));
+    REQUIRE(m2.length(b) == 12);
+    for (uint32_t l = 0; l < 2; ++l) {
+        auto [k, v] = m2.gather(b, l);
+        REQUIRE(bit_equal(k.to_host(), s.ref.keys(a, l)));
+        REQUIRE(bit_equal(v.to_host(), s.ref.values(a, l)));
+    }
+}

@@ -17,18 +17,6 @@ using namespace pagedkv::test;
 
 namespace {
 
-// A file name of its own for each test process, removed at the end of the test.
-struct TempFile {
-    std::filesystem::path path;
-    explicit TempFile(const std::string& name)
-        : path(std::filesystem::temp_directory_path() /
-               ("pagedkv-" + std::to_string(::getpid()) + "-" + name)) {}
-    ~TempFile() {
-        std::error_code ec;
-        std::filesystem::remove(path, ec);
-    }
-};
-
 // Writes seq random tokens into every row of one layer (append mode or at positions).
 void write(Context& ctx, KVCache& cache, PoolConfig c, uint32_t batch, uint32_t seq, uint32_t layer,
            std::mt19937& rng, const CachePosition& cp = {}) {
