@@ -354,7 +354,9 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
     Writer w;
     for (uint8_t c : sf::kMagic)
         w.out.push_back(c);
-    w.u32(sf::kVersion);
+    // The lowest version that holds it: a pool without cached pages is a version-1 file (so
+    // that older readers read it, and a file decodes and encodes to the same bytes).
+    w.u32(s.has_prefix_cache() ? sf::kVersion : 1);
     w.u32((s.has_pages ? sf::kFlagPageContents : 0) |
           (s.has_prefix_cache() ? sf::kFlagPrefixCache : 0));
     w.u64(0);  // payload bytes, sealed below
@@ -486,6 +488,11 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
     if (flags & ~known)
         throw corrupt(fmt::format("byte {} (flags): unknown flag bits {:#x} in a version-{} file",
                                   sf::kFlagsAt, flags & ~known, version));
+    if (version == 2 && !(flags & sf::kFlagPrefixCache))
+        throw corrupt(
+            fmt::format("byte {} (flags): a version-2 file without the prefix cache "
+                        "flag (a pool without cached pages is written as version 1)",
+                        sf::kFlagsAt));
     const uint64_t payload = get_le(b, sf::kPayloadBytesAt, 8);
     if (payload > size - sf::kHeaderBytes)
         throw corrupt(

@@ -5,9 +5,9 @@
 // from before refuses a token-major file rather than misreading its pages.)
 //
 // Version 2 added prefix caching: flag kFlagPrefixCache and a PRFX section after the caches
-// (cached and evictable blocks, the prefix index's entries). Without that flag a version-2 file
-// is a version-1 file with another version number; version-1 files are still read (they have
-// no cached pages).
+// (cached and evictable blocks, the prefix index's entries). Files are written in the lowest
+// version that holds them: a pool without cached pages is a version-1 file, so a version-2
+// file always has the flag (a reader refuses one without); version-1 files are still read.
 #pragma once
 
 #include <array>

@@ -95,7 +95,7 @@ TEST_CASE("pagedkv-dump prints the pool summary and every row's block table", "[
     INFO(r.err);
     REQUIRE(r.status == 0);
     CHECK(r.err.empty());
-    CHECK_THAT(r.out, Catch::Contains("(format 2, 512 B, no page contents)\n"));
+    CHECK_THAT(r.out, Catch::Contains("(format 1, 512 B, no page contents)\n"));
     CHECK_THAT(r.out,
                Catch::Contains("pages      12 total, 9 used, 3 free, 0 cached, 2 shared, peak "
                                "10, 5 copied on write\n"));

@@ -97,8 +97,11 @@ TEST_CASE("the header holds magic, version, flags, payload size and both checksu
     const std::string magic(bytes.begin(), bytes.begin() + 7);
     CHECK(magic == "PKVSNAP");
     CHECK(bytes[7] == 0x1A);
-    CHECK(get_le(bytes, 8, 4) == 2);   // version
+    CHECK(get_le(bytes, 8, 4) == 1);   // version: 1 holds a pool without cached pages
     CHECK(get_le(bytes, 12, 4) == 1);  // flags: page contents
+    const auto cached = encode_snapshot(test::cached_snapshot(true));
+    CHECK(get_le(cached, 8, 4) == 2);   // cached pages: version 2
+    CHECK(get_le(cached, 12, 4) == 3);  // page contents and the prefix cache
     CHECK(get_le(bytes, 16, 8) == bytes.size() - 32);
     CHECK(get_le(bytes, 24, 4) == crc32(std::span(bytes).subspan(32)));
     CHECK(get_le(bytes, 28, 4) == crc32(std::span(bytes).first(28)));
@@ -467,13 +470,18 @@ TEST_CASE("version-1 files still decode, without cached pages", "[snapshot][pref
     for (bool pages : {false, true}) {
         const SnapshotData s = sample_snapshot(pages);
         auto bytes = encode_snapshot(s);
-        REQUIRE(get_le(bytes, 8, 4) == 2);
-        put_le(bytes, 8, 1, 4);  // a version-1 file: the same bytes but for the version
-        seal_snapshot(bytes);
+        REQUIRE(get_le(bytes, 8, 4) == 1);  // no cached pages: written as version 1
         const SnapshotData back = decode_snapshot(bytes);
         CHECK(back == s);
         CHECK(back.allocator.cached.empty());
         CHECK(back.prefix.empty());
+        CHECK(encode_snapshot(back) == bytes);
+        // The same bytes as version 2 lack the flag version 2 always has.
+        put_le(bytes, 8, 2, 4);
+        seal_snapshot(bytes);
+        CHECK(decode_error(bytes) ==
+              "byte 12 (flags): a version-2 file without the prefix cache flag (a pool without "
+              "cached pages is written as version 1)");
     }
     // Version 1 has no PRFX section: its flag is unknown there.
     auto bytes = encode_snapshot(cached_snapshot(false));
