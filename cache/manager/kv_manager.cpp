@@ -172,6 +172,20 @@ void register_pages(ManagerState& m, const Sequence& s, ManagerState::Track& t) 
     }
 }
 
+// Adds a sequence and, when given, its prefix-caching track: both or neither (a failure to add
+// the track removes the sequence, which gives its pages back).
+SeqId add_tracked(ManagerState& m, Sequence&& s, std::optional<ManagerState::Track> track) {
+    const SeqId id = m.seqs.add(std::move(s));
+    if (!track) return id;
+    try {
+        m.tracks.emplace(id, std::move(*track));
+    } catch (...) {
+        m.seqs.erase(id);
+        throw;
+    }
+    return id;
+}
+
 uint32_t slot_of(const BlockTable& t, int64_t position, uint32_t bs) {
     return index(t[size_t(position / bs)]) * bs + uint32_t(position % bs);
 }
@@ -389,13 +403,7 @@ SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t s
         }
         detail::set_length(s, int64_t(held));
         // On a failure below (a map node) s or the added sequence gives its pages back.
-        const SeqId id = m.seqs.add(std::move(s));
-        try {
-            m.tracks.emplace(id, std::move(t));
-        } catch (...) {
-            m.seqs.erase(id);
-            throw;
-        }
+        const SeqId id = add_tracked(m, std::move(s), std::move(t));
         ++m.lookups.queries;
         m.lookups.query_tokens += prompt_tokens.size();
         m.lookups.hit_tokens += held;
@@ -450,15 +458,7 @@ SeqId KVManager::fork(SeqId seq) {
         if (s.table.size() > used) s.table.release_back(s.table.size() - used);
         std::optional<ManagerState::Track> track;
         if (const auto it = m.tracks.find(seq); it != m.tracks.end()) track = it->second;
-        const SeqId id = m.seqs.add(std::move(s));
-        if (track) {
-            try {
-                m.tracks.emplace(id, std::move(*track));
-            } catch (...) {
-                m.seqs.erase(id);
-                throw;
-            }
-        }
+        const SeqId id = add_tracked(m, std::move(s), std::move(track));
         ++m.generation;
         return id;
     });
@@ -569,9 +569,7 @@ void KVManager::reset_prefix_cache() {
     m.lookups = {};
     m.evictions_base = m.ps->allocator.evictions();
     if (!m.index) return;
-    m.index->clear();
-    for (auto& [id, t] : m.tracks)
-        t.anchored = 0;
+    m.index->clear();  // each track's anchor serial is stale now: it registers again from 0
 }
 
 Step KVManager::begin_step(std::span<const SeqId> seqs,
