@@ -14,6 +14,10 @@ const char* to_string(DType t) noexcept {
             return "f16";
         case DType::BF16:
             return "bf16";
+        case DType::Int8:
+            return "int8";
+        case DType::FP8E4M3:
+            return "fp8e4m3";
     }
     return "?";
 }
@@ -79,6 +83,9 @@ float round_to(DType t, float f) noexcept {
             return f16_to_f32(f32_to_f16(f));
         case DType::BF16:
             return bf16_to_f32(f32_to_bf16(f));
+        case DType::Int8:
+        case DType::FP8E4M3:
+            return f;
     }
     return f;
 }

@@ -63,9 +63,16 @@ std::optional<ShapeProblem> check_pool_shape(const PoolShape& s) {
         return ShapeProblem{F::NumBlocks,
                             fmt::format("num_blocks {} x block_size {} exceeds 2^32 page slots",
                                         s.num_blocks, s.block_size)};
-    uint64_t bytes = dtype_size(s.dtype);
-    for (uint64_t f : {uint64_t(s.num_layers), uint64_t(s.num_kv_heads), uint64_t(s.block_size),
-                       uint64_t(s.head_dim) + s.v_head_dim})
+    if (is_quantized(s.dtype))
+        for (Dim d : {Dim{s.head_dim, F::HeadDim}, Dim{s.v_head_dim, F::VHeadDim}})
+            if (d.value % 4 != 0)
+                return ShapeProblem{d.field,
+                                    fmt::format("{} {} of a {} pool must be a multiple of 4",
+                                                field_name(d.field), d.value, to_string(s.dtype))};
+    // Bytes of one layer's K and V rows of one (token, head), scales included.
+    uint64_t bytes = (uint64_t(s.head_dim) + s.v_head_dim) * dtype_size(s.dtype) +
+                     2 * dtype_scale_size(s.dtype);  // no overflow: below 2^34
+    for (uint64_t f : {uint64_t(s.num_layers), uint64_t(s.num_kv_heads), uint64_t(s.block_size)})
         if (mul_overflows(bytes, f, bytes))
             return ShapeProblem{F::NumLayers, "a block of this layout exceeds 2^64 bytes"};
     uint64_t total = 0;

@@ -5,8 +5,8 @@
 // head) row is placed within a page: every host-side address derives from it, and
 // page_address.glsl (from the strides below) for the shaders. Everything that sizes or addresses
 // pages (the pool, the slabs, the kernels' push constants, the snapshot format, the paged view)
-// derives its numbers from here; a new page encoding (quantized pages with scales) changes this
-// struct and a kernel, nothing else.
+// derives its numbers from here. Quantized pages (Int8, FP8E4M3) add one f32 scale per row after
+// the page's values (scales_offset()).
 #pragma once
 
 #include <cstdint>
@@ -31,8 +31,24 @@ struct PageFormat {
     uint64_t elem_bytes() const noexcept { return dtype_size(dtype); }
     uint64_t k_row_bytes() const noexcept { return uint64_t(head_dim) * elem_bytes(); }
     uint64_t v_row_bytes() const noexcept { return uint64_t(v_head_dim) * elem_bytes(); }
-    uint64_t k_page_bytes() const noexcept { return k_row_bytes() * num_kv_heads * block_size; }
-    uint64_t v_page_bytes() const noexcept { return v_row_bytes() * num_kv_heads * block_size; }
+    // (token, head) rows in one page.
+    uint64_t page_rows() const noexcept { return uint64_t(num_kv_heads) * block_size; }
+    // A quantized page (Int8, FP8E4M3) is its rows' values, then one f32 scale per row in the
+    // same row order (row_offset(slot, head, scale_bytes()) from scales_offset()); other pages
+    // are their values only.
+    uint64_t scale_bytes() const noexcept { return dtype_scale_size(dtype); }
+    uint64_t k_values_bytes() const noexcept { return k_row_bytes() * page_rows(); }
+    uint64_t v_values_bytes() const noexcept { return v_row_bytes() * page_rows(); }
+    uint64_t k_page_bytes() const noexcept {
+        return k_values_bytes() + scale_bytes() * page_rows();
+    }
+    uint64_t v_page_bytes() const noexcept {
+        return v_values_bytes() + scale_bytes() * page_rows();
+    }
+    // Bytes from a K (or V) page's start to its scales.
+    uint64_t scales_offset(bool value) const noexcept {
+        return value ? v_values_bytes() : k_values_bytes();
+    }
     uint64_t layer_bytes() const noexcept { return k_page_bytes() + v_page_bytes(); }
     // Bytes of one block: every layer's K page and V page. Call after check_pool_shape (which
     // refuses a format whose block would not fit 64 bits).
@@ -87,7 +103,8 @@ struct ShapeProblem {
 };
 const char* field_name(ShapeProblem::Field f) noexcept;
 
-// Every dimension at least 1, a known dtype, a resolved layout (HeadMajor or TokenMajor), page
+// Every dimension at least 1, a known dtype (quantized: head dims multiples of 4, so every
+// page and row starts on a 4-byte word), a resolved layout (HeadMajor or TokenMajor), page
 // slots (block * block_size + slot) within 32 bits with ~0u reserved, block and pool bytes within
 // 64 bits, a slab of at least one block.
 std::optional<ShapeProblem> check_pool_shape(const PoolShape& s);

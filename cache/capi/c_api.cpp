@@ -153,9 +153,15 @@ pagedkv::DType dtype_of(const pagedkv_dtype& d) {
             return pagedkv::DType::F16;
         case PAGEDKV_DTYPE_BF16:
             return pagedkv::DType::BF16;
+        case PAGEDKV_DTYPE_INT8:
+            return pagedkv::DType::Int8;
+        case PAGEDKV_DTYPE_FP8E4M3:
+            return pagedkv::DType::FP8E4M3;
     }
     throw Error(ErrorCode::InvalidArgument,
-                fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16)", raw(d)));
+                fmt::format("dtype {} is not a pagedkv_dtype (0: F32, 1: F16, 2: BF16, 3: INT8, "
+                            "4: FP8E4M3)",
+                            raw(d)));
 }
 
 pagedkv::PageLayout layout_of(const pagedkv_page_layout& l) {
@@ -193,6 +199,10 @@ pagedkv_dtype c_dtype(pagedkv::DType d) noexcept {
             return PAGEDKV_DTYPE_F16;
         case pagedkv::DType::BF16:
             return PAGEDKV_DTYPE_BF16;
+        case pagedkv::DType::Int8:
+            return PAGEDKV_DTYPE_INT8;
+        case pagedkv::DType::FP8E4M3:
+            return PAGEDKV_DTYPE_FP8E4M3;
     }
     return PAGEDKV_DTYPE_F32;
 }

@@ -39,8 +39,13 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
     if (layout.layout == PageLayout::Auto) layout.layout = PageLayout::HeadMajor;
     if (const auto problem = check_pool_shape(layout))
         throw Error(ErrorCode::InvalidArgument, "BlockPool: " + problem->what);
+    if (!c.compute_dtype) c.compute_dtype = is_quantized(c.dtype) ? DType::F16 : c.dtype;
+    if (!is_float_dtype(*c.compute_dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("BlockPool: compute_dtype {} is not f32, f16 or bf16",
+                                to_string(*c.compute_dtype)));
     const bool odd_rows =
-        c.dtype != DType::F32 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
+        dtype_size(c.dtype) == 2 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
     if (odd_rows && !dev.has_16bit_storage())
         throw Error(ErrorCode::Unsupported,
                     fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess "

@@ -538,18 +538,23 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, "gather");
     const int64_t len = detail::length_of(s);
+    // Quantized pages dequantize into the compute dtype; others gather as they are first.
+    const DType t = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
     std::pair<Tensor, Tensor> kv{
-        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, c.dtype),
-        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, c.dtype)};
-    if (len == 0) return kv;
-    std::vector<detail::RowEntry> entries;
-    entries.reserve(size_t(len));
-    for (int64_t t = 0; t < len; ++t)
-        entries.push_back({uint32_t(t), slot_of(s.table, t, c.block_size)});
-    detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
-                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), entries,
-                      c.num_kv_heads, uint32_t(len), true);
-    return kv;
+        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, t),
+        detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, t)};
+    if (len > 0) {
+        std::vector<detail::RowEntry> entries;
+        entries.reserve(size_t(len));
+        for (int64_t i = 0; i < len; ++i)
+            entries.push_back({uint32_t(i), slot_of(s.table, i, c.block_size)});
+        detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
+                          detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), t,
+                          entries, c.num_kv_heads, uint32_t(len), true);
+    }
+    if (t == *c.compute_dtype) return kv;
+    return {detail::converted(kv.first, *c.compute_dtype),
+            detail::converted(kv.second, *c.compute_dtype)};
 }
 
 PrefixCacheStats KVManager::prefix_stats() const {
@@ -722,10 +727,12 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
     check_ragged(m, value, op, "value", s.total, c.num_kv_heads, c.v_head_dim);
     if (s.total == 0) return;
     host_memory_guard(op, [&] {
-        // Inputs of another float dtype than the pool's: converted on the device first.
-        const Tensor k = detail::converted(key, c.dtype), v = detail::converted(value, c.dtype);
+        // Inputs of another float dtype than the pool's (a quantized pool's: than the key's):
+        // converted on the device first.
+        const DType in = detail::kv_tensor_dtype(m.ps->format, key.dtype());
+        const Tensor k = detail::converted(key, in), v = detail::converted(value, in);
         detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
-                          detail::Access::buffer(k), detail::Access::buffer(v), s.entries,
+                          detail::Access::buffer(k), detail::Access::buffer(v), in, s.entries,
                           c.num_kv_heads, 1, false, s.buffer.get(), s.entries_offset);
         if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });

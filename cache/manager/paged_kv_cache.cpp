@@ -128,10 +128,12 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
                         {st.policy->keep_limit(), st.policy->reserved()}, op, plan);
     st.policy->check_capacity(B, plan.grown_lengths());
     plan.check_pages(alloc, op);
-    // Inputs of another float dtype than the pool's are converted on the device first, before
-    // anything changes (the conversion writes only its own new tensors).
-    const Tensor k = detail::converted(key, st.ps->config.dtype);
-    const Tensor v = detail::converted(value, st.ps->config.dtype);
+    // Inputs of another float dtype than the pool's (a quantized pool's: than the key's) are
+    // converted on the device first, before anything changes (the conversion writes only its
+    // own new tensors).
+    const DType in = detail::kv_tensor_dtype(st.ps->format, key.dtype());
+    const Tensor k = detail::converted(key, in);
+    const Tensor v = detail::converted(value, in);
     // What update() returns, and the upload space for the scatter's and gather's entries (one
     // upload per op, two ops at most each), are allocated before anything changes: running out
     // of memory for them leaves the cache as it was.
@@ -144,7 +146,10 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     }
     st.ps->device->batches().reserve_upload(upload);
     apply(plan, k, v);
-    if (out) gather_into(layer, *out);
+    if (out) {
+        gather_into(layer, *out);
+        *out = in_compute_dtype(std::move(*out));
+    }
 }
 
 void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value) {
@@ -208,21 +213,28 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         st.len(layer, b) = p.new_len - p.drop;
     }
     detail::record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
-                      detail::Access::buffer(value), entries, H, S, false);
+                      detail::Access::buffer(value), key.dtype(), entries, H, S, false);
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens) const {
     const PoolConfig& c = state_->ps->config;
     const auto& dev = state_->ps->device;
-    return {
-        detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.head_dim}, c.dtype),
-        detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.v_head_dim}, c.dtype)};
+    // What the pages gather into: the compute dtype for quantized pages, else the pool's.
+    const DType t = detail::kv_tensor_dtype(state_->ps->format, *c.compute_dtype);
+    return {detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.head_dim}, t),
+            detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.v_head_dim}, t)};
+}
+
+std::pair<Tensor, Tensor> PagedKVCache::in_compute_dtype(std::pair<Tensor, Tensor> kv) const {
+    const DType t = *state_->ps->config.compute_dtype;
+    if (kv.first.dtype() == t) return kv;
+    return {detail::converted(kv.first, t), detail::converted(kv.second, t)};
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
     std::pair<Tensor, Tensor> kv = empty_kv(state_->batch, get_seq_length(layer));
     gather_into(layer, kv);
-    return kv;
+    return in_compute_dtype(std::move(kv));
 }
 
 void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const {
@@ -240,8 +252,8 @@ void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) co
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
     detail::record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer,
-                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), entries,
-                      H, uint32_t(L), true);
+                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second),
+                      kv.first.dtype(), entries, H, uint32_t(L), true);
 }
 
 std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
@@ -503,16 +515,22 @@ void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
         out.push_back({i, to[i]});
     }
     detail::Device& dev = *st.ps->device;
+    // Rows of row_bytes at page_offset (values, or a quantized page's scales) through buf, as
+    // bytes: quantized rows move without being quantized again.
+    auto move = [&](detail::Buffer& buf, uint64_t row_bytes, uint64_t page_offset) {
+        detail::record_row_copy(dev, *st.ps->pages,
+                                {&buf, in, c.num_kv_heads, row_bytes, stride, page_offset, true});
+        detail::record_row_copy(dev, *st.ps->pages,
+                                {&buf, out, c.num_kv_heads, row_bytes, stride, page_offset, false});
+    };
     for (bool value : {false, true}) {
-        const uint64_t row_bytes = value ? lay.v_row_bytes() : lay.k_row_bytes();
-        detail::Buffer& buf =
-            value ? detail::Access::buffer(scratch.second) : detail::Access::buffer(scratch.first);
-        detail::record_row_copy(
-            dev, *st.ps->pages,
-            {&buf, in, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), true});
-        detail::record_row_copy(
-            dev, *st.ps->pages,
-            {&buf, out, c.num_kv_heads, row_bytes, stride, lay.page_offset(layer, value), false});
+        detail::Buffer& buf = detail::Access::buffer(value ? scratch.second : scratch.first);
+        move(buf, value ? lay.v_row_bytes() : lay.k_row_bytes(), lay.page_offset(layer, value));
+        // The scales (4 bytes a row) through the other scratch tensor (rows of at least 4
+        // elements of at least 2 bytes: room enough).
+        if (lay.scale_bytes() != 0)
+            move(detail::Access::buffer(value ? scratch.first : scratch.second), lay.scale_bytes(),
+                 lay.page_offset(layer, value) + lay.scales_offset(value));
     }
 }
 

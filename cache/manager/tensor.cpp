@@ -75,15 +75,28 @@ int64_t Tensor::numel() const noexcept {
     return n;
 }
 
+namespace {
+
+// Tensors hold f32, f16 or bf16; int8 and fp8 are pool dtypes only.
+void check_tensor_dtype(DType dtype, const char* who) {
+    if (!known_dtype(dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: unknown dtype {}", who, static_cast<uint32_t>(dtype)));
+    if (!is_float_dtype(dtype))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("{}: {} is a pool dtype only; tensors hold f32, f16 or bf16", who,
+                                to_string(dtype)));
+}
+
+}  // namespace
+
 Tensor Tensor::empty(Context& ctx, std::vector<int64_t> shape, DType dtype) {
     return empty_on(detail::Access::device_ptr(ctx), std::move(shape), dtype);
 }
 
 Tensor Tensor::empty_on(const std::shared_ptr<detail::Device>& device, std::vector<int64_t> shape,
                         DType dtype) {
-    if (!known_dtype(dtype))
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("Tensor: unknown dtype {}", static_cast<uint32_t>(dtype)));
+    check_tensor_dtype(dtype, "Tensor");
     Tensor t;
     const int64_t n = checked_numel(shape);
     t.device_ = device;
@@ -98,9 +111,7 @@ Tensor Tensor::wrap(Context& ctx, VkBuffer buffer, VkDeviceSize offset, std::vec
                     DType dtype, VkDeviceSize buffer_size) {
     if (buffer == VK_NULL_HANDLE)
         throw Error(ErrorCode::InvalidArgument, "wrap: the VkBuffer is null");
-    if (!known_dtype(dtype))
-        throw Error(ErrorCode::InvalidArgument,
-                    fmt::format("wrap: unknown dtype {}", static_cast<uint32_t>(dtype)));
+    check_tensor_dtype(dtype, "wrap");
     if (offset % 4 != 0)
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("wrap: offset {} is not a multiple of 4 bytes", offset));
@@ -125,7 +136,7 @@ Tensor Tensor::from_host(Context& ctx, std::span<const float> data, std::vector<
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("from_host: shape [{}] holds {} elements, data has {}",
                                 fmt::join(shape, ", "), n, data.size()));
-    Tensor t = empty(ctx, std::move(shape), dtype);  // refuses an unknown dtype
+    Tensor t = empty(ctx, std::move(shape), dtype);  // refuses a dtype a tensor cannot have
     std::vector<uint16_t> bits;
     switch (dtype) {
         case DType::F32:
@@ -141,6 +152,9 @@ Tensor Tensor::from_host(Context& ctx, std::span<const float> data, std::vector<
             for (size_t i = 0; i < data.size(); ++i)
                 bits[i] = f32_to_bf16(data[i]);
             break;
+        case DType::Int8:
+        case DType::FP8E4M3:
+            break;  // refused by empty()
     }
     t.buffer_->write(bits.data(), bits.size() * sizeof(uint16_t));
     return t;
@@ -167,6 +181,9 @@ std::vector<float> Tensor::to_host() const {
             for (size_t i = 0; i < n; ++i)
                 out[i] = bf16_to_f32(bits[i]);
             return out;
+        case DType::Int8:
+        case DType::FP8E4M3:
+            break;  // no tensor has one (check_tensor_dtype)
     }
     throw Error(ErrorCode::Unsupported,
                 fmt::format("to_host: unknown dtype {}", static_cast<unsigned>(dtype_)));

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "pagedkv/block_counts.hpp"
@@ -26,6 +27,8 @@ struct PoolConfig {
     uint32_t head_dim = 0;
     uint32_t v_head_dim = 0;  // 0: same as head_dim
     uint32_t block_size = 16;
+    // What the pages hold: F32, F16, BF16, or quantized Int8 / FP8E4M3 (one f32 scale per token
+    // per kv head beside the values; writes quantize on the device).
     DType dtype = DType::F16;
     uint64_t num_blocks = 0;
     // Largest slab (one VkBuffer) in bytes; 0 for the device's maxStorageBufferRange (capped
@@ -34,6 +37,10 @@ struct PoolConfig {
     // How a page orders its (token, head) rows. Auto is resolved when the pool is made (per
     // device, by measurement); config().layout is then HeadMajor or TokenMajor.
     PageLayout layout = PageLayout::Auto;
+    // The dtype of the tensors get / update / gathers return and attention computes in (F32,
+    // F16 or BF16). Unset: the pool's dtype, or F16 for a quantized pool; config() reports it
+    // resolved.
+    std::optional<DType> compute_dtype;
 };
 
 // Counters kept as the pool is used (cheap to read).
@@ -53,7 +60,7 @@ class PAGEDKV_API BlockPool {
     BlockPool(const BlockPool&) = delete;
     BlockPool& operator=(const BlockPool&) = delete;
 
-    // The configuration with defaults filled in (v_head_dim set, layout resolved).
+    // The configuration with defaults filled in (v_head_dim, layout and compute_dtype resolved).
     const PoolConfig& config() const noexcept;
     PoolStats stats() const;
     // Every invariant: free + used = total, refcounts equal the references held by the

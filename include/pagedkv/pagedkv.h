@@ -67,7 +67,10 @@ typedef struct pagedkv_tensor pagedkv_tensor;
 typedef enum pagedkv_dtype {
     PAGEDKV_DTYPE_F32 = 0,
     PAGEDKV_DTYPE_F16 = 1,
-    PAGEDKV_DTYPE_BF16 = 2
+    PAGEDKV_DTYPE_BF16 = 2,
+    // Pool dtypes only (quantized pages: one f32 scale per token per kv head).
+    PAGEDKV_DTYPE_INT8 = 3,
+    PAGEDKV_DTYPE_FP8E4M3 = 4
 } pagedkv_dtype;
 
 // How a page orders its rows (the C++ PageLayout): HEAD_MAJOR [kv_heads][block_size][head_dim],

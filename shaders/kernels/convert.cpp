@@ -39,6 +39,12 @@ uint32_t code(DType t) {
             return 1;
         case DType::BF16:
             return 2;
+        case DType::Int8:
+        case DType::FP8E4M3:
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("convert: {} is a pool dtype, not an element-wise one "
+                                    "(quantized rows are written by the quantize kernel)",
+                                    to_string(t)));
     }
     throw Error(ErrorCode::InvalidArgument,
                 fmt::format("convert: unknown dtype {}", static_cast<unsigned>(t)));

@@ -41,6 +41,9 @@ float element(const uint8_t* p, DType t) {
             std::memcpy(&h, p, 2);
             return t == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
         }
+        case DType::Int8:
+        case DType::FP8E4M3:
+            break;
     }
     return 0;
 }

@@ -1,0 +1,137 @@
+// The quantize kernel (quant_rows.comp) against the reference quantizer: the codes and scales in
+// the pages, and what a gather dequantizes, equal tests/reference/reference_quant.hpp bit for
+// bit, for every input dtype, both page layouts, rows spanning the whole f32 exponent range
+// (the kernel's integer division), zero and non-finite rows.
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "cache/snapshot/snapshot_capture.hpp"
+#include "reference_quant.hpp"
+#include "test_support.hpp"
+
+using namespace pagedkv;
+using namespace pagedkv::test;
+
+namespace {
+
+// Rows of `dim` values whose magnitudes span 2^-120 .. 2^120 (one exponent per row), with a
+// few special rows: all zeros, a tiny row below the 2^-100 floor, an infinity, a NaN, exact
+// halves (round-half-even ties) and subnormal inputs.
+std::vector<float> spread_rows(size_t rows, uint32_t dim, std::mt19937& rng, DType t) {
+    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+    std::vector<float> x(rows * dim);
+    for (size_t r = 0; r < rows; ++r) {
+        const int e = int(r * 241 % 241) - 120;
+        for (uint32_t d = 0; d < dim; ++d)
+            x[r * dim + d] = std::ldexp(unit(rng), e);
+        switch (r % 11) {
+            case 1:
+                std::fill_n(&x[r * dim], dim, 0.0f);
+                break;
+            case 2:
+                for (uint32_t d = 0; d < dim; ++d)
+                    x[r * dim + d] = std::ldexp(unit(rng), -110);
+                break;
+            case 3:  // ties: k + 0.5 after scaling by 127 / 127
+                for (uint32_t d = 0; d < dim; ++d)
+                    x[r * dim + d] = d == 0 ? 127.0f : float(int(d % 9) - 4) + 0.5f;
+                break;
+            case 4:
+                x[r * dim] = std::bit_cast<float>(0x00000123u);  // an f32 subnormal
+                break;
+            default:
+                break;
+        }
+        for (uint32_t d = 0; d < dim; ++d)
+            x[r * dim + d] = round_to(t, x[r * dim + d]);
+    }
+    return x;
+}
+
+}  // namespace
+
+TEST_CASE("quantized pages hold exactly the reference quantizer's codes and scales",
+          "[quant][gpu]") {
+    for (DType q : {DType::Int8, DType::FP8E4M3})
+        for (DType in : {DType::F32, DType::F16, DType::BF16})
+            for (PageLayout l : {PageLayout::HeadMajor, PageLayout::TokenMajor})
+                DYNAMIC_SECTION(to_string(q) << " from " << to_string(in) << ", " << to_string(l)) {
+                    ValidatedContext g;
+                    PoolConfig c = small_config(q, 2, 3, 16, 4, 64);
+                    c.v_head_dim = 8;
+                    c.layout = l;
+                    c.compute_dtype = DType::F32;
+                    BlockPool pool(g.ctx, c);
+                    DynamicKVCache cache(pool);
+                    std::mt19937 rng(uint32_t(q) * 7 + uint32_t(in));
+                    const uint32_t B = 2, S = 23, H = c.num_kv_heads;
+                    const auto k = spread_rows(size_t(B) * H * S, c.head_dim, rng, in);
+                    const auto v = spread_rows(size_t(B) * H * S, c.v_head_dim, rng, in);
+                    cache.update(Tensor::from_host(g.ctx, k, shape4(B, H, S, c.head_dim), in),
+                                 Tensor::from_host(g.ctx, v, shape4(B, H, S, c.v_head_dim), in), 1);
+                    // What get() dequantizes (f32: no rounding after the multiply).
+                    const auto got = cache.get(1);
+                    REQUIRE(got);
+                    REQUIRE(got->first.dtype() == DType::F32);
+                    const auto want_k = quantize_rows(q, DType::F32, k, c.head_dim);
+                    const auto want_v = quantize_rows(q, DType::F32, v, c.v_head_dim);
+                    const auto gk = got->first.to_host(), gv = got->second.to_host();
+                    REQUIRE(gk.size() == want_k.size());
+                    CHECK(std::memcmp(gk.data(), want_k.data(), gk.size() * 4) == 0);
+                    CHECK(std::memcmp(gv.data(), want_v.data(), gv.size() * 4) == 0);
+
+                    // The bytes in the pages.
+                    const PagedKVCache* caches[] = {&cache};
+                    const SnapshotData s =
+                        detail::capture_snapshot(pool, caches, {}, true, "quant test");
+                    const PageFormat& f = s.layout;
+                    std::vector<uint64_t> index_of(s.layout.num_blocks, UINT64_MAX);
+                    for (size_t b = 0, i = 0; b < s.allocator.refcounts.size(); ++b)
+                        if (s.allocator.refcounts[b] > 0) index_of[b] = i++;
+                    size_t wrong = 0, rows = 0;
+                    for (uint32_t b = 0; b < B; ++b)
+                        for (uint32_t t = 0; t < S; ++t)
+                            for (uint32_t h = 0; h < H; ++h)
+                                for (bool value : {false, true}) {
+                                    const uint32_t dim = value ? f.v_head_dim : f.head_dim;
+                                    const auto& x = value ? v : k;
+                                    const size_t row = (size_t(b) * H + h) * S + t;
+                                    const QuantizedRow want =
+                                        quantize_row(q, std::span(x).subspan(row * dim, dim));
+                                    const uint32_t block =
+                                        index(s.caches[0].rows[b][t / f.block_size]);
+                                    const uint8_t* page = s.pages.data() +
+                                                          index_of[block] * f.block_bytes() +
+                                                          f.page_offset(1, value);
+                                    const uint32_t slot = t % f.block_size;
+                                    const uint8_t* codes =
+                                        page +
+                                        f.row_offset(slot, h,
+                                                     value ? f.v_row_bytes() : f.k_row_bytes());
+                                    const uint8_t* scale =
+                                        page + f.scales_offset(value) + f.row_offset(slot, h, 4);
+                                    wrong += std::memcmp(codes, want.codes.data(), dim) != 0 ||
+                                             std::memcmp(scale, &want.scale, 4) != 0;
+                                    ++rows;
+                                }
+                    INFO(wrong << " of " << rows << " rows differ from the reference quantizer");
+                    CHECK(wrong == 0);
+                    CHECK(pool.validate());
+                }
+}
+
+TEST_CASE("quantized pool sizes count the scales", "[quant]") {
+    PageFormat f{2, 4, 64, 32, 16, DType::Int8, PageLayout::TokenMajor};
+    CHECK(f.k_page_bytes() == 4 * 16 * (64 + 4));
+    CHECK(f.v_page_bytes() == 4 * 16 * (32 + 4));
+    CHECK(f.scales_offset(false) == 4 * 16 * 64);
+    CHECK(f.block_bytes() == 2 * (f.k_page_bytes() + f.v_page_bytes()));
+    PoolShape bad;
+    static_cast<PageFormat&>(bad) = f;
+    bad.num_blocks = 1;
+    bad.head_dim = 6;
+    const auto problem = check_pool_shape(bad);
+    REQUIRE(problem);
+    CHECK(problem->field == ShapeProblem::Field::HeadDim);
+}
