@@ -460,6 +460,7 @@ void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
     config->num_blocks = d.num_blocks;
     config->max_slab_bytes = d.max_slab_bytes;
     config->layout = c_layout(d.layout);
+    config->compute_dtype = PAGEDKV_DTYPE_DEFAULT;
 }
 
 pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
@@ -478,6 +479,8 @@ pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_
         pc.num_blocks = cfg.num_blocks;
         pc.max_slab_bytes = cfg.max_slab_bytes;
         pc.layout = layout_of(cfg.layout);
+        if (raw(cfg.compute_dtype) != PAGEDKV_DTYPE_DEFAULT)
+            pc.compute_dtype = dtype_of(cfg.compute_dtype);
         auto handle = std::make_unique<pagedkv_pool>();
         handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pc);
         *out_pool = handle.release();
@@ -506,6 +509,15 @@ pagedkv_status pagedkv_pool_layout(const pagedkv_pool* pool,
         const pagedkv_pool& p = need(pool, "pool");
         need(out_layout, "out_layout");
         *out_layout = c_layout(p.pool->config().layout);
+    });
+}
+
+pagedkv_status pagedkv_pool_compute_dtype(const pagedkv_pool* pool,
+                                          pagedkv_dtype* out_dtype) noexcept {
+    return guarded("pagedkv_pool_compute_dtype", [&] {
+        const pagedkv_pool& p = need(pool, "pool");
+        need(out_dtype, "out_dtype");
+        *out_dtype = c_dtype(*p.pool->config().compute_dtype);
     });
 }
 

@@ -174,9 +174,11 @@ void decode_pool(Reader r, SnapshotData& s, uint32_t& num_caches, SnapshotOffset
     l.v_head_dim = r.u32("v_head_dim");
     l.block_size = r.u32("block_size");
     const uint32_t dtype = r.u32("dtype");
-    if (dtype > static_cast<uint32_t>(DType::BF16))
-        throw corrupt(fmt::format("byte {} (dtype): unknown dtype {} (0 f32, 1 f16, 2 bf16)",
-                                  at.pool + pf::kDType, dtype));
+    if (dtype > 0xFF || !known_dtype(static_cast<DType>(dtype)))
+        throw corrupt(
+            fmt::format("byte {} (dtype): unknown dtype {} (0 f32, 1 f16, 2 bf16, "
+                        "3 int8, 4 fp8e4m3)",
+                        at.pool + pf::kDType, dtype));
     l.dtype = static_cast<DType>(dtype);
     l.num_blocks = r.u64("num_blocks");
     l.max_slab_bytes = r.u64("max_slab_bytes");

@@ -48,7 +48,10 @@ inline constexpr uint64_t kNumKvHeads = 4;     // u32
 inline constexpr uint64_t kHeadDim = 8;        // u32
 inline constexpr uint64_t kVHeadDim = 12;      // u32
 inline constexpr uint64_t kBlockSize = 16;     // u32
-inline constexpr uint64_t kDType = 20;         // u32: 0 f32, 1 f16, 2 bf16
+// u32: 0 f32, 1 f16, 2 bf16, 3 int8, 4 fp8e4m3 (quantized pages hold a scale per row after
+// their codes: PageFormat; block_bytes counts them). Readers before 0.2's quantized pages refuse
+// 3 and 4 as unknown dtypes, so these need no new version.
+inline constexpr uint64_t kDType = 20;
 inline constexpr uint64_t kNumBlocks = 24;     // u64
 inline constexpr uint64_t kMaxSlabBytes = 32;  // u64
 inline constexpr uint64_t kBlockBytes = 40;    // u64

@@ -1,6 +1,5 @@
 #include <fmt/format.h>
 
-
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"

@@ -70,7 +70,9 @@ typedef enum pagedkv_dtype {
     PAGEDKV_DTYPE_BF16 = 2,
     // Pool dtypes only (quantized pages: one f32 scale per token per kv head).
     PAGEDKV_DTYPE_INT8 = 3,
-    PAGEDKV_DTYPE_FP8E4M3 = 4
+    PAGEDKV_DTYPE_FP8E4M3 = 4,
+    // Only for pagedkv_pool_config::compute_dtype: the pool's dtype, or F16 for a quantized pool.
+    PAGEDKV_DTYPE_DEFAULT = -1
 } pagedkv_dtype;
 
 // How a page orders its rows (the C++ PageLayout): HEAD_MAJOR [kv_heads][block_size][head_dim],
@@ -141,12 +143,15 @@ typedef struct pagedkv_pool_config {
     pagedkv_dtype dtype;
     uint64_t num_blocks;
     uint64_t max_slab_bytes;  // largest VkBuffer of pages; 0: the device's limit
-    // Last, so the fields before it keep their offsets from 0.1.
+    // layout and compute_dtype come last, so the fields before them keep their offsets from 0.1.
     pagedkv_page_layout layout;
+    // What get / update / gathers return and attention computes in (F32, F16 or BF16), or
+    // PAGEDKV_DTYPE_DEFAULT (C++ PoolConfig::compute_dtype unset).
+    pagedkv_dtype compute_dtype;
 } pagedkv_pool_config;
 
-// Fills the C++ PoolConfig defaults (block_size 16, F16, layout AUTO, everything else 0); set
-// num_layers, num_kv_heads, head_dim and num_blocks afterwards.
+// Fills the C++ PoolConfig defaults (block_size 16, F16, layout AUTO, compute_dtype DEFAULT,
+// everything else 0); set num_layers, num_kv_heads, head_dim and num_blocks afterwards.
 PAGEDKV_API void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
 
 typedef struct pagedkv_pool_stats {
@@ -171,11 +176,14 @@ PAGEDKV_API pagedkv_status pagedkv_pool_create(pagedkv_context* context,
 PAGEDKV_API void pagedkv_pool_destroy(pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
                                                   pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;
-// *out_valid = 1 when every invariant of the pool holds (free + used = total, reference counts
-// match the caches' block tables), else 0.
 // The pool's page layout, resolved: HEAD_MAJOR or TOKEN_MAJOR (never AUTO).
 PAGEDKV_API pagedkv_status pagedkv_pool_layout(const pagedkv_pool* pool,
                                                pagedkv_page_layout* out_layout) PAGEDKV_NOEXCEPT;
+// The pool's compute dtype, resolved: F32, F16 or BF16 (never DEFAULT).
+PAGEDKV_API pagedkv_status pagedkv_pool_compute_dtype(const pagedkv_pool* pool,
+                                                      pagedkv_dtype* out_dtype) PAGEDKV_NOEXCEPT;
+// *out_valid = 1 when every invariant of the pool holds (free + used = total, reference counts
+// match the caches' block tables), else 0.
 PAGEDKV_API pagedkv_status pagedkv_pool_validate(const pagedkv_pool* pool,
                                                  int* out_valid) PAGEDKV_NOEXCEPT;
 

@@ -12,6 +12,7 @@
 // every live sequence's gathered K/V must equal the reference (ReferenceSequences) bit for bit,
 // and the pool (allocator and index) must validate.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,7 @@
 #include "cache/manager/pool_state.hpp"
 #include "pagedkv/pagedkv.hpp"
 #include "reference_cache.hpp"
+#include "reference_quant.hpp"
 #include "reference_sequences.hpp"
 
 using namespace pagedkv;
@@ -39,6 +41,24 @@ Context& context() {
     // the test suite already runs every path under it.
     static Context ctx = Context::create();
     return ctx;
+}
+
+// The pool dtype of the current input: F16, or quantized Int8 / FP8E4M3 pages (written from f16).
+DType pool_dtype = DType::F16;
+
+// What the pool stores for rows of kDim f16 values: themselves, or their quantized values.
+std::vector<float> as_stored(const std::vector<float>& x) {
+    if (!is_quantized(pool_dtype)) return x;
+    return test::quantize_rows(pool_dtype, DType::F16, x, kDim);
+}
+
+// Attention over quantized pages reads codes and scales, the contiguous kernel their f16
+// dequantized values: equal up to rounding, not bit for bit.
+bool close(const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (!(std::fabs(a[i] - b[i]) <= 1e-2f * (1.0f + std::fabs(b[i])))) return false;
+    return true;
 }
 
 [[noreturn]] void fail(const char* what, size_t op) {
@@ -88,7 +108,8 @@ void compare(const PagedKVCache& cache, const test::ReferenceCache& ref, size_t 
             kv ? detail::contiguous_attention(q, kv->first, kv->second, cache.seq_lengths(l))
                      .to_host()
                : std::vector<float>(paged.size(), 0.0f);
-        if (!same(paged, flat)) fail("cached_attention differs from attention on get()", op);
+        if (is_quantized(pool_dtype) ? !close(paged, flat) : !same(paged, flat))
+            fail("cached_attention differs from attention on get()", op);
     }
 }
 
@@ -161,7 +182,7 @@ void reference_write(test::ReferenceSequences& ref, const std::vector<const Mana
                 token_kv(seqs[i]->salt, seqs[i]->tokens, p, l, 0, k);
                 token_kv(seqs[i]->salt, seqs[i]->tokens, p, l, 1, v);
             }
-        ref.write(ids, counts, l, k, v);
+        ref.write(ids, counts, l, as_stored(k), as_stored(v));
     }
 }
 
@@ -236,21 +257,24 @@ void probe_index(BlockPool& pool, size_t op) {
                         want_v[(h * n + p) * kDim + d] = v[(p * kHeads + h) * kDim + d];
                     }
             const auto kv = probe.gather(id, l);
-            if (!same(kv.first.to_host(), want_k) || !same(kv.second.to_host(), want_v))
+            if (!same(kv.first.to_host(), as_stored(want_k)) ||
+                !same(kv.second.to_host(), as_stored(want_v)))
                 fail("a cached page holds other K/V than its tokens'", op);
         }
         probe.free(id);
     }
 }
 
-// The harness's pool: pages of 1-4 tokens (data[0]) of f16.
+// The harness's pool: pages of 1-4 tokens (data[0] bits 0-1) of f16, int8 or fp8 (bits 4-5).
 PoolConfig fuzz_config(const uint8_t* data, uint64_t blocks) {
+    constexpr DType kDTypes[] = {DType::F16, DType::Int8, DType::FP8E4M3, DType::F16};
+    pool_dtype = kDTypes[(data[0] >> 4) & 3];
     PoolConfig c;
     c.num_layers = kLayers;
     c.num_kv_heads = kHeads;
     c.head_dim = kDim;
     c.block_size = 1 + data[0] % 4;
-    c.dtype = DType::F16;
+    c.dtype = pool_dtype;
     c.num_blocks = blocks;
     return c;
 }
@@ -483,7 +507,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                         cache->update(t, t, layer);
                     else
                         cache->update(t, t, layer, pos);
-                    ref.update(k, k, rows, seq, layer, pos);
+                    const std::vector<float> stored = as_stored(k);
+                    ref.update(stored, stored, rows, seq, layer, pos);
                     break;
                 }
                 case 2: {  // reorder with arbitrary (possibly out-of-range) indices

@@ -138,4 +138,15 @@ inline SnapshotData cached_snapshot(bool with_pages) {
     return s;
 }
 
+// sample_snapshot's pool and caches over quantized pages (dtype Int8 or FP8E4M3, head dims of
+// 4: a block of 2 layers x K and V x 4 slots x (4 codes + a 4-byte scale) = 128 bytes).
+inline SnapshotData quantized_snapshot(DType dtype, bool with_pages) {
+    SnapshotData s = sample_snapshot(false);
+    s.layout.dtype = dtype;
+    s.layout.head_dim = 4;
+    s.layout.v_head_dim = 4;
+    if (with_pages) fill_pages(s, 21);
+    return s;
+}
+
 }  // namespace pagedkv::test

@@ -114,6 +114,30 @@ TEST_CASE("pagedkv-dump prints the pool summary and every row's block table", "[
     CHECK_THAT(r.out, !Catch::Contains("prefix cache"));  // a pool without prefix caching
 }
 
+TEST_CASE("pagedkv-dump shows a quantized pool's codes and scales", "[dump]") {
+    for (DType t : {DType::Int8, DType::FP8E4M3}) {
+        const auto path = scratch().write(std::string("quantized-") + to_string(t) + ".snap",
+                                          encode_snapshot(test::quantized_snapshot(t, true)));
+        const Run r = dump({path.string()});
+        INFO(r.err);
+        REQUIRE(r.status == 0);
+        CHECK_THAT(r.out, Catch::Contains(std::string("head_dim 4, v_head_dim 4, ") + to_string(t) +
+                                          ", 4 tokens a page, 128 B a page"));
+        CHECK_THAT(r.out, Catch::Contains(std::string("quantized  ") + to_string(t) +
+                                          " codes, one f32 scale per token per kv head after "
+                                          "each page's codes (64 B of a block's 128 B are "
+                                          "scales)\n"));
+        const Run j = dump({path.string(), "--json"});
+        REQUIRE(j.status == 0);
+        CHECK_THAT(j.out, Catch::Contains(std::string("\"dtype\": \"") + to_string(t) + "\""));
+        CHECK_THAT(j.out, Catch::Contains("\"scale_bytes\": 4"));
+    }
+    // An unquantized pool has no such line.
+    const auto plain = scratch().write("plain.snap", encode_snapshot(test::sample_snapshot(false)));
+    const Run r = dump({plain.string()});
+    CHECK_THAT(r.out, !Catch::Contains("quantized"));
+}
+
 namespace {
 
 std::string hex(uint64_t h) {

@@ -105,7 +105,8 @@ std::string json_report(const SnapshotView& v) {
                      {"head_dim", l.head_dim},         {"v_head_dim", l.v_head_dim},
                      {"block_size", l.block_size},     {"dtype", to_string(l.dtype)},
                      {"num_blocks", l.num_blocks},     {"max_slab_bytes", l.max_slab_bytes},
-                     {"block_bytes", l.block_bytes()}, {"page_layout", to_string(l.layout)}};
+                     {"block_bytes", l.block_bytes()}, {"page_layout", to_string(l.layout)},
+                     {"scale_bytes", l.scale_bytes()}};
     doc["pool"] = {{"num_blocks", st.num_blocks},
                    {"used_blocks", st.used_blocks},
                    {"free_blocks", st.free_blocks},

@@ -125,6 +125,13 @@ std::string text_report(const SnapshotView& v) {
                      plural(l.num_kv_heads, "kv head", "kv heads"), l.head_dim, l.v_head_dim,
                      to_string(l.dtype), l.block_size, human_bytes(l.block_bytes()),
                      layout_name(l.layout)));
+    if (l.scale_bytes() != 0)
+        line("quantized",
+             fmt::format("{} codes, one f32 scale per token per kv head after each page's codes "
+                         "({} of a block's {} are scales)",
+                         to_string(l.dtype),
+                         human_bytes(2 * l.scale_bytes() * l.page_rows() * l.num_layers),
+                         human_bytes(l.block_bytes())));
     line("pages",
          fmt::format("{} total, {} used, {} free, {} cached, {} shared, peak {}, {} copied "
                      "on write",

@@ -768,6 +768,68 @@ static void test_wrap(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_tensor_destroy(holder);  // the buffer's owner goes last
 }
 
+// A quantized pool through the C API: int8 and fp8 pages, compute_dtype chosen or defaulted,
+// values read back within the quantization error of each row (one scale per row of DIM).
+static void test_quantized(pagedkv_context* ctx) {
+    const pagedkv_dtype kinds[2] = {PAGEDKV_DTYPE_INT8, PAGEDKV_DTYPE_FP8E4M3};
+    for (int q = 0; q < 2; ++q) {
+        pagedkv_pool_config cfg;
+        pagedkv_pool_config_init(&cfg);
+        CHECK(cfg.compute_dtype == PAGEDKV_DTYPE_DEFAULT);
+        cfg.num_layers = LAYERS;
+        cfg.num_kv_heads = HEADS;
+        cfg.head_dim = DIM;
+        cfg.block_size = BLOCK;
+        cfg.num_blocks = 8;
+        cfg.dtype = kinds[q];
+        pagedkv_pool* pool = NULL;
+        OK(pagedkv_pool_create(ctx, &cfg, &pool));
+        pagedkv_dtype compute = PAGEDKV_DTYPE_DEFAULT;
+        OK(pagedkv_pool_compute_dtype(pool, &compute));
+        CHECK(compute == PAGEDKV_DTYPE_F16);
+        pagedkv_pool_stats stats;
+        OK(pagedkv_pool_get_stats(pool, &stats));
+        CHECK(stats.block_bytes == (uint64_t)LAYERS * 2 * HEADS * BLOCK * (DIM + 4));
+        pagedkv_pool_destroy(pool);
+
+        cfg.compute_dtype = PAGEDKV_DTYPE_INT8;
+        FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+              "compute_dtype int8");
+        cfg.compute_dtype = PAGEDKV_DTYPE_F32;
+        OK(pagedkv_pool_create(ctx, &cfg, &pool));
+        OK(pagedkv_pool_compute_dtype(pool, &compute));
+        CHECK(compute == PAGEDKV_DTYPE_F32);
+        pagedkv_cache* cache = NULL;
+        OK(pagedkv_cache_create_dynamic(pool, &cache));
+        append_all(ctx, cache, 1, 0, 5);
+        pagedkv_tensor *k = NULL, *v = NULL;
+        OK(pagedkv_cache_get(cache, 1, &k, &v));
+        pagedkv_dtype got_type = PAGEDKV_DTYPE_DEFAULT;
+        OK(pagedkv_tensor_dtype(k, &got_type));
+        CHECK(got_type == PAGEDKV_DTYPE_F32);
+        float got[HEADS * 5 * DIM];
+        OK(pagedkv_tensor_to_host(k, got, HEADS * 5 * DIM));
+        size_t i = 0, wrong = 0;
+        for (unsigned h = 0; h < HEADS; ++h)
+            for (unsigned p = 0; p < 5; ++p) {
+                // Error bound: half a code step of the row's largest value (int8: amax / 254;
+                // fp8: 1/16 of each value's magnitude, 3 mantissa bits).
+                const float amax = key_at(1, 0, h, p, DIM - 1);
+                for (unsigned d = 0; d < DIM; ++d, ++i) {
+                    const float want = key_at(1, 0, h, p, d);
+                    const float err = got[i] > want ? got[i] - want : want - got[i];
+                    if (err > (q == 0 ? amax / 250.0f : want / 15.0f)) ++wrong;
+                }
+            }
+        CHECK(wrong == 0);
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+        pagedkv_cache_destroy(cache);
+        check_valid(pool);
+        pagedkv_pool_destroy(pool);
+    }
+}
+
 int main(void) {
     test_errors_and_names();
 
@@ -834,6 +896,7 @@ int main(void) {
     test_static(ctx, pool);
     test_sliding_window(ctx, pool);
     test_destroy_order(ctx);
+    test_quantized(ctx);
     test_embedding(ctx, pool);
     test_manager(ctx, pool);
     CHECK(used_blocks(pool) == 0);

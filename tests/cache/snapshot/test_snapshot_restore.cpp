@@ -21,12 +21,12 @@ namespace {
 void write(Context& ctx, KVCache& cache, PoolConfig c, uint32_t batch, uint32_t seq, uint32_t layer,
            std::mt19937& rng, const CachePosition& cp = {}) {
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
-    auto k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, c.dtype);
-    auto v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, c.dtype);
-    cache.update(
-        Tensor::from_host(ctx, k, shape4(batch, c.num_kv_heads, seq, c.head_dim), c.dtype),
-        Tensor::from_host(ctx, v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), c.dtype), layer,
-        cp);
+    const DType t = is_quantized(c.dtype) ? DType::F16 : c.dtype;  // what the tensors hold
+    auto k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, t);
+    auto v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, t);
+    cache.update(Tensor::from_host(ctx, k, shape4(batch, c.num_kv_heads, seq, c.head_dim), t),
+                 Tensor::from_host(ctx, v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), t),
+                 layer, cp);
 }
 
 void require_same_stats(const PoolStats& a, const PoolStats& b) {
@@ -45,8 +45,11 @@ void require_same_stats(const PoolStats& a, const PoolStats& b) {
 
 TEST_CASE("a restored snapshot gives the same K/V, block tables and pool stats",
           "[snapshot][gpu]") {
+    // Quantized pages (codes and scales) travel as bytes: the same K/V after restoring.
+    const DType dtype = GENERATE(DType::F16, DType::Int8, DType::FP8E4M3);
+    INFO("dtype " << to_string(dtype));
     TempFile file("roundtrip.snap");
-    PoolConfig cfg = small_config(DType::F16, 2, 2, 8, 4, 64);
+    PoolConfig cfg = small_config(dtype, 2, 2, 8, 4, 64);
     cfg.max_slab_bytes = 4096;  // 8 blocks a slab: page runs cross slab boundaries
     std::mt19937 rng(11);
     ValidatedContext first;

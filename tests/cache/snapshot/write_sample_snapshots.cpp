@@ -1,6 +1,6 @@
 // Writes the sample snapshots into a directory for the ctest that validates pagedkv-dump --json
 // against its schema: tables only, with page contents, an untouched pool with no caches, and a
-// pool with prefix caching (held and evictable cached pages).
+// pool with prefix caching (held and evictable cached pages), and quantized pools (int8, fp8).
 #include <cstdio>
 #include <filesystem>
 
@@ -28,5 +28,9 @@ int main(int argc, char** argv) {
     write_snapshot_file(dir / "sample-cached.snap", encode_snapshot(test::cached_snapshot(false)));
     write_snapshot_file(dir / "sample-cached-pages.snap",
                         encode_snapshot(test::cached_snapshot(true)));
+    write_snapshot_file(dir / "sample-int8-pages.snap",
+                        encode_snapshot(test::quantized_snapshot(DType::Int8, true)));
+    write_snapshot_file(dir / "sample-fp8.snap",
+                        encode_snapshot(test::quantized_snapshot(DType::FP8E4M3, false)));
     return 0;
 }
