@@ -897,6 +897,152 @@ void bench_prefix(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t s
 
 }  // namespace
 
+// Quantized pages (PoolConfig::dtype Int8 / FP8E4M3) against f16 pages: tokens a GiB holds
+// (scales counted), decode write and decode attention time side by side, and accuracy on a
+// fixed Gaussian set: K, V, Q ~ N(0, 1), written as f32 into an f32 pool (the reference) and
+// into f16, int8 and fp8 pools computing in f32, so that the errors are the pages' alone.
+void bench_quantized(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_t rows,
+                     uint32_t context) {
+    constexpr DType kQuantized[] = {DType::Int8, DType::FP8E4M3};
+    // Memory: a Llama-3-8B-like block (32 layers, 8 kv heads of 128, 16 tokens).
+    auto tokens_per_gib = [&](DType t) {
+        PoolConfig c = layout(32, 1);
+        c.dtype = t;
+        BlockPool pool(ctx, c);
+        return 16.0 * double(1ull << 30) / double(pool.stats().block_bytes);
+    };
+    const double f16_tokens = tokens_per_gib(DType::F16);
+    rep.add("quant_tokens_per_gib_f16", "tokens per GiB, f16 pages", f16_tokens,
+            fmt::format("{:.0f}", f16_tokens), "32 layers x 8 kv heads x 128, K and V");
+    for (DType t : kQuantized) {
+        const double n = tokens_per_gib(t);
+        const std::string name = to_string(t);
+        rep.add("quant_tokens_per_gib_" + name, "tokens per GiB, " + name + " pages", n,
+                fmt::format("{:.0f}", n), "scales counted: 4 bytes per token per kv head");
+        rep.add("quant_tokens_ratio_" + name, name + " / f16 tokens per GiB", n / f16_tokens,
+                fmt::format("{:.3f}x", n / f16_tokens), "same bytes of pool");
+    }
+
+    // Speed: one decode step's write (rows x 1 token x 4 layers, from f16 inputs, overwriting
+    // the last position) and one layer's decode attention (32 query heads), f16 pages against
+    // each quantized dtype, interleaved.
+    constexpr uint32_t kLayers = 4;
+    std::mt19937 rng(6);
+    Tensor prefill = random_tensor(ctx, rng, {rows, 8, context, 128}, DType::F16);
+    Tensor tk = random_tensor(ctx, rng, {rows, 8, 1, 128}, DType::F16);
+    Tensor q = random_tensor(ctx, rng, {rows, 32, 1, 128}, DType::F16);
+    struct Pool {
+        std::unique_ptr<BlockPool> pool;
+        std::unique_ptr<DynamicKVCache> cache;
+    };
+    auto make = [&](DType t) {
+        PoolConfig c = layout(kLayers, uint64_t(rows) * (context / 16 + 2));
+        c.dtype = t;
+        c.compute_dtype = DType::F16;
+        Pool p{std::make_unique<BlockPool>(ctx, c), nullptr};
+        p.cache = std::make_unique<DynamicKVCache>(*p.pool);
+        for (uint32_t l = 0; l < kLayers; ++l)
+            p.cache->write(prefill, prefill, l);
+        return p;
+    };
+    progress(fmt::format("quantized pages: decode write and attention, {} rows x {} tokens", rows,
+                         context));
+    Pool f16 = make(DType::F16);
+    auto write_step = [&](Pool& p) {
+        return [&] {
+            for (uint32_t l = 0; l < kLayers; ++l)
+                p.cache->write(tk, tk, l, int64_t(context - 1));
+        };
+    };
+    auto attend = [&](Pool& p) { return [&] { (void)p.cache->cached_attention(q, 0); }; };
+    for (DType t : kQuantized) {
+        Pool qp = make(t);
+        ctx.synchronize();
+        const std::string name = to_string(t);
+        const Paired w = paired(timer, write_step(f16), write_step(qp));
+        add_paired(rep, "quant_decode_write_" + name + "_over_f16",
+                   "decode write " + name + " / f16", w, false,
+                   fmt::format("{} rows x 8 x 128, {} layers; device {:.0f} vs {:.0f} us, host "
+                               "{:.0f} vs {:.0f} us",
+                               rows, kLayers, w.var_device * 1e6, w.base_device * 1e6,
+                               w.var_host * 1e6, w.base_host * 1e6));
+        const Paired a = paired(timer, attend(f16), attend(qp), 5, 3);
+        add_paired(rep, "quant_attention_" + name + "_over_f16",
+                   "decode attention " + name + " / f16", a, false,
+                   fmt::format("{} rows x {} tokens, 32 q heads; device {:.2f} vs {:.2f} ms, host "
+                               "{:.0f} vs {:.0f} us",
+                               rows, context, a.var_device * 1e3, a.base_device * 1e3,
+                               a.var_host * 1e6, a.base_host * 1e6));
+    }
+
+    // Accuracy on the Gaussian set.
+    progress("quantized pages: accuracy on a Gaussian K/V/Q set");
+    std::mt19937 g(20261202);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    auto gaussian = [&](std::vector<int64_t> shape) {
+        int64_t n = 1;
+        for (int64_t d : shape)
+            n *= d;
+        std::vector<float> v(static_cast<size_t>(n));
+        for (float& x : v)
+            x = normal(g);
+        return Tensor::from_host(ctx, v, std::move(shape), DType::F32);
+    };
+    const int64_t r = rows, n = context;
+    const Tensor gk = gaussian({r, 8, n, 128}), gv = gaussian({r, 8, n, 128});
+    const Tensor gq = gaussian({r, 32, 1, 128});
+    struct Out {
+        std::vector<float> k, v, attention;
+    };
+    auto run = [&](DType t) {
+        PoolConfig c = layout(1, uint64_t(rows) * (context / 16 + 1));
+        c.dtype = t;
+        c.compute_dtype = DType::F32;
+        BlockPool pool(ctx, c);
+        DynamicKVCache cache(pool);
+        cache.write(gk, gv, 0);
+        const auto kv = cache.get(0);
+        return Out{kv->first.to_host(), kv->second.to_host(),
+                   cache.cached_attention(gq, 0).to_host()};
+    };
+    const Out ref = run(DType::F32);
+    struct Err {
+        double max = 0, mean = 0, rel = 0;  // rel: mean |error| / mean |reference|
+    };
+    auto error = [](const std::vector<float>& got, const std::vector<float>& want) {
+        Err e;
+        double sum_ref = 0;
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double d = std::fabs(double(got[i]) - double(want[i]));
+            e.max = std::max(e.max, d);
+            e.mean += d;
+            sum_ref += std::fabs(double(want[i]));
+        }
+        e.rel = e.mean / sum_ref;
+        e.mean /= double(want.size());
+        return e;
+    };
+    for (DType t : {DType::F16, DType::Int8, DType::FP8E4M3}) {
+        const Out o = run(t);
+        const std::string name = to_string(t);
+        std::vector<float> got_kv = o.k, want_kv = ref.k;
+        got_kv.insert(got_kv.end(), o.v.begin(), o.v.end());
+        want_kv.insert(want_kv.end(), ref.v.begin(), ref.v.end());
+        const Err kv = error(got_kv, want_kv), at = error(o.attention, ref.attention);
+        rep.add("quant_kv_max_abs_error_" + name, "K/V max abs error, " + name, kv.max,
+                fmt::format("{:.2e}", kv.max),
+                fmt::format("mean {:.2e}; N(0,1) K/V, {} rows x {} tokens x 8 x 128, vs f32",
+                            kv.mean, rows, context));
+        rep.json["quant_kv_mean_abs_error_" + name] = kv.mean;
+        rep.add("quant_attention_rel_error_" + name, "attention rel. error, " + name, at.rel,
+                fmt::format("{:.2e}", at.rel),
+                fmt::format("mean |err| / mean |f32 output|; max abs {:.2e}, mean abs {:.2e}",
+                            at.max, at.mean));
+        rep.json["quant_attention_max_abs_error_" + name] = at.max;
+        rep.json["quant_attention_mean_abs_error_" + name] = at.mean;
+    }
+}
+
 void write_file(const std::string& path, const std::string& text) {
     std::FILE* f = std::fopen(path.c_str(), "wb");
     if (!f) throw std::runtime_error("cannot write " + path);
@@ -910,7 +1056,7 @@ int main(int argc, char** argv) {
     uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24, prefix_steps = 8;
     const std::vector<std::string> sections{"prefill",   "decode",    "layouts", "page-copy",
                                             "attention", "allocator", "gather",  "memory",
-                                            "beams",     "serve",     "prefix"};
+                                            "beams",     "serve",     "prefix",  "quant"};
     std::vector<std::string> only;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
@@ -993,6 +1139,7 @@ int main(int argc, char** argv) {
         if (want("beams")) bench_beams(ctx, rep);
         if (want("serve")) bench_serve(ctx, timer, rep, serve_steps);
         if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
+        if (want("quant")) bench_quantized(ctx, timer, rep, attention_rows, attention_context);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
