@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "reference_quant.hpp"
 #include "reference_sequences.hpp"
 
 namespace pagedkv::serve {
@@ -149,6 +150,7 @@ Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, Engine
       mgr_(pool, mopt),
       opt_(opt),
       cfg_(pool.config()),
+      io_(is_quantized(cfg_.dtype) ? *cfg_.compute_dtype : cfg_.dtype),
       q_heads_(opt.q_heads ? opt.q_heads : 2 * pool.config().num_kv_heads),
       trace_(std::move(trace)),
       rng_(uint32_t(opt.seed)),
@@ -234,7 +236,7 @@ void Engine::kv_of(const Seq& s, size_t from, size_t n, uint32_t layer, std::vec
     const size_t vn = size_t(cfg_.num_kv_heads) * cfg_.v_head_dim;
     auto draw = [&](uint64_t& x) {
         x = mix64(x);
-        return round_to(cfg_.dtype, float(double(x >> 40) * 0x1p-24 * 4.0 - 2.0));
+        return round_to(io_, float(double(x >> 40) * 0x1p-24 * 4.0 - 2.0));
     };
     for (size_t p = from; p < from + n; ++p) {
         uint64_t x = mix64(s.chain[p] ^ (uint64_t(layer + 1) * 0x9e3779b97f4a7c15ull));
@@ -251,6 +253,11 @@ const EngineStats& Engine::run(uint64_t max_steps) {
     return stats_;
 }
 
+std::vector<float> Engine::stored(const std::vector<float>& x, uint32_t dim) const {
+    if (!is_quantized(cfg_.dtype)) return x;
+    return test::quantize_rows(cfg_.dtype, io_, x, dim);
+}
+
 void Engine::mismatch(std::string what) {
     if (stats_.first_mismatch.empty()) stats_.first_mismatch = std::move(what);
 }
@@ -264,9 +271,8 @@ const Tensor& Engine::input(char kind, uint32_t tokens, uint32_t heads, uint32_t
         std::uniform_real_distribution<float> d(-2.0f, 2.0f);
         std::vector<float> v(size_t(tokens) * heads * dim);
         for (float& x : v)
-            x = round_to(cfg_.dtype, d(values_rng_));
-        it = cached_inputs_
-                 .emplace(key, Tensor::from_host(ctx_, v, {tokens, heads, dim}, cfg_.dtype))
+            x = round_to(io_, d(values_rng_));
+        it = cached_inputs_.emplace(key, Tensor::from_host(ctx_, v, {tokens, heads, dim}, io_))
                  .first;
     }
     return it->second;
@@ -428,7 +434,7 @@ bool Engine::step() {
                 for (uint32_t l = 0; l < cfg_.num_layers; ++l) {
                     std::vector<float> k, v;
                     kv_of(g.seqs.back(), 0, hit, l, k, v);
-                    ref_->write(one, n, l, k, v);
+                    ref_->write(one, n, l, stored(k, cfg_.head_dim), stored(v, cfg_.v_head_dim));
                 }
                 ++stats_.shared_page_checks;
                 check_kv(id, "admitted, sharing cached pages");
@@ -495,7 +501,7 @@ bool Engine::step() {
     auto random = [&](size_t n) {
         std::vector<float> v(n);
         for (float& x : v)
-            x = round_to(cfg_.dtype, vals(values_rng_));
+            x = round_to(io_, vals(values_rng_));
         return v;
     };
     const std::vector<uint64_t> ids64(ids.begin(), ids.end());
@@ -507,12 +513,12 @@ bool Engine::step() {
             v.reserve(size_t(T) * H * DV);
             for (size_t i = 0; i < work.size(); ++i)
                 kv_of(running_[work[i].group].seqs[work[i].seq], firsts[i], work[i].count, l, k, v);
-            mgr_.write(st, l, Tensor::from_host(ctx_, k, {T, H, D}, cfg_.dtype),
-                       Tensor::from_host(ctx_, v, {T, H, DV}, cfg_.dtype));
-            ref_->write(ids64, counts, l, k, v);
+            mgr_.write(st, l, Tensor::from_host(ctx_, k, {T, H, D}, io_),
+                       Tensor::from_host(ctx_, v, {T, H, DV}, io_));
+            ref_->write(ids64, counts, l, stored(k, D), stored(v, DV));
             host_q_[l] = random(size_t(T) * q_heads_ * D);
-            outs.push_back(mgr_.attention(
-                st, l, Tensor::from_host(ctx_, host_q_[l], {T, q_heads_, D}, cfg_.dtype)));
+            outs.push_back(
+                mgr_.attention(st, l, Tensor::from_host(ctx_, host_q_[l], {T, q_heads_, D}, io_)));
         } else {
             mgr_.write(st, l, input('k', T, H, D), input('v', T, H, DV));
             outs.push_back(mgr_.attention(st, l, input('q', T, q_heads_, D)));
@@ -550,7 +556,9 @@ bool Engine::step() {
 
     if (ref_) {
         const float scale = 1.0f / std::sqrt(float(D));
-        const double tol = tolerance(cfg_.dtype);
+        // Against the reference's stored (for quantized pages: dequantized) K/V, in the dtype
+        // the output comes in.
+        const double tol = tolerance(io_);
         for (uint32_t l = 0; l < cfg_.num_layers; ++l) {
             const std::vector<float> got = outs[l].to_host();
             uint32_t t = 0;

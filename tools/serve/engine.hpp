@@ -202,6 +202,8 @@ class Engine {
     void check_kv(SeqId id, const char* when);
     void finish_seq(Group& g, size_t i);
     void mismatch(std::string what);
+    // What the pool stores for rows of `dim` values (themselves, or quantized and back).
+    std::vector<float> stored(const std::vector<float>& x, uint32_t dim) const;
     const Tensor& input(char kind, uint32_t tokens, uint32_t heads, uint32_t dim);
 
     Context& ctx_;
@@ -209,6 +211,8 @@ class Engine {
     KVManager mgr_;
     EngineOptions opt_;
     PoolConfig cfg_;
+    // What the step's tensors hold: the pool's dtype, or the compute dtype of quantized pages.
+    DType io_;
     uint32_t q_heads_;
     std::vector<Request> trace_;
     std::set<std::pair<uint64_t, size_t>> pending_;  // (arrival step, index): still to arrive

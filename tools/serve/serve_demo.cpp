@@ -14,6 +14,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <string>
 
 #include "engine.hpp"
 #include "serve_demo.hpp"
@@ -22,13 +24,13 @@ namespace pagedkv::serve {
 
 namespace {
 
-PoolConfig demo_config(uint32_t layers, uint64_t pages) {
+PoolConfig demo_config(uint32_t layers, uint64_t pages, DType dtype) {
     PoolConfig cfg;
     cfg.num_layers = layers;
     cfg.num_kv_heads = 2;
     cfg.head_dim = 32;
     cfg.block_size = 16;
-    cfg.dtype = DType::F16;
+    cfg.dtype = dtype;
     cfg.num_blocks = pages;
     return cfg;
 }
@@ -43,7 +45,7 @@ double oracle_prefill_ratio(const EngineStats& s) {
 }
 
 int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_t layers,
-                       std::vector<double> shares) {
+                       std::vector<double> shares, DType dtype) {
     const auto t0 = std::chrono::steady_clock::now();
     Context ctx = Context::create();
     const std::vector<Request> trace = make_shared_prefix_trace(sp);
@@ -53,7 +55,7 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
     opt.check = true;
     opt.oracle = true;
     opt.q_heads = 4;
-    const PoolConfig base = demo_config(layers, 0);
+    const PoolConfig base = demo_config(layers, 0, dtype);
     ManagerOptions mopt;
     mopt.prefix_caching = true;
     const uint64_t ws = working_set(ctx, base, trace, opt);
@@ -75,7 +77,7 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
     uint64_t smaller_evictions = 0, smaller_runs = 0;
     for (double share : shares) {
         const uint64_t pages = pool_for_share(ws, share, mopt.watermark, least);
-        BlockPool pool(ctx, demo_config(layers, pages));
+        BlockPool pool(ctx, demo_config(layers, pages, dtype));
         Engine engine(ctx, pool, trace, opt, mopt);
         const EngineStats& s = engine.run();
         ctx.synchronize();
@@ -153,6 +155,7 @@ int serve_main(int argc, char** argv) {
     trace.max_prompt = 192;
     trace.max_output = 48;
     bool prefix_caching = false, shared = false;
+    DType dtype = DType::F16;
     SharedPrefixOptions sp;
     // A couple of minutes on lavapipe with every check (pagedkv-bench runs 1024 x 64 unchecked).
     sp.system_prompt = 256;
@@ -204,6 +207,17 @@ int serve_main(int argc, char** argv) {
         ->check(CLI::Range(0.001, 100.0));
     pages_opt->excludes(shared_opt);
     ranged("--layers", layers, "layers (--shared-prefix: 2 unless given)", 1u, 256u);
+    const std::map<std::string, DType> dtypes{{"f32", DType::F32},
+                                              {"f16", DType::F16},
+                                              {"bf16", DType::BF16},
+                                              {"int8", DType::Int8},
+                                              {"fp8e4m3", DType::FP8E4M3}};
+    std::string dtype_name = "f16";
+    app.add_option("--dtype", dtype_name,
+                   "what the pages hold: f32, f16, bf16, or int8 / fp8e4m3 (quantized; the "
+                   "step's tensors in f16)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "int8", "fp8e4m3"}));
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help
@@ -213,16 +227,17 @@ int serve_main(int argc, char** argv) {
                    e.what());
         return 2;
     }
+    dtype = dtypes.at(dtype_name);
     try {
         if (shared) {
             sp.seed = trace.seed;
             if (sp.max_turns < sp.min_turns) sp.max_turns = sp.min_turns;
             if (app.count("--layers") == 0) layers = 2;
-            return shared_prefix_main(sp, opt, layers, shares);
+            return shared_prefix_main(sp, opt, layers, shares, dtype);
         }
         const auto t0 = std::chrono::steady_clock::now();
         Context ctx = Context::create();
-        const PoolConfig cfg = demo_config(layers, pages);
+        const PoolConfig cfg = demo_config(layers, pages, dtype);
         BlockPool pool(ctx, cfg);
         opt.check = true;
         opt.oracle = prefix_caching;
