@@ -68,12 +68,7 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
     const Device::Pipeline& pipe = dev.pipeline("quant_rows", kQuantRows, sizeof(PushConstants));
     Batches& batches = dev.batches();
     PushConstants pc{};
-    if (op.entries_buffer) {
-        pc.entries = op.entries_buffer->address() + op.entries_offset;
-        batches.keep_alive(op.entries_buffer->shared_from_this());
-    } else {
-        pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
-    }
+    pc.entries = entries_address(batches, op.entries, op.entries_buffer, op.entries_offset);
     pc.tensor = op.tensor->address();
     pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
     pc.page_offset = op.page_offset;
@@ -90,13 +85,7 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
     pc.tensor_type = static_cast<uint32_t>(op.tensor_dtype);
     pc.quant_type = static_cast<uint32_t>(f.dtype);
 
-    VkCommandBuffer cmd;
-    if (op.gather)
-        cmd = op.tensor2 ? batches.record({&pages}, {op.tensor, op.tensor2})
-                         : batches.record({&pages}, {op.tensor});
-    else
-        cmd = op.tensor2 ? batches.record({op.tensor, op.tensor2}, {&pages})
-                         : batches.record({op.tensor}, {&pages});
+    VkCommandBuffer cmd = record_rows(batches, pages, op.tensor, op.tensor2, op.gather);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe.pipeline);
     vkCmdPushConstants(cmd, pipe.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
     const uint64_t groups =

@@ -51,15 +51,6 @@ static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guarant
 constexpr uint32_t kMaxGroups = 65535;
 constexpr uint32_t kNoShift = 0xFFFFFFFFu;
 
-// Opens the command of op: reads the tensors and writes the pages (scatter), or the reverse.
-VkCommandBuffer record_op(Batches& batches, PageSlabs& pages, const RowCopy& op) {
-    if (op.gather)
-        return op.tensor2 ? batches.record({&pages}, {op.tensor, op.tensor2})
-                          : batches.record({&pages}, {op.tensor});
-    return op.tensor2 ? batches.record({op.tensor, op.tensor2}, {&pages})
-                      : batches.record({op.tensor}, {&pages});
-}
-
 uint32_t log2_or_none(uint32_t v) {
     if (v == 0 || (v & (v - 1)) != 0) return kNoShift;
     uint32_t s = 0;
@@ -69,6 +60,22 @@ uint32_t log2_or_none(uint32_t v) {
 }
 
 }  // namespace
+
+uint64_t entries_address(Batches& batches, std::span<const RowEntry> entries,
+                         Buffer* entries_buffer, uint64_t entries_offset) {
+    if (!entries_buffer) return batches.upload(entries.data(), entries.size_bytes());
+    batches.keep_alive(entries_buffer->shared_from_this());
+    return entries_buffer->address() + entries_offset;
+}
+
+VkCommandBuffer record_rows(Batches& batches, PageSlabs& pages, Buffer* tensor, Buffer* tensor2,
+                            bool gather) {
+    if (gather)
+        return tensor2 ? batches.record({&pages}, {tensor, tensor2})
+                       : batches.record({&pages}, {tensor});
+    return tensor2 ? batches.record({tensor, tensor2}, {&pages})
+                   : batches.record({tensor}, {&pages});
+}
 
 void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
     if (op.entries.empty() || op.heads == 0 || op.row_bytes == 0) return;
@@ -112,12 +119,7 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
 
     Batches& batches = dev.batches();
     PushConstants pc{};
-    if (op.entries_buffer) {
-        pc.entries = op.entries_buffer->address() + op.entries_offset;
-        batches.keep_alive(op.entries_buffer->shared_from_this());
-    } else {
-        pc.entries = batches.upload(op.entries.data(), op.entries.size_bytes());
-    }
+    pc.entries = entries_address(batches, op.entries, op.entries_buffer, op.entries_offset);
     pc.tensor = op.tensor->address();
     pc.tensor2 = op.tensor2 ? op.tensor2->address() : 0;
     pc.page_offset2 = op.page_offset2;
@@ -137,7 +139,7 @@ void record_row_copy_shader(Device& dev, PageSlabs& pages, const RowCopy& op) {
     pc.block_shift = log2_or_none(layout.block_size);
     const uint64_t threads = uint64_t(op.entries.size()) * pc.units;
 
-    VkCommandBuffer cmd = record_op(batches, pages, op);
+    VkCommandBuffer cmd = record_rows(batches, pages, op.tensor, op.tensor2, op.gather);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe->pipeline);
     vkCmdPushConstants(cmd, pipe->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
     const uint64_t groups =
@@ -256,7 +258,7 @@ void record_row_copy_commands(Device& dev, PageSlabs& pages, const RowCopy& op) 
     }
     dev.counters().copy_regions += regions.size();
     Batches& batches = dev.batches();
-    VkCommandBuffer cmd = record_op(batches, pages, op);
+    VkCommandBuffer cmd = record_rows(batches, pages, op.tensor, op.tensor2, op.gather);
     // Regions go in chunks: the validation layer checks the regions of one call against each
     // other, so one call with thousands of regions costs it quadratic time.
     constexpr size_t kRegionsPerCall = 128;

@@ -41,6 +41,17 @@ struct RowCopy {
     uint64_t entries_offset = 0;
 };
 
+class Batches;
+
+// What the row kernels share: the device address of the entries (already in device-readable
+// memory: kept alive until the batch ends; else uploaded now), and the command buffer of a copy
+// between tensors and pages (a scatter reads the tensors and writes the pages, a gather the
+// reverse).
+uint64_t entries_address(Batches& batches, std::span<const RowEntry> entries,
+                         Buffer* entries_buffer, uint64_t entries_offset);
+VkCommandBuffer record_rows(Batches& batches, PageSlabs& pages, Buffer* tensor, Buffer* tensor2,
+                            bool gather);
+
 // Records op on the device's chosen byte path (shader, or copy commands where the layout
 // allows: rows of a whole number of 4-byte words).
 void record_row_copy(Device& dev, PageSlabs& pages, const RowCopy& op);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "pagedkv/pagedkv.hpp"
@@ -32,6 +33,7 @@ PoolConfig tiny(DType dtype, uint64_t blocks, uint32_t v_head_dim = 0) {
 // the pages are not all alike.
 void append(Context& ctx, PagedKVCache& cache, uint32_t rows, int64_t tokens, float base) {
     const PoolConfig& c = cache.pool().config();
+    const DType t = *c.compute_dtype;  // what the tensors hold (f16 for quantized pages)
     for (uint32_t l = 0; l < c.num_layers; ++l) {
         std::vector<float> k(size_t(rows) * c.num_kv_heads * tokens * c.head_dim),
             v(size_t(rows) * c.num_kv_heads * tokens * c.v_head_dim);
@@ -39,9 +41,8 @@ void append(Context& ctx, PagedKVCache& cache, uint32_t rows, int64_t tokens, fl
             k[i] = base + 0.125f * float(i % 32) + float(l);
         for (size_t i = 0; i < v.size(); ++i)
             v[i] = -base - 0.25f * float(i % 16);
-        cache.update(
-            Tensor::from_host(ctx, k, {rows, c.num_kv_heads, tokens, c.head_dim}, c.dtype),
-            Tensor::from_host(ctx, v, {rows, c.num_kv_heads, tokens, c.v_head_dim}, c.dtype), l);
+        cache.update(Tensor::from_host(ctx, k, {rows, c.num_kv_heads, tokens, c.head_dim}, t),
+                     Tensor::from_host(ctx, v, {rows, c.num_kv_heads, tokens, c.v_head_dim}, t), l);
     }
 }
 
@@ -152,6 +153,16 @@ int main(int argc, char** argv) {
         prefill(ctx, m, c, std::span(p).first(5), 11.0f);
         m.free(a);
         save(dir / "prefix-cached-f16.snap", pool, m);
+    }
+    {  // quantized pages (codes, then a scale per row), int8 and fp8, with copy-on-write
+        for (DType t : {DType::Int8, DType::FP8E4M3}) {
+            BlockPool pool(ctx, tiny(t, 10));
+            DynamicKVCache cache(pool);
+            append(ctx, cache, 1, 5, 12.0f);
+            cache.batch_repeat_interleave(2);
+            append(ctx, cache, 2, 1, 13.0f);
+            save(dir / (std::string("quantized-") + to_string(t) + ".snap"), pool, {&cache});
+        }
     }
     {  // a pool with no caches: every block free, an empty PAGE section
         BlockPool pool(ctx, tiny(DType::F32, 4));
