@@ -750,16 +750,20 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
     shape.batch = s.total;
     shape.q_heads = uint32_t(query.shape()[1]);
     shape.kv = m.ps->format;
+    // The query in the dtype the shader reads (a float pool's own, a quantized pool's compute
+    // dtype); the output in the compute dtype.
+    shape.io = is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     return host_memory_guard(op, [&] {
-        const Tensor q = detail::converted(query, c.dtype);
+        const Tensor q = detail::converted(query, shape.io);
         Tensor out = detail::Access::empty_tensor(
             m.ps->device, {int64_t(s.total), int64_t(shape.q_heads), int64_t(c.v_head_dim)},
-            c.dtype);
+            shape.io);
         detail::record_paged_attention(*m.ps->device, shape, detail::Access::buffer(q),
                                        detail::Access::buffer(out), *m.ps->pages, layer, *s.buffer,
                                        s.rows_offset, s.max_len);
+        if (shape.io != *c.compute_dtype) return detail::converted(out, *c.compute_dtype);
         return out;
     });
 }

@@ -152,16 +152,20 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     shape.batch = st.batch;
     shape.q_heads = uint32_t(query.shape()[1]);
     shape.kv = st.ps->format;
+    // The shader reads a float pool's query in the pool's dtype, a quantized pool's in its
+    // compute dtype; a query of another float dtype is converted to that.
+    shape.io = is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     const Csr csr = build_csr(st, layer);
-    // A query of another float dtype is converted to the pool's (the shader reads one dtype).
-    const Tensor q = detail::converted(query, c.dtype);
+    const Tensor q = detail::converted(query, shape.io);
     Tensor out = detail::Access::empty_tensor(
-        st.ps->device, {shape.batch, shape.q_heads, 1, c.v_head_dim}, c.dtype);
+        st.ps->device, {shape.batch, shape.q_heads, 1, c.v_head_dim}, shape.io);
     detail::record_paged_attention(*st.ps->device, shape, detail::Access::buffer(q),
                                    detail::Access::buffer(out), *st.ps->pages, layer,
                                    {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
+    // The output is in the compute dtype (a float pool's own dtype unless configured otherwise).
+    if (shape.io != *c.compute_dtype) return detail::converted(out, *c.compute_dtype);
     return out;
 }
 
@@ -198,6 +202,7 @@ Tensor contiguous_attention(const Tensor& query, const Tensor& k, const Tensor& 
     shape.kv.head_dim = uint32_t(ks[3]);
     shape.kv.v_head_dim = uint32_t(v.shape()[3]);
     shape.kv.dtype = k.dtype();
+    shape.io = k.dtype();
     shape.scale = default_scale(scale, shape.kv.head_dim);
     check_attention_shape(shape, op);
     Tensor out = Access::empty_tensor(Access::device_ptr(k),

@@ -155,8 +155,8 @@ class PAGEDKV_API KVManager {
     // Causal attention over the step: q is (total_tokens, q_heads, head_dim), q_heads a
     // multiple of kv_heads (GQA); each new token attends to its sequence's tokens up to and
     // including itself, read from the pages (prefill, chunked prefill and decode in one call).
-    // Returns (total_tokens, q_heads, v_head_dim) in the pool's dtype; scale <= 0 means
-    // 1 / sqrt(head_dim). Accumulates in f32.
+    // Returns (total_tokens, q_heads, v_head_dim) in the pool's compute dtype; scale <= 0
+    // means 1 / sqrt(head_dim). Accumulates in f32 (quantized pages are read directly).
     Tensor attention(const Step& step, uint32_t layer, const Tensor& query, float scale = 0.0f);
     // Ends the step (the Step destructor does the same): with prefix caching, registers the
     // pages it filled; pages it reserved but no token used (lookahead) stay reserved.

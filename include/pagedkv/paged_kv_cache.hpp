@@ -54,11 +54,13 @@ class PAGEDKV_API PagedKVCache : public KVCache {
     PagedView paged_view(uint32_t layer_idx) const;
 
     // Decode attention straight from the pages (shaders/kernels/paged_attention.comp): query is
-    // (batch, q_heads, 1, head_dim) in the pool's dtype (F32, F16 or BF16), q_heads a multiple of
-    // the pool's kv heads (GQA: query head h reads kv head h / (q_heads / kv_heads)). Each
-    // row's query attends to every token the row holds in this layer; returns
-    // softmax(q k^T * scale) v as (batch, q_heads, 1, v_head_dim) in the same dtype, zeros for
-    // a row without tokens. scale <= 0 means 1 / sqrt(head_dim). Accumulates in f32.
+    // (batch, q_heads, 1, head_dim) of any float dtype (converted to the pool's, or for a
+    // quantized pool to its compute dtype), q_heads a multiple of the pool's kv heads (GQA:
+    // query head h reads kv head h / (q_heads / kv_heads)). Each row's query attends to every
+    // token the row holds in this layer; returns softmax(q k^T * scale) v as
+    // (batch, q_heads, 1, v_head_dim) in the pool's compute dtype, zeros for a row without
+    // tokens. scale <= 0 means 1 / sqrt(head_dim). Accumulates in f32; quantized pages (Int8,
+    // FP8E4M3) are read directly, each score and value scaled by its row's scale.
     Tensor cached_attention(const Tensor& query, uint32_t layer_idx, float scale = 0.0f) const;
 
     // The pool; InvalidArgument when it was destroyed before this cache (a misuse).

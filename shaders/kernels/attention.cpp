@@ -59,15 +59,30 @@ constexpr uint32_t k_bf16_contiguous_subgroup[] = {
 constexpr uint32_t k_bf16_reduce[] = {
 #include "spirv/paged_attention_bf16_reduce.inc"
 };
+constexpr uint32_t k_int8_paged[] = {
+#include "spirv/paged_attention_int8_paged.inc"
+};
+constexpr uint32_t k_int8_paged_subgroup[] = {
+#include "spirv/paged_attention_int8_paged_subgroup.inc"
+};
+constexpr uint32_t k_fp8_paged[] = {
+#include "spirv/paged_attention_fp8_paged.inc"
+};
+constexpr uint32_t k_fp8_paged_subgroup[] = {
+#include "spirv/paged_attention_fp8_paged_subgroup.inc"
+};
 
 // Limits of paged_attention.comp (MAX_WORDS, MAX_G, Q_FLOATS, K_S_WORDS, the workgroup size).
 constexpr uint32_t kMaxWords = 256;
+constexpr uint32_t kQuantMaxWords = 64;  // quantized pages: 4 codes a word, head dims <= 256
 constexpr uint32_t kMaxGroupHeads = 8;
 constexpr uint32_t kQFloats = 2048;
 constexpr uint32_t kKSharedWords = 4160;
 constexpr uint32_t kTile = 64;
 constexpr uint32_t kSharedBytes =
     (kQFloats + kKSharedWords + 2 * kMaxGroupHeads * kTile) * 4 + kTile * 8;
+// Quantized pages also stage each tile token's K and V scales; FP8 adds its 256-entry table.
+constexpr uint32_t kQuantSharedBytes = kSharedBytes + 2 * kTile * 4 + 256 * 4;
 constexpr uint32_t kMaxGroups = 65535;
 
 // The split rule (flash-decoding): a decode step of few rows x kv heads leaves most of a GPU
@@ -88,8 +103,7 @@ struct PushConstants {
     uint64_t table;
     uint64_t scratch;
     PageAddressing pages;
-    uint32_t batch;
-    uint32_t q_heads;
+    uint32_t q_heads;  // (the rows are the dispatch's y)
     uint32_t kv_heads;
     uint32_t k_words;
     uint32_t v_words;
@@ -98,7 +112,9 @@ struct PushConstants {
     uint32_t chunk;
     uint32_t tile;
     uint32_t group;
-    uint32_t quads;
+    uint32_t flags;     // bit 0: uvec4 K loads; quantized pages: the io dtype's DT_ code << 1
+    uint32_t k_scales;  // quantized pages: PageFormat::scales_offset(false)
+    uint32_t v_scales;  // ... and (true)
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
@@ -108,9 +124,36 @@ uint32_t words(uint32_t dim, DType t) {
 
 enum class Kind { Paged, Contiguous, Reduce };
 
+// float_bits.glsl's DT_ codes.
+uint32_t dt_code(DType t) {
+    switch (t) {
+        case DType::F32:
+            return 0;
+        case DType::F16:
+            return 1;
+        case DType::BF16:
+            return 2;
+        case DType::Int8:
+            return 3;
+        case DType::FP8E4M3:
+            return 4;
+    }
+    return 0;
+}
+
 const Device::Pipeline& pipeline(Device& dev, DType t, Kind kind) {
     const size_t size = sizeof(PushConstants);
     const bool sub = dev.has_subgroup_arithmetic() && !dev.attention_paths().no_subgroups;
+    if (is_quantized(t)) {  // paged only; the reduction is the io dtype's
+        if (kind != Kind::Paged)
+            throw Error(ErrorCode::Unsupported,
+                        fmt::format("attention: no contiguous shader for dtype {}", to_string(t)));
+        if (t == DType::Int8)
+            return sub ? dev.pipeline("attention_int8_paged_sg", k_int8_paged_subgroup, size)
+                       : dev.pipeline("attention_int8_paged", k_int8_paged, size);
+        return sub ? dev.pipeline("attention_fp8_paged_sg", k_fp8_paged_subgroup, size)
+                   : dev.pipeline("attention_fp8_paged", k_fp8_paged, size);
+    }
     struct Variant {
         const char* name;
         std::span<const uint32_t> spirv;
@@ -161,16 +204,17 @@ struct Plan {
 
 Plan plan(const Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
           uint32_t max_len) {
-    if (dev.properties().limits.maxComputeSharedMemorySize < kSharedBytes)
+    const bool quant = is_quantized(s.kv.dtype);
+    const uint32_t shared = quant ? kQuantSharedBytes : kSharedBytes;
+    if (dev.properties().limits.maxComputeSharedMemorySize < shared)
         throw Error(ErrorCode::Unsupported,
                     fmt::format("attention: the shader needs {} bytes of shared memory, the "
                                 "device offers {}",
-                                kSharedBytes, dev.properties().limits.maxComputeSharedMemorySize));
+                                shared, dev.properties().limits.maxComputeSharedMemorySize));
     Plan pl;
     PushConstants& pc = pl.pc;
     pc.q = query.address();
     pc.out = out.address();
-    pc.batch = s.batch;
     pc.q_heads = s.q_heads;
     pc.kv_heads = s.kv.num_kv_heads;
     pc.k_words = words(s.kv.head_dim, s.kv.dtype);
@@ -203,7 +247,14 @@ Plan plan(const Device& dev, const AttentionShape& s, Buffer& query, Buffer& out
         pc.chunk = 0;
     } else {
         pc.chunk = uint32_t(chunk);
-        pl.scratch_bytes = uint64_t(s.batch) * s.q_heads * pl.chunks * (2 + 2 * pc.v_words) * 4;
+        // Partials are laid out for the reduction of the output's dtype (its words).
+        pl.scratch_bytes = uint64_t(s.batch) * s.q_heads * pl.chunks *
+                           (2 + 2 * uint64_t(words(s.kv.v_head_dim, s.io))) * 4;
+    }
+    if (quant) {
+        pc.flags = dt_code(s.io) << 1;
+        pc.k_scales = uint32_t(s.kv.scales_offset(false));  // check_attention_shape: fits
+        pc.v_scales = uint32_t(s.kv.scales_offset(true));
     }
     return pl;
 }
@@ -222,7 +273,7 @@ void run(Device& dev, const AttentionShape& s, Kind kind, const Plan& pl,
          const std::shared_ptr<Buffer>& scratch, std::initializer_list<Resource*> reads,
          Buffer& out) {
     const Device::Pipeline& pipe = pipeline(dev, s.kv.dtype, kind);
-    const Device::Pipeline& reduce = pipeline(dev, s.kv.dtype, Kind::Reduce);
+    const Device::Pipeline& reduce = pipeline(dev, s.io, Kind::Reduce);
     Batches& batches = dev.batches();
     VkCommandBuffer cmd = batches.record(reads, {scratch ? scratch.get() : &out});
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe.pipeline);
@@ -231,7 +282,8 @@ void run(Device& dev, const AttentionShape& s, Kind kind, const Plan& pl,
     ++dev.counters().dispatches;
     if (!scratch) return;
     PushConstants rc = pl.pc;
-    rc.chunk = pl.chunks;  // REDUCE: chunks per row
+    rc.chunk = pl.chunks;                       // REDUCE: chunks per row
+    rc.v_words = words(s.kv.v_head_dim, s.io);  // ... of output words
     cmd = batches.record({scratch.get()}, {&out});
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, reduce.pipeline);
     vkCmdPushConstants(cmd, reduce.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(rc), &rc);
@@ -246,18 +298,30 @@ void check_attention_shape(const AttentionShape& s, const char* op) {
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("{}: query has {} heads, not a multiple of the {} kv heads", op,
                                 s.q_heads, s.kv.num_kv_heads));
+    const bool quant = is_quantized(s.kv.dtype);
+    if (!is_float_dtype(s.io) || (!quant && s.io != s.kv.dtype))
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("{}: the attention shader cannot read a {} query against {} K/V",
+                                op, to_string(s.io), to_string(s.kv.dtype)));
     const uint64_t elem = dtype_size(s.kv.dtype);
+    const uint32_t max_words = quant ? kQuantMaxWords : kMaxWords;
     for (uint32_t dim : {s.kv.head_dim, s.kv.v_head_dim}) {
         if (dim * elem % 4 != 0)
             throw Error(ErrorCode::Unsupported,
                         fmt::format("{}: the attention shader reads 32-bit words; head dim {} of "
-                                    "{} is not a whole number of them (use an even head dim)",
-                                    op, dim, to_string(s.kv.dtype)));
-        if (dim * elem / 4 > kMaxWords)
+                                    "{} is not a whole number of them (use {})",
+                                    op, dim, to_string(s.kv.dtype),
+                                    quant ? "a multiple of 4" : "an even head dim"));
+        if (dim * elem / 4 > max_words)
             throw Error(ErrorCode::Unsupported,
                         fmt::format("{}: head dim {} of {} exceeds the shader's {} bytes a row", op,
-                                    dim, to_string(s.kv.dtype), kMaxWords * 4));
+                                    dim, to_string(s.kv.dtype), max_words * 4));
     }
+    if (quant && std::max(s.kv.scales_offset(false), s.kv.scales_offset(true)) > UINT32_MAX)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("{}: a page of {} x {} rows exceeds the attention shader's 32-bit "
+                                "scale offsets",
+                                op, s.kv.num_kv_heads, s.kv.block_size));
     if (s.batch > kMaxGroups || s.q_heads > kMaxGroups)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("{}: {} rows x {} query heads exceed the dispatch limit of {}", op,
@@ -299,9 +363,10 @@ void run_paged(Device& dev, const AttentionShape& s, Plan& pl,
     pl.pc.pages = pages.addressing();
     pl.pc.k = lay.page_offset(layer, false);
     pl.pc.v = lay.page_offset(layer, true);
-    pl.pc.quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0 && lay.block_bytes() % 16 == 0;
+    bool quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0 && lay.block_bytes() % 16 == 0;
     for (const auto& slab : pages.slabs())
-        pl.pc.quads = pl.pc.quads && slab->address() % 16 == 0;
+        quads = quads && slab->address() % 16 == 0;
+    pl.pc.flags |= quads ? 1u : 0u;
     run(dev, s, Kind::Paged, pl, scratch, {&query, &pages, &table}, out);
 }
 
@@ -333,6 +398,10 @@ void record_paged_attention(Device& dev, const AttentionShape& s, Buffer& query,
 void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& query, Buffer& out,
                                  Buffer& k, Buffer& v, uint32_t max_len,
                                  std::span<const uint32_t> lengths) {
+    if (is_quantized(s.kv.dtype))
+        throw Error(ErrorCode::Unsupported,
+                    fmt::format("contiguous attention reads f32, f16 or bf16 K/V, not {}",
+                                to_string(s.kv.dtype)));
     if (s.batch == 0) return;
     if (uint64_t(s.batch) * s.kv.num_kv_heads * max_len > UINT32_MAX)
         throw Error(ErrorCode::CapacityExceeded,
@@ -348,7 +417,7 @@ void record_contiguous_attention(Device& dev, const AttentionShape& s, Buffer& q
     pl.pc.v = v.address();
     pl.pc.table = dev.batches().upload(lengths.data(), lengths.size_bytes());
     pl.pc.max_len = max_len;
-    pl.pc.quads = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0;
+    pl.pc.flags = pl.pc.k_words % 4 == 0 && pl.pc.k % 16 == 0 ? 1u : 0u;
     run(dev, s, Kind::Contiguous, pl, scratch, {&query, &k, &v}, out);
 }
 

@@ -22,6 +22,9 @@ struct AttentionShape {
     // The kv heads, head dims and dtype of K/V (num_layers and block_size are not read; for
     // paged attention this is the pool's format).
     PageFormat kv;
+    // The dtype of the query and the output: kv.dtype for float K/V; a float dtype (F32, F16
+    // or BF16) of the caller's choice for quantized pages (Int8, FP8E4M3: paged only).
+    DType io = DType::F16;
     float scale = 1.0f;
 };
 

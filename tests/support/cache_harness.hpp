@@ -1,5 +1,8 @@
 // CacheHarness: one paged cache on the GPU and the CPU reference, driven with the same
-// operations; check() compares everything the API exposes, bit for bit.
+// operations; check() compares everything the API exposes, bit for bit. A quantized pool
+// (Int8, FP8E4M3) is written with tensors in its compute dtype; the reference then holds what
+// the pages store, dequantized in f32 (reference_quant.hpp), and what the cache returns is that
+// rounded to the compute dtype.
 #pragma once
 
 #include <functional>
@@ -7,6 +10,7 @@
 #include <sstream>
 
 #include "reference_cache.hpp"
+#include "reference_quant.hpp"
 #include "test_support.hpp"
 
 namespace pagedkv::test {
@@ -27,19 +31,28 @@ struct CacheHarness {
               p.config().v_head_dim),
           rng(seed) {}
 
+    // The dtype of the tensors written: the pool's, or a quantized pool's compute dtype.
+    DType tensor_dtype() const {
+        const PoolConfig& c = pool.config();
+        return is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
+    }
+
     struct KV {
-        std::vector<float> k, v;
+        std::vector<float> k, v;  // what the pages hold (dequantized in f32 for a quantized pool)
         Tensor tk, tv;
     };
     KV make_kv(uint32_t batch, uint32_t seq) {
         const PoolConfig& c = pool.config();
+        const DType t = tensor_dtype();
         KV kv;
-        kv.k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, c.dtype);
-        kv.v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, c.dtype);
-        kv.tk =
-            Tensor::from_host(ctx, kv.k, shape4(batch, c.num_kv_heads, seq, c.head_dim), c.dtype);
-        kv.tv =
-            Tensor::from_host(ctx, kv.v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), c.dtype);
+        kv.k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, t);
+        kv.v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, t);
+        kv.tk = Tensor::from_host(ctx, kv.k, shape4(batch, c.num_kv_heads, seq, c.head_dim), t);
+        kv.tv = Tensor::from_host(ctx, kv.v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), t);
+        if (is_quantized(c.dtype)) {
+            kv.k = quantize_rows(c.dtype, DType::F32, kv.k, c.head_dim);
+            kv.v = quantize_rows(c.dtype, DType::F32, kv.v, c.v_head_dim);
+        }
         return kv;
     }
 
@@ -79,7 +92,11 @@ struct CacheHarness {
         REQUIRE(v.shape() ==
                 shape4(ref.batch(), c.num_kv_heads, uint32_t(ref.seq_length(layer)), c.v_head_dim));
         const auto gk = k.to_host(), gv = v.to_host();
-        const auto wk = ref.keys(layer), wv = ref.values(layer);
+        auto wk = ref.keys(layer), wv = ref.values(layer);
+        if (is_quantized(c.dtype))
+            for (auto* w : {&wk, &wv})
+                for (float& x : *w)
+                    x = round_to(*c.compute_dtype, x);
         INFO("K first difference: " << first_difference(gk, wk));
         REQUIRE(bit_equal(gk, wk));
         INFO("V first difference: " << first_difference(gv, wv));

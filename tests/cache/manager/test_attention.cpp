@@ -1,14 +1,20 @@
 // cached_attention: decode attention read straight from the pages
 // (shaders/kernels/paged_attention.comp), checked against attention computed on the CPU over the
 // reference cache's K/V, and against the same shader run on the contiguous K/V that get() gathers,
-// which must agree bit for bit.
+// which must agree bit for bit. Quantized pools (Int8, FP8E4M3) are read directly: checked
+// against CPU attention over the reference-dequantized K/V (f32), and for accuracy against
+// attention over the original K/V.
 #include <cmath>
+#include <optional>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "cache/manager/attention.hpp"
 #include "cache_harness.hpp"
 #include "cache_state_snapshot.hpp"
 #include "reference_attention.hpp"
+#include "reference_quant.hpp"
 #include "shaders/vulkan/device.hpp"
 #include "test_support.hpp"
 
@@ -34,7 +40,12 @@ double tolerance(DType t) {
 struct AttentionCase {
     DType dtype;
     uint32_t head_dim, v_head_dim, kv_heads, q_heads;
+    std::optional<DType> compute = {};  // the pool's compute_dtype (unset: its default)
 };
+
+std::string compute_name(const std::optional<DType>& t) {
+    return t ? std::string(", compute ") + to_string(*t) : std::string();
+}
 
 // The kernel's paths (shaders/kernels/attention.cpp), forced through the device's test hook:
 // the host's split rule, never split, split into small chunks, with subgroup reductions
@@ -53,18 +64,34 @@ const PathMode kModes[] = {
     {"no split, shared-memory reductions", true, kNoSplit},
 };
 
+// Bytes of one block of a pool (values and, quantized, scales), for max_slab_bytes.
+uint64_t block_bytes(const PoolConfig& c) {
+    const uint32_t dv = c.v_head_dim ? c.v_head_dim : c.head_dim;
+    const uint64_t row =
+        (uint64_t(c.head_dim) + dv) * dtype_size(c.dtype) + 2 * dtype_scale_size(c.dtype);
+    return row * c.num_kv_heads * c.block_size * c.num_layers;
+}
+
 // Runs cached_attention on every layer of the harness's cache and checks it both ways, on
 // every path of the kernel. expect_dispatches: how many dispatches the host's rule records (1: no
-// split, 2: split and reduce), or 0 to not check.
+// split, 2: split and reduce), or 0 to not check. A quantized pool: the query and the output are
+// in its compute dtype, the CPU attention reads the reference's dequantized (f32) K/V (the
+// kernel differs only in summation order: it scales a row's sum once), and the contiguous
+// shader (float K/V only) is not comparable bit for bit.
 void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, float scale,
                      uint32_t expect_dispatches = 0) {
     const PoolConfig& c = h.pool.config();
+    const bool quant = is_quantized(c.dtype);
+    const DType io = *c.compute_dtype;  // the query's and the output's dtype
+    // The dtype the kernel computes in (a float pool's own: its output converted to io), and
+    // its tolerance; query values exact in both.
+    const DType kernel = quant ? io : c.dtype;
     const uint32_t B = cache.batch_size();
     detail::Device& dev = detail::Access::device(h.ctx);
-    auto qv = random_values(size_t(B) * q_heads * c.head_dim, h.rng, c.dtype);
+    auto qv = random_values(size_t(B) * q_heads * c.head_dim, h.rng, kernel);
     for (float& x : qv)
         x *= 0.125f;  // exact in every dtype; keeps scores moderate
-    Tensor q = Tensor::from_host(h.ctx, qv, shape4(B, q_heads, 1, c.head_dim), c.dtype);
+    Tensor q = Tensor::from_host(h.ctx, qv, shape4(B, q_heads, 1, c.head_dim), io);
     const float used_scale = scale > 0 ? scale : 1.0f / std::sqrt(float(c.head_dim));
     for (uint32_t layer = 0; layer < c.num_layers; ++layer) {
         INFO("layer " << layer << ", lengths " << h.ref.lengths(layer).size() << " rows");
@@ -80,17 +107,29 @@ void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, flo
             if (layer == 0 && mode.chunk_tokens == 0 && expect_dispatches != 0)
                 REQUIRE(h.ctx.counters().dispatches - before == expect_dispatches);
             REQUIRE(paged.shape() == shape4(B, q_heads, 1, c.v_head_dim));
-            REQUIRE(paged.dtype() == c.dtype);
+            REQUIRE(paged.dtype() == io);
             const auto got = paged.to_host();
             REQUIRE(got.size() == want.size());
             for (size_t i = 0; i < got.size(); ++i) {
                 INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
                 REQUIRE(std::abs(double(got[i]) - want[i]) <=
-                        tolerance(c.dtype) * std::max(1.0, std::abs(want[i])));
+                        tolerance(kernel) * std::max(1.0, std::abs(want[i])));
             }
             // The same shader over the gathered, contiguous K/V: the same tiles and chunks,
             // the same arithmetic in the same order, so the same bits.
-            if (auto kv = cache.get(layer)) {
+            // (Quantized: get()'s K/V are the pages' values in the compute dtype; the float
+            // shader over them agrees to the compute dtype's tolerance.)
+            auto kv = cache.get(layer);
+            if (kv && (quant || io != c.dtype)) {
+                const auto flat =
+                    detail::contiguous_attention(q, kv->first, kv->second, lengths, scale)
+                        .to_host();
+                for (size_t i = 0; i < got.size(); ++i) {
+                    INFO("element " << i << ": paged " << got[i] << ", contiguous " << flat[i]);
+                    REQUIRE(std::abs(double(got[i]) - double(flat[i])) <=
+                            tolerance(kernel) * std::max(1.0, std::abs(double(flat[i]))));
+                }
+            } else if (kv) {
                 Tensor contiguous =
                     detail::contiguous_attention(q, kv->first, kv->second, lengths, scale);
                 const auto flat = contiguous.to_host();
@@ -114,16 +153,24 @@ TEST_CASE("cached_attention matches CPU attention and the contiguous shader bit 
         {DType::BF16, 8, 4, 1, 4},     // MQA
         {DType::F32, 160, 160, 1, 2},  // rows of several words a thread
         {DType::F16, 256, 128, 1, 1},
+        {DType::F16, 8, 8, 2, 4, DType::F32},  // the output converted to the compute dtype
+        // Quantized pages, read directly: the output in the compute dtype (default f16).
+        {DType::Int8, 64, 32, 2, 4},
+        {DType::FP8E4M3, 64, 128, 2, 8},
+        {DType::Int8, 128, 128, 1, 8, DType::F32},
+        {DType::FP8E4M3, 128, 64, 2, 2, DType::F32},
+        {DType::Int8, 8, 4, 1, 4, DType::BF16},
+        {DType::FP8E4M3, 256, 256, 1, 2, DType::F32},  // the largest head dim
     };
     for (const AttentionCase& ac : cases) {
-        DYNAMIC_SECTION(to_string(ac.dtype)
-                        << " head_dim " << ac.head_dim << " v " << ac.v_head_dim << ", "
-                        << ac.q_heads << " query heads over " << ac.kv_heads) {
+        DYNAMIC_SECTION(to_string(ac.dtype) << " head_dim " << ac.head_dim << " v " << ac.v_head_dim
+                                            << ", " << ac.q_heads << " query heads over "
+                                            << ac.kv_heads << compute_name(ac.compute)) {
             ValidatedContext vc;
             PoolConfig cfg = small_config(ac.dtype, 3, ac.kv_heads, ac.head_dim, 4, 160);
             cfg.v_head_dim = ac.v_head_dim;
-            cfg.max_slab_bytes = 8 * (uint64_t(ac.head_dim) + ac.v_head_dim) * ac.kv_heads * 4 * 3 *
-                                 dtype_size(ac.dtype);  // 8 blocks a slab
+            cfg.compute_dtype = ac.compute;
+            cfg.max_slab_bytes = 8 * block_bytes(cfg);  // 8 blocks a slab
             BlockPool pool(vc.ctx, cfg);
             DynamicKVCache cache(pool);
             CacheHarness h(vc.ctx, pool, cache, 21);
@@ -153,8 +200,10 @@ TEST_CASE("cached_attention matches CPU attention and the contiguous shader bit 
 }
 
 TEST_CASE("cached_attention over sliding-window and static caches", "[attention][gpu]") {
+    const DType dtype = GENERATE(DType::F16, DType::Int8, DType::FP8E4M3);
+    INFO("pool dtype " << to_string(dtype));
     ValidatedContext vc;
-    BlockPool pool(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 96));
+    BlockPool pool(vc.ctx, small_config(dtype, 2, 2, 8, 4, 96));
     SECTION("a sliding window's rows start part-way into their first page") {
         const int64_t window = 10;
         SlidingWindowKVCache cache(pool, uint32_t(window));
@@ -188,20 +237,33 @@ TEST_CASE("cached_attention over GQA groups, long rows across many pages and sla
     struct Case {
         DType dtype;
         uint32_t head_dim, kv_heads, q_heads;
+        std::optional<DType> compute = {};
     };
     // Groups of 1, 4 and 8 query heads a kv head, and 16 (two slices of 8 a workgroup); rows
-    // of 16-byte words (uvec4 loads) and of 4-byte words (head_dim 6 f16, 10 f32).
+    // of 16-byte words (uvec4 loads) and of 4-byte words (head_dim 6 f16, 10 f32; 4 and 36
+    // codes).
     const Case cases[] = {
-        {DType::F16, 8, 2, 2},   {DType::F16, 64, 1, 4}, {DType::BF16, 8, 1, 8},
-        {DType::F32, 10, 1, 16}, {DType::F16, 6, 2, 8},  {DType::F32, 256, 1, 4},
+        {DType::F16, 8, 2, 2},
+        {DType::F16, 64, 1, 4},
+        {DType::BF16, 8, 1, 8},
+        {DType::F32, 10, 1, 16},
+        {DType::F16, 6, 2, 8},
+        {DType::F32, 256, 1, 4},
+        {DType::Int8, 64, 1, 4},
+        {DType::FP8E4M3, 64, 2, 8, DType::F32},
+        {DType::Int8, 128, 1, 16, DType::F32},
+        {DType::FP8E4M3, 128, 1, 4},
+        {DType::Int8, 36, 2, 2},
+        {DType::FP8E4M3, 4, 1, 8, DType::BF16},
     };
     for (const Case& ac : cases) {
-        DYNAMIC_SECTION(to_string(ac.dtype) << " head_dim " << ac.head_dim << ", " << ac.q_heads
-                                            << " query heads over " << ac.kv_heads) {
+        DYNAMIC_SECTION(to_string(ac.dtype)
+                        << " head_dim " << ac.head_dim << ", " << ac.q_heads << " query heads over "
+                        << ac.kv_heads << compute_name(ac.compute)) {
             ValidatedContext vc;
             PoolConfig cfg = small_config(ac.dtype, 2, ac.kv_heads, ac.head_dim, 4, 420);
-            cfg.max_slab_bytes =
-                8 * uint64_t(ac.head_dim) * 2 * ac.kv_heads * 4 * 2 * dtype_size(ac.dtype);
+            cfg.compute_dtype = ac.compute;
+            cfg.max_slab_bytes = 8 * block_bytes(cfg);
             BlockPool pool(vc.ctx, cfg);
             DynamicKVCache cache(pool);
             CacheHarness h(vc.ctx, pool, cache, 41);
@@ -262,6 +324,62 @@ TEST_CASE("cached_attention rejects bad queries with clear errors and changes no
                  q({1, 1, 1, 5}), 0);
         ho.check();
     }
+    {
+        // Quantized rows: 4 codes a word, at most 256 codes a row (the accumulator's registers).
+        PoolConfig cfg = small_config(DType::Int8, 1, 1, 260, 4, 8);
+        cfg.v_head_dim = 8;
+        BlockPool wide(ctx, cfg);
+        DynamicKVCache c(wide);
+        CacheHarness ho(ctx, wide, c, 2);
+        ho.append(1, 3, 0);
+        rejected(c, ErrorCode::Unsupported, "head dim 260 of int8 exceeds the shader's 256 bytes",
+                 q({1, 1, 1, 260}), 0);
+        ho.check();
+    }
     REQUIRE(pool.stats().used_blocks == used);
     h.check();
+}
+
+TEST_CASE("attention over quantized pages is close to attention over the original K/V",
+          "[attention][gpu]") {
+    // The issue's accuracy target: over Gaussian data, attention read from int8 pages is within
+    // 1e-2 mean relative error (sum |got - want| / sum |want|) of f32 attention over the K/V
+    // before quantization; FP8E4M3 (3 mantissa bits) within 5e-2.
+    const DType dtype = GENERATE(DType::Int8, DType::FP8E4M3);
+    const double bound = dtype == DType::Int8 ? 1e-2 : 5e-2;
+    const uint32_t B = 2, H = 2, QH = 8, D = 128, L = 300;
+    ValidatedContext vc;
+    PoolConfig cfg = small_config(dtype, 1, H, D, 16, 64);
+    cfg.compute_dtype = DType::F32;
+    BlockPool pool(vc.ctx, cfg);
+    DynamicKVCache cache(pool);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    auto gaussian = [&](size_t n) {
+        std::vector<float> v(n);
+        for (float& x : v)
+            x = normal(rng);
+        return v;
+    };
+    const auto k = gaussian(size_t(B) * H * L * D), v = gaussian(k.size());
+    const auto qv = gaussian(size_t(B) * QH * D);
+    (void)cache.update(Tensor::from_host(vc.ctx, k, shape4(B, H, L, D), DType::F32),
+                       Tensor::from_host(vc.ctx, v, shape4(B, H, L, D), DType::F32), 0);
+    const Tensor q = Tensor::from_host(vc.ctx, qv, shape4(B, QH, 1, D), DType::F32);
+    const float scale = 1.0f / std::sqrt(float(D));
+    const std::vector<int64_t> lengths(B, L);
+    const auto exact = reference_attention(qv, k, v, lengths, QH, H, D, D, scale);
+    for (const auto& mode : kModes) {
+        INFO(to_string(dtype) << ", path: " << mode.name);
+        detail::Access::device(vc.ctx).set_attention_paths({mode.no_subgroups, mode.chunk_tokens});
+        const auto got = cache.cached_attention(q, 0).to_host();
+        double err = 0, norm = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            err += std::abs(double(got[i]) - exact[i]);
+            norm += std::abs(exact[i]);
+        }
+        INFO("mean relative error " << err / norm);
+        REQUIRE(err / norm < bound);
+    }
+    detail::Access::device(vc.ctx).set_attention_paths({});
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -13,7 +14,9 @@
 #include "allocator/block_table.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/step_plan.hpp"
+#include "reference_quant.hpp"
 #include "reference_sequences.hpp"
+#include "shaders/vulkan/device.hpp"
 #include "test_support.hpp"
 
 using namespace pagedkv;
@@ -25,8 +28,10 @@ Tensor upload(Context& ctx, const std::vector<float>& data, std::vector<int64_t>
     return Tensor::from_host(ctx, data, std::move(shape), t);
 }
 
-// Every live sequence's length and every layer's K/V equal the reference's.
-void check_all(KVManager& mgr, const ReferenceSequences& ref, uint32_t layers) {
+// Every live sequence's length and every layer's K/V equal the reference's (a quantized
+// pool's reference holds its dequantized f32 values: gathers round them to `compute`).
+void check_all(KVManager& mgr, const ReferenceSequences& ref, uint32_t layers,
+               std::optional<DType> compute = {}) {
     const std::vector<uint64_t> ids = ref.ids();
     REQUIRE(mgr.sequences() == ids);
     for (uint64_t id : ids) {
@@ -34,7 +39,11 @@ void check_all(KVManager& mgr, const ReferenceSequences& ref, uint32_t layers) {
         for (uint32_t l = 0; l < layers; ++l) {
             auto [k, v] = mgr.gather(id, l);
             const auto gk = k.to_host(), gv = v.to_host();
-            const auto wk = ref.keys(id, l), wv = ref.values(id, l);
+            auto wk = ref.keys(id, l), wv = ref.values(id, l);
+            if (compute)
+                for (auto* w : {&wk, &wv})
+                    for (float& x : *w)
+                        x = round_to(*compute, x);
             INFO("sequence " << id << " layer " << l);
             INFO("K: " << first_difference(gk, wk) << ", V: " << first_difference(gv, wv));
             REQUIRE(bit_equal(gk, wk));
@@ -145,11 +154,37 @@ TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit")
 }
 
 TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragged step") {
-    for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
-        DYNAMIC_SECTION(to_string(dtype)) {
+    // Quantized pools: K/V and the query in the compute dtype (f16 by default; f32 for the FP8
+    // pool), the pages read directly, checked against CPU attention over the reference-
+    // dequantized K/V with and without split-K (the float kernel over contiguous K/V is not
+    // the same arithmetic).
+    struct Case {
+        DType dtype;
+        std::optional<DType> compute;
+        uint32_t chunk_tokens;  // the attention path forced (0: the host's rule)
+        bool no_subgroups;
+    };
+    const Case cases[] = {{DType::F32, {}, 0, false},
+                          {DType::F16, {}, 0, false},
+                          {DType::BF16, {}, 0, false},
+                          {DType::Int8, {}, 0, false},
+                          {DType::Int8, {}, 4, true},
+                          {DType::FP8E4M3, DType::F32, 0, false},
+                          {DType::FP8E4M3, DType::F32, 4, false}};
+    for (const Case& cs : cases) {
+        const DType dtype = cs.dtype;
+        DYNAMIC_SECTION(to_string(dtype)
+                        << (cs.compute ? std::string(", compute ") + to_string(*cs.compute)
+                                       : std::string())
+                        << (cs.chunk_tokens ? ", split into 4-token chunks" : "")
+                        << (cs.no_subgroups ? ", shared-memory reductions" : "")) {
             ValidatedContext vc;
             PoolConfig c = small_config(dtype, 2, 2, 8, 4, 64);
+            c.compute_dtype = cs.compute;
             BlockPool pool(vc.ctx, c);
+            const bool quant = is_quantized(dtype);
+            const DType io = *pool.config().compute_dtype;  // K/V, query and output
+            detail::Access::device(vc.ctx).set_attention_paths({cs.no_subgroups, cs.chunk_tokens});
             KVManager mgr(pool);
             const uint32_t H = 2, D = 8, QH = 4;
             ReferenceSequences ref(2, H, D, D);
@@ -163,16 +198,21 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
                 ref.begin_step(ids, counts);
                 const uint32_t T = st.total_tokens();
                 for (uint32_t l = 0; l < 2; ++l) {
-                    const auto k = random_values(size_t(T) * H * D, rng, dtype);
-                    const auto v = random_values(size_t(T) * H * D, rng, dtype);
-                    mgr.write(st, l, upload(vc.ctx, k, {T, H, D}, dtype),
-                              upload(vc.ctx, v, {T, H, D}, dtype));
-                    ref.write(ids, counts, l, k, v);
+                    const auto k = random_values(size_t(T) * H * D, rng, io);
+                    const auto v = random_values(size_t(T) * H * D, rng, io);
+                    mgr.write(st, l, upload(vc.ctx, k, {T, H, D}, io),
+                              upload(vc.ctx, v, {T, H, D}, io));
+                    if (quant)
+                        ref.write(ids, counts, l, quantize_rows(dtype, DType::F32, k, D),
+                                  quantize_rows(dtype, DType::F32, v, D));
+                    else
+                        ref.write(ids, counts, l, k, v);
                     if (!attend) continue;
-                    const auto q = random_values(size_t(T) * QH * D, rng, dtype);
+                    const auto q = random_values(size_t(T) * QH * D, rng, io);
                     const Tensor out =
-                        mgr.attention(st, l, upload(vc.ctx, q, {T, QH, D}, dtype), 0.0f);
+                        mgr.attention(st, l, upload(vc.ctx, q, {T, QH, D}, io), 0.0f);
                     REQUIRE(out.shape() == std::vector<int64_t>{T, QH, D});
+                    REQUIRE(out.dtype() == io);
                     const std::vector<float> got = out.to_host();
                     // The same kernel over contiguous K/V: row t holds its sequence's first
                     // position + 1 tokens.
@@ -200,8 +240,9 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
                                                                    n, QH, H, D, D, scale);
                             for (size_t e = 0; e < want.size(); ++e)
                                 REQUIRE(std::abs(double(got[t * QH * D + e]) - want[e]) <=
-                                        tolerance(dtype) * std::max(1.0, std::abs(want[e])));
+                                        tolerance(io) * std::max(1.0, std::abs(want[e])));
                         }
+                    if (quant) continue;
                     const Tensor same = detail::contiguous_attention(
                         upload(vc.ctx, q, {T, QH, 1, D}, dtype),
                         upload(vc.ctx, ck, {T, H, L, D}, dtype),
@@ -218,7 +259,8 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
             const SeqId e = mgr.add_sequence();
             ref.add(e);
             step({d, e, a, b}, {1, 0, 1, 1}, true);
-            check_all(mgr, ref, 2);
+            check_all(mgr, ref, 2, quant ? std::optional<DType>(io) : std::nullopt);
+            detail::Access::device(vc.ctx).set_attention_paths({});
         }
     }
 }

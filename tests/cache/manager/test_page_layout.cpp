@@ -193,8 +193,13 @@ TEST_CASE("cached_attention over token-major pages equals the head-major result 
         DType dtype;
         uint32_t kv_heads, q_heads, head_dim;
     };
-    // 16-byte rows and offsets (the kernel's uvec4 staging) and 4-byte ones (word staging).
-    const Case cases[] = {{DType::F32, 4, 8, 8}, {DType::F16, 3, 6, 6}, {DType::BF16, 2, 2, 64}};
+    // 16-byte rows and offsets (the kernel's uvec4 staging) and 4-byte ones (word staging);
+    // quantized pages (codes and scales), read with a query in the compute dtype (f16).
+    const Case cases[] = {{DType::F32, 4, 8, 8},
+                          {DType::F16, 3, 6, 6},
+                          {DType::BF16, 2, 2, 64},
+                          {DType::Int8, 2, 8, 64},
+                          {DType::FP8E4M3, 3, 6, 8}};
     const detail::Device::AttentionPaths modes[] = {
         {false, 0}, {false, 16}, {true, detail::Device::kNoSplit}};
     ValidatedContext g;  // one context for every case
@@ -212,11 +217,11 @@ TEST_CASE("cached_attention over token-major pages equals the head-major result 
             h.ref.crop(61);
             h.append(3, 1, 0);
             std::mt19937 rng(5);
-            auto qv = random_values(size_t(3) * ac.q_heads * ac.head_dim, rng, ac.dtype);
+            const DType io = *pool.config().compute_dtype;
+            auto qv = random_values(size_t(3) * ac.q_heads * ac.head_dim, rng, io);
             for (float& x : qv)
                 x *= 0.125f;
-            Tensor q =
-                Tensor::from_host(g.ctx, qv, shape4(3, ac.q_heads, 1, ac.head_dim), ac.dtype);
+            Tensor q = Tensor::from_host(g.ctx, qv, shape4(3, ac.q_heads, 1, ac.head_dim), io);
             for (const auto& mode : modes) {
                 dev.set_attention_paths(mode);
                 const auto got = cache.cached_attention(q, 0).to_host();
