@@ -962,10 +962,20 @@ void bench_quantized(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_
         const Paired w = paired(timer, write_step(f16), write_step(qp));
         add_paired(rep, "quant_decode_write_" + name + "_over_f16",
                    "decode write " + name + " / f16", w, false,
-                   fmt::format("{} rows x 8 x 128, {} layers; device {:.0f} vs {:.0f} us, host "
-                               "{:.0f} vs {:.0f} us",
-                               rows, kLayers, w.var_device * 1e6, w.base_device * 1e6,
-                               w.var_host * 1e6, w.base_host * 1e6));
+                   fmt::format("{} rows x 8 x 128, {} layers, f16 on the chosen path ({}); device "
+                               "{:.0f} vs {:.0f} us, host {:.0f} vs {:.0f} us",
+                               rows, kLayers, path_name(ctx.scatter_path()), w.var_device * 1e6,
+                               w.base_device * 1e6, w.var_host * 1e6, w.base_host * 1e6));
+        // Kernel against kernel: f16 pages written by the copy_rows shader.
+        const auto chosen = detail::Access::device(ctx).byte_paths();
+        detail::Access::device(ctx).set_byte_paths(
+            {BytePath::Shader, BytePath::Shader, chosen.whole_rows});
+        const Paired ws = paired(timer, write_step(f16), write_step(qp));
+        detail::Access::device(ctx).set_byte_paths(chosen);
+        add_paired(rep, "quant_decode_write_" + name + "_over_f16_shader",
+                   "decode write " + name + " / f16 (shader)", ws, false,
+                   fmt::format("f16 by the copy_rows shader; device {:.0f} vs {:.0f} us",
+                               ws.var_device * 1e6, ws.base_device * 1e6));
         const Paired a = paired(timer, attend(f16), attend(qp), 5, 3);
         add_paired(rep, "quant_attention_" + name + "_over_f16",
                    "decode attention " + name + " / f16", a, false,

@@ -15,7 +15,12 @@
 #include "float_bits.glsl"
 #include "page_address.glsl"
 
-layout(local_size_x_id = 0) in;
+// A workgroup quantizes (or dequantizes) WG / lanes rows at a time, `lanes` threads per row,
+// each thread a word of 4 codes at a time: neighbouring threads touch neighbouring memory, and a
+// row's amax is reduced through shared memory.
+layout(local_size_x = 64) in;
+const uint WG = 64;
+
 
 layout(buffer_reference, std430, buffer_reference_align = 4) buffer Words { uint w[]; };
 // x: tensor row of head 0 (b * heads * seq + s), or NONE (scatter a zero row)
@@ -39,7 +44,11 @@ layout(push_constant) uniform Params {
     uint gather;            // 1: pages -> tensor, 0: tensor -> pages
     uint tensor_type;       // DT_F32, DT_F16 or DT_BF16
     uint quant_type;        // DT_INT8 or DT_FP8
+    uint lanes;             // threads per row: min(WG, words of the longer row)
 } p;
+
+shared uint amax_s[WG];  // each thread's share of its row's amax (|x| as bits)
+shared uint r_s[WG];     // per row slot: C / amax as f32 bits, or 0 for a row of zero codes
 
 const uint NONE = 0xFFFFFFFFu;
 const uint INV_127 = 0x3c010204u;  // fl(1 / 127)
@@ -64,29 +73,6 @@ float decode(uint code) {
     return float(bitfieldExtract(int(code), 0, 8));
 }
 
-void scatter(Words t, uint start, Words codes, Words scale, uint dim, bool hole) {
-    uint amax = 0u;
-    if (!hole)
-        for (uint i = 0; i < dim; ++i) amax = max(amax, load(t, start, i) & 0x7fffffffu);
-    if (hole || amax >= 0x7f800000u || amax < 0x0d800000u) {
-        scale.w[0] = hole || amax < 0x7f800000u ? 0u : 0x7fc00000u;
-        for (uint w = 0; w < dim / 4u; ++w) codes.w[w] = 0u;
-        return;
-    }
-    const bool fp8 = p.quant_type == DT_FP8;
-    precise const float s = uintBitsToFloat(amax) * uintBitsToFloat(fp8 ? INV_448 : INV_127);
-    scale.w[0] = floatBitsToUint(s);
-    const float r = uintBitsToFloat(div_rounded(fp8 ? 448u : 127u, amax));
-    for (uint w = 0; w < dim / 4u; ++w) {
-        uint word = 0u;
-        for (uint k = 0; k < 4u; ++k) {
-            precise const float y = uintBitsToFloat(load(t, start, 4u * w + k)) * r;
-            word |= encode(floatBitsToUint(y)) << (8u * k);
-        }
-        codes.w[w] = word;
-    }
-}
-
 void store_pair(Words t, uint start, uint i, uint a, uint b) {
     if (p.tensor_type == DT_F32) {
         t.w[start + i] = a;
@@ -97,58 +83,122 @@ void store_pair(Words t, uint start, uint i, uint a, uint b) {
     }
 }
 
-void gather(Words t, uint start, Words codes, Words scale, uint dim, bool none) {
-    if (none) {
-        for (uint i = 0; i < dim; i += 2u) store_pair(t, start, i, 0u, 0u);
-        return;
+// One row's place: its tensor, first element and length, its codes and scale in the page.
+struct Row {
+    Words t;
+    uint start;
+    uint dim;
+    Words codes;
+    Words scale;
+    bool no_tensor;  // scatter: a hole (zeros); gather: unused
+    bool no_page;    // gather past a row's end: zeros
+};
+
+Row find_row(uint row) {
+    const uint members = p.tensor2 != 0ul ? 2u : 1u;
+    const uint units = members * p.heads;
+    const uint entry = row / units;
+    uint head = row - entry * units;
+    Row r;
+    r.t = Words(p.tensor);
+    uint64_t page_offset = p.page_offset, scales = p.scales;
+    r.dim = p.dim;
+    if (head >= p.heads) {  // the second tensor's share of the entry
+        head -= p.heads;
+        r.t = Words(p.tensor2);
+        page_offset = p.page_offset2;
+        scales = p.scales2;
+        r.dim = p.dim2;
     }
-    const uint sb = scale.w[0];
-    const float s = uintBitsToFloat(sb);
-    const bool nan = (sb & 0x7fffffffu) > 0x7f800000u;
-    for (uint w = 0; w < dim / 4u; ++w) {
-        const uint word = codes.w[w];
-        uint v[4];
-        for (uint k = 0; k < 4u; ++k) {
-            precise const float x = decode((word >> (8u * k)) & 0xffu) * s;
-            v[k] = nan ? 0x7fc00000u : floatBitsToUint(x);
-        }
-        store_pair(t, start, 4u * w, v[0], v[1]);
-        store_pair(t, start, 4u * w + 2u, v[2], v[3]);
-    }
+    const uvec2 e = Entries(p.entries).e[entry];
+    r.no_tensor = e.x == NONE;
+    r.no_page = e.y == NONE;
+    r.start = r.no_tensor ? 0u : (e.x + head * p.head_stride) * r.dim;
+    const uint y = r.no_page ? 0u : e.y;
+    const uint block = y / p.pages.block_size;
+    const uint slot = y - block * p.pages.block_size;
+    r.codes = Words(page_row_address(p.pages, page_offset, block, slot, head, r.dim));
+    r.scale = Words(page_row_address(p.pages, scales, block, slot, head, 4ul));
+    return r;
 }
 
 void main() {
+    const uint tid = gl_LocalInvocationID.x;
+    const uint lanes = p.lanes;
+    const uint per_group = WG / lanes;
+    const uint slot = tid / lanes;  // the row slot of this thread in its workgroup
+    const uint lane = tid - slot * lanes;
     const uint members = p.tensor2 != 0ul ? 2u : 1u;
-    const uint units = members * p.heads;
-    const uint total = p.num_entries * units;
-    const uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
-    Entries entries = Entries(p.entries);
-    for (uint i = gl_GlobalInvocationID.x; i < total; i += stride) {
-        const uint entry = i / units;
-        uint head = i - entry * units;
-        Words t = Words(p.tensor);
-        uint64_t page_offset = p.page_offset, scales = p.scales;
-        uint dim = p.dim;
-        if (head >= p.heads) {  // the second tensor's share of the entry
-            head -= p.heads;
-            t = Words(p.tensor2);
-            page_offset = p.page_offset2;
-            scales = p.scales2;
-            dim = p.dim2;
-        }
-        const uvec2 e = entries.e[entry];
-        const uint start = (e.x + head * p.head_stride) * dim;
-        if (e.y == NONE) {  // gather past a row's end: zero padding
-            gather(t, start, Words(0ul), Words(0ul), dim, true);
+    const uint total = p.num_entries * members * p.heads;
+    const uint groups = (total + per_group - 1u) / per_group;
+    const bool fp8 = p.quant_type == DT_FP8;
+    for (uint g = gl_WorkGroupID.x; g < groups; g += gl_NumWorkGroups.x) {
+        const uint row = g * per_group + slot;
+        const bool live = slot < per_group && row < total;
+        Row r;
+        if (live) r = find_row(row);
+        const uint words = live ? r.dim / 4u : 0u;
+        if (p.gather != 0u) {  // uniform: no barrier below is skipped by some threads
+            if (!live) continue;
+            if (r.no_page) {
+                for (uint w = lane; w < words; w += lanes) {
+                    store_pair(r.t, r.start, 4u * w, 0u, 0u);
+                    store_pair(r.t, r.start, 4u * w + 2u, 0u, 0u);
+                }
+                continue;
+            }
+            const uint sb = r.scale.w[0];
+            const float s = uintBitsToFloat(sb);
+            const bool nan = (sb & 0x7fffffffu) > 0x7f800000u;
+            for (uint w = lane; w < words; w += lanes) {
+                const uint word = r.codes.w[w];
+                uint v[4];
+                for (uint k = 0; k < 4u; ++k) {
+                    precise const float x = decode((word >> (8u * k)) & 0xffu) * s;
+                    v[k] = nan ? 0x7fc00000u : floatBitsToUint(x);
+                }
+                store_pair(r.t, r.start, 4u * w, v[0], v[1]);
+                store_pair(r.t, r.start, 4u * w + 2u, v[2], v[3]);
+            }
             continue;
         }
-        const uint block = e.y / p.pages.block_size;
-        const uint slot = e.y - block * p.pages.block_size;
-        Words codes = Words(page_row_address(p.pages, page_offset, block, slot, head, dim));
-        Words scale = Words(page_row_address(p.pages, scales, block, slot, head, 4ul));
-        if (p.gather != 0u)
-            gather(t, start, codes, scale, dim, false);
-        else
-            scatter(t, start, codes, scale, dim, e.x == NONE);
+        // Scatter: the row's amax, through shared memory.
+        uint m = 0u;
+        if (live && !r.no_tensor)
+            for (uint i = 4u * lane; i < r.dim; i += 4u * lanes)
+                for (uint k = 0; k < 4u; ++k) m = max(m, load(r.t, r.start, i + k) & 0x7fffffffu);
+        amax_s[tid] = m;
+        barrier();
+        if (live && lane == 0u) {
+            uint amax = 0u;
+            for (uint l = 0; l < lanes; ++l) amax = max(amax, amax_s[tid + l]);
+            uint rb = 0u;
+            if (r.no_tensor || amax < 0x0d800000u) {
+                r.scale.w[0] = 0u;  // a hole, zeros, or a row below 2^-100: zeros
+            } else if (amax >= 0x7f800000u) {
+                r.scale.w[0] = 0x7fc00000u;  // not finite: reads back as NaN
+            } else {
+                precise const float s =
+                    uintBitsToFloat(amax) * uintBitsToFloat(fp8 ? INV_448 : INV_127);
+                r.scale.w[0] = floatBitsToUint(s);
+                rb = div_rounded(fp8 ? 448u : 127u, amax);
+            }
+            r_s[slot] = rb;
+        }
+        barrier();
+        if (live) {
+            const uint rb = r_s[slot];
+            const float rq = uintBitsToFloat(rb);
+            for (uint w = lane; w < words; w += lanes) {
+                uint word = 0u;
+                if (rb != 0u)
+                    for (uint k = 0; k < 4u; ++k) {
+                        precise const float y = uintBitsToFloat(load(r.t, r.start, 4u * w + k)) * rq;
+                        word |= encode(floatBitsToUint(y)) << (8u * k);
+                    }
+                r.codes.w[w] = word;
+            }
+        }
+        barrier();  // amax_s and r_s are written again by the next group
     }
 }

@@ -34,10 +34,12 @@ struct PushConstants {
     uint32_t gather;
     uint32_t tensor_type;
     uint32_t quant_type;
+    uint32_t lanes;
 };
 static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guaranteed 128 bytes");
 
 constexpr uint32_t kMaxGroups = 65535;
+constexpr uint32_t kWorkgroup = 64;  // local_size_x of quant_rows.comp
 
 }  // namespace
 
@@ -58,9 +60,13 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
                                 op.tensor2 && op.dim2 % 4 != 0 ? op.dim2 : op.dim));
     const uint32_t members = op.tensor2 ? 2 : 1;
     const uint64_t threads = uint64_t(op.entries.size()) * members * op.heads;
+    // The shader indexes tensor elements in 32 bits: the last row an entry reaches must fit.
+    uint64_t rows = 0;
+    for (const RowEntry& e : op.entries)
+        if (e.tensor_row != kNone) rows = std::max<uint64_t>(rows, e.tensor_row + 1);
+    rows += uint64_t(op.heads - 1) * op.head_stride;
     const uint32_t widest = std::max(op.dim, op.tensor2 ? op.dim2 : 0u);
-    if (threads > UINT32_MAX ||
-        (uint64_t(op.entries.size()) * op.heads * op.head_stride + 1) * widest > UINT32_MAX)
+    if (threads > UINT32_MAX || rows * widest > UINT32_MAX)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("one quantized copy of {} rows exceeds the shader's 32-bit "
                                 "indexing",
@@ -84,12 +90,15 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
     pc.gather = op.gather ? 1 : 0;
     pc.tensor_type = static_cast<uint32_t>(op.tensor_dtype);
     pc.quant_type = static_cast<uint32_t>(f.dtype);
+    // Threads per row (a word of 4 codes each), as many rows a workgroup as fit; on a device
+    // whose threads are SIMD lanes of a CPU (copy_rows' whole_rows), one thread a row.
+    pc.lanes = dev.byte_paths().whole_rows ? 1 : std::min<uint32_t>(kWorkgroup, widest / 4);
+    const uint64_t per_group = kWorkgroup / pc.lanes;
 
     VkCommandBuffer cmd = record_rows(batches, pages, op.tensor, op.tensor2, op.gather);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe.pipeline);
     vkCmdPushConstants(cmd, pipe.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
-    const uint64_t groups =
-        std::min<uint64_t>((threads + dev.workgroup_size() - 1) / dev.workgroup_size(), kMaxGroups);
+    const uint64_t groups = std::min<uint64_t>((threads + per_group - 1) / per_group, kMaxGroups);
     vkCmdDispatch(cmd, uint32_t(groups), 1, 1);
     ++dev.counters().dispatches;
 }

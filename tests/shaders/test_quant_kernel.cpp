@@ -53,72 +53,83 @@ std::vector<float> spread_rows(size_t rows, uint32_t dim, std::mt19937& rng, DTy
 
 TEST_CASE("quantized pages hold exactly the reference quantizer's codes and scales",
           "[quant][gpu]") {
-    for (DType q : {DType::Int8, DType::FP8E4M3})
-        for (DType in : {DType::F32, DType::F16, DType::BF16})
-            for (PageLayout l : {PageLayout::HeadMajor, PageLayout::TokenMajor})
-                DYNAMIC_SECTION(to_string(q) << " from " << to_string(in) << ", " << to_string(l)) {
-                    ValidatedContext g;
-                    PoolConfig c = small_config(q, 2, 3, 16, 4, 64);
-                    c.v_head_dim = 8;
-                    c.layout = l;
-                    c.compute_dtype = DType::F32;
-                    BlockPool pool(g.ctx, c);
-                    DynamicKVCache cache(pool);
-                    std::mt19937 rng(uint32_t(q) * 7 + uint32_t(in));
-                    const uint32_t B = 2, S = 23, H = c.num_kv_heads;
-                    const auto k = spread_rows(size_t(B) * H * S, c.head_dim, rng, in);
-                    const auto v = spread_rows(size_t(B) * H * S, c.v_head_dim, rng, in);
-                    cache.update(Tensor::from_host(g.ctx, k, shape4(B, H, S, c.head_dim), in),
-                                 Tensor::from_host(g.ctx, v, shape4(B, H, S, c.v_head_dim), in), 1);
-                    // What get() dequantizes (f32: no rounding after the multiply).
-                    const auto got = cache.get(1);
-                    REQUIRE(got);
-                    REQUIRE(got->first.dtype() == DType::F32);
-                    const auto want_k = quantize_rows(q, DType::F32, k, c.head_dim);
-                    const auto want_v = quantize_rows(q, DType::F32, v, c.v_head_dim);
-                    const auto gk = got->first.to_host(), gv = got->second.to_host();
-                    REQUIRE(gk.size() == want_k.size());
-                    CHECK(std::memcmp(gk.data(), want_k.data(), gk.size() * 4) == 0);
-                    CHECK(std::memcmp(gv.data(), want_v.data(), gv.size() * 4) == 0);
+    // One context for every combination (making one costs more than the checks).
+    ValidatedContext g;
+    BlockPool warmup(g.ctx, small_config(DType::F32));  // resolves the byte paths first
+    for (const PathMode& mode : kPathModes)
+        for (DType q : {DType::Int8, DType::FP8E4M3})
+            for (DType in : {DType::F32, DType::F16, DType::BF16})
+                for (PageLayout l : {PageLayout::HeadMajor, PageLayout::TokenMajor})
+                    for (auto [dk, dv] : {std::pair{16u, 8u}, std::pair{264u, 12u}}) {
+                        // Threads: a row each (whole_rows) or a word each, a row's amax
+                        // reduced in shared memory; 264: a row of more words (66) than a
+                        // workgroup has threads.
+                        INFO(mode.name << ", " << to_string(q) << " from " << to_string(in) << ", "
+                                       << to_string(l) << ", dims " << dk << "/" << dv);
+                        use_path(g.ctx, mode);
+                        PoolConfig c = small_config(q, 2, 3, dk, 4, 64);
+                        c.v_head_dim = dv;
+                        c.layout = l;
+                        c.compute_dtype = DType::F32;
+                        BlockPool pool(g.ctx, c);
+                        DynamicKVCache cache(pool);
+                        std::mt19937 rng(uint32_t(q) * 7 + uint32_t(in));
+                        const uint32_t B = 2, S = 23, H = c.num_kv_heads;
+                        const auto k = spread_rows(size_t(B) * H * S, c.head_dim, rng, in);
+                        const auto v = spread_rows(size_t(B) * H * S, c.v_head_dim, rng, in);
+                        cache.update(Tensor::from_host(g.ctx, k, shape4(B, H, S, c.head_dim), in),
+                                     Tensor::from_host(g.ctx, v, shape4(B, H, S, c.v_head_dim), in),
+                                     1);
+                        // What get() dequantizes (f32: no rounding after the multiply).
+                        const auto got = cache.get(1);
+                        REQUIRE(got);
+                        REQUIRE(got->first.dtype() == DType::F32);
+                        const auto want_k = quantize_rows(q, DType::F32, k, c.head_dim);
+                        const auto want_v = quantize_rows(q, DType::F32, v, c.v_head_dim);
+                        const auto gk = got->first.to_host(), gv = got->second.to_host();
+                        REQUIRE(gk.size() == want_k.size());
+                        CHECK(std::memcmp(gk.data(), want_k.data(), gk.size() * 4) == 0);
+                        CHECK(std::memcmp(gv.data(), want_v.data(), gv.size() * 4) == 0);
 
-                    // The bytes in the pages.
-                    const PagedKVCache* caches[] = {&cache};
-                    const SnapshotData s =
-                        detail::capture_snapshot(pool, caches, {}, true, "quant test");
-                    const PageFormat& f = s.layout;
-                    std::vector<uint64_t> index_of(s.layout.num_blocks, UINT64_MAX);
-                    for (size_t b = 0, i = 0; b < s.allocator.refcounts.size(); ++b)
-                        if (s.allocator.refcounts[b] > 0) index_of[b] = i++;
-                    size_t wrong = 0, rows = 0;
-                    for (uint32_t b = 0; b < B; ++b)
-                        for (uint32_t t = 0; t < S; ++t)
-                            for (uint32_t h = 0; h < H; ++h)
-                                for (bool value : {false, true}) {
-                                    const uint32_t dim = value ? f.v_head_dim : f.head_dim;
-                                    const auto& x = value ? v : k;
-                                    const size_t row = (size_t(b) * H + h) * S + t;
-                                    const QuantizedRow want =
-                                        quantize_row(q, std::span(x).subspan(row * dim, dim));
-                                    const uint32_t block =
-                                        index(s.caches[0].rows[b][t / f.block_size]);
-                                    const uint8_t* page = s.pages.data() +
-                                                          index_of[block] * f.block_bytes() +
-                                                          f.page_offset(1, value);
-                                    const uint32_t slot = t % f.block_size;
-                                    const uint8_t* codes =
-                                        page +
-                                        f.row_offset(slot, h,
-                                                     value ? f.v_row_bytes() : f.k_row_bytes());
-                                    const uint8_t* scale =
-                                        page + f.scales_offset(value) + f.row_offset(slot, h, 4);
-                                    wrong += std::memcmp(codes, want.codes.data(), dim) != 0 ||
-                                             std::memcmp(scale, &want.scale, 4) != 0;
-                                    ++rows;
-                                }
-                    INFO(wrong << " of " << rows << " rows differ from the reference quantizer");
-                    CHECK(wrong == 0);
-                    CHECK(pool.validate());
-                }
+                        // The bytes in the pages.
+                        const PagedKVCache* caches[] = {&cache};
+                        const SnapshotData s =
+                            detail::capture_snapshot(pool, caches, {}, true, "quant test");
+                        const PageFormat& f = s.layout;
+                        std::vector<uint64_t> index_of(s.layout.num_blocks, UINT64_MAX);
+                        for (size_t b = 0, i = 0; b < s.allocator.refcounts.size(); ++b)
+                            if (s.allocator.refcounts[b] > 0) index_of[b] = i++;
+                        size_t wrong = 0, rows = 0;
+                        for (uint32_t b = 0; b < B; ++b)
+                            for (uint32_t t = 0; t < S; ++t)
+                                for (uint32_t h = 0; h < H; ++h)
+                                    for (bool value : {false, true}) {
+                                        const uint32_t dim = value ? f.v_head_dim : f.head_dim;
+                                        const auto& x = value ? v : k;
+                                        const size_t row = (size_t(b) * H + h) * S + t;
+                                        const QuantizedRow want =
+                                            quantize_row(q, std::span(x).subspan(row * dim, dim));
+                                        const uint32_t block =
+                                            index(s.caches[0].rows[b][t / f.block_size]);
+                                        const uint8_t* page = s.pages.data() +
+                                                              index_of[block] * f.block_bytes() +
+                                                              f.page_offset(1, value);
+                                        const uint32_t slot = t % f.block_size;
+                                        const uint8_t* codes =
+                                            page +
+                                            f.row_offset(slot, h,
+                                                         value ? f.v_row_bytes() : f.k_row_bytes());
+                                        const uint8_t* scale = page + f.scales_offset(value) +
+                                                               f.row_offset(slot, h, 4);
+                                        wrong += std::memcmp(codes, want.codes.data(), dim) != 0 ||
+                                                 std::memcmp(scale, &want.scale, 4) != 0;
+                                        ++rows;
+                                    }
+                        INFO(wrong << " of " << rows
+                                   << " rows differ from the reference quantizer");
+                        CHECK(wrong == 0);
+                        CHECK(pool.validate());
+                    }
 }
 
 TEST_CASE("quantized pool sizes count the scales", "[quant]") {
