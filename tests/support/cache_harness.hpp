@@ -16,6 +16,11 @@ struct CacheHarness {
     BlockPool& pool;
     KVCache& cache;
     ReferenceCache ref;
+    // With keep_inputs, the K/V as written (before a quantized pool's quantization), kept by
+    // write() and append() only: a test that sets it (page-byte checks) mirrors its other
+    // operations (crop, select, ...) on it too.
+    bool keep_inputs = false;
+    ReferenceCache inputs;
     std::mt19937 rng;
     std::ostringstream trace;  // the operations so far, printed when a check fails
 
@@ -25,21 +30,28 @@ struct CacheHarness {
           cache(k),
           ref(p.config().num_layers, p.config().num_kv_heads, p.config().head_dim,
               p.config().v_head_dim),
+          inputs(ref),
           rng(seed) {}
 
     struct KV {
-        std::vector<float> k, v;
+        std::vector<float> k, v;        // what the pool gives back (the reference's values)
+        std::vector<float> k_in, v_in;  // the input, exact in tk / tv's dtype
         Tensor tk, tv;
     };
+    // Random K/V for a write (in input_dtype) and, in k / v, what the pool keeps of them (for a
+    // quantized pool the reference quantizer's values: rows are whole (token, head) vectors, so
+    // per-row quantization commutes with every cache operation).
     KV make_kv(uint32_t batch, uint32_t seq) {
         const PoolConfig& c = pool.config();
+        const DType in = input_dtype(c);
         KV kv;
-        kv.k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, c.dtype);
-        kv.v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, c.dtype);
-        kv.tk =
-            Tensor::from_host(ctx, kv.k, shape4(batch, c.num_kv_heads, seq, c.head_dim), c.dtype);
+        kv.k_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, in);
+        kv.v_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, in);
+        kv.tk = Tensor::from_host(ctx, kv.k_in, shape4(batch, c.num_kv_heads, seq, c.head_dim), in);
         kv.tv =
-            Tensor::from_host(ctx, kv.v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), c.dtype);
+            Tensor::from_host(ctx, kv.v_in, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), in);
+        kv.k = stored_values(c, kv.k_in, c.head_dim);
+        kv.v = stored_values(c, kv.v_in, c.v_head_dim);
         return kv;
     }
 
@@ -67,6 +79,7 @@ struct CacheHarness {
         KV kv = make_kv(batch, seq);
         auto [k, v] = cache.update(kv.tk, kv.tv, layer, cp);
         ref.update(kv.k, kv.v, batch, seq, layer, pos);
+        if (keep_inputs) inputs.update(kv.k_in, kv.v_in, batch, seq, layer, pos);
         after_update(layer);
         compare(k, v, layer, "update result");
     }
