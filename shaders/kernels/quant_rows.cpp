@@ -59,8 +59,14 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
     const uint32_t members = op.tensor2 ? 2 : 1;
     const uint64_t threads = uint64_t(op.entries.size()) * members * op.heads;
     const uint32_t widest = std::max(op.dim, op.tensor2 ? op.dim2 : 0u);
+    // The shader's largest element index: (tensor_row + (heads - 1) * head_stride + 1) * dim,
+    // over the entries' tensor rows (a tensor of more than 2^32 elements, not every copy of
+    // many rows: a (1, H, S, D) gather has S entries and head_stride S).
+    uint64_t last_row = 0;
+    for (const RowEntry& e : op.entries)
+        if (e.tensor_row != kNone) last_row = std::max<uint64_t>(last_row, e.tensor_row);
     if (threads > UINT32_MAX ||
-        (uint64_t(op.entries.size()) * op.heads * op.head_stride + 1) * widest > UINT32_MAX)
+        (last_row + uint64_t(op.heads - 1) * op.head_stride + 1) * widest > UINT32_MAX)
         throw Error(ErrorCode::CapacityExceeded,
                     fmt::format("one quantized copy of {} rows exceeds the shader's 32-bit "
                                 "indexing",

@@ -201,3 +201,16 @@ TEST_CASE("MQA with different K and V head dims matches the reference", "[cache]
             h.check();
         }
 }
+
+TEST_CASE("a quantized row of thousands of tokens and many heads gathers in one copy",
+          "[cache][gpu]") {
+    // quant_rows once refused any copy with entries x heads x seq x head_dim past 2^32 (here
+    // 2,100 x 8 x 2,100 x 128), though its largest index is the tensor's element count.
+    ValidatedContext g;
+    BlockPool pool(g.ctx, small_config(DType::Int8, 1, 8, 128, 16, 140));
+    DynamicKVCache cache(pool);
+    CacheHarness h(g.ctx, pool, cache, 5);
+    h.append(1, 2100, 0);
+    h.append(1, 1, 0);
+    h.check();
+}
