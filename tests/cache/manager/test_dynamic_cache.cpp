@@ -89,40 +89,46 @@ TEST_CASE("layers fill independently and share one block table per row", "[cache
 
 TEST_CASE("pages return to the pool on reset and on destruction", "[cache][gpu]") {
     ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::F32));
-    {
-        DynamicKVCache cache(pool);
-        CacheHarness h(g.ctx, pool, cache, 5);
-        h.append(4, 10, 0);
-        CHECK(pool.stats().used_blocks == 12);
-        cache.reset();
+    for (DType dtype : {DType::F32, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        BlockPool pool(g.ctx, small_config(dtype));
+        {
+            DynamicKVCache cache(pool);
+            CacheHarness h(g.ctx, pool, cache, 5);
+            h.append(4, 10, 0);
+            CHECK(pool.stats().used_blocks == 12);
+            cache.reset();
+            CHECK(pool.stats().used_blocks == 0);
+            CHECK(cache.get_seq_length() == 0);
+            h.ref.reset();
+            h.append(2, 5, 1);  // a new batch size after reset
+            h.check();
+            CHECK(pool.stats().used_blocks == 4);
+        }
         CHECK(pool.stats().used_blocks == 0);
-        CHECK(cache.get_seq_length() == 0);
-        h.ref.reset();
-        h.append(2, 5, 1);  // a new batch size after reset
-        h.check();
-        CHECK(pool.stats().used_blocks == 4);
+        CHECK(pool.stats().peak_used_blocks == 12);
+        CHECK(pool.validate());
     }
-    CHECK(pool.stats().used_blocks == 0);
-    CHECK(pool.stats().peak_used_blocks == 12);
-    CHECK(pool.validate());
 }
 
 TEST_CASE("two caches over one pool keep separate pages", "[cache][gpu]") {
     ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::BF16));
-    DynamicKVCache a(pool), b(pool);
-    CacheHarness ha(g.ctx, pool, a, 11), hb(g.ctx, pool, b, 12);
-    for (int i = 0; i < 4; ++i) {
-        ha.append(2, 3, 0);
-        hb.append(1, 5, 0);
+    for (DType dtype : {DType::BF16, DType::Int8}) {
+        INFO("dtype " << to_string(dtype));
+        BlockPool pool(g.ctx, small_config(dtype));
+        DynamicKVCache a(pool), b(pool);
+        CacheHarness ha(g.ctx, pool, a, 11), hb(g.ctx, pool, b, 12);
+        for (int i = 0; i < 4; ++i) {
+            ha.append(2, 3, 0);
+            hb.append(1, 5, 0);
+        }
+        ha.check();
+        hb.check();
+        for (uint32_t r = 0; r < 2; ++r)
+            for (uint32_t p : a.block_table(r))
+                for (uint32_t q : b.block_table(0))
+                    CHECK(p != q);
     }
-    ha.check();
-    hb.check();
-    for (uint32_t r = 0; r < 2; ++r)
-        for (uint32_t p : a.block_table(r))
-            for (uint32_t q : b.block_table(0))
-                CHECK(p != q);
 }
 
 TEST_CASE("tensors round-trip through device-local memory and staging copies", "[tensor][gpu]") {

@@ -14,7 +14,7 @@ TEST_CASE(
         INFO("dtype " << to_string(dtype));
         BlockPool pool(g.ctx, small_config(dtype, 2, 2, 16, 16, 1024));
         for (uint32_t prompt : {2000u, 2008u}) {
-            DYNAMIC_SECTION("prompt " << prompt) {
+            DYNAMIC_SECTION(to_string(dtype) << ", prompt " << prompt) {
                 DynamicKVCache cache(pool);
                 CacheHarness h(g.ctx, pool, cache, 7);
                 for (uint32_t l = 0; l < 2; ++l)
