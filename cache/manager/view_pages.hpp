@@ -28,6 +28,11 @@ inline PagedView view_pages(const PoolState& ps, uint32_t layer) {
     v.block_bytes = lay.block_bytes();
     v.k_offset = lay.page_offset(layer, false);
     v.v_offset = lay.page_offset(layer, true);
+    v.scale_bytes = uint32_t(lay.scale_bytes());
+    if (v.scale_bytes) {
+        v.k_scales_offset = v.k_offset + lay.scales_offset(false);
+        v.v_scales_offset = v.v_offset + lay.scales_offset(true);
+    }
     return v;
 }
 

@@ -58,6 +58,16 @@ struct PagedView {
     uint64_t block_bytes = 0;
     uint64_t k_offset = 0;
     uint64_t v_offset = 0;
+    // Quantized pages (dtype Int8 or FP8E4M3; elements are then 1-byte codes): one f32 scale per
+    // (token, head) row, scale_bytes = 4 (0 for other dtypes, whose pages have no scales). This
+    // layer's K scales start k_scales_offset bytes from a block's start (V: v_scales_offset), in
+    // the pages' row order: the scale of row (slot, head) is at byte (head * block_size + slot)
+    // * 4 (HeadMajor) or (slot * kv_heads + head) * 4 (TokenMajor) from there. An element's
+    // value is code * scale (Int8 codes are two's complement, -127..127; FP8 codes are OCP
+    // E4M3FN). Without scales both offsets are 0.
+    uint32_t scale_bytes = 0;
+    uint64_t k_scales_offset = 0;
+    uint64_t v_scales_offset = 0;
 
     // The block table on the device: uint32 arrays, all in one buffer, at these offsets.
     VkBuffer table = VK_NULL_HANDLE;

@@ -50,7 +50,8 @@ inline uint8_t fp8e4m3_nearest(float y) {
     const auto it = std::lower_bound(positive.begin(), positive.end(), a);
     if (it == positive.end()) return uint8_t(sign | 126);
     const int hi = int(it - positive.begin());
-    if (hi == 0 || *it == a) return uint8_t(sign | hi);
+    if (hi == 0) return 0;  // +-0 (-0 is stored as +0)
+    if (*it == a) return uint8_t(sign | hi);
     const int lo = hi - 1;
     // Exact (Sterbenz: neighbours are at most a factor 2 apart).
     const float dlo = a - positive[size_t(lo)], dhi = *it - a;

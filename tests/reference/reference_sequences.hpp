@@ -2,6 +2,9 @@
 // sequence is a plain array of tokens per layer, each token kv_heads rows of K and V. The
 // oracle of the manager's tests and of the serve demo's per-token check; ragged_attention is
 // the oracle of a step's causal attention.
+// For a quantized pool (Int8, FP8E4M3) write() takes what the pool keeps: the reference
+// quantizer's values of the rows written (reference_quant.hpp quantize_rows; rows are whole
+// (token, head) vectors, so quantizing them commutes with fork, truncate and steps).
 #pragma once
 
 #include <algorithm>

@@ -70,6 +70,8 @@ CallerParams view_gather(const PagedView& view, const Tensor& out, bool value, u
     p.first_slot = view.first_slot;
     p.block_bytes = view.block_bytes;
     p.page_offset = value ? view.v_offset : view.k_offset;
+    p.scales_offset = value ? view.v_scales_offset : view.k_scales_offset;
+    p.quant = view.dtype == DType::Int8 ? 1 : view.dtype == DType::FP8E4M3 ? 2 : 0;
     return p;
 }
 
@@ -197,12 +199,37 @@ TEST_CASE("recording refuses what it cannot do with clear errors and changes not
 }
 
 TEST_CASE("the paged view lets the caller's shader read every row's tokens from the pages") {
-    on_adopted_device([](HostVulkan& host, Context& ctx) {
+    const DType dtype = GENERATE(DType::F32, DType::Int8, DType::FP8E4M3);
+    INFO(to_string(dtype));
+    on_adopted_device([&](HostVulkan& host, Context& ctx) {
         CallerKernels kernels(host.device, host.family);
-        PoolConfig cfg = small_config(DType::F32, 2, 2, 8, 4, 64);
+        PoolConfig cfg = small_config(dtype, 2, 2, 8, 4, 64);
         cfg.v_head_dim = 4;
-        cfg.max_slab_bytes = 4 * 2 * 2 * 4 * (8 + 4) * 4;  // 4 blocks a slab: 16 slabs
+        // Quantized pages: the kernel dequantizes to f32, as get() in compute dtype f32 does.
+        cfg.compute_dtype = DType::F32;
+        // 4 blocks a slab: 16 slabs. A block: 2 layers x 2 heads x 4 slots of K and V rows.
+        cfg.max_slab_bytes =
+            4 * 2 * 2 * 4 * ((8 + 4) * dtype_size(dtype) + 2 * dtype_scale_size(dtype));
         BlockPool pool(ctx, cfg);
+        {
+            // Where the view says the scales are: after each page's values.
+            const PagedView v = DynamicKVCache(pool).paged_view(1);
+            const uint64_t rows = 2 * 4, k_values = rows * 8 * dtype_size(dtype),
+                           v_values = rows * 4 * dtype_size(dtype);
+            CHECK(v.block_bytes * 4 == cfg.max_slab_bytes);
+            CHECK(v.scale_bytes == dtype_scale_size(dtype));
+            CHECK(v.k_offset == v.block_bytes / 2);  // layer 1
+            if (is_quantized(dtype)) {
+                CHECK(v.k_scales_offset == v.k_offset + k_values);
+                CHECK(v.v_offset == v.k_scales_offset + rows * 4);
+                CHECK(v.v_scales_offset == v.v_offset + v_values);
+                CHECK(v.v_scales_offset + rows * 4 == v.block_bytes);
+            } else {
+                CHECK(v.k_scales_offset == 0);
+                CHECK(v.v_scales_offset == 0);
+                CHECK(v.v_offset == v.k_offset + k_values);
+            }
+        }
         DynamicKVCache cache(pool);
         CacheHarness h(ctx, pool, cache, 3);
 

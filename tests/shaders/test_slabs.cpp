@@ -6,25 +6,30 @@ using namespace pagedkv::test;
 
 TEST_CASE("a pool over many small slabs matches the reference", "[slabs][gpu]") {
     ValidatedContext g;
-    PoolConfig c;
-    c.num_layers = 2;
-    c.num_kv_heads = 2;
-    c.head_dim = 16;
-    c.block_size = 4;
-    c.dtype = DType::F16;
-    c.num_blocks = 100;
-    c.max_slab_bytes = 3 * 2 * 2 * (2 * 4 * 16 * 2);  // three blocks fit: slabs of two
-    BlockPool pool(g.ctx, c);
-    CHECK(pool.stats().num_slabs == 50);
-    DynamicKVCache cache(pool);
-    CacheHarness h(g.ctx, pool, cache, 21);
-    for (uint32_t l = 0; l < 2; ++l)
-        h.append(5, 37, l);
-    for (int step = 0; step < 3; ++step)
+    for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        PoolConfig c;
+        c.num_layers = 2;
+        c.num_kv_heads = 2;
+        c.head_dim = 16;
+        c.block_size = 4;
+        c.dtype = dtype;
+        c.num_blocks = 100;
+        // Three blocks fit: slabs of two. A block: 2 layers x (K + V) x 2 heads x 4 slots of rows
+        // (16 elements and, quantized, a scale).
+        c.max_slab_bytes = 3 * 2 * 2 * (2 * 4 * (16 * dtype_size(dtype) + dtype_scale_size(dtype)));
+        BlockPool pool(g.ctx, c);
+        CHECK(pool.stats().num_slabs == 50);
+        DynamicKVCache cache(pool);
+        CacheHarness h(g.ctx, pool, cache, 21);
         for (uint32_t l = 0; l < 2; ++l)
-            h.append(5, 1, l);
-    h.check();
-    CHECK(pool.stats().used_blocks == 50);
+            h.append(5, 37, l);
+        for (int step = 0; step < 3; ++step)
+            for (uint32_t l = 0; l < 2; ++l)
+                h.append(5, 1, l);
+        h.check();
+        CHECK(pool.stats().used_blocks == 50);
+    }
 }
 
 TEST_CASE("a pool larger than maxStorageBufferRange works", "[slabs][gpu]") {

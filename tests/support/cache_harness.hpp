@@ -20,6 +20,11 @@ struct CacheHarness {
     BlockPool& pool;
     KVCache& cache;
     ReferenceCache ref;
+    // With keep_inputs, the K/V as written (before a quantized pool's quantization), kept by
+    // write() and append() only: a test that sets it (page-byte checks) mirrors its other
+    // operations (crop, select, ...) on it too.
+    bool keep_inputs = false;
+    ReferenceCache inputs;
     std::mt19937 rng;
     std::ostringstream trace;  // the operations so far, printed when a check fails
 
@@ -29,6 +34,7 @@ struct CacheHarness {
           cache(k),
           ref(p.config().num_layers, p.config().num_kv_heads, p.config().head_dim,
               p.config().v_head_dim),
+          inputs(ref),
           rng(seed) {}
 
     // The dtype of the tensors written: the pool's, or a quantized pool's compute dtype.
@@ -39,19 +45,26 @@ struct CacheHarness {
 
     struct KV {
         std::vector<float> k, v;  // what the pages hold (dequantized in f32 for a quantized pool)
+        std::vector<float> k_in, v_in;  // the input, exact in tk / tv's dtype
         Tensor tk, tv;
     };
+    // Random K/V for a write (in tensor_dtype) and, in k / v, what the pool keeps of them (for a
+    // quantized pool the reference quantizer's values in f32: rows are whole (token, head)
+    // vectors, so per-row quantization commutes with every cache operation).
     KV make_kv(uint32_t batch, uint32_t seq) {
         const PoolConfig& c = pool.config();
-        const DType t = tensor_dtype();
+        const DType in = tensor_dtype();
         KV kv;
-        kv.k = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, t);
-        kv.v = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, t);
-        kv.tk = Tensor::from_host(ctx, kv.k, shape4(batch, c.num_kv_heads, seq, c.head_dim), t);
-        kv.tv = Tensor::from_host(ctx, kv.v, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), t);
+        kv.k_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, in);
+        kv.v_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, in);
+        kv.tk = Tensor::from_host(ctx, kv.k_in, shape4(batch, c.num_kv_heads, seq, c.head_dim), in);
+        kv.tv =
+            Tensor::from_host(ctx, kv.v_in, shape4(batch, c.num_kv_heads, seq, c.v_head_dim), in);
+        kv.k = kv.k_in;
+        kv.v = kv.v_in;
         if (is_quantized(c.dtype)) {
-            kv.k = quantize_rows(c.dtype, DType::F32, kv.k, c.head_dim);
-            kv.v = quantize_rows(c.dtype, DType::F32, kv.v, c.v_head_dim);
+            kv.k = quantize_rows(c.dtype, DType::F32, kv.k_in, c.head_dim);
+            kv.v = quantize_rows(c.dtype, DType::F32, kv.v_in, c.v_head_dim);
         }
         return kv;
     }
@@ -80,6 +93,7 @@ struct CacheHarness {
         KV kv = make_kv(batch, seq);
         auto [k, v] = cache.update(kv.tk, kv.tv, layer, cp);
         ref.update(kv.k, kv.v, batch, seq, layer, pos);
+        if (keep_inputs) inputs.update(kv.k_in, kv.v_in, batch, seq, layer, pos);
         after_update(layer);
         compare(k, v, layer, "update result");
     }
@@ -93,7 +107,7 @@ struct CacheHarness {
                 shape4(ref.batch(), c.num_kv_heads, uint32_t(ref.seq_length(layer)), c.v_head_dim));
         const auto gk = k.to_host(), gv = v.to_host();
         auto wk = ref.keys(layer), wv = ref.values(layer);
-        if (is_quantized(c.dtype))
+        if (is_quantized(c.dtype) || *c.compute_dtype != c.dtype)  // returned in compute dtype
             for (auto* w : {&wk, &wv})
                 for (float& x : *w)
                     x = round_to(*c.compute_dtype, x);

@@ -4,7 +4,9 @@
 //   PRODUCE:     a[i] = base + i * step                    (writes K/V before the library reads it)
 //   COMBINE:     c[i] = a[i] + 2 * b[i]                     (reads what the library gathered)
 //   VIEW_GATHER: a = one layer's K or V of every row, read from the pages through the paged
-//                view's CSR block table ((batch, heads, max_len, dim), zero past a row's end)
+//                view's CSR block table ((batch, heads, max_len, dim), zero past a row's end);
+//                quantized pages (quant 1: int8, 2: fp8 e4m3) dequantized as code * scale, the
+//                row's scale read where the view's scales offset says
 #version 460
 #extension GL_EXT_buffer_reference2 : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
@@ -35,6 +37,8 @@ layout(push_constant) uniform Params {
     uint64_t first_slot;
     uint64_t block_bytes;
     uint64_t page_offset;
+    uint64_t scales_offset;  // from a block's start (PagedView k_scales_offset / v_scales_offset)
+    uint quant;              // 0: f32 pages, 1: int8 codes, 2: fp8 e4m3 codes
 } p;
 
 void main() {
@@ -64,6 +68,23 @@ void main() {
     const uint64_t slab = Addresses(p.b).a[block >> p.slab_shift];
     const uint64_t in_slab = uint64_t(block & ((1u << p.slab_shift) - 1u)) * p.block_bytes;
     const uint r = p.token_major != 0u ? slot * p.heads + h : h * p.block_size + slot;
+    if (p.quant != 0u) {
+        // One byte per element: read the word holding it.
+        const uint64_t at = in_slab + p.page_offset + uint64_t(r * p.dim + d);
+        const uint word = Uints(slab + (at & ~uint64_t(3))).u[0];
+        const uint code = (word >> (uint(at & 3ul) * 8u)) & 0xFFu;
+        const float scale = Floats(slab + in_slab + p.scales_offset + uint64_t(r) * 4ul).f[0];
+        float v;
+        if (p.quant == 1u) {
+            v = float(int(code << 24) >> 24);
+        } else {
+            const uint e = (code >> 3) & 15u, m = code & 7u;
+            v = e == 0u ? ldexp(float(m), -9) : ldexp(1.0 + float(m) * 0.125, int(e) - 7);
+            if ((code & 0x80u) != 0u) v = -v;
+        }
+        Floats(p.a).f[i] = v * scale;
+        return;
+    }
     const uint64_t byte = in_slab + p.page_offset + uint64_t(r * p.dim + d) * 4ul;
     Floats(p.a).f[i] = Floats(slab + byte).f[0];
 #endif

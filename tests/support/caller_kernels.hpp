@@ -30,6 +30,8 @@ struct CallerParams {
     uint64_t first_slot = 0;
     uint64_t block_bytes = 0;
     uint64_t page_offset = 0;
+    uint64_t scales_offset = 0;
+    uint32_t quant = 0;
 };
 
 constexpr uint32_t kProduceSpirv[] = {

@@ -15,6 +15,7 @@
 
 #include "cache/manager/access.hpp"
 #include "pagedkv/pagedkv.hpp"
+#include "reference_quant.hpp"
 
 namespace pagedkv::test {
 
@@ -123,6 +124,29 @@ inline PoolConfig small_config(DType dtype, uint32_t layers = 2, uint32_t heads 
     c.num_blocks = blocks;
     c.layout = test_layout();
     return c;
+}
+
+// Every pool dtype: the float ones, then the quantized ones (Int8, FP8E4M3).
+inline constexpr DType kPoolDTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Int8,
+                                        DType::FP8E4M3};
+inline constexpr DType kQuantDTypes[] = {DType::Int8, DType::FP8E4M3};
+
+// The dtype of the K/V a test writes into a pool of (resolved) config c: the pool's dtype, or
+// for a quantized pool its compute dtype.
+inline DType input_dtype(const PoolConfig& c) {
+    return is_quantized(c.dtype) ? c.compute_dtype.value_or(DType::F16) : c.dtype;
+}
+
+// What a pool of (resolved) config c gives back, in its compute dtype, for input x (values
+// exact in input_dtype(c)) of whole rows of dim elements: the reference quantizer's values for a
+// quantized pool, else x rounded to the compute dtype (exact unless the compute dtype is
+// narrower than the pool's).
+inline std::vector<float> stored_values(const PoolConfig& c, std::vector<float> x, size_t dim) {
+    const DType compute = c.compute_dtype.value_or(is_quantized(c.dtype) ? DType::F16 : c.dtype);
+    if (is_quantized(c.dtype)) return quantize_rows(c.dtype, compute, x, dim);
+    for (float& f : x)
+        f = round_to(compute, f);
+    return x;
 }
 
 inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t d) {

@@ -10,6 +10,7 @@
 #include "cache/manager/access.hpp"
 #include "cache_state_snapshot.hpp"
 #include "reference_cache.hpp"
+#include "reference_quant.hpp"
 #include "test_support.hpp"
 
 using namespace pagedkv;
@@ -121,6 +122,99 @@ TEST_CASE(
                 require_bits(got->second.to_host(), ref.values(layer), "get's values");
             }
             REQUIRE(pool.check() == "");
+        }
+}
+
+TEST_CASE("get, update and gather return the pool's compute dtype, quantized pools included",
+          "[convert][gpu]") {
+    // A float pool with another compute dtype converts its gathers (exactly when wider); a
+    // quantized pool quantizes any float input and dequantizes to its compute dtype, exactly
+    // as the reference quantizer.
+    struct Case {
+        DType pool, compute;
+    };
+    const Case cases[] = {
+        {DType::F16, DType::F32},     {DType::BF16, DType::F32},    {DType::F32, DType::F16},
+        {DType::Int8, DType::F32},    {DType::Int8, DType::F16},    {DType::Int8, DType::BF16},
+        {DType::FP8E4M3, DType::F32}, {DType::FP8E4M3, DType::F16}, {DType::FP8E4M3, DType::BF16}};
+    ValidatedContext vc;
+    Context& ctx = vc.ctx;
+    for (const Case& cs : cases)
+        for (DType input : kDTypes) {
+            INFO("pool " << to_string(cs.pool) << ", compute " << to_string(cs.compute)
+                         << ", input " << to_string(input));
+            PoolConfig c = small_config(cs.pool, 2, 2, 12, 4, 64);
+            c.compute_dtype = cs.compute;
+            BlockPool pool(ctx, c);
+            REQUIRE(pool.config().compute_dtype == cs.compute);
+            auto expect = [&](const std::vector<float>& x) {
+                const auto in = rounded(x, input);
+                return is_quantized(cs.pool) ? quantize_rows(cs.pool, cs.compute, in, 12)
+                                             : rounded(rounded(in, cs.pool), cs.compute);
+            };
+            {
+                DynamicKVCache cache(pool);
+                ReferenceCache ref(2, 2, 12, 12);
+                std::mt19937 rng(uint32_t(int(cs.pool) * 7 + int(cs.compute) * 3 + int(input)));
+                for (uint32_t layer = 0; layer < 2; ++layer)
+                    for (uint32_t seq : {7u, 2u, 1u}) {
+                        const auto shape = shape4(2, 2, seq, 12);
+                        const size_t n = size_t(2) * 2 * seq * 12;
+                        const auto k = awkward_values(n, rng), v = awkward_values(n, rng);
+                        const Tensor tk = Tensor::from_host(ctx, k, shape, input);
+                        const Tensor tv = Tensor::from_host(ctx, v, shape, input);
+                        const auto lens = ref.lengths(layer);
+                        std::vector<std::vector<int64_t>> pos(2);
+                        for (uint32_t b = 0; b < 2; ++b)
+                            for (uint32_t t = 0; t < seq; ++t)
+                                pos[b].push_back((lens.empty() ? 0 : lens[b]) + t);
+                        ref.update(expect(k), expect(v), 2, seq, layer, pos);
+                        if (seq == 2) {
+                            cache.write(tk, tv, layer);
+                            continue;
+                        }
+                        const auto [gk, gv] = cache.update(tk, tv, layer);
+                        CHECK(gk.dtype() == cs.compute);
+                        CHECK(gv.dtype() == cs.compute);
+                        require_bits(gk.to_host(), ref.keys(layer), "update's keys");
+                        require_bits(gv.to_host(), ref.values(layer), "update's values");
+                    }
+                for (uint32_t layer = 0; layer < 2; ++layer) {
+                    const auto got = cache.get(layer);
+                    REQUIRE(got.has_value());
+                    CHECK(got->first.dtype() == cs.compute);
+                    CHECK(got->second.dtype() == cs.compute);
+                    require_bits(got->first.to_host(), ref.keys(layer), "get's keys");
+                    require_bits(got->second.to_host(), ref.values(layer), "get's values");
+                }
+            }
+            {
+                KVManager mgr(pool);
+                const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
+                const SeqId seqs[] = {a, b};
+                const uint32_t counts[] = {5, 2};
+                Step step = mgr.begin_step(seqs, counts);
+                std::mt19937 rng(5);
+                const auto k = awkward_values(7 * 2 * 12, rng), v = awkward_values(7 * 2 * 12, rng);
+                mgr.write(step, 1, Tensor::from_host(ctx, k, {7, 2, 12}, input),
+                          Tensor::from_host(ctx, v, {7, 2, 12}, input));
+                mgr.end_step(std::move(step));
+                const auto rk = expect(k), rv = expect(v);
+                std::vector<float> wk, wv;  // sequence a: tokens 0..4, as (head, token, dim)
+                for (size_t h = 0; h < 2; ++h)
+                    for (size_t t = 0; t < 5; ++t)
+                        for (size_t d = 0; d < 12; ++d) {
+                            wk.push_back(rk[(t * 2 + h) * 12 + d]);
+                            wv.push_back(rv[(t * 2 + h) * 12 + d]);
+                        }
+                const auto [gk, gv] = mgr.gather(a, 1);
+                CHECK(gk.dtype() == cs.compute);
+                CHECK(gv.dtype() == cs.compute);
+                require_bits(gk.to_host(), wk, "gathered keys");
+                require_bits(gv.to_host(), wv, "gathered values");
+            }
+            REQUIRE(pool.check() == "");
+            REQUIRE(pool.stats().used_blocks == 0);
         }
 }
 

@@ -13,7 +13,7 @@ struct Fixture {
     BlockPool pool;
     DynamicKVCache cache;
     CacheHarness h;
-    Fixture(uint64_t blocks = 32)
+    explicit Fixture(uint64_t blocks = 32, DType dtype = DType::F16)
         : pool(g.ctx,
                [&] {
                    PoolConfig c;
@@ -21,7 +21,7 @@ struct Fixture {
                    c.num_kv_heads = 4;
                    c.head_dim = 8;
                    c.block_size = 4;
-                   c.dtype = DType::F16;
+                   c.dtype = dtype;  // quantized: compute dtype F16, K/V in F16 as well
                    c.num_blocks = blocks;
                    return c;
                }()),
@@ -56,7 +56,8 @@ struct InjectedOutOfMemory {
 }  // namespace
 
 TEST_CASE("update rejects a key with the wrong number of heads", "[errors][gpu]") {
-    Fixture f;
+    const DType dtype = GENERATE(DType::F16, DType::Int8, DType::FP8E4M3);
+    Fixture f(32, dtype);
     Tensor k = f.tensor({2, 2, 1, 8}), v = f.tensor({2, 4, 1, 8});
     require_rejected(f.cache, ErrorCode::InvalidArgument,
                      "update: key has 2 heads, pool layout has 4 kv heads",
@@ -64,7 +65,8 @@ TEST_CASE("update rejects a key with the wrong number of heads", "[errors][gpu]"
 }
 
 TEST_CASE("update rejects a value with the wrong head_dim", "[errors][gpu]") {
-    Fixture f;
+    const DType dtype = GENERATE(DType::F16, DType::FP8E4M3);
+    Fixture f(32, dtype);
     Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 6});
     require_rejected(f.cache, ErrorCode::InvalidArgument,
                      "update: value has head_dim 6, pool layout has 8",
@@ -72,7 +74,8 @@ TEST_CASE("update rejects a value with the wrong head_dim", "[errors][gpu]") {
 }
 
 TEST_CASE("update rejects a batch other than the cache's", "[errors][gpu]") {
-    Fixture f;
+    const DType dtype = GENERATE(DType::F16, DType::Int8);
+    Fixture f(32, dtype);
     Tensor k = f.tensor({3, 4, 1, 8}), v = f.tensor({3, 4, 1, 8});
     require_rejected(f.cache, ErrorCode::InvalidArgument,
                      "update: key has batch 3, cache holds 2 rows",
@@ -80,7 +83,8 @@ TEST_CASE("update rejects a batch other than the cache's", "[errors][gpu]") {
 }
 
 TEST_CASE("update rejects a layer out of range", "[errors][gpu]") {
-    Fixture f;
+    const DType dtype = DType::F16;  // (not about the dtype)
+    Fixture f(32, dtype);
     Tensor k = f.tensor({2, 4, 1, 8}), v = f.tensor({2, 4, 1, 8});
     require_rejected(f.cache, ErrorCode::InvalidArgument,
                      "update: layer_idx 2 out of range, pool has 2 layers",
@@ -93,7 +97,8 @@ TEST_CASE("update rejects a layer out of range", "[errors][gpu]") {
 }
 
 TEST_CASE("update rejects tensors that are not 4-D or disagree", "[errors][gpu]") {
-    Fixture f;
+    const DType dtype = GENERATE(DType::F16, DType::Int8);
+    Fixture f(32, dtype);
     Tensor k3 = f.tensor({2, 4, 8}), k = f.tensor({2, 4, 2, 8}), v1 = f.tensor({2, 4, 1, 8});
     require_rejected(
         f.cache, ErrorCode::InvalidArgument,
@@ -119,7 +124,8 @@ TEST_CASE("update rejects tensors from another context", "[errors][gpu]") {
 
 TEST_CASE("a pool exhausted mid-update throws OutOfBlocks and changes nothing", "[errors][gpu]") {
     // 2 rows x 2 pages are in use; 5 pages remain. Growing both rows by 12 tokens needs 6.
-    Fixture f(9);
+    const DType dtype = GENERATE(DType::F16, DType::Int8);
+    Fixture f(9, dtype);
     REQUIRE(f.pool.stats().free_blocks == 5);
     Tensor k = f.tensor({2, 4, 12, 8}), v = f.tensor({2, 4, 12, 8});
     require_rejected(f.cache, ErrorCode::OutOfBlocks, "out of blocks: need 6 pages, 5 of 9 free",
@@ -257,30 +263,79 @@ TEST_CASE("BlockPool refuses a layout the snapshot decoder refuses", "[errors][g
                       "Tensor: unknown dtype 7");
 }
 
+TEST_CASE("pool-only dtypes and quantized pools of bad shapes are refused, naming the values",
+          "[errors][gpu]") {
+    ValidatedContext g;
+    std::vector<float> data(8, 1.0f);
+    for (DType q : kQuantDTypes) {
+        INFO(to_string(q));
+        const std::string pool_only =
+            std::string(to_string(q)) + " is a pool dtype only; tensors hold f32, f16 or bf16";
+        require_error(
+            [&] {
+                (void)Tensor::from_host(g.ctx, data, {2, 4}, q);
+            },
+            ErrorCode::InvalidArgument, "Tensor: " + pool_only);
+        require_error(
+            [&] {
+                (void)Tensor::empty(g.ctx, {2, 4}, q);
+            },
+            ErrorCode::InvalidArgument, "Tensor: " + pool_only);
+        // (Tensor::wrap: test_wrap.cpp.)
+        PoolConfig c = small_config(q, 1, 2, 6, 4, 8);
+        require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+                      "BlockPool: head_dim 6 of a " + std::string(to_string(q)) +
+                          " pool must be a multiple of 4");
+        c = small_config(q, 1, 2, 8, 4, 8);
+        c.v_head_dim = 2;
+        require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+                      "BlockPool: v_head_dim 2 of a " + std::string(to_string(q)) +
+                          " pool must be a multiple of 4");
+        // compute_dtype must be a float dtype, for quantized and float pools alike.
+        for (DType pool_dtype : {q, DType::F16}) {
+            c = small_config(pool_dtype, 1, 2, 8, 4, 8);
+            c.compute_dtype = q;
+            require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+                          "BlockPool: compute_dtype " + std::string(to_string(q)) +
+                              " is not f32, f16 or bf16");
+        }
+    }
+    // A float pool takes any head_dim; a quantized one with multiples of 4 is made.
+    BlockPool odd(g.ctx, small_config(DType::F32, 1, 2, 6, 4, 8));
+    PoolConfig c = small_config(DType::Int8, 1, 2, 12, 4, 8);
+    c.v_head_dim = 4;
+    BlockPool ok(g.ctx, c);
+    CHECK(ok.config().compute_dtype == DType::F16);
+    CHECK(ok.stats().used_blocks == 0);
+}
+
 TEST_CASE("crop and insert that move tokens allocate their scratch before changing anything",
           "[errors][static][gpu]") {
     ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 64));
-    StaticKVCache cache(pool, 2, 12);
-    CacheHarness h(g.ctx, pool, cache, 21);
-    for (uint32_t l = 0; l < 2; ++l)
-        h.append(2, 9, l);
-    DynamicKVCache other(pool);
-    CacheHarness ho(g.ctx, pool, other, 22);
-    ho.append(1, 6, 0);
-    auto failing = [&](auto call) {
-        return [&, call] {
-            InjectedOutOfMemory oom(g.ctx, detail::MemoryKind::Tensor, 0);
-            call();
+    for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        StaticKVCache cache(pool, 2, 12);
+        CacheHarness h(g.ctx, pool, cache, 21);
+        for (uint32_t l = 0; l < 2; ++l)
+            h.append(2, 9, l);
+        DynamicKVCache other(pool);
+        CacheHarness ho(g.ctx, pool, other, 22);
+        ho.append(1, 6, 0);
+        auto failing = [&](auto call) {
+            return [&, call] {
+                InjectedOutOfMemory oom(g.ctx, detail::MemoryKind::Tensor, 0);
+                call();
+            };
         };
-    };
-    require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
-                     failing([&] { cache.crop(5); }));
-    require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
-                     failing([&] { cache.insert(other, 0, 1); }));
-    cache.crop(5);  // with memory back, both work
-    h.ref.crop(5);
-    h.check();
+        require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
+                         failing([&] { cache.crop(5); }));
+        require_rejected(cache, ErrorCode::Vulkan, "out of memory (injected)",
+                         failing([&] { cache.insert(other, 0, 1); }));
+        cache.crop(5);  // with memory back, both work
+        h.ref.crop(5);
+        h.check();
+    }
 }
 
 TEST_CASE("update is all or nothing whichever of its allocations runs out", "[errors][gpu]") {
@@ -289,12 +344,13 @@ TEST_CASE("update is all or nothing whichever of its allocations runs out", "[er
     // turn: each failure leaves the cache as it was, until n passes what the update needs.
     // For upload space the update is made larger than an upload chunk (1 MiB), so that it
     // needs a new one whatever earlier batches left to reuse.
+    const DType dtype = GENERATE(DType::F16, DType::Int8);  // Int8: the quantizing scatter
     for (const PathMode& mode : kPathModes)
         for (auto kind : {detail::MemoryKind::Tensor, detail::MemoryKind::Upload}) {
             if (kind == detail::MemoryKind::Upload && mode.path != BytePath::Shader) continue;
             const uint32_t seq = kind == detail::MemoryKind::Upload ? 70000 : 3;
             INFO(mode.name << ", memory kind " << int(kind));
-            Fixture f(40000);
+            Fixture f(40000, dtype);
             use_path(f.g.ctx, mode);
             auto kv = f.h.make_kv(2, seq);
             int64_t failures = 0;

@@ -90,7 +90,7 @@ TEST_CASE("step planning: appended pages and copies of the shared pages a step w
 }
 
 TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit") {
-    for (DType dtype : {DType::F32, DType::F16, DType::BF16})
+    for (DType dtype : kPoolDTypes)
         for (const PathMode& mode : kPathModes) {
             DYNAMIC_SECTION(to_string(dtype) << ", " << mode.name) {
                 ValidatedContext vc;
@@ -136,11 +136,15 @@ TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit")
                         ref.begin_step(seqs, counts);
                         const uint32_t total = st.total_tokens();
                         for (uint32_t l = 0; l < c.num_layers; ++l) {
-                            const auto k = random_values(size_t(total) * 2 * 8, rng, dtype);
-                            const auto v = random_values(size_t(total) * 2 * 8, rng, dtype);
-                            mgr.write(st, l, upload(vc.ctx, k, {total, 2, 8}, dtype),
-                                      upload(vc.ctx, v, {total, 2, 8}, dtype));
-                            ref.write(seqs, counts, l, k, v);
+                            // Quantized pools: input in the compute dtype, the reference
+                            // keeps the reference quantizer's values.
+                            const DType in = input_dtype(pool.config());
+                            const auto k = random_values(size_t(total) * 2 * 8, rng, in);
+                            const auto v = random_values(size_t(total) * 2 * 8, rng, in);
+                            mgr.write(st, l, upload(vc.ctx, k, {total, 2, 8}, in),
+                                      upload(vc.ctx, v, {total, 2, 8}, in));
+                            ref.write(seqs, counts, l, stored_values(pool.config(), k, 8),
+                                      stored_values(pool.config(), v, 8));
                         }
                         mgr.end_step(std::move(st));
                     }
@@ -267,173 +271,190 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
 
 TEST_CASE("KVManager: admission, reservation, copy-on-write and rollback") {
     ValidatedContext vc;
-    const PoolConfig c = small_config(DType::F32, 2, 2, 8, 4, 20);
-    BlockPool pool(vc.ctx, c);
-    KVManager mgr(pool, {0.25});  // keep 5 of 20 pages for running sequences
-    const SeqId a = mgr.add_sequence();
-    const uint32_t big[] = {60};  // 15 pages: 20 - 15 = 5 left, as the watermark wants
-    const SeqId one[] = {a};
-    REQUIRE(mgr.pages_needed(one, big) == 15);
-    REQUIRE(mgr.can_allocate(one, big));
-    const uint32_t bigger[] = {61};  // 16 pages would leave 4
-    REQUIRE_FALSE(mgr.can_allocate(one, bigger));
-    // allocate() itself ignores the watermark (it serves running sequences).
-    const uint32_t six[] = {6};
-    mgr.allocate(one, six, 3);  // 9 slots: 3 pages reserved
-    REQUIRE(mgr.block_table(a).size() == 3);
-    REQUIRE(mgr.length(a) == 0);
-    REQUIRE(pool.stats().used_blocks == 3);
-    {
-        Step st = mgr.begin_step(one, six);  // within the reservation: no new page
+    for (DType dtype : {DType::F32, DType::Int8}) {
+        INFO("dtype " << to_string(dtype));
+        PoolConfig c = small_config(dtype, 2, 2, 8, 4, 20);
+        c.compute_dtype = DType::F32;  // F32 K/V into the quantized pool too
+        BlockPool pool(vc.ctx, c);
+        KVManager mgr(pool, {0.25});  // keep 5 of 20 pages for running sequences
+        const SeqId a = mgr.add_sequence();
+        const uint32_t big[] = {60};  // 15 pages: 20 - 15 = 5 left, as the watermark wants
+        const SeqId one[] = {a};
+        REQUIRE(mgr.pages_needed(one, big) == 15);
+        REQUIRE(mgr.can_allocate(one, big));
+        const uint32_t bigger[] = {61};  // 16 pages would leave 4
+        REQUIRE_FALSE(mgr.can_allocate(one, bigger));
+        // allocate() itself ignores the watermark (it serves running sequences).
+        const uint32_t six[] = {6};
+        mgr.allocate(one, six, 3);  // 9 slots: 3 pages reserved
+        REQUIRE(mgr.block_table(a).size() == 3);
+        REQUIRE(mgr.length(a) == 0);
         REQUIRE(pool.stats().used_blocks == 3);
-        REQUIRE(mgr.length(a) == 6);
-        std::vector<float> k(6 * 16);
-        for (size_t i = 0; i < k.size(); ++i)
-            k[i] = float(i);
-        for (uint32_t l = 0; l < 2; ++l)
-            mgr.write(st, l, upload(vc.ctx, k, {6, 2, 8}, DType::F32),
-                      upload(vc.ctx, k, {6, 2, 8}, DType::F32));
+        {
+            Step st = mgr.begin_step(one, six);  // within the reservation: no new page
+            REQUIRE(pool.stats().used_blocks == 3);
+            REQUIRE(mgr.length(a) == 6);
+            std::vector<float> k(6 * 16);
+            for (size_t i = 0; i < k.size(); ++i)
+                k[i] = float(i);
+            for (uint32_t l = 0; l < 2; ++l)
+                mgr.write(st, l, upload(vc.ctx, k, {6, 2, 8}, DType::F32),
+                          upload(vc.ctx, k, {6, 2, 8}, DType::F32));
+        }
+        // The lookahead page stays reserved after the step.
+        REQUIRE(mgr.block_table(a).size() == 3);
+        const SeqId f = mgr.fork(a);  // shares the 2 pages holding tokens, not the reserved one
+        REQUIRE(mgr.block_table(f).size() == 2);
+        REQUIRE(pool.stats().shared_blocks == 2);
+        const auto parent_k = mgr.gather(a, 1).first.to_host();
+        {
+            const SeqId two[] = {f};
+            const uint32_t n[] = {1};
+            Step st = mgr.begin_step(two, n);  // writes into the shared half-full page: one copy
+            REQUIRE(pool.stats().shared_blocks == 1);
+            REQUIRE(pool.stats().pages_copied == 1);
+            std::vector<float> k(16, -1.0f);
+            for (uint32_t l = 0; l < 2; ++l)
+                mgr.write(st, l, upload(vc.ctx, k, {1, 2, 8}, DType::F32),
+                          upload(vc.ctx, k, {1, 2, 8}, DType::F32));
+        }
+        REQUIRE(bit_equal(mgr.gather(a, 1).first.to_host(), parent_k));
+        REQUIRE(mgr.length(f) == 7);
+        // Speculative rollback: 4 draft tokens, 3 rejected.
+        {
+            const SeqId two[] = {f};
+            const uint32_t n[] = {4};
+            Step st = mgr.begin_step(two, n);
+            REQUIRE(mgr.length(f) == 11);
+        }
+        mgr.truncate(f, -3);
+        REQUIRE(mgr.length(f) == 8);
+        REQUIRE(mgr.block_table(f).size() == 2);
+        mgr.free(a);
+        mgr.free(f);
+        REQUIRE(pool.stats().used_blocks == 0);
+        REQUIRE(pool.validate());
     }
-    // The lookahead page stays reserved after the step.
-    REQUIRE(mgr.block_table(a).size() == 3);
-    const SeqId f = mgr.fork(a);  // shares the 2 pages holding tokens, not the reserved one
-    REQUIRE(mgr.block_table(f).size() == 2);
-    REQUIRE(pool.stats().shared_blocks == 2);
-    const auto parent_k = mgr.gather(a, 1).first.to_host();
-    {
-        const SeqId two[] = {f};
-        const uint32_t n[] = {1};
-        Step st = mgr.begin_step(two, n);  // writes into the shared half-full page: one copy
-        REQUIRE(pool.stats().shared_blocks == 1);
-        REQUIRE(pool.stats().pages_copied == 1);
-        std::vector<float> k(16, -1.0f);
-        for (uint32_t l = 0; l < 2; ++l)
-            mgr.write(st, l, upload(vc.ctx, k, {1, 2, 8}, DType::F32),
-                      upload(vc.ctx, k, {1, 2, 8}, DType::F32));
-    }
-    REQUIRE(bit_equal(mgr.gather(a, 1).first.to_host(), parent_k));
-    REQUIRE(mgr.length(f) == 7);
-    // Speculative rollback: 4 draft tokens, 3 rejected.
-    {
-        const SeqId two[] = {f};
-        const uint32_t n[] = {4};
-        Step st = mgr.begin_step(two, n);
-        REQUIRE(mgr.length(f) == 11);
-    }
-    mgr.truncate(f, -3);
-    REQUIRE(mgr.length(f) == 8);
-    REQUIRE(mgr.block_table(f).size() == 2);
-    mgr.free(a);
-    mgr.free(f);
-    REQUIRE(pool.stats().used_blocks == 0);
-    REQUIRE(pool.validate());
 }
 
 TEST_CASE("KVManager: every error is clear and changes nothing") {
     ValidatedContext vc;
-    const PoolConfig c = small_config(DType::F16, 2, 2, 8, 4, 8);
-    BlockPool pool(vc.ctx, c);
-    KVManager mgr(pool);
-    const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
-    std::mt19937 rng(3);
-    {
-        const SeqId ids[] = {a, b};
-        const uint32_t n[] = {5, 3};
-        Step st = mgr.begin_step(ids, n);
-        for (uint32_t l = 0; l < 2; ++l)
-            mgr.write(
-                st, l,
-                upload(vc.ctx, random_values(8 * 16, rng, DType::F16), {8, 2, 8}, DType::F16),
-                upload(vc.ctx, random_values(8 * 16, rng, DType::F16), {8, 2, 8}, DType::F16));
-    }
-    struct State {
-        std::vector<SeqId> seqs;
-        std::vector<int64_t> lengths;
-        std::vector<std::vector<uint32_t>> tables;
-        std::vector<std::vector<float>> kv;
-        uint64_t used;
-        bool operator==(const State&) const = default;
-    };
-    auto state = [&] {
-        State s;
-        s.seqs = mgr.sequences();
-        for (SeqId id : s.seqs) {
-            s.lengths.push_back(mgr.length(id));
-            s.tables.push_back(mgr.block_table(id));
-            for (uint32_t l = 0; l < 2; ++l) {
-                auto [k, v] = mgr.gather(id, l);
-                s.kv.push_back(k.to_host());
-                s.kv.push_back(v.to_host());
+    for (DType dtype : {DType::F16, DType::Int8}) {  // Int8: F16 compute
+        INFO("dtype " << to_string(dtype));
+        const PoolConfig c = small_config(dtype, 2, 2, 8, 4, 8);
+        BlockPool pool(vc.ctx, c);
+        KVManager mgr(pool);
+        const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
+        std::mt19937 rng(3);
+        {
+            const SeqId ids[] = {a, b};
+            const uint32_t n[] = {5, 3};
+            Step st = mgr.begin_step(ids, n);
+            for (uint32_t l = 0; l < 2; ++l)
+                mgr.write(
+                    st, l,
+                    upload(vc.ctx, random_values(8 * 16, rng, DType::F16), {8, 2, 8}, DType::F16),
+                    upload(vc.ctx, random_values(8 * 16, rng, DType::F16), {8, 2, 8}, DType::F16));
+        }
+        struct State {
+            std::vector<SeqId> seqs;
+            std::vector<int64_t> lengths;
+            std::vector<std::vector<uint32_t>> tables;
+            std::vector<std::vector<float>> kv;
+            uint64_t used;
+            bool operator==(const State&) const = default;
+        };
+        auto state = [&] {
+            State s;
+            s.seqs = mgr.sequences();
+            for (SeqId id : s.seqs) {
+                s.lengths.push_back(mgr.length(id));
+                s.tables.push_back(mgr.block_table(id));
+                for (uint32_t l = 0; l < 2; ++l) {
+                    auto [k, v] = mgr.gather(id, l);
+                    s.kv.push_back(k.to_host());
+                    s.kv.push_back(v.to_host());
+                }
             }
-        }
-        s.used = pool.stats().used_blocks;
-        return s;
-    };
-    const State before = state();
-    auto expect = [&](auto&& f, ErrorCode code, const char* text) {
-        require_error(f, code, text);
-        REQUIRE(state() == before);
-        REQUIRE(pool.validate());
-    };
-    const SeqId ab[] = {a, b};
-    const SeqId aa[] = {a, a};
-    const SeqId unknown[] = {a, 99};
-    const uint32_t two[] = {1, 1};
-    const uint32_t one[] = {1};
-    const uint32_t huge[] = {40, 1};  // 10 pages for a, the pool has 8 - 3 = 5 free
-    expect([&] { mgr.length(99); }, ErrorCode::InvalidArgument, "unknown sequence 99");
-    expect([&] { mgr.free(99); }, ErrorCode::InvalidArgument, "free: unknown sequence 99");
-    expect([&] { mgr.fork(99); }, ErrorCode::InvalidArgument, "fork: unknown sequence 99");
-    expect([&] { mgr.truncate(99, 1); }, ErrorCode::InvalidArgument, "unknown sequence");
-    expect([&] { mgr.gather(a, 2); }, ErrorCode::InvalidArgument, "layer 2 out of range");
-    expect([&] { mgr.allocate(ab, one); }, ErrorCode::InvalidArgument, "2 sequences but 1");
-    expect([&] { mgr.allocate(aa, two); }, ErrorCode::InvalidArgument, "listed twice");
-    expect([&] { mgr.allocate(unknown, two); }, ErrorCode::InvalidArgument, "unknown sequence 99");
-    expect([&] { mgr.can_allocate(unknown, two); }, ErrorCode::InvalidArgument, "unknown");
-    expect([&] { mgr.begin_step(unknown, two); }, ErrorCode::InvalidArgument, "unknown");
-    expect([&] { mgr.allocate(ab, huge); }, ErrorCode::OutOfBlocks,
-           "needs 10 pages (sequence 1: 10), the pool has 5 free");
-    expect([&] { mgr.begin_step(ab, huge); }, ErrorCode::OutOfBlocks, "sequence 1: 10");
-    expect([&] { KVManager bad(pool, {1.5}); }, ErrorCode::InvalidArgument, "watermark");
+            s.used = pool.stats().used_blocks;
+            return s;
+        };
+        const State before = state();
+        auto expect = [&](auto&& f, ErrorCode code, const char* text) {
+            require_error(f, code, text);
+            REQUIRE(state() == before);
+            REQUIRE(pool.validate());
+        };
+        const SeqId ab[] = {a, b};
+        const SeqId aa[] = {a, a};
+        const SeqId unknown[] = {a, 99};
+        const uint32_t two[] = {1, 1};
+        const uint32_t one[] = {1};
+        const uint32_t huge[] = {40, 1};  // 10 pages for a, the pool has 8 - 3 = 5 free
+        expect([&] { mgr.length(99); }, ErrorCode::InvalidArgument, "unknown sequence 99");
+        expect([&] { mgr.free(99); }, ErrorCode::InvalidArgument, "free: unknown sequence 99");
+        expect([&] { mgr.fork(99); }, ErrorCode::InvalidArgument, "fork: unknown sequence 99");
+        expect([&] { mgr.truncate(99, 1); }, ErrorCode::InvalidArgument, "unknown sequence");
+        expect([&] { mgr.gather(a, 2); }, ErrorCode::InvalidArgument, "layer 2 out of range");
+        expect([&] { mgr.allocate(ab, one); }, ErrorCode::InvalidArgument, "2 sequences but 1");
+        expect([&] { mgr.allocate(aa, two); }, ErrorCode::InvalidArgument, "listed twice");
+        expect([&] { mgr.allocate(unknown, two); }, ErrorCode::InvalidArgument,
+               "unknown sequence 99");
+        expect([&] { mgr.can_allocate(unknown, two); }, ErrorCode::InvalidArgument, "unknown");
+        expect([&] { mgr.begin_step(unknown, two); }, ErrorCode::InvalidArgument, "unknown");
+        expect([&] { mgr.allocate(ab, huge); }, ErrorCode::OutOfBlocks,
+               "needs 10 pages (sequence 1: 10), the pool has 5 free");
+        expect([&] { mgr.begin_step(ab, huge); }, ErrorCode::OutOfBlocks, "sequence 1: 10");
+        expect([&] { KVManager bad(pool, {1.5}); }, ErrorCode::InvalidArgument, "watermark");
 
-    // A step's calls: bad tensors, a stale step, an empty step.
-    Step st = mgr.begin_step(ab, two);
-    State stepped = state();
-    auto expect_step = [&](auto&& f, const char* text) {
-        try {
-            f();
-            FAIL("no error for: " << text);
-        } catch (const Error& e) {
-            INFO(e.what());
-            REQUIRE(e.code() == ErrorCode::InvalidArgument);
-            REQUIRE_THAT(e.what(), Catch::Contains(text));
-        }
-        REQUIRE(state() == stepped);
-    };
-    const Tensor good = upload(vc.ctx, random_values(32, rng, DType::F16), {2, 2, 8}, DType::F16);
-    const Tensor three = upload(vc.ctx, random_values(48, rng, DType::F16), {3, 2, 8}, DType::F16);
-    const Tensor heads = upload(vc.ctx, random_values(64, rng, DType::F16), {2, 4, 8}, DType::F16);
-    const Tensor four_d =
-        upload(vc.ctx, random_values(32, rng, DType::F16), {2, 2, 1, 8}, DType::F16);
-    const Tensor qbad = upload(vc.ctx, random_values(48, rng, DType::F16), {2, 3, 8}, DType::F16);
-    expect_step([&] { mgr.write(st, 0, three, good); }, "key has 3 tokens, the step has 2");
-    expect_step([&] { mgr.write(st, 0, good, heads); }, "value has 4 heads");
-    expect_step([&] { mgr.write(st, 0, four_d, good); }, "must be (total_tokens, heads, head_dim)");
-    // (A key of another float dtype is converted, not refused: test_convert.cpp.)
-    expect_step([&] { mgr.write(st, 5, good, good); }, "layer 5 out of range");
-    expect_step([&] { mgr.write(st, 0, Tensor(), good); }, "key is undefined");
-    expect_step([&] { mgr.attention(st, 0, qbad); }, "query has 3 heads");
-    expect_step([&] { (void)st.view(9); }, "layer 9 out of range");
-    mgr.write(st, 0, good, good);
-    const SeqId fresh = mgr.add_sequence();  // adding a sequence does not touch the step's
-    mgr.write(st, 1, good, good);
-    REQUIRE(mgr.attention(st, 1, heads).shape() == std::vector<int64_t>{2, 4, 8});
-    mgr.free(fresh);  // frees change sequences: the step is stale now
-    stepped = state();
-    expect_step([&] { mgr.write(st, 0, good, good); }, "the step is stale");
-    expect_step([&] { mgr.attention(st, 0, good); }, "the step is stale");
-    Step moved = std::move(st);
-    expect_step([&] { mgr.write(st, 0, good, good); }, "the step is empty");
+        // A step's calls: bad tensors, a stale step, an empty step.
+        Step st = mgr.begin_step(ab, two);
+        State stepped = state();
+        auto expect_step = [&](auto&& f, const char* text) {
+            try {
+                f();
+                FAIL("no error for: " << text);
+            } catch (const Error& e) {
+                INFO(e.what());
+                REQUIRE(e.code() == ErrorCode::InvalidArgument);
+                REQUIRE_THAT(e.what(), Catch::Contains(text));
+            }
+            REQUIRE(state() == stepped);
+        };
+        const Tensor good =
+            upload(vc.ctx, random_values(32, rng, DType::F16), {2, 2, 8}, DType::F16);
+        const Tensor three =
+            upload(vc.ctx, random_values(48, rng, DType::F16), {3, 2, 8}, DType::F16);
+        const Tensor heads =
+            upload(vc.ctx, random_values(64, rng, DType::F16), {2, 4, 8}, DType::F16);
+        const Tensor four_d =
+            upload(vc.ctx, random_values(32, rng, DType::F16), {2, 2, 1, 8}, DType::F16);
+        const Tensor qbad =
+            upload(vc.ctx, random_values(48, rng, DType::F16), {2, 3, 8}, DType::F16);
+        expect_step([&] { mgr.write(st, 0, three, good); }, "key has 3 tokens, the step has 2");
+        expect_step([&] { mgr.write(st, 0, good, heads); }, "value has 4 heads");
+        expect_step([&] { mgr.write(st, 0, four_d, good); },
+                    "must be (total_tokens, heads, head_dim)");
+        // (A key of another float dtype is converted, not refused: test_convert.cpp.)
+        expect_step([&] { mgr.write(st, 5, good, good); }, "layer 5 out of range");
+        expect_step([&] { mgr.write(st, 0, Tensor(), good); }, "key is undefined");
+        // attention on quantized pools: test_attention.cpp
+        if (!is_quantized(dtype))
+            expect_step([&] { mgr.attention(st, 0, qbad); }, "query has 3 heads");
+        expect_step([&] { (void)st.view(9); }, "layer 9 out of range");
+        mgr.write(st, 0, good, good);
+        const SeqId fresh = mgr.add_sequence();  // adding a sequence does not touch the step's
+        mgr.write(st, 1, good, good);
+        if (!is_quantized(dtype))  // attention on quantized pools: test_attention.cpp
+            REQUIRE(mgr.attention(st, 1, heads).shape() == std::vector<int64_t>{2, 4, 8});
+        mgr.free(fresh);  // frees change sequences: the step is stale now
+        stepped = state();
+        expect_step([&] { mgr.write(st, 0, good, good); }, "the step is stale");
+        if (!is_quantized(dtype))  // attention on quantized pools: test_attention.cpp
+            expect_step([&] { mgr.attention(st, 0, good); }, "the step is stale");
+        Step moved = std::move(st);
+        expect_step([&] { mgr.write(st, 0, good, good); }, "the step is empty");
+    }
 }
 
 TEST_CASE("KVManager: a step of 64 sequences over 32 layers is one submit, no per-layer upload") {

@@ -31,7 +31,9 @@ struct Served {
           pool(ctx, cfg),
           mgr(pool, {0.0, true}),
           ref(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.head_dim),
-          ctx_(&ctx) {}
+          ctx_(&ctx) {
+        c = pool.config();  // resolved (compute_dtype)
+    }
 
     PoolConfig c;
     BlockPool pool;
@@ -72,8 +74,10 @@ struct Served {
         if (hit > 0) {
             ref.begin_step({id}, {uint32_t(hit)});
             for (uint32_t l = 0; l < c.num_layers; ++l)
-                ref.write({id}, {uint32_t(hit)}, l, rows(salt, toks[id], 0, size_t(hit), l, false),
-                          rows(salt, toks[id], 0, size_t(hit), l, true));
+                ref.write(
+                    {id}, {uint32_t(hit)}, l,
+                    stored_values(c, rows(salt, toks[id], 0, size_t(hit), l, false), c.head_dim),
+                    stored_values(c, rows(salt, toks[id], 0, size_t(hit), l, true), c.head_dim));
         }
         return id;
     }
@@ -105,10 +109,13 @@ struct Served {
                 k.insert(k.end(), rk.begin(), rk.end());
                 v.insert(v.end(), rv.begin(), rv.end());
             }
-            mgr.write(st, l, Tensor::from_host(*ctx_, k, {T, H, D}, c.dtype),
-                      Tensor::from_host(*ctx_, v, {T, H, D}, c.dtype));
-            ref.write(ids, counts, l, k, v);
-            if (!attend || T == 0) continue;
+            // A quantized pool takes K/V in its compute dtype; the reference keeps what the
+            // reference quantizer makes of them.
+            mgr.write(st, l, Tensor::from_host(*ctx_, k, {T, H, D}, input_dtype(c)),
+                      Tensor::from_host(*ctx_, v, {T, H, D}, input_dtype(c)));
+            ref.write(ids, counts, l, stored_values(c, k, D), stored_values(c, v, D));
+            // attention on quantized pools: test_attention.cpp
+            if (!attend || T == 0 || is_quantized(c.dtype)) continue;
             std::mt19937 rng(T * 7 + l);
             const auto q = random_values(size_t(T) * H * D, rng, c.dtype);
             const std::vector<float> got =
@@ -177,7 +184,7 @@ std::vector<uint32_t> first_n(std::vector<uint32_t> v, size_t n) {
 
 TEST_CASE("prefix caching: a repeated prompt starts from its cached pages and reads their K/V",
           "[gpu][prefix]") {
-    for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    for (DType dtype : kPoolDTypes) {
         DYNAMIC_SECTION(to_string(dtype)) {
             ValidatedContext vc;
             Served s(vc.ctx, small_config(dtype, 2, 2, 8, 4, 32));
@@ -243,144 +250,158 @@ TEST_CASE("prefix caching: a repeated prompt starts from its cached pages and re
 TEST_CASE("prefix caching: eviction takes least recently used pages, never referenced ones",
           "[gpu][prefix]") {
     ValidatedContext vc;
-    Served s(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 12));
-    // A sequence that stays: its three cached pages are referenced throughout.
-    const std::vector<int32_t> keep = seq_tokens(1, 12);
-    const SeqId held = s.admit(keep);
-    s.step({held}, {keep});
-    const std::vector<uint32_t> held_table = s.mgr.block_table(held);
-    // Prompts of 3 pages each, run and freed one after another: the pool holds 3 of them.
-    std::vector<std::vector<int32_t>> prompts;
-    for (int32_t i = 0; i < 5; ++i)
-        prompts.push_back(seq_tokens(200 + 50 * i, 12));
-    for (const auto& p : prompts) {
-        const SeqId id = s.admit(p);
-        REQUIRE(s.mgr.length(id) == 0);
-        s.step({id}, {p});
+    for (DType dtype : {DType::F16, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        Served s(vc.ctx, small_config(dtype, 2, 2, 8, 4, 12));
+        // A sequence that stays: its three cached pages are referenced throughout.
+        const std::vector<int32_t> keep = seq_tokens(1, 12);
+        const SeqId held = s.admit(keep);
+        s.step({held}, {keep});
+        const std::vector<uint32_t> held_table = s.mgr.block_table(held);
+        // Prompts of 3 pages each, run and freed one after another: the pool holds 3 of them.
+        std::vector<std::vector<int32_t>> prompts;
+        for (int32_t i = 0; i < 5; ++i)
+            prompts.push_back(seq_tokens(200 + 50 * i, 12));
+        for (const auto& p : prompts) {
+            const SeqId id = s.admit(p);
+            REQUIRE(s.mgr.length(id) == 0);
+            s.step({id}, {p});
+            s.check();
+            s.free(id);
+            REQUIRE(s.pool.check() == "");
+            REQUIRE(s.mgr.block_table(held) == held_table);
+        }
+        const PrefixCacheStats st = s.mgr.prefix_stats();
+        REQUIRE(st.evictions == 6);  // 3 + 5 x 3 pages over 12: two prompts evicted
+        REQUIRE(s.pool.stats().cached_blocks == 9);
+        // The held prefix still hits; the most recent prompts hit (at most 2 pages: one token of
+        // a 12-token prompt is left); the first two prompts were evicted.
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            const SeqId id = s.admit(prompts[i]);
+            INFO("prompt " << i);
+            REQUIRE(s.mgr.length(id) == (i < 2 ? 0 : 8));
+            s.free(id);
+        }
+        const SeqId again = s.admit(concat(keep, {1}));
+        REQUIRE(s.mgr.length(again) == 12);
         s.check();
-        s.free(id);
-        REQUIRE(s.pool.check() == "");
-        REQUIRE(s.mgr.block_table(held) == held_table);
+        // The pool is full of referenced or cached pages: allocation that needs more than the
+        // evictable ones fails with nothing changed.
+        const uint64_t evictable = s.pool.stats().cached_blocks;
+        const std::vector<int32_t> big = seq_tokens(7, 4 * (evictable + 1));
+        const SeqId x = s.admit(big);
+        const auto stats_before = s.pool.stats();
+        const auto prefix_before = s.mgr.prefix_stats();
+        try {
+            s.mgr.begin_step(std::vector<SeqId>{x}, std::vector<uint32_t>{uint32_t(big.size())});
+            FAIL("no OutOfBlocks");
+        } catch (const Error& e) {
+            REQUIRE(e.code() == ErrorCode::OutOfBlocks);
+            REQUIRE_THAT(e.what(), Catch::Contains("evictable ones included"));
+        }
+        REQUIRE(s.pool.stats() == stats_before);
+        REQUIRE(s.mgr.prefix_stats() == prefix_before);
+        s.check();
     }
-    const PrefixCacheStats st = s.mgr.prefix_stats();
-    REQUIRE(st.evictions == 6);  // 3 + 5 x 3 pages over 12: two prompts evicted
-    REQUIRE(s.pool.stats().cached_blocks == 9);
-    // The held prefix still hits; the most recent prompts hit (at most 2 pages: one token of
-    // a 12-token prompt is left); the first two prompts were evicted.
-    for (size_t i = 0; i < prompts.size(); ++i) {
-        const SeqId id = s.admit(prompts[i]);
-        INFO("prompt " << i);
-        REQUIRE(s.mgr.length(id) == (i < 2 ? 0 : 8));
-        s.free(id);
-    }
-    const SeqId again = s.admit(concat(keep, {1}));
-    REQUIRE(s.mgr.length(again) == 12);
-    s.check();
-    // The pool is full of referenced or cached pages: allocation that needs more than the
-    // evictable ones fails with nothing changed.
-    const uint64_t evictable = s.pool.stats().cached_blocks;
-    const std::vector<int32_t> big = seq_tokens(7, 4 * (evictable + 1));
-    const SeqId x = s.admit(big);
-    const auto stats_before = s.pool.stats();
-    const auto prefix_before = s.mgr.prefix_stats();
-    try {
-        s.mgr.begin_step(std::vector<SeqId>{x}, std::vector<uint32_t>{uint32_t(big.size())});
-        FAIL("no OutOfBlocks");
-    } catch (const Error& e) {
-        REQUIRE(e.code() == ErrorCode::OutOfBlocks);
-        REQUIRE_THAT(e.what(), Catch::Contains("evictable ones included"));
-    }
-    REQUIRE(s.pool.stats() == stats_before);
-    REQUIRE(s.mgr.prefix_stats() == prefix_before);
-    s.check();
 }
 
 TEST_CASE("prefix caching: copy-on-write of a cached page leaves the cached copy intact",
           "[gpu][prefix]") {
     ValidatedContext vc;
-    Served s(vc.ctx, small_config(DType::BF16, 2, 2, 8, 4, 32));
-    const std::vector<int32_t> P = seq_tokens(5, 12);
-    const SeqId a = s.admit(P);
-    s.step({a}, {P});
-    const std::vector<uint32_t> before = s.mgr.block_table(a);
-    // Roll back into the last (cached) page and write other tokens there.
-    s.mgr.truncate(a, 10);
-    s.ref.truncate(a, 10);
-    s.toks[a].resize(10);
-    const uint64_t copied = s.pool.stats().pages_copied;
-    s.step({a}, {{77, 78}});
-    REQUIRE(s.pool.stats().pages_copied == copied + 1);
-    const std::vector<uint32_t> after = s.mgr.block_table(a);
-    REQUIRE(after[0] == before[0]);
-    REQUIRE(after[1] == before[1]);
-    REQUIRE(after[2] != before[2]);
-    // The original third page still hits, with its original K/V.
-    const SeqId b = s.admit(concat(P, {1}));
-    REQUIRE(s.mgr.length(b) == 12);
-    REQUIRE(s.mgr.block_table(b) == before);
-    // And a's rewritten page was registered under its own tokens.
-    const SeqId c = s.admit(concat(s.toks[a], {1}));
-    REQUIRE(s.mgr.length(c) == 12);
-    REQUIRE(s.mgr.block_table(c) == after);
-    s.check();
+    for (DType dtype : {DType::BF16, DType::Int8}) {
+        INFO("dtype " << to_string(dtype));
+        Served s(vc.ctx, small_config(dtype, 2, 2, 8, 4, 32));
+        const std::vector<int32_t> P = seq_tokens(5, 12);
+        const SeqId a = s.admit(P);
+        s.step({a}, {P});
+        const std::vector<uint32_t> before = s.mgr.block_table(a);
+        // Roll back into the last (cached) page and write other tokens there.
+        s.mgr.truncate(a, 10);
+        s.ref.truncate(a, 10);
+        s.toks[a].resize(10);
+        const uint64_t copied = s.pool.stats().pages_copied;
+        s.step({a}, {{77, 78}});
+        REQUIRE(s.pool.stats().pages_copied == copied + 1);
+        const std::vector<uint32_t> after = s.mgr.block_table(a);
+        REQUIRE(after[0] == before[0]);
+        REQUIRE(after[1] == before[1]);
+        REQUIRE(after[2] != before[2]);
+        // The original third page still hits, with its original K/V.
+        const SeqId b = s.admit(concat(P, {1}));
+        REQUIRE(s.mgr.length(b) == 12);
+        REQUIRE(s.mgr.block_table(b) == before);
+        // And a's rewritten page was registered under its own tokens.
+        const SeqId c = s.admit(concat(s.toks[a], {1}));
+        REQUIRE(s.mgr.length(c) == 12);
+        REQUIRE(s.mgr.block_table(c) == after);
+        s.check();
+    }
 }
 
 TEST_CASE("prefix caching: fork, steps without token ids, and reset", "[gpu][prefix]") {
     ValidatedContext vc;
-    Served s(vc.ctx, small_config(DType::F32, 2, 2, 8, 4, 48));
-    const std::vector<int32_t> P = seq_tokens(9, 6);
-    const SeqId a = s.admit(P);
-    s.step({a}, {P});
-    const SeqId b = s.mgr.fork(a);
-    s.ref.fork(a, b);
-    s.toks[b] = s.toks[a];
-    s.salts[b] = s.salts[a];
-    // Each branch fills its second page differently: both are registered.
-    s.step({a, b}, {{10, 11}, {20, 21}});
-    REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
-    REQUIRE(s.mgr.length(s.admit(concat(s.toks[a], {0}))) == 8);
-    REQUIRE(s.mgr.length(s.admit(concat(s.toks[b], {0}))) == 8);
-    s.check();
+    for (DType dtype : {DType::F32, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        PoolConfig cfg = small_config(dtype, 2, 2, 8, 4, 48);
+        cfg.compute_dtype = DType::F32;  // F32 K/V into the quantized pool too
+        Served s(vc.ctx, cfg);
+        const std::vector<int32_t> P = seq_tokens(9, 6);
+        const SeqId a = s.admit(P);
+        s.step({a}, {P});
+        const SeqId b = s.mgr.fork(a);
+        s.ref.fork(a, b);
+        s.toks[b] = s.toks[a];
+        s.salts[b] = s.salts[a];
+        // Each branch fills its second page differently: both are registered.
+        s.step({a, b}, {{10, 11}, {20, 21}});
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+        REQUIRE(s.mgr.length(s.admit(concat(s.toks[a], {0}))) == 8);
+        REQUIRE(s.mgr.length(s.admit(concat(s.toks[b], {0}))) == 8);
+        s.check();
 
-    // A step given counts only: that sequence's tokens are unknown and it registers nothing.
-    {
-        Step st = s.mgr.begin_step(std::vector<SeqId>{a}, std::vector<uint32_t>{4});
-        s.ref.begin_step({a}, {4});
-        s.toks[a].resize(s.toks[a].size() + 4, -1);
-        const uint32_t T = st.total_tokens();
-        std::mt19937 rng(3);
-        for (uint32_t l = 0; l < 2; ++l) {
-            const auto k = random_values(size_t(T) * 16, rng, DType::F32);
-            const auto v = random_values(size_t(T) * 16, rng, DType::F32);
-            s.mgr.write(st, l, Tensor::from_host(vc.ctx, k, {T, 2, 8}, DType::F32),
-                        Tensor::from_host(vc.ctx, v, {T, 2, 8}, DType::F32));
-            s.ref.write({a}, {4}, l, k, v);
+        // A step given counts only: that sequence's tokens are unknown and it registers nothing.
+        {
+            Step st = s.mgr.begin_step(std::vector<SeqId>{a}, std::vector<uint32_t>{4});
+            s.ref.begin_step({a}, {4});
+            s.toks[a].resize(s.toks[a].size() + 4, -1);
+            const uint32_t T = st.total_tokens();
+            std::mt19937 rng(3);
+            for (uint32_t l = 0; l < 2; ++l) {
+                const auto k = random_values(size_t(T) * 16, rng, DType::F32);
+                const auto v = random_values(size_t(T) * 16, rng, DType::F32);
+                s.mgr.write(st, l, Tensor::from_host(vc.ctx, k, {T, 2, 8}, DType::F32),
+                            Tensor::from_host(vc.ctx, v, {T, 2, 8}, DType::F32));
+                s.ref.write({a}, {4}, l, stored_values(s.c, k, 8), stored_values(s.c, v, 8));
+            }
         }
-    }
-    REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
-    s.check();
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+        s.check();
 
-    // Reset: the index is empty, evictable pages are free, held pages stay with their sequences.
-    const uint64_t used = s.pool.stats().used_blocks;
-    s.mgr.reset_prefix_cache();
-    REQUIRE(s.mgr.prefix_stats() == PrefixCacheStats{});
-    REQUIRE(s.pool.stats().cached_blocks == 0);
-    REQUIRE(s.pool.stats().used_blocks == used);
-    REQUIRE(s.mgr.length(s.admit(concat(P, {0}))) == 0);
-    s.check();
-    // b goes on: its pages are registered again from the first.
-    s.step({b}, {{30, 31, 32, 33}});
-    REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
-    REQUIRE(s.mgr.length(s.admit(concat(s.toks[b], {0}))) == 12);
-    s.check();
+        // Reset: the index is empty, evictable pages are free, held pages stay with their
+        // sequences.
+        const uint64_t used = s.pool.stats().used_blocks;
+        s.mgr.reset_prefix_cache();
+        REQUIRE(s.mgr.prefix_stats() == PrefixCacheStats{});
+        REQUIRE(s.pool.stats().cached_blocks == 0);
+        REQUIRE(s.pool.stats().used_blocks == used);
+        REQUIRE(s.mgr.length(s.admit(concat(P, {0}))) == 0);
+        s.check();
+        // b goes on: its pages are registered again from the first.
+        s.step({b}, {{30, 31, 32, 33}});
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+        REQUIRE(s.mgr.length(s.admit(concat(s.toks[b], {0}))) == 12);
+        s.check();
+    }
 }
 
 TEST_CASE("prefix caching: random traces under a small pool match the CPU reference",
           "[gpu][prefix]") {
+    const DType dtype = GENERATE(DType::F16, DType::Int8, DType::FP8E4M3);
     for (uint64_t blocks : {24u, 40u}) {
+        if (is_quantized(dtype) && blocks != 24) continue;  // (the small pool evicts most)
         DYNAMIC_SECTION(blocks << " blocks") {
             ValidatedContext vc;
-            Served s(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, blocks));
+            Served s(vc.ctx, small_config(dtype, 2, 2, 8, 4, blocks));
             std::mt19937 rng{uint32_t(blocks)};
             // Three "system prompts"; requests are one of them plus a short suffix.
             std::vector<std::vector<int32_t>> systems;
@@ -461,53 +482,56 @@ TEST_CASE("prefix caching: random traces under a small pool match the CPU refere
 
 TEST_CASE("prefix caching: errors change nothing, the index included", "[gpu][prefix][errors]") {
     ValidatedContext vc;
-    Served s(vc.ctx, small_config(DType::F16, 2, 2, 8, 4, 16));
-    const std::vector<int32_t> P = seq_tokens(4, 9);
-    const SeqId a = s.admit(P);
-    s.step({a}, {P});
-    const SeqId b = s.admit(P);
-    struct State {
-        PoolStats pool;
-        PrefixCacheStats prefix;
-        std::vector<SeqId> seqs;
-        std::vector<std::vector<uint32_t>> tables;
-        std::vector<int64_t> lengths;
-        bool operator==(const State&) const = default;
-    };
-    auto state = [&] {
-        State st{s.pool.stats(), s.mgr.prefix_stats(), s.mgr.sequences(), {}, {}};
-        for (SeqId id : st.seqs) {
-            st.tables.push_back(s.mgr.block_table(id));
-            st.lengths.push_back(s.mgr.length(id));
-        }
-        return st;
-    };
-    const State before = state();
-    auto expect = [&](auto&& f, ErrorCode code, const char* text) {
-        require_error(f, code, text);
-        REQUIRE(state() == before);
-        s.check();
-    };
-    const std::vector<int32_t> one = {1}, two = {1, 2};
-    const std::vector<std::span<const int32_t>> ids_ab = {one, two};
-    expect(
-        [&] {
-            s.mgr.begin_step(std::vector<SeqId>{a, 99}, ids_ab);
-        },
-        ErrorCode::InvalidArgument, "unknown sequence 99");
-    expect(
-        [&] {
-            s.mgr.begin_step(std::vector<SeqId>{a, a}, ids_ab);
-        },
-        ErrorCode::InvalidArgument, "listed twice");
-    const std::vector<int32_t> many(60, 3);
-    const std::vector<std::span<const int32_t>> ids_big = {many, one};
-    expect(
-        [&] {
-            s.mgr.begin_step(std::vector<SeqId>{a, b}, ids_big);
-        },
-        ErrorCode::OutOfBlocks, "needs");
-    expect([&] { s.mgr.fork(99); }, ErrorCode::InvalidArgument, "unknown sequence");
+    for (DType dtype : {DType::F16, DType::Int8}) {
+        INFO("dtype " << to_string(dtype));
+        Served s(vc.ctx, small_config(dtype, 2, 2, 8, 4, 16));
+        const std::vector<int32_t> P = seq_tokens(4, 9);
+        const SeqId a = s.admit(P);
+        s.step({a}, {P});
+        const SeqId b = s.admit(P);
+        struct State {
+            PoolStats pool;
+            PrefixCacheStats prefix;
+            std::vector<SeqId> seqs;
+            std::vector<std::vector<uint32_t>> tables;
+            std::vector<int64_t> lengths;
+            bool operator==(const State&) const = default;
+        };
+        auto state = [&] {
+            State st{s.pool.stats(), s.mgr.prefix_stats(), s.mgr.sequences(), {}, {}};
+            for (SeqId id : st.seqs) {
+                st.tables.push_back(s.mgr.block_table(id));
+                st.lengths.push_back(s.mgr.length(id));
+            }
+            return st;
+        };
+        const State before = state();
+        auto expect = [&](auto&& f, ErrorCode code, const char* text) {
+            require_error(f, code, text);
+            REQUIRE(state() == before);
+            s.check();
+        };
+        const std::vector<int32_t> one = {1}, two = {1, 2};
+        const std::vector<std::span<const int32_t>> ids_ab = {one, two};
+        expect(
+            [&] {
+                s.mgr.begin_step(std::vector<SeqId>{a, 99}, ids_ab);
+            },
+            ErrorCode::InvalidArgument, "unknown sequence 99");
+        expect(
+            [&] {
+                s.mgr.begin_step(std::vector<SeqId>{a, a}, ids_ab);
+            },
+            ErrorCode::InvalidArgument, "listed twice");
+        const std::vector<int32_t> many(60, 3);
+        const std::vector<std::span<const int32_t>> ids_big = {many, one};
+        expect(
+            [&] {
+                s.mgr.begin_step(std::vector<SeqId>{a, b}, ids_big);
+            },
+            ErrorCode::OutOfBlocks, "needs");
+        expect([&] { s.mgr.fork(99); }, ErrorCode::InvalidArgument, "unknown sequence");
+    }
 }
 
 TEST_CASE("prefix caching: pages register when the step's K/V are written, not before",

@@ -33,17 +33,24 @@ const char* name(Kind k) {
 
 // Runs `steps` random operations on one cache of kind `kind`; a second dynamic cache over the
 // same pool supplies rows for insert().
-void run_random_ops(Kind kind, uint32_t seed, int steps, const PathMode* mode = nullptr) {
-    INFO("kind " << name(kind) << " seed " << seed << " path " << (mode ? mode->name : "auto"));
+// quant: the pool is quantized (Int8 or FP8E4M3 by seed, head dims multiples of 4, a compute
+// dtype by seed).
+void run_random_ops(Kind kind, uint32_t seed, int steps, const PathMode* mode = nullptr,
+                    bool quant = false) {
+    INFO("kind " << name(kind) << " seed " << seed << " path " << (mode ? mode->name : "auto")
+                 << (quant ? " quantized" : ""));
     ValidatedContext g;
     if (mode) {
         BlockPool warmup(g.ctx, small_config(DType::F32));  // resolves Auto first
         use_path(g.ctx, *mode);
     }
     std::mt19937 pick(seed);
-    const DType dtype = std::array{DType::F32, DType::F16, DType::BF16}[seed % 3];
-    PoolConfig c = small_config(dtype, 2, 1 + seed % 3, seed % 2 ? 6 : 8, 1 + seed % 5, 400);
-    c.v_head_dim = seed % 4 == 0 ? 3 : c.head_dim;
+    const DType dtype =
+        quant ? kQuantDTypes[seed % 2] : std::array{DType::F32, DType::F16, DType::BF16}[seed % 3];
+    PoolConfig c =
+        small_config(dtype, 2, 1 + seed % 3, seed % 2 ? (quant ? 12 : 6) : 8, 1 + seed % 5, 400);
+    c.v_head_dim = seed % 4 == 0 ? (quant ? 4 : 3) : c.head_dim;
+    if (quant) c.compute_dtype = std::array{DType::F32, DType::F16, DType::BF16}[seed / 2 % 3];
     BlockPool pool(g.ctx, c);
     const uint32_t window = 9, max_batch = 4, max_len = 40;
     std::unique_ptr<PagedKVCache> cache;
@@ -191,4 +198,13 @@ TEST_CASE("random operations on a static cache match the reference", "[random][g
 TEST_CASE("random operations match the reference on every byte path", "[random][gpu]") {
     for (const PathMode& mode : kPathModes)
         run_random_ops(Kind::Dynamic, 401, 300, &mode);
+}
+
+TEST_CASE("random operations on quantized pools match the reference quantizer", "[random][gpu]") {
+    // Int8 (even seeds) and FP8E4M3 (odd), compute dtypes F32, F16 and BF16 among them.
+    run_random_ops(Kind::Dynamic, 500, 300, nullptr, true);
+    run_random_ops(Kind::Dynamic, 503, 300, nullptr, true);
+    run_random_ops(Kind::Sliding, 504, 250, nullptr, true);
+    run_random_ops(Kind::Static, 507, 250, nullptr, true);
+    run_random_ops(Kind::Dynamic, 502, 150, &kPathModes[1], true);
 }

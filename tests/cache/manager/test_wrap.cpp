@@ -67,9 +67,10 @@ void require_bits(const Tensor& got, const Tensor& want, const char* what) {
 
 TEST_CASE("a wrapped host buffer is read in place as K and V, bit for bit as from_host input",
           "[wrap][gpu]") {
-    for (DType dtype : {DType::F32, DType::F16, DType::BF16})
+    for (DType dtype : kPoolDTypes)
         for (const PathMode& mode : kPathModes) {
             INFO(to_string(dtype) << ", " << mode.name);
+            const DType in = is_quantized(dtype) ? DType::F16 : dtype;  // K/V's dtype
             ValidatedContext vc;
             Context& ctx = vc.ctx;
             use_path(ctx, mode);
@@ -86,17 +87,17 @@ TEST_CASE("a wrapped host buffer is read in place as K and V, bit for bit as fro
                 for (uint32_t seq : steps) {
                     const auto shape = shape4(3, 2, seq, 8);
                     const auto n = size_t(numel(shape));
-                    const auto k = random_values(n, rng, dtype), v = random_values(n, rng, dtype);
-                    const VkDeviceSize k_at = 36, v_at = 36 + n * dtype_size(dtype) + 8;
+                    const auto k = random_values(n, rng, in), v = random_values(n, rng, in);
+                    const VkDeviceSize k_at = 36, v_at = 36 + n * dtype_size(in) + 8;
                     HostTensors& host = hosts.emplace_back(ctx, v_at + n * 4 + 100);
-                    const Tensor wk = host.put(k_at, k, shape, dtype);
-                    const Tensor wv = host.put(v_at, v, shape, dtype);
+                    const Tensor wk = host.put(k_at, k, shape, in);
+                    const Tensor wv = host.put(v_at, v, shape, in);
                     CHECK(wk.is_wrapped());
                     CHECK(wk.vk_buffer() == host.buffer->buffer);
                     CHECK(wk.vk_offset() == k_at);
                     const auto [ka, va] =
-                        uploaded.update(Tensor::from_host(ctx, k, shape, dtype),
-                                        Tensor::from_host(ctx, v, shape, dtype), layer);
+                        uploaded.update(Tensor::from_host(ctx, k, shape, in),
+                                        Tensor::from_host(ctx, v, shape, in), layer);
                     const auto [kb, vb] = wrapped.update(wk, wv, layer);
                     require_bits(kb, ka, "update's keys");
                     require_bits(vb, va, "update's values");
@@ -186,6 +187,10 @@ TEST_CASE("wrap refuses bad views with the values named, and changes nothing",
         (void)Tensor::wrap(ctx, b, 0, {2, -1, 8}, DType::F16);
     });
     refused("wrap: unknown dtype 7", [&] { (void)Tensor::wrap(ctx, b, 0, {4}, DType(7)); });
+    refused("wrap: int8 is a pool dtype only; tensors hold f32, f16 or bf16",
+            [&] { (void)Tensor::wrap(ctx, b, 0, {4}, DType::Int8); });
+    refused("wrap: fp8e4m3 is a pool dtype only",
+            [&] { (void)Tensor::wrap(ctx, b, 0, {4}, DType::FP8E4M3); });
     // Past the memory requirements (at least the 4096 bytes the buffer was made with).
     const std::string alloc = std::to_string(raw.allocation);
     refused("wrap: bytes [16, " + std::to_string(16 + raw.allocation) +
