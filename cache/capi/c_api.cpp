@@ -278,6 +278,9 @@ void fill_view_info(const pagedkv::PagedView& v, pagedkv_paged_view_info& info) 
     i.block_bytes = v.block_bytes;
     i.k_offset = v.k_offset;
     i.v_offset = v.v_offset;
+    i.scale_bytes = v.scale_bytes;
+    i.k_scales_offset = v.k_scales_offset;
+    i.v_scales_offset = v.v_scales_offset;
     i.table = v.table;
     i.indptr_offset = v.indptr_offset;
     i.indices_offset = v.indices_offset;

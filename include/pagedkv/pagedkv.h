@@ -333,6 +333,11 @@ typedef struct pagedkv_paged_view_info {
     uint64_t slot_mapping_offset;
     VkDeviceAddress slot_mapping;
     const uint32_t* host_slot_mapping;  // num_tokens
+    // Quantized pages (dtype INT8 / FP8E4M3: 1-byte codes): one f32 scale per (token, head)
+    // row, scale_bytes 4 (0 otherwise); this layer's K scales start k_scales_offset bytes from a
+    // block's start (V: v_scales_offset), in the pages' row order (the C++ PagedView says more).
+    uint32_t scale_bytes;
+    uint64_t k_scales_offset, v_scales_offset;
 } pagedkv_paged_view_info;
 PAGEDKV_API pagedkv_status pagedkv_cache_paged_view(
     const pagedkv_cache* cache, uint32_t layer_idx, pagedkv_paged_view** out_view,

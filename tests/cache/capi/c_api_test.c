@@ -411,6 +411,7 @@ static void test_embedding(pagedkv_context* ctx, pagedkv_pool* pool) {
     CHECK(info.slab_addresses[0] != 0 && info.slab_table != 0 && info.table != VK_NULL_HANDLE);
     CHECK(info.block_bytes == (uint64_t)LAYERS * 2 * HEADS * BLOCK * DIM * sizeof(float));
     CHECK(info.v_offset - info.k_offset == (uint64_t)HEADS * BLOCK * DIM * sizeof(float));
+    CHECK(info.scale_bytes == 0 && info.k_scales_offset == 0 && info.v_scales_offset == 0);
     // 6 tokens a row in pages of 4: two pages, the last holding 2.
     CHECK(info.num_indices == 4 && info.host_indptr[0] == 0 && info.host_indptr[2] == 4);
     CHECK(info.lengths[0] == 6 && info.lengths[1] == 6);
@@ -824,6 +825,15 @@ static void test_quantized(pagedkv_context* ctx) {
         CHECK(wrong == 0);
         pagedkv_tensor_destroy(k);
         pagedkv_tensor_destroy(v);
+        // The paged view says where the scales are: after each page's codes.
+        pagedkv_paged_view* view = NULL;
+        pagedkv_paged_view_info info;
+        memset(&info, 0, sizeof info);
+        OK(pagedkv_cache_paged_view(cache, 1, &view, &info));
+        CHECK(info.dtype == kinds[q] && info.scale_bytes == 4);
+        CHECK(info.k_scales_offset == info.k_offset + (uint64_t)HEADS * BLOCK * DIM);
+        CHECK(info.v_scales_offset == info.v_offset + (uint64_t)HEADS * BLOCK * DIM);
+        pagedkv_paged_view_destroy(view);
         pagedkv_cache_destroy(cache);
         check_valid(pool);
         pagedkv_pool_destroy(pool);

@@ -438,20 +438,16 @@ TEST_CASE("KVManager: every error is clear and changes nothing") {
         // (A key of another float dtype is converted, not refused: test_convert.cpp.)
         expect_step([&] { mgr.write(st, 5, good, good); }, "layer 5 out of range");
         expect_step([&] { mgr.write(st, 0, Tensor(), good); }, "key is undefined");
-        // attention on quantized pools: test_attention.cpp
-        if (!is_quantized(dtype))
-            expect_step([&] { mgr.attention(st, 0, qbad); }, "query has 3 heads");
+        expect_step([&] { mgr.attention(st, 0, qbad); }, "query has 3 heads");
         expect_step([&] { (void)st.view(9); }, "layer 9 out of range");
         mgr.write(st, 0, good, good);
         const SeqId fresh = mgr.add_sequence();  // adding a sequence does not touch the step's
         mgr.write(st, 1, good, good);
-        if (!is_quantized(dtype))  // attention on quantized pools: test_attention.cpp
-            REQUIRE(mgr.attention(st, 1, heads).shape() == std::vector<int64_t>{2, 4, 8});
+        REQUIRE(mgr.attention(st, 1, heads).shape() == std::vector<int64_t>{2, 4, 8});
         mgr.free(fresh);  // frees change sequences: the step is stale now
         stepped = state();
         expect_step([&] { mgr.write(st, 0, good, good); }, "the step is stale");
-        if (!is_quantized(dtype))  // attention on quantized pools: test_attention.cpp
-            expect_step([&] { mgr.attention(st, 0, good); }, "the step is stale");
+        expect_step([&] { mgr.attention(st, 0, good); }, "the step is stale");
         Step moved = std::move(st);
         expect_step([&] { mgr.write(st, 0, good, good); }, "the step is empty");
     }

@@ -314,38 +314,43 @@ TEST_CASE("a pool with an unknown page layout is refused", "[layout][errors][gpu
 }
 
 TEST_CASE("a snapshot keeps the page layout through save and restore", "[layout][snapshot][gpu]") {
-    // (Quantized pools: the snapshot format does not hold Int8 / FP8 pages yet.)
-    const DType dtype = DType::BF16;
-    for (PageLayout layout : kLayouts)
-        DYNAMIC_SECTION(to_string(layout)) {
-            ValidatedContext g;
-            // The device's Auto is the other layout where it can be: restore must not use it.
-            detail::Access::device(g.ctx).set_page_layout(
-                layout == PageLayout::HeadMajor ? PageLayout::TokenMajor : PageLayout::HeadMajor);
-            const std::filesystem::path file =
-                std::filesystem::temp_directory_path() /
-                ("pagedkv-layout-" + std::string(to_string(layout)) + ".snap");
-            BlockPool pool(g.ctx, layout_config(dtype, layout));
-            DynamicKVCache cache(pool);
-            CacheHarness h(g.ctx, pool, cache, 9);
-            h.append(2, 7, 0);
-            h.append(2, 3, 1);
-            save_snapshot(file, pool, {&cache}, {.page_contents = true});
-            RestoredSnapshot r = restore_snapshot(g.ctx, file);
-            std::filesystem::remove(file);
-            CHECK(r.pool->config().layout == layout);
-            CHECK(detail::Access::pool(*r.pool).format.layout == layout);
-            REQUIRE(r.caches.size() == 1);
-            for (uint32_t l = 0; l < 2; ++l) {
-                auto got = r.caches[0]->get(l);
-                REQUIRE(got.has_value());
-                CHECK(bit_equal(got->first.to_host(), h.ref.keys(l)));
-                CHECK(bit_equal(got->second.to_host(), h.ref.values(l)));
+    for (DType dtype : {DType::BF16, DType::Int8})
+        for (PageLayout layout : kLayouts)
+            DYNAMIC_SECTION(to_string(layout) << ", " << to_string(dtype)) {
+                ValidatedContext g;
+                // The device's Auto is the other layout where it can be: restore must not use it.
+                detail::Access::device(g.ctx).set_page_layout(layout == PageLayout::HeadMajor
+                                                                  ? PageLayout::TokenMajor
+                                                                  : PageLayout::HeadMajor);
+                const std::filesystem::path file =
+                    std::filesystem::temp_directory_path() /
+                    ("pagedkv-layout-" + std::string(to_string(layout)) + ".snap");
+                BlockPool pool(g.ctx, layout_config(dtype, layout));
+                DynamicKVCache cache(pool);
+                CacheHarness h(g.ctx, pool, cache, 9);
+                h.append(2, 7, 0);
+                h.append(2, 3, 1);
+                save_snapshot(file, pool, {&cache}, {.page_contents = true});
+                RestoredSnapshot r = restore_snapshot(g.ctx, file);
+                std::filesystem::remove(file);
+                CHECK(r.pool->config().layout == layout);
+                CHECK(detail::Access::pool(*r.pool).format.layout == layout);
+                REQUIRE(r.caches.size() == 1);
+                for (uint32_t l = 0; l < 2; ++l) {
+                    auto got = r.caches[0]->get(l);
+                    REQUIRE(got.has_value());
+                    // (What a quantized pool returns: the reference's values in its compute dtype.)
+                    auto want_k = h.ref.keys(l), want_v = h.ref.values(l);
+                    for (auto* w : {&want_k, &want_v})
+                        for (float& x : *w)
+                            x = round_to(*pool.config().compute_dtype, x);
+                    CHECK(bit_equal(got->first.to_host(), want_k));
+                    CHECK(bit_equal(got->second.to_host(), want_v));
+                }
+                // The restored pages take new tokens in their own layout.
+                CacheHarness hr(g.ctx, *r.pool, *r.caches[0], 9);
+                hr.ref = h.ref;
+                hr.append(2, 2, 0);
+                hr.check();
             }
-            // The restored pages take new tokens in their own layout.
-            CacheHarness hr(g.ctx, *r.pool, *r.caches[0], 9);
-            hr.ref = h.ref;
-            hr.append(2, 2, 0);
-            hr.check();
-        }
 }
