@@ -5,9 +5,14 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
+#include "cache/manager/access.hpp"
 #include "cache/snapshot/snapshot_capture.hpp"
 #include "reference_quant.hpp"
+#include "shaders/vulkan/batch.hpp"
+#include "shaders/vulkan/buffer.hpp"
+#include "shaders/vulkan/device.hpp"
 #include "test_support.hpp"
 
 using namespace pagedkv;
@@ -15,14 +20,16 @@ using namespace pagedkv::test;
 
 namespace {
 
-// Rows of `dim` values whose magnitudes span 2^-120 .. 2^120 (one exponent per row), with a
-// few special rows: all zeros, a tiny row below the 2^-100 floor, an infinity, a NaN, exact
-// halves (round-half-even ties) and subnormal inputs.
+// Rows of `dim` random values, each row scaled by its own power of two spanning the input
+// dtype's range (2^-120 .. 2^120; f16: 2^-24 .. 2^15), so that amax takes random mantissas at
+// every exponent, with a few special rows: all zeros, a tiny row below the 2^-100 floor, exact
+// halves (round-half-even ties), an f32 subnormal, an infinity and a NaN.
 std::vector<float> spread_rows(size_t rows, uint32_t dim, std::mt19937& rng, DType t) {
     std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
     std::vector<float> x(rows * dim);
+    const int lo = t == DType::F16 ? -24 : -120, hi = t == DType::F16 ? 15 : 120;
     for (size_t r = 0; r < rows; ++r) {
-        const int e = int(r * 241 % 241) - 120;
+        const int e = lo + int(r * 37 % size_t(hi - lo + 1));
         for (uint32_t d = 0; d < dim; ++d)
             x[r * dim + d] = std::ldexp(unit(rng), e);
         switch (r % 11) {
@@ -40,6 +47,12 @@ std::vector<float> spread_rows(size_t rows, uint32_t dim, std::mt19937& rng, DTy
             case 4:
                 x[r * dim] = std::bit_cast<float>(0x00000123u);  // an f32 subnormal
                 break;
+            case 5:
+                x[r * dim + 1] = -std::numeric_limits<float>::infinity();
+                break;
+            case 6:
+                x[r * dim + 2] = std::numeric_limits<float>::quiet_NaN();
+                break;
             default:
                 break;
         }
@@ -49,7 +62,101 @@ std::vector<float> spread_rows(size_t rows, uint32_t dim, std::mt19937& rng, DTy
     return x;
 }
 
+constexpr uint32_t kFloatBitsCheck[] = {
+#include "spirv/float_bits_check_main.inc"
+};
+
+// float_bits_check.comp: op (0 div_rounded(c, x), 1 f32_to_fp8, 2 fp8_to_f32) over x.
+std::vector<uint32_t> run_float_bits(Context& ctx, uint32_t op, uint32_t c,
+                                     const std::vector<uint32_t>& x) {
+    detail::Device& dev = detail::Access::device(ctx);
+    const uint64_t bytes = x.size() * 4;
+    auto src = detail::Buffer::create(dev, bytes, detail::MemoryKind::Tensor);
+    auto dst = detail::Buffer::create(dev, bytes, detail::MemoryKind::Tensor);
+    src->write(x.data(), bytes);
+    struct {
+        uint64_t src, dst;
+        uint32_t count, c, op;
+    } pc{src->address(), dst->address(), uint32_t(x.size()), c, op};
+    {
+        detail::Device::CallLock lock(dev);
+        const auto& pipe = dev.pipeline("float_bits_check", kFloatBitsCheck, sizeof(pc));
+        VkCommandBuffer cmd = dev.batches().record({src.get()}, {dst.get()});
+        vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe.pipeline);
+        vkCmdPushConstants(cmd, pipe.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof(pc), &pc);
+        vkCmdDispatch(cmd, 4096, 1, 1);
+    }
+    std::vector<uint32_t> out(x.size());
+    dst->read(out.data(), bytes);
+    return out;
+}
+
 }  // namespace
+
+TEST_CASE("the quantizer's integer arithmetic equals the host's IEEE results", "[quant][gpu]") {
+    ValidatedContext g;
+    SECTION("C / amax, correctly rounded, for every mantissa and the exponents at the ends") {
+        // The quotient's mantissa depends on amax's mantissa only: every one of the 2^23 at
+        // 2^0, and a sample at the smallest (2^-100) and largest exponents.
+        std::vector<uint32_t> x;
+        for (uint32_t m = 0; m < (1u << 23); ++m)
+            x.push_back((127u << 23) | m);
+        for (uint32_t e : {27u, 28u, 253u, 254u})
+            for (uint32_t m = 0; m < (1u << 23); m += 997)
+                x.push_back((e << 23) | m);
+        for (uint32_t c : {127u, 448u}) {
+            const auto got = run_float_bits(g.ctx, 0, c, x);
+            size_t wrong = 0;
+            for (size_t i = 0; i < x.size(); ++i) {
+                const float want = float(c) / std::bit_cast<float>(x[i]);
+                if (got[i] != std::bit_cast<uint32_t>(want) && wrong++ < 8)
+                    UNSCOPED_INFO("c " << c << ", amax 0x" << std::hex << x[i] << ": got 0x"
+                                       << got[i] << ", want 0x" << std::bit_cast<uint32_t>(want)
+                                       << std::dec);
+            }
+            CHECK(wrong == 0);
+        }
+    }
+    SECTION("f32 to fp8: the nearest code, ties to even, for a dense sweep of both signs") {
+        std::vector<uint32_t> x;
+        for (uint32_t u = 0; u < 0x44000000u; u += 61) {  // 0 .. 512: past the 448 saturation
+            x.push_back(u);
+            x.push_back(u | 0x80000000u);
+        }
+        for (uint32_t c = 0; c < 256; ++c) {  // every value exactly, and each midpoint's ties
+            const float v = fp8e4m3_value(uint8_t(c));
+            if (!std::isfinite(v)) continue;
+            x.push_back(std::bit_cast<uint32_t>(v));
+            if ((c & 0x7F) < 0x7E) {
+                const float mid = (v + fp8e4m3_value(uint8_t(c + 1))) / 2;  // exact
+                x.push_back(std::bit_cast<uint32_t>(mid));
+            }
+        }
+        const auto got = run_float_bits(g.ctx, 1, 0, x);
+        size_t wrong = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+            const uint32_t want = fp8e4m3_nearest(std::bit_cast<float>(x[i]));
+            if (got[i] != want && wrong++ < 8)
+                UNSCOPED_INFO("0x" << std::hex << x[i] << ": got 0x" << got[i] << ", want 0x"
+                                   << want << std::dec);
+        }
+        CHECK(wrong == 0);
+    }
+    SECTION("fp8 to f32: every code") {
+        std::vector<uint32_t> x(256);
+        for (uint32_t c = 0; c < 256; ++c)
+            x[c] = c;
+        const auto got = run_float_bits(g.ctx, 2, 0, x);
+        for (uint32_t c = 0; c < 256; ++c) {
+            INFO("code 0x" << std::hex << c);
+            const float want = fp8e4m3_value(uint8_t(c));
+            if (std::isnan(want))
+                CHECK(got[c] == 0x7FC00000u);
+            else
+                CHECK(got[c] == std::bit_cast<uint32_t>(want));
+        }
+    }
+}
 
 TEST_CASE("quantized pages hold exactly the reference quantizer's codes and scales",
           "[quant][gpu]") {
