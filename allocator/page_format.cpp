@@ -71,7 +71,7 @@ std::optional<ShapeProblem> check_pool_shape(const PoolShape& s) {
                                                 field_name(d.field), d.value, to_string(s.dtype))};
     // Bytes of one layer's K and V rows of one (token, head), scales included.
     uint64_t bytes = (uint64_t(s.head_dim) + s.v_head_dim) * dtype_size(s.dtype) +
-                     2 * dtype_scale_size(s.dtype);  // no overflow: below 2^34
+                     2 * dtype_scale_size(s.dtype);  // no overflow: below 2^35
     for (uint64_t f : {uint64_t(s.num_layers), uint64_t(s.num_kv_heads), uint64_t(s.block_size)})
         if (mul_overflows(bytes, f, bytes))
             return ShapeProblem{F::NumLayers, "a block of this layout exceeds 2^64 bytes"};

@@ -44,13 +44,16 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("BlockPool: compute_dtype {} is not f32, f16 or bf16",
                                 to_string(*c.compute_dtype)));
-    const bool odd_rows =
-        dtype_size(c.dtype) == 2 && ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
+    // Odd rows of 16-bit elements, in the pages or in what gathers convert them to.
+    const bool odd_rows = (dtype_size(c.dtype) == 2 || dtype_size(*c.compute_dtype) == 2) &&
+                          ((c.head_dim % 2) != 0 || (c.v_head_dim % 2) != 0);
     if (odd_rows && !dev.has_16bit_storage())
         throw Error(ErrorCode::Unsupported,
-                    fmt::format("BlockPool: {}-element rows of {} need storageBuffer16BitAccess "
-                                "and shaderInt16, which this device lacks or did not enable",
-                                c.head_dim, to_string(c.dtype)));
+                    fmt::format("BlockPool: {}-element rows of {} (compute dtype {}) need "
+                                "storageBuffer16BitAccess and shaderInt16, which this device "
+                                "lacks or did not enable",
+                                c.head_dim % 2 != 0 ? c.head_dim : c.v_head_dim, to_string(c.dtype),
+                                to_string(*c.compute_dtype)));
     // Refused here, not at the first write: some drivers (lavapipe) hand out address space
     // for far more memory than exists.
     const uint64_t total = layout.block_bytes() * c.num_blocks;  // no overflow: checked above

@@ -5,10 +5,14 @@
 // other pages take tensors of the pool's dtype.
 #pragma once
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <span>
 
 #include "allocator/page_format.hpp"
+#include "pagedkv/error.hpp"
 #include "shaders/kernels/quant_rows.hpp"
 #include "shaders/kernels/row_copy.hpp"
 
@@ -18,6 +22,17 @@ namespace pagedkv::detail {
 // `input` itself (the quantize kernel reads any float dtype).
 inline DType kv_tensor_dtype(const PageFormat& lay, DType input) {
     return is_quantized(lay.dtype) ? input : lay.dtype;
+}
+
+// Throws CapacityExceeded (naming op) when a quantized pool's kernel could not index tensors of
+// `rows` (token, head) rows (B * heads * tokens): checked before a cache changes.
+inline void check_kv_rows(const PageFormat& lay, uint64_t rows, const char* op) {
+    const uint64_t widest = std::max(lay.head_dim, lay.v_head_dim);
+    if (is_quantized(lay.dtype) && rows * widest > UINT32_MAX)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("{}: {} rows of {} elements exceed the quantize kernel's 32-bit "
+                                "indexing",
+                                op, rows, widest));
 }
 
 // k and v hold tensor_dtype (kv_tensor_dtype); entries_buffer (optional): the entries already in

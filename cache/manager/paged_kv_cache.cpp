@@ -12,6 +12,7 @@
 #include "cache/manager/kv_copy.hpp"
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
+#include "shaders/kernels/convert.hpp"
 #include "shaders/kernels/page_copy.hpp"
 #include "shaders/kernels/row_copy.hpp"
 #include "shaders/vulkan/batch.hpp"
@@ -137,18 +138,39 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     // What update() returns, and the upload space for the scatter's and gather's entries (one
     // upload per op, two ops at most each), are allocated before anything changes: running out
     // of memory for them leaves the cache as it was.
+    // So is the compute-dtype copy of it (an unquantized pool with another compute dtype), and
+    // the kernels' limits are checked first.
+    const PoolConfig& c = st.ps->config;
+    detail::check_kv_rows(
+        st.ps->format,
+        uint64_t(B) * c.num_kv_heads * uint64_t(std::max<int64_t>(S, out ? plan.longest() : 0)),
+        op);
     using detail::Batches;
     size_t upload = 2 * Batches::upload_bytes(plan.slots_written() * sizeof(detail::RowEntry));
+    std::pair<Tensor, Tensor> in_compute;
     if (out) {
         *out = empty_kv(B, plan.longest());
         upload += 2 * Batches::upload_bytes(size_t(B) * size_t(plan.longest()) *
                                             sizeof(detail::RowEntry));
+        if (out->first.dtype() != *c.compute_dtype) {
+            detail::check_convert(uint64_t(std::max(out->first.numel(), out->second.numel())), op);
+            const auto& dev = st.ps->device;
+            in_compute = {detail::Access::empty_tensor(dev, out->first.shape(), *c.compute_dtype),
+                          detail::Access::empty_tensor(dev, out->second.shape(), *c.compute_dtype)};
+        }
     }
     st.ps->device->batches().reserve_upload(upload);
     apply(plan, k, v);
     if (out) {
         gather_into(layer, *out);
-        *out = in_compute_dtype(std::move(*out));
+        if (in_compute.first.defined()) {
+            for (auto [from, to] : {std::pair{&out->first, &in_compute.first},
+                                    std::pair{&out->second, &in_compute.second}})
+                detail::record_convert(*st.ps->device, detail::Access::buffer(*from), from->dtype(),
+                                       detail::Access::buffer(*to), to->dtype(),
+                                       uint64_t(from->numel()));
+            *out = std::move(in_compute);
+        }
     }
 }
 

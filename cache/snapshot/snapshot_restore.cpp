@@ -67,14 +67,16 @@ void write_pages(PoolState& ps, const SnapshotData& s) {
 
 }  // namespace detail
 
-RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path) {
+RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path,
+                                  std::optional<DType> compute_dtype) {
     const SnapshotData s = decode_snapshot(read_snapshot_file(path));
     if (!s.has_pages)
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("restore_snapshot: '{}' holds no page contents (saved without "
                                 "SnapshotOptions::page_contents); it can be dumped, not restored",
                                 path.string()));
-    const PoolConfig c = detail::pool_config(s.layout);
+    PoolConfig c = detail::pool_config(s.layout);
+    c.compute_dtype = compute_dtype;
     // Everything below is new: if a step throws, unwinding destroys the caches, then the pool.
     RestoredSnapshot out;
     out.pool = std::make_unique<BlockPool>(ctx, c);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -61,7 +62,11 @@ struct RestoredSnapshot {
 // prefix_caching made over the restored pool uses that index and hits its pages. A damaged or
 // inconsistent file throws Error(CorruptSnapshot) before anything is created; a snapshot
 // without page contents, or a file that cannot be read, throws InvalidArgument.
-PAGEDKV_API RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path);
+// compute_dtype: the restored pool's PoolConfig::compute_dtype. It is how the pool is read, not
+// what its pages hold, so a snapshot does not keep it; unset gives the default (F16 for
+// quantized pages, else the pool's dtype).
+PAGEDKV_API RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path,
+                                              std::optional<DType> compute_dtype = std::nullopt);
 
 // The computed tier of statistics (largest free run, reference-count histogram, token slots
 // held against tokens stored), walked over the pool and every cache holding its pages (the

@@ -52,14 +52,20 @@ uint32_t code(DType t) {
 
 }  // namespace
 
+void check_convert(uint64_t count, const char* op) {
+    if (count > UINT32_MAX - 1)
+        throw Error(ErrorCode::CapacityExceeded,
+                    fmt::format("{}: converting {} elements exceeds the convert shader's 32-bit "
+                                "indexing",
+                                op, count));
+}
+
 void record_convert(Device& dev, Buffer& src, DType from, Buffer& dst, DType to, uint64_t count) {
     PushConstants pc{};
     pc.src_type = code(from);
     pc.dst_type = code(to);
     if (count == 0) return;
-    if (count > UINT32_MAX - 1)
-        throw Error(ErrorCode::CapacityExceeded,
-                    fmt::format("convert: {} elements exceed the shader's 32-bit indexing", count));
+    check_convert(count, "convert");
     // Whole words reach one 16-bit element past an odd count: element-wise 16-bit access then.
     const bool narrow = dtype_size(from) == 2 || dtype_size(to) == 2;
     const bool storage16 = narrow && count % 2 != 0;

@@ -17,5 +17,8 @@ class Device;
 // side needs storageBuffer16BitAccess and the device lacks it, CapacityExceeded past 2^32 - 2
 // elements.
 void record_convert(Device& dev, Buffer& src, DType from, Buffer& dst, DType to, uint64_t count);
+// Throws CapacityExceeded (naming op) when record_convert would refuse count elements for their
+// number: a caller that converts after committing a change checks first.
+void check_convert(uint64_t count, const char* op);
 
 }  // namespace pagedkv::detail

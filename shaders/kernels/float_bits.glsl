@@ -100,8 +100,9 @@ uint f32_to_fp8(uint u) {
     return r == 0u ? 0u : sign | r;
 }
 
-// The f32 bits of c / a rounded to nearest even, for c a positive integer below 2^9 and a the
-// bits of a positive normal f32 for which the quotient is a normal f32.
+// The f32 bits of c / a rounded to nearest even, for c an integer in [32, 2^9) (127 and 448 here:
+// q then has at least 26 bits) and a the bits of a positive normal f32 for which the quotient is
+// a normal f32.
 uint div_rounded(uint c, uint a) {
     const uint m = (a & 0x7fffffu) | 0x800000u;  // a = m * 2^(ea - 150)
     const int ea = int(a >> 23);
@@ -111,7 +112,7 @@ uint div_rounded(uint c, uint a) {
     const bool inexact = q64 * uint64_t(m) != num;
     const uint q = uint(q64);
     const int b = findMSB(q);
-    const int shift = b - 23;  // >= 1 for c >= 2: q keeps 24 bits after shifting
+    const int shift = b - 23;  // >= 2 for c >= 32: q keeps 24 bits and a rounding bit
     uint mant = q >> uint(shift);
     const uint rem = q & ((1u << uint(shift)) - 1u);
     const uint half_unit = 1u << uint(shift - 1);

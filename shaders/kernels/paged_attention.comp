@@ -272,14 +272,16 @@ void main() {
 #if defined(QUANT)
     // q in its own type: one element a thread at a time (elems is a multiple of 4).
     const uint io = p.flags >> 1;
+    const uint64_t io_bytes = io == DT_F32 ? 4ul : 2ul;
     for (uint i = tid; i < group * elems; i += WG) {
         const uint hh = i / elems, e = i - hh * elems;
-        const uint at = (row * p.q_heads + h0 + hh) * elems + e;
+        // The row's address in 64 bits (batch * q_heads * head_dim may pass 2^32 elements).
+        Words q = Words(p.q + uint64_t(row * p.q_heads + h0 + hh) * uint64_t(elems) * io_bytes);
         uint bits;
         if (io == DT_F32) {
-            bits = Words(p.q).w[at];
+            bits = q.w[e];
         } else {
-            bits = to_f32_bits((Words(p.q).w[at >> 1] >> ((at & 1u) * 16u)) & 0xFFFFu, io);
+            bits = to_f32_bits((q.w[e >> 1] >> ((e & 1u) * 16u)) & 0xFFFFu, io);
         }
         q_s[hh * elems + e] = uintBitsToFloat(bits) * p.scale;
     }
@@ -433,14 +435,14 @@ void main() {
     }
     for (uint hh = 0; hh < MAX_G; ++hh)
         if (hh < group) {
-            const uint o_row = (row * p.q_heads + h0 + hh) * v_elems;  // in elements
-            Words o = Words(p.dst);
+            Words o = Words(p.dst + uint64_t(row * p.q_heads + h0 + hh) * uint64_t(v_elems) *
+                                        (io == DT_F32 ? 4ul : 2ul));
             const float inv = l[hh] > 0.0 ? 1.0 / l[hh] : 0.0;
             for (uint i = 0; i < MAX_WORDS / WG; ++i) {
                 const uint w = i * WG + tid;
                 if (w >= p.v_words) break;
                 const vec4 a = acc[i][hh] * inv;
-                const uint e = o_row + 4u * w;
+                const uint e = 4u * w;
                 if (io == DT_F32) {
                     for (uint k = 0; k < 4u; ++k) o.w[e + k] = floatBitsToUint(a[k]);
                 } else {  // two words of two elements (e is a multiple of 4)

@@ -1,7 +1,8 @@
 // quant_rows: copy_rows for quantized pages (Int8, FP8E4M3). A scatter quantizes each
 // (token, head) row of a float tensor (f32, f16 or bf16) with one f32 scale and writes its
 // codes (one byte per element, four to a word) and the scale (in the page's scale rows,
-// PageFormat::scales_offset); a gather dequantizes rows into a float tensor. One thread per row.
+// PageFormat::scales_offset); a gather dequantizes rows into a float tensor. A row's words are
+// spread over `lanes` threads (1 on CPU devices).
 //   amax = max |x|;  not finite: scale NaN, codes 0;  below 2^-100: scale 0, codes 0;
 //   else scale = amax * fl(1 / C), r = C / amax (correctly rounded), code = encode(fl(x * r))
 // with C = 127 (Int8: round half even, clamp to +-127) or 448 (FP8E4M3: nearest, ties to even,

@@ -2,8 +2,10 @@
 // FP8E4M3). A scatter reads each (token, head) row of a float tensor (f32, f16 or bf16),
 // quantizes it with one f32 scale (the rule of tests/reference/reference_quant.hpp, in integer
 // and correctly rounded float arithmetic only, so the bytes are the same on every device) and
-// writes the codes and the scale; a gather dequantizes rows into a float tensor. One thread per
-// row. The caller decides which rows go where (cache policy); this only quantizes.
+// writes the codes and the scale; a gather dequantizes rows into a float tensor. A row's words
+// are spread over threads (its amax reduced in shared memory), or one thread takes a whole row
+// on a CPU device (byte_paths().whole_rows). The caller decides which rows go where (cache
+// policy); this only quantizes.
 #pragma once
 
 #include <cstdint>

@@ -141,6 +141,17 @@ TEST_CASE("an adopted device without 16-bit storage enabled refuses odd f16 rows
             CHECK(e.code() == ErrorCode::Unsupported);
             CHECK(std::string(e.what()).find("storageBuffer16BitAccess") != std::string::npos);
         }
+        // f32 pages gathered into f16 (compute_dtype) convert odd rows: refused the same way.
+        PoolConfig c = small_config(DType::F32, 1, 2, 5, 4, 8);
+        c.compute_dtype = DType::F16;
+        try {
+            BlockPool pool(ctx, c);
+            FAIL("an f32 pool of odd rows computing in f16 was accepted without 16-bit storage");
+        } catch (const Error& e) {
+            INFO(e.what());
+            CHECK(e.code() == ErrorCode::Unsupported);
+            CHECK(std::string(e.what()).find("compute dtype f16") != std::string::npos);
+        }
         // Even head dims use 32-bit words and need nothing more.
         run_dynamic_cache(ctx, false);
     }

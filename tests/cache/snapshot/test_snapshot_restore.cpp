@@ -135,6 +135,19 @@ TEST_CASE("a restored snapshot gives the same K/V, block tables and pool stats",
     }
     require_same_stats(r.pool->stats(), pool.stats());
     CHECK(r.pool->check() == "");
+
+    // The compute dtype is not in the file: restored as asked (default: F16 for quantized
+    // pages, else the pool's dtype), the same pages read in it.
+    CHECK(*r.pool->config().compute_dtype == DType::F16);
+    RestoredSnapshot wide = restore_snapshot(second.ctx, file.path, DType::F32);
+    CHECK(*wide.pool->config().compute_dtype == DType::F32);
+    const auto narrow_kv = *r.caches[3]->get(0);  // the cropped cache: unchanged since the save
+    const auto wide_kv = *wide.caches[3]->get(0);
+    REQUIRE(wide_kv.first.dtype() == DType::F32);
+    auto as_f16 = wide_kv.first.to_host();
+    for (float& x : as_f16)
+        x = round_to(DType::F16, x);
+    CHECK(bit_equal(as_f16, narrow_kv.first.to_host()));
 }
 
 TEST_CASE("a snapshot without page contents can be dumped but not restored", "[snapshot][gpu]") {
