@@ -146,7 +146,8 @@ typedef struct pagedkv_pool_config {
     // layout and compute_dtype come last, so the fields before them keep their offsets from 0.1.
     pagedkv_page_layout layout;
     // What get / update / gathers return and attention computes in (F32, F16 or BF16), or
-    // PAGEDKV_DTYPE_DEFAULT (C++ PoolConfig::compute_dtype unset).
+    // PAGEDKV_DTYPE_DEFAULT (C++ PoolConfig::compute_dtype unset). Fill the struct with
+    // pagedkv_pool_config_init: a zeroed one asks for F32 here.
     pagedkv_dtype compute_dtype;
 } pagedkv_pool_config;
 
