@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "pagedkv/error.hpp"
+#include "shaders/kernels/quant_rows.hpp"
 #include "shaders/vulkan/batch.hpp"
 #include "shaders/vulkan/device.hpp"
 
@@ -124,23 +125,6 @@ uint32_t words(uint32_t dim, DType t) {
 
 enum class Kind { Paged, Contiguous, Reduce };
 
-// float_bits.glsl's DT_ codes.
-uint32_t dt_code(DType t) {
-    switch (t) {
-        case DType::F32:
-            return 0;
-        case DType::F16:
-            return 1;
-        case DType::BF16:
-            return 2;
-        case DType::Int8:
-            return 3;
-        case DType::FP8E4M3:
-            return 4;
-    }
-    return 0;
-}
-
 const Device::Pipeline& pipeline(Device& dev, DType t, Kind kind) {
     const size_t size = sizeof(PushConstants);
     const bool sub = dev.has_subgroup_arithmetic() && !dev.attention_paths().no_subgroups;
@@ -252,7 +236,7 @@ Plan plan(const Device& dev, const AttentionShape& s, Buffer& query, Buffer& out
                            (2 + 2 * uint64_t(words(s.kv.v_head_dim, s.io))) * 4;
     }
     if (quant) {
-        pc.flags = dt_code(s.io) << 1;
+        pc.flags = shader_dtype_code(s.io) << 1;
         pc.k_scales = uint32_t(s.kv.scales_offset(false));  // check_attention_shape: fits
         pc.v_scales = uint32_t(s.kv.scales_offset(true));
     }

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "pagedkv/error.hpp"
+#include "shaders/kernels/quant_rows.hpp"
 #include "shaders/vulkan/batch.hpp"
 #include "shaders/vulkan/device.hpp"
 
@@ -31,23 +32,17 @@ static_assert(sizeof(PushConstants) <= 128, "push constants must fit the guarant
 
 constexpr uint32_t kMaxGroups = 65535;
 
+// The kernel's type code; quantized dtypes are refused (their rows have scales).
 uint32_t code(DType t) {
-    switch (t) {
-        case DType::F32:
-            return 0;
-        case DType::F16:
-            return 1;
-        case DType::BF16:
-            return 2;
-        case DType::Int8:
-        case DType::FP8E4M3:
-            throw Error(ErrorCode::InvalidArgument,
-                        fmt::format("convert: {} is a pool dtype, not an element-wise one "
-                                    "(quantized rows are written by the quantize kernel)",
-                                    to_string(t)));
-    }
-    throw Error(ErrorCode::InvalidArgument,
-                fmt::format("convert: unknown dtype {}", static_cast<unsigned>(t)));
+    if (!known_dtype(t))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("convert: unknown dtype {}", static_cast<unsigned>(t)));
+    if (is_quantized(t))
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("convert: {} is a pool dtype, not an element-wise one "
+                                "(quantized rows are written by the quantize kernel)",
+                                to_string(t)));
+    return shader_dtype_code(t);
 }
 
 }  // namespace

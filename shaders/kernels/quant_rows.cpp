@@ -88,8 +88,8 @@ void record_quant_rows(Device& dev, PageSlabs& pages, const QuantRowCopy& op) {
     pc.dim2 = op.dim2;
     pc.head_stride = op.head_stride;
     pc.gather = op.gather ? 1 : 0;
-    pc.tensor_type = static_cast<uint32_t>(op.tensor_dtype);
-    pc.quant_type = static_cast<uint32_t>(f.dtype);
+    pc.tensor_type = shader_dtype_code(op.tensor_dtype);
+    pc.quant_type = shader_dtype_code(f.dtype);
     // Threads per row (a word of 4 codes each), as many rows a workgroup as fit; on a device
     // whose threads are SIMD lanes of a CPU (copy_rows' whole_rows), one thread a row.
     pc.lanes = dev.byte_paths().whole_rows ? 1 : std::min<uint32_t>(kWorkgroup, widest / 4);

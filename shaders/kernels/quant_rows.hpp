@@ -17,6 +17,15 @@
 
 namespace pagedkv::detail {
 
+// float_bits.glsl's DT_ codes (and convert.comp's): pagedkv::DType's values.
+constexpr uint32_t shader_dtype_code(DType t) noexcept {
+    return static_cast<uint32_t>(t);
+}
+static_assert(shader_dtype_code(DType::F32) == 0 && shader_dtype_code(DType::F16) == 1 &&
+                  shader_dtype_code(DType::BF16) == 2 && shader_dtype_code(DType::Int8) == 3 &&
+                  shader_dtype_code(DType::FP8E4M3) == 4,
+              "DT_ codes of float_bits.glsl");
+
 struct QuantRowCopy {
     Buffer* tensor = nullptr;
     DType tensor_dtype = DType::F32;  // F32, F16 or BF16 (both tensors)
