@@ -552,9 +552,7 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
                           detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), t,
                           entries, c.num_kv_heads, uint32_t(len), true);
     }
-    if (t == *c.compute_dtype) return kv;
-    return {detail::converted(kv.first, *c.compute_dtype),
-            detail::converted(kv.second, *c.compute_dtype)};
+    return detail::converted(kv, *c.compute_dtype);
 }
 
 PrefixCacheStats KVManager::prefix_stats() const {
@@ -752,7 +750,7 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
     shape.kv = m.ps->format;
     // The query in the dtype the shader reads (a float pool's own, a quantized pool's compute
     // dtype); the output in the compute dtype.
-    shape.io = is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
+    shape.io = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     return host_memory_guard(op, [&] {

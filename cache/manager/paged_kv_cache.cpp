@@ -247,16 +247,10 @@ std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens)
             detail::Access::empty_tensor(dev, {batch, c.num_kv_heads, tokens, c.v_head_dim}, t)};
 }
 
-std::pair<Tensor, Tensor> PagedKVCache::in_compute_dtype(std::pair<Tensor, Tensor> kv) const {
-    const DType t = *state_->ps->config.compute_dtype;
-    if (kv.first.dtype() == t) return kv;
-    return {detail::converted(kv.first, t), detail::converted(kv.second, t)};
-}
-
 std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
     std::pair<Tensor, Tensor> kv = empty_kv(state_->batch, get_seq_length(layer));
     gather_into(layer, kv);
-    return in_compute_dtype(std::move(kv));
+    return detail::converted(kv, *state_->ps->config.compute_dtype);
 }
 
 void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const {

@@ -11,6 +11,7 @@
 #include "cache/manager/attention.hpp"
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/converted.hpp"
+#include "cache/manager/kv_copy.hpp"
 #include "cache/manager/view_pages.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
@@ -154,7 +155,7 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     shape.kv = st.ps->format;
     // The shader reads a float pool's query in the pool's dtype, a quantized pool's in its
     // compute dtype; a query of another float dtype is converted to that.
-    shape.io = is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
+    shape.io = detail::kv_tensor_dtype(st.ps->format, *c.compute_dtype);
     shape.scale = default_scale(scale, c.head_dim);
     detail::check_attention_shape(shape, op);
     const Csr csr = build_csr(st, layer);

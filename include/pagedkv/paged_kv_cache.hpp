@@ -95,8 +95,6 @@ class PAGEDKV_API PagedKVCache : public KVCache {
     PAGEDKV_LOCAL void apply(detail::UpdatePlan& plan, const Tensor& key, const Tensor& value);
     // Tensors the pages gather into (the compute dtype, or the pool's for unquantized pages).
     std::pair<Tensor, Tensor> empty_kv(uint32_t batch, int64_t tokens) const;
-    // kv converted to the pool's compute dtype where it is not in it already.
-    std::pair<Tensor, Tensor> in_compute_dtype(std::pair<Tensor, Tensor> kv) const;
     std::pair<Tensor, Tensor> gather(uint32_t layer) const;
     void gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) const;
     // The old row of each new row for reorder_cache / batch_select_indices (negative indices

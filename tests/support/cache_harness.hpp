@@ -37,23 +37,17 @@ struct CacheHarness {
           inputs(ref),
           rng(seed) {}
 
-    // The dtype of the tensors written: the pool's, or a quantized pool's compute dtype.
-    DType tensor_dtype() const {
-        const PoolConfig& c = pool.config();
-        return is_quantized(c.dtype) ? *c.compute_dtype : c.dtype;
-    }
-
     struct KV {
         std::vector<float> k, v;  // what the pages hold (dequantized in f32 for a quantized pool)
         std::vector<float> k_in, v_in;  // the input, exact in tk / tv's dtype
         Tensor tk, tv;
     };
-    // Random K/V for a write (in tensor_dtype) and, in k / v, what the pool keeps of them (for a
+    // Random K/V for a write (in input_dtype) and, in k / v, what the pool keeps of them (for a
     // quantized pool the reference quantizer's values in f32: rows are whole (token, head)
     // vectors, so per-row quantization commutes with every cache operation).
     KV make_kv(uint32_t batch, uint32_t seq) {
         const PoolConfig& c = pool.config();
-        const DType in = tensor_dtype();
+        const DType in = input_dtype(c);  // the pool's, or a quantized pool's compute dtype
         KV kv;
         kv.k_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.head_dim, rng, in);
         kv.v_in = random_values(size_t(batch) * c.num_kv_heads * seq * c.v_head_dim, rng, in);
