@@ -491,7 +491,7 @@ void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
         copies.emplace_back(i, pages + 4 + i);
     auto& st = detail::Access::pool(pool);
     const double cow = timer.median(
-        [&] { detail::record_page_copies(detail::Access::device(ctx), *st.pages, copies); });
+        [&] { detail::record_page_copies(detail::Access::device(ctx), *st.shards[0].pages, copies); });
     const double flat = time_flat_copy(detail::Access::device(ctx), timer, block * pages);
     rep.add("page_copy_ratio", "page copy / flat copy", flat / cow,
             fmt::format("{:.2f}x", flat / cow),

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <mutex>
+#include <vector>
+
 #include "cache/manager/access.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "pagedkv/error.hpp"
@@ -13,19 +16,28 @@ namespace pagedkv {
 
 namespace detail {
 
-PoolState::PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg)
-    : device(std::move(dev)),
+PoolState::PoolState(std::vector<std::shared_ptr<Device>> devices, const PoolConfig& cfg)
+    : device(devices.at(0)),
       config(cfg),
       format(pool_shape(cfg).format()),
       allocator(cfg.num_blocks) {
-    pages = DevicePageStore::create(*device, format, cfg.num_blocks, cfg.max_slab_bytes);
+    const uint32_t heads = format.num_kv_heads / uint32_t(devices.size());
+    for (size_t d = 0; d < devices.size(); ++d) {
+        Shard s;
+        s.device = std::move(devices[d]);
+        s.format = format;
+        s.format.num_kv_heads = heads;
+        s.first_head = uint32_t(d) * heads;
+        s.pages = DevicePageStore::create(*s.device, s.format, cfg.num_blocks, cfg.max_slab_bytes);
+        shards.push_back(std::move(s));
+    }
 }
 
 }  // namespace detail
 
 namespace {
 
-PoolConfig checked(PoolConfig c, const detail::Device& dev) {
+PoolConfig checked(PoolConfig c, const detail::Device& dev, uint32_t num_devices = 1) {
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
     if (!known_layout(c.layout))
         throw Error(ErrorCode::InvalidArgument,
@@ -56,7 +68,9 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
                                 to_string(*c.compute_dtype)));
     // Refused here, not at the first write: some drivers (lavapipe) hand out address space
     // for far more memory than exists.
-    const uint64_t total = layout.block_bytes() * c.num_blocks;  // no overflow: checked above
+    // Each device holds its share of the heads.
+    const uint64_t total =
+        layout.block_bytes() / num_devices * c.num_blocks;  // no overflow: checked above
     const uint64_t heap = dev.device_local_heap_bytes();
     if (total > heap)
         throw Error(ErrorCode::OutOfMemory,
@@ -71,26 +85,71 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
 }  // namespace
 
 BlockPool::BlockPool(Context& ctx, PoolConfig config) {
-    // One lock from the check to the end: another thread's begin_recording() in between would
-    // capture the slab table upload and the byte-path timing, which must be submitted here.
-    std::lock_guard lock(detail::Access::device(ctx).mutex());
-    if (detail::Access::device(ctx).batches().recording_external())
+    Context* const one[] = {&ctx};
+    init(one, std::move(config));
+}
+
+BlockPool::BlockPool(std::span<Context* const> devices, PoolConfig config) {
+    init(devices, std::move(config));
+}
+
+void BlockPool::init(std::span<Context* const> contexts, PoolConfig config) {
+    if (contexts.empty())
+        throw Error(ErrorCode::InvalidArgument, "BlockPool: no devices given (one or more)");
+    std::vector<std::shared_ptr<detail::Device>> devices;
+    for (size_t i = 0; i < contexts.size(); ++i) {
+        if (!contexts[i])
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("BlockPool: device {} is a null Context", i));
+        const auto& d = detail::Access::device_ptr(*contexts[i]);
+        if (!d)
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("BlockPool: device {} is a moved-from Context", i));
+        for (size_t j = 0; j < devices.size(); ++j)
+            if (devices[j] == d)
+                throw Error(ErrorCode::InvalidArgument,
+                            fmt::format("BlockPool: devices {} and {} are the same Context (each "
+                                        "device holds its own share of the heads)",
+                                        j, i));
+        devices.push_back(d);
+    }
+    const auto n = uint32_t(devices.size());
+    if (n > 1 && (config.num_kv_heads == 0 || config.num_kv_heads % n != 0))
         throw Error(ErrorCode::InvalidArgument,
-                    "BlockPool: cannot be made while recording into the caller's command "
-                    "buffer (it measures the device with its own submits); make pools "
-                    "before Context::begin_recording()");
-    PoolConfig c = checked(config, detail::Access::device(ctx));
-    detail::resolve_byte_paths(detail::Access::device(ctx));
-    // Measured after the byte paths: it times the scatter path the pool will use.
-    if (c.layout == PageLayout::Auto)
-        c.layout = detail::resolve_page_layout(detail::Access::device(ctx));
-    state_ = std::make_shared<detail::PoolState>(detail::Access::device_ptr(ctx), c);
+                    fmt::format("BlockPool: num_kv_heads {} cannot be split evenly over {} devices",
+                                config.num_kv_heads, n));
+    // One lock per device from the checks to the end: another thread's begin_recording() in
+    // between would capture the slab table upload and the byte-path timing, which must be
+    // submitted here.
+    std::vector<std::unique_lock<std::recursive_mutex>> locks;
+    for (const auto& d : devices) {
+        locks.emplace_back(d->mutex());
+        if (d->batches().recording_external())
+            throw Error(ErrorCode::InvalidArgument,
+                        "BlockPool: cannot be made while recording into the caller's command "
+                        "buffer (it measures the device with its own submits); make pools "
+                        "before Context::begin_recording()");
+    }
+    PoolConfig c = config;
+    for (const auto& d : devices)
+        c = checked(config, *d, n);
+    for (const auto& d : devices)
+        detail::resolve_byte_paths(*d);
+    // Measured after the byte paths: it times the scatter path the pool will use. One layout
+    // for every device (the first device's).
+    if (c.layout == PageLayout::Auto) c.layout = detail::resolve_page_layout(*devices[0]);
+    state_ = std::make_shared<detail::PoolState>(std::move(devices), c);
     state_->pool = this;
+}
+
+uint32_t BlockPool::num_devices() const noexcept {
+    return uint32_t(state_->shards.size());
 }
 
 BlockPool::~BlockPool() {
     if (!state_) return;
-    state_->device->synchronize_quietly();
+    for (const auto& s : state_->shards)
+        s.device->synchronize_quietly();
     // Caches still made over this pool keep its state (and pages) until they go.
     std::lock_guard lock(state_->device->mutex());
     state_->pool = nullptr;
@@ -107,8 +166,10 @@ PoolStats BlockPool::stats() const {
     static_cast<BlockCounts&>(s) = c;
     s.pages_copied = state_->pages_copied;
     s.block_bytes = state_->format.block_bytes();
-    s.total_bytes = state_->pages->bytes();
-    s.num_slabs = state_->pages->slabs().size();
+    for (const auto& shard : state_->shards) {
+        s.total_bytes += shard.pages->bytes();
+        s.num_slabs += shard.pages->slabs().size();
+    }
     return s;
 }
 

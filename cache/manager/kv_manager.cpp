@@ -16,6 +16,7 @@
 #include "cache/manager/converted.hpp"
 #include "cache/manager/kv_copy.hpp"
 #include "cache/manager/manager_state.hpp"
+#include "cache/manager/shards.hpp"
 #include "cache/manager/step_plan.hpp"
 #include "cache/manager/view_pages.hpp"
 #include "pagedkv/error.hpp"
@@ -141,7 +142,7 @@ void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::G
         t.adopt_back(std::span(fresh).subspan(next, p.seqs[i].extra));
         next += p.seqs[i].extra;
     }
-    detail::record_page_copies(*m.ps->device, *m.ps->pages, copies);
+    detail::record_page_copies(*m.ps, copies);
     m.ps->pages_copied += copies.size();
 }
 
@@ -213,11 +214,16 @@ const StepState& live_step(const ManagerState& m, const Step& step, const char* 
 }
 
 // A ragged tensor (total, heads, dim) on the pool's device (of any float dtype: converted).
-void check_ragged(const ManagerState& m, const Tensor& t, const char* op, const char* what,
-                  uint32_t total, int64_t heads, uint32_t dim, bool heads_multiple = false) {
+// device: the pool's device the tensor must live on (its first by default).
+void check_ragged(const ManagerState& m, const Tensor& t, const char* op, const std::string& what,
+                  uint32_t total, int64_t heads, uint32_t dim, bool heads_multiple = false,
+                  size_t device = 0) {
     if (!t.defined()) throw invalid(fmt::format("{}: {} is undefined", op, what));
-    if (&detail::Access::device(t) != m.ps->device.get())
-        throw invalid(fmt::format("{}: {} lives on another Context than the pool", op, what));
+    if (&detail::Access::device(t) != m.ps->shards[device].device.get())
+        throw invalid(device == 0 && !m.ps->sharded()
+                          ? fmt::format("{}: {} lives on another Context than the pool", op, what)
+                          : fmt::format("{}: {} lives on another Context than the pool's device {}",
+                                        op, what, device));
     const auto& s = t.shape();
     if (s.size() != 3)
         throw invalid(fmt::format("{}: {} must be (total_tokens, heads, head_dim), got shape [{}]",
@@ -548,9 +554,7 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
         entries.reserve(size_t(len));
         for (int64_t i = 0; i < len; ++i)
             entries.push_back({uint32_t(i), slot_of(s.table, i, c.block_size)});
-        detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
-                          detail::Access::buffer(kv.first), detail::Access::buffer(kv.second), t,
-                          entries, c.num_kv_heads, uint32_t(len), true);
+        detail::record_kv_all(*m.ps, layer, kv.first, kv.second, entries, uint32_t(len), true);
     }
     return detail::converted(kv, *c.compute_dtype);
 }
@@ -654,6 +658,9 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         s->first_slot_offset = align16(s->last_page_len_offset + bytes(n));
         const uint64_t size = align16(s->first_slot_offset + bytes(n));
         s->buffer = detail::Buffer::create(*m.ps->device, size, detail::MemoryKind::Upload);
+        for (size_t d = 1; d < m.ps->shards.size(); ++d)  // the same bytes on every device
+            s->shard_buffers.push_back(
+                detail::Buffer::create(*m.ps->shards[d].device, size, detail::MemoryKind::Upload));
         detail::AttentionRows rows;  // attention's, one per new token
         rows.reserve(total);
         s->registers = m.index != nullptr && !token_ids.empty();
@@ -708,8 +715,48 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         put(s->indices_offset, s->indices.data(), bytes(s->indices.size()));
         put(s->last_page_len_offset, s->last_page_len.data(), bytes(s->last_page_len.size()));
         put(s->first_slot_offset, s->first_slot.data(), bytes(s->first_slot.size()));
+        for (const auto& b : s->shard_buffers)
+            std::memcpy(b->mapped(), mapped, size);
         return s;
     });
+}
+
+// One device's share of a step's attention: q and out hold its share of the query heads.
+void record_step_attention(const ManagerState& m, const StepState& s, size_t d,
+                           detail::AttentionShape shape, detail::Buffer& q, detail::Buffer& out,
+                           uint32_t layer) {
+    const detail::Shard& sh = m.ps->shards[d];
+    shape.kv = sh.format;
+    shape.q_heads /= uint32_t(m.ps->shards.size());
+    detail::record_paged_attention(*sh.device, shape, q, out, *sh.pages, layer, s.buffer_on(d),
+                                   s.rows_offset, s.max_len);
+}
+
+// The attention of a step as the shader sees it (query and output dtype, scale), checked.
+detail::AttentionShape step_attention_shape(const ManagerState& m, const StepState& s,
+                                            uint32_t q_heads, float scale, const char* op) {
+    const PoolConfig& c = m.ps->config;
+    detail::AttentionShape shape;
+    shape.batch = s.total;
+    shape.q_heads = q_heads;
+    shape.kv = m.ps->format;
+    // The query in the dtype the shader reads (a float pool's own, a quantized pool's compute
+    // dtype); the output in the compute dtype.
+    shape.io = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
+    shape.scale = default_scale(scale, c.head_dim);
+    detail::check_attention_shape(shape, op);
+    return shape;
+}
+
+// InvalidArgument unless a *_shards call got one tensor per device in each list.
+void check_shard_count(const ManagerState& m, const char* op, std::initializer_list<size_t> sizes) {
+    const size_t n = m.ps->shards.size();
+    for (size_t size : sizes)
+        if (size != n)
+            throw invalid(
+                fmt::format("{}: {} tensors for a pool over {} devices (one per device, "
+                            "in the pool's device order)",
+                            op, size, n));
 }
 
 }  // namespace
@@ -729,9 +776,8 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
         // converted on the device first.
         const DType in = detail::kv_tensor_dtype(m.ps->format, key.dtype());
         const Tensor k = detail::converted(key, in), v = detail::converted(value, in);
-        detail::record_kv(*m.ps->device, *m.ps->pages, m.ps->format, layer,
-                          detail::Access::buffer(k), detail::Access::buffer(v), in, s.entries,
-                          c.num_kv_heads, 1, false, s.buffer.get(), s.entries_offset);
+        detail::record_kv_all(*m.ps, layer, k, v, s.entries, 1, false, s.buffer.get(),
+                              s.entries_offset);
         if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });
 }
@@ -744,25 +790,136 @@ Tensor KVManager::attention(const Step& step, uint32_t layer, const Tensor& quer
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, op);
     check_ragged(m, query, op, "query", s.total, c.num_kv_heads, c.head_dim, true);
-    detail::AttentionShape shape;
-    shape.batch = s.total;
-    shape.q_heads = uint32_t(query.shape()[1]);
-    shape.kv = m.ps->format;
-    // The query in the dtype the shader reads (a float pool's own, a quantized pool's compute
-    // dtype); the output in the compute dtype.
-    shape.io = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
-    shape.scale = default_scale(scale, c.head_dim);
-    detail::check_attention_shape(shape, op);
+    const detail::AttentionShape shape =
+        step_attention_shape(m, s, uint32_t(query.shape()[1]), scale, op);
     return host_memory_guard(op, [&] {
         const Tensor q = detail::converted(query, shape.io);
         Tensor out = detail::Access::empty_tensor(
             m.ps->device, {int64_t(s.total), int64_t(shape.q_heads), int64_t(c.v_head_dim)},
             shape.io);
-        detail::record_paged_attention(*m.ps->device, shape, detail::Access::buffer(q),
-                                       detail::Access::buffer(out), *m.ps->pages, layer, *s.buffer,
-                                       s.rows_offset, s.max_len);
+        const uint64_t es = dtype_size(shape.io);
+        const detail::HeadRows qr{shape.q_heads, 1, c.head_dim * es},
+            outr{shape.q_heads, 1, c.v_head_dim * es};
+        if (!m.ps->sharded()) {
+            record_step_attention(m, s, 0, shape, detail::Access::buffer(q),
+                                  detail::Access::buffer(out), layer);
+        } else {
+            // Each device attends with its share of the query heads over its kv heads.
+            const auto qs = detail::split_heads(*m.ps, detail::Access::buffer(q), q.nbytes(), qr);
+            const auto outs = detail::per_shard_buffers(*m.ps, out.nbytes());
+            for (uint32_t d = 0; d < m.ps->shards.size(); ++d)
+                record_step_attention(m, s, d, shape, *qs[d], *outs[d], layer);
+            detail::join_heads(*m.ps, outs, detail::Access::buffer(out), out.nbytes(), outr);
+        }
         if (shape.io != *c.compute_dtype) return detail::converted(out, *c.compute_dtype);
         return out;
+    });
+}
+
+void KVManager::write_shards(const Step& step, uint32_t layer, std::span<const Tensor> keys,
+                             std::span<const Tensor> values) {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const char* op = "write_shards";
+    const StepState& s = live_step(m, step, op);
+    const PoolConfig& c = m.ps->config;
+    m.check_layer(layer, op);
+    check_shard_count(m, op, {keys.size(), values.size()});
+    const size_t n = m.ps->shards.size();
+    const uint32_t share = m.ps->shards[0].format.num_kv_heads;
+    for (size_t d = 0; d < n; ++d) {
+        check_ragged(m, keys[d], op, fmt::format("keys[{}]", d), s.total, share, c.head_dim, false,
+                     d);
+        check_ragged(m, values[d], op, fmt::format("values[{}]", d), s.total, share, c.v_head_dim,
+                     false, d);
+    }
+    if (s.total == 0) return;
+    host_memory_guard(op, [&] {
+        // Every conversion first: a failure leaves the pages as they were.
+        std::vector<Tensor> ks, vs;
+        for (size_t d = 0; d < n; ++d) {
+            const DType in = detail::kv_tensor_dtype(m.ps->format, keys[d].dtype());
+            ks.push_back(detail::converted(keys[d], in));
+            vs.push_back(detail::converted(values[d], in));
+        }
+        const std::vector<detail::RowEntry> entries =
+            n == 1 ? s.entries : detail::shard_entries(s.entries, c.num_kv_heads, 1, share);
+        for (size_t d = 0; d < n; ++d) {
+            const detail::Shard& sh = m.ps->shards[d];
+            detail::record_kv(*sh.device, *sh.pages, sh.format, layer,
+                              detail::Access::buffer(ks[d]), detail::Access::buffer(vs[d]),
+                              ks[d].dtype(), entries, share, 1, false,
+                              n == 1 ? s.buffer.get() : nullptr, s.entries_offset);
+        }
+        if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
+    });
+}
+
+std::vector<std::pair<Tensor, Tensor>> KVManager::gather_shards(SeqId seq, uint32_t layer) const {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const Sequence& s = find(m, seq, "gather_shards");
+    const PoolConfig& c = m.ps->config;
+    m.check_layer(layer, "gather_shards");
+    const int64_t len = detail::length_of(s);
+    const DType t = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
+    std::vector<detail::RowEntry> entries;
+    entries.reserve(size_t(len));
+    for (int64_t i = 0; i < len; ++i)
+        entries.push_back({uint32_t(i), slot_of(s.table, i, c.block_size)});
+    std::vector<std::pair<Tensor, Tensor>> out;
+    for (const detail::Shard& sh : m.ps->shards) {
+        const int64_t heads = sh.format.num_kv_heads;
+        out.emplace_back(detail::Access::empty_tensor(sh.device, {heads, len, c.head_dim}, t),
+                         detail::Access::empty_tensor(sh.device, {heads, len, c.v_head_dim}, t));
+    }
+    for (size_t d = 0; d < out.size() && len > 0; ++d) {
+        const detail::Shard& sh = m.ps->shards[d];
+        detail::record_kv(*sh.device, *sh.pages, sh.format, layer,
+                          detail::Access::buffer(out[d].first),
+                          detail::Access::buffer(out[d].second), t, entries, sh.format.num_kv_heads,
+                          uint32_t(len), true);
+    }
+    for (auto& kv : out)
+        kv = detail::converted(kv, *c.compute_dtype);
+    return out;
+}
+
+std::vector<Tensor> KVManager::attention_shards(const Step& step, uint32_t layer,
+                                                std::span<const Tensor> queries, float scale) {
+    const ManagerState& m = *state_;
+    Lock l(m);
+    const char* op = "attention_shards";
+    const StepState& s = live_step(m, step, op);
+    const PoolConfig& c = m.ps->config;
+    m.check_layer(layer, op);
+    check_shard_count(m, op, {queries.size()});
+    const size_t n = m.ps->shards.size();
+    const uint32_t share = m.ps->shards[0].format.num_kv_heads;
+    for (size_t d = 0; d < n; ++d) {
+        check_ragged(m, queries[d], op, fmt::format("queries[{}]", d), s.total, share, c.head_dim,
+                     true, d);
+        if (queries[d].shape()[1] != queries[0].shape()[1])
+            throw invalid(fmt::format("{}: queries[{}] has {} heads, queries[0] {}", op, d,
+                                      queries[d].shape()[1], queries[0].shape()[1]));
+    }
+    const detail::AttentionShape shape =
+        step_attention_shape(m, s, uint32_t(queries[0].shape()[1] * int64_t(n)), scale, op);
+    return host_memory_guard(op, [&] {
+        std::vector<Tensor> qs, outs;
+        for (size_t d = 0; d < n; ++d) {
+            qs.push_back(detail::converted(queries[d], shape.io));
+            outs.push_back(detail::Access::empty_tensor(
+                m.ps->shards[d].device,
+                {int64_t(s.total), queries[d].shape()[1], int64_t(c.v_head_dim)}, shape.io));
+        }
+        for (size_t d = 0; d < n; ++d)
+            record_step_attention(m, s, d, shape, detail::Access::buffer(qs[d]),
+                                  detail::Access::buffer(outs[d]), layer);
+        if (shape.io != *c.compute_dtype)
+            for (Tensor& t : outs)
+                t = detail::converted(t, *c.compute_dtype);
+        return outs;
     });
 }
 

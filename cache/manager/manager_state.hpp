@@ -94,6 +94,11 @@ struct StepState {
 
     std::shared_ptr<Buffer> buffer;  // host-visible, written once by begin_step (the manager
                                      // state keeps the pool's pages alive with it)
+    // A pool over several devices: the same bytes on devices 1.. (each reads its own).
+    std::vector<std::shared_ptr<Buffer>> shard_buffers;
+    Buffer& buffer_on(size_t device) const {
+        return device == 0 ? *buffer : *shard_buffers[device - 1];
+    }
     uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
              indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
 };

@@ -10,6 +10,7 @@
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/converted.hpp"
 #include "cache/manager/kv_copy.hpp"
+#include "cache/manager/shards.hpp"
 #include "cache/manager/update_plan.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/convert.hpp"
@@ -205,9 +206,7 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         copies.emplace_back(index(st.table(b)[at]), index(fresh[next]));
         st.table(b).replace(at, fresh[next++]);  // the old page stays with its other sharers
     }
-    detail::Device& dev = *st.ps->device;
-    detail::PageSlabs& pages = *st.ps->pages;
-    detail::record_page_copies(dev, pages, copies);
+    detail::record_page_copies(*st.ps, copies);
     st.ps->pages_copied += copies.size();
     for (uint32_t b = 0; b < B; ++b) {
         st.table(b).adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
@@ -234,8 +233,7 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
         st.start(layer, b) = p.new_len > p.drop ? p.start + p.drop : 0;
         st.len(layer, b) = p.new_len - p.drop;
     }
-    detail::record_kv(dev, pages, st.ps->format, layer, detail::Access::buffer(key),
-                      detail::Access::buffer(value), key.dtype(), entries, H, S, false);
+    detail::record_kv_all(*st.ps, layer, key, value, entries, S, false);
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens) const {
@@ -267,9 +265,7 @@ void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) co
             if (t < st.len(layer, b)) slot = st.slot_of(layer, b, t);
             entries.push_back({uint32_t(b * H * L + t), slot});
         }
-    detail::record_kv(*st.ps->device, *st.ps->pages, st.ps->format, layer,
-                      detail::Access::buffer(kv.first), detail::Access::buffer(kv.second),
-                      kv.first.dtype(), entries, H, uint32_t(L), true);
+    detail::record_kv_all(*st.ps, layer, kv.first, kv.second, entries, uint32_t(L), true);
 }
 
 std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
@@ -491,7 +487,7 @@ void PagedKVCache::select_rows_by_copy(std::span<const int32_t> rows) {
             copies.emplace_back(index(src[b]), index(t[b]));
         out.push_back(std::move(t));
     }
-    detail::record_page_copies(*st.ps->device, *st.ps->pages, copies);
+    detail::record_page_copies(*st.ps, copies);
     st.ps->pages_copied += copies.size();
     for (size_t i = 0; i < rows.size(); ++i)
         fresh[i].table = std::move(out[i]);
@@ -521,8 +517,6 @@ void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
                                std::span<const uint32_t> to, std::pair<Tensor, Tensor>& scratch) {
     if (from.empty()) return;
     CacheState& st = *state_;
-    const PoolConfig& c = st.ps->config;
-    const PageFormat& lay = st.ps->format;
     const uint32_t n = uint32_t(from.size());
     const auto stride = uint32_t(scratch.first.shape()[2]);  // at least n
     std::vector<detail::RowEntry> in, out;
@@ -530,23 +524,35 @@ void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
         in.push_back({i, from[i]});
         out.push_back({i, to[i]});
     }
-    detail::Device& dev = *st.ps->device;
-    // Rows of row_bytes at page_offset (values, or a quantized page's scales) through buf, as
-    // bytes: quantized rows move without being quantized again.
-    auto move = [&](detail::Buffer& buf, uint64_t row_bytes, uint64_t page_offset) {
-        detail::record_row_copy(dev, *st.ps->pages,
-                                {&buf, in, c.num_kv_heads, row_bytes, stride, page_offset, true});
-        detail::record_row_copy(dev, *st.ps->pages,
-                                {&buf, out, c.num_kv_heads, row_bytes, stride, page_offset, false});
-    };
-    for (bool value : {false, true}) {
-        detail::Buffer& buf = detail::Access::buffer(value ? scratch.second : scratch.first);
-        move(buf, value ? lay.v_row_bytes() : lay.k_row_bytes(), lay.page_offset(layer, value));
-        // The scales (4 bytes a row) through the other scratch tensor (rows of at least 4
-        // elements of at least 2 bytes: room enough).
-        if (lay.scale_bytes() != 0)
-            move(detail::Access::buffer(value ? scratch.first : scratch.second), lay.scale_bytes(),
-                 lay.page_offset(layer, value) + lay.scales_offset(value));
+    // On a pool over several devices each device moves its heads through scratch of its own.
+    std::vector<std::shared_ptr<detail::Buffer>> ks, vs;
+    if (st.ps->sharded()) {
+        ks = detail::per_shard_buffers(*st.ps, scratch.first.nbytes());
+        vs = detail::per_shard_buffers(*st.ps, scratch.second.nbytes());
+    }
+    for (size_t d = 0; d < st.ps->shards.size(); ++d) {
+        const detail::Shard& sh = st.ps->shards[d];
+        const uint32_t heads = sh.format.num_kv_heads;
+        // Rows of row_bytes at page_offset (values, or a quantized page's scales) through buf,
+        // as bytes: quantized rows move without being quantized again.
+        auto move = [&](detail::Buffer& buf, uint64_t row_bytes, uint64_t page_offset) {
+            detail::record_row_copy(*sh.device, *sh.pages,
+                                    {&buf, in, heads, row_bytes, stride, page_offset, true});
+            detail::record_row_copy(*sh.device, *sh.pages,
+                                    {&buf, out, heads, row_bytes, stride, page_offset, false});
+        };
+        detail::Buffer& kbuf = ks.empty() ? detail::Access::buffer(scratch.first) : *ks[d];
+        detail::Buffer& vbuf = vs.empty() ? detail::Access::buffer(scratch.second) : *vs[d];
+        const PageFormat& lay = sh.format;
+        for (bool value : {false, true}) {
+            move(value ? vbuf : kbuf, value ? lay.v_row_bytes() : lay.k_row_bytes(),
+                 lay.page_offset(layer, value));
+            // The scales (4 bytes a row) through the other scratch tensor (rows of at least 4
+            // elements of at least 2 bytes: room enough).
+            if (lay.scale_bytes() != 0)
+                move(value ? kbuf : vbuf, lay.scale_bytes(),
+                     lay.page_offset(layer, value) + lay.scales_offset(value));
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/converted.hpp"
 #include "cache/manager/kv_copy.hpp"
+#include "cache/manager/shards.hpp"
 #include "cache/manager/view_pages.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/paged_kv_cache.hpp"
@@ -121,7 +122,7 @@ PagedView PagedKVCache::paged_view(uint32_t layer) const {
     const uint64_t total = align16(v.first_slot_offset + bytes(v.host_first_slot));
     auto keep = std::make_shared<ViewKeep>();
     keep->device = st.ps->device;
-    keep->pages = st.ps->pages;
+    keep->pages = st.ps->shards[0].pages;
     keep->table = detail::Buffer::create(*st.ps->device, total, detail::MemoryKind::Upload);
     char* mapped = static_cast<char*>(keep->table->mapped());
     const std::pair<const std::vector<uint32_t>*, uint64_t> arrays[] = {
@@ -162,9 +163,27 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
     const Tensor q = detail::converted(query, shape.io);
     Tensor out = detail::Access::empty_tensor(
         st.ps->device, {shape.batch, shape.q_heads, 1, c.v_head_dim}, shape.io);
-    detail::record_paged_attention(*st.ps->device, shape, detail::Access::buffer(q),
-                                   detail::Access::buffer(out), *st.ps->pages, layer,
-                                   {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
+    const auto record = [&](const detail::Shard& sh, detail::Buffer& qb, detail::Buffer& ob) {
+        detail::AttentionShape mine = shape;
+        mine.kv = sh.format;
+        mine.q_heads /= uint32_t(st.ps->shards.size());
+        detail::record_paged_attention(
+            *sh.device, mine, qb, ob, *sh.pages, layer,
+            {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
+    };
+    if (!st.ps->sharded()) {
+        record(st.ps->shards[0], detail::Access::buffer(q), detail::Access::buffer(out));
+    } else {
+        // Each device attends with its share of the query heads over its kv heads.
+        const uint64_t es = dtype_size(shape.io);
+        const auto qs = detail::split_heads(*st.ps, detail::Access::buffer(q), q.nbytes(),
+                                            {shape.q_heads, 1, c.head_dim * es});
+        const auto outs = detail::per_shard_buffers(*st.ps, out.nbytes());
+        for (size_t d = 0; d < st.ps->shards.size(); ++d)
+            record(st.ps->shards[d], *qs[d], *outs[d]);
+        detail::join_heads(*st.ps, outs, detail::Access::buffer(out), out.nbytes(),
+                           {shape.q_heads, 1, c.v_head_dim * es});
+    }
     // The output is in the compute dtype (a float pool's own dtype unless configured otherwise).
     if (shape.io != *c.compute_dtype) return detail::converted(out, *c.compute_dtype);
     return out;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -16,20 +17,34 @@
 
 namespace pagedkv::detail {
 
-struct PoolState {
-    PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg);
+// One device's share of a pool: its kv heads [first_head, first_head + format.num_kv_heads) of
+// every page, in its own page store. A pool over one device has one shard holding every head.
+struct Shard {
+    std::shared_ptr<Device> device;
+    PageFormat format;
+    uint32_t first_head = 0;
+    std::shared_ptr<PageSlabs> pages;
+};
 
+struct PoolState {
+    // devices: one or more, each holding cfg.num_kv_heads / devices.size() heads.
+    PoolState(std::vector<std::shared_ptr<Device>> devices, const PoolConfig& cfg);
+
+    // The first device: its call lock guards the pool's state, and the all-heads calls take and
+    // return tensors on it.
     std::shared_ptr<Device> device;
     // The BlockPool made of this state; null once it is destroyed (caches may outlive it).
     BlockPool* pool = nullptr;
     PoolConfig config;
-    PageFormat format;  // of cfg
+    PageFormat format;  // of cfg: every head (what the allocator, snapshots and transfers see)
     BlockAllocator allocator;
     // The prefix index, made by the first KVManager with prefix caching (declared after the
     // allocator: destroyed first).
     std::unique_ptr<PrefixIndex> prefix;
-    std::shared_ptr<PageSlabs> pages;
+    std::vector<Shard> shards;  // in device order; shards[0].device == device
     uint64_t pages_copied = 0;
+
+    bool sharded() const noexcept { return shards.size() > 1; }
 
     // The BlockPool, or InvalidArgument when it was destroyed before `who` (a cache or a
     // manager, "the caches" / "the managers" in the message).
@@ -50,13 +65,22 @@ struct PoolState {
     }
 };
 
-// One call into the library over a pool: the device's call lock, taken after checking that the
-// pool still exists.
+// One call into the library over a pool: the call lock of each of its devices (the first one
+// first, the others in order), taken before checking that the pool still exists.
 struct PoolLock : Device::CallLock {
     PoolLock(const PoolState& ps, const char* who, const char* made_over)
         : Device::CallLock(*ps.device) {
+        for (size_t i = 1; i < ps.shards.size(); ++i)
+            others_.push_back(std::make_unique<Device::CallLock>(*ps.shards[i].device));
         ps.live_pool(who, made_over);
     }
+    ~PoolLock() {
+        while (!others_.empty())
+            others_.pop_back();  // the last taken released first
+    }
+
+  private:
+    std::vector<std::unique_ptr<Device::CallLock>> others_;
 };
 
 // The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and

@@ -9,8 +9,14 @@
 namespace pagedkv::detail {
 
 inline PagedView view_pages(const PoolState& ps, uint32_t layer) {
+    if (ps.sharded())
+        throw Error(ErrorCode::NotImplemented,
+                    fmt::format("view: a PagedView of a pool over {} devices is not implemented "
+                                "(a view describes one device's pages); use write_shards / "
+                                "attention_shards",
+                                ps.shards.size()));
     const PageFormat& lay = ps.format;
-    const PageSlabs& storage = *ps.pages;
+    const PageSlabs& storage = *ps.shards[0].pages;
     PagedView v;
     v.layer = layer;
     v.kv_heads = lay.num_kv_heads;

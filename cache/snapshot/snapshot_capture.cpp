@@ -9,6 +9,7 @@
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/manager_state.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "cache/manager/shards.hpp"
 #include "cache/snapshot/detailed_stats.hpp"
 #include "cache/snapshot/snapshot_check.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
@@ -87,14 +88,7 @@ void read_pages(PoolState& ps, SnapshotData& s) {
     const std::vector<uint32_t> used = s.page_blocks();
     s.pages.resize(used.size() * bb);
     s.has_pages = true;
-    // Slabs are not tracked one by one (PageSlabs is): wait for every write recorded so far,
-    // refusing pages a caller's unfinished command buffer writes.
-    ps.device->batches().require_finished(ps.pages->last_write_serial);
-    ps.device->synchronize();
-    const PageSlabs& pages = *ps.pages;
-    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
-        pages.slab_of(first).read(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
-    });
+    read_blocks(ps, used, s.pages.data());
 }
 
 }  // namespace

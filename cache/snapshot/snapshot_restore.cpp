@@ -2,6 +2,7 @@
 
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/pool_state.hpp"
+#include "cache/manager/shards.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/dynamic_cache.hpp"
 #include "pagedkv/error.hpp"
@@ -55,12 +56,7 @@ namespace {
 // Writes the saved bytes of the blocks in use and the evictable cached blocks into a fresh
 // pool, a run of consecutive blocks at a time (no GPU work touches a fresh pool's slabs yet).
 void write_pages(PoolState& ps, const SnapshotData& s) {
-    const uint64_t bb = ps.format.block_bytes();
-    const std::vector<uint32_t> used = s.page_blocks();
-    const PageSlabs& pages = *ps.pages;
-    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
-        pages.slab_of(first).write(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
-    });
+    write_blocks(ps, s.page_blocks(), s.pages.data());
 }
 
 }  // namespace

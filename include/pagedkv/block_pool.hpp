@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "pagedkv/block_counts.hpp"
@@ -49,19 +50,30 @@ struct PoolConfig {
 struct PoolStats : BlockCounts {
     uint64_t pages_copied = 0;  // copy-on-write page copies so far
     uint64_t block_bytes = 0;   // bytes of one block (all layers, K and V)
-    uint64_t total_bytes = 0;
-    uint64_t num_slabs = 0;
+    uint64_t total_bytes = 0;   // on every device together
+    uint64_t num_slabs = 0;     // on every device together
 };
 
 class PAGEDKV_API BlockPool {
   public:
     BlockPool(Context& ctx, PoolConfig config);
+    // A pool over several devices (tensor parallelism): device d holds kv heads
+    // [d * num_kv_heads / n, (d + 1) * num_kv_heads / n) of every page, in its own memory, and
+    // the pool keeps one allocator and one block table per sequence for all. num_kv_heads must
+    // divide evenly; each Context at most once. KVManager's write / gather / attention take and
+    // return every head on the first device (moving each device's share through host memory);
+    // write_shards / gather_shards / attention_shards take one tensor per device. A call over
+    // the pool takes every device's call lock, the first device's first: pools that share
+    // devices must list them in the same order. The pool keeps the devices alive.
+    BlockPool(std::span<Context* const> devices, PoolConfig config);
     ~BlockPool();
     BlockPool(const BlockPool&) = delete;
     BlockPool& operator=(const BlockPool&) = delete;
 
     // The configuration with defaults filled in (v_head_dim, layout and compute_dtype resolved).
     const PoolConfig& config() const noexcept;
+    // The devices the pool's heads are split over (1 for a pool made on one Context).
+    uint32_t num_devices() const noexcept;
     PoolStats stats() const;
     // Every invariant: free + used = total, refcounts equal the references held by the
     // caches' block tables, no block both free and referenced.
@@ -71,6 +83,7 @@ class PAGEDKV_API BlockPool {
 
   private:
     friend struct detail::Access;
+    PAGEDKV_LOCAL void init(std::span<Context* const> devices, PoolConfig config);
     std::shared_ptr<detail::PoolState> state_;
 };
 

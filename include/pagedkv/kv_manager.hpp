@@ -150,7 +150,9 @@ class PAGEDKV_API KVManager {
     Step begin_step(std::span<const SeqId> seqs,
                     std::span<const std::span<const int32_t>> token_ids);
     // Packed ragged K and V of one layer, (total_tokens, kv_heads, head_dim) ("NHD"), tokens of
-    // the step's first sequence first. One dispatch (or copy command) for the whole step.
+    // the step's first sequence first. One dispatch (or copy command) for the whole step. On a
+    // pool over several devices, write / gather / attention take and return every head on the
+    // first device and move the other devices' shares through host memory (see *_shards).
     void write(const Step& step, uint32_t layer, const Tensor& key, const Tensor& value);
     // Causal attention over the step: q is (total_tokens, q_heads, head_dim), q_heads a
     // multiple of kv_heads (GQA); each new token attends to its sequence's tokens up to and
@@ -158,6 +160,16 @@ class PAGEDKV_API KVManager {
     // Returns (total_tokens, q_heads, v_head_dim) in the pool's compute dtype; scale <= 0
     // means 1 / sqrt(head_dim). Accumulates in f32 (quantized pages are read directly).
     Tensor attention(const Step& step, uint32_t layer, const Tensor& query, float scale = 0.0f);
+    // A tensor-parallel runtime's calls on a pool over several devices (BlockPool over a span of
+    // Contexts): one tensor per device, in the pool's device order, each on its device and
+    // holding that device's share of the heads (kv_heads / devices for K and V, q_heads /
+    // devices for the query, the same count on every device); nothing crosses devices. Otherwise
+    // as write / gather / attention (on a one-device pool they take and return one tensor).
+    void write_shards(const Step& step, uint32_t layer, std::span<const Tensor> keys,
+                      std::span<const Tensor> values);
+    std::vector<std::pair<Tensor, Tensor>> gather_shards(SeqId seq, uint32_t layer) const;
+    std::vector<Tensor> attention_shards(const Step& step, uint32_t layer,
+                                         std::span<const Tensor> queries, float scale = 0.0f);
     // Ends the step (the Step destructor does the same): with prefix caching, registers the
     // pages it filled; pages it reserved but no token used (lookahead) stay reserved.
     void end_step(Step&& step);

@@ -9,7 +9,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -155,6 +159,7 @@ inline std::vector<int64_t> shape4(uint32_t b, uint32_t h, uint32_t s, uint32_t 
 
 }  // namespace pagedkv::test
 
+#include "shaders/store/page_store.hpp"
 #include "shaders/vulkan/device.hpp"
 
 namespace pagedkv::test {
@@ -169,8 +174,86 @@ inline constexpr PathMode kPathModes[] = {{"copy commands", BytePath::CopyComman
                                           {"shader, a word per thread", BytePath::Shader, false},
                                           {"shader, a row per thread", BytePath::Shader, true}};
 
-inline void use_path(Context& ctx, const PathMode& m) {
-    detail::Access::device(ctx).set_byte_paths({m.path, m.path, m.whole_rows});
+// The second devices of the live test pools over two devices (PoolPartner), by their first
+// device: settings a test makes on its context apply to them too.
+inline std::multimap<detail::Device*, detail::Device*>& pool_partners() {
+    static std::multimap<detail::Device*, detail::Device*> partners;
+    return partners;
 }
+// f(device) on ctx's device and on the second device of every live test pool over it.
+template <class F>
+void on_pool_devices(Context& ctx, F&& f) {
+    detail::Device& first = detail::Access::device(ctx);
+    f(first);
+    auto [from, to] = pool_partners().equal_range(&first);
+    for (auto it = from; it != to; ++it)
+        f(*it->second);
+}
+
+inline void use_path(Context& ctx, const PathMode& m) {
+    on_pool_devices(ctx, [&](detail::Device& d) {
+        d.set_byte_paths({m.path, m.path, m.whole_rows});
+    });
+}
+inline void set_attention_paths(Context& ctx, const detail::Device::AttentionPaths& p) {
+    on_pool_devices(ctx, [&](detail::Device& d) { d.set_attention_paths(p); });
+}
+
+// How many devices the tests' pools span: env PAGEDKV_TEST_DEVICES = 1 (unset) or 2
+// (tests/CMakeLists.txt registers the GPU tests a second time over two logical devices, through
+// --devices=2 of tests/support/test_main.cpp). Anything else fails loudly.
+inline uint32_t test_devices() {
+    const char* v = std::getenv("PAGEDKV_TEST_DEVICES");
+    const std::string s = v ? v : "1";
+    if (s == "1") return 1;
+    if (s == "2") return 2;
+    FAIL("PAGEDKV_TEST_DEVICES must be 1 or 2, not '" << s << "'");
+    return 1;
+}
+
+// The second device of a test pool: another logical device (VkDevice) on the same physical
+// device, validated like the first, using the first's byte paths (no timing run of its own).
+struct PoolPartner {
+    std::unique_ptr<ValidatedContext> partner;
+    Context* devices[2] = {nullptr, nullptr};
+
+    PoolPartner(Context& ctx, const PoolConfig& c) {
+        devices[0] = &ctx;
+        if (test_devices() == 1 || c.num_kv_heads % 2 != 0) return;
+        detail::Device& first = detail::Access::device(ctx);
+        {
+            std::lock_guard lock(first.mutex());
+            detail::resolve_byte_paths(first);
+        }
+        partner = std::make_unique<ValidatedContext>();
+        detail::Device& second = detail::Access::device(partner->ctx);
+        second.set_byte_paths(first.byte_paths());
+        second.set_attention_paths(first.attention_paths());
+        devices[1] = &partner->ctx;
+        pool_partners().emplace(&first, &second);
+    }
+    ~PoolPartner() {
+        if (!partner) return;
+        auto& all = pool_partners();
+        detail::Device* second = &detail::Access::device(partner->ctx);
+        for (auto it = all.begin(); it != all.end(); ++it)
+            if (it->second == second) {
+                all.erase(it);
+                break;
+            }
+    }
+    PoolPartner(const PoolPartner&) = delete;
+    PoolPartner& operator=(const PoolPartner&) = delete;
+    std::span<Context* const> span() const { return {devices, partner ? 2u : 1u}; }
+};
+
+// The tests' BlockPool: over ctx alone, or with PAGEDKV_TEST_DEVICES=2 (and an even number of kv
+// heads) over ctx and a second logical device it keeps. Tensors stay on ctx, where the all-heads
+// calls take them.
+struct TestPool : private PoolPartner, public BlockPool {
+    TestPool(Context& ctx, PoolConfig c) : PoolPartner(ctx, c), BlockPool(span(), c) {}
+    // The partner's context (nullptr over one device).
+    Context* second() const { return partner ? &partner->ctx : nullptr; }
+};
 
 }  // namespace pagedkv::test

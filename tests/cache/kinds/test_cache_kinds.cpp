@@ -10,7 +10,7 @@ TEST_CASE("a static cache reserves every page up front and never allocates again
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         StaticKVCache cache(pool, 3, 10);  // 3 rows x ceil(10 / 4) pages
         CHECK(pool.stats().used_blocks == 9);
         CHECK(cache.batch_size() == 3);
@@ -48,7 +48,7 @@ TEST_CASE("a static cache refuses to overflow and changes nothing", "[static][er
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 16));
+        TestPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 16));
         StaticKVCache cache(pool, 2, 8);
         CacheHarness h(g.ctx, pool, cache, 2);
         h.ref.set_batch(2);
@@ -77,7 +77,7 @@ TEST_CASE("a sliding window keeps the last tokens in a bounded number of pages",
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         const uint32_t window = 10;
         SlidingWindowKVCache cache(pool, window);
         CacheHarness h(g.ctx, pool, cache, 3);
@@ -104,7 +104,7 @@ TEST_CASE("an encoder-decoder cache routes self and cross attention", "[encdec][
     ValidatedContext g;
     for (DType dtype : {DType::BF16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         EncoderDecoderCache cache(pool);
         auto& self = dynamic_cast<PagedKVCache&>(cache.self_attention_cache());
         auto& cross = dynamic_cast<PagedKVCache&>(cache.cross_attention_cache());
@@ -166,7 +166,7 @@ TEST_CASE("a sliding window written one layer after the other holds only its win
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 16, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 16, 64));
         const int64_t window = 24;
         SlidingWindowKVCache cache(pool, uint32_t(window));
         CacheHarness h(g.ctx, pool, cache, 11);
@@ -196,7 +196,7 @@ TEST_CASE("a sliding window decodes forever in a pool of exactly its footprint",
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 2));
+        TestPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 2));
         SlidingWindowKVCache cache(pool, 5);
         CacheHarness h(g.ctx, pool, cache, 12);
         h.after_update = [&](uint32_t l) { h.ref.keep_last(l, 5); };
@@ -218,7 +218,7 @@ TEST_CASE("a sliding window keeps only its window of a row inserted from another
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache prompt(pool);
         CacheHarness hp(g.ctx, pool, prompt, 13);
         for (uint32_t l = 0; l < 2; ++l)
@@ -248,7 +248,7 @@ TEST_CASE("an encoder-decoder batch operation checks both caches before changing
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 64));
         EncoderDecoderCache cache(pool, std::make_unique<DynamicKVCache>(pool),
                                   std::make_unique<StaticKVCache>(pool, 2, 8));
         auto& self = dynamic_cast<PagedKVCache&>(cache.self_attention_cache());
@@ -293,7 +293,7 @@ TEST_CASE("an encoder-decoder cache over a cross cache that holds layers marks t
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 3, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 3, 2, 8, 4, 64));
         auto cross = std::make_unique<DynamicKVCache>(pool);
         CacheHarness hc(g.ctx, pool, *cross, 16);
         hc.append(1, 5, 0);
@@ -309,7 +309,7 @@ TEST_CASE("negative row indices count from the end, as in Python", "[sharing][gp
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 17);
         for (uint32_t l = 0; l < 2; ++l)

@@ -87,7 +87,6 @@ void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, flo
     // its tolerance; query values exact in both.
     const DType kernel = quant ? io : c.dtype;
     const uint32_t B = cache.batch_size();
-    detail::Device& dev = detail::Access::device(h.ctx);
     auto qv = random_values(size_t(B) * q_heads * c.head_dim, h.rng, kernel);
     for (float& x : qv)
         x *= 0.125f;  // exact in every dtype; keeps scores moderate
@@ -101,7 +100,7 @@ void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, flo
                                 q_heads, c.num_kv_heads, c.head_dim, c.v_head_dim, used_scale);
         for (const PathMode& mode : kModes) {
             INFO("path: " << mode.name);
-            dev.set_attention_paths({mode.no_subgroups, mode.chunk_tokens});
+            set_attention_paths(h.ctx, {mode.no_subgroups, mode.chunk_tokens});
             const uint64_t before = h.ctx.counters().dispatches;
             Tensor paged = cache.cached_attention(q, layer, scale);
             if (layer == 0 && mode.chunk_tokens == 0 && expect_dispatches != 0)
@@ -139,7 +138,7 @@ void check_attention(CacheHarness& h, PagedKVCache& cache, uint32_t q_heads, flo
                 REQUIRE(bit_equal(got, std::vector<float>(got.size(), 0.0f)));  // no tokens
             }
         }
-        dev.set_attention_paths({});
+        set_attention_paths(h.ctx, {});
     }
 }
 
@@ -171,7 +170,7 @@ TEST_CASE("cached_attention matches CPU attention and the contiguous shader bit 
             cfg.v_head_dim = ac.v_head_dim;
             cfg.compute_dtype = ac.compute;
             cfg.max_slab_bytes = 8 * block_bytes(cfg);  // 8 blocks a slab
-            BlockPool pool(vc.ctx, cfg);
+            TestPool pool(vc.ctx, cfg);
             DynamicKVCache cache(pool);
             CacheHarness h(vc.ctx, pool, cache, 21);
             // Layer 0: 3 rows of 70 tokens (two tiles of 64), cropped to start part-way into a
@@ -203,7 +202,7 @@ TEST_CASE("cached_attention over sliding-window and static caches", "[attention]
     const DType dtype = GENERATE(DType::F16, DType::Int8, DType::FP8E4M3);
     INFO("pool dtype " << to_string(dtype));
     ValidatedContext vc;
-    BlockPool pool(vc.ctx, small_config(dtype, 2, 2, 8, 4, 96));
+    TestPool pool(vc.ctx, small_config(dtype, 2, 2, 8, 4, 96));
     SECTION("a sliding window's rows start part-way into their first page") {
         const int64_t window = 10;
         SlidingWindowKVCache cache(pool, uint32_t(window));
@@ -264,7 +263,7 @@ TEST_CASE("cached_attention over GQA groups, long rows across many pages and sla
             PoolConfig cfg = small_config(ac.dtype, 2, ac.kv_heads, ac.head_dim, 4, 420);
             cfg.compute_dtype = ac.compute;
             cfg.max_slab_bytes = 8 * block_bytes(cfg);
-            BlockPool pool(vc.ctx, cfg);
+            TestPool pool(vc.ctx, cfg);
             DynamicKVCache cache(pool);
             CacheHarness h(vc.ctx, pool, cache, 41);
             // Two rows of 600 tokens (150 pages of 4 over ~19 slabs; few workgroups and long
@@ -291,7 +290,7 @@ TEST_CASE("cached_attention rejects bad queries with clear errors and changes no
           "[attention][errors][gpu]") {
     ValidatedContext vc;
     Context& ctx = vc.ctx;
-    BlockPool pool(ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
+    TestPool pool(ctx, small_config(DType::F16, 2, 2, 8, 4, 32));
     DynamicKVCache cache(pool);
     CacheHarness h(ctx, pool, cache, 9);
     auto q = [&](std::vector<int64_t> shape, DType t = DType::F16) {
@@ -351,7 +350,7 @@ TEST_CASE("attention over quantized pages is close to attention over the origina
     ValidatedContext vc;
     PoolConfig cfg = small_config(dtype, 1, H, D, 16, 64);
     cfg.compute_dtype = DType::F32;
-    BlockPool pool(vc.ctx, cfg);
+    TestPool pool(vc.ctx, cfg);
     DynamicKVCache cache(pool);
     std::mt19937 rng(5);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -371,7 +370,7 @@ TEST_CASE("attention over quantized pages is close to attention over the origina
     const auto exact = reference_attention(qv, k, v, lengths, QH, H, D, D, scale);
     for (const auto& mode : kModes) {
         INFO(to_string(dtype) << ", path: " << mode.name);
-        detail::Access::device(vc.ctx).set_attention_paths({mode.no_subgroups, mode.chunk_tokens});
+        set_attention_paths(vc.ctx, {mode.no_subgroups, mode.chunk_tokens});
         const auto got = cache.cached_attention(q, 0).to_host();
         double err = 0, norm = 0;
         for (size_t i = 0; i < got.size(); ++i) {
@@ -381,5 +380,5 @@ TEST_CASE("attention over quantized pages is close to attention over the origina
         INFO("mean relative error " << err / norm);
         REQUIRE(err / norm < bound);
     }
-    detail::Access::device(vc.ctx).set_attention_paths({});
+    set_attention_paths(vc.ctx, {});
 }

@@ -84,7 +84,7 @@ TEST_CASE(
             ValidatedContext vc;
             Context& ctx = vc.ctx;
             const PoolConfig c = small_config(pool_type, 2, 2, 12, 4, 64);
-            BlockPool pool(ctx, c);
+            TestPool pool(ctx, c);
             DynamicKVCache cache(pool);
             ReferenceCache ref(2, 2, 12, 12);
             std::mt19937 rng(uint32_t(int(pool_type) * 3 + int(input)));
@@ -145,7 +145,7 @@ TEST_CASE("get, update and gather return the pool's compute dtype, quantized poo
                          << ", input " << to_string(input));
             PoolConfig c = small_config(cs.pool, 2, 2, 12, 4, 64);
             c.compute_dtype = cs.compute;
-            BlockPool pool(ctx, c);
+            TestPool pool(ctx, c);
             REQUIRE(pool.config().compute_dtype == cs.compute);
             auto expect = [&](const std::vector<float>& x) {
                 const auto in = rounded(x, input);
@@ -230,7 +230,7 @@ TEST_CASE("converting writes of an odd element count use 16-bit element access",
             if (dtype_size(pool_type) == 4 && dtype_size(input) == 4) continue;
             INFO("pool " << to_string(pool_type) << ", input " << to_string(input));
             // head_dim 5: (1, 1, 3, 5) holds 15 elements.
-            BlockPool pool(ctx, small_config(pool_type, 1, 1, 5, 4, 16));
+            TestPool pool(ctx, small_config(pool_type, 1, 1, 5, 4, 16));
             DynamicKVCache cache(pool);
             std::mt19937 rng(1);
             const auto k = awkward_values(15, rng), v = awkward_values(15, rng);
@@ -244,7 +244,7 @@ TEST_CASE("converting writes of an odd element count use 16-bit element access",
 TEST_CASE("a converting update that runs out of memory changes nothing", "[convert][errors][gpu]") {
     ValidatedContext vc;
     Context& ctx = vc.ctx;
-    BlockPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 32));
+    TestPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 32));
     DynamicKVCache cache(pool);
     std::mt19937 rng(4);
     const auto shape = shape4(2, 2, 3, 8);
@@ -291,7 +291,7 @@ TEST_CASE("cached_attention takes a query of any float dtype, converted to the p
             INFO("pool " << to_string(pool_type) << ", query " << to_string(input));
             ValidatedContext vc;
             Context& ctx = vc.ctx;
-            BlockPool pool(ctx, small_config(pool_type, 1, 2, 8, 4, 32));
+            TestPool pool(ctx, small_config(pool_type, 1, 2, 8, 4, 32));
             DynamicKVCache cache(pool);
             std::mt19937 rng(8);
             const auto kv = random_values(2 * 2 * 9 * 8, rng, pool_type);
@@ -319,7 +319,7 @@ TEST_CASE("KVManager writes and attention take any float dtype, converted to the
             INFO("pool " << to_string(pool_type) << ", input " << to_string(input));
             ValidatedContext vc;
             Context& ctx = vc.ctx;
-            BlockPool pool(ctx, small_config(pool_type, 1, 2, 8, 4, 32));
+            TestPool pool(ctx, small_config(pool_type, 1, 2, 8, 4, 32));
             KVManager mgr(pool);
             const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
             const SeqId seqs[] = {a, b};

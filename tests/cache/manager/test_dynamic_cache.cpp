@@ -8,7 +8,7 @@ TEST_CASE("prefill then decode matches the reference in every dtype", "[cache][g
     for (DType dtype : kPoolDTypes) {
         DYNAMIC_SECTION("dtype " << to_string(dtype)) {
             ValidatedContext g;
-            BlockPool pool(g.ctx, small_config(dtype));
+            TestPool pool(g.ctx, small_config(dtype));
             DynamicKVCache cache(pool);
             CacheHarness h(g.ctx, pool, cache, 7);
             for (uint32_t l = 0; l < 2; ++l)
@@ -51,7 +51,7 @@ TEST_CASE("random shapes and step sequences match the reference bit for bit", "[
                              << c.num_layers << " heads " << c.num_kv_heads << " head_dim "
                              << c.head_dim << " v_head_dim " << c.v_head_dim << " block_size "
                              << c.block_size);
-                BlockPool pool(g.ctx, c);
+                TestPool pool(g.ctx, c);
                 DynamicKVCache cache(pool);
                 CacheHarness h(g.ctx, pool, cache, seed);
                 const uint32_t batch = 1 + pick() % 4;
@@ -73,7 +73,7 @@ TEST_CASE("layers fill independently and share one block table per row", "[cache
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 3));
+        TestPool pool(g.ctx, small_config(dtype, 3));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 3);
         h.append(2, 6, 0);
@@ -91,7 +91,7 @@ TEST_CASE("pages return to the pool on reset and on destruction", "[cache][gpu]"
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         {
             DynamicKVCache cache(pool);
             CacheHarness h(g.ctx, pool, cache, 5);
@@ -115,7 +115,7 @@ TEST_CASE("two caches over one pool keep separate pages", "[cache][gpu]") {
     ValidatedContext g;
     for (DType dtype : {DType::BF16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache a(pool), b(pool);
         CacheHarness ha(g.ctx, pool, a, 11), hb(g.ctx, pool, b, 12);
         for (int i = 0; i < 4; ++i) {
@@ -146,7 +146,7 @@ TEST_CASE("tensors round-trip through device-local memory and staging copies", "
                 CHECK(bit_equal(x.to_host(), data));
             }
             for (DType dtype : {DType::F16, DType::Int8}) {
-                BlockPool pool(g.ctx, small_config(dtype));
+                TestPool pool(g.ctx, small_config(dtype));
                 DynamicKVCache cache(pool);
                 CacheHarness h(g.ctx, pool, cache, 2);
                 h.append(2, 7, 0);
@@ -157,14 +157,15 @@ TEST_CASE("tensors round-trip through device-local memory and staging copies", "
     }
 }
 
-TEST_CASE("a decode step over every layer is one submit on every byte path", "[cache][gpu]") {
+TEST_CASE("a decode step over every layer is one submit on every byte path",
+          "[cache][gpu][submits]") {
     const DType dtype = GENERATE(DType::F16, DType::Int8);
     for (const PathMode& mode : kPathModes) {
         for (uint32_t batch : {1u, 6u}) {
             if (is_quantized(dtype) && batch == 1) continue;
             INFO("path " << mode.name << " batch " << batch << " dtype " << to_string(dtype));
             ValidatedContext g;
-            BlockPool pool(g.ctx, small_config(dtype, 4));
+            TestPool pool(g.ctx, small_config(dtype, 4));
             use_path(g.ctx, mode);
             DynamicKVCache cache(pool);
             CacheHarness h(g.ctx, pool, cache, 4);
@@ -196,7 +197,7 @@ TEST_CASE("MQA with different K and V head dims matches the reference", "[cache]
             ValidatedContext g;
             PoolConfig c = small_config(dtype, 2, 1, 128, 16, 32);
             c.v_head_dim = 64;  // K and V of different widths (MLA-style caches)
-            BlockPool pool(g.ctx, c);
+            TestPool pool(g.ctx, c);
             DynamicKVCache cache(pool);
             CacheHarness h(g.ctx, pool, cache, 77);
             for (uint32_t l = 0; l < 2; ++l)
@@ -213,7 +214,7 @@ TEST_CASE("a quantized row of thousands of tokens and many heads gathers in one 
     // quant_rows once refused any copy with entries x heads x seq x head_dim past 2^32 (here
     // 2,100 x 8 x 2,100 x 128), though its largest index is the tensor's element count.
     ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::Int8, 1, 8, 128, 16, 140));
+    TestPool pool(g.ctx, small_config(DType::Int8, 1, 8, 128, 16, 140));
     DynamicKVCache cache(pool);
     CacheHarness h(g.ctx, pool, cache, 5);
     h.append(1, 2100, 0);

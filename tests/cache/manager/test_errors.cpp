@@ -232,7 +232,7 @@ TEST_CASE("BlockPool refuses a layout the snapshot decoder refuses", "[errors][g
     ValidatedContext g;
     auto refused = [&](PoolConfig c, ErrorCode code, const std::string& text) {
         try {
-            BlockPool pool(g.ctx, c);
+            TestPool pool(g.ctx, c);
             FAIL("expected pagedkv::Error containing \"" << text << "\"");
         } catch (const Error& e) {
             INFO("message: " << e.what());
@@ -283,19 +283,19 @@ TEST_CASE("pool-only dtypes and quantized pools of bad shapes are refused, namin
             ErrorCode::InvalidArgument, "Tensor: " + pool_only);
         // (Tensor::wrap: test_wrap.cpp.)
         PoolConfig c = small_config(q, 1, 2, 6, 4, 8);
-        require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+        require_error([&] { TestPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
                       "BlockPool: head_dim 6 of a " + std::string(to_string(q)) +
                           " pool must be a multiple of 4");
         c = small_config(q, 1, 2, 8, 4, 8);
         c.v_head_dim = 2;
-        require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+        require_error([&] { TestPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
                       "BlockPool: v_head_dim 2 of a " + std::string(to_string(q)) +
                           " pool must be a multiple of 4");
         // compute_dtype must be a float dtype, for quantized and float pools alike.
         for (DType pool_dtype : {q, DType::F16}) {
             c = small_config(pool_dtype, 1, 2, 8, 4, 8);
             c.compute_dtype = q;
-            require_error([&] { BlockPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
+            require_error([&] { TestPool pool(g.ctx, c); }, ErrorCode::InvalidArgument,
                           "BlockPool: compute_dtype " + std::string(to_string(q)) +
                               " is not f32, f16 or bf16");
         }
@@ -314,7 +314,7 @@ TEST_CASE("crop and insert that move tokens allocate their scratch before changi
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         StaticKVCache cache(pool, 2, 12);
         CacheHarness h(g.ctx, pool, cache, 21);
         for (uint32_t l = 0; l < 2; ++l)

@@ -89,14 +89,14 @@ TEST_CASE("step planning: appended pages and copies of the shared pages a step w
     }
 }
 
-TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit") {
+TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit", "[kvmanager]") {
     for (DType dtype : kPoolDTypes)
         for (const PathMode& mode : kPathModes) {
             DYNAMIC_SECTION(to_string(dtype) << ", " << mode.name) {
                 ValidatedContext vc;
                 use_path(vc.ctx, mode);
                 const PoolConfig c = small_config(dtype, 2, 2, 8, 4, 96);
-                BlockPool pool(vc.ctx, c);
+                TestPool pool(vc.ctx, c);
                 KVManager mgr(pool, {0.0});
                 ReferenceSequences ref(c.num_layers, c.num_kv_heads, c.head_dim, c.head_dim);
                 std::mt19937 rng(7 + unsigned(dtype) * 3 + unsigned(&mode - kPathModes));
@@ -157,7 +157,8 @@ TEST_CASE("KVManager: random engine traces match the CPU reference bit for bit")
         }
 }
 
-TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragged step") {
+TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragged step",
+          "[kvmanager]") {
     // Quantized pools: K/V and the query in the compute dtype (f16 by default; f32 for the FP8
     // pool), the pages read directly, checked against CPU attention over the reference-
     // dequantized K/V with and without split-K (the float kernel over contiguous K/V is not
@@ -185,10 +186,10 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
             ValidatedContext vc;
             PoolConfig c = small_config(dtype, 2, 2, 8, 4, 64);
             c.compute_dtype = cs.compute;
-            BlockPool pool(vc.ctx, c);
+            TestPool pool(vc.ctx, c);
             const bool quant = is_quantized(dtype);
             const DType io = *pool.config().compute_dtype;  // K/V, query and output
-            detail::Access::device(vc.ctx).set_attention_paths({cs.no_subgroups, cs.chunk_tokens});
+            set_attention_paths(vc.ctx, {cs.no_subgroups, cs.chunk_tokens});
             KVManager mgr(pool);
             const uint32_t H = 2, D = 8, QH = 4;
             ReferenceSequences ref(2, H, D, D);
@@ -264,18 +265,18 @@ TEST_CASE("KVManager::attention: prefill, chunked prefill and decode in one ragg
             ref.add(e);
             step({d, e, a, b}, {1, 0, 1, 1}, true);
             check_all(mgr, ref, 2, quant ? std::optional<DType>(io) : std::nullopt);
-            detail::Access::device(vc.ctx).set_attention_paths({});
+            set_attention_paths(vc.ctx, {});
         }
     }
 }
 
-TEST_CASE("KVManager: admission, reservation, copy-on-write and rollback") {
+TEST_CASE("KVManager: admission, reservation, copy-on-write and rollback", "[kvmanager]") {
     ValidatedContext vc;
     for (DType dtype : {DType::F32, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
         PoolConfig c = small_config(dtype, 2, 2, 8, 4, 20);
         c.compute_dtype = DType::F32;  // F32 K/V into the quantized pool too
-        BlockPool pool(vc.ctx, c);
+        TestPool pool(vc.ctx, c);
         KVManager mgr(pool, {0.25});  // keep 5 of 20 pages for running sequences
         const SeqId a = mgr.add_sequence();
         const uint32_t big[] = {60};  // 15 pages: 20 - 15 = 5 left, as the watermark wants
@@ -337,12 +338,12 @@ TEST_CASE("KVManager: admission, reservation, copy-on-write and rollback") {
     }
 }
 
-TEST_CASE("KVManager: every error is clear and changes nothing") {
+TEST_CASE("KVManager: every error is clear and changes nothing", "[kvmanager][errors]") {
     ValidatedContext vc;
     for (DType dtype : {DType::F16, DType::Int8}) {  // Int8: F16 compute
         INFO("dtype " << to_string(dtype));
         const PoolConfig c = small_config(dtype, 2, 2, 8, 4, 8);
-        BlockPool pool(vc.ctx, c);
+        TestPool pool(vc.ctx, c);
         KVManager mgr(pool);
         const SeqId a = mgr.add_sequence(), b = mgr.add_sequence();
         std::mt19937 rng(3);
@@ -453,13 +454,14 @@ TEST_CASE("KVManager: every error is clear and changes nothing") {
     }
 }
 
-TEST_CASE("KVManager: a step of 64 sequences over 32 layers is one submit, no per-layer upload") {
+TEST_CASE("KVManager: a step of 64 sequences over 32 layers is one submit, no per-layer upload",
+          "[kvmanager][submits]") {
     ValidatedContext vc;
     for (const PathMode& mode : kPathModes) {
         DYNAMIC_SECTION(mode.name) {
             use_path(vc.ctx, mode);
             const PoolConfig c = small_config(DType::F16, 32, 2, 8, 16, 160);
-            BlockPool pool(vc.ctx, c);
+            TestPool pool(vc.ctx, c);
             KVManager mgr(pool);
             std::vector<SeqId> seqs;
             for (int i = 0; i < 64; ++i)
@@ -493,10 +495,11 @@ TEST_CASE("KVManager: a step of 64 sequences over 32 layers is one submit, no pe
     }
 }
 
-TEST_CASE("KVManager: snapshots record a manager's sequences as a dynamic cache's rows") {
+TEST_CASE("KVManager: snapshots record a manager's sequences as a dynamic cache's rows",
+          "[kvmanager]") {
     ValidatedContext vc;
     const PoolConfig c = small_config(DType::F32, 2, 2, 8, 4, 32);
-    BlockPool pool(vc.ctx, c);
+    TestPool pool(vc.ctx, c);
     KVManager mgr(pool);
     DynamicKVCache cache(pool);
     std::mt19937 rng(9);

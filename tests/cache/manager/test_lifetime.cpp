@@ -11,7 +11,7 @@ TEST_CASE("the device goes away with the last context, pool, cache and tensor", 
     Tensor survivor;
     {
         ValidatedContext g;
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 1);
         h.append(2, 9, 0);
@@ -30,7 +30,7 @@ TEST_CASE("a cache outliving its pool gets errors, not a crash, and still return
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        auto pool = std::make_unique<BlockPool>(g.ctx, small_config(dtype));
+        auto pool = std::make_unique<TestPool>(g.ctx, small_config(dtype));
         auto cache = std::make_unique<DynamicKVCache>(*pool);
         auto stat = std::make_unique<StaticKVCache>(*pool, 2, 8);
         CacheHarness h(g.ctx, *pool, *cache, 2);

@@ -161,7 +161,7 @@ TEST_CASE("both page layouts match the reference bit for bit on every byte path 
                 // V rows of another size: K and V move separately.
                 c.v_head_dim = is_quantized(dtype) ? 4 : 6;
                 if (dtype == DType::FP8E4M3) c.compute_dtype = DType::BF16;
-                BlockPool pool(g.ctx, c);
+                TestPool pool(g.ctx, c);
                 REQUIRE(pool.config().layout == layout);
                 DynamicKVCache cache(pool);
                 CacheHarness h(g.ctx, pool, cache, ++seed);
@@ -238,12 +238,11 @@ TEST_CASE("cached_attention over token-major pages equals the head-major result 
     const detail::Device::AttentionPaths modes[] = {
         {false, 0}, {false, 16}, {true, detail::Device::kNoSplit}};
     ValidatedContext g;  // one context for every case
-    detail::Device& dev = detail::Access::device(g.ctx);
     for (const Case& ac : cases) {
         INFO(to_string(ac.dtype) << " " << ac.kv_heads << " kv heads, head_dim " << ac.head_dim);
         std::vector<float> results[2];
         for (int li = 0; li < 2; ++li) {
-            BlockPool pool(
+            TestPool pool(
                 g.ctx, layout_config(ac.dtype, kLayouts[li], ac.kv_heads, ac.head_dim, 4, 1, 128));
             DynamicKVCache cache(pool);
             CacheHarness h(g.ctx, pool, cache, 77);  // the same tokens in both pools
@@ -258,11 +257,11 @@ TEST_CASE("cached_attention over token-major pages equals the head-major result 
                 x *= 0.125f;
             Tensor q = Tensor::from_host(g.ctx, qv, shape4(3, ac.q_heads, 1, ac.head_dim), io);
             for (const auto& mode : modes) {
-                dev.set_attention_paths(mode);
+                set_attention_paths(g.ctx, mode);
                 const auto got = cache.cached_attention(q, 0).to_host();
                 results[li].insert(results[li].end(), got.begin(), got.end());
             }
-            dev.set_attention_paths({});
+            set_attention_paths(g.ctx, {});
         }
         INFO("first difference: " << first_difference(results[1], results[0]));
         CHECK(bit_equal(results[1], results[0]));
@@ -304,7 +303,7 @@ TEST_CASE("a pool with an unknown page layout is refused", "[layout][errors][gpu
     PoolConfig c = small_config(DType::F16);
     c.layout = static_cast<PageLayout>(7);
     try {
-        BlockPool pool(g.ctx, c);
+        TestPool pool(g.ctx, c);
         FAIL("no error");
     } catch (const Error& e) {
         CHECK(e.code() == ErrorCode::InvalidArgument);
@@ -325,7 +324,7 @@ TEST_CASE("a snapshot keeps the page layout through save and restore", "[layout]
                 const std::filesystem::path file =
                     std::filesystem::temp_directory_path() /
                     ("pagedkv-layout-" + std::string(to_string(layout)) + ".snap");
-                BlockPool pool(g.ctx, layout_config(dtype, layout));
+                TestPool pool(g.ctx, layout_config(dtype, layout));
                 DynamicKVCache cache(pool);
                 CacheHarness h(g.ctx, pool, cache, 9);
                 h.append(2, 7, 0);

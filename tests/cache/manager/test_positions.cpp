@@ -11,7 +11,7 @@ TEST_CASE("a 0-D position overwrites existing tokens and grows past the end", "[
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 1);
         h.append(2, 6, 0);
@@ -26,7 +26,7 @@ TEST_CASE("a 1-D position list writes the same slots in every row", "[positions]
     ValidatedContext g;
     for (DType dtype : {DType::BF16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 2);
         h.append(3, 5, 1);
@@ -39,7 +39,7 @@ TEST_CASE("a 2-D position matrix gives rows different lengths", "[positions][gpu
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 3);
         const Pos pos{{0, 1, 2}, {0, 1, 9}, {5, 6, 7}};
@@ -55,7 +55,7 @@ TEST_CASE("writing far past the end zero-fills the skipped positions", "[positio
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 4);
         // Pages are recycled: fill some with data first so stale bytes would show.
@@ -71,7 +71,7 @@ TEST_CASE("a repeated position in one update keeps the last write", "[positions]
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 5);
         h.write(1, 4, 0, std::vector<int64_t>{1, 3, 1, 1}, Pos{{1, 3, 1, 1}});
@@ -83,7 +83,7 @@ TEST_CASE("bad positions are rejected and change nothing", "[positions][errors][
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 6);
         h.append(2, 5, 0);

@@ -51,7 +51,7 @@ void run_random_ops(Kind kind, uint32_t seed, int steps, const PathMode* mode = 
         small_config(dtype, 2, 1 + seed % 3, seed % 2 ? (quant ? 12 : 6) : 8, 1 + seed % 5, 400);
     c.v_head_dim = seed % 4 == 0 ? (quant ? 4 : 3) : c.head_dim;
     if (quant) c.compute_dtype = std::array{DType::F32, DType::F16, DType::BF16}[seed / 2 % 3];
-    BlockPool pool(g.ctx, c);
+    TestPool pool(g.ctx, c);
     const uint32_t window = 9, max_batch = 4, max_len = 40;
     std::unique_ptr<PagedKVCache> cache;
     if (kind == Kind::Dynamic) cache = std::make_unique<DynamicKVCache>(pool);

@@ -12,7 +12,7 @@ TEST_CASE(
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 16, 16, 1024));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 16, 16, 1024));
         for (uint32_t prompt : {2000u, 2008u}) {
             DYNAMIC_SECTION(to_string(dtype) << ", prompt " << prompt) {
                 DynamicKVCache cache(pool);
@@ -47,7 +47,7 @@ TEST_CASE("beam search over a 2,000-token prompt shares the prompt's pages", "[s
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 1, 1, 8, 16, 1024));
+        TestPool pool(g.ctx, small_config(dtype, 1, 1, 8, 16, 1024));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 8);
         h.append(1, 2000, 0);
@@ -78,7 +78,7 @@ TEST_CASE("crop keeps the most recent tokens and releases whole leading pages", 
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 9);
         const std::vector<std::vector<int64_t>> pos{{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12},
@@ -103,7 +103,7 @@ TEST_CASE("truncate keeps the first tokens and a negative length rolls back", "[
     ValidatedContext g;
     for (DType dtype : {DType::BF16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 10);
         for (uint32_t l = 0; l < 2; ++l)
@@ -129,7 +129,7 @@ TEST_CASE("insert shares a prefilled row with a running batch", "[insert][gpu]")
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache batch(pool), single(pool);
         CacheHarness hb(g.ctx, pool, batch, 11), hs(g.ctx, pool, single, 12);
         for (uint32_t l = 0; l < 2; ++l) {
@@ -173,7 +173,7 @@ TEST_CASE("insert into or from a static cache copies the tokens", "[insert][stat
     ValidatedContext g;
     for (DType dtype : {DType::F32, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         StaticKVCache fixed(pool, 2, 12);
         DynamicKVCache dyn(pool);
         CacheHarness hf(g.ctx, pool, fixed, 13), hd(g.ctx, pool, dyn, 14);
@@ -212,7 +212,7 @@ TEST_CASE("batch operations reject bad indices and change nothing", "[sharing][e
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 16);
         for (uint32_t l = 0; l < 2; ++l)
@@ -245,7 +245,7 @@ TEST_CASE("a pool exhausted by copy-on-write throws and changes nothing",
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 4));
+        TestPool pool(g.ctx, small_config(dtype, 1, 2, 8, 4, 4));
         DynamicKVCache cache(pool);
         CacheHarness h(g.ctx, pool, cache, 17);
         h.append(1, 10, 0);  // 3 pages, the last one partial
@@ -264,7 +264,7 @@ TEST_CASE("batch operations on a cache that holds nothing yet do nothing", "[sha
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype));
+        TestPool pool(g.ctx, small_config(dtype));
         DynamicKVCache cache(pool);
         cache.reorder_cache({});
         cache.batch_select_indices({});

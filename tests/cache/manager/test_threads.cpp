@@ -14,7 +14,7 @@ TEST_CASE("caches over one pool are used from several threads at once", "[thread
     ValidatedContext g;
     for (DType dtype : {DType::F16, DType::Int8}) {
         INFO("dtype " << to_string(dtype));
-        BlockPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 512));
+        TestPool pool(g.ctx, small_config(dtype, 2, 2, 8, 4, 512));
         constexpr int kThreads = 4;
         std::vector<std::string> failures(kThreads);
         std::atomic<bool> done{false};
@@ -75,7 +75,7 @@ TEST_CASE("static caches are made and destroyed while other threads update the s
     // A static cache's constructor reserves pages and registers tables, and its destructor
     // releases spare tables: both touch the allocator that the other threads' updates change.
     ValidatedContext g;
-    BlockPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 512));
+    TestPool pool(g.ctx, small_config(DType::F16, 2, 2, 8, 4, 512));
     std::atomic<bool> done{false};
     std::vector<std::string> failures(3);
     std::thread maker([&] {

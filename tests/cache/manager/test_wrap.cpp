@@ -74,8 +74,8 @@ TEST_CASE("a wrapped host buffer is read in place as K and V, bit for bit as fro
             ValidatedContext vc;
             Context& ctx = vc.ctx;
             use_path(ctx, mode);
-            BlockPool pool_a(ctx, small_config(dtype, 2, 2, 8, 4, 64));
-            BlockPool pool_b(ctx, small_config(dtype, 2, 2, 8, 4, 64));
+            TestPool pool_a(ctx, small_config(dtype, 2, 2, 8, 4, 64));
+            TestPool pool_b(ctx, small_config(dtype, 2, 2, 8, 4, 64));
             DynamicKVCache uploaded(pool_a), wrapped(pool_b);
             std::mt19937 rng(7);
             std::vector<HostTensors> hosts;
@@ -120,7 +120,7 @@ TEST_CASE("a wrapped query drives cached_attention like an uploaded one",
         INFO(to_string(dtype));
         ValidatedContext vc;
         Context& ctx = vc.ctx;
-        BlockPool pool(ctx, small_config(dtype, 1, 2, 8, 4, 64));
+        TestPool pool(ctx, small_config(dtype, 1, 2, 8, 4, 64));
         DynamicKVCache cache(pool);
         CacheHarness h(ctx, pool, cache, 3);
         h.append(2, 9, 0);
@@ -170,7 +170,7 @@ TEST_CASE("wrap refuses bad views with the values named, and changes nothing",
           "[wrap][errors][gpu]") {
     ValidatedContext vc;
     Context& ctx = vc.ctx;
-    BlockPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 64));
+    TestPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 64));
     DynamicKVCache cache(pool);
     CacheHarness h(ctx, pool, cache, 1);
     h.append(2, 5, 0);
@@ -240,7 +240,7 @@ TEST_CASE("a wrapped buffer is never recycled into the buffer cache nor destroye
 TEST_CASE("on an adopted device the host destroys its wrapped buffer itself, and nothing leaks",
           "[wrap][adopt][gpu]") {
     on_adopted_device([](HostVulkan& host, Context& ctx) {
-        BlockPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 32));
+        TestPool pool(ctx, small_config(DType::F16, 1, 2, 8, 4, 32));
         DynamicKVCache cache(pool);
         const auto shape = shape4(1, 2, 3, 8);
         std::mt19937 rng(2);
@@ -263,7 +263,7 @@ TEST_CASE("a buffer the host's command writes is wrapped and cached in the same 
           "[wrap][embedding][gpu]") {
     on_adopted_device([](HostVulkan& host, Context& ctx) {
         CallerKernels kernels(host.device, host.family);
-        BlockPool pool(ctx, small_config(DType::BF16, 1, 2, 8, 4, 32));
+        TestPool pool(ctx, small_config(DType::BF16, 1, 2, 8, 4, 32));
         DynamicKVCache cache(pool);
         const auto shape = shape4(2, 2, 3, 8);
         std::mt19937 rng(9);

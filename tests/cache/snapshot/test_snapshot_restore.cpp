@@ -53,7 +53,7 @@ TEST_CASE("a restored snapshot gives the same K/V, block tables and pool stats",
     cfg.max_slab_bytes = 4096;  // 8 blocks a slab: page runs cross slab boundaries
     std::mt19937 rng(11);
     ValidatedContext first;
-    BlockPool pool(first.ctx, cfg);
+    TestPool pool(first.ctx, cfg);
     // Beam-style sharing with copy-on-write, a static cache with a spare row, a sliding window
     // that dropped pages, a cropped row, and pages freed out of order.
     DynamicKVCache beams(pool);
@@ -154,7 +154,7 @@ TEST_CASE("a snapshot without page contents can be dumped but not restored", "[s
     TempFile file("no-pages.snap");
     ValidatedContext g;
     const PoolConfig cfg = small_config(DType::F32);
-    BlockPool pool(g.ctx, cfg);
+    TestPool pool(g.ctx, cfg);
     DynamicKVCache cache(pool);
     std::mt19937 rng(3);
     write(g.ctx, cache, cfg, 2, 5, 0, rng);
@@ -178,7 +178,7 @@ TEST_CASE("a corrupt snapshot throws CorruptSnapshot before anything is created"
     ValidatedContext g;
     const PoolConfig cfg = small_config(DType::F16);
     {
-        BlockPool pool(g.ctx, cfg);
+        TestPool pool(g.ctx, cfg);
         DynamicKVCache cache(pool);
         std::mt19937 rng(4);
         write(g.ctx, cache, cfg, 1, 9, 1, rng);
@@ -220,7 +220,7 @@ TEST_CASE("save_snapshot refuses a cache list that does not explain every page a
     TempFile file("refused.snap");
     ValidatedContext g;
     const PoolConfig cfg = small_config(DType::F16);
-    BlockPool pool(g.ctx, cfg), other_pool(g.ctx, cfg);
+    TestPool pool(g.ctx, cfg), other_pool(g.ctx, cfg);
     DynamicKVCache a(pool), b(pool), foreign(other_pool);
     std::mt19937 rng(5);
     write(g.ctx, a, cfg, 1, 5, 0, rng);
@@ -266,7 +266,7 @@ TEST_CASE("save_snapshot refuses a cache list that does not explain every page a
 TEST_CASE("detailed_stats counts token slots held against tokens stored", "[snapshot][gpu]") {
     ValidatedContext g;
     const PoolConfig cfg = small_config(DType::F32, 1, 1, 4, 4, 16);
-    BlockPool pool(g.ctx, cfg);
+    TestPool pool(g.ctx, cfg);
     DynamicKVCache cache(pool);
     std::mt19937 rng(6);
     write(g.ctx, cache, cfg, 2, 5, 0, rng);  // 2 rows x 2 pages, 5 of 8 slots each
@@ -297,7 +297,7 @@ TEST_CASE("restore checks every cache kind's invariants and the pool's size",
     const PoolConfig cfg = small_config(DType::F16, 2, 2, 8, 4, 64);
     SnapshotData saved;
     {
-        BlockPool pool(g.ctx, cfg);
+        TestPool pool(g.ctx, cfg);
         StaticKVCache stat(pool, 3, 9);
         SlidingWindowKVCache slide(pool, 6);
         std::mt19937 rng(9);
@@ -439,7 +439,7 @@ TEST_CASE(
     const PoolConfig cfg = small_config(DType::F16, 2, 2, 8, 4, 16);
     std::mt19937 rng(21);
     ValidatedContext first, second;
-    BlockPool pool(first.ctx, cfg);
+    TestPool pool(first.ctx, cfg);
     KVManager m(pool, {0.01, true});
     // Prompt p: pages [1..4] [5..8], then 9 10. Prompt q shares p's first page, then its own
     // page [20..23] and 24: p's second page and q's are siblings under p's first.
