@@ -2,10 +2,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "cache/manager/access.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/row_copy.hpp"
+#include "shaders/store/host_page_store.hpp"
 #include "shaders/store/page_store.hpp"
 #include "shaders/vulkan/batch.hpp"
 
@@ -19,6 +22,11 @@ PoolState::PoolState(std::shared_ptr<Device> dev, const PoolConfig& cfg)
       format(pool_shape(cfg).format()),
       allocator(cfg.num_blocks) {
     pages = DevicePageStore::create(*device, format, cfg.num_blocks, cfg.max_slab_bytes);
+    if (cfg.num_host_blocks) {
+        host_allocator = std::make_unique<BlockAllocator>(cfg.num_host_blocks);
+        host_pages =
+            HostPageStore::create(*device, format, cfg.num_host_blocks, cfg.max_slab_bytes);
+    }
 }
 
 }  // namespace detail
@@ -56,6 +64,16 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev) {
                                 to_string(*c.compute_dtype)));
     // Refused here, not at the first write: some drivers (lavapipe) hand out address space
     // for far more memory than exists.
+    // The host tier's blocks are 32-bit ids too (block * block_size slots are not needed:
+    // kernels never address host pages by slot).
+    if (c.num_host_blocks > uint64_t(UINT32_MAX) ||
+        c.num_host_blocks > UINT64_MAX / layout.block_bytes())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("BlockPool: num_host_blocks {} is too large (at most {} blocks "
+                                "of {} bytes)",
+                                c.num_host_blocks,
+                                std::min<uint64_t>(UINT32_MAX, UINT64_MAX / layout.block_bytes()),
+                                layout.block_bytes()));
     const uint64_t total = layout.block_bytes() * c.num_blocks;  // no overflow: checked above
     const uint64_t heap = dev.device_local_heap_bytes();
     if (total > heap)
@@ -109,6 +127,13 @@ PoolStats BlockPool::stats() const {
     s.block_bytes = state_->format.block_bytes();
     s.total_bytes = state_->pages->bytes();
     s.num_slabs = state_->pages->slabs().size();
+    if (state_->host_allocator) {
+        s.host_blocks = state_->host_allocator->num_blocks();
+        s.used_host_blocks = state_->host_allocator->counters().used_blocks;
+        s.host_bytes = state_->host_pages->bytes();
+    }
+    s.pages_swapped_out = state_->pages_swapped_out;
+    s.pages_swapped_in = state_->pages_swapped_in;
     return s;
 }
 
@@ -116,6 +141,12 @@ std::string BlockPool::check() const {
     std::lock_guard lock(state_->device->mutex());
     std::string problem = state_->allocator.check();
     if (problem.empty() && state_->prefix) problem = state_->prefix->check();
+    if (problem.empty() && state_->host_allocator) {
+        problem = state_->host_allocator->check();
+        if (!problem.empty()) problem = "host tier: " + problem;
+    }
+    if (problem.empty())
+        problem = state_->links.check(state_->allocator, state_->host_allocator.get());
     return problem;
 }
 bool BlockPool::validate() const {

@@ -9,6 +9,7 @@
 #include "allocator/block_allocator.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
+#include "cache/manager/tier_links.hpp"
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/page_slabs.hpp"
@@ -30,6 +31,13 @@ struct PoolState {
     std::unique_ptr<PrefixIndex> prefix;
     std::shared_ptr<PageSlabs> pages;
     uint64_t pages_copied = 0;
+    // The host tier (null without PoolConfig::num_host_blocks): its allocator (swapped-out
+    // sequences' tables are registered with it), its pages, which device and host blocks
+    // hold the same bytes (a shared page moves once), and the pages moved each way.
+    std::unique_ptr<BlockAllocator> host_allocator;
+    std::shared_ptr<PageSlabs> host_pages;
+    TierLinks links;
+    uint64_t pages_swapped_out = 0, pages_swapped_in = 0;
 
     // The BlockPool, or InvalidArgument when it was destroyed before `who` (a cache or a
     // manager, "the caches" / "the managers" in the message).
