@@ -25,7 +25,7 @@ struct SwapResult {
 // Fills `seqs` sequences of `tokens` tokens each in a pool of `layers` layers x 8 heads x 128
 // f16, then alternates (memcpy, swap_out all, swap_in all) and (swap_out, swap_in, memcpy)
 // `pairs` times.
-SwapResult measure_swap(Context& ctx, uint32_t layers = 2, uint32_t seqs = 8, uint32_t tokens = 512,
+SwapResult measure_swap(Context& ctx, uint32_t layers = 4, uint32_t seqs = 8, uint32_t tokens = 512,
                         int pairs = 7);
 
 }  // namespace pagedkv::bench
