@@ -47,10 +47,12 @@ uint64_t record_tier_copies(Device& dev, const PageSlabs& from, const PageSlabs&
     }
     std::stable_sort(regions.begin(), regions.end(),
                      [](const Keyed& a, const Keyed& b) { return a.key < b.key; });
-    // Each store is one resource to the hazard tracker: a barrier before, none between.
+    // Each store is one resource to the hazard tracker: a barrier before, none between. The
+    // source counts as written too: the tracker orders only what follows a write, and the
+    // pages a swap frees are written next by their new owner (write after read).
     auto& src_res = const_cast<PageSlabs&>(from);
     auto& dst_res = const_cast<PageSlabs&>(to);
-    VkCommandBuffer cmd = dev.batches().record({&src_res}, {&dst_res});
+    VkCommandBuffer cmd = dev.batches().record({&src_res}, {&src_res, &dst_res});
     std::vector<VkBufferCopy> call;
     for (size_t i = 0; i < regions.size();) {
         const uint64_t key = regions[i].key;

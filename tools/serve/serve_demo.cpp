@@ -281,7 +281,7 @@ int serve_main(int argc, char** argv) {
         if (s.swap_preemptions)
             fmt::print(
                 "{:<24} {} out, {} back in; {} pages out, {} in ({:.1f} MiB); {:.2f} GB/s "
-                "= {:.2f}x a host memcpy of the same bytes ({:.2f} GB/s; wall time of "
+                "= {:.3f}x a host memcpy of the same bytes ({:.2f} GB/s; wall time of "
                 "the swap calls with their copies submitted and waited for)\n",
                 "swaps", s.swap_preemptions, s.swap_resumes, s.pages_swapped_out,
                 s.pages_swapped_in, double(s.swapped_bytes) / double(1 << 20),

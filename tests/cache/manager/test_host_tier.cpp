@@ -485,7 +485,7 @@ TEST_CASE("host tier: random swaps, steps, forks, truncates and frees match the 
         Swapped s(vc.ctx, host_config(dtype, 24, 16));
         std::mt19937 rng(uint32_t(int(dtype)) * 31 + 3);
         int32_t next_token = 1;
-        for (int op = 0; op < 120; ++op) {
+        for (int op = 0; op < 250; ++op) {
             const std::vector<SeqId> live = s.mgr.sequences();
             std::vector<SeqId> in, out;
             for (SeqId id : live)
