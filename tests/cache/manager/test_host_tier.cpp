@@ -340,6 +340,10 @@ TEST_CASE("host tier: pages shared through prefix caching move once", "[gpu][hos
 
 TEST_CASE("host tier: errors throw and change nothing", "[gpu][host][errors]") {
     ValidatedContext vc;
+    // A host tier past 32-bit block ids.
+    require_error(
+        [&] { BlockPool p(vc.ctx, host_config(DType::F16, 16, uint64_t(UINT32_MAX) + 1)); },
+        ErrorCode::InvalidArgument, "num_host_blocks 4294967296 is too large");
     {
         // No host tier.
         Swapped s(vc.ctx, host_config(DType::F16, 16, 0));
