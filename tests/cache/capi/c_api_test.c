@@ -875,8 +875,8 @@ int main(void) {
     memset(&cfg, 0xff, sizeof cfg);
     pagedkv_pool_config_init(&cfg);
     CHECK(cfg.block_size == 16 && cfg.dtype == PAGEDKV_DTYPE_F16 && cfg.num_blocks == 0 &&
-          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 && cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO &&
-          cfg.num_host_blocks == 0);
+          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 &&
+          cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO && cfg.num_host_blocks == 0);
     pagedkv_pool* pool = (pagedkv_pool*)ctx;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "num_layers");
     CHECK(pool == (pagedkv_pool*)ctx);
