@@ -19,6 +19,7 @@
 
 #include "allocator/block_allocator.hpp"
 #include "bench/allocator_churn.hpp"
+#include "bench/swap_bench.hpp"
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
@@ -496,6 +497,37 @@ void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
     rep.add("page_copy_ratio", "page copy / flat copy", flat / cow,
             fmt::format("{:.2f}x", flat / cow),
             fmt::format("{} pages of {} KiB, one region per page", pages, block / 1024));
+}
+
+// The host tier: swap_out / swap_in of whole sequences against a host memcpy of the same bytes.
+void bench_swap(Context& ctx, Report& rep) {
+    progress("swap: host tier against memcpy");
+    const bench::SwapResult r = bench::measure_swap(ctx);
+    const std::string shape = fmt::format("{} pages, {:.0f} MiB; memcpy {:.2f} GB/s", r.pages,
+                                          double(r.bytes) / double(1 << 20), r.memcpy_gbs);
+    rep.rows.push_back({"swap_out GB/s / memcpy", fmt::format("{:.2f}x", r.out_ratio),
+                        fmt::format("{:.2f}-{:.2f}; {:.2f} GB/s device; {}; device {:.1f} ms, "
+                                    "host {:.2f} ms, wall {:.1f} ms",
+                                    r.out_min, r.out_max, r.out_gbs, shape, r.out_device_ms,
+                                    r.out_host_ms, r.out_wall_ms)});
+    rep.rows.push_back(
+        {"swap_in GB/s / memcpy", fmt::format("{:.2f}x", r.in_ratio),
+         fmt::format("{:.2f}-{:.2f}; {:.2f} GB/s device; device {:.1f} ms, host "
+                     "{:.2f} ms, wall {:.1f} ms",
+                     r.in_min, r.in_max, r.in_gbs, r.in_device_ms, r.in_host_ms, r.in_wall_ms)});
+    rep.json["swap_out_over_memcpy"] = r.out_ratio;
+    rep.json["swap_out_over_memcpy_min"] = r.out_min;
+    rep.json["swap_out_over_memcpy_max"] = r.out_max;
+    rep.json["swap_in_over_memcpy"] = r.in_ratio;
+    rep.json["swap_in_over_memcpy_min"] = r.in_min;
+    rep.json["swap_in_over_memcpy_max"] = r.in_max;
+    rep.json["swap_memcpy_gbs"] = r.memcpy_gbs;
+    rep.json["swap_out_gbs"] = r.out_gbs;
+    rep.json["swap_in_gbs"] = r.in_gbs;
+    rep.json["swap_out_host_ms"] = r.out_host_ms;
+    rep.json["swap_in_host_ms"] = r.in_host_ms;
+    rep.json["swap_out_device_ms"] = r.out_device_ms;
+    rep.json["swap_in_device_ms"] = r.in_device_ms;
 }
 
 // A series of (x, y) points for the scaling plot.
@@ -1064,9 +1096,9 @@ int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32;
     uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24, prefix_steps = 8;
-    const std::vector<std::string> sections{"prefill",   "decode",    "layouts", "page-copy",
-                                            "attention", "allocator", "gather",  "memory",
-                                            "beams",     "serve",     "prefix",  "quant"};
+    const std::vector<std::string> sections{
+        "prefill", "decode", "layouts", "page-copy", "attention", "allocator", "gather",
+        "memory",  "beams",  "serve",   "prefix",    "quant",     "swap"};
     std::vector<std::string> only;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
@@ -1150,6 +1182,7 @@ int main(int argc, char** argv) {
         if (want("serve")) bench_serve(ctx, timer, rep, serve_steps);
         if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
         if (want("quant")) bench_quantized(ctx, timer, rep, attention_rows, attention_context);
+        if (want("swap")) bench_swap(ctx, rep);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

@@ -464,6 +464,7 @@ void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
     config->max_slab_bytes = d.max_slab_bytes;
     config->layout = c_layout(d.layout);
     config->compute_dtype = PAGEDKV_DTYPE_DEFAULT;
+    config->num_host_blocks = d.num_host_blocks;
 }
 
 pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
@@ -484,6 +485,7 @@ pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_
         pc.layout = layout_of(cfg.layout);
         if (raw(cfg.compute_dtype) != PAGEDKV_DTYPE_DEFAULT)
             pc.compute_dtype = dtype_of(cfg.compute_dtype);
+        pc.num_host_blocks = cfg.num_host_blocks;
         auto handle = std::make_unique<pagedkv_pool>();
         handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pc);
         *out_pool = handle.release();
@@ -500,9 +502,10 @@ pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
         const pagedkv_pool& p = need(pool, "pool");
         need(out_stats, "out_stats");
         const pagedkv::PoolStats s = p.pool->stats();
-        *out_stats = pagedkv_pool_stats{
-            s.num_blocks,   s.used_blocks, s.free_blocks, s.peak_used_blocks, s.shared_blocks,
-            s.pages_copied, s.block_bytes, s.total_bytes, s.num_slabs,        s.cached_blocks};
+        *out_stats =
+            pagedkv_pool_stats{s.num_blocks,    s.used_blocks,   s.free_blocks, s.peak_used_blocks,
+                               s.shared_blocks, s.pages_copied,  s.block_bytes, s.total_bytes,
+                               s.num_slabs,     s.cached_blocks, s.host_blocks, s.used_host_blocks};
     });
 }
 
@@ -912,6 +915,23 @@ pagedkv_status pagedkv_manager_truncate(pagedkv_manager* manager, pagedkv_seq_id
 
 pagedkv_status pagedkv_manager_free(pagedkv_manager* manager, pagedkv_seq_id seq) noexcept {
     return guarded("pagedkv_manager_free", [&] { manager_of(manager).free(seq); });
+}
+
+pagedkv_status pagedkv_manager_swap_out(pagedkv_manager* manager, pagedkv_seq_id seq) noexcept {
+    return guarded("pagedkv_manager_swap_out", [&] { manager_of(manager).swap_out(seq); });
+}
+
+pagedkv_status pagedkv_manager_swap_in(pagedkv_manager* manager, pagedkv_seq_id seq) noexcept {
+    return guarded("pagedkv_manager_swap_in", [&] { manager_of(manager).swap_in(seq); });
+}
+
+pagedkv_status pagedkv_manager_is_swapped(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                          int* out_swapped) noexcept {
+    return guarded("pagedkv_manager_is_swapped", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_swapped, "out_swapped");
+        *out_swapped = m.is_swapped(seq) ? 1 : 0;
+    });
 }
 
 pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager, pagedkv_seq_id seq,

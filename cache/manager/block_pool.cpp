@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "cache/manager/pool_state.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/row_copy.hpp"
+#include "shaders/store/host_page_store.hpp"
 #include "shaders/store/page_store.hpp"
 #include "shaders/vulkan/batch.hpp"
 
@@ -21,6 +23,7 @@ PoolState::PoolState(std::vector<std::shared_ptr<Device>> devices, const PoolCon
       config(cfg),
       format(pool_shape(cfg).format()),
       allocator(cfg.num_blocks) {
+    if (cfg.num_host_blocks) host_allocator = std::make_unique<BlockAllocator>(cfg.num_host_blocks);
     const uint32_t heads = format.num_kv_heads / uint32_t(devices.size());
     for (size_t d = 0; d < devices.size(); ++d) {
         Shard s;
@@ -29,6 +32,9 @@ PoolState::PoolState(std::vector<std::shared_ptr<Device>> devices, const PoolCon
         s.format.num_kv_heads = heads;
         s.first_head = uint32_t(d) * heads;
         s.pages = DevicePageStore::create(*s.device, s.format, cfg.num_blocks, cfg.max_slab_bytes);
+        if (cfg.num_host_blocks)
+            s.host_pages =
+                HostPageStore::create(*s.device, s.format, cfg.num_host_blocks, cfg.max_slab_bytes);
         shards.push_back(std::move(s));
     }
 }
@@ -68,6 +74,16 @@ PoolConfig checked(PoolConfig c, const detail::Device& dev, uint32_t num_devices
                                 to_string(*c.compute_dtype)));
     // Refused here, not at the first write: some drivers (lavapipe) hand out address space
     // for far more memory than exists.
+    // The host tier's blocks are 32-bit ids too (block * block_size slots are not needed:
+    // kernels never address host pages by slot).
+    if (c.num_host_blocks > uint64_t(UINT32_MAX) ||
+        c.num_host_blocks > UINT64_MAX / layout.block_bytes())
+        throw Error(ErrorCode::InvalidArgument,
+                    fmt::format("BlockPool: num_host_blocks {} is too large (at most {} blocks "
+                                "of {} bytes)",
+                                c.num_host_blocks,
+                                std::min<uint64_t>(UINT32_MAX, UINT64_MAX / layout.block_bytes()),
+                                layout.block_bytes()));
     // Each device holds its share of the heads.
     const uint64_t total =
         layout.block_bytes() / num_devices * c.num_blocks;  // no overflow: checked above
@@ -169,7 +185,14 @@ PoolStats BlockPool::stats() const {
     for (const auto& shard : state_->shards) {
         s.total_bytes += shard.pages->bytes();
         s.num_slabs += shard.pages->slabs().size();
+        if (shard.host_pages) s.host_bytes += shard.host_pages->bytes();
     }
+    if (state_->host_allocator) {
+        s.host_blocks = state_->host_allocator->num_blocks();
+        s.used_host_blocks = state_->host_allocator->counters().used_blocks;
+    }
+    s.pages_swapped_out = state_->pages_swapped_out;
+    s.pages_swapped_in = state_->pages_swapped_in;
     return s;
 }
 
@@ -177,6 +200,12 @@ std::string BlockPool::check() const {
     std::lock_guard lock(state_->device->mutex());
     std::string problem = state_->allocator.check();
     if (problem.empty() && state_->prefix) problem = state_->prefix->check();
+    if (problem.empty() && state_->host_allocator) {
+        problem = state_->host_allocator->check();
+        if (!problem.empty()) problem = "host tier: " + problem;
+    }
+    if (problem.empty())
+        problem = state_->links.check(state_->allocator, state_->host_allocator.get());
     return problem;
 }
 bool BlockPool::validate() const {

@@ -59,8 +59,18 @@ Sequence& find(ManagerState& m, SeqId id, const char* op) {
     if (!s) throw invalid(fmt::format("{}: unknown sequence {}", op, id));
     return *s;
 }
-const Sequence& find(const ManagerState& m, SeqId id, const char* op) {
-    return find(const_cast<ManagerState&>(m), id, op);
+// A live sequence whose pages are on the device (not swapped out).
+Sequence& resident(ManagerState& m, SeqId id, const char* op) {
+    Sequence& s = find(m, id, op);
+    if (detail::is_swapped(m, s))
+        throw invalid(
+            fmt::format("{}: sequence {} is swapped out to the host tier (swap_in it "
+                        "first)",
+                        op, id));
+    return s;
+}
+const Sequence& resident(const ManagerState& m, SeqId id, const char* op) {
+    return resident(const_cast<ManagerState&>(m), id, op);
 }
 
 // The listed sequences, checked: as many counts as ids, no id twice, every id live, and the
@@ -77,7 +87,7 @@ std::vector<Sequence*> resolve(ManagerState& m, std::span<const SeqId> ids,
     for (size_t i = 0; i < ids.size(); ++i) {
         if (!seen.insert(ids[i]).second)
             throw invalid(fmt::format("{}: sequence {} is listed twice", op, ids[i]));
-        Sequence& s = find(m, ids[i], op);
+        Sequence& s = resident(m, ids[i], op);
         if (uint64_t(detail::length_of(s)) + counts[i] + lookahead > kMaxTokens)
             throw Error(
                 ErrorCode::CapacityExceeded,
@@ -127,6 +137,14 @@ void check_pages(const ManagerState& m, const detail::GrowthPlan& p, std::span<c
 // Commits a checked plan: fresh pages, copies of the shared pages written, appended pages.
 void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::GrowthPlan& p) {
     ++m.generation;
+    // Host tier: a page the new tokens land in (in place or a fresh copy) no longer holds the
+    // bytes of a host copy, nor does a fresh page (unlinked below).
+    if (!m.ps->links.empty()) {
+        const uint32_t bs = m.ps->config.block_size;
+        for (const Sequence* q : seqs)
+            for (size_t page = size_t(detail::length_of(*q) / bs); page < q->table.size(); ++page)
+                m.ps->links.unlink_device(index(q->table[page]));
+    }
     if (p.needed == 0) return;
     std::vector<BlockId> fresh;
     fresh.reserve(p.needed);
@@ -141,6 +159,11 @@ void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::G
         }
         t.adopt_back(std::span(fresh).subspan(next, p.seqs[i].extra));
         next += p.seqs[i].extra;
+    }
+    if (!m.ps->links.empty()) {
+        for (BlockId b : fresh)
+            m.ps->links.unlink_device(index(b));
+        detail::prune_links(m);
     }
     detail::record_page_copies(*m.ps, copies);
     m.ps->pages_copied += copies.size();
@@ -263,9 +286,12 @@ Step::~Step() {
 void detail::end_step(StepState& s) noexcept {
     if (s.ended) return;
     s.ended = true;
-    if (!s.registers) return;
     ManagerState& m = *s.manager;
     Device::CallLock l(*m.ps->device);
+    for (SeqId id : s.seqs)
+        if (auto it = m.stepping.find(id); it != m.stepping.end() && --it->second == 0)
+            m.stepping.erase(it);
+    if (!s.registers) return;
     const bool written =
         std::all_of(s.layer_done.begin(), s.layer_done.end(), [](uint8_t d) { return d != 0; });
     for (size_t i = 0; i < s.seqs.size(); ++i) {
@@ -362,6 +388,7 @@ KVManager::~KVManager() {
     detail::Device::CallLock l(*state_->ps->device);
     state_->seqs.clear();  // the tables give their pages back
     state_->tracks.clear();
+    detail::prune_links(*state_);
     ++state_->generation;
 }
 
@@ -458,7 +485,7 @@ SeqId KVManager::fork(SeqId seq) {
     Lock l(m);
     return host_memory_guard("fork", [&] {
         // The pages holding tokens are shared; the parent's reservation past them stays its own.
-        Sequence s = find(m, seq, "fork").fork();
+        Sequence s = resident(m, seq, "fork").fork();
         const uint32_t bs = m.ps->config.block_size;
         const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
         if (s.table.size() > used) s.table.release_back(s.table.size() - used);
@@ -473,7 +500,7 @@ SeqId KVManager::fork(SeqId seq) {
 void KVManager::truncate(SeqId seq, int64_t length) {
     ManagerState& m = *state_;
     Lock l(m);
-    Sequence& s = find(m, seq, "truncate");
+    Sequence& s = resident(m, seq, "truncate");
     const int64_t n = detail::length_of(s);
     detail::set_length(s, length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length));
     const uint32_t bs = m.ps->config.block_size;
@@ -487,6 +514,7 @@ void KVManager::truncate(SeqId seq, int64_t length) {
         ++t.epoch;
         if (t.anchored > keep / bs) t.anchored = 0;  // found again from the first page
     }
+    detail::prune_links(m);
     ++m.generation;
 }
 
@@ -494,8 +522,9 @@ void KVManager::free(SeqId seq) {
     ManagerState& m = *state_;
     Lock l(m);
     find(m, seq, "free");
-    m.seqs.erase(seq);  // its cached pages stay in the index, evictable once unreferenced
-    m.tracks.erase(seq);
+    m.seqs.erase(seq);    // its cached pages stay in the index, evictable once unreferenced
+    m.tracks.erase(seq);  // (a swapped-out one's host pages are freed)
+    detail::prune_links(m);
     ++m.generation;
 }
 
@@ -511,7 +540,7 @@ bool KVManager::contains(SeqId seq) const {
 
 std::vector<uint32_t> KVManager::block_table(SeqId seq) const {
     Lock l(*state_);
-    const Sequence& s = find(*state_, seq, "block_table");
+    const Sequence& s = resident(*state_, seq, "block_table");
     std::vector<uint32_t> out;
     out.reserve(s.table.size());
     for (BlockId b : s.table.blocks())
@@ -532,15 +561,16 @@ uint64_t KVManager::pages_held() const {
     Lock l(*state_);
     std::unordered_set<uint32_t> pages;
     for (const auto& [id, s] : state_->seqs.all())
-        for (BlockId b : s.table.blocks())
-            pages.insert(index(b));
+        if (!detail::is_swapped(*state_, s))
+            for (BlockId b : s.table.blocks())
+                pages.insert(index(b));
     return pages.size();
 }
 
 std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     const ManagerState& m = *state_;
     Lock l(m);
-    const Sequence& s = find(m, seq, "gather");
+    const Sequence& s = resident(m, seq, "gather");
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, "gather");
     const int64_t len = detail::length_of(s);
@@ -670,6 +700,20 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
             for (size_t i = 0; i < n; ++i)
                 if (tracks[i]) s->epochs[i] = tracks[i]->epoch;
         }
+
+        // Its sequences are in a step until it ends (swap_out and swap_in refuse them).
+        std::vector<std::map<SeqId, uint32_t>::iterator> stepping;
+        stepping.reserve(n);
+        try {
+            for (size_t i = 0; i < n; ++i)
+                stepping.push_back(m.stepping.try_emplace(ids[i], 0).first);
+        } catch (...) {
+            for (auto it : stepping)
+                if (it->second == 0) m.stepping.erase(it);
+            throw;
+        }
+        for (auto it : stepping)
+            ++it->second;
 
         // Nothing below fails: the sequences change.
         commit(m, seqs, p);
@@ -858,7 +902,7 @@ void KVManager::write_shards(const Step& step, uint32_t layer, std::span<const T
 std::vector<std::pair<Tensor, Tensor>> KVManager::gather_shards(SeqId seq, uint32_t layer) const {
     const ManagerState& m = *state_;
     Lock l(m);
-    const Sequence& s = find(m, seq, "gather_shards");
+    const Sequence& s = resident(m, seq, "gather_shards");
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, "gather_shards");
     const int64_t len = detail::length_of(s);

@@ -55,12 +55,23 @@ struct ManagerState {
         uint64_t anchor_serial = 0;
     };
     std::map<SeqId, Track> tracks;
+    // Sequences in steps begun and not ended (how many each): swap_out and swap_in refuse them.
+    std::map<SeqId, uint32_t> stepping;
     PrefixCacheStats lookups;     // queries, hit_tokens, query_tokens
     uint64_t evictions_base = 0;  // the pool's evictions when the counters (re)started
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const { ps->check_layer(layer, op, "layer"); }
 };
+
+// Whether the sequence is swapped out: its table lists host-tier blocks.
+inline bool is_swapped(const ManagerState& m, const Sequence& s) noexcept {
+    return &s.table.allocator() != &m.ps->allocator;
+}
+// Drops the tier links of blocks no longer in use (after anything that releases pages).
+inline void prune_links(ManagerState& m) noexcept {
+    if (!m.ps->links.empty()) m.ps->links.prune(m.ps->allocator, m.ps->host_allocator.get());
+}
 
 inline int64_t length_of(const Sequence& s) {
     return s.len.empty() ? 0 : s.len[0];

@@ -10,6 +10,7 @@
 #include "allocator/block_allocator.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
+#include "cache/manager/tier_links.hpp"
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/error.hpp"
 #include "shaders/kernels/page_slabs.hpp"
@@ -24,6 +25,9 @@ struct Shard {
     PageFormat format;
     uint32_t first_head = 0;
     std::shared_ptr<PageSlabs> pages;
+    // The host tier's pages of this device's heads (null without PoolConfig::num_host_blocks),
+    // in host-visible memory of this device.
+    std::shared_ptr<PageSlabs> host_pages;
 };
 
 struct PoolState {
@@ -43,6 +47,13 @@ struct PoolState {
     std::unique_ptr<PrefixIndex> prefix;
     std::vector<Shard> shards;  // in device order; shards[0].device == device
     uint64_t pages_copied = 0;
+    // The host tier (null without PoolConfig::num_host_blocks): its allocator (swapped-out
+    // sequences' tables are registered with it; its pages are each shard's host_pages), which
+    // device and host blocks hold the same bytes (a shared page moves once), and the pages
+    // moved each way.
+    std::unique_ptr<BlockAllocator> host_allocator;
+    TierLinks links;
+    uint64_t pages_swapped_out = 0, pages_swapped_in = 0;
 
     bool sharded() const noexcept { return shards.size() > 1; }
 

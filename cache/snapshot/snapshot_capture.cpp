@@ -98,6 +98,13 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
                               const char* op) {
     PoolState& ps = Access::pool(pool);
     detail::Device::CallLock lock(*ps.device);
+    // The snapshot format has no host tier: refused rather than recorded wrong.
+    if (ps.host_allocator && ps.host_allocator->counters().used_blocks > 0)
+        throw invalid(
+            fmt::format("{}: the pool's host tier holds {} pages of swapped-out "
+                        "sequences, which snapshots do not record (not implemented): "
+                        "swap them in or free them first",
+                        op, ps.host_allocator->counters().used_blocks));
     std::unordered_map<const PagedKVCache*, size_t> seen;
     std::unordered_set<const BlockTable*> given;
     for (size_t i = 0; i < caches.size(); ++i) {

@@ -42,6 +42,9 @@ struct PoolConfig {
     // F16 or BF16). Unset: the pool's dtype, or F16 for a quantized pool; config() reports it
     // resolved.
     std::optional<DType> compute_dtype;
+    // The host tier: pages in host-visible memory that KVManager::swap_out moves sequences to
+    // (and swap_in brings back from), with their own allocator. 0: no host tier.
+    uint64_t num_host_blocks = 0;
 };
 
 // Counters kept as the pool is used (cheap to read).
@@ -52,6 +55,14 @@ struct PoolStats : BlockCounts {
     uint64_t block_bytes = 0;   // bytes of one block (all layers, K and V)
     uint64_t total_bytes = 0;   // on every device together
     uint64_t num_slabs = 0;     // on every device together
+    // The host tier (all 0 without one): its blocks, those swapped-out sequences hold, its
+    // bytes, and the pages copied device -> host (swap_out) and host -> device (swap_in) so
+    // far (a page shared by several sequences is copied once).
+    uint64_t host_blocks = 0;
+    uint64_t used_host_blocks = 0;
+    uint64_t host_bytes = 0;
+    uint64_t pages_swapped_out = 0;
+    uint64_t pages_swapped_in = 0;
 };
 
 class PAGEDKV_API BlockPool {

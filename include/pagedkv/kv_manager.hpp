@@ -179,6 +179,29 @@ class PAGEDKV_API KVManager {
     // Pages the manager's sequences reference (shared pages counted once).
     uint64_t pages_held() const;
 
+    // ---- Host tier (PoolConfig::num_host_blocks): preemption by swapping instead of
+    // recomputing. swap_out moves the pages holding the sequence's tokens to host-visible
+    // memory (copy commands recorded in the library's batch, consecutive blocks merged) and
+    // gives its device pages back; pages reserved past its tokens (lookahead) are dropped.
+    // swap_in brings them back into device pages. A page shared with other sequences (fork,
+    // prefix caching) is copied once: a sharer swapped out later reuses its host block, and
+    // sharers swapped back in share one device page again; a sharer that stays keeps the
+    // device page. Both are all or nothing: OutOfBlocks (naming the sequence and the page
+    // counts) when the host tier (swap_out) or the device pool (swap_in, evictable cached
+    // pages counted) lacks the pages; InvalidArgument, changing nothing, for an unknown
+    // sequence, one already swapped out (swap_out) or not swapped out (swap_in), a pool
+    // without a host tier, or a sequence in a step not yet ended.
+    //
+    // A swapped-out sequence answers contains, length, sequences and free (which gives its
+    // host pages back); everything that needs its pages refuses it with InvalidArgument until
+    // swap_in: allocate, pages_needed, can_allocate, begin_step, fork, truncate, gather and
+    // block_table. Prefix caching: its pages are not in the index while it is swapped out
+    // (they register again as its next steps fill pages). Cached pages the pool evicts are
+    // not spilled to the host tier (not implemented).
+    void swap_out(SeqId seq);
+    void swap_in(SeqId seq);
+    bool is_swapped(SeqId seq) const;
+
     // Prefix caching: this manager's lookups and the pool's index (all zero without it).
     PrefixCacheStats prefix_stats() const;
     // Empties the pool's prefix index: evictable pages become free, pages held by sequences

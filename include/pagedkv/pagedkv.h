@@ -149,6 +149,9 @@ typedef struct pagedkv_pool_config {
     // PAGEDKV_DTYPE_DEFAULT (C++ PoolConfig::compute_dtype unset). Fill the struct with
     // pagedkv_pool_config_init: a zeroed one asks for F32 here.
     pagedkv_dtype compute_dtype;
+    // Last, so the fields before it keep their offsets: pages of the host tier (host-visible
+    // memory that pagedkv_manager_swap_out moves sequences to); 0: no host tier.
+    uint64_t num_host_blocks;
 } pagedkv_pool_config;
 
 // Fills the C++ PoolConfig defaults (block_size 16, F16, layout AUTO, compute_dtype DEFAULT,
@@ -169,6 +172,9 @@ typedef struct pagedkv_pool_stats {
     // no row holds (evictable); free_blocks counts only the never-cached free ones, and
     // used + free + cached = num_blocks.
     uint64_t cached_blocks;
+    // Last again: the host tier's blocks and those swapped-out sequences hold (0 without one).
+    uint64_t host_blocks;
+    uint64_t used_host_blocks;
 } pagedkv_pool_stats;
 
 PAGEDKV_API pagedkv_status pagedkv_pool_create(pagedkv_context* context,
@@ -403,6 +409,18 @@ PAGEDKV_API pagedkv_status pagedkv_manager_truncate(pagedkv_manager* manager, pa
                                                     int64_t length) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_manager_free(pagedkv_manager* manager,
                                                 pagedkv_seq_id seq) PAGEDKV_NOEXCEPT;
+// The host tier (KVManager::swap_out / swap_in / is_swapped): moves a sequence's pages to the
+// pool's host tier and frees its device pages, or brings them back; all or nothing
+// (PAGEDKV_ERROR_OUT_OF_BLOCKS when the host tier or the pool is full). A swapped-out sequence
+// answers length and free; the calls that need its pages fail until it is swapped in.
+PAGEDKV_API pagedkv_status pagedkv_manager_swap_out(pagedkv_manager* manager,
+                                                    pagedkv_seq_id seq) PAGEDKV_NOEXCEPT;
+PAGEDKV_API pagedkv_status pagedkv_manager_swap_in(pagedkv_manager* manager,
+                                                   pagedkv_seq_id seq) PAGEDKV_NOEXCEPT;
+// *out_swapped: 1 when the sequence is swapped out, else 0.
+PAGEDKV_API pagedkv_status pagedkv_manager_is_swapped(const pagedkv_manager* manager,
+                                                      pagedkv_seq_id seq,
+                                                      int* out_swapped) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager,
                                                   pagedkv_seq_id seq,
                                                   int64_t* out_length) PAGEDKV_NOEXCEPT;

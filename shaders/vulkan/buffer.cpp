@@ -17,7 +17,7 @@ std::shared_ptr<Buffer> Buffer::create(Device& dev_ref, VkDeviceSize size, Memor
             ErrorCode::Vulkan,
             fmt::format("vkAllocateMemory of {} bytes failed: out of memory (injected)", size),
             VK_ERROR_OUT_OF_DEVICE_MEMORY);
-    if (kind != MemoryKind::DeviceLocal) {
+    if (kind != MemoryKind::DeviceLocal && kind != MemoryKind::HostPages) {
         // Tensors and staging buffers come and go every step: reuse a cached buffer of the same
         // kind and size class (warm memory, no vkAllocateMemory), and give it back to the cache
         // when the last handle goes.
@@ -77,6 +77,7 @@ std::unique_ptr<Buffer> Buffer::make(Device& dev_ref, VkDeviceSize size, MemoryK
             type = dev->memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0);
             break;
         case MemoryKind::Upload:
+        case MemoryKind::HostPages:
             type = dev->memory_type(req.memoryTypeBits, host, 0);
             break;
         case MemoryKind::Tensor:

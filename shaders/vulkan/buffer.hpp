@@ -32,6 +32,7 @@ enum class MemoryKind {
     Upload,       // host-visible, coherent: per-step index data written by the host
     Tensor,       // device-local; mapped too where the device shares memory with the host
     External,     // a range of a host runtime's VkBuffer: not owned, never cached or destroyed
+    HostPages,    // host-visible, coherent, long-lived (a host tier's page slabs): never cached
 };
 
 class Buffer : public Resource {

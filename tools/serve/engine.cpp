@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -201,7 +202,7 @@ Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, Engine
 Engine::~Engine() = default;
 
 bool Engine::done() const {
-    return pending_.empty() && waiting_.empty() && running_.empty();
+    return pending_.empty() && waiting_.empty() && running_.empty() && swapped_.empty();
 }
 
 void Engine::arrive(size_t index, uint64_t step) {
@@ -314,6 +315,10 @@ void Engine::preempt_youngest() {
     Group g = std::move(running_.back());
     running_.pop_back();
     ++stats_.preemptions;
+    if (swap_out_group(g)) {
+        swapped_.push_back(std::move(g));
+        return;
+    }
     Waiting w{g.req, 0};
     if (g.req.outputs.size() == 1 && !g.seqs.empty()) w.resume = g.seqs[0].generated;
     for (const Seq& s : g.seqs) {
@@ -325,15 +330,91 @@ void Engine::preempt_youngest() {
     waiting_.push_front(std::move(w));
 }
 
+void Engine::time_swap(const std::function<void()>& f) {
+    using clock = std::chrono::steady_clock;
+    const auto moved = [&] {
+        const PoolStats p = pool_.stats();
+        return std::pair{p.pages_swapped_out, p.pages_swapped_in};
+    };
+    ctx_.synchronize();  // the steps' work is not the swap's
+    const auto before = moved();
+    const auto t0 = clock::now();
+    f();
+    ctx_.synchronize();
+    stats_.swap_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+    const auto after = moved();
+    stats_.pages_swapped_out += after.first - before.first;
+    stats_.pages_swapped_in += after.second - before.second;
+    const uint64_t bytes =
+        (after.first - before.first + after.second - before.second) * pool_.stats().block_bytes;
+    stats_.swapped_bytes += bytes;
+    if (scratch_a_.size() < bytes) {
+        scratch_a_.assign(bytes, 1);
+        scratch_b_.assign(bytes, 2);
+    }
+    const auto t1 = clock::now();
+    if (bytes) std::memcpy(scratch_b_.data(), scratch_a_.data(), bytes);
+    stats_.memcpy_seconds += std::chrono::duration<double>(clock::now() - t1).count();
+}
+
+// Swaps every sequence of g out, if the host tier has room for all their pages (counted as if
+// none were shared: then no swap_out can fail half way).
+bool Engine::swap_out_group(Group& g) {
+    if (!opt_.swap || g.seqs.empty()) return false;
+    const PoolStats ps = pool_.stats();
+    uint64_t pages = 0;
+    for (const Seq& s : g.seqs)
+        pages += mgr_.block_table(s.id).size();
+    if (pages > ps.host_blocks - ps.used_host_blocks) return false;
+    for (const Seq& s : g.seqs)
+        check_kv(s.id, "swapped out");
+    time_swap([&] {
+        for (const Seq& s : g.seqs)
+            mgr_.swap_out(s.id);
+    });
+    ++stats_.swap_preemptions;
+    return true;
+}
+
+// Swaps the oldest swapped request back in when the pool has room for it and a few pages per
+// running sequence to grow into (so that it is not preempted again at once).
+bool Engine::try_swap_in() {
+    if (swapped_.empty()) return false;
+    Group& g = swapped_.front();
+    uint64_t pages = 0, running = 0;
+    for (const Seq& s : g.seqs)
+        pages += (uint64_t(mgr_.length(s.id)) + cfg_.block_size - 1) / cfg_.block_size;
+    for (const Group& r : running_)
+        running += r.seqs.size();
+    const BlockCounts pc = pool_.stats();
+    const uint64_t room = pc.free_blocks + pc.cached_blocks;
+    if (pages > room || (!running_.empty() && pages + 2 * (running + g.seqs.size()) > room))
+        return false;
+    time_swap([&] {
+        for (const Seq& s : g.seqs)
+            mgr_.swap_in(s.id);
+    });
+    ++stats_.swap_resumes;
+    for (const Seq& s : g.seqs)
+        check_kv(s.id, "swapped back in");
+    running_.push_back(std::move(g));
+    swapped_.pop_front();
+    return true;
+}
+
 bool Engine::step() {
     if (done()) return false;
-    if (running_.empty() && waiting_.empty()) clock_ = std::max(clock_, pending_.begin()->first);
+    if (running_.empty() && waiting_.empty() && swapped_.empty())
+        clock_ = std::max(clock_, pending_.begin()->first);
     while (!pending_.empty() && pending_.begin()->first <= clock_) {
         waiting_.push_back({trace_[pending_.begin()->second], 0});
         pending_.erase(pending_.begin());
         ++stats_.requests;
     }
     ++clock_;
+    // Swapped requests come back first, oldest first, while the pool has room for them.
+    while (try_swap_in()) {
+    }
     std::uniform_real_distribution<double> u(0.0, 1.0);
     for (Group& g : running_)
         g.speculate = !g.prefilling() && opt_.draft_tokens > 0 && u(rng_) < opt_.speculate_share;
@@ -390,7 +471,7 @@ bool Engine::step() {
     size_t in_flight = 0;
     for (const Group& g : running_)  // a request still prefilling counts its samples to come
         in_flight += g.prefilling() ? g.req.outputs.size() : g.seqs.size();
-    while (!preempted && budget > 0 && !waiting_.empty() &&
+    while (!preempted && swapped_.empty() && budget > 0 && !waiting_.empty() &&
            in_flight + waiting_.front().req.outputs.size() <= opt_.max_running) {
         const Waiting& w = waiting_.front();
         const uint32_t prompt = w.req.prompt + w.resume;
@@ -448,7 +529,7 @@ bool Engine::step() {
     }
     if (ids.empty()) {
         // Nothing fits even with every running request preempted: the trace cannot go on.
-        if (running_.empty())
+        if (running_.empty() && swapped_.empty())
             throw std::runtime_error(fmt::format("request {} cannot be admitted into an empty pool",
                                                  waiting_.front().req.id));
         ++stats_.steps;

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -117,6 +118,10 @@ struct EngineOptions {
     bool compute = true;
     bool oracle = false;  // evaluate the infinite-cache oracle at each admission
     uint64_t seed = 7;    // K/V/Q values, speculation and acceptance draws
+    // Preempt by swapping to the pool's host tier (PoolConfig::num_host_blocks) when it has
+    // room, else by recompute; a swapped request is swapped back in, before new admissions,
+    // once the pool has room for it.
+    bool swap = true;
 };
 
 struct EngineStats {
@@ -140,6 +145,12 @@ struct EngineStats {
     uint64_t shared_page_checks = 0;      // checked: hit sequences gathered at admission
     uint64_t evictions = 0;               // cached pages evicted (the pool's count)
     uint64_t peak_pages_with_cached = 0;  // pages in use or cached, at most
+    // Swap preemption: requests swapped out and back in, the pages copied each way, the wall
+    // time of the swap calls with their copies (submitted and waited for), and of a host
+    // memcpy of the same bytes.
+    uint64_t swap_preemptions = 0, swap_resumes = 0, pages_swapped_out = 0, pages_swapped_in = 0;
+    uint64_t swapped_bytes = 0;
+    double swap_seconds = 0, memcpy_seconds = 0;
 };
 
 class Engine {
@@ -190,6 +201,11 @@ class Engine {
     };
 
     void preempt_youngest();
+    // Swap preemption: whether g fits the host tier's free pages, and swapping the group out
+    // or in (the copies submitted and waited for, timed beside a memcpy of the same bytes).
+    bool swap_out_group(Group& g);
+    bool try_swap_in();
+    void time_swap(const std::function<void()>& f);
     // The id of position p of a sample's tokens: the prompt's, then the sample's output.
     static int32_t token_at(const Request& r, uint32_t sample, size_t p);
     // Appends ids to s (their prefix hashes too when checking).
@@ -220,10 +236,12 @@ class Engine {
     std::unique_ptr<OracleCache> oracle_;
     uint64_t clock_ = 0;  // the trace's time in steps (idle stretches skipped)
     std::deque<Waiting> waiting_;
-    std::vector<Group> running_;  // admission order
-    std::mt19937 rng_;            // the schedule: speculation and acceptance draws
-    std::mt19937 values_rng_;     // queries (and the unchecked runs' inputs): apart from rng_, so
-                                  // that a run's schedule does not depend on checks or compute
+    std::vector<Group> running_;                  // admission order
+    std::deque<Group> swapped_;                   // preempted by swap, oldest first
+    std::vector<uint8_t> scratch_a_, scratch_b_;  // memcpy beside each swap
+    std::mt19937 rng_;                            // the schedule: speculation and acceptance draws
+    std::mt19937 values_rng_;  // queries (and the unchecked runs' inputs): apart from rng_, so
+                               // that a run's schedule does not depend on checks or compute
     std::unique_ptr<test::ReferenceSequences> ref_;
     std::map<uint64_t, Tensor> cached_inputs_;  // unchecked runs: by kind and tokens
     std::vector<std::vector<float>> host_q_;    // checked runs: each layer's queries

@@ -150,6 +150,7 @@ int serve_main(int argc, char** argv) {
     TraceOptions trace;
     EngineOptions opt;
     uint64_t pages = 48;
+    int64_t host_pages = -1;  // -1: as many as the pool's
     uint32_t layers = 4;
     trace.requests = 24;
     trace.max_prompt = 192;
@@ -163,7 +164,8 @@ int serve_main(int argc, char** argv) {
     std::vector<double> shares{1.0, 0.5, 0.25};
     CLI::App app{
         "pagedkv-demo serve: a serving engine's loop over KVManager on a synthetic trace "
-        "(Poisson arrivals, log-normal lengths; chunked prefill, preemption by recompute, "
+        "(Poisson arrivals, log-normal lengths; chunked prefill, preemption by swap to the host "
+        "tier or by recompute, "
         "parallel sampling by fork, speculative decoding with rollback), checked against the "
         "CPU reference at every step.",
         "pagedkv-demo serve"};
@@ -186,6 +188,11 @@ int serve_main(int argc, char** argv) {
            "share of a request's decode steps that verify draft tokens", 0.0, 1.0);
     ranged("--draft-tokens", opt.draft_tokens, "draft tokens per speculative step (k)", 0u, 64u);
     CLI::Option* pages_opt = ranged("--pages", pages, "pages in the pool", 1u, 1000000u);
+    app.add_option("--host-pages", host_pages,
+                   "pages of the host tier that preemption swaps requests to (-1: as many as "
+                   "--pages; 0: no host tier, preemption by recompute only)")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t(-1), int64_t(1000000)));
     app.add_flag("--prefix-caching", prefix_caching,
                  "share cached pages between requests (a preempted request finds its own)");
     CLI::Option* shared_opt = app.add_flag(
@@ -237,7 +244,8 @@ int serve_main(int argc, char** argv) {
         }
         const auto t0 = std::chrono::steady_clock::now();
         Context ctx = Context::create();
-        const PoolConfig cfg = demo_config(layers, pages, dtype);
+        PoolConfig cfg = demo_config(layers, pages, dtype);
+        cfg.num_host_blocks = host_pages < 0 ? pages : uint64_t(host_pages);
         BlockPool pool(ctx, cfg);
         opt.check = true;
         opt.oracle = prefix_caching;
@@ -246,10 +254,10 @@ int serve_main(int argc, char** argv) {
         mopt.prefix_caching = prefix_caching;
         Engine engine(ctx, pool, make_trace(trace), opt, mopt);
         fmt::print(
-            "pagedkv serve demo on {}: {} requests, pool of {} pages x {} tokens, {} layers of "
-            "{} kv heads x {} ({}), {} query heads, token budget {} per step\n",
-            ctx.device_name(), trace.requests, pages, cfg.block_size, layers, cfg.num_kv_heads,
-            cfg.head_dim, to_string(cfg.dtype), opt.q_heads, opt.token_budget);
+            "pagedkv serve demo on {}: {} requests, pool of {} pages x {} tokens ({} host pages), "
+            "{} layers of {} kv heads x {} ({}), {} query heads, token budget {} per step\n",
+            ctx.device_name(), trace.requests, pages, cfg.block_size, cfg.num_host_blocks, layers,
+            cfg.num_kv_heads, cfg.head_dim, to_string(cfg.dtype), opt.q_heads, opt.token_budget);
         const EngineStats& s = engine.run();
         ctx.synchronize();
         const double secs =
@@ -265,8 +273,20 @@ int serve_main(int argc, char** argv) {
         fmt::print("{:<24} {} written: {} prefill, {} decode ({} rejected drafts rolled back)\n",
                    "tokens", s.tokens_written, s.prefill_tokens, s.decode_tokens,
                    s.drafts_rejected);
-        fmt::print("{:<24} {} ({} tokens dropped and written again)\n", "preemptions",
-                   s.preemptions, s.recomputed_tokens);
+        fmt::print(
+            "{:<24} {}: {} by swap, {} by recompute ({} tokens dropped and written "
+            "again)\n",
+            "preemptions", s.preemptions, s.swap_preemptions, s.preemptions - s.swap_preemptions,
+            s.recomputed_tokens);
+        if (s.swap_preemptions)
+            fmt::print(
+                "{:<24} {} out, {} back in; {} pages out, {} in ({:.1f} MiB); {:.2f} GB/s "
+                "= {:.3f}x a host memcpy of the same bytes ({:.2f} GB/s; wall time of "
+                "the swap calls with their copies submitted and waited for)\n",
+                "swaps", s.swap_preemptions, s.swap_resumes, s.pages_swapped_out,
+                s.pages_swapped_in, double(s.swapped_bytes) / double(1 << 20),
+                double(s.swapped_bytes) / s.swap_seconds / 1e9, s.memcpy_seconds / s.swap_seconds,
+                double(s.swapped_bytes) / s.memcpy_seconds / 1e9);
         fmt::print("{:<24} {} (parallel samples sharing their prompt's pages)\n", "forks", s.forks);
         fmt::print("{:<24} {} (truncate after speculative steps)\n", "rollbacks", s.rollbacks);
         if (prefix_caching)

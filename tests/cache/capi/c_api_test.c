@@ -615,6 +615,27 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     OK(pagedkv_manager_free(m, a));
     check_sequence(m, c, (unsigned)a);  // its pages were shared with a
     check_valid(pool);
+    // The host tier: swapped out and back, the K/V is the same.
+    int swapped = -1;
+    OK(pagedkv_manager_swap_out(m, c));
+    OK(pagedkv_manager_is_swapped(m, c, &swapped));
+    CHECK(swapped == 1);
+    OK(pagedkv_manager_length(m, c, &len));
+    CHECK(len == 5);
+    pagedkv_pool_stats st;
+    OK(pagedkv_pool_get_stats(pool, &st));
+    CHECK(st.host_blocks == BLOCKS && st.used_host_blocks == 2);
+    FAILS(pagedkv_manager_swap_out(m, c), PAGEDKV_ERROR_INVALID_ARGUMENT, "already swapped out");
+    FAILS(pagedkv_manager_block_table(m, c, NULL, 0, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "swapped out");
+    FAILS(pagedkv_manager_is_swapped(m, c, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_swapped");
+    check_valid(pool);
+    OK(pagedkv_manager_swap_in(m, c));
+    OK(pagedkv_manager_is_swapped(m, c, &swapped));
+    CHECK(swapped == 0);
+    FAILS(pagedkv_manager_swap_in(m, c), PAGEDKV_ERROR_INVALID_ARGUMENT, "not swapped out");
+    check_sequence(m, c, (unsigned)a);
+    check_valid(pool);
     pagedkv_manager_destroy(m);
     pagedkv_manager_destroy(NULL);
     pagedkv_step_destroy(NULL);
@@ -854,7 +875,8 @@ int main(void) {
     memset(&cfg, 0xff, sizeof cfg);
     pagedkv_pool_config_init(&cfg);
     CHECK(cfg.block_size == 16 && cfg.dtype == PAGEDKV_DTYPE_F16 && cfg.num_blocks == 0 &&
-          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 && cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO);
+          cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 &&
+          cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO && cfg.num_host_blocks == 0);
     pagedkv_pool* pool = (pagedkv_pool*)ctx;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "num_layers");
     CHECK(pool == (pagedkv_pool*)ctx);
@@ -863,6 +885,7 @@ int main(void) {
     cfg.head_dim = DIM;
     cfg.block_size = BLOCK;
     cfg.num_blocks = BLOCKS;
+    cfg.num_host_blocks = BLOCKS;
     cfg.dtype = (pagedkv_dtype)7;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "dtype 7");
     cfg.dtype = PAGEDKV_DTYPE_F32;
