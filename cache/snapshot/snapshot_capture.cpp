@@ -8,13 +8,13 @@
 
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/manager_state.hpp"
+#include "cache/manager/page_bytes.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/detailed_stats.hpp"
 #include "cache/snapshot/snapshot_check.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/snapshot.hpp"
-#include "shaders/vulkan/batch.hpp"
 
 namespace pagedkv {
 
@@ -81,20 +81,11 @@ SnapshotCache capture_manager(const KVManager& manager, uint32_t layers) {
 }
 
 // The bytes of every block in use and every evictable cached block (its K/V is what a later
-// prefix-cache hit reads), ascending, read back a run of consecutive blocks at a time.
-void read_pages(PoolState& ps, SnapshotData& s) {
-    const uint64_t bb = ps.format.block_bytes();
+// prefix-cache hit reads), ascending.
+void capture_pages(PoolState& ps, SnapshotData& s) {
     const std::vector<uint32_t> used = s.page_blocks();
-    s.pages.resize(used.size() * bb);
+    s.pages = read_pages(ps, used);
     s.has_pages = true;
-    // Slabs are not tracked one by one (PageSlabs is): wait for every write recorded so far,
-    // refusing pages a caller's unfinished command buffer writes.
-    ps.device->batches().require_finished(ps.pages->last_write_serial);
-    ps.device->synchronize();
-    const PageSlabs& pages = *ps.pages;
-    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
-        pages.slab_of(first).read(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
-    });
 }
 
 }  // namespace
@@ -157,7 +148,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     if (std::string e = check_snapshot(s); !e.empty())
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("{}: the pool's state is inconsistent: {}", op, e));
-    if (page_contents) read_pages(ps, s);
+    if (page_contents) capture_pages(ps, s);
     return s;
 }
 

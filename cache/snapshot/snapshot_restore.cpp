@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include "cache/manager/cache_state.hpp"
+#include "cache/manager/page_bytes.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/dynamic_cache.hpp"
@@ -50,21 +51,6 @@ struct SnapshotRestorer {
     }
 };
 
-namespace {
-
-// Writes the saved bytes of the blocks in use and the evictable cached blocks into a fresh
-// pool, a run of consecutive blocks at a time (no GPU work touches a fresh pool's slabs yet).
-void write_pages(PoolState& ps, const SnapshotData& s) {
-    const uint64_t bb = ps.format.block_bytes();
-    const std::vector<uint32_t> used = s.page_blocks();
-    const PageSlabs& pages = *ps.pages;
-    pages.for_each_run(used, [&](uint32_t first, size_t index, size_t count) {
-        pages.slab_of(first).write(s.pages.data() + index * bb, count * bb, pages.offset_of(first));
-    });
-}
-
-}  // namespace
-
 }  // namespace detail
 
 RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path,
@@ -91,7 +77,8 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
     ps.pages_copied = s.pages_copied;
     for (const SnapshotCache& k : s.caches)
         out.caches.push_back(detail::SnapshotRestorer::make(*out.pool, k));
-    detail::write_pages(ps, s);
+    // The saved bytes of the blocks in use and the evictable cached blocks.
+    detail::write_pages(ps, s.page_blocks(), s.pages);
     return out;
 }
 
