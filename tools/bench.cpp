@@ -19,6 +19,7 @@
 
 #include "allocator/block_allocator.hpp"
 #include "bench/allocator_churn.hpp"
+#include "bench/transfer.hpp"
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
@@ -735,6 +736,26 @@ void add_spread(Report& rep, const std::string& key, const std::string& name, st
     rep.json[key + "_max"] = v.back();
 }
 
+// Sequence transfer (tools/bench/transfer.hpp): over UCX on loopback against a host memcpy of
+// the same bytes, in turns; and the byte form.
+void bench_transfer(Report& rep) {
+    progress("transfer: export + import over UCX loopback, against memcpy");
+    const bench::TransferFigures f = bench::measure_transfer(9);
+    const std::string how =
+        fmt::format("{}; pages sent {}", f.shape,
+                    f.direct ? "straight from the pool's mapped memory" : "through a staging copy");
+    add_spread(rep, "transfer_ucx_over_memcpy", "transfer over UCX / host memcpy", f.ratio, "",
+               how + "; export + import, in turns with the memcpy");
+    add_spread(rep, "transfer_ucx_gbps", "transfer over UCX, GB/s", f.ucx_gbps, "",
+               fmt::format("page bytes / host wall time ({:.1f} ms median)", median_of(f.ucx_ms)));
+    add_spread(rep, "transfer_memcpy_gbps", "host memcpy, same bytes, GB/s", f.memcpy_gbps, "",
+               fmt::format("host wall time ({:.1f} ms median)", median_of(f.memcpy_ms)));
+    add_spread(rep, "transfer_export_bytes_gbps", "export_sequence to bytes, GB/s", f.export_gbps,
+               "", "byte form: read pages, checksum, pack");
+    add_spread(rep, "transfer_import_bytes_gbps", "import_sequence of bytes, GB/s", f.import_gbps,
+               "", "byte form: check, checksum, allocate, write pages");
+}
+
 // The serving engine's loop (tools/serve/engine.hpp, what `pagedkv-demo serve` runs) without
 // its CPU checks: after a warm-up of the trace, `steps` steps each one submit waited for
 // (GpuTimer::runs: device time from timestamps around each step, host time the CPU time of
@@ -1064,9 +1085,9 @@ int main(int argc, char** argv) {
     std::string json_path = "pagedkv-bench.json", svg_path = "pagedkv-bench.svg";
     uint32_t prefill_tokens = 16384, decode_rows = 64, decode_layers = 32;
     uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24, prefix_steps = 8;
-    const std::vector<std::string> sections{"prefill",   "decode",    "layouts", "page-copy",
-                                            "attention", "allocator", "gather",  "memory",
-                                            "beams",     "serve",     "prefix",  "quant"};
+    const std::vector<std::string> sections{
+        "prefill", "decode", "layouts", "page-copy", "attention", "allocator", "gather",
+        "memory",  "beams",  "serve",   "prefix",    "quant",     "transfer"};
     std::vector<std::string> only;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
@@ -1150,6 +1171,7 @@ int main(int argc, char** argv) {
         if (want("serve")) bench_serve(ctx, timer, rep, serve_steps);
         if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
         if (want("quant")) bench_quantized(ctx, timer, rep, attention_rows, attention_context);
+        if (want("transfer")) bench_transfer(rep);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

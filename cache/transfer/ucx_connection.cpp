@@ -197,7 +197,8 @@ bool UcxConnection::wait(std::span<UcxOp* const> ops, const char* op_name, const
 
 size_t UcxConnection::receive(void* data, size_t bytes, const char* op_name) {
     size_t got = 0;
-    while (got < bytes && !failed) {
+    // Bytes that came before the peer closed are still read.
+    while (got < bytes) {
         UcxOp op;
         post_receive(op, static_cast<uint8_t*>(data) + got, bytes - got);
         UcxOp* ops[] = {&op};
@@ -241,17 +242,18 @@ void UcxConnection::unmap(ucp_mem_h memh) noexcept {
 
 void UcxConnection::close() noexcept {
     if (!ep) return;
+    // Closed without waiting for the peer's confirmation (which would need the peer to progress
+    // its worker): every exchange ends with the importer's answer, which the sender waits for,
+    // so nothing of a transfer is in flight here.
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = failed ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    const ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
     ep = nullptr;
     if (r == nullptr || UCS_PTR_IS_ERR(r)) return;
-    // A graceful close flushes what was sent; the peer may be gone already: wait a little.
-    const auto deadline = Clock::now() + std::chrono::seconds(2);
-    while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < deadline)
+    while (ucp_request_check_status(r) == UCS_INPROGRESS)
         worker->progress();
-    if (ucp_request_check_status(r) != UCS_INPROGRESS) ucp_request_free(r);
+    ucp_request_free(r);
 }
 
 namespace {
