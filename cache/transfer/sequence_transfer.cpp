@@ -175,10 +175,33 @@ void KVManager::export_sequence(SeqId seq, Connection& to) const {
     const ManagerState& m = *state_;
     detail::UcxConnection& c = detail::TransferAccess::of(to, op);
     c.check_open(op);
+    {
+        Lock l(m);
+        if (!m.seqs.find(seq))
+            throw Error(ErrorCode::InvalidArgument,
+                        fmt::format("{}: unknown sequence {}", op, seq));
+    }
     // The peer's answer is awaited from the start: a refusal (a wrong shape) stops the sends.
     uint32_t answer[2] = {0, 0};
     detail::UcxOp answered;
     c.post_receive(answered, answer, sizeof answer, true);
+    // If this call ends early (an exception), the answer's receive is cancelled: its callback
+    // must not outlive `answered`, and the stream is out of step.
+    struct AnswerGuard {
+        detail::UcxConnection& c;
+        detail::UcxOp& op;
+        ~AnswerGuard() {
+            if (!op.request) return;
+            if (!op.done) {
+                ucp_request_cancel(c.worker->worker, op.request);
+                c.failed = true;
+            }
+            while (!op.done)
+                c.worker->progress();
+            ucp_request_free(op.request);
+            op.request = nullptr;
+        }
+    } guard{c, answered};
 
     std::vector<uint8_t> head, staged;
     std::vector<std::span<const uint8_t>> runs;

@@ -3,7 +3,7 @@
 // frees it again; export_sequence returns once the receiver confirmed the import, so a round
 // is the whole move. A memcpy of the same bytes between two host buffers is timed in the same
 // round, right before, so that load drifting over the run hits both.
-#include "bench/transfer.hpp"
+#include "transfer.hpp"
 
 #include <fmt/format.h>
 
