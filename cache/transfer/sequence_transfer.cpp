@@ -5,6 +5,7 @@
 // with an acknowledgement: a code (0: imported, else ErrorCode + 1) and the error's message.
 #include <fmt/format.h>
 
+#include <array>
 #include <cstring>
 #include <optional>
 
@@ -37,7 +38,10 @@ auto host_memory_guard(const char* op, F&& f) {
     }
 }
 
-constexpr uint32_t kMaxReplyText = 4096;
+// The importer's answer has a fixed size, so that the sender receives it whole in the one
+// receive it posts before sending: u32 code, u32 text bytes, the text (padded).
+constexpr size_t kReplyBytes = 1024;
+constexpr uint32_t kMaxReplyText = kReplyBytes - 8;
 
 // The message of seq without its checksum, and the blocks whose bytes follow it.
 SequenceMessage describe(const ManagerState& m, SeqId id, std::vector<uint32_t>& blocks,
@@ -74,11 +78,11 @@ std::vector<uint8_t> head_of(SequenceMessage& msg,
     return detail::encode_sequence_head(msg);
 }
 
-// The acknowledgement: u32 code, u32 text bytes, text.
+// The answer: 0 for imported, else the error's code + 1 and its message.
 void reply(detail::UcxConnection& c, uint32_t code, const std::string& text) noexcept {
     try {
-        std::vector<uint8_t> r(8 + std::min<size_t>(text.size(), kMaxReplyText));
-        const uint32_t n = uint32_t(r.size() - 8);
+        std::vector<uint8_t> r(kReplyBytes, 0);
+        const auto n = uint32_t(std::min<size_t>(text.size(), kMaxReplyText));
         std::memcpy(r.data(), &code, 4);
         std::memcpy(r.data() + 4, &n, 4);
         std::memcpy(r.data() + 8, text.data(), n);
@@ -182,9 +186,9 @@ void KVManager::export_sequence(SeqId seq, Connection& to) const {
                         fmt::format("{}: unknown sequence {}", op, seq));
     }
     // The peer's answer is awaited from the start: a refusal (a wrong shape) stops the sends.
-    uint32_t answer[2] = {0, 0};
+    std::array<uint8_t, kReplyBytes> answer{};
     detail::UcxOp answered;
-    c.post_receive(answered, answer, sizeof answer, true);
+    c.post_receive(answered, answer.data(), answer.size(), true);
     // If this call ends early (an exception), the answer's receive is cancelled: its callback
     // must not outlive `answered`, and the stream is out of step.
     struct AnswerGuard {
@@ -192,14 +196,8 @@ void KVManager::export_sequence(SeqId seq, Connection& to) const {
         detail::UcxOp& op;
         ~AnswerGuard() {
             if (!op.request) return;
-            if (!op.done) {
-                ucp_request_cancel(c.worker->worker, op.request);
-                c.failed = true;
-            }
-            while (!op.done)
-                c.worker->progress();
-            ucp_request_free(op.request);
-            op.request = nullptr;
+            detail::UcxOp* ops[] = {&op};
+            c.settle_pending(ops);
         }
     } guard{c, answered};
 
@@ -267,10 +265,13 @@ void KVManager::export_sequence(SeqId seq, Connection& to) const {
                                 ucs_status_string(answered.status)));
     }
     if (stopped) c.failed = true;  // sends cut short: the stream is out of step
-    if (answer[0] == 0) return;
-    std::string text(std::min(answer[1], kMaxReplyText), '\0');
-    if (c.receive(text.data(), text.size(), op) < text.size()) text = "(reason lost)";
-    const uint32_t code = answer[0] - 1;
+    uint32_t code = 0, length = 0;
+    std::memcpy(&code, answer.data(), 4);
+    std::memcpy(&length, answer.data() + 4, 4);
+    if (code == 0) return;
+    const std::string text(reinterpret_cast<const char*>(answer.data()) + 8,
+                           std::min(length, kMaxReplyText));
+    --code;
     const ErrorCode e =
         code <= uint32_t(ErrorCode::OutOfMemory) ? ErrorCode(code) : ErrorCode::InvalidArgument;
     throw Error(e, fmt::format("{}: the peer refused the sequence: {}", op, text));

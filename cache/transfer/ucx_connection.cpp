@@ -129,6 +129,11 @@ void UcxConnection::check_open(const char* op) const {
 }
 
 void UcxConnection::post_send(UcxOp& op, const void* data, size_t bytes, ucp_mem_h memh) {
+    if (!ep) {  // closed by a failure before
+        op.done = true;
+        op.status = UCS_ERR_NOT_CONNECTED;
+        return;
+    }
     ucp_request_param_t p{};
     p.op_attr_mask =
         UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
@@ -143,6 +148,11 @@ void UcxConnection::post_send(UcxOp& op, const void* data, size_t bytes, ucp_mem
 }
 
 void UcxConnection::post_receive(UcxOp& op, void* data, size_t bytes, bool all) {
+    if (!ep) {
+        op.done = true;
+        op.status = UCS_ERR_NOT_CONNECTED;
+        return;
+    }
     ucp_request_param_t p{};
     p.op_attr_mask =
         UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
@@ -159,6 +169,41 @@ void UcxConnection::post_receive(UcxOp& op, void* data, size_t bytes, bool all) 
     if (r == nullptr) op.length = length;
 }
 
+void UcxConnection::settle_pending(std::span<UcxOp* const> ops) noexcept {
+    const auto pending = [&] {
+        for (const UcxOp* op : ops)
+            if (!op->done) return true;
+        return false;
+    };
+    const auto progress_for = [&](std::chrono::milliseconds d) {
+        const auto deadline = Clock::now() + d;
+        while (pending() && Clock::now() < deadline)
+            worker->progress();
+    };
+    // Cancelled first; a stream receive does not cancel, but closing the endpoint completes
+    // every request on it; one that still has not completed is given back to UCX, which then
+    // calls nothing more for it.
+    for (UcxOp* op : ops)
+        if (!op->done && op->request) ucp_request_cancel(worker->worker, op->request);
+    progress_for(std::chrono::milliseconds(100));
+    if (pending()) {
+        failed = true;
+        if (failure == UCS_OK) failure = UCS_ERR_CANCELED;
+        close();
+        progress_for(std::chrono::milliseconds(1000));
+    }
+    for (UcxOp* op : ops) {
+        if (!op->done) {
+            op->done = true;
+            op->status = UCS_ERR_CANCELED;
+        }
+        if (op->request) {
+            ucp_request_free(op->request);
+            op->request = nullptr;
+        }
+    }
+}
+
 bool UcxConnection::wait(std::span<UcxOp* const> ops, const char* op_name, const UcxOp* stop) {
     auto last = Clock::now();
     size_t done = 0;
@@ -172,17 +217,7 @@ bool UcxConnection::wait(std::span<UcxOp* const> ops, const char* op_name, const
         const bool broken = failed && done < ops.size();
         const bool late = Clock::now() - last > options.timeout;
         if (done == ops.size() || stopped || broken || late) {
-            // Whatever is still pending is cancelled (its callback runs with an error).
-            for (UcxOp* op : ops)
-                if (!op->done && op->request) ucp_request_cancel(worker->worker, op->request);
-            for (UcxOp* op : ops)
-                while (!op->done)
-                    worker->progress();
-            for (UcxOp* op : ops)
-                if (op->request) {
-                    ucp_request_free(op->request);
-                    op->request = nullptr;
-                }
+            settle_pending(ops);
             if (late && done < ops.size() && !stopped) {
                 failed = true;
                 failure = UCS_ERR_TIMED_OUT;
@@ -242,16 +277,17 @@ void UcxConnection::unmap(ucp_mem_h memh) noexcept {
 
 void UcxConnection::close() noexcept {
     if (!ep) return;
-    // Closed without waiting for the peer's confirmation (which would need the peer to progress
-    // its worker): every exchange ends with the importer's answer, which the sender waits for,
-    // so nothing of a transfer is in flight here.
+    // Gracefully when the connection works, so that the peer learns of it; that completes only
+    // when the peer progresses its worker, so it is waited for a moment and then given back to
+    // UCX, which finishes it on its own.
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    p.flags = failed ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     const ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
     ep = nullptr;
     if (r == nullptr || UCS_PTR_IS_ERR(r)) return;
-    while (ucp_request_check_status(r) == UCS_INPROGRESS)
+    const auto deadline = Clock::now() + std::chrono::milliseconds(500);
+    while (ucp_request_check_status(r) == UCS_INPROGRESS && Clock::now() < deadline)
         worker->progress();
     ucp_request_free(r);
 }

@@ -57,6 +57,9 @@ struct UcxConnection {
     // op_name on timeout (no progress for options.timeout). Returns false when `stop` ended it
     // first; pending ops are then cancelled. Callers check each op's status.
     bool wait(std::span<UcxOp* const> ops, const char* op_name, const UcxOp* stop = nullptr);
+    // Completes every op still pending (cancelled, or by closing the endpoint): none of their
+    // callbacks can run after this.
+    void settle_pending(std::span<UcxOp* const> ops) noexcept;
     // Receives exactly `bytes` bytes: fewer only when the peer closed (or failed) first.
     size_t receive(void* data, size_t bytes, const char* op_name);
     // Sends these bytes and waits until they are out.

@@ -360,6 +360,12 @@ TEST_CASE("a sequence the importer refuses reaches the sender as the importer's 
             receiver_errors.push_back(std::string("unexpected: ") + e.what());
         }
     });
+    struct Join {  // also when a check below fails
+        std::thread& t;
+        ~Join() {
+            if (t.joinable()) t.join();
+        }
+    } join{receiver};
     Connection c = Connection::connect("127.0.0.1", listener.port(), loopback());
     require_error([&] { ms.export_sequence(big, c); }, ErrorCode::OutOfBlocks,
                   "the peer refused the sequence: import_sequence: the sequence needs 5 pages");
