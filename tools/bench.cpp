@@ -744,7 +744,10 @@ void bench_transfer(Report& rep) {
     const std::string how =
         fmt::format("{}; pages sent {}", f.shape,
                     f.direct ? "straight from the pool's mapped memory" : "through a staging copy");
-    add_spread(rep, "transfer_ucx_over_memcpy", "transfer over UCX / host memcpy", f.ratio, "",
+    std::vector<double> pct;
+    for (double r : f.ratio)
+        pct.push_back(100 * r);
+    add_spread(rep, "transfer_ucx_over_memcpy_pct", "transfer over UCX / host memcpy", pct, "%",
                how + "; export + import, in turns with the memcpy");
     add_spread(rep, "transfer_ucx_gbps", "transfer over UCX, GB/s", f.ucx_gbps, "",
                fmt::format("page bytes / host wall time ({:.1f} ms median)", median_of(f.ucx_ms)));
