@@ -112,12 +112,25 @@ std::vector<std::byte> KVManager::export_sequence(SeqId seq) const {
     return host_memory_guard(op, [&] {
         std::vector<uint32_t> blocks;
         SequenceMessage msg = describe(m, seq, blocks, op);
-        const std::vector<uint8_t> pages = detail::read_pages(*m.ps, blocks);
-        const std::span<const uint8_t> runs[] = {pages};
+        // The pages where the host maps them, copied once into the message; else staged.
+        std::vector<std::span<const uint8_t>> runs;
+        std::vector<uint8_t> staged;
+        if (!blocks.empty()) runs = detail::mapped_pages(*m.ps, blocks);
+        if (runs.empty() && !blocks.empty()) {
+            staged = detail::read_pages(*m.ps, blocks);
+            runs.emplace_back(staged);
+        }
         const std::vector<uint8_t> head = head_of(msg, runs);
-        std::vector<std::byte> out(head.size() + pages.size());
+        size_t size = head.size();
+        for (const auto& r : runs)
+            size += r.size();
+        std::vector<std::byte> out(size);
         std::memcpy(out.data(), head.data(), head.size());
-        if (!pages.empty()) std::memcpy(out.data() + head.size(), pages.data(), pages.size());
+        size_t at = head.size();
+        for (const auto& r : runs) {
+            std::memcpy(out.data() + at, r.data(), r.size());
+            at += r.size();
+        }
         return out;
     });
 }
@@ -283,7 +296,9 @@ SeqId KVManager::import_sequence(Connection& from) {
     c.check_open(op);
     const PageFormat format = state_->ps->format;
     const uint64_t num_blocks = state_->ps->config.num_blocks;
-    std::vector<uint8_t> message(detail::kSequenceHeaderBytes);
+    // The connection's inbox keeps its memory from one message to the next.
+    std::vector<uint8_t>& message = c.inbox;
+    message.resize(detail::kSequenceHeaderBytes);
     size_t got = c.receive(message.data(), message.size(), op);
     if (got < message.size()) {
         c.failed = true;

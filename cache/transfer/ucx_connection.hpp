@@ -78,6 +78,8 @@ struct UcxConnection {
     ucp_ep_h ep = nullptr;
     bool failed = false;  // the peer went away or a transfer broke the stream
     ucs_status_t failure = UCS_OK;
+    // Where import_sequence receives a message (kept: the next one of that size reuses it).
+    std::vector<uint8_t> inbox;
 };
 
 struct UcxListener {

@@ -30,7 +30,7 @@ double seconds_since(Clock::time_point t0) {
 }  // namespace
 
 TransferFigures measure_transfer(int rounds) {
-    // A long prompt's K/V: 4096 tokens of 4 layers x 8 kv heads x 128 f16 (32 MiB of pages).
+    // A long prompt's K/V: 4096 tokens of 4 layers x 8 kv heads x 128 f16 (64 MiB of pages).
     PoolConfig c;
     c.num_layers = 4;
     c.num_kv_heads = 8;
