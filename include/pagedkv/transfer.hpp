@@ -69,7 +69,7 @@ class PAGEDKV_API Connection {
   private:
     friend class Listener;
     friend struct detail::TransferAccess;
-    explicit Connection(std::unique_ptr<detail::UcxConnection> impl);
+    PAGEDKV_LOCAL explicit Connection(std::unique_ptr<detail::UcxConnection> impl);
     std::unique_ptr<detail::UcxConnection> impl_;
 };
 
