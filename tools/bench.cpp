@@ -20,6 +20,7 @@
 #include "allocator/block_allocator.hpp"
 #include "bench/allocator_churn.hpp"
 #include "bench/swap_bench.hpp"
+#include "bench/transfer.hpp"
 #include "cache/manager/access.hpp"
 #include "cache/manager/attention.hpp"
 #include "cache/manager/pool_state.hpp"
@@ -491,8 +492,9 @@ void bench_page_copy(Context& ctx, detail::GpuTimer& timer, Report& rep) {
     for (uint32_t i = 0; i < pages; ++i)
         copies.emplace_back(i, pages + 4 + i);
     auto& st = detail::Access::pool(pool);
-    const double cow = timer.median(
-        [&] { detail::record_page_copies(detail::Access::device(ctx), *st.shards[0].pages, copies); });
+    const double cow = timer.median([&] {
+        detail::record_page_copies(detail::Access::device(ctx), *st.shards[0].pages, copies);
+    });
     const double flat = time_flat_copy(detail::Access::device(ctx), timer, block * pages);
     rep.add("page_copy_ratio", "page copy / flat copy", flat / cow,
             fmt::format("{:.2f}x", flat / cow),
@@ -765,6 +767,29 @@ void add_spread(Report& rep, const std::string& key, const std::string& name, st
     rep.json[key] = v[v.size() / 2];
     rep.json[key + "_min"] = v.front();
     rep.json[key + "_max"] = v.back();
+}
+
+// Sequence transfer (tools/bench/transfer.hpp): over UCX on loopback against a host memcpy of
+// the same bytes, in turns; and the byte form.
+void bench_transfer(Report& rep) {
+    progress("transfer: export + import over UCX loopback, against memcpy");
+    const bench::TransferFigures f = bench::measure_transfer(9);
+    const std::string how =
+        fmt::format("{}; pages sent {}", f.shape,
+                    f.direct ? "straight from the pool's mapped memory" : "through a staging copy");
+    std::vector<double> pct;
+    for (double r : f.ratio)
+        pct.push_back(100 * r);
+    add_spread(rep, "transfer_ucx_over_memcpy_pct", "transfer over UCX / host memcpy", pct, "%",
+               how + "; export + import, in turns with the memcpy");
+    add_spread(rep, "transfer_ucx_gbps", "transfer over UCX, GB/s", f.ucx_gbps, "",
+               fmt::format("page bytes / host wall time ({:.1f} ms median)", median_of(f.ucx_ms)));
+    add_spread(rep, "transfer_memcpy_gbps", "host memcpy, same bytes, GB/s", f.memcpy_gbps, "",
+               fmt::format("host wall time ({:.1f} ms median)", median_of(f.memcpy_ms)));
+    add_spread(rep, "transfer_export_bytes_gbps", "export_sequence to bytes, GB/s", f.export_gbps,
+               "", "byte form: read pages, checksum, pack");
+    add_spread(rep, "transfer_import_bytes_gbps", "import_sequence of bytes, GB/s", f.import_gbps,
+               "", "byte form: check, checksum, allocate, write pages");
 }
 
 // The serving engine's loop (tools/serve/engine.hpp, what `pagedkv-demo serve` runs) without
@@ -1098,7 +1123,7 @@ int main(int argc, char** argv) {
     uint32_t attention_rows = 16, attention_context = 512, serve_steps = 24, prefix_steps = 8;
     const std::vector<std::string> sections{
         "prefill", "decode", "layouts", "page-copy", "attention", "allocator", "gather",
-        "memory",  "beams",  "serve",   "prefix",    "quant",     "swap"};
+        "memory",  "beams",  "serve",   "prefix",    "quant",     "swap",      "transfer"};
     std::vector<std::string> only;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
@@ -1183,6 +1208,7 @@ int main(int argc, char** argv) {
         if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
         if (want("quant")) bench_quantized(ctx, timer, rep, attention_rows, attention_context);
         if (want("swap")) bench_swap(ctx, rep);
+        if (want("transfer")) bench_transfer(rep);
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

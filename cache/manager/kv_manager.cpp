@@ -268,6 +268,15 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
 
 }  // namespace
 
+SeqId detail::add_sequence_of(ManagerState& m, Sequence&& s,
+                              std::optional<ManagerState::Track> track) {
+    const SeqId id = add_tracked(m, std::move(s), std::move(track));
+    if (const auto it = m.tracks.find(id); it != m.tracks.end())
+        register_pages(m, m.seqs.at(id), it->second);
+    ++m.generation;
+    return id;
+}
+
 // ---- Step
 
 Step::Step(std::shared_ptr<detail::StepState> s) : state_(std::move(s)) {}

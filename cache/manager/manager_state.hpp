@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include <fmt/format.h>
 #include <vector>
@@ -113,6 +114,10 @@ struct StepState {
     uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
              indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
 };
+
+// Adds a sequence made elsewhere (an imported one) and, with prefix caching, its track,
+// registering the full pages the track vouches for: both or neither.
+SeqId add_sequence_of(ManagerState& m, Sequence&& s, std::optional<ManagerState::Track> track);
 
 // Ends a step once (Step's destructor, move assignment and KVManager::end_step): with prefix
 // caching, registers the pages it filled if every layer was written. Never throws.

@@ -5,8 +5,6 @@
 #include "cache/manager/access.hpp"
 #include "cache/manager/kv_copy.hpp"
 #include "shaders/kernels/page_copy.hpp"
-#include "shaders/vulkan/batch.hpp"
-#include "shaders/vulkan/device.hpp"
 
 namespace pagedkv::detail {
 
@@ -139,13 +137,7 @@ void for_each_shard_row(const PageFormat& all, const Shard& sh, F&& f) {
 
 }  // namespace
 
-void read_blocks(PoolState& ps, std::span<const uint32_t> ascending, uint8_t* bytes) {
-    for (const Shard& sh : ps.shards) {
-        // Slabs are not tracked one by one (PageSlabs is): wait for every write recorded so
-        // far, refusing pages a caller's unfinished command buffer writes.
-        sh.device->batches().require_finished(sh.pages->last_write_serial);
-        sh.device->synchronize();
-    }
+void read_blocks(const PoolState& ps, std::span<const uint32_t> ascending, uint8_t* bytes) {
     const uint64_t bb = ps.format.block_bytes();
     if (!ps.sharded()) {
         const PageSlabs& pages = *ps.shards[0].pages;
@@ -168,7 +160,7 @@ void read_blocks(PoolState& ps, std::span<const uint32_t> ascending, uint8_t* by
     }
 }
 
-void write_blocks(PoolState& ps, std::span<const uint32_t> ascending, const uint8_t* bytes) {
+void write_blocks(const PoolState& ps, std::span<const uint32_t> ascending, const uint8_t* bytes) {
     const uint64_t bb = ps.format.block_bytes();
     for (const Shard& sh : ps.shards) {
         const uint64_t sb = sh.format.block_bytes();

@@ -51,10 +51,10 @@ void record_kv_all(PoolState& ps, uint32_t layer, const Tensor& k, const Tensor&
                    Buffer* entries_buffer = nullptr, uint64_t entries_offset = 0);
 
 // Whole blocks as a pool over one device lays them out (PoolState::format: every head in each
-// page), whatever the number of devices: what snapshots and transfers carry. read_blocks waits
-// for every device's recorded work; write_blocks is for blocks no recorded work touches.
-// ascending: block ids in ascending order; bytes: ascending.size() * format.block_bytes().
-void read_blocks(PoolState& ps, std::span<const uint32_t> ascending, uint8_t* bytes);
-void write_blocks(PoolState& ps, std::span<const uint32_t> ascending, const uint8_t* bytes);
+// page), whatever the number of devices (page_bytes.hpp's read_pages / write_pages, which
+// snapshots and transfers use, wait for the devices and check the blocks first). blocks: runs
+// of consecutive ids are read at once; bytes: blocks.size() * format.block_bytes().
+void read_blocks(const PoolState& ps, std::span<const uint32_t> blocks, uint8_t* bytes);
+void write_blocks(const PoolState& ps, std::span<const uint32_t> blocks, const uint8_t* bytes);
 
 }  // namespace pagedkv::detail

@@ -8,6 +8,7 @@
 
 #include "cache/manager/cache_state.hpp"
 #include "cache/manager/manager_state.hpp"
+#include "cache/manager/page_bytes.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/manager/shards.hpp"
 #include "cache/snapshot/detailed_stats.hpp"
@@ -15,7 +16,6 @@
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "pagedkv/error.hpp"
 #include "pagedkv/snapshot.hpp"
-#include "shaders/vulkan/batch.hpp"
 
 namespace pagedkv {
 
@@ -82,13 +82,11 @@ SnapshotCache capture_manager(const KVManager& manager, uint32_t layers) {
 }
 
 // The bytes of every block in use and every evictable cached block (its K/V is what a later
-// prefix-cache hit reads), ascending, read back a run of consecutive blocks at a time.
-void read_pages(PoolState& ps, SnapshotData& s) {
-    const uint64_t bb = ps.format.block_bytes();
+// prefix-cache hit reads), ascending.
+void capture_pages(PoolState& ps, SnapshotData& s) {
     const std::vector<uint32_t> used = s.page_blocks();
-    s.pages.resize(used.size() * bb);
+    s.pages = read_pages(ps, used);
     s.has_pages = true;
-    read_blocks(ps, used, s.pages.data());
 }
 
 }  // namespace
@@ -158,7 +156,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     if (std::string e = check_snapshot(s); !e.empty())
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("{}: the pool's state is inconsistent: {}", op, e));
-    if (page_contents) read_pages(ps, s);
+    if (page_contents) capture_pages(ps, s);
     return s;
 }
 

@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include "cache/manager/cache_state.hpp"
+#include "cache/manager/page_bytes.hpp"
 #include "cache/manager/pool_state.hpp"
 #include "cache/manager/shards.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
@@ -51,16 +52,6 @@ struct SnapshotRestorer {
     }
 };
 
-namespace {
-
-// Writes the saved bytes of the blocks in use and the evictable cached blocks into a fresh
-// pool, a run of consecutive blocks at a time (no GPU work touches a fresh pool's slabs yet).
-void write_pages(PoolState& ps, const SnapshotData& s) {
-    write_blocks(ps, s.page_blocks(), s.pages.data());
-}
-
-}  // namespace
-
 }  // namespace detail
 
 RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& path,
@@ -87,7 +78,8 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
     ps.pages_copied = s.pages_copied;
     for (const SnapshotCache& k : s.caches)
         out.caches.push_back(detail::SnapshotRestorer::make(*out.pool, k));
-    detail::write_pages(ps, s);
+    // The saved bytes of the blocks in use and the evictable cached blocks.
+    detail::write_pages(ps, s.page_blocks(), s.pages);
     return out;
 }
 

@@ -6,6 +6,7 @@
 // block table once for all layers, and write / attention reuse them for every layer.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -18,6 +19,8 @@
 #include "pagedkv/tensor.hpp"
 
 namespace pagedkv {
+
+class Connection;  // pagedkv/transfer.hpp
 
 // A sequence's id; never reused within a manager.
 using SeqId = uint64_t;
@@ -173,6 +176,25 @@ class PAGEDKV_API KVManager {
     // Ends the step (the Step destructor does the same): with prefix caching, registers the
     // pages it filled; pages it reserved but no token used (lookahead) stay reserved.
     void end_step(Step&& step);
+
+    // Moving a sequence to another pool, in another process (disaggregated prefill and decode)
+    // or another instance: its pages' bytes in block-table order, its lengths, and with prefix
+    // caching its token ids, as one versioned, checksummed message. The pools must have the
+    // same shape and dtype (the page layout may differ). The sequence stays here; free it once
+    // the peer has it.
+    std::vector<std::byte> export_sequence(SeqId seq) const;
+    // A new sequence holding the message's tokens in fresh pages; with prefix caching and the
+    // token ids, its full pages are registered so later prompts hit them. All or nothing:
+    // a damaged, truncated or foreign message (CorruptSnapshot), another pool shape
+    // (InvalidArgument) or too few free pages (OutOfBlocks) leave the pool as it was.
+    SeqId import_sequence(std::span<const std::byte> message);
+    // The same over a UCX connection: pages are sent straight from the pool's memory where the
+    // host can reach it, else through a staging copy. Returns once the peer has imported the
+    // sequence; throws with the peer's error code when it refused it.
+    void export_sequence(SeqId seq, Connection& to) const;
+    // Receives one exported sequence and imports it (all or nothing, as above), then tells the
+    // sender. A connection that closes midway leaves the pool as it was.
+    SeqId import_sequence(Connection& from);
 
     BlockPool& pool() const;
     const ManagerOptions& options() const noexcept;

@@ -18,4 +18,5 @@
 #include "pagedkv/snapshot.hpp"
 #include "pagedkv/static_cache.hpp"
 #include "pagedkv/tensor.hpp"
+#include "pagedkv/transfer.hpp"
 #include "pagedkv/version.hpp"

@@ -25,6 +25,8 @@ foreach(expected
         "pagedkv_cache_update"
         "pagedkv::KVManager::begin_step("
         "pagedkv::Step::view("
+        "pagedkv::KVManager::export_sequence("
+        "pagedkv::Connection::connect("
         "pagedkv_manager_begin_step")
     string(FIND "${symbols}" "${expected}" at)
     if(at EQUAL -1)

@@ -278,3 +278,45 @@ TEST_CASE("the tests' pools span the devices the run asks for", "[gpu]") {
     TestPool odd(g.ctx, small_config(DType::F16, 1, 1));  // one head cannot be split
     REQUIRE(odd.num_devices() == 1);
 }
+
+TEST_CASE("a sequence exported from a pool over two devices imports onto one, and back",
+          "[gpu][devices]") {
+    TwoDevices g;
+    for (const DType dtype : {DType::BF16, DType::FP8E4M3}) {
+        INFO("dtype " << to_string(dtype));
+        PoolConfig c = config(dtype);
+        c.num_host_blocks = 8;
+        BlockPool two(g.span(), c);
+        BlockPool one(g.first.ctx, c);
+        KVManager from(two), to(one);
+        const DType io = input_dtype(two.config());
+        std::mt19937 rng(9);
+        const SeqId a = from.add_sequence();
+        {
+            Step st = from.begin_step(std::vector<SeqId>{a}, std::vector<uint32_t>{11});
+            for (uint32_t l = 0; l < c.num_layers; ++l) {
+                const auto k = random_values(size_t(11) * 4 * 8, rng, io);
+                from.write(st, l, Tensor::from_host(g.first.ctx, k, {11, 4, 8}, io),
+                           Tensor::from_host(g.first.ctx, k, {11, 4, 8}, io));
+            }
+        }
+        // Through the host tier first: swapped out, the sequence cannot be exported.
+        from.swap_out(a);
+        require_error([&] { (void)from.export_sequence(a); }, ErrorCode::InvalidArgument,
+                      "swapped out to the host tier");
+        from.swap_in(a);
+        const SeqId b = to.import_sequence(from.export_sequence(a));
+        const SeqId back = from.import_sequence(to.export_sequence(b));
+        for (uint32_t l = 0; l < c.num_layers; ++l) {
+            const auto [wk, wv] = from.gather(a, l);
+            const auto [k1, v1] = to.gather(b, l);
+            const auto [k2, v2] = from.gather(back, l);
+            REQUIRE(bit_equal(k1.to_host(), wk.to_host()));
+            REQUIRE(bit_equal(v1.to_host(), wv.to_host()));
+            REQUIRE(bit_equal(k2.to_host(), wk.to_host()));
+            REQUIRE(bit_equal(v2.to_host(), wv.to_host()));
+        }
+        REQUIRE(two.check() == "");
+        REQUIRE(one.check() == "");
+    }
+}
