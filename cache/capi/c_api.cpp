@@ -467,29 +467,58 @@ void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
     config->num_host_blocks = d.num_host_blocks;
 }
 
+namespace {
+
+pagedkv::PoolConfig pool_config_of(const pagedkv_pool_config& cfg) {
+    pagedkv::PoolConfig pc;
+    pc.num_layers = cfg.num_layers;
+    pc.num_kv_heads = cfg.num_kv_heads;
+    pc.head_dim = cfg.head_dim;
+    pc.v_head_dim = cfg.v_head_dim;
+    pc.block_size = cfg.block_size;
+    pc.dtype = dtype_of(cfg.dtype);
+    pc.num_blocks = cfg.num_blocks;
+    pc.max_slab_bytes = cfg.max_slab_bytes;
+    pc.layout = layout_of(cfg.layout);
+    if (raw(cfg.compute_dtype) != PAGEDKV_DTYPE_DEFAULT)
+        pc.compute_dtype = dtype_of(cfg.compute_dtype);
+    pc.num_host_blocks = cfg.num_host_blocks;
+    return pc;
+}
+
+}  // namespace
+
 pagedkv_status pagedkv_pool_create(pagedkv_context* context, const pagedkv_pool_config* config,
                                    pagedkv_pool** out_pool) noexcept {
     return guarded("pagedkv_pool_create", [&] {
         pagedkv_context& c = need(context, "context");
         const pagedkv_pool_config& cfg = need(config, "config");
         need(out_pool, "out_pool");
-        pagedkv::PoolConfig pc;
-        pc.num_layers = cfg.num_layers;
-        pc.num_kv_heads = cfg.num_kv_heads;
-        pc.head_dim = cfg.head_dim;
-        pc.v_head_dim = cfg.v_head_dim;
-        pc.block_size = cfg.block_size;
-        pc.dtype = dtype_of(cfg.dtype);
-        pc.num_blocks = cfg.num_blocks;
-        pc.max_slab_bytes = cfg.max_slab_bytes;
-        pc.layout = layout_of(cfg.layout);
-        if (raw(cfg.compute_dtype) != PAGEDKV_DTYPE_DEFAULT)
-            pc.compute_dtype = dtype_of(cfg.compute_dtype);
-        pc.num_host_blocks = cfg.num_host_blocks;
         auto handle = std::make_unique<pagedkv_pool>();
-        handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pc);
+        handle->pool = std::make_shared<pagedkv::BlockPool>(c.ctx, pool_config_of(cfg));
         *out_pool = handle.release();
     });
+}
+
+pagedkv_status pagedkv_pool_create_on_devices(pagedkv_context* const* contexts, size_t num_contexts,
+                                              const pagedkv_pool_config* config,
+                                              pagedkv_pool** out_pool) noexcept {
+    return guarded("pagedkv_pool_create_on_devices", [&] {
+        need(contexts, "contexts");
+        const pagedkv_pool_config& cfg = need(config, "config");
+        need(out_pool, "out_pool");
+        std::vector<pagedkv::Context*> list;
+        for (size_t i = 0; i < num_contexts; ++i)
+            list.push_back(contexts[i] ? &contexts[i]->ctx : nullptr);
+        auto handle = std::make_unique<pagedkv_pool>();
+        handle->pool = std::make_shared<pagedkv::BlockPool>(
+            std::span<pagedkv::Context* const>(list), pool_config_of(cfg));
+        *out_pool = handle.release();
+    });
+}
+
+uint32_t pagedkv_pool_num_devices(const pagedkv_pool* pool) noexcept {
+    return pool ? pool->pool->num_devices() : 0;
 }
 
 void pagedkv_pool_destroy(pagedkv_pool* pool) noexcept {

@@ -180,6 +180,15 @@ typedef struct pagedkv_pool_stats {
 PAGEDKV_API pagedkv_status pagedkv_pool_create(pagedkv_context* context,
                                                const pagedkv_pool_config* config,
                                                pagedkv_pool** out_pool) PAGEDKV_NOEXCEPT;
+// A pool over several devices (BlockPool(std::span<Context* const>, PoolConfig)): kv heads split
+// evenly over num_contexts contexts, one allocator and block table for all; the manager's
+// write / gather / attention calls take every head on the first context.
+PAGEDKV_API pagedkv_status pagedkv_pool_create_on_devices(pagedkv_context* const* contexts,
+                                                          size_t num_contexts,
+                                                          const pagedkv_pool_config* config,
+                                                          pagedkv_pool** out_pool) PAGEDKV_NOEXCEPT;
+// The devices the pool spans (1 for pagedkv_pool_create; 0 for a null pool).
+PAGEDKV_API uint32_t pagedkv_pool_num_devices(const pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
 PAGEDKV_API void pagedkv_pool_destroy(pagedkv_pool* pool) PAGEDKV_NOEXCEPT;
 PAGEDKV_API pagedkv_status pagedkv_pool_get_stats(const pagedkv_pool* pool,
                                                   pagedkv_pool_stats* out_stats) PAGEDKV_NOEXCEPT;

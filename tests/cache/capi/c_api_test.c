@@ -45,6 +45,8 @@ static int failures = 0;
     } while (0)
 
 enum { LAYERS = 2, HEADS = 2, DIM = 4, BLOCK = 4, BLOCKS = 48 };
+// The devices the pool under test spans (main sets 2 for its pool over two devices).
+static unsigned pool_devices = 1;
 
 // The key stored for (layer, row, head, position, dim); values are its negation. Exact in f32.
 static float key_at(unsigned layer, unsigned row, unsigned head, long long pos, unsigned dim) {
@@ -527,6 +529,12 @@ static void manager_step(pagedkv_context* ctx, pagedkv_manager* m, const pagedkv
     pagedkv_paged_view_info info;
     FAILS(pagedkv_step_view(step, LAYERS, &view, &info), PAGEDKV_ERROR_INVALID_ARGUMENT,
           "out of range");
+    if (pool_devices > 1) {  // one view per device is not built
+        FAILS(pagedkv_step_view(step, 1, &view, &info), PAGEDKV_ERROR_NOT_IMPLEMENTED,
+              "over 2 devices is not implemented");
+        pagedkv_step_destroy(step);
+        return;
+    }
     OK(pagedkv_step_view(step, 1, &view, &info));
     CHECK(info.batch == n && info.num_tokens == total && info.host_slot_mapping != NULL);
     for (size_t i = 0; i < n; ++i)
@@ -951,6 +959,34 @@ int main(void) {
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);
+
+    // A pool over two devices (a second logical device on the same physical one): the
+    // manager's calls take every head on the first context.
+    pagedkv_context* second = NULL;
+    OK(pagedkv_context_create(-1, 1, &second));
+    pagedkv_context* both[2] = {ctx, second};
+    pagedkv_context* same[2] = {ctx, ctx};
+    pagedkv_context* with_null[2] = {ctx, NULL};
+    cfg.layout = PAGEDKV_PAGE_LAYOUT_AUTO;
+    FAILS(pagedkv_pool_create_on_devices(NULL, 2, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "contexts");
+    FAILS(pagedkv_pool_create_on_devices(same, 2, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "the same Context");
+    FAILS(pagedkv_pool_create_on_devices(with_null, 2, &cfg, &pool),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "null Context");
+    FAILS(pagedkv_pool_create_on_devices(both, 0, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "no devices");
+    OK(pagedkv_pool_create_on_devices(both, 2, &cfg, &pool));
+    CHECK(pagedkv_pool_num_devices(pool) == 2);
+    pool_devices = 2;
+    test_dynamic(ctx, pool);
+    test_manager(ctx, pool);
+    pool_devices = 1;
+    CHECK(used_blocks(pool) == 0);
+    check_valid(pool);
+    pagedkv_pool_destroy(pool);
+    OK(pagedkv_context_synchronize(second));
+    pagedkv_context_destroy(second);
 
     OK(pagedkv_context_synchronize(ctx));
     const char* const* messages = NULL;
