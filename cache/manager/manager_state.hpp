@@ -59,6 +59,7 @@ struct ManagerState {
     std::map<SeqId, uint32_t> stepping;
     PrefixCacheStats lookups;     // queries, hit_tokens, query_tokens
     uint64_t evictions_base = 0;  // the pool's evictions when the counters (re)started
+    uint64_t spilled_base = 0;    // the pool's spilled pages when the counters (re)started
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const { ps->check_layer(layer, op, "layer"); }
@@ -113,6 +114,13 @@ struct StepState {
     uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
              indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
 };
+
+// Prefix caching with a host tier: appends to table (which holds the device-cached prefix of
+// prompt) the pages after it that were spilled to the host, each copied to a fresh device page
+// and indexed, until max_pages, a miss, or no device page is free. Returns how many. Never
+// throws.
+size_t hits_from_host(ManagerState& m, BlockTable& table, std::span<const int32_t> prompt,
+                      uint64_t salt, size_t max_pages) noexcept;
 
 // Ends a step once (Step's destructor, move assignment and KVManager::end_step): with prefix
 // caching, registers the pages it filled if every layer was written. Never throws.
