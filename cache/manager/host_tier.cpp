@@ -64,8 +64,9 @@ void move_pages(ManagerState& m, SeqId id, Sequence& s, bool out, const char* op
     uint64_t fresh_needed = 0;
     for (size_t i = 0; i < used; ++i)
         if (linked(index(s.table[i])) < 0) ++fresh_needed;
-    // Spilled prefix pages give their host blocks up before swapped-out sequences go short.
-    if (out && ps.host_prefix)
+    // Spilled prefix pages give their host blocks up (each holds one nobody else does) before
+    // swapped-out sequences go short; a swap_out that would fail anyway drops none.
+    if (out && ps.host_prefix && fresh_needed <= to.available_blocks() + ps.host_prefix->size())
         while (fresh_needed > to.available_blocks() && ps.host_prefix->drop_oldest()) {
         }
     if (fresh_needed > to.available_blocks())
@@ -204,7 +205,7 @@ std::string HostPrefix::check() const {
     if (lru_.size() != by_hash_.size())
         return fmt::format("host prefix: {} pages but {} in its LRU", by_hash_.size(), lru_.size());
     if (!ps_.host_allocator && !by_hash_.empty()) return "host prefix: pages without a host tier";
-    for (uint64_t h : lru_) {
+    for (const uint64_t& h : lru_) {
         const auto it = by_hash_.find(h);
         if (it == by_hash_.end()) return fmt::format("host prefix: LRU names unknown page {}", h);
         const Entry& e = it->second;
