@@ -154,7 +154,10 @@ void PrefixIndex::remove(BlockId b) {
 }
 
 void PrefixIndex::evicted(BlockId b) noexcept {
-    if (contains(b)) drop(index(b), false);  // the allocator uncached it already
+    if (!contains(b)) return;
+    const uint32_t x = index(b);
+    if (spill_) spill_->spilling(b, nodes_[x].hash, parent_hash(x), nodes_[x].salt, tokens_of(x));
+    drop(x, false);  // the allocator uncached it already
 }
 
 void PrefixIndex::clear() {

@@ -38,6 +38,19 @@ struct PrefixEntry {
     bool operator==(const PrefixEntry&) const = default;
 };
 
+// Told of each indexed page the allocator evicts, before the index forgets it, so that the
+// page's bytes can be kept elsewhere (the host tier) under the same identity: its hash, its
+// parent's hash (kRootHash for a first page), salt and tokens. Called from inside allocate():
+// it must not allocate or release blocks of the index's allocator.
+class SpillListener {
+  public:
+    virtual void spilling(BlockId b, uint64_t hash, uint64_t parent_hash, uint64_t salt,
+                          std::span<const int32_t> tokens) noexcept = 0;
+
+  protected:
+    ~SpillListener() = default;
+};
+
 class PrefixIndex final : public EvictionListener {
   public:
     // The parent hash of a sequence's first page.
@@ -56,6 +69,14 @@ class PrefixIndex final : public EvictionListener {
     PrefixIndex& operator=(const PrefixIndex&) = delete;
 
     uint32_t block_size() const noexcept { return block_size_; }
+    // The hash this index names a page by (its hash_fn).
+    uint64_t page_hash(uint64_t parent_hash, uint64_t salt,
+                       std::span<const int32_t> tokens) const noexcept {
+        return hash_(parent_hash, salt, tokens);
+    }
+    // Told of each evicted indexed page before it leaves the index (null: none). Only the
+    // evicted page itself: its descendants leave the index unannounced.
+    void set_spill_listener(SpillListener* l) noexcept { spill_ = l; }
     uint64_t size() const noexcept { return by_hash_.size(); }
     bool contains(BlockId b) const noexcept;
     // A number unique to b's current entry (0 when b is not indexed): an entry removed and made
@@ -127,6 +148,7 @@ class PrefixIndex final : public EvictionListener {
     std::unordered_map<uint64_t, uint32_t> by_hash_;
     std::vector<uint32_t> stack_;  // drop()'s walk, capacity num_blocks
     uint64_t next_serial_ = 1;
+    SpillListener* spill_ = nullptr;
 };
 
 }  // namespace pagedkv

@@ -1097,8 +1097,9 @@ pagedkv_status pagedkv_manager_prefix_stats(const pagedkv_manager* manager,
         const pagedkv::KVManager& m = manager_of(manager);
         need(out_stats, "out_stats");
         const pagedkv::PrefixCacheStats s = m.prefix_stats();
-        *out_stats = pagedkv_prefix_cache_stats{s.queries, s.hit_tokens, s.query_tokens,
-                                                s.cached_pages, s.evictions};
+        *out_stats = pagedkv_prefix_cache_stats{s.queries,       s.hit_tokens, s.query_tokens,
+                                                s.cached_pages,  s.evictions,  s.spilled_pages,
+                                                s.host_hit_pages};
     });
 }
 

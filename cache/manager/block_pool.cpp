@@ -206,6 +206,7 @@ std::string BlockPool::check() const {
     }
     if (problem.empty())
         problem = state_->links.check(state_->allocator, state_->host_allocator.get());
+    if (problem.empty() && state_->host_prefix) problem = state_->host_prefix->check();
     return problem;
 }
 bool BlockPool::validate() const {

@@ -64,6 +64,11 @@ void move_pages(ManagerState& m, SeqId id, Sequence& s, bool out, const char* op
     uint64_t fresh_needed = 0;
     for (size_t i = 0; i < used; ++i)
         if (linked(index(s.table[i])) < 0) ++fresh_needed;
+    // Spilled prefix pages give their host blocks up (each holds one nobody else does) before
+    // swapped-out sequences go short; a swap_out that would fail anyway drops none.
+    if (out && ps.host_prefix && fresh_needed <= to.available_blocks() + ps.host_prefix->size())
+        while (fresh_needed > to.available_blocks() && ps.host_prefix->drop_oldest()) {
+        }
     if (fresh_needed > to.available_blocks())
         throw Error(
             ErrorCode::OutOfBlocks,
@@ -121,6 +126,164 @@ void move_pages(ManagerState& m, SeqId id, Sequence& s, bool out, const char* op
 }
 
 }  // namespace
+
+// ---- Prefix pages spilled to the host tier
+
+namespace detail {
+
+HostPrefix::HostPrefix(PoolState& ps) : ps_(ps) {
+    if (ps_.prefix) ps_.prefix->set_spill_listener(this);
+}
+
+HostPrefix::~HostPrefix() {
+    if (ps_.prefix) ps_.prefix->set_spill_listener(nullptr);
+}
+
+void HostPrefix::spilling(BlockId b, uint64_t hash, uint64_t parent_hash, uint64_t salt,
+                          std::span<const int32_t> tokens) noexcept {
+    if (!ps_.host_allocator) return;
+    try {
+        if (by_hash_.count(hash)) {  // this page (or a colliding one) is on the host already
+            find(hash, parent_hash, salt, tokens);
+            return;
+        }
+        BlockAllocator& host = *ps_.host_allocator;
+        if (host.available_blocks() == 0 && !drop_oldest()) return;  // swapped sequences win
+        Entry e{parent_hash,
+                salt,
+                std::vector<int32_t>(tokens.begin(), tokens.end()),
+                BlockTable(host),
+                {}};
+        std::vector<BlockId> fresh;
+        host.allocate(1, fresh);
+        e.table.adopt_back(fresh);  // owns it at once: a failure below gives it back
+        const uint32_t h = index(fresh[0]);
+        ps_.links.unlink_host(h);  // a fresh host block holds no swapped page's bytes
+        // Recorded now, inside allocate(): before the page's new owner records its writes
+        // (the copy marks the device pages written, so those wait for it).
+        const std::pair<uint32_t, uint32_t> copy{index(b), h};
+        for (const Shard& sh : ps_.shards)  // each device keeps its heads
+            record_tier_copies(*sh.device, *sh.pages, *sh.host_pages, std::span(&copy, 1));
+        lru_.push_back(hash);
+        try {
+            e.lru = std::prev(lru_.end());
+            by_hash_.emplace(hash, std::move(e));
+        } catch (...) {
+            lru_.pop_back();
+            throw;
+        }
+        ++spilled_;
+    } catch (...) {  // best effort: the page is only not kept
+    }
+}
+
+int64_t HostPrefix::find(uint64_t hash, uint64_t parent_hash, uint64_t salt,
+                         std::span<const int32_t> tokens) noexcept {
+    const auto it = by_hash_.find(hash);
+    if (it == by_hash_.end()) return -1;
+    const Entry& e = it->second;
+    if (e.parent_hash != parent_hash || e.salt != salt || !std::ranges::equal(e.tokens, tokens))
+        return -1;  // a collision never hands out someone else's K/V
+    lru_.splice(lru_.end(), lru_, e.lru);
+    return int64_t(index(e.table[0]));
+}
+
+bool HostPrefix::drop_oldest() noexcept {
+    if (lru_.empty()) return false;
+    by_hash_.erase(lru_.front());  // its table gives the host block back
+    lru_.pop_front();
+    ++dropped_;
+    return true;
+}
+
+void HostPrefix::clear() noexcept {
+    by_hash_.clear();
+    lru_.clear();
+}
+
+std::string HostPrefix::check() const {
+    if (lru_.size() != by_hash_.size())
+        return fmt::format("host prefix: {} pages but {} in its LRU", by_hash_.size(), lru_.size());
+    if (!ps_.host_allocator && !by_hash_.empty()) return "host prefix: pages without a host tier";
+    for (const uint64_t& h : lru_) {
+        const auto it = by_hash_.find(h);
+        if (it == by_hash_.end()) return fmt::format("host prefix: LRU names unknown page {}", h);
+        const Entry& e = it->second;
+        if (&*e.lru != &h) return fmt::format("host prefix: page {} is in its LRU twice", h);
+        if (e.table.size() != 1 || &e.table.allocator() != ps_.host_allocator.get())
+            return fmt::format("host prefix: page {} holds {} host blocks", h, e.table.size());
+        const uint32_t b = index(e.table[0]);
+        if (b >= ps_.host_allocator->num_blocks())
+            return fmt::format("host prefix: page {} holds host block {}, out of range", h, b);
+        if (ps_.host_allocator->refcount(e.table[0]) != 1)
+            return fmt::format(
+                "host prefix: host block {} of a spilled page has {} references (a "
+                "swapped-out sequence holds it too)",
+                b, ps_.host_allocator->refcount(e.table[0]));
+        if (ps_.links.device_of(b) >= 0)
+            return fmt::format(
+                "host prefix: host block {} of a spilled page is linked to "
+                "device block {}",
+                b, ps_.links.device_of(b));
+        if (e.tokens.size() != ps_.config.block_size)
+            return fmt::format("host prefix: page {} has {} tokens", h, e.tokens.size());
+    }
+    if (by_hash_.size() > ps_.host_allocator->counters().used_blocks)
+        return fmt::format("host prefix: {} pages but {} host blocks in use", by_hash_.size(),
+                           ps_.host_allocator->counters().used_blocks);
+    return {};
+}
+
+size_t hits_from_host(ManagerState& m, BlockTable& table, std::span<const int32_t> prompt,
+                      uint64_t salt, size_t max_pages) noexcept {
+    PoolState& ps = *m.ps;
+    HostPrefix* hp = ps.host_prefix.get();
+    if (!hp || !m.index) return 0;
+    const uint32_t bs = ps.config.block_size;
+    size_t added = 0;
+    try {
+        table.reserve(max_pages);
+        while (table.size() < max_pages) {
+            const size_t k = table.size();
+            // A parent is indexed before its child: the chain continues from an indexed page.
+            if (k > 0 && !m.index->contains(table[k - 1])) break;
+            const uint32_t parent = k == 0 ? PrefixEntry::kNoParent : index(table[k - 1]);
+            const uint64_t ph = k == 0 ? PrefixIndex::kRootHash : m.index->hash(table[k - 1]);
+            const std::span<const int32_t> tokens = prompt.subspan(k * bs, bs);
+            const uint64_t h = m.index->page_hash(ph, salt, tokens);
+            if (hp->find(h, ph, salt, tokens) < 0) break;
+            if (ps.allocator.available_blocks() == 0) break;
+            std::vector<BlockId> fresh;
+            ps.allocator.allocate(1, fresh);  // may evict (and spill) other pages
+            const BlockId d = fresh[0];
+            try {
+                const int64_t hb = hp->find(h, ph, salt, tokens);  // a spill may have dropped it
+                if (hb < 0) {
+                    ps.allocator.release(d);
+                    break;
+                }
+                ps.links.unlink_device(index(d));  // a fresh page holds no host copy's bytes
+                if (m.index->insert(d, parent, salt, tokens).what != PrefixIndex::Insert::Added) {
+                    ps.allocator.release(d);
+                    break;
+                }
+                const std::pair<uint32_t, uint32_t> copy{uint32_t(hb), index(d)};
+                for (const Shard& sh : ps.shards)
+                    record_tier_copies(*sh.device, *sh.host_pages, *sh.pages, std::span(&copy, 1));
+            } catch (...) {
+                if (m.index->contains(d)) m.index->remove(d);
+                ps.allocator.release(d);
+                break;
+            }
+            table.adopt_back(std::span(&d, 1));  // reserved: cannot fail
+            ++added;
+        }
+    } catch (...) {  // best effort: the lookup stops here
+    }
+    return added;
+}
+
+}  // namespace detail
 
 void KVManager::swap_out(SeqId seq) {
     ManagerState& m = *state_;

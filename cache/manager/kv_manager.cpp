@@ -388,6 +388,9 @@ KVManager::KVManager(BlockPool& pool, ManagerOptions options) {
             ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
         state->index = ps.prefix.get();
         state->evictions_base = ps.allocator.evictions();
+        if (ps.host_allocator && !ps.host_prefix)  // evicted pages spill to the host tier
+            ps.host_prefix = std::make_unique<detail::HostPrefix>(ps);
+        if (ps.host_prefix) state->spilled_base = ps.host_prefix->spilled();
     }
     state_ = std::move(state);
 }
@@ -427,28 +430,32 @@ SeqId KVManager::add_sequence(std::span<const int32_t> prompt_tokens, uint64_t s
         const uint32_t bs = m.ps->config.block_size;
         const size_t max_pages = prompt_tokens.empty() ? 0 : (prompt_tokens.size() - 1) / bs;
         const std::vector<BlockId> hit = m.index->match(prompt_tokens, salt, max_pages);
-        const size_t held = hit.size() * bs;
-        ManagerState::Track t;
-        t.tokens.assign(prompt_tokens.begin(), prompt_tokens.begin() + ptrdiff_t(held));
-        t.salt = salt;
-        t.anchored = hit.size();
-        if (!hit.empty()) {
-            t.anchor = hit.back();
-            t.anchor_serial = m.index->serial(hit.back());
-        }
-        t.written = held;  // the shared pages' K/V were written by whoever computed them
         Sequence s(m.ps->allocator, m.ps->config.num_layers);
         s.table.reserve(hit.size());
         for (BlockId b : hit) {
             m.ps->allocator.reuse(b);              // an evictable page leaves the list; may throw
             s.table.adopt_back(std::span(&b, 1));  // reserved: the table owns it at once
         }
+        // Then the pages spilled to the host tier (copied back and indexed again).
+        const size_t from_host = detail::hits_from_host(m, s.table, prompt_tokens, salt, max_pages);
+        const size_t pages = s.table.size();
+        const size_t held = pages * bs;
+        ManagerState::Track t;
+        t.tokens.assign(prompt_tokens.begin(), prompt_tokens.begin() + ptrdiff_t(held));
+        t.salt = salt;
+        t.anchored = pages;
+        if (pages > 0) {
+            t.anchor = s.table[pages - 1];
+            t.anchor_serial = m.index->serial(t.anchor);
+        }
+        t.written = held;  // the shared pages' K/V were written by whoever computed them
         detail::set_length(s, int64_t(held));
         // On a failure below (a map node) s or the added sequence gives its pages back.
         const SeqId id = add_tracked(m, std::move(s), std::move(t));
         ++m.lookups.queries;
         m.lookups.query_tokens += prompt_tokens.size();
         m.lookups.hit_tokens += held;
+        m.lookups.host_hit_pages += from_host;
         return id;
     });
 }
@@ -605,6 +612,7 @@ PrefixCacheStats KVManager::prefix_stats() const {
     if (m.index) {
         s.cached_pages = m.index->size();
         s.evictions = m.ps->allocator.evictions() - m.evictions_base;
+        if (m.ps->host_prefix) s.spilled_pages = m.ps->host_prefix->spilled() - m.spilled_base;
     }
     return s;
 }
@@ -614,6 +622,10 @@ void KVManager::reset_prefix_cache() {
     Lock l(m);
     m.lookups = {};
     m.evictions_base = m.ps->allocator.evictions();
+    if (m.ps->host_prefix) {
+        m.spilled_base = m.ps->host_prefix->spilled();
+        m.ps->host_prefix->clear();  // the host tier's spilled pages go too
+    }
     if (!m.index) return;
     m.index->clear();  // each track's anchor serial is stale now: it registers again from 0
 }

@@ -60,6 +60,7 @@ struct ManagerState {
     std::map<SeqId, uint32_t> stepping;
     PrefixCacheStats lookups;     // queries, hit_tokens, query_tokens
     uint64_t evictions_base = 0;  // the pool's evictions when the counters (re)started
+    uint64_t spilled_base = 0;    // the pool's spilled pages when the counters (re)started
 
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const { ps->check_layer(layer, op, "layer"); }
@@ -118,6 +119,12 @@ struct StepState {
 // Adds a sequence made elsewhere (an imported one) and, with prefix caching, its track,
 // registering the full pages the track vouches for: both or neither.
 SeqId add_sequence_of(ManagerState& m, Sequence&& s, std::optional<ManagerState::Track> track);
+// Prefix caching with a host tier: appends to table (which holds the device-cached prefix of
+// prompt) the pages after it that were spilled to the host, each copied to a fresh device page
+// and indexed, until max_pages, a miss, or no device page is free. Returns how many. Never
+// throws.
+size_t hits_from_host(ManagerState& m, BlockTable& table, std::span<const int32_t> prompt,
+                      uint64_t salt, size_t max_pages) noexcept;
 
 // Ends a step once (Step's destructor, move assignment and KVManager::end_step): with prefix
 // caching, registers the pages it filled if every layer was written. Never throws.

@@ -10,6 +10,7 @@
 #include "allocator/block_allocator.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
+#include "cache/manager/host_prefix.hpp"
 #include "cache/manager/tier_links.hpp"
 #include "pagedkv/block_pool.hpp"
 #include "pagedkv/error.hpp"
@@ -54,6 +55,10 @@ struct PoolState {
     std::unique_ptr<BlockAllocator> host_allocator;
     TierLinks links;
     uint64_t pages_swapped_out = 0, pages_swapped_in = 0;
+    // Prefix pages spilled to the host tier on eviction (null without both a host tier and
+    // prefix caching; made with the first KVManager with prefix caching). Declared after the
+    // host allocator (its pages hold host blocks): destroyed first.
+    std::unique_ptr<HostPrefix> host_prefix;
 
     bool sharded() const noexcept { return shards.size() > 1; }
 

@@ -97,6 +97,12 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     PoolState& ps = Access::pool(pool);
     detail::Device::CallLock lock(*ps.device);
     // The snapshot format has no host tier: refused rather than recorded wrong.
+    if (ps.host_prefix && ps.host_prefix->size() > 0)
+        throw invalid(
+            fmt::format("{}: the pool's host tier holds {} prefix-cached pages spilled from the "
+                        "device, which snapshots do not record (not implemented): "
+                        "reset_prefix_cache() first",
+                        op, ps.host_prefix->size()));
     if (ps.host_allocator && ps.host_allocator->counters().used_blocks > 0)
         throw invalid(
             fmt::format("{}: the pool's host tier holds {} pages of swapped-out "

@@ -39,12 +39,15 @@ struct ManagerOptions {
 
 // Prefix cache counters: this manager's lookups, and the pool's index.
 struct PrefixCacheStats {
-    uint64_t queries = 0;       // add_sequence(prompt) calls
-    uint64_t hit_tokens = 0;    // prompt tokens found cached (need no prefill)
-    uint64_t query_tokens = 0;  // prompt tokens looked up
-    uint64_t cached_pages = 0;  // pages in the pool's index (held by sequences or evictable)
-    uint64_t evictions = 0;     // cached pages the pool evicted to make room, since the
-                                // manager was made or reset_prefix_cache()
+    uint64_t queries = 0;         // add_sequence(prompt) calls
+    uint64_t hit_tokens = 0;      // prompt tokens found cached (need no prefill)
+    uint64_t query_tokens = 0;    // prompt tokens looked up
+    uint64_t cached_pages = 0;    // pages in the pool's index (held by sequences or evictable)
+    uint64_t evictions = 0;       // cached pages the pool evicted to make room, since the
+                                  // manager was made or reset_prefix_cache()
+    uint64_t spilled_pages = 0;   // evicted cached pages copied to the host tier (pool-wide, since
+                                  // the manager was made or reset_prefix_cache())
+    uint64_t host_hit_pages = 0;  // pages this manager's lookups brought back from the host tier
 
     bool operator==(const PrefixCacheStats&) const = default;
 };

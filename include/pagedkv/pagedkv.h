@@ -380,11 +380,13 @@ typedef struct pagedkv_manager_options {
 
 // The C++ PrefixCacheStats: this manager's lookups and the pool's prefix index.
 typedef struct pagedkv_prefix_cache_stats {
-    uint64_t queries;       // add_sequence calls with a prompt
-    uint64_t hit_tokens;    // prompt tokens found cached (need no prefill)
-    uint64_t query_tokens;  // prompt tokens looked up
-    uint64_t cached_pages;  // pages in the pool's index (held by sequences or evictable)
-    uint64_t evictions;     // cached pages the pool evicted to make room, so far
+    uint64_t queries;         // add_sequence calls with a prompt
+    uint64_t hit_tokens;      // prompt tokens found cached (need no prefill)
+    uint64_t query_tokens;    // prompt tokens looked up
+    uint64_t cached_pages;    // pages in the pool's index (held by sequences or evictable)
+    uint64_t evictions;       // cached pages the pool evicted to make room, so far
+    uint64_t spilled_pages;   // evicted cached pages copied to the host tier
+    uint64_t host_hit_pages;  // pages the lookups brought back from the host tier
 } pagedkv_prefix_cache_stats;
 // The defaults: watermark 0.01, no prefix caching.
 PAGEDKV_API void pagedkv_manager_options_init(pagedkv_manager_options* options) PAGEDKV_NOEXCEPT;

@@ -294,3 +294,57 @@ TEST_CASE("prefix index: entries round-trip through restore, and bad entries cha
     REQUIRE(third.size() == 0);
     REQUIRE_FALSE(third.check().empty());  // the allocator marks pages the index lacks
 }
+
+TEST_CASE("the spill listener hears each evicted page's identity before it leaves the index") {
+    struct Heard final : SpillListener {
+        const PrefixIndex* idx = nullptr;
+        struct Page {
+            uint32_t block;
+            uint64_t hash, parent_hash, salt;
+            std::vector<int32_t> tokens;
+            bool indexed;  // still in the index when heard
+        };
+        std::vector<Page> pages;
+        void spilling(BlockId b, uint64_t hash, uint64_t parent_hash, uint64_t salt,
+                      std::span<const int32_t> t) noexcept override {
+            pages.push_back(
+                {index(b), hash, parent_hash, salt, {t.begin(), t.end()}, idx->contains(b)});
+        }
+    } heard;
+    BlockAllocator a(4);
+    PrefixIndex idx(a, kBs);
+    heard.idx = &idx;
+    idx.set_spill_listener(&heard);
+    Seq s = admit(a, idx, {1, 2, 3, 4, 5, 6, 7, 8}, 9);  // blocks 0 1
+    const uint64_t h0 = idx.hash(s.table[0]), h1 = idx.hash(s.table[1]);
+    REQUIRE(idx.page_hash(PrefixIndex::kRootHash, 9, tokens({1, 2, 3, 4})) == h0);
+    REQUIRE(idx.page_hash(h0, 9, tokens({5, 6, 7, 8})) == h1);
+    s.table.release_all();  // leaf first: block 1, then block 0
+    BlockTable got(a);
+    take(a, got, 2);  // the free pages: nothing evicted
+    REQUIRE(heard.pages.empty());
+    take(a, got, 2);  // evicts block 1, then block 0
+    REQUIRE(heard.pages.size() == 2);
+    REQUIRE(heard.pages[0].block == 1);
+    REQUIRE(heard.pages[0].hash == h1);
+    REQUIRE(heard.pages[0].parent_hash == h0);
+    REQUIRE(heard.pages[0].salt == 9);
+    REQUIRE(heard.pages[0].tokens == tokens({5, 6, 7, 8}));
+    REQUIRE(heard.pages[0].indexed);
+    REQUIRE(heard.pages[1].block == 0);
+    REQUIRE(heard.pages[1].hash == h0);
+    REQUIRE(heard.pages[1].parent_hash == PrefixIndex::kRootHash);
+    REQUIRE(heard.pages[1].tokens == tokens({1, 2, 3, 4}));
+    REQUIRE(idx.size() == 0);
+    REQUIRE(a.check() == "");
+    REQUIRE(idx.check() == "");
+    // Unset: evictions are not heard.
+    idx.set_spill_listener(nullptr);
+    got.release_all();
+    Seq t = admit(a, idx, {1, 2, 3, 4});
+    t.table.release_all();
+    BlockTable more(a);
+    take(a, more, 4);
+    REQUIRE(heard.pages.size() == 2);
+    REQUIRE(idx.size() == 0);
+}

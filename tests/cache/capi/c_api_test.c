@@ -706,6 +706,7 @@ static void test_prefix_caching(pagedkv_context* ctx, pagedkv_pool* pool) {
     OK(pagedkv_manager_prefix_stats(m, &ps));
     CHECK(ps.queries == 1 && ps.hit_tokens == 0 && ps.query_tokens == PROMPT);
     CHECK(ps.cached_pages == 2 && ps.evictions == 0);
+    CHECK(ps.spilled_pages == 0 && ps.host_hit_pages == 0);  // no host tier
 
     pagedkv_seq_id b = 0, c = 0;
     OK(pagedkv_manager_add_sequence(m, prompt, PROMPT, 3, &b));

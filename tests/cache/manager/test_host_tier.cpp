@@ -581,3 +581,173 @@ TEST_CASE("host tier: random swaps, steps, forks, truncates and frees match the 
         s.check();
     }
 }
+
+// ---- Prefix pages spilled to the host tier on eviction, and found there again.
+
+namespace {
+
+// The prompt whose pages spill: 13 tokens, 3 full pages (block_size 4).
+std::vector<int32_t> spill_prompt() {
+    std::vector<int32_t> p(13);
+    for (size_t i = 0; i < p.size(); ++i)
+        p[i] = int32_t(i * 7 + 3);
+    return p;
+}
+
+// Computes the prompt in sequence a, keeps its reference K/V under ref id `keep` (the first
+// `kept` tokens), frees a (its 3 full pages stay cached, evictable), then fills the 8-page pool
+// with a sequence of 32 tokens stepped without ids (never cached) and frees it: a's pages are
+// evicted, leaves first. Returns the spilled pages counted.
+uint64_t spill_a(Swapped& s, uint64_t keep, int64_t kept) {
+    const std::vector<int32_t> prompt = spill_prompt();
+    const SeqId a = s.mgr.add_sequence(prompt);
+    s.ref.add(a);
+    const std::vector<std::vector<int32_t>> ids{prompt};
+    s.step({a}, {13}, &ids);
+    s.check();
+    s.ref.fork(a, keep);
+    s.ref.truncate(keep, kept);
+    s.mgr.free(a);
+    s.ref.free(a);
+    s.toks.erase(a);
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+    REQUIRE(s.mgr.prefix_stats().spilled_pages == 0);
+    REQUIRE(s.pool.check() == "");
+    const SeqId b = s.mgr.add_sequence();
+    s.ref.add(b);
+    s.step({b}, {32});  // 8 pages: the 5 free ones, then a's 3 evicted
+    REQUIRE(s.pool.check() == "");
+    REQUIRE(s.mgr.prefix_stats().evictions == 3);
+    REQUIRE(s.mgr.prefix_stats().cached_pages == 0);
+    // b's K/V are its own (the spill copied a's bytes before b wrote the pages).
+    s.ref.fork(b, keep + 1);  // check() compares b while keep is set aside
+    s.ref.free(keep + 1);
+    s.free(b);
+    REQUIRE(s.pool.check() == "");
+    return s.mgr.prefix_stats().spilled_pages;
+}
+
+// Admits the prompt again as c: the hit pages come from the host tier; c's reference is the
+// kept K/V truncated to c's length.
+SeqId hit_again(Swapped& s, uint64_t keep) {
+    const std::vector<int32_t> prompt = spill_prompt();
+    const SeqId c = s.mgr.add_sequence(prompt);
+    s.ref.fork(keep, c);
+    s.ref.free(keep);
+    s.ref.truncate(c, s.mgr.length(c));
+    s.toks[c].assign(prompt.begin(), prompt.begin() + s.mgr.length(c));
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("host tier: evicted prefix pages spill to the host and are hit again",
+          "[gpu][host][prefix]") {
+    ValidatedContext vc;
+    for (DType dtype : {DType::F16, DType::Int8, DType::FP8E4M3}) {
+        INFO(to_string(dtype));
+        Swapped s(vc.ctx, host_config(dtype, 8, 8), true);
+        const uint64_t keep = 1'000'000;
+        REQUIRE(spill_a(s, keep, 12) == 3);
+        REQUIRE(s.pool.stats().used_host_blocks == 3);  // spilled pages hold host blocks
+        REQUIRE(s.mgr.prefix_stats().host_hit_pages == 0);
+        const SeqId c = hit_again(s, keep);
+        REQUIRE(s.mgr.length(c) == 12);
+        const PrefixCacheStats st = s.mgr.prefix_stats();
+        REQUIRE(st.host_hit_pages == 3);
+        REQUIRE(st.hit_tokens == 12);
+        REQUIRE(st.cached_pages == 3);  // indexed on the device again
+        s.check();                      // c's K/V are a's, bit for bit
+        // c computes its last token and goes on; a fourth prompt hits the device pages now.
+        const std::vector<std::vector<int32_t>> last{{spill_prompt()[12]}};
+        s.step({c}, {1}, &last);
+        s.check();
+        const SeqId d = s.mgr.add_sequence(spill_prompt());
+        REQUIRE(s.mgr.length(d) == 12);
+        REQUIRE(s.mgr.prefix_stats().host_hit_pages == 3);  // from the device this time
+        REQUIRE(shared_pages(s.mgr.block_table(c), s.mgr.block_table(d), 3).size() == 3);
+        s.ref.fork(c, d);
+        s.ref.truncate(d, 12);
+        s.check();
+
+        // Snapshots refuse spilled pages; reset_prefix_cache drops them.
+        s.free(c);
+        s.free(d);
+        REQUIRE(s.pool.stats().used_host_blocks == 3);
+        TempFile f("host-spill.snap");
+        const KVManager* managers[] = {&s.mgr};
+        require_error([&] { save_snapshot(f.path, s.pool, {}, managers); },
+                      ErrorCode::InvalidArgument, "3 prefix-cached pages spilled");
+        s.mgr.reset_prefix_cache();
+        REQUIRE(s.pool.stats().used_host_blocks == 0);
+        REQUIRE(s.mgr.prefix_stats() == PrefixCacheStats{});
+        REQUIRE(s.pool.check() == "");
+        save_snapshot(f.path, s.pool, {}, managers);
+    }
+}
+
+TEST_CASE("host tier: a full host tier drops the least recently spilled page",
+          "[gpu][host][prefix]") {
+    ValidatedContext vc;
+    for (DType dtype : {DType::F16, DType::Int8}) {
+        INFO(to_string(dtype));
+        Swapped s(vc.ctx, host_config(dtype, 8, 2), true);
+        const uint64_t keep = 1'000'000;
+        // a's pages spill leaves first: page 2, page 1, then page 0 drops page 2.
+        REQUIRE(spill_a(s, keep, 8) == 3);
+        REQUIRE(s.pool.stats().used_host_blocks == 2);
+        // The lookup finds pages 0 and 1 and misses page 2 cleanly.
+        const SeqId c = hit_again(s, keep);
+        REQUIRE(s.mgr.length(c) == 8);
+        REQUIRE(s.mgr.prefix_stats().host_hit_pages == 2);
+        REQUIRE(s.mgr.prefix_stats().hit_tokens == 8);
+        s.check();
+        // c computes the rest of the prompt, its pages are indexed again.
+        const std::vector<int32_t> prompt = spill_prompt();
+        const std::vector<std::vector<int32_t>> rest{{prompt.begin() + 8, prompt.end()}};
+        s.step({c}, {5}, &rest);
+        s.check();
+        REQUIRE(s.mgr.prefix_stats().cached_pages == 3);
+    }
+}
+
+TEST_CASE("host tier: swap_out takes the host blocks of spilled pages back",
+          "[gpu][host][prefix]") {
+    ValidatedContext vc;
+    for (DType dtype : {DType::F16, DType::Int8}) {
+        INFO(to_string(dtype));
+        Swapped s(vc.ctx, host_config(dtype, 8, 4), true);
+        const uint64_t keep = 1'000'000;
+        REQUIRE(spill_a(s, keep, 4) == 3);
+        REQUIRE(s.pool.stats().used_host_blocks == 3);  // 1 host block free
+        // b needs 3 host blocks: the two least recently spilled pages (2 and 1) give theirs.
+        const SeqId b = s.add();
+        s.step({b}, {12});
+        s.swap_out(b);
+        REQUIRE(s.mgr.is_swapped(b));
+        REQUIRE(s.pool.stats().used_host_blocks == 4);
+        REQUIRE(s.pool.check() == "");
+        // Page 0 is still on the host: the prompt hits it.
+        const SeqId c = hit_again(s, keep);
+        REQUIRE(s.mgr.length(c) == 4);
+        REQUIRE(s.mgr.prefix_stats().host_hit_pages == 1);
+        s.check();
+        // b beside page 0 fills the host tier; a swap_out that would fail even with page 0's
+        // block throws OutOfBlocks and drops nothing.
+        s.free(c);
+        const SeqId g = s.add();
+        s.step({g}, {8});
+        REQUIRE(s.pool.stats().used_host_blocks == 4);
+        require_error([&] { s.swap_out(g); }, ErrorCode::OutOfBlocks, "host tier");
+        REQUIRE(s.pool.stats().used_host_blocks == 4);
+        REQUIRE(s.pool.check() == "");
+        // One page: page 0's host block goes to it.
+        s.truncate(g, 4);
+        s.swap_out(g);
+        REQUIRE(s.pool.stats().used_host_blocks == 4);
+        REQUIRE(s.pool.check() == "");
+        s.swap_in(g);
+        s.swap_in(b);
+        s.check();
+    }
+}
