@@ -24,9 +24,7 @@ Error invalid(const std::string& m) {
     return Error(ErrorCode::InvalidArgument, m);
 }
 
-struct Lock : detail::PoolLock {
-    explicit Lock(const ManagerState& m) : detail::PoolLock(*m.ps, "KVManager", "the managers") {}
-};
+using Lock = detail::ManagerLock;
 
 // The sequence, checked for a move between tiers: a host tier exists, the sequence is live, on
 // the tier it leaves (`swapped` says which), and in no step that has not ended.

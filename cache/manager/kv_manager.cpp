@@ -40,19 +40,8 @@ Error invalid(const std::string& m) {
 // are the attention kernel's row lengths.
 constexpr uint64_t kMaxTokens = uint64_t(INT32_MAX);
 
-// The device lock for one call; throws when the pool is gone.
-struct Lock : detail::PoolLock {
-    explicit Lock(const ManagerState& m) : detail::PoolLock(*m.ps, "KVManager", "the managers") {}
-};
-
-template <class F>
-auto host_memory_guard(const char* op, F&& f) {
-    try {
-        return f();
-    } catch (const std::bad_alloc&) {
-        throw Error(ErrorCode::OutOfMemory, fmt::format("{}: out of host memory", op));
-    }
-}
+using Lock = detail::ManagerLock;
+using detail::host_memory_guard;
 
 Sequence& find(ManagerState& m, SeqId id, const char* op) {
     Sequence* s = m.seqs.find(id);
@@ -583,6 +572,19 @@ uint64_t KVManager::pages_held() const {
     return pages.size();
 }
 
+namespace {
+
+// A gather of a sequence's tokens in order: tensor row i from the slot of token i.
+std::vector<detail::RowEntry> gather_entries(const Sequence& s, int64_t len, uint32_t block_size) {
+    std::vector<detail::RowEntry> entries;
+    entries.reserve(size_t(len));
+    for (int64_t i = 0; i < len; ++i)
+        entries.push_back({uint32_t(i), slot_of(s.table, i, block_size)});
+    return entries;
+}
+
+}  // namespace
+
 std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     const ManagerState& m = *state_;
     Lock l(m);
@@ -595,13 +597,9 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     std::pair<Tensor, Tensor> kv{
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, t),
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, t)};
-    if (len > 0) {
-        std::vector<detail::RowEntry> entries;
-        entries.reserve(size_t(len));
-        for (int64_t i = 0; i < len; ++i)
-            entries.push_back({uint32_t(i), slot_of(s.table, i, c.block_size)});
-        detail::record_kv_all(*m.ps, layer, kv.first, kv.second, entries, uint32_t(len), true);
-    }
+    if (len > 0)
+        detail::record_kv_all(*m.ps, layer, kv.first, kv.second,
+                              gather_entries(s, len, c.block_size), uint32_t(len), true);
     return detail::converted(kv, *c.compute_dtype);
 }
 
@@ -928,10 +926,7 @@ std::vector<std::pair<Tensor, Tensor>> KVManager::gather_shards(SeqId seq, uint3
     m.check_layer(layer, "gather_shards");
     const int64_t len = detail::length_of(s);
     const DType t = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
-    std::vector<detail::RowEntry> entries;
-    entries.reserve(size_t(len));
-    for (int64_t i = 0; i < len; ++i)
-        entries.push_back({uint32_t(i), slot_of(s.table, i, c.block_size)});
+    const std::vector<detail::RowEntry> entries = gather_entries(s, len, c.block_size);
     std::vector<std::pair<Tensor, Tensor>> out;
     for (const detail::Shard& sh : m.ps->shards) {
         const int64_t heads = sh.format.num_kv_heads;

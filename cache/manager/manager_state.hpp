@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 
 #include <fmt/format.h>
@@ -65,6 +66,21 @@ struct ManagerState {
     // Throws InvalidArgument naming op when layer is not one of the pool's.
     void check_layer(uint32_t layer, const char* op) const { ps->check_layer(layer, op, "layer"); }
 };
+
+// One call into a manager: every device's call lock; throws when the pool is gone.
+struct ManagerLock : PoolLock {
+    explicit ManagerLock(const ManagerState& m) : PoolLock(*m.ps, "KVManager", "the managers") {}
+};
+
+// f(), with running out of host memory turned into Error(OutOfMemory) naming op.
+template <class F>
+auto host_memory_guard(const char* op, F&& f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        throw Error(ErrorCode::OutOfMemory, fmt::format("{}: out of host memory", op));
+    }
+}
 
 // Whether the sequence is swapped out: its table lists host-tier blocks.
 inline bool is_swapped(const ManagerState& m, const Sequence& s) noexcept {

@@ -25,18 +25,8 @@ using detail::SequenceMessage;
 
 namespace {
 
-struct Lock : detail::PoolLock {
-    explicit Lock(const ManagerState& m) : detail::PoolLock(*m.ps, "KVManager", "the managers") {}
-};
-
-template <class F>
-auto host_memory_guard(const char* op, F&& f) {
-    try {
-        return f();
-    } catch (const std::bad_alloc&) {
-        throw Error(ErrorCode::OutOfMemory, fmt::format("{}: out of host memory", op));
-    }
-}
+using Lock = detail::ManagerLock;
+using detail::host_memory_guard;
 
 // The importer's answer has a fixed size, so that the sender receives it whole in the one
 // receive it posts before sending: u32 code, u32 text bytes, the text (padded).

@@ -14,33 +14,40 @@
 
 namespace pagedkv::detail {
 
-std::shared_ptr<DevicePageStore> DevicePageStore::create(Device& dev, const PageFormat& format,
-                                                         uint64_t num_blocks,
-                                                         uint64_t max_slab_bytes) {
+StoreSlabs make_store_slabs(Device& dev, const PageFormat& format, uint64_t num_blocks,
+                            uint64_t max_slab_bytes, MemoryKind kind, const char* what) {
     const uint64_t block_bytes = format.block_bytes();
     // As large as the device allows: the kernels address pages, nothing binds a slab.
     uint64_t limit = dev.max_buffer_bytes();
     if (max_slab_bytes) limit = std::min(limit, max_slab_bytes);
     if (block_bytes > limit)
         throw Error(ErrorCode::CapacityExceeded,
-                    fmt::format("one block needs {} bytes ({} layers x K+V pages), more than a "
+                    fmt::format("{}one block needs {} bytes ({} layers x K+V pages), more than a "
                                 "slab may hold ({} bytes); use a smaller block_size",
-                                block_bytes, format.num_layers, limit));
-    uint32_t shift = 0;
-    while ((uint64_t(2) << shift) * block_bytes <= limit && (uint64_t(1) << shift) < num_blocks)
-        ++shift;
-    const uint64_t per_slab = uint64_t(1) << shift;
-    std::vector<std::shared_ptr<Buffer>> slabs;
+                                what, block_bytes, format.num_layers, limit));
+    StoreSlabs out;
+    while ((uint64_t(2) << out.shift) * block_bytes <= limit &&
+           (uint64_t(1) << out.shift) < num_blocks)
+        ++out.shift;
+    const uint64_t per_slab = uint64_t(1) << out.shift;
     std::vector<uint64_t> addresses;
     for (uint64_t first = 0; first < num_blocks; first += per_slab) {
         const uint64_t blocks = std::min(per_slab, num_blocks - first);
-        slabs.push_back(Buffer::create(dev, blocks * block_bytes, MemoryKind::DeviceLocal));
-        addresses.push_back(slabs.back()->address());
+        out.slabs.push_back(Buffer::create(dev, blocks * block_bytes, kind));
+        addresses.push_back(out.slabs.back()->address());
     }
-    auto table = Buffer::create(dev, addresses.size() * sizeof(uint64_t), MemoryKind::DeviceLocal);
-    table->write(addresses.data(), addresses.size() * sizeof(uint64_t));
-    return std::make_shared<DevicePageStore>(format, num_blocks, shift, std::move(slabs),
-                                             std::move(table));
+    out.table = Buffer::create(dev, addresses.size() * sizeof(uint64_t), kind);
+    out.table->write(addresses.data(), addresses.size() * sizeof(uint64_t));
+    return out;
+}
+
+std::shared_ptr<DevicePageStore> DevicePageStore::create(Device& dev, const PageFormat& format,
+                                                         uint64_t num_blocks,
+                                                         uint64_t max_slab_bytes) {
+    StoreSlabs s =
+        make_store_slabs(dev, format, num_blocks, max_slab_bytes, MemoryKind::DeviceLocal, "");
+    return std::make_shared<DevicePageStore>(format, num_blocks, s.shift, std::move(s.slabs),
+                                             std::move(s.table));
 }
 
 void resolve_byte_paths(Device& dev) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "allocator/page_format.hpp"
 #include "shaders/kernels/page_slabs.hpp"
@@ -12,6 +13,18 @@
 namespace pagedkv::detail {
 
 class Device;
+
+// The slabs of a store of num_blocks pages of format in memory of `kind`: a power of two of
+// blocks per slab, as many as max_slab_bytes (0: the device's buffer limit) allows, and the
+// table of their addresses. Throws CapacityExceeded (its message starting with `what`) when one
+// block does not fit a slab.
+struct StoreSlabs {
+    uint32_t shift = 0;
+    std::vector<std::shared_ptr<Buffer>> slabs;
+    std::shared_ptr<Buffer> table;
+};
+StoreSlabs make_store_slabs(Device& dev, const PageFormat& format, uint64_t num_blocks,
+                            uint64_t max_slab_bytes, MemoryKind kind, const char* what);
 
 class DevicePageStore : public PageSlabs {
   public:
