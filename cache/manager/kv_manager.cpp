@@ -905,15 +905,15 @@ void KVManager::write_shards(const Step& step, uint32_t layer, std::span<const T
             ks.push_back(detail::converted(keys[d], in));
             vs.push_back(detail::converted(values[d], in));
         }
-        const std::vector<detail::RowEntry> entries =
-            n == 1 ? s.entries : detail::shard_entries(s.entries, c.num_kv_heads, 1, share);
+        std::vector<detail::Buffer*> kb, vb;
+        std::vector<DType> dtypes;
         for (size_t d = 0; d < n; ++d) {
-            const detail::Shard& sh = m.ps->shards[d];
-            detail::record_kv(*sh.device, *sh.pages, sh.format, layer,
-                              detail::Access::buffer(ks[d]), detail::Access::buffer(vs[d]),
-                              ks[d].dtype(), entries, share, 1, false,
-                              n == 1 ? s.buffer.get() : nullptr, s.entries_offset);
+            kb.push_back(&detail::Access::buffer(ks[d]));
+            vb.push_back(&detail::Access::buffer(vs[d]));
+            dtypes.push_back(ks[d].dtype());
         }
+        detail::record_kv_shards(*m.ps, layer, kb, vb, dtypes, s.entries, 1, false, s.buffer.get(),
+                                 s.entries_offset);
         if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });
 }
@@ -933,12 +933,13 @@ std::vector<std::pair<Tensor, Tensor>> KVManager::gather_shards(SeqId seq, uint3
         out.emplace_back(detail::Access::empty_tensor(sh.device, {heads, len, c.head_dim}, t),
                          detail::Access::empty_tensor(sh.device, {heads, len, c.v_head_dim}, t));
     }
-    for (size_t d = 0; d < out.size() && len > 0; ++d) {
-        const detail::Shard& sh = m.ps->shards[d];
-        detail::record_kv(*sh.device, *sh.pages, sh.format, layer,
-                          detail::Access::buffer(out[d].first),
-                          detail::Access::buffer(out[d].second), t, entries, sh.format.num_kv_heads,
-                          uint32_t(len), true);
+    if (len > 0) {
+        std::vector<detail::Buffer*> kb, vb;
+        for (auto& [k, v] : out) {
+            kb.push_back(&detail::Access::buffer(k));
+            vb.push_back(&detail::Access::buffer(v));
+        }
+        detail::record_kv_shards(*m.ps, layer, kb, vb, {&t, 1}, entries, uint32_t(len), true);
     }
     for (auto& kv : out)
         kv = detail::converted(kv, *c.compute_dtype);

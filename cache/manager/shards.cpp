@@ -77,23 +77,41 @@ void record_page_copies(PoolState& ps, std::span<const std::pair<uint32_t, uint3
         record_page_copies(*s.device, *s.pages, copies);
 }
 
+void record_kv_shards(PoolState& ps, uint32_t layer, std::span<Buffer* const> ks,
+                      std::span<Buffer* const> vs, std::span<const DType> dtypes,
+                      std::span<const RowEntry> entries, uint32_t head_stride, bool gather,
+                      Buffer* entries_buffer, uint64_t entries_offset) {
+    const uint32_t share = ps.shards[0].format.num_kv_heads;
+    std::vector<RowEntry> readdressed;
+    if (ps.sharded()) {
+        readdressed = shard_entries(entries, ps.format.num_kv_heads, head_stride, share);
+        entries = readdressed;
+        entries_buffer = nullptr;  // the uploaded entries address every head
+    }
+    for (size_t d = 0; d < ps.shards.size(); ++d) {
+        Shard& s = ps.shards[d];
+        const DType t = dtypes.size() == 1 ? dtypes[0] : dtypes[d];
+        record_kv(*s.device, *s.pages, s.format, layer, *ks[d], *vs[d], t, entries, share,
+                  head_stride, gather, entries_buffer, entries_offset);
+    }
+}
+
 void record_kv_all(PoolState& ps, uint32_t layer, const Tensor& kt, const Tensor& vt,
                    std::span<const RowEntry> entries, uint32_t head_stride, bool gather,
                    Buffer* entries_buffer, uint64_t entries_offset) {
-    const uint32_t heads = ps.format.num_kv_heads;
-    const DType tensor_dtype = kt.dtype();
     Buffer &k = Access::buffer(kt), &v = Access::buffer(vt);
+    const DType dtype[] = {kt.dtype()};
     if (!ps.sharded()) {
-        Shard& s = ps.shards[0];
-        record_kv(*s.device, *s.pages, s.format, layer, k, v, tensor_dtype, entries, heads,
-                  head_stride, gather, entries_buffer, entries_offset);
+        Buffer* const kb[] = {&k};
+        Buffer* const vb[] = {&v};
+        record_kv_shards(ps, layer, kb, vb, dtype, entries, head_stride, gather, entries_buffer,
+                         entries_offset);
         return;
     }
-    const uint64_t es = dtype_size(tensor_dtype);
+    const uint64_t es = dtype_size(kt.dtype());
+    const uint32_t heads = ps.format.num_kv_heads;
     const HeadRows kr{heads, head_stride, ps.format.head_dim * es};
     const HeadRows vr{heads, head_stride, ps.format.v_head_dim * es};
-    const uint32_t share = ps.shards[0].format.num_kv_heads;
-    const std::vector<RowEntry> mine = shard_entries(entries, heads, head_stride, share);
     std::vector<std::shared_ptr<Buffer>> ks, vs;
     if (gather) {
         ks = per_shard_buffers(ps, kt.nbytes());
@@ -102,11 +120,12 @@ void record_kv_all(PoolState& ps, uint32_t layer, const Tensor& kt, const Tensor
         ks = split_heads(ps, k, kt.nbytes(), kr);
         vs = split_heads(ps, v, vt.nbytes(), vr);
     }
-    for (size_t d = 0; d < ps.shards.size(); ++d) {
-        Shard& s = ps.shards[d];
-        record_kv(*s.device, *s.pages, s.format, layer, *ks[d], *vs[d], tensor_dtype, mine, share,
-                  head_stride, gather);
+    std::vector<Buffer*> kb, vb;
+    for (size_t d = 0; d < ks.size(); ++d) {
+        kb.push_back(ks[d].get());
+        vb.push_back(vs[d].get());
     }
+    record_kv_shards(ps, layer, kb, vb, dtype, entries, head_stride, gather);
     if (gather) {
         join_heads(ps, ks, k, kt.nbytes(), kr);
         join_heads(ps, vs, v, vt.nbytes(), vr);

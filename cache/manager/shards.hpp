@@ -44,6 +44,15 @@ std::vector<RowEntry> shard_entries(std::span<const RowEntry> entries, uint32_t 
 // Page copies (copy-on-write) on every device.
 void record_page_copies(PoolState& ps, std::span<const std::pair<uint32_t, uint32_t>> copies);
 
+// record_kv on every device, device d on ks[d] and vs[d] (on that device, holding its share of
+// the heads, in dtypes[d], or dtypes[0] for every device when only one is given). entries address
+// rows laid out for every head (head_stride rows a head) and are readdressed for one device's
+// share; with one device, entries_buffer (optional) holds them already.
+void record_kv_shards(PoolState& ps, uint32_t layer, std::span<Buffer* const> ks,
+                      std::span<Buffer* const> vs, std::span<const DType> dtypes,
+                      std::span<const RowEntry> entries, uint32_t head_stride, bool gather,
+                      Buffer* entries_buffer = nullptr, uint64_t entries_offset = 0);
+
 // record_kv on every device: k and v hold every head on the first device (scattered from, or
 // gathered into). With one device, entries_buffer (optional) holds the entries already.
 void record_kv_all(PoolState& ps, uint32_t layer, const Tensor& k, const Tensor& v,
