@@ -21,6 +21,7 @@ namespace detail {
 PoolState::PoolState(std::vector<std::shared_ptr<Device>> devices, const PoolConfig& cfg)
     : device(devices.at(0)),
       config(cfg),
+      groups(LayerGroups::make(cfg.num_layers, cfg.layer_windows)),
       format(pool_shape(cfg).format()),
       allocator(cfg.num_blocks) {
     if (cfg.num_host_blocks) host_allocator = std::make_unique<BlockAllocator>(cfg.num_host_blocks);
@@ -45,6 +46,12 @@ namespace {
 
 PoolConfig checked(PoolConfig c, const detail::Device& dev, uint32_t num_devices = 1) {
     if (c.v_head_dim == 0) c.v_head_dim = c.head_dim;
+    if (const auto problem = check_layer_windows(c.num_layers, c.layer_windows))
+        throw Error(ErrorCode::InvalidArgument, "BlockPool: " + *problem);
+    // Every layer full attention is the plain layout.
+    if (std::all_of(c.layer_windows.begin(), c.layer_windows.end(),
+                    [](uint32_t w) { return w == 0; }))
+        c.layer_windows.clear();
     if (!known_layout(c.layout))
         throw Error(ErrorCode::InvalidArgument,
                     fmt::format("BlockPool: unknown page layout {} (0 head_major, 1 token_major, "

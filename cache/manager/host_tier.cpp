@@ -286,6 +286,7 @@ size_t hits_from_host(ManagerState& m, BlockTable& table, std::span<const int32_
 void KVManager::swap_out(SeqId seq) {
     ManagerState& m = *state_;
     Lock l(m);
+    m.ps->refuse_hybrid("swap_out");
     try {
         move_pages(m, seq, movable(m, seq, false, "swap_out"), true, "swap_out");
     } catch (const std::bad_alloc&) {
@@ -296,6 +297,7 @@ void KVManager::swap_out(SeqId seq) {
 void KVManager::swap_in(SeqId seq) {
     ManagerState& m = *state_;
     Lock l(m);
+    m.ps->refuse_hybrid("swap_in");
     try {
         move_pages(m, seq, movable(m, seq, true, "swap_in"), false, "swap_in");
     } catch (const std::bad_alloc&) {

@@ -87,68 +87,112 @@ std::vector<Sequence*> resolve(ManagerState& m, std::span<const SeqId> ids,
     return out;
 }
 
-detail::GrowthPlan plan(const ManagerState& m, const std::vector<Sequence*>& seqs,
-                        std::span<const uint32_t> counts, uint32_t lookahead) {
+// Growing sequences: per (sequence, layer group) unit (unit i * groups + g), the sliding
+// groups' leading pages that left the window, released first, and the growth of each table.
+struct Growth {
+    uint32_t groups = 1;
+    std::vector<size_t> lead;  // [unit]: leading pages released
+    uint64_t freed = 0;        // pages those releases give back to the free list
+    detail::GrowthPlan p;      // [unit], over the tables before the releases
+};
+
+Growth plan(const ManagerState& m, const std::vector<Sequence*>& seqs,
+            std::span<const uint32_t> counts, uint32_t lookahead) {
+    const detail::PoolState& ps = *m.ps;
+    const uint32_t bs = ps.config.block_size;
+    Growth g;
+    g.groups = ps.groups.num_groups();
+    const size_t units = seqs.size() * g.groups;
     std::vector<const BlockTable*> tables;
     std::vector<int64_t> lengths;
-    tables.reserve(seqs.size());
-    lengths.reserve(seqs.size());
-    for (const Sequence* s : seqs) {
-        tables.push_back(&s->table);
-        lengths.push_back(detail::length_of(*s));
-    }
-    return detail::plan_growth(tables, lengths, counts, lookahead, m.ps->config.block_size,
-                               m.ps->allocator);
+    std::vector<uint32_t> unit_counts;
+    tables.reserve(units);
+    lengths.reserve(units);
+    unit_counts.reserve(units);
+    g.lead.assign(units, 0);
+    for (size_t i = 0; i < seqs.size(); ++i)
+        for (uint32_t k = 0; k < g.groups; ++k) {
+            const Sequence& s = *seqs[i];
+            const BlockTable& t = s.group(k);
+            const int64_t origin = detail::table_origin(ps, s, k);
+            tables.push_back(&t);
+            lengths.push_back(detail::length_of(s) - origin);
+            unit_counts.push_back(counts[i]);
+            const size_t lead =
+                std::min(t.size(), size_t((detail::first_held(ps, s, k) - origin) / int64_t(bs)));
+            g.lead[i * g.groups + k] = lead;
+            for (size_t p = 0; p < lead; ++p)
+                if (ps.allocator.refcount(t[p]) == 1 && !ps.allocator.is_cached(t[p])) ++g.freed;
+        }
+    g.p = detail::plan_growth(tables, lengths, unit_counts, lookahead, bs, ps.allocator);
+    return g;
 }
 
 // OutOfBlocks naming each sequence that needs pages, unless the pool has them.
-void check_pages(const ManagerState& m, const detail::GrowthPlan& p, std::span<const SeqId> ids,
+void check_pages(const ManagerState& m, const Growth& g, std::span<const SeqId> ids,
                  const char* op) {
     const uint64_t free = m.ps->allocator.available_blocks();  // evictable pages count
-    if (p.needed <= free) return;
+    const detail::GrowthPlan& p = g.p;
+    if (p.needed <= free + g.freed) return;
     std::vector<std::string> who;
     for (size_t i = 0; i < ids.size(); ++i) {
-        const auto& s = p.seqs[i];
-        if (s.extra + s.copies.size() == 0) continue;
-        who.push_back(s.copies.empty()
-                          ? fmt::format("sequence {}: {}", ids[i], s.extra)
+        uint64_t extra = 0, copies = 0;
+        for (uint32_t k = 0; k < g.groups; ++k) {
+            extra += p.seqs[i * g.groups + k].extra;
+            copies += p.seqs[i * g.groups + k].copies.size();
+        }
+        if (extra + copies == 0) continue;
+        who.push_back(copies == 0
+                          ? fmt::format("sequence {}: {}", ids[i], extra)
                           : fmt::format("sequence {}: {} ({} of them copies of shared pages)",
-                                        ids[i], s.extra + s.copies.size(), s.copies.size()));
+                                        ids[i], extra + copies, copies));
     }
-    throw Error(ErrorCode::OutOfBlocks,
-                fmt::format("{}: needs {} pages ({}), the pool has {} free{}", op, p.needed,
-                            fmt::join(who, ", "), free,
-                            m.ps->allocator.counters().cached_blocks
-                                ? fmt::format(" (evictable ones included)")
-                                : std::string()));
+    throw Error(
+        ErrorCode::OutOfBlocks,
+        fmt::format(
+            "{}: needs {} pages ({}), the pool has {} free{}{}", op, p.needed, fmt::join(who, ", "),
+            free,
+            m.ps->allocator.counters().cached_blocks ? fmt::format(" (evictable ones included)")
+                                                     : std::string(),
+            g.freed ? fmt::format(" and {} leaving sliding windows", g.freed) : std::string()));
 }
 
-// Commits a checked plan: fresh pages, copies of the shared pages written, appended pages.
-void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const detail::GrowthPlan& p) {
+// Commits a checked plan: the sliding groups' releases, fresh pages, copies of the shared pages
+// written, appended pages.
+void commit(ManagerState& m, const std::vector<Sequence*>& seqs, const Growth& g) {
     ++m.generation;
+    const detail::PoolState& ps = *m.ps;
+    const uint32_t bs = ps.config.block_size;
+    for (size_t i = 0; i < seqs.size(); ++i)
+        for (uint32_t k = 0; k < g.groups; ++k)
+            if (const size_t lead = g.lead[i * g.groups + k])
+                seqs[i]->release_leading(k, ps.groups.layers[k], lead, bs);
     // Host tier: a page the new tokens land in (in place or a fresh copy) no longer holds the
     // bytes of a host copy, nor does a fresh page (unlinked below).
     if (!m.ps->links.empty()) {
-        const uint32_t bs = m.ps->config.block_size;
         for (const Sequence* q : seqs)
             for (size_t page = size_t(detail::length_of(*q) / bs); page < q->table.size(); ++page)
                 m.ps->links.unlink_device(index(q->table[page]));
     }
+    const detail::GrowthPlan& p = g.p;
     if (p.needed == 0) return;
     std::vector<BlockId> fresh;
     fresh.reserve(p.needed);
     std::vector<std::pair<uint32_t, uint32_t>> copies;
     m.ps->allocator.allocate(p.needed, fresh);  // cannot fail: check_pages
     size_t next = 0;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-        BlockTable& t = seqs[i]->table;
-        for (size_t page : p.seqs[i].copies) {
-            copies.emplace_back(index(t[page]), index(fresh[next]));
-            t.replace(page, fresh[next++]);  // the old page stays with its other sharers
+    for (size_t i = 0; i < seqs.size(); ++i)
+        for (uint32_t k = 0; k < g.groups; ++k) {
+            const size_t u = i * g.groups + k;
+            BlockTable& t = seqs[i]->group(k);
+            for (size_t page : p.seqs[u].copies) {
+                const size_t at = page - g.lead[u];  // (copies lie past the released pages)
+                copies.emplace_back(index(t[at]), index(fresh[next]));
+                t.replace(at, fresh[next++]);  // the old page stays with its other sharers
+            }
+            t.adopt_back(std::span(fresh).subspan(next, p.seqs[u].extra));
+            next += p.seqs[u].extra;
         }
-        t.adopt_back(std::span(fresh).subspan(next, p.seqs[i].extra));
-        next += p.seqs[i].extra;
-    }
     if (!m.ps->links.empty()) {
         for (BlockId b : fresh)
             m.ps->links.unlink_device(index(b));
@@ -199,8 +243,15 @@ SeqId add_tracked(ManagerState& m, Sequence&& s, std::optional<ManagerState::Tra
     return id;
 }
 
-uint32_t slot_of(const BlockTable& t, int64_t position, uint32_t bs) {
-    return index(t[size_t(position / bs)]) * bs + uint32_t(position % bs);
+// Gives back the pages of each table past the sequence's length (allocate's reservation).
+void drop_reserved(const detail::PoolState& ps, Sequence& s) {
+    const uint32_t bs = ps.config.block_size;
+    for (uint32_t g = 0; g < s.num_groups(); ++g) {
+        BlockTable& t = s.group(g);
+        const int64_t in_table = detail::length_of(s) - detail::table_origin(ps, s, g);
+        const size_t used = size_t((uint64_t(std::max<int64_t>(0, in_table)) + bs - 1) / bs);
+        if (t.size() > used) t.release_back(t.size() - used);
+    }
 }
 
 uint64_t align16(uint64_t v) {
@@ -328,7 +379,7 @@ const std::vector<int64_t>& Step::first_positions() const {
     return state_of(state_).first_pos;
 }
 const std::vector<uint32_t>& Step::slot_mapping() const {
-    return state_of(state_).slot_mapping;
+    return state_of(state_).tables[0].slot_mapping;
 }
 
 PagedView Step::view(uint32_t layer) const {
@@ -339,25 +390,28 @@ PagedView Step::view(uint32_t layer) const {
     m.check_layer(layer, "Step::view");
     PagedView v = detail::view_pages(*m.ps, layer);
     if (!s.layer_done.empty()) state_->layer_done[layer] = 1;  // the runtime writes it
+    const detail::StepTable& t = s.table_of(layer);
     v.batch = uint32_t(s.seqs.size());
     v.table = s.buffer->handle();
     const VkDeviceAddress base = s.buffer->address();
-    v.indptr_offset = s.indptr_offset;
-    v.indices_offset = s.indices_offset;
-    v.last_page_len_offset = s.last_page_len_offset;
-    v.first_slot_offset = s.first_slot_offset;
-    v.slot_mapping_offset = s.slot_mapping_offset;
-    v.indptr = base + s.indptr_offset;
-    v.indices = base + s.indices_offset;
-    v.last_page_len = base + s.last_page_len_offset;
-    v.first_slot = base + s.first_slot_offset;
-    v.slot_mapping = base + s.slot_mapping_offset;
+    v.indptr_offset = t.indptr_offset;
+    v.indices_offset = t.indices_offset;
+    v.last_page_len_offset = t.last_page_len_offset;
+    v.first_slot_offset = t.first_slot_offset;
+    v.slot_mapping_offset = t.slot_mapping_offset;
+    v.indptr = base + t.indptr_offset;
+    v.indices = base + t.indices_offset;
+    v.last_page_len = base + t.last_page_len_offset;
+    v.first_slot = base + t.first_slot_offset;
+    v.slot_mapping = base + t.slot_mapping_offset;
     v.num_tokens = s.total;
-    v.host_indptr = s.indptr;
-    v.host_indices = s.indices;
-    v.host_last_page_len = s.last_page_len;
-    v.host_first_slot = s.first_slot;
-    v.host_slot_mapping = s.slot_mapping;
+    v.host_indptr = t.indptr;
+    v.host_indices = t.indices;
+    v.host_last_page_len = t.last_page_len;
+    v.host_first_slot = t.first_slot;
+    v.host_slot_mapping = t.slot_mapping;
+    v.window = m.ps->groups.window_of(layer);
+    v.first_positions = t.first_position;
     v.lengths = s.lengths;
     v.keep = state_;
     return v;
@@ -372,6 +426,7 @@ KVManager::KVManager(BlockPool& pool, ManagerOptions options) {
     auto state = std::make_shared<ManagerState>(detail::Access::shared_pool(pool), options);
     if (options.prefix_caching) {
         detail::PoolState& ps = *state->ps;
+        ps.refuse_hybrid("KVManager: prefix caching");
         detail::Device::CallLock l(*ps.device);
         if (!ps.prefix)
             ps.prefix = std::make_unique<PrefixIndex>(ps.allocator, ps.config.block_size);
@@ -456,7 +511,7 @@ uint64_t KVManager::pages_needed(std::span<const SeqId> seqs, std::span<const ui
     return host_memory_guard("pages_needed", [&] {
         return plan(m, resolve(m, seqs, new_tokens, lookahead, "pages_needed"), new_tokens,
                     lookahead)
-            .needed;
+            .p.needed;
     });
 }
 
@@ -465,10 +520,10 @@ bool KVManager::can_allocate(std::span<const SeqId> seqs,
     ManagerState& m = *state_;
     Lock l(m);
     return host_memory_guard("can_allocate", [&] {
-        const uint64_t needed =
-            plan(m, resolve(m, seqs, new_tokens, 0, "can_allocate"), new_tokens, 0).needed;
+        const Growth g = plan(m, resolve(m, seqs, new_tokens, 0, "can_allocate"), new_tokens, 0);
+        const uint64_t needed = g.p.needed;
         const uint64_t keep = uint64_t(m.options.watermark * double(m.ps->config.num_blocks));
-        const uint64_t free = m.ps->allocator.available_blocks();
+        const uint64_t free = m.ps->allocator.available_blocks() + g.freed;
         return free >= keep && needed <= free - keep;
     });
 }
@@ -479,7 +534,7 @@ void KVManager::allocate(std::span<const SeqId> seqs, std::span<const uint32_t> 
     Lock l(m);
     host_memory_guard("allocate", [&] {
         const std::vector<Sequence*> s = resolve(m, seqs, new_tokens, lookahead, "allocate");
-        const detail::GrowthPlan p = plan(m, s, new_tokens, lookahead);
+        const Growth p = plan(m, s, new_tokens, lookahead);
         check_pages(m, p, seqs, "allocate");
         commit(m, s, p);
     });
@@ -491,9 +546,7 @@ SeqId KVManager::fork(SeqId seq) {
     return host_memory_guard("fork", [&] {
         // The pages holding tokens are shared; the parent's reservation past them stays its own.
         Sequence s = resident(m, seq, "fork").fork();
-        const uint32_t bs = m.ps->config.block_size;
-        const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
-        if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+        drop_reserved(*m.ps, s);
         std::optional<ManagerState::Track> track;
         if (const auto it = m.tracks.find(seq); it != m.tracks.end()) track = it->second;
         const SeqId id = add_tracked(m, std::move(s), std::move(track));
@@ -507,17 +560,32 @@ void KVManager::truncate(SeqId seq, int64_t length) {
     Lock l(m);
     Sequence& s = resident(m, seq, "truncate");
     const int64_t n = detail::length_of(s);
-    detail::set_length(s, length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length));
-    const uint32_t bs = m.ps->config.block_size;
-    const size_t used = size_t((uint64_t(detail::length_of(s)) + bs - 1) / bs);
-    if (s.table.size() > used) s.table.release_back(s.table.size() - used);
+    const int64_t keep = length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
+    const detail::PoolState& ps = *m.ps;
+    const uint32_t bs = ps.config.block_size;
+    // A sliding group cannot give back tokens that left its window: the shorter sequence's
+    // window must still be held.
+    for (uint32_t g = 0; keep > 0 && g < ps.groups.num_groups(); ++g) {
+        const int64_t w = ps.groups.window[g], origin = detail::table_origin(ps, s, g);
+        if (w > 0 && std::max<int64_t>(0, keep - w) < origin)
+            throw invalid(fmt::format(
+                "truncate: sequence {} to {} tokens would need position {} in its layers of "
+                "window {}, whose pages left the window (they hold positions from {}; the "
+                "shortest length kept is {})",
+                seq, keep, std::max<int64_t>(0, keep - w), w, origin, origin + w));
+    }
+    detail::set_length(s, keep);
+    if (keep == 0)  // every table starts again at position 0
+        for (uint32_t g = 0; g < ps.groups.num_groups(); ++g)
+            s.release_leading(g, ps.groups.layers[g], s.group(g).size(), bs);
+    drop_reserved(ps, s);
     if (const auto it = m.tracks.find(seq); it != m.tracks.end()) {
         ManagerState::Track& t = it->second;
-        const size_t keep = size_t(detail::length_of(s));
-        if (t.tokens.size() > keep) t.tokens.resize(keep);
-        t.written = std::min(t.written, keep);
+        const size_t kept = size_t(keep);
+        if (t.tokens.size() > kept) t.tokens.resize(kept);
+        t.written = std::min(t.written, kept);
         ++t.epoch;
-        if (t.anchored > keep / bs) t.anchored = 0;  // found again from the first page
+        if (t.anchored > kept / bs) t.anchored = 0;  // found again from the first page
     }
     detail::prune_links(m);
     ++m.generation;
@@ -544,13 +612,31 @@ bool KVManager::contains(SeqId seq) const {
 }
 
 std::vector<uint32_t> KVManager::block_table(SeqId seq) const {
+    return block_table(seq, 0);
+}
+
+std::vector<uint32_t> KVManager::block_table(SeqId seq, uint32_t layer) const {
     Lock l(*state_);
     const Sequence& s = resident(*state_, seq, "block_table");
+    state_->check_layer(layer, "block_table");
+    const BlockTable& t = s.group(state_->ps->groups.group_of[layer]);
     std::vector<uint32_t> out;
-    out.reserve(s.table.size());
-    for (BlockId b : s.table.blocks())
+    out.reserve(t.size());
+    for (BlockId b : t.blocks())
         out.push_back(index(b));
     return out;
+}
+
+int64_t KVManager::held(SeqId seq, uint32_t layer) const {
+    return mask_range(seq, layer).second;
+}
+
+std::pair<int64_t, int64_t> KVManager::mask_range(SeqId seq, uint32_t layer) const {
+    Lock l(*state_);
+    const Sequence& s = find(*state_, seq, "mask_range");
+    state_->check_layer(layer, "mask_range");
+    const int64_t first = detail::first_held(*state_->ps, s, state_->ps->groups.group_of[layer]);
+    return {first, detail::length_of(s) - first};
 }
 
 std::vector<SeqId> KVManager::sequences() const {
@@ -567,19 +653,26 @@ uint64_t KVManager::pages_held() const {
     std::unordered_set<uint32_t> pages;
     for (const auto& [id, s] : state_->seqs.all())
         if (!detail::is_swapped(*state_, s))
-            for (BlockId b : s.table.blocks())
-                pages.insert(index(b));
+            for (uint32_t g = 0; g < s.num_groups(); ++g)
+                for (BlockId b : s.group(g).blocks())
+                    pages.insert(index(b));
     return pages.size();
 }
 
 namespace {
 
-// A gather of a sequence's tokens in order: tensor row i from the slot of token i.
-std::vector<detail::RowEntry> gather_entries(const Sequence& s, int64_t len, uint32_t block_size) {
+// A gather of what a layer holds of a sequence, in order: tensor row i from the slot of its
+// i-th held token. Sets len to their count.
+std::vector<detail::RowEntry> gather_entries(const ManagerState& m, const Sequence& s,
+                                             uint32_t layer, int64_t& len) {
+    const detail::PoolState& ps = *m.ps;
+    const uint32_t g = ps.groups.group_of[layer];
+    const int64_t first = detail::first_held(ps, s, g);
+    len = detail::length_of(s) - first;
     std::vector<detail::RowEntry> entries;
     entries.reserve(size_t(len));
     for (int64_t i = 0; i < len; ++i)
-        entries.push_back({uint32_t(i), slot_of(s.table, i, block_size)});
+        entries.push_back({uint32_t(i), detail::slot_in_group(ps, s, g, first + i)});
     return entries;
 }
 
@@ -591,15 +684,15 @@ std::pair<Tensor, Tensor> KVManager::gather(SeqId seq, uint32_t layer) const {
     const Sequence& s = resident(m, seq, "gather");
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, "gather");
-    const int64_t len = detail::length_of(s);
+    int64_t len = 0;
+    const std::vector<detail::RowEntry> entries = gather_entries(m, s, layer, len);
     // Quantized pages dequantize into the compute dtype; others gather as they are first.
     const DType t = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
     std::pair<Tensor, Tensor> kv{
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.head_dim}, t),
         detail::Access::empty_tensor(m.ps->device, {c.num_kv_heads, len, c.v_head_dim}, t)};
     if (len > 0)
-        detail::record_kv_all(*m.ps, layer, kv.first, kv.second,
-                              gather_entries(s, len, c.block_size), uint32_t(len), true);
+        detail::record_kv_all(*m.ps, layer, kv.first, kv.second, entries, uint32_t(len), true);
     return detail::converted(kv, *c.compute_dtype);
 }
 
@@ -659,18 +752,29 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
     return host_memory_guard(op, [&] {
         const std::vector<Sequence*> seqs = resolve(m, ids, new_tokens, 0, op);
         const PoolConfig& c = m.ps->config;
+        const LayerGroups& groups = m.ps->groups;
+        const uint32_t G = groups.num_groups();
         const uint32_t bs = c.block_size;
-        uint64_t total = 0, pages = 0;
-        for (size_t i = 0; i < seqs.size(); ++i) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < seqs.size(); ++i)
             total += new_tokens[i];
-            pages += (uint64_t(detail::length_of(*seqs[i])) + new_tokens[i] + bs - 1) / bs;
-        }
         if (total * c.num_kv_heads > UINT32_MAX)
             throw Error(ErrorCode::CapacityExceeded,
                         fmt::format("{}: {} new tokens x {} kv heads exceed 32-bit indexing", op,
                                     total, c.num_kv_heads));
-        const detail::GrowthPlan p = plan(m, seqs, new_tokens, 0);
+        const Growth p = plan(m, seqs, new_tokens, 0);
         check_pages(m, p, ids, op);
+        // Pages of each group's CSR table after the step: from the table's first page (the
+        // releases below included) to its last token's.
+        std::vector<uint64_t> pages(G, 0);
+        for (size_t i = 0; i < seqs.size(); ++i)
+            for (uint32_t g = 0; g < G; ++g) {
+                const int64_t from = std::max(
+                    detail::table_origin(*m.ps, *seqs[i], g),
+                    int64_t(p.lead[i * G + g]) * bs + detail::table_origin(*m.ps, *seqs[i], g));
+                pages[g] +=
+                    (uint64_t(detail::length_of(*seqs[i]) + new_tokens[i] - from) + bs - 1) / bs;
+            }
 
         // Everything the step holds is made before the sequences change.
         // The tracks of prefix caching, with room for the new token ids.
@@ -689,29 +793,35 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         s->new_tokens.assign(new_tokens.begin(), new_tokens.end());
         s->total = uint32_t(total);
         const size_t n = seqs.size();
-        s->slot_mapping.reserve(total);
-        s->entries.reserve(total);
-        s->indptr.reserve(n + 1);
-        s->indices.reserve(pages);
-        s->last_page_len.reserve(n);
-        s->first_slot.assign(n, 0);  // a manager's sequences start at slot 0 of their first page
         s->lengths.reserve(n);
         s->first_pos.reserve(n);
+        s->tables.resize(G);
         const auto bytes = [](uint64_t words) { return words * sizeof(uint32_t); };
-        s->entries_offset = 0;
-        s->rows_offset = align16(s->entries_offset + total * sizeof(detail::RowEntry));
-        s->slot_mapping_offset = align16(s->rows_offset + bytes(3 * total + pages));
-        s->indptr_offset = align16(s->slot_mapping_offset + bytes(total));
-        s->indices_offset = align16(s->indptr_offset + bytes(n + 1));
-        s->last_page_len_offset = align16(s->indices_offset + bytes(pages));
-        s->first_slot_offset = align16(s->last_page_len_offset + bytes(n));
-        const uint64_t size = align16(s->first_slot_offset + bytes(n));
+        uint64_t size = 0;
+        std::vector<detail::AttentionRows> rows(G);  // attention's, one per new token
+        for (uint32_t g = 0; g < G; ++g) {
+            detail::StepTable& t = s->tables[g];
+            t.slot_mapping.reserve(total);
+            t.entries.reserve(total);
+            t.indptr.reserve(n + 1);
+            t.indices.reserve(pages[g]);
+            t.last_page_len.reserve(n);
+            t.first_slot.assign(n, 0);  // a table's first page holds its first token at slot 0
+            t.first_position.reserve(n);
+            t.entries_offset = align16(size);
+            t.rows_offset = align16(t.entries_offset + total * sizeof(detail::RowEntry));
+            t.slot_mapping_offset = align16(t.rows_offset + bytes(3 * total + pages[g]));
+            t.indptr_offset = align16(t.slot_mapping_offset + bytes(total));
+            t.indices_offset = align16(t.indptr_offset + bytes(n + 1));
+            t.last_page_len_offset = align16(t.indices_offset + bytes(pages[g]));
+            t.first_slot_offset = align16(t.last_page_len_offset + bytes(n));
+            size = align16(t.first_slot_offset + bytes(n));
+            rows[g].reserve(total);
+        }
         s->buffer = detail::Buffer::create(*m.ps->device, size, detail::MemoryKind::Upload);
         for (size_t d = 1; d < m.ps->shards.size(); ++d)  // the same bytes on every device
             s->shard_buffers.push_back(
                 detail::Buffer::create(*m.ps->shards[d].device, size, detail::MemoryKind::Upload));
-        detail::AttentionRows rows;  // attention's, one per new token
-        rows.reserve(total);
         s->registers = m.index != nullptr && !token_ids.empty();
         if (s->registers) {
             s->layer_done.assign(c.num_layers, 0);
@@ -738,7 +848,8 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         commit(m, seqs, p);
         s->generation = m.generation;
         const uint32_t H = c.num_kv_heads;
-        s->indptr.push_back(0);
+        for (detail::StepTable& t : s->tables)
+            t.indptr.push_back(0);
         for (size_t i = 0; i < n; ++i) {
             Sequence& q = *seqs[i];
             const int64_t before = detail::length_of(q), after = before + new_tokens[i];
@@ -752,32 +863,48 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
                     std::vector<int32_t>().swap(t->tokens);
                 }
             }
-            for (int64_t pos = before; pos < after; ++pos) {
-                const uint32_t slot = slot_of(q.table, pos, bs);
-                s->entries.push_back({uint32_t(s->slot_mapping.size()) * H, slot});
-                s->slot_mapping.push_back(slot);
-                rows.push(s->indptr.back(), uint32_t(pos + 1), 0);  // slot 0: from the start
-            }
-            const size_t used = size_t((uint64_t(after) + bs - 1) / bs);
-            for (size_t b = 0; b < used; ++b)
-                s->indices.push_back(index(q.table[b]));
-            s->indptr.push_back(uint32_t(s->indices.size()));
-            s->last_page_len.push_back(after == 0 ? 0 : uint32_t((after - 1) % bs + 1));
             s->lengths.push_back(after);
-            if (new_tokens[i] != 0) s->max_len = std::max(s->max_len, uint32_t(after));
+            for (uint32_t g = 0; g < G; ++g) {
+                detail::StepTable& t = s->tables[g];
+                const BlockTable& table = q.group(g);
+                const int64_t origin = detail::table_origin(*m.ps, q, g);
+                const int64_t w = groups.window[g];
+                for (int64_t pos = before; pos < after; ++pos) {
+                    const uint32_t slot = detail::slot_in_group(*m.ps, q, g, pos);
+                    t.entries.push_back({uint32_t(t.slot_mapping.size()) * H, slot});
+                    t.slot_mapping.push_back(slot);
+                    // The token attends to its window (all of its sequence before it for a
+                    // full layer): slots [lo, pos] of the table.
+                    const int64_t lo = (w > 0 ? std::max<int64_t>(0, pos - w + 1) : 0) - origin;
+                    rows[g].push(t.indptr.back() + uint32_t(lo / bs),
+                                 uint32_t(pos - origin - lo + 1), uint32_t(lo % bs));
+                    if (w > 0 || pos + 1 == after)
+                        t.max_len = std::max(t.max_len, uint32_t(pos - origin - lo + 1));
+                }
+                const size_t used = size_t((uint64_t(after - origin) + bs - 1) / bs);
+                for (size_t b = 0; b < used; ++b)
+                    t.indices.push_back(index(table[b]));
+                t.indptr.push_back(uint32_t(t.indices.size()));
+                t.last_page_len.push_back(
+                    after == origin ? 0 : uint32_t((after - origin - 1) % bs + 1));
+                t.first_position.push_back(origin);
+            }
         }
 
         char* mapped = static_cast<char*>(s->buffer->mapped());
         auto put = [&](uint64_t offset, const void* data, size_t len) {
             if (len) std::memcpy(mapped + offset, data, len);
         };
-        put(s->entries_offset, s->entries.data(), s->entries.size() * sizeof(detail::RowEntry));
-        rows.pack_into(reinterpret_cast<uint32_t*>(mapped + s->rows_offset), s->indices);
-        put(s->slot_mapping_offset, s->slot_mapping.data(), bytes(s->slot_mapping.size()));
-        put(s->indptr_offset, s->indptr.data(), bytes(s->indptr.size()));
-        put(s->indices_offset, s->indices.data(), bytes(s->indices.size()));
-        put(s->last_page_len_offset, s->last_page_len.data(), bytes(s->last_page_len.size()));
-        put(s->first_slot_offset, s->first_slot.data(), bytes(s->first_slot.size()));
+        for (uint32_t g = 0; g < G; ++g) {
+            const detail::StepTable& t = s->tables[g];
+            put(t.entries_offset, t.entries.data(), t.entries.size() * sizeof(detail::RowEntry));
+            rows[g].pack_into(reinterpret_cast<uint32_t*>(mapped + t.rows_offset), t.indices);
+            put(t.slot_mapping_offset, t.slot_mapping.data(), bytes(t.slot_mapping.size()));
+            put(t.indptr_offset, t.indptr.data(), bytes(t.indptr.size()));
+            put(t.indices_offset, t.indices.data(), bytes(t.indices.size()));
+            put(t.last_page_len_offset, t.last_page_len.data(), bytes(t.last_page_len.size()));
+            put(t.first_slot_offset, t.first_slot.data(), bytes(t.first_slot.size()));
+        }
         for (const auto& b : s->shard_buffers)
             std::memcpy(b->mapped(), mapped, size);
         return s;
@@ -791,8 +918,9 @@ void record_step_attention(const ManagerState& m, const StepState& s, size_t d,
     const detail::Shard& sh = m.ps->shards[d];
     shape.kv = sh.format;
     shape.q_heads /= uint32_t(m.ps->shards.size());
-    detail::record_paged_attention(*sh.device, shape, q, out, *sh.pages, layer, s.buffer_on(d),
-                                   s.rows_offset, s.max_len);
+    const detail::StepTable& t = s.table_of(layer);
+    detail::record_paged_attention(*sh.device, shape, q, out, *sh.pages, m.ps->page_layer(layer),
+                                   s.buffer_on(d), t.rows_offset, t.max_len);
 }
 
 // The attention of a step as the shader sees it (query and output dtype, scale), checked.
@@ -839,8 +967,9 @@ void KVManager::write(const Step& step, uint32_t layer, const Tensor& key, const
         // converted on the device first.
         const DType in = detail::kv_tensor_dtype(m.ps->format, key.dtype());
         const Tensor k = detail::converted(key, in), v = detail::converted(value, in);
-        detail::record_kv_all(*m.ps, layer, k, v, s.entries, 1, false, s.buffer.get(),
-                              s.entries_offset);
+        const detail::StepTable& t = s.table_of(layer);
+        detail::record_kv_all(*m.ps, layer, k, v, t.entries, 1, false, s.buffer.get(),
+                              t.entries_offset);
         if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });
 }
@@ -912,8 +1041,9 @@ void KVManager::write_shards(const Step& step, uint32_t layer, std::span<const T
             vb.push_back(&detail::Access::buffer(vs[d]));
             dtypes.push_back(ks[d].dtype());
         }
-        detail::record_kv_shards(*m.ps, layer, kb, vb, dtypes, s.entries, 1, false, s.buffer.get(),
-                                 s.entries_offset);
+        const detail::StepTable& t = s.table_of(layer);
+        detail::record_kv_shards(*m.ps, layer, kb, vb, dtypes, t.entries, 1, false, s.buffer.get(),
+                                 t.entries_offset);
         if (!s.layer_done.empty()) const_cast<StepState&>(s).layer_done[layer] = 1;
     });
 }
@@ -924,9 +1054,9 @@ std::vector<std::pair<Tensor, Tensor>> KVManager::gather_shards(SeqId seq, uint3
     const Sequence& s = resident(m, seq, "gather_shards");
     const PoolConfig& c = m.ps->config;
     m.check_layer(layer, "gather_shards");
-    const int64_t len = detail::length_of(s);
+    int64_t len = 0;
+    const std::vector<detail::RowEntry> entries = gather_entries(m, s, layer, len);
     const DType t = detail::kv_tensor_dtype(m.ps->format, *c.compute_dtype);
-    const std::vector<detail::RowEntry> entries = gather_entries(s, len, c.block_size);
     std::vector<std::pair<Tensor, Tensor>> out;
     for (const detail::Shard& sh : m.ps->shards) {
         const int64_t heads = sh.format.num_kv_heads;

@@ -26,13 +26,15 @@ struct ManagerState {
         : owner(std::move(pool)),
           ps(owner.get()),
           options(o),
-          seqs(ps->allocator, ps->config.num_layers) {}
+          seqs(ps->allocator, ps->config.num_layers, ps->groups.num_groups()) {}
 
     std::shared_ptr<PoolState> owner;  // outlives the BlockPool object when it must
     PoolState* ps;
     ManagerOptions options;
-    // A manager's sequences hold the same number of tokens in every layer, from slot 0 of
-    // their first page; pages past that in a table are reserved (allocate's lookahead).
+    // A manager's sequences hold the same number of tokens in every layer (len[l] = length),
+    // position p of layer l at slot start[l] + p of its group's table: start is 0, or minus the
+    // slots a sliding group released from the front (layer_windows); pages past the length in
+    // a table are reserved (allocate's lookahead).
     SequenceSet seqs;
     // Bumped by every change of the sequences' pages or lengths: a step made at another
     // generation is stale.
@@ -91,12 +93,42 @@ inline void prune_links(ManagerState& m) noexcept {
     if (!m.ps->links.empty()) m.ps->links.prune(m.ps->allocator, m.ps->host_allocator.get());
 }
 
+// A manager's sequence in layer group g: the position of its table's slot 0 (above 0 once a
+// sliding group released leading pages), and the first position its layers hold (a sliding
+// group of window w holds the last w tokens).
+inline int64_t table_origin(const PoolState& ps, const Sequence& s, uint32_t g) {
+    return -s.start[ps.groups.layers[g][0]];
+}
+inline int64_t first_held(const PoolState& ps, const Sequence& s, uint32_t g) {
+    const int64_t w = ps.groups.window[g], n = s.len.empty() ? 0 : s.len[0];
+    return w > 0 && n > w ? n - w : 0;
+}
+// The page slot of a position in group g (which its table holds).
+inline uint32_t slot_in_group(const PoolState& ps, const Sequence& s, uint32_t g, int64_t pos) {
+    const uint32_t bs = ps.config.block_size;
+    const int64_t at = pos - table_origin(ps, s, g);
+    return index(s.group(g)[size_t(at / bs)]) * bs + uint32_t(at % bs);
+}
+
 inline int64_t length_of(const Sequence& s) {
     return s.len.empty() ? 0 : s.len[0];
 }
 inline void set_length(Sequence& s, int64_t n) {
     std::fill(s.len.begin(), s.len.end(), n);
 }
+
+// One layer group's part of a step (PoolConfig::layer_windows; one group without): where the
+// new tokens land in its table, and the CSR table over its pages.
+struct StepTable {
+    // Host copies of what the buffer holds.
+    std::vector<uint32_t> slot_mapping;  // [total]
+    std::vector<RowEntry> entries;       // [total]: (token * kv_heads, slot), for write()
+    std::vector<uint32_t> indptr, indices, last_page_len, first_slot;  // the CSR table
+    std::vector<int64_t> first_position;  // [sequence]: the position of its CSR row's first token
+    uint32_t max_len = 0;                 // the longest attention row
+    uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
+             indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
+};
 
 struct StepState {
     std::shared_ptr<ManagerState> manager;
@@ -105,13 +137,8 @@ struct StepState {
     std::vector<uint32_t> new_tokens;
     std::vector<int64_t> first_pos;
     uint32_t total = 0;
-    uint32_t max_len = 0;  // the longest attention row (a sequence's length after the step)
-
-    // Host copies of what the buffer holds.
-    std::vector<uint32_t> slot_mapping;  // [total]
-    std::vector<RowEntry> entries;       // [total]: (token * kv_heads, slot), for write()
-    std::vector<uint32_t> indptr, indices, last_page_len, first_slot;  // the CSR table
-    std::vector<int64_t> lengths;  // each sequence's length after the step
+    std::vector<int64_t> lengths;   // each sequence's length after the step
+    std::vector<StepTable> tables;  // [layer group]
 
     // Prefix caching: the pages the step fills are registered when it ends, and only when
     // every layer's K/V was written (write(), or view() for the runtime's own kernels); a step
@@ -128,8 +155,10 @@ struct StepState {
     Buffer& buffer_on(size_t device) const {
         return device == 0 ? *buffer : *shard_buffers[device - 1];
     }
-    uint64_t entries_offset = 0, rows_offset = 0, slot_mapping_offset = 0, indptr_offset = 0,
-             indices_offset = 0, last_page_len_offset = 0, first_slot_offset = 0;
+    // The table of a layer's group.
+    const StepTable& table_of(uint32_t layer) const {
+        return tables[manager->ps->groups.group_of[layer]];
+    }
 };
 
 // Adds a sequence made elsewhere (an imported one) and, with prefix caching, its track,

@@ -83,7 +83,9 @@ std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, 
 }  // namespace
 
 PagedKVCache::PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy)
-    : state_(std::make_unique<CacheState>(pool, std::move(policy))) {}
+    : state_(std::make_unique<CacheState>(pool, std::move(policy))) {
+    state_->ps->refuse_hybrid(state_->name);
+}
 
 PagedKVCache::~PagedKVCache() {
     if (!state_) return;
@@ -546,12 +548,12 @@ void PagedKVCache::move_tokens(uint32_t layer, std::span<const uint32_t> from,
         const PageFormat& lay = sh.format;
         for (bool value : {false, true}) {
             move(value ? vbuf : kbuf, value ? lay.v_row_bytes() : lay.k_row_bytes(),
-                 lay.page_offset(layer, value));
+                 lay.page_offset(st.ps->page_layer(layer), value));
             // The scales (4 bytes a row) through the other scratch tensor (rows of at least 4
             // elements of at least 2 bytes: room enough).
             if (lay.scale_bytes() != 0)
                 move(value ? kbuf : vbuf, lay.scale_bytes(),
-                     lay.page_offset(layer, value) + lay.scales_offset(value));
+                     lay.page_offset(st.ps->page_layer(layer), value) + lay.scales_offset(value));
         }
     }
 }

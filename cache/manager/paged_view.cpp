@@ -168,7 +168,7 @@ Tensor PagedKVCache::cached_attention(const Tensor& query, uint32_t layer, float
         mine.kv = sh.format;
         mine.q_heads /= uint32_t(st.ps->shards.size());
         detail::record_paged_attention(
-            *sh.device, mine, qb, ob, *sh.pages, layer,
+            *sh.device, mine, qb, ob, *sh.pages, st.ps->page_layer(layer),
             {csr.indptr, csr.indices, csr.last_page_len, csr.first_slot});
     };
     if (!st.ps->sharded()) {

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "allocator/block_allocator.hpp"
+#include "allocator/layer_groups.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
 #include "cache/manager/host_prefix.hpp"
@@ -41,7 +42,11 @@ struct PoolState {
     // The BlockPool made of this state; null once it is destroyed (caches may outlive it).
     BlockPool* pool = nullptr;
     PoolConfig config;
-    PageFormat format;  // of cfg: every head (what the allocator, snapshots and transfers see)
+    // The layer groups of config.layer_windows (one holding every layer without windows).
+    LayerGroups groups;
+    // Of cfg: every head (what the allocator, snapshots and transfers see), and the layers of one
+    // group (groups.per_page: every layer without windows).
+    PageFormat format;
     BlockAllocator allocator;
     // The prefix index, made by the first KVManager with prefix caching (declared after the
     // allocator: destroyed first).
@@ -61,6 +66,18 @@ struct PoolState {
     std::unique_ptr<HostPrefix> host_prefix;
 
     bool sharded() const noexcept { return shards.size() > 1; }
+    bool hybrid() const noexcept { return groups.hybrid(); }
+    // The layer slot of a page that holds layer's K/V (what the kernels address pages by).
+    uint32_t page_layer(uint32_t layer) const { return groups.slot_of[layer]; }
+    // NotImplemented naming op when the pool has layer groups (layer_windows) and op does not
+    // handle them yet.
+    void refuse_hybrid(const char* op) const {
+        if (hybrid())
+            throw Error(ErrorCode::NotImplemented,
+                        fmt::format("{}: not implemented for a pool with layer_windows (hybrid "
+                                    "sliding + full layers)",
+                                    op));
+    }
 
     // The BlockPool, or InvalidArgument when it was destroyed before `who` (a cache or a
     // manager, "the caches" / "the managers" in the message).
@@ -101,11 +118,14 @@ struct PoolLock : Device::CallLock {
 
 // The public PoolConfig as the allocator's PoolShape (what the checks, the page stores and
 // snapshots use), and back.
+// (With layer_windows, a page holds one group's layers: the shape's num_layers is theirs.)
 inline PoolShape pool_shape(const PoolConfig& c) {
-    return {
-        {c.num_layers, c.num_kv_heads, c.head_dim, c.v_head_dim, c.block_size, c.dtype, c.layout},
-        c.num_blocks,
-        c.max_slab_bytes};
+    const uint32_t layers = c.layer_windows.empty()
+                                ? c.num_layers
+                                : LayerGroups::make(c.num_layers, c.layer_windows).per_page;
+    return {{layers, c.num_kv_heads, c.head_dim, c.v_head_dim, c.block_size, c.dtype, c.layout},
+            c.num_blocks,
+            c.max_slab_bytes};
 }
 inline PoolConfig pool_config(const PoolShape& l) {
     PoolConfig c;

@@ -91,8 +91,8 @@ void record_kv_shards(PoolState& ps, uint32_t layer, std::span<Buffer* const> ks
     for (size_t d = 0; d < ps.shards.size(); ++d) {
         Shard& s = ps.shards[d];
         const DType t = dtypes.size() == 1 ? dtypes[0] : dtypes[d];
-        record_kv(*s.device, *s.pages, s.format, layer, *ks[d], *vs[d], t, entries, share,
-                  head_stride, gather, entries_buffer, entries_offset);
+        record_kv(*s.device, *s.pages, s.format, ps.page_layer(layer), *ks[d], *vs[d], t, entries,
+                  share, head_stride, gather, entries_buffer, entries_offset);
     }
 }
 

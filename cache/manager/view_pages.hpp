@@ -32,8 +32,8 @@ inline PagedView view_pages(const PoolState& ps, uint32_t layer) {
     v.slab_table = storage.slab_table().address();
     v.slab_shift = storage.slab_shift();
     v.block_bytes = lay.block_bytes();
-    v.k_offset = lay.page_offset(layer, false);
-    v.v_offset = lay.page_offset(layer, true);
+    v.k_offset = lay.page_offset(ps.page_layer(layer), false);
+    v.v_offset = lay.page_offset(ps.page_layer(layer), true);
     v.scale_bytes = uint32_t(lay.scale_bytes());
     if (v.scale_bytes) {
         v.k_scales_offset = v.k_offset + lay.scales_offset(false);

@@ -96,6 +96,7 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
                               const char* op) {
     PoolState& ps = Access::pool(pool);
     detail::Device::CallLock lock(*ps.device);
+    ps.refuse_hybrid(op);
     // The snapshot format has no host tier: refused rather than recorded wrong.
     if (ps.host_prefix && ps.host_prefix->size() > 0)
         throw invalid(

@@ -36,6 +36,7 @@ constexpr uint32_t kMaxReplyText = kReplyBytes - 8;
 // The message of seq without its checksum, and the blocks whose bytes follow it.
 SequenceMessage describe(const ManagerState& m, SeqId id, std::vector<uint32_t>& blocks,
                          const char* op) {
+    m.ps->refuse_hybrid(op);
     const Sequence* s = m.seqs.find(id);
     if (!s) throw Error(ErrorCode::InvalidArgument, fmt::format("{}: unknown sequence {}", op, id));
     if (detail::is_swapped(m, *s))
@@ -135,6 +136,7 @@ SeqId KVManager::import_sequence(std::span<const std::byte> message) {
     ManagerState& m = *state_;
     Lock l(m);
     detail::PoolState& ps = *m.ps;
+    ps.refuse_hybrid(op);
     return host_memory_guard(op, [&] {
         const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(message.data()),
                                              message.size());
@@ -293,6 +295,7 @@ SeqId KVManager::import_sequence(Connection& from) {
     const char* op = "import_sequence";
     detail::UcxConnection& c = detail::TransferAccess::of(from, op);
     c.check_open(op);
+    state_->ps->refuse_hybrid(op);
     const PageFormat format = state_->ps->format;
     const uint64_t num_blocks = state_->ps->config.num_blocks;
     // The connection's inbox keeps its memory from one message to the next.

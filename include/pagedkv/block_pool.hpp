@@ -8,6 +8,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "pagedkv/block_counts.hpp"
 #include "pagedkv/context.hpp"
@@ -45,6 +46,13 @@ struct PoolConfig {
     // The host tier: pages in host-visible memory that KVManager::swap_out moves sequences to
     // (and swap_in brings back from), with their own allocator. 0: no host tier.
     uint64_t num_host_blocks = 0;
+    // Hybrid models (Gemma 2/3, Mistral, gpt-oss): empty, every layer full attention; else one
+    // entry per layer, 0 for full attention, w > 0 for a sliding window of w tokens. Layers with
+    // the same window are grouped (each group at most as many layers as the smallest kind has);
+    // a page holds one group's layers, and each sequence has one block table per group, so a
+    // sliding group's pages that left its window go back to the pool while full layers keep
+    // their context. block_bytes and num_blocks then count pages of one group's layers.
+    std::vector<uint32_t> layer_windows;
 };
 
 // Counters kept as the pool is used (cheap to read).

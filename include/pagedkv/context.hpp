@@ -79,7 +79,7 @@ struct DeviceCounters {
     uint64_t barriers = 0;
     uint64_t copies = 0;
     uint64_t descriptor_updates = 0;
-    uint64_t uploads = 0;  // host data copied into per-batch upload memory (tables, entries)
+    uint64_t uploads = 0;       // host data copied into per-batch upload memory (tables, entries)
     uint64_t copy_regions = 0;  // regions of the scatter/gather copy commands (vkCmdCopyBuffer)
 };
 

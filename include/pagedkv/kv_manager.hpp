@@ -135,13 +135,23 @@ class PAGEDKV_API KVManager {
 
     // Tokens of the sequence (including those of a step begun for it).
     int64_t length(SeqId seq) const;
-    // The sequence's pages in logical order, reserved ones included.
+    // The sequence's pages in logical order, reserved ones included (of the first layer group
+    // with PoolConfig::layer_windows).
     std::vector<uint32_t> block_table(SeqId seq) const;
+    // Hybrid models (PoolConfig::layer_windows): the block table of a layer's group, from the
+    // page holding its first held token's window on.
+    std::vector<uint32_t> block_table(SeqId seq, uint32_t layer) const;
+    // Tokens the layer still holds: length(seq) for a full-attention layer, at most the window
+    // for a sliding one (its older tokens' pages went back to the pool).
+    int64_t held(SeqId seq, uint32_t layer) const;
+    // (first position held, tokens held) of a layer, for attention masks (Hugging Face's
+    // get_mask_sizes): gather(seq, layer) returns positions [first, first + held).
+    std::pair<int64_t, int64_t> mask_range(SeqId seq, uint32_t layer) const;
     // Live sequences, ascending.
     std::vector<SeqId> sequences() const;
     bool contains(SeqId seq) const;
-    // That sequence's K and V of one layer, (kv_heads, length, head_dim) (v_head_dim for V),
-    // in the pool's dtype.
+    // That sequence's K and V of one layer, (kv_heads, held(seq, layer), head_dim) (v_head_dim
+    // for V; every token but a sliding layer's older ones), in the pool's dtype.
     std::pair<Tensor, Tensor> gather(SeqId seq, uint32_t layer) const;
 
     // Allocates like allocate(seqs, new_tokens) and builds, once for every layer, the step's

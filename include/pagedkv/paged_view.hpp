@@ -94,6 +94,13 @@ struct PagedView {
     std::vector<uint32_t> host_last_page_len;
     std::vector<uint32_t> host_first_slot;
     std::vector<int64_t> lengths;
+    // Hybrid models (PoolConfig::layer_windows): the layer's sliding window (0: full attention),
+    // and per row the position of its table's first token. A step's row of a sliding layer may
+    // start before the window of its first new token (what the step's earlier tokens of a
+    // prefill need): a token at position p attends to positions (p - window, p]; row token j is
+    // position first_positions[row] + j. Without windows every first position is 0.
+    uint32_t window = 0;
+    std::vector<int64_t> first_positions;
 
     // What keeps the pages and the table alive.
     std::shared_ptr<const void> keep;

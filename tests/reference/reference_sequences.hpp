@@ -20,6 +20,15 @@ class ReferenceSequences {
     ReferenceSequences(uint32_t layers, uint32_t heads, uint32_t dim, uint32_t v_dim)
         : layers_(layers), heads_(heads), dim_(dim), v_dim_(v_dim) {}
 
+    // Hybrid models: per layer, 0 for full attention or a sliding window of w tokens, whose
+    // layer holds (keys, values) only the last w tokens (PoolConfig::layer_windows).
+    void set_windows(std::vector<uint32_t> windows) { windows_ = std::move(windows); }
+    // The first position a layer holds.
+    int64_t first_held(uint64_t id, uint32_t layer) const {
+        const int64_t n = length(id), w = windows_.empty() ? 0 : windows_[layer];
+        return w > 0 && n > w ? n - w : 0;
+    }
+
     void add(uint64_t id) { seqs_[id] = Seq{std::vector<Layer>(layers_)}; }
     void fork(uint64_t from, uint64_t to) { seqs_[to] = seqs_.at(from); }
     void free(uint64_t id) { seqs_.erase(id); }
@@ -83,49 +92,52 @@ class ReferenceSequences {
         std::vector<Layer> layers;
         int64_t length = 0;
     };
+    // The tokens the layer holds (from first_held), head-major.
     std::vector<float> head_major(uint64_t id, uint32_t layer, bool value) const {
         const Layer& l = seqs_.at(id).layers[layer];
         const uint32_t d = value ? v_dim_ : dim_;
         const std::vector<float>& src = value ? l.v : l.k;
-        const size_t n = src.size() / (size_t(heads_) * d);
-        std::vector<float> out(src.size());
+        const size_t first = size_t(first_held(id, layer));
+        const size_t n = src.size() / (size_t(heads_) * d) - first;
+        std::vector<float> out(n * heads_ * d);
         for (size_t t = 0; t < n; ++t)
             for (uint32_t h = 0; h < heads_; ++h)
                 for (uint32_t i = 0; i < d; ++i)
-                    out[(h * n + t) * d + i] = src[(t * heads_ + h) * d + i];
+                    out[(h * n + t) * d + i] = src[((first + t) * heads_ + h) * d + i];
         return out;
     }
     uint32_t layers_, heads_, dim_, v_dim_;
+    std::vector<uint32_t> windows_;
     std::map<uint64_t, Seq> seqs_;
 };
 
-// Causal attention of one new token in double: q (q_heads, dim) against the first n tokens of
-// k/v stored token-major (tokens, kv_heads, dim / v_dim); GQA: query head h reads kv head
-// h / (q_heads / kv_heads). Returns (q_heads, v_dim).
+// Causal attention of one new token in double: q (q_heads, dim) against tokens [from, n) of
+// k/v stored token-major (tokens, kv_heads, dim / v_dim) (from > 0: a sliding window); GQA:
+// query head h reads kv head h / (q_heads / kv_heads). Returns (q_heads, v_dim).
 inline std::vector<double> causal_attention_row(const float* q, const std::vector<float>& k,
                                                 const std::vector<float>& v, int64_t n,
                                                 uint32_t q_heads, uint32_t kv_heads, uint32_t d,
-                                                uint32_t dv, float scale) {
+                                                uint32_t dv, float scale, int64_t from = 0) {
     std::vector<double> out(size_t(q_heads) * dv, 0.0);
     for (uint32_t h = 0; h < q_heads; ++h) {
         const uint32_t g = h / (q_heads / kv_heads);
-        std::vector<double> s(static_cast<size_t>(n));
+        std::vector<double> s(static_cast<size_t>(n - from));
         double m = -HUGE_VAL;
-        for (int64_t t = 0; t < n; ++t) {
+        for (int64_t t = from; t < n; ++t) {
             double dot = 0;
             for (uint32_t i = 0; i < d; ++i)
                 dot += double(q[h * d + i]) * double(scale) *
                        double(k[(size_t(t) * kv_heads + g) * d + i]);
-            s[size_t(t)] = dot;
+            s[size_t(t - from)] = dot;
             m = std::max(m, dot);
         }
         double sum = 0;
         for (double& x : s)
             sum += (x = std::exp(x - m));
-        for (int64_t t = 0; t < n; ++t)
+        for (int64_t t = from; t < n; ++t)
             for (uint32_t i = 0; i < dv; ++i)
                 out[h * dv + i] +=
-                    s[size_t(t)] / sum * double(v[(size_t(t) * kv_heads + g) * dv + i]);
+                    s[size_t(t - from)] / sum * double(v[(size_t(t) * kv_heads + g) * dv + i]);
     }
     return out;
 }
