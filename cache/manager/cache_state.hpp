@@ -58,17 +58,53 @@ struct CacheState {
 
     BlockTable& table(uint32_t row) { return rows[row]->table; }
     const BlockTable& table(uint32_t row) const { return rows[row]->table; }
+    // The table of a layer's group (PoolConfig::layer_windows; the one table without).
+    BlockTable& table(uint32_t row, uint32_t layer) {
+        return rows[row]->group(ps->groups.group_of[layer]);
+    }
+    const BlockTable& table(uint32_t row, uint32_t layer) const {
+        return rows[row]->group(ps->groups.group_of[layer]);
+    }
+    // Tokens a layer's sliding window (layer_windows) let go of a row, and the tokens it has
+    // seen (held + those).
+    int64_t dropped(uint32_t layer, uint32_t row) const {
+        const auto& d = rows[row]->dropped;
+        return d.empty() ? 0 : d[layer];
+    }
+    void set_dropped(uint32_t layer, uint32_t row, int64_t n) {
+        auto& d = rows[row]->dropped;
+        if (d.empty()) {
+            if (n == 0) return;
+            d.assign(num_layers(), 0);
+        }
+        d[layer] = n;
+    }
+    int64_t seen(uint32_t layer, uint32_t row) const {
+        return len(layer, row) + dropped(layer, row);
+    }
+    // The most tokens a layer's rows keep: the cache kind's limit, and the layer's window.
+    int64_t keep_limit(uint32_t layer) const {
+        const int64_t w = ps->groups.window_of(layer);
+        return w > 0 ? std::min(policy->keep_limit(), w) : policy->keep_limit();
+    }
     int64_t& len(uint32_t layer, uint32_t row) { return rows[row]->len[layer]; }
     int64_t len(uint32_t layer, uint32_t row) const { return rows[row]->len[layer]; }
     int64_t& start(uint32_t layer, uint32_t row) { return rows[row]->start[layer]; }
     int64_t start(uint32_t layer, uint32_t row) const { return rows[row]->start[layer]; }
-    // Every row's length in one layer, and the longest.
+    // Every row's length in one layer (tokens seen: held ones and those a layer window let go),
+    // and the longest held.
     std::vector<int64_t> lengths(uint32_t layer) const {
         std::vector<int64_t> out;
         out.reserve(batch);
         for (uint32_t r = 0; r < batch; ++r)
-            out.push_back(len(layer, r));
+            out.push_back(seen(layer, r));
         return out;
+    }
+    int64_t longest_seen(uint32_t layer) const {
+        int64_t m = 0;
+        for (uint32_t r = 0; r < batch; ++r)
+            m = std::max(m, seen(layer, r));
+        return m;
     }
     int64_t longest(uint32_t layer) const {
         int64_t m = 0;
@@ -120,19 +156,21 @@ struct CacheState {
     }
     void clear_rows() { set_rows({}); }
     // An empty sequence of this pool's layers.
-    Sequence empty_sequence() const { return Sequence(ps->allocator, num_layers()); }
+    Sequence empty_sequence() const {
+        return Sequence(ps->allocator, num_layers(), ps->groups.num_groups());
+    }
 
     // The pool, or InvalidArgument when it was destroyed before this cache.
     BlockPool& pool() const { return ps->live_pool(name, "the caches"); }
     uint32_t block_size() const { return ps->config.block_size; }
-    // The page slot (block * block_size + slot) of slot s of a row's pages.
-    uint32_t slot_at(uint32_t row, int64_t s) const {
-        return index(table(row)[size_t(s / block_size())]) * block_size() +
+    // The page slot (block * block_size + slot) of slot s of the pages of a layer's row.
+    uint32_t slot_at(uint32_t row, uint32_t layer, int64_t s) const {
+        return index(table(row, layer)[size_t(s / block_size())]) * block_size() +
                uint32_t(s % block_size());
     }
     // The page slot of token t of a layer's row.
     uint32_t slot_of(uint32_t layer, uint32_t row, int64_t t) const {
-        return slot_at(row, start(layer, row) + t);
+        return slot_at(row, layer, start(layer, row) + t);
     }
     uint32_t num_layers() const { return ps->config.num_layers; }
     // Throws InvalidArgument naming op when layer is not one of the pool's.
@@ -142,6 +180,10 @@ struct CacheState {
 
     void release_leading(uint32_t row, size_t lead) {
         rows[row]->release_leading(lead, block_size());
+    }
+    // The same for the table of a layer group and its layers.
+    void release_leading(uint32_t row, uint32_t group, size_t lead) {
+        rows[row]->release_leading(group, ps->groups.layers[group], lead, block_size());
     }
     // Slots the row needs: the furthest any layer reaches.
     int64_t extent(uint32_t row) const { return rows[row]->extent(); }

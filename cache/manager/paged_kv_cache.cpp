@@ -84,7 +84,8 @@ std::pair<uint32_t, uint32_t> check_kv(const CacheState& st, const Tensor& key, 
 
 PagedKVCache::PagedKVCache(BlockPool& pool, std::unique_ptr<const detail::CachePolicy> policy)
     : state_(std::make_unique<CacheState>(pool, std::move(policy))) {
-    state_->ps->refuse_hybrid(state_->name);
+    // A reserved cache (static) keeps one reservation per row: not built for layer groups.
+    if (state_->policy->reserved()) state_->ps->refuse_hybrid(state_->name);
 }
 
 PagedKVCache::~PagedKVCache() {
@@ -126,10 +127,18 @@ void PagedKVCache::write_rows(const Tensor& key, const Tensor& value, uint32_t l
     const auto [B, S] = check_kv(st, key, value, op);
     st.policy->check_capacity(B, {});
     BlockAllocator& alloc = st.ps->allocator;
-    const detail::RowsState rows{st.block_size(), st.num_layers(), st.batch, st.rows};
+    const uint32_t group = st.ps->groups.group_of[layer];
+    const detail::RowsState rows{st.block_size(),
+                                 st.num_layers(),
+                                 st.batch,
+                                 st.rows,
+                                 group,
+                                 st.ps->hybrid()
+                                     ? std::span<const uint32_t>(st.ps->groups.layers[group])
+                                     : std::span<const uint32_t>()};
     detail::UpdatePlan& plan = st.scratch.plan;
-    detail::plan_update(rows, alloc, layer, B, S, cp,
-                        {st.policy->keep_limit(), st.policy->reserved()}, op, plan);
+    detail::plan_update(rows, alloc, layer, B, S, cp, {st.keep_limit(layer), st.policy->reserved()},
+                        op, plan);
     st.policy->check_capacity(B, plan.grown_lengths());
     plan.check_pages(alloc, op);
     // Inputs of another float dtype than the pool's (a quantized pool's: than the key's) are
@@ -191,10 +200,11 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     }
     // Leading pages first, so that the pages they free can be taken again below. (This layer's
     // start moves too; it is set from the plan below.)
+    const uint32_t group = st.ps->groups.group_of[layer];
     for (uint32_t b = 0; b < B; ++b) {
         detail::UpdatePlan::Row& p = plan.rows[b];
         if (p.lead == 0) continue;
-        st.release_leading(b, p.lead);
+        st.release_leading(b, group, p.lead);
         p.start -= int64_t(p.lead) * bs;
     }
     std::vector<BlockId>& fresh = st.scratch.fresh;
@@ -205,13 +215,13 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     copies.clear();
     for (auto [b, bi] : plan.copies) {
         const size_t at = bi - plan.rows[b].lead;
-        copies.emplace_back(index(st.table(b)[at]), index(fresh[next]));
-        st.table(b).replace(at, fresh[next++]);  // the old page stays with its other sharers
+        copies.emplace_back(index(st.table(b, layer)[at]), index(fresh[next]));
+        st.table(b, layer).replace(at, fresh[next++]);  // the old page stays with its sharers
     }
     detail::record_page_copies(*st.ps, copies);
     st.ps->pages_copied += copies.size();
     for (uint32_t b = 0; b < B; ++b) {
-        st.table(b).adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
+        st.table(b, layer).adopt_back(std::span(fresh).subspan(next, plan.rows[b].extra));
         next += plan.rows[b].extra;
     }
 
@@ -221,7 +231,7 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
     std::vector<uint8_t>& written = st.scratch.written;
     for (uint32_t b = 0; b < B; ++b) {
         const detail::UpdatePlan::Row& p = plan.rows[b];
-        auto slot_of = [&](int64_t position) { return st.slot_at(b, p.start + position); };
+        auto slot_of = [&](int64_t position) { return st.slot_at(b, layer, p.start + position); };
         const int64_t from = std::max(p.old_len, p.drop);
         written.assign(size_t(std::max<int64_t>(0, p.new_len - from)), 0);
         for (uint32_t s : p.keep) {
@@ -234,6 +244,8 @@ void PagedKVCache::apply(detail::UpdatePlan& plan, const Tensor& key, const Tens
             if (!written[size_t(q - from)]) entries.push_back({detail::kNone, slot_of(q)});
         st.start(layer, b) = p.new_len > p.drop ? p.start + p.drop : 0;
         st.len(layer, b) = p.new_len - p.drop;
+        if (p.drop > 0 && st.ps->hybrid())  // tokens seen stay counted (get_seq_length)
+            st.set_dropped(layer, b, st.dropped(layer, b) + p.drop);
     }
     detail::record_kv_all(*st.ps, layer, key, value, entries, S, false);
 }
@@ -248,7 +260,7 @@ std::pair<Tensor, Tensor> PagedKVCache::empty_kv(uint32_t batch, int64_t tokens)
 }
 
 std::pair<Tensor, Tensor> PagedKVCache::gather(uint32_t layer) const {
-    std::pair<Tensor, Tensor> kv = empty_kv(state_->batch, get_seq_length(layer));
+    std::pair<Tensor, Tensor> kv = empty_kv(state_->batch, state_->longest(layer));
     gather_into(layer, kv);
     return detail::converted(kv, *state_->ps->config.compute_dtype);
 }
@@ -273,14 +285,14 @@ void PagedKVCache::gather_into(uint32_t layer, std::pair<Tensor, Tensor>& kv) co
 std::optional<std::pair<Tensor, Tensor>> PagedKVCache::get(uint32_t layer) const {
     auto l = lock(*state_);
     state_->check_layer(layer, "get");
-    if (get_seq_length(layer) == 0) return std::nullopt;
+    if (state_->longest(layer) == 0) return std::nullopt;
     return gather(layer);
 }
 
 int64_t PagedKVCache::get_seq_length(uint32_t layer) const {
     auto l = lock(*state_);
     state_->check_layer(layer, "get_seq_length");
-    return state_->longest(layer);
+    return state_->longest_seen(layer);
 }
 
 std::vector<int64_t> PagedKVCache::seq_lengths(uint32_t layer) const {
@@ -304,8 +316,9 @@ uint64_t PagedKVCache::pages_held() const {
     auto l = lock(*state_);
     std::unordered_set<uint32_t> s;
     for (uint32_t r = 0; r < state_->batch; ++r)
-        for (BlockId b : state_->table(r).blocks())
-            s.insert(index(b));
+        for (uint32_t g = 0; g < state_->rows[r]->num_groups(); ++g)
+            for (BlockId b : state_->rows[r]->group(g).blocks())
+                s.insert(index(b));
     return s.size();
 }
 
@@ -407,8 +420,12 @@ void PagedKVCache::crop(int64_t max_length) {
         scratch = empty_kv(1, most);
     }
     for (uint32_t layer = 0; layer < st.num_layers() && st.batch; ++layer)
-        for (uint32_t b = 0; b < st.batch; ++b)
-            drop_front(layer, b, st.len(layer, b) - max_length);
+        for (uint32_t b = 0; b < st.batch; ++b) {
+            // A layer window's row keeps what it holds of the last max_length tokens seen.
+            const int64_t seen = std::min(st.seen(layer, b), max_length);
+            drop_front(layer, b, st.len(layer, b) - seen);
+            st.set_dropped(layer, b, seen - st.len(layer, b));
+        }
     if (st.policy->reserved()) return compact_rows(scratch);
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
@@ -418,8 +435,14 @@ void PagedKVCache::truncate(int64_t length) {
     CacheState& st = *state_;
     auto l = lock(st);
     for (uint32_t b = 0; b < st.batch; ++b)
-        for (int64_t& n : st.rows[b]->len)
-            n = length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            // Counted in tokens seen: a layer window's row keeps those it holds of them.
+            const int64_t n = st.seen(layer, b), gone = st.dropped(layer, b);
+            const int64_t keep =
+                length >= 0 ? std::min(n, length) : std::max<int64_t>(0, n + length);
+            st.len(layer, b) = std::max<int64_t>(0, keep - gone);
+            st.set_dropped(layer, b, keep - st.len(layer, b));
+        }
     for (uint32_t b = 0; b < st.batch; ++b)
         trim_pages(b);
 }
@@ -431,6 +454,7 @@ void PagedKVCache::reset() {
         for (detail::Sequence* r : st.rows) {
             std::fill(r->len.begin(), r->len.end(), 0);
             std::fill(r->start.begin(), r->start.end(), 0);
+            r->dropped.clear();
         }
         return;
     }
@@ -582,8 +606,12 @@ void PagedKVCache::insert(const KVCache& other_base, uint32_t other_row, uint32_
     st.policy->check_capacity(slot == st.batch ? st.batch + 1 : st.batch, lens);
     // A sliding window keeps its window of the inserted row (the rest goes back to the pool).
     auto keep_window = [&] {
-        for (uint32_t layer = 0; layer < st.num_layers(); ++layer)
-            drop_front(layer, slot, st.len(layer, slot) - st.policy->keep_limit());
+        for (uint32_t layer = 0; layer < st.num_layers(); ++layer) {
+            const int64_t n = st.len(layer, slot) - st.keep_limit(layer);
+            if (n <= 0) continue;
+            drop_front(layer, slot, n);
+            if (st.ps->hybrid()) st.set_dropped(layer, slot, st.dropped(layer, slot) + n);
+        }
         if (!st.policy->reserved()) trim_pages(slot);
     };
     if (st.policy->reserved() || other->state_->policy->reserved()) {
@@ -636,15 +664,19 @@ void PagedKVCache::drop_front(uint32_t layer, uint32_t row, int64_t n) {
 void PagedKVCache::trim_pages(uint32_t row) {
     CacheState& st = *state_;
     const uint32_t bs = st.block_size();
-    BlockTable& t = st.table(row);
-    // Leading pages no layer reaches any more go back to the pool.
-    int64_t first = INT64_MAX;
-    for (uint32_t l = 0; l < st.num_layers(); ++l)
-        if (st.len(l, row) > 0) first = std::min(first, st.start(l, row));
-    if (first == INT64_MAX) first = 0;  // the row is empty in every layer
-    st.release_leading(row, st.policy->reserved() ? 0 : std::min(t.size(), size_t(first / bs)));
-    const size_t want = size_t(ceil_div(uint64_t(st.extent(row)), bs));
-    if (!st.policy->reserved() && t.size() > want) t.release_back(t.size() - want);
+    const LayerGroups& groups = st.ps->groups;
+    for (uint32_t g = 0; g < groups.num_groups(); ++g) {  // (one group without layer windows)
+        BlockTable& t = st.rows[row]->group(g);
+        // Leading pages no layer of the group reaches any more go back to the pool.
+        int64_t first = INT64_MAX;
+        for (uint32_t l : groups.layers[g])
+            if (st.len(l, row) > 0) first = std::min(first, st.start(l, row));
+        if (first == INT64_MAX) first = 0;  // the row is empty in every layer of the group
+        st.release_leading(row, g,
+                           st.policy->reserved() ? 0 : std::min(t.size(), size_t(first / bs)));
+        const size_t want = size_t(ceil_div(uint64_t(st.rows[row]->extent(groups.layers[g])), bs));
+        if (!st.policy->reserved() && t.size() > want) t.release_back(t.size() - want);
+    }
 }
 
 }  // namespace pagedkv

@@ -53,7 +53,7 @@ Csr build_csr(const detail::CacheState& st, uint32_t layer) {
             t.last_page_len.push_back(0);
         } else {
             for (int64_t p = start / bs; p <= (start + len - 1) / bs; ++p)
-                t.indices.push_back(index(st.table(r)[size_t(p)]));
+                t.indices.push_back(index(st.table(r, layer)[size_t(p)]));
             t.first_slot.push_back(uint32_t(start % bs));
             t.last_page_len.push_back(uint32_t((start + len - 1) % bs + 1));
         }

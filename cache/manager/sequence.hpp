@@ -35,6 +35,9 @@ struct Sequence {
     std::vector<int64_t> start;  // [layer]: slot of the first of them in its group's table
     // The block tables of layer groups 1.. (PoolConfig::layer_windows); empty without groups.
     std::vector<BlockTable> more;
+    // A 0.1 cache over a pool with layer windows: [layer] tokens a sliding layer's window let
+    // go (tokens seen = len + dropped); empty (all 0) otherwise.
+    std::vector<int64_t> dropped;
 
     uint32_t num_groups() const noexcept { return uint32_t(more.size() + 1); }
     BlockTable& group(uint32_t g) { return g == 0 ? table : more[g - 1]; }
@@ -60,7 +63,9 @@ struct Sequence {
         m.reserve(more.size());
         for (const BlockTable& t : more)
             m.push_back(t.fork());
-        return Sequence(table.fork(), len, start, std::move(m));
+        Sequence s(table.fork(), len, start, std::move(m));
+        s.dropped = dropped;
+        return s;
     }
     // Gives back the first `lead` pages (those held) and moves every layer's start back by as
     // many slots; an empty layer starts at slot 0 (a start past the pages would make the next

@@ -67,6 +67,19 @@ void resolve_positions(const CachePosition& cp, uint32_t batch, uint32_t seq, co
             if (p < 0 || p >= INT32_MAX)
                 throw invalid(
                     fmt::format("{}: cache_position {} (row {}) is out of range", op, p, b));
+        // A layer window (layer_windows) let go of the row's first positions: the layer's
+        // tokens are numbered from the first it holds.
+        const int64_t gone = old && !old->rows[b]->dropped.empty() && cp.kind() != K::Append
+                                 ? old->rows[b]->dropped[layer]
+                                 : 0;
+        for (int64_t& p : pos) {
+            if (p < gone)
+                throw invalid(
+                    fmt::format("{}: cache_position {} (row {}) has left the layer's "
+                                "window (it holds positions from {})",
+                                op, p, b, gone));
+            p -= gone;
+        }
     }
 }
 
@@ -166,16 +179,25 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
         // tokens of the grown row are never written, and pages no layer reaches afterwards
         // (`lead`) go back to the pool before new ones are taken, so a sliding window decodes
         // within its own footprint.
-        p.have = plan.fresh_batch ? 0 : rs.rows[b]->table.size();
+        p.have = plan.fresh_batch ? 0 : rs.rows[b]->group(rs.group).size();
         p.drop = std::max<int64_t>(0, p.new_len - policy.keep_limit);
         const int64_t kept = p.new_len - p.drop;
         // Where the other layers of the row reach (this layer's old tokens excluded).
         int64_t first = INT64_MAX, end = 0;
-        for (uint32_t l = 0; l < rs.num_layers && !plan.fresh_batch; ++l)
+        const auto other = [&](uint32_t l) {
             if (l != layer && rs.rows[b]->len[l] > 0) {
                 first = std::min(first, rs.rows[b]->start[l]);
                 end = std::max(end, rs.rows[b]->start[l] + rs.rows[b]->len[l]);
             }
+        };
+        if (!plan.fresh_batch) {
+            if (rs.layers.empty())
+                for (uint32_t l = 0; l < rs.num_layers; ++l)
+                    other(l);
+            else
+                for (uint32_t l : rs.layers)
+                    other(l);
+        }
         if (plan.fresh_batch) {
             p.start = 0;
         } else if (p.old_len == 0 && policy.keep_limit != INT64_MAX && end > 0) {
@@ -196,12 +218,13 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
         p.extra = want > std::max(p.have, p.lead) ? want - std::max(p.have, p.lead) : 0;
         plan.needed += p.extra;
         for (size_t i = 0; i < std::min(p.lead, p.have); ++i)
-            dropped.push_back(index(rs.rows[b]->table[i]));
+            dropped.push_back(index(rs.rows[b]->group(rs.group)[i]));
         if (p.have == 0) continue;
         shared.clear();
         auto touch = [&](int64_t position) {
             const size_t bi = size_t((p.start + position) / bs);
-            if (bi < p.have && alloc.must_copy(rs.rows[b]->table[bi])) shared.push_back(bi);
+            if (bi < p.have && alloc.must_copy(rs.rows[b]->group(rs.group)[bi]))
+                shared.push_back(bi);
         };
         for (uint32_t s : p.keep)
             if (p.pos[s] >= p.drop) touch(p.pos[s]);
@@ -216,7 +239,7 @@ void plan_update(const RowsState& rs, const BlockAllocator& alloc, uint32_t laye
     // keeps the original (its sharers take copies first): r sharers cost r - 1 copies.
     if (!cow.empty()) {
         auto block_of = [&](size_t i) {
-            return index(rs.rows[cow[i].first]->table[cow[i].second]);
+            return index(rs.rows[cow[i].first]->group(rs.group)[cow[i].second]);
         };
         // The writes of each shared block together, in the order they were found.
         std::vector<size_t> by_block(cow.size());

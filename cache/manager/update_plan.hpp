@@ -22,6 +22,10 @@ struct RowsState {
     uint32_t num_layers = 0;
     uint32_t batch = 0;               // 0: no rows yet (rows is then not read)
     std::span<Sequence* const> rows;  // [row]: its table, and per layer its len and start
+    // With layer groups (PoolConfig::layer_windows): the written layer's group, whose table the
+    // plan reads, and the group's layers (empty: every layer, one table).
+    uint32_t group = 0;
+    std::span<const uint32_t> layers;
 };
 
 // A cache kind's rules for a write.

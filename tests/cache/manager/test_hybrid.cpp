@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "allocator/layer_groups.hpp"
+#include "reference_cache.hpp"
 #include "reference_quant.hpp"
 #include "reference_sequences.hpp"
 #include "test_support.hpp"
@@ -370,7 +371,7 @@ TEST_CASE("Hybrid pool: errors and what is not implemented change nothing",
     refused(ErrorCode::NotImplemented, "layer_windows", [&] {
         KVManager prefix(pool, {0.0, true});
     });
-    refused(ErrorCode::NotImplemented, "layer_windows", [&] { DynamicKVCache cache(pool); });
+    refused(ErrorCode::NotImplemented, "layer_windows", [&] { StaticKVCache cache(pool, 1, 8); });
     refused(ErrorCode::NotImplemented, "layer_windows", [&] {
         const KVManager* managers[] = {&mgr};
         const TempFile file("hybrid.pkvs");
@@ -381,4 +382,97 @@ TEST_CASE("Hybrid pool: errors and what is not implemented change nothing",
     CHECK(mgr.mask_range(s, 0) == std::pair<int64_t, int64_t>{8, 4});
     CHECK(mgr.mask_range(s, 1) == std::pair<int64_t, int64_t>{0, 12});
     CHECK(pool.check() == "");
+}
+
+TEST_CASE("DynamicKVCache over a hybrid pool: Hugging Face's hybrid semantics",
+          "[gpu][hybrid][dynamic]") {
+    // Sliding layers keep their window's tokens, full layers every token, get_seq_length counts
+    // the tokens seen; update returns what the layer holds. Checked against the reference cache
+    // (whose sliding layers keep their last `window` tokens) bit for bit.
+    for (DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+        DYNAMIC_SECTION(to_string(dtype)) {
+            ValidatedContext vc;
+            const std::vector<uint32_t> windows = {0, 6, 6, 0};
+            BlockPool pool(vc.ctx, hybrid_config(dtype, windows));
+            const uint32_t B = 2, H = 2, D = 8;
+            ReferenceCache ref(4, H, D, D);
+            std::mt19937 rng(31);
+            int64_t seen = 0;
+            {
+                DynamicKVCache cache(pool);
+                // One step of S tokens for every layer; absolute: cache_position given as the
+                // absolute positions (each layer numbers its own from the first it holds).
+                auto step = [&](uint32_t S, bool absolute) {
+                    for (uint32_t l = 0; l < 4; ++l) {
+                        const auto k = random_values(size_t(B) * H * S * D, rng, dtype);
+                        const auto v = random_values(size_t(B) * H * S * D, rng, dtype);
+                        const int64_t held = ref.seq_length(l);
+                        std::vector<std::vector<int64_t>> pos(B);
+                        std::vector<int64_t> given;
+                        for (uint32_t s = 0; s < S; ++s)
+                            given.push_back(seen + s);
+                        for (auto& p : pos)
+                            for (uint32_t s = 0; s < S; ++s)
+                                p.push_back(held + s);
+                        ref.update(k, v, B, S, l, pos);
+                        if (windows[l]) ref.keep_last(l, windows[l]);
+                        const CachePosition cp = absolute ? CachePosition(given) : CachePosition();
+                        auto [gk, gv] =
+                            cache.update(upload(vc.ctx, k, shape4(B, H, S, D), dtype),
+                                         upload(vc.ctx, v, shape4(B, H, S, D), dtype), l, cp);
+                        INFO("layer " << l << " after " << seen + S << " tokens");
+                        REQUIRE(gk.shape()[2] == ref.seq_length(l));
+                        REQUIRE(bit_equal(gk.to_host(), ref.keys(l)));
+                        REQUIRE(bit_equal(gv.to_host(), ref.values(l)));
+                    }
+                    seen += S;
+                    for (uint32_t l = 0; l < 4; ++l)
+                        REQUIRE(cache.get_seq_length(l) == seen);
+                    REQUIRE(pool.check() == "");
+                };
+                step(10, false);  // prefill longer than the window
+                for (int i = 0; i < 15; ++i)
+                    step(1, i % 5 == 4);
+                // Beams share pages; the sliding layers keep sharing theirs.
+                cache.reorder_cache(std::vector<int32_t>{1, 1});
+                ref.select({1, 1});
+                step(2, false);
+                // The full layers hold 27 tokens (7 pages a row, shared at first), the sliding
+                // ones at most 6 tokens: far fewer pages than one table for all layers.
+                CHECK(cache.pages_held() <= 2 * 8 + 2 * 3);
+                cache.crop(8);
+                ref.crop(8);
+                seen = 8;
+                for (uint32_t l = 0; l < 4; ++l) {
+                    CHECK(cache.get_seq_length(l) == 8);
+                    REQUIRE(bit_equal(cache.get(l)->first.to_host(), ref.keys(l)));
+                }
+                cache.truncate(-2);
+                ref.truncate(-2);
+                seen = 6;
+                for (uint32_t l = 0; l < 4; ++l) {
+                    CHECK(cache.get_seq_length(l) == 6);
+                    REQUIRE(bit_equal(cache.get(l)->second.to_host(), ref.values(l)));
+                }
+                step(3, false);
+                // A position the sliding layers let go of is refused, changing nothing.
+                const auto before = pool.stats().used_blocks;
+                const auto k = random_values(size_t(B) * H * D, rng, dtype);
+                require_error(
+                    [&] {
+                        cache.update(upload(vc.ctx, k, shape4(B, H, 1, D), dtype),
+                                     upload(vc.ctx, k, shape4(B, H, 1, D), dtype), 1,
+                                     CachePosition(int64_t(0)));
+                    },
+                    ErrorCode::InvalidArgument, "has left the layer's window");
+                CHECK(pool.stats().used_blocks == before);
+                CHECK(cache.get_seq_length(1) == seen);
+                REQUIRE(bit_equal(cache.get(1)->first.to_host(), ref.keys(1)));
+                // A static cache's reservation is not built for layer groups.
+                require_error([&] { StaticKVCache s(pool, 1, 16); }, ErrorCode::NotImplemented,
+                              "layer_windows");
+            }
+            CHECK(pool.stats().used_blocks == 0);
+        }
+    }
 }
