@@ -115,6 +115,14 @@ def main():
         docs.append(doc)
         failures += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
         failures += consistent(doc, where)
+    # The text report lists the free list in the same order, top first (up to 32 entries).
+    for name in ("sample.snap", "showcase.snap", "sample-cached.snap"):
+        r = subprocess.run([exe, str(samples / name)], capture_output=True, text=True, timeout=60)
+        line = next(l for l in r.stdout.splitlines() if l.startswith("free list  "))
+        shown = [int(x) for x in line[len("free list  "):].split("  (")[0].split()]
+        doc = dump(exe, [str(samples / name)])
+        if shown != doc["pool"]["free_list"][:32]:
+            failures.append(f"{name}: text free list {shown}, JSON {doc['pool']['free_list']}")
     layouts = [d["layout"]["page_layout"] for d in docs]
     if layouts[0] != "head_major" or "token_major" not in layouts:
         failures.append(f"the samples should be head-major and one token-major, are {layouts}")

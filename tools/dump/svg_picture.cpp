@@ -170,6 +170,7 @@ class Picture {
     // entries that look alike, drawn as one rectangle with one tooltip.
     std::vector<std::pair<size_t, size_t>> lane_runs(const Lane& lane) const;
     void compact_run(int x, int y, const Lane& lane, size_t i0, size_t i1);
+    // A free or evictable page, full detail.
     void unowned_page(int x, int y, uint32_t b);
 
     const SnapshotView& v_;
@@ -487,18 +488,6 @@ void Picture::compact_run(int x, int y, const Lane& lane, size_t i0, size_t i1) 
 void Picture::unowned_page(int x, int y, uint32_t b) {
     tools::SvgWriter& o = *o_;
     const bool evictable = v_.evictable(b);
-    if (g_.compact) {
-        tools::Attrs attrs{{"x", x}, {"y", y}, {"width", g_.cell}, {"height", g_.cell}};
-        if (evictable)
-            attrs.insert(attrs.end(), {{"fill", kEvictableFill}, {"stroke", kCachedInk}});
-        else
-            attrs.insert(attrs.end(), {{"fill", "#f4f4f4"}, {"stroke", "#bbb"}});
-        attrs.push_back({"stroke-width", "0.5"});
-        o.open("rect", attrs);
-        o.text("title", {}, page_title(b));
-        o.close();
-        return;
-    }
     const int cell = g_.cell;
     o.open("g");
     o.text("title", {}, page_title(b));
