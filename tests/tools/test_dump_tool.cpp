@@ -544,6 +544,12 @@ TEST_CASE("pagedkv-dump --svg stays small at 4096 pages: compact cells, a legend
     const Run small = dump({"--svg", "-", "--compact", showcase().string()});
     REQUIRE(small.status == 0);
     CHECK_THAT(small.out, Catch::Contains(">Compact (32 pages)"));
+    // Reserved pages stay marked, runs of them outlined in their row's colour.
+    CHECK_THAT(small.out, Catch::Contains("fill=\"url(#reserved)\" stroke=\"#b07aa1\" "
+                                          "stroke-width=\"1\"><title>cache 3 row 1, entries "
+                                          "0..2: pages 17..19, no token yet (reserved)</title>"));
+    CHECK_THAT(small.out, Catch::Contains("<title>pages 17..19: cache 3 row 1, no token yet "
+                                          "(reserved)</title>"));
 }
 
 TEST_CASE("pagedkv-dump --svg - writes the picture to stdout, not to a file named '-'", "[dump]") {

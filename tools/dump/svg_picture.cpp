@@ -457,7 +457,9 @@ void Picture::compact_run(int x, int y, const Lane& lane, size_t i0, size_t i1) 
         attrs.push_back({"fill", reserved(b) ? "url(#reserved)"
                                  : tokens    ? c.hex()
                                              : c.tint(0.35).hex()});
-        if (shared(b)) attrs.insert(attrs.end(), {{"stroke", "#111"}, {"stroke-width", 1}});
+        if (shared(b) || reserved(b))  // reserved: outlined in the row's colour
+            attrs.insert(attrs.end(),
+                         {{"stroke", shared(b) ? "#111" : c.hex()}, {"stroke-width", 1}});
         if (i1 - i0 == 1) {
             title = page_title(b);
         } else {
@@ -592,8 +594,10 @@ int Picture::draw_grid(int top) {
                 } else {
                     attrs.push_back(
                         {"fill", reserved(b) ? "url(#reserved)" : page_colour(b).hex()});
-                    if (w.size() > 1)
-                        attrs.insert(attrs.end(), {{"stroke", "#111"}, {"stroke-width", 1}});
+                    if (w.size() > 1 || reserved(b))
+                        attrs.insert(attrs.end(),
+                                     {{"stroke", w.size() > 1 ? "#111" : page_colour(b).hex()},
+                                      {"stroke-width", 1}});
                     what =
                         fmt::format("cache {} {} {}{}{}", w.front().cache,
                                     w.front().spare ? "spare" : "row", w.front().row,
@@ -601,10 +605,9 @@ int Picture::draw_grid(int top) {
                                     reserved(b) ? ", no token yet (reserved)" : "");
                 }
                 o.open("rect", attrs);
-                o.text("title", {},
-                       e - b == 1 ? page_title(b)
-                                  : fmt::format("pages {}..{}: {} (the lanes give each page)", b,
-                                                e - 1, what));
+                o.text(
+                    "title", {},
+                    e - b == 1 ? page_title(b) : fmt::format("pages {}..{}: {}", b, e - 1, what));
                 o.close();
                 b = e;
             }
