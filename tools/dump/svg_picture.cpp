@@ -834,10 +834,11 @@ void Picture::draw_legend(int x, int top) {
         swatch({{"fill", kEvictableFill}, {"stroke", kCachedInk}},
                g_.compact ? "cached page no row holds: evictable"
                           : "cached page no row holds: evictable, lru 0 evicted first");
-    swatch({{"fill", g_.compact ? "#f4f4f4" : "#fff"},
-            {"stroke", "#bbb"},
-            {"stroke-dasharray", g_.compact ? "none" : "3 2"}},
-           "free page");
+    if (st.free_blocks > 0)
+        swatch({{"fill", g_.compact ? "#f4f4f4" : "#fff"},
+                {"stroke", "#bbb"},
+                {"stroke-dasharray", g_.compact ? "none" : "3 2"}},
+               "free page");
     ly += 4;
     if (g_.compact) {
         note(
@@ -881,6 +882,7 @@ std::string Picture::draw() {
     const int grid_w = g_.grid_cols * g_.step() - g_.gap;
     const int grid_h = kHeading + grid_lines * g_.step() - g_.gap;
     size_t widest = 1;
+    const bool any_shared = v_.stats.shared_blocks > 0;  // room for "shares with ..."
     int lanes_h = kHeading;
     for (const Lane& lane : lanes_) {
         widest = std::max(widest, std::min(lane.blocks.size(), size_t(g_.lane_cols)));
@@ -888,8 +890,8 @@ std::string Picture::draw() {
             1, int((lane.blocks.size() + size_t(g_.lane_cols) - 1) / size_t(g_.lane_cols)));
         lanes_h += lines * g_.step() - g_.gap + g_.lane_gap;
     }
-    const int lanes_w =
-        g_.label_w + int(widest) * g_.step() - g_.gap + (g_.compact ? 0 : kShareNote);
+    const int lanes_w = g_.label_w + int(widest) * g_.step() - g_.gap +
+                        (g_.compact || !any_shared ? 0 : kShareNote);
     const int content_w = std::max(blocks_view_ ? grid_w : 0, lanes_view_ ? lanes_w : 0);
     const int content_h = (blocks_view_ ? grid_h : 0) +
                           (blocks_view_ && lanes_view_ ? kSection : 0) +
