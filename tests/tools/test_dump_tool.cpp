@@ -520,7 +520,7 @@ TEST_CASE("pagedkv-dump --svg stays small at 4096 pages: compact cells, a legend
     REQUIRE(r.status == 0);
     const std::string& s = r.out;
     INFO("compact picture: " << s.size() << " bytes");
-    CHECK(s.size() < 120 * 1024);  // 42 KB when written; the full picture is over 4 MB
+    CHECK(s.size() < 120 * 1024);  // 40 KB when written; the full picture is over 4 MB
     CHECK_THAT(s, Catch::Contains(">Compact (4096 pages): solid, a page holding tokens;</text>"));
     CHECK_THAT(s, !Catch::Contains("<clipPath"));  // no per-slot detail
     // The size in pixels: the first width and height, the <svg> element's.

@@ -9,7 +9,6 @@
 
 #include <charconv>
 #include <cstring>
-#include <map>
 #include <optional>
 #include <string>
 
@@ -57,7 +56,7 @@ std::string check_index(std::string& s) {
 // What CLI11 fills in before check() moves it into Options.
 struct Raw {
     std::string svg;
-    dump::SvgView view = dump::SvgView::Both;
+    std::string view = "both";
     bool compact = false;
     uint32_t cache = 0, row = 0;
 };
@@ -71,15 +70,12 @@ void define(CLI::App& app, Options& o, Raw& raw) {
                    "also draw the pool as an SVG picture into OUT; '-': to stdout, instead of "
                    "the text report")
         ->type_name("OUT");
-    const std::map<std::string, dump::SvgView> views{{"both", dump::SvgView::Both},
-                                                     {"lanes", dump::SvgView::Lanes},
-                                                     {"blocks", dump::SvgView::Blocks}};
     app.add_option("--view", raw.view,
                    "what --svg draws: 'lanes' (one lane per row, its pages in block-table order, "
                    "shared pages linked; then the free list), 'blocks' (every page by block id), "
                    "or 'both' (the default: blocks above lanes)")
         ->type_name("VIEW")
-        ->transform(CLI::CheckedTransformer(views));
+        ->check(CLI::IsMember({"both", "lanes", "blocks"}).description(""));
     app.add_flag("--compact,!--no-compact", raw.compact,
                  fmt::format("--svg: small cells without text (default: above {} pages)",
                              dump::kCompactAbove));
@@ -103,7 +99,9 @@ std::string check(const CLI::App& app, const Raw& raw, Options& o) {
     if (app.count("--svg")) o.svg = raw.svg;
     for (const char* svg_only : {"--view", "--compact", "--no-compact"})
         if (app.count(svg_only) && !o.svg) return fmt::format("{} needs --svg", svg_only);
-    o.picture.view = raw.view;
+    o.picture.view = raw.view == "lanes"    ? dump::SvgView::Lanes
+                     : raw.view == "blocks" ? dump::SvgView::Blocks
+                                            : dump::SvgView::Both;
     if (app.count("--compact") || app.count("--no-compact")) o.picture.compact = raw.compact;
     if (o.svg == "-" && o.json) return "--svg - and --json both write to stdout";
     if (app.count("--cache")) o.selection.cache = raw.cache;
