@@ -21,8 +21,8 @@ struct PageOwner {
     uint32_t cache = 0;
     uint32_t row = 0;
     bool spare = false;
-    uint32_t position = 0;  // in the row's block table: the page holds its slots from position x
-                            // block_size on
+    // The entry's index in the table: the page holds the row's slots position * block_size on.
+    uint32_t position = 0;
 };
 
 // The page slots a row's tokens occupy, over its layers: token t of the row sits at slot
