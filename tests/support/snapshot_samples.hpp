@@ -138,6 +138,118 @@ inline SnapshotData cached_snapshot(bool with_pages) {
     return s;
 }
 
+// The pool of the README's picture (pagedkv-dump --svg): 32 blocks of 4 tokens, 2 layers, every
+// kind of page a dump shows. One allocation after the other:
+//   cache 0 dynamic, three forked sequences (parallel sampling): row 0 [0 1 2 3] len 13; row 1
+//     forked from it, its partial last page copied on write: [0 1 2 4] len 14; row 2 forked
+//     from row 1: [0 1 2 4 5] len 18. Pages 0 1 2 are shared three ways, 4 two ways.
+//   6 and 7 taken and given back: the free list is 7 6 31 30 ... 23, top first.
+//   cache 1 dynamic, cropped from the front: row 0 [8 9 10], tokens from slot 3, len 9.
+//   cache 2 sliding (window 8): row 0 [11 12 13], tokens from slot 2, len 8.
+//   cache 3 static (batch_size 3, max_cache_len 12): row 0 [14 15 16] len 6 (16 reserved, no
+//     token), row 1 [17 18 19] len 0 (all reserved), spare [20 21 22].
+inline SnapshotData showcase_snapshot() {
+    SnapshotData s;
+    s.layout = sample_layout();
+    s.layout.num_blocks = 32;
+    BlockAllocator a(32);
+    std::vector<BlockId> got;
+    auto take = [&](uint64_t n) {
+        got.clear();
+        a.allocate(n, got);
+        return got;
+    };
+    BlockTable b0(a);
+    b0.adopt_back(take(4));  // 0 1 2 3
+    BlockTable b1 = b0.fork();
+    b1.release_back(1);
+    b1.adopt_back(take(1));  // 0 1 2 4
+    BlockTable b2 = b1.fork();
+    b2.adopt_back(take(1));     // 0 1 2 4 5
+    const auto temp = take(2);  // 6 7
+    BlockTable cropped(a);
+    cropped.adopt_back(take(3));  // 8 9 10
+    BlockTable sliding(a);
+    sliding.adopt_back(take(3));  // 11 12 13
+    BlockTable st0(a), st1(a), spare(a);
+    const auto nine = take(9);  // 14 .. 22
+    st0.adopt_back(std::span(nine).first(3));
+    st1.adopt_back(std::span(nine).subspan(3, 3));
+    spare.adopt_back(std::span(nine).subspan(6));
+    a.release(temp[0]);
+    a.release(temp[1]);
+    s.allocator = a.state();
+    s.pages_copied = 1;
+
+    SnapshotCache beams;
+    beams.rows = {b0.blocks(), b1.blocks(), b2.blocks()};
+    beams.len = {{13, 14, 18}, {13, 14, 18}};
+    beams.start = {{0, 0, 0}, {0, 0, 0}};
+    SnapshotCache crop;
+    crop.rows = {cropped.blocks()};
+    crop.len = {{9}, {9}};
+    crop.start = {{3}, {3}};
+    SnapshotCache slide;
+    slide.kind = SnapshotCacheKind::SlidingWindow;
+    slide.window = 8;
+    slide.rows = {sliding.blocks()};
+    slide.len = {{8}, {8}};
+    slide.start = {{2}, {2}};
+    SnapshotCache stat;
+    stat.kind = SnapshotCacheKind::Static;
+    stat.batch_size = 3;
+    stat.max_cache_len = 12;
+    stat.rows = {st0.blocks(), st1.blocks()};
+    stat.spare = {spare.blocks()};
+    stat.len = {{6, 0}, {6, 0}};
+    stat.start = {{0, 0}, {0, 0}};
+    s.caches = {beams, crop, slide, stat};
+    return s;
+}
+
+// A large pool for the compact picture: `blocks` pages of 16 tokens, one dynamic cache of
+// `rows` rows holding three quarters of them. Every fourth row, from the second on, is forked
+// from the row before it (sharing all its pages) and grown by half as many; every fourth, from
+// the fourth on, starts at slot 7 (slid); the rest of the pool is free.
+inline SnapshotData large_snapshot(uint32_t blocks, uint32_t rows) {
+    SnapshotData s;
+    s.layout = sample_layout();
+    s.layout.block_size = 16;
+    s.layout.num_blocks = blocks;
+    BlockAllocator a(blocks);
+    std::vector<BlockId> got;
+    auto take = [&](uint64_t n) {
+        got.clear();
+        a.allocate(n, got);
+        return got;
+    };
+    const uint32_t per = blocks * 3 / 4 / rows;
+    std::vector<BlockTable> tables;
+    tables.reserve(rows);
+    SnapshotCache dyn;
+    dyn.len.resize(2);
+    dyn.start.resize(2);
+    for (uint32_t r = 0; r < rows; ++r) {
+        if (r % 4 == 1) {
+            tables.push_back(tables.back().fork());
+            tables.back().adopt_back(take(per / 2));
+        } else {
+            tables.emplace_back(a);
+            tables.back().adopt_back(take(per));
+        }
+        const int64_t start = r % 4 == 3 ? 7 : 0;
+        const int64_t len = int64_t(tables.back().size()) * 16 - start - 3;
+        for (int l = 0; l < 2; ++l) {
+            dyn.len[size_t(l)].push_back(len);
+            dyn.start[size_t(l)].push_back(start);
+        }
+        dyn.rows.push_back(tables.back().blocks());
+    }
+    s.allocator = a.state();
+    s.caches = {dyn};
+    return s;
+}
+
 // sample_snapshot's pool and caches over quantized pages (dtype Int8 or FP8E4M3, head dims of
 // 4: a block of 2 layers x K and V x 4 slots x (4 codes + a 4-byte scale) = 128 bytes).
 inline SnapshotData quantized_snapshot(DType dtype, bool with_pages) {

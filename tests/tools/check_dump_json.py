@@ -71,6 +71,16 @@ def consistent(doc, where):
                    f"cache {cache['index']} row {row['row']} shared flags disagree with refcounts")
             expect(len(row["lengths"]) == layout["num_layers"], "one length per layer")
             expect(row["length"] == max(row["lengths"]), "length is the longest layer")
+            held = [(s, s + n) for s, n in zip(row["starts"], row["lengths"]) if n > 0]
+            if held:
+                expect(row["first_slot"] == min(a for a, _ in held) and
+                       row["end_slot"] == max(b for _, b in held),
+                       f"cache {cache['index']} row {row['row']}: first_slot/end_slot are not "
+                       "the span of its layers' slots")
+            else:
+                expect(row["first_slot"] == row["end_slot"], "an empty row's slot span")
+            expect(row["end_slot"] <= len(row["blocks"]) * layout["block_size"],
+                   f"cache {cache['index']} row {row['row']}: end_slot beyond its pages")
             if doc["selection"]["row"] is not None:
                 expect(row["row"] == doc["selection"]["row"], "a row outside the selection")
         if doc["selection"]["cache"] is not None:
@@ -95,6 +105,7 @@ def main():
         ("empty.snap", []),
         ("sample-cached.snap", []),
         ("sample-cached-pages.snap", ["--row", "1"]),
+        ("showcase.snap", []),
     ]
     failures = []
     docs = []
@@ -104,6 +115,14 @@ def main():
         docs.append(doc)
         failures += [f"{where}: {e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
         failures += consistent(doc, where)
+    # The text report lists the free list in the same order, top first (up to 32 entries).
+    for name in ("sample.snap", "showcase.snap", "sample-cached.snap"):
+        r = subprocess.run([exe, str(samples / name)], capture_output=True, text=True, timeout=60)
+        line = next(l for l in r.stdout.splitlines() if l.startswith("free list  "))
+        shown = [int(x) for x in line[len("free list  "):].split("  (")[0].split()]
+        doc = dump(exe, [str(samples / name)])
+        if shown != doc["pool"]["free_list"][:32]:
+            failures.append(f"{name}: text free list {shown}, JSON {doc['pool']['free_list']}")
     layouts = [d["layout"]["page_layout"] for d in docs]
     if layouts[0] != "head_major" or "token_major" not in layouts:
         failures.append(f"the samples should be head-major and one token-major, are {layouts}")
@@ -122,7 +141,8 @@ def main():
         return d
 
     wrong = {
-        "schema_version 2": broken(lambda d: d.__setitem__("schema_version", 2)),
+        "schema_version 1": broken(lambda d: d.__setitem__("schema_version", 1)),
+        "a row without first_slot": broken(lambda d: d["caches"][2]["rows"][0].pop("first_slot")),
         "unknown kind": broken(lambda d: d["caches"][0].__setitem__("kind", "paged")),
         "static without max_cache_len": broken(lambda d: d["caches"][1].pop("max_cache_len")),
         "window on a dynamic cache": broken(lambda d: d["caches"][0].__setitem__("window", 4)),

@@ -61,11 +61,13 @@ std::string quoted(const std::string& s) {
     return o + "'";
 }
 
-// Runs pagedkv-dump with these arguments, capturing stdout, stderr and the exit status.
-Run dump(const std::vector<std::string>& args) {
+// Runs pagedkv-dump with these arguments (in directory cwd when given), capturing stdout,
+// stderr and the exit status.
+Run dump(const std::vector<std::string>& args, const fs::path& cwd = {}) {
     const char* exe = std::getenv("PAGEDKV_DUMP");
     REQUIRE(exe != nullptr);  // set by ctest; run the binary by hand with it set
-    std::string cmd = quoted(exe);
+    std::string cmd = quoted(fs::absolute(exe).string());
+    if (!cwd.empty()) cmd = "cd " + quoted(cwd.string()) + " && " + cmd;
     for (const auto& a : args)
         cmd += " " + quoted(a);
     const fs::path out = scratch().dir / "stdout", err = scratch().dir / "stderr";
@@ -204,7 +206,7 @@ TEST_CASE("pagedkv-dump shows cached pages: hashes, parents, salts, held or evic
                                       "        \"lru_position\": 0\n"));
 
     const auto svg = scratch().dir / "cached.svg";
-    r = dump({"--svg", svg.string(), path.string()});
+    r = dump({"--svg", svg.string(), "--view", "blocks", path.string()});
     REQUIRE(r.status == 0);
     const std::string pic = slurp(svg);
     auto count = [&](const std::string& needle) {
@@ -256,6 +258,10 @@ TEST_CASE("pagedkv-dump refuses a wrong command line with one line and status 2"
     require_rejected(dump({}), "no snapshot file given");
     require_rejected(dump({path.string(), path.string()}), "one snapshot file at a time");
     require_rejected(dump({"--svg"}), "--svg");
+    require_rejected(dump({"--view", "lanes", path.string()}), "--view needs --svg");
+    require_rejected(dump({"--svg", "x.svg", "--view", "tree", path.string()}), "--view");
+    require_rejected(dump({"--svg", "-", "--json", path.string()}),
+                     "--svg - and --json both write to stdout");
     const Run missing = dump({(scratch().dir / "no-such.snap").string()});
     CHECK(missing.status == 1);
     CHECK(missing.err_lines() == 1);
@@ -332,7 +338,7 @@ TEST_CASE("pagedkv-dump names the byte and field of a hand-made inconsistent sna
 TEST_CASE("pagedkv-dump --svg draws every page, marks shared ones and names every row", "[dump]") {
     const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
     const auto svg = scratch().dir / "sample.svg";
-    const Run r = dump({"--svg", svg.string(), path.string()});
+    const Run r = dump({"--svg", svg.string(), "--view", "blocks", path.string()});
     REQUIRE(r.status == 0);
     const std::string s = slurp(svg);
     CHECK_THAT(s, Catch::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -348,7 +354,8 @@ TEST_CASE("pagedkv-dump --svg draws every page, marks shared ones and names ever
     CHECK(count(">×2</text>") == 2);                  // blocks 0 and 1, shared by two rows
     CHECK_THAT(s, Catch::Contains(">cache 0 row 1 (dynamic): 3 pages, 11 tokens</text>"));
     CHECK_THAT(s, Catch::Contains(">cache 2 row 0 (sliding): 1 page, 3 tokens</text>"));
-    CHECK_THAT(s, Catch::Contains("reserved by a static cache"));
+    CHECK_THAT(s, Catch::Contains(">spare table of a static cache (no row uses it)</text>"));
+    CHECK_THAT(s, Catch::Contains(">reserved, no token yet (static cache): hatched</text>"));
     CHECK_THAT(s, Catch::Contains("41.7% waste"));
     const Run bad = dump({"--svg", (scratch().dir / "no-dir" / "x.svg").string(), path.string()});
     CHECK(bad.status == 1);
@@ -358,7 +365,8 @@ TEST_CASE("pagedkv-dump --svg draws every page, marks shared ones and names ever
 TEST_CASE("pagedkv-dump --help lists every option, and numbers are read as decimal", "[dump]") {
     const Run help = dump({"--help"});
     REQUIRE(help.status == 0);
-    for (const char* option : {"--json", "--svg OUT", "--cache N", "--row N", "FILE"})
+    for (const char* option : {"--json", "--svg OUT", "--view VIEW", "--compact", "--no-compact",
+                               "--cache N", "--row N", "FILE"})
         CHECK_THAT(help.out, Catch::Contains(option));
     const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
     // 010 is ten, not octal eight: refused, the sample having 3 caches.
@@ -377,4 +385,213 @@ TEST_CASE("pagedkv-dump escapes a file name in its JSON and SVG", "[dump]") {
     CHECK_THAT(r.out, Catch::Contains("we\\\"ird<&>\\\\name.snap\",\n"));
     const std::string s = slurp(svg);
     CHECK_THAT(s, Catch::Contains("we&quot;ird&lt;&amp;&gt;\\name.snap</text>"));
+}
+
+namespace {
+
+size_t count_in(const std::string& s, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = s.find(needle); at != std::string::npos; at = s.find(needle, at + 1))
+        ++n;
+    return n;
+}
+
+// The showcase pool (tests/support/snapshot_samples.hpp): forked rows, a cropped and a sliding
+// row, a static cache with reserved pages and a spare table, free pages.
+fs::path showcase() {
+    return scratch().write("showcase.snap", encode_snapshot(test::showcase_snapshot()));
+}
+
+}  // namespace
+
+TEST_CASE("pagedkv-dump draws a cropped or sliding row's tokens at the slots they occupy",
+          "[dump]") {
+    const auto path = showcase();
+    const Run lanes = dump({"--svg", "-", "--view", "lanes", path.string()});
+    REQUIRE(lanes.status == 0);
+    const std::string& s = lanes.out;
+    // Lanes: the label column ends at x 270, a page is 36 px for 4 slots. Cache 1 row 0 (the
+    // fourth lane, y 258) holds its first token at slot 3: the solid part of page 8 is its
+    // last quarter, not its first.
+    CHECK_THAT(s, Catch::Contains("<rect x=\"297.0\" y=\"258.0\" width=\"9.0\" height=\"36.0\" "
+                                  "fill=\"#76b7b2\"/>"));
+    CHECK_THAT(s, !Catch::Contains("<rect x=\"270.0\" y=\"258.0\" width=\"9.0\""));
+    CHECK_THAT(s, Catch::Contains(">dynamic, 9 tokens from slot 3</text>"));
+    CHECK_THAT(s, Catch::Contains("cache 1 row 0, entry 0: tokens 0..0 at slots 3..3</title>"));
+    // The sliding row (cache 2, y 308), first token at slot 2: page 11's right half.
+    CHECK_THAT(s, Catch::Contains("<rect x=\"288.0\" y=\"308.0\" width=\"18.0\" height=\"36.0\" "
+                                  "fill=\"#59a14f\"/>"));
+    CHECK_THAT(s, Catch::Contains("cache 2 row 0, entry 2: tokens 6..7 at slots 0..1"));
+    // The blocks view: page 8 (x 340, second line of none: y 108) the same way.
+    const Run blocks = dump({"--svg", "-", "--view", "blocks", path.string()});
+    REQUIRE(blocks.status == 0);
+    CHECK_THAT(blocks.out, Catch::Contains("<rect x=\"367.0\" y=\"108.0\" width=\"9.0\" "
+                                           "height=\"36.0\" fill=\"#76b7b2\"/>"));
+    // The JSON gives each row's slot span.
+    const Run j = dump({"--json", "--cache", "1", path.string()});
+    REQUIRE(j.status == 0);
+    CHECK_THAT(j.out, Catch::Contains("\"starts\": [3, 3],\n          \"first_slot\": 3,\n"
+                                      "          \"end_slot\": 12,\n"));
+    const Run j2 = dump({"--json", "--cache", "2", path.string()});
+    CHECK_THAT(j2.out, Catch::Contains("\"first_slot\": 2,\n          \"end_slot\": 10,\n"));
+}
+
+TEST_CASE("pagedkv-dump marks a static cache's reserved pages holding no token", "[dump]") {
+    const auto path = showcase();
+    const Run r = dump({"--svg", "-", "--view", "blocks", path.string()});
+    REQUIRE(r.status == 0);
+    // Pages 16 (row 0's third), 17 18 19 (row 1, empty) and the spare table's 20 21 22, and
+    // the legend's swatch; page 15 holds tokens and is drawn as any other.
+    CHECK(count_in(r.out, "fill=\"url(#reserved)\"") == 8);
+    CHECK_THAT(r.out, Catch::Contains(">reserved, no token yet (static cache): hatched</text>"));
+    CHECK_THAT(r.out, Catch::Contains("<title>page 17: 1 ref, 0 of 4 slots hold tokens\n"
+                                      "cache 3 row 1, entry 0: no token yet (reserved)</title>"));
+    CHECK_THAT(r.out, Catch::Contains("<title>page 15: 1 ref, 2 of 4 slots hold tokens\n"
+                                      "cache 3 row 0, entry 1: tokens 4..5 at slots 0..1</title>"));
+    CHECK_THAT(r.out, Catch::Contains("cache 3 spare 0, entry 2: reserved, no batch row uses it"));
+}
+
+TEST_CASE("pagedkv-dump --view lanes draws each row in table order, shared pages linked",
+          "[dump]") {
+    const auto path = showcase();
+    const Run r = dump({"--svg", "-", "--view", "lanes", path.string()});
+    REQUIRE(r.status == 0);
+    const std::string& s = r.out;
+    // The three forked rows each draw pages 0 1 2, page 4 twice: every cell has its tooltip.
+    const std::string page0 =
+        "<title>page 0: 3 refs, 4 of 4 slots hold tokens\n"
+        "cache 0 row 0, entry 0: tokens 0..3 at slots 0..3\n"
+        "cache 0 row 1, entry 0: tokens 0..3 at slots 0..3\n"
+        "cache 0 row 2, entry 0: tokens 0..3 at slots 0..3</title>";
+    CHECK(count_in(s, page0) == 3);
+    CHECK(count_in(s, "<title>page 4: 2 refs") == 2);
+    CHECK(count_in(s, "<title>page 3: 1 ref") == 1);
+    // Links: page 0 from lane 0 (y 108) to lane 1 (y 158) and on to lane 2 (y 208); 7 in all
+    // (pages 0 1 2 twice, page 4 once) and the legend's.
+    CHECK_THAT(s, Catch::Contains("<path d=\"M288 144C288 151 288 151 288 158\" fill=\"none\" "
+                                  "stroke=\"#4e79a7\""));
+    CHECK_THAT(s, Catch::Contains("<path d=\"M288 194C288 201 288 201 288 208\""));
+    CHECK_THAT(s, Catch::Contains("<path d=\"M408 194C408 201 408 201 408 208\" fill=\"none\" "
+                                  "stroke=\"#f28e2b\""));  // page 4: row 1's colour
+    CHECK(count_in(s, "<path ") == 8);
+    CHECK_THAT(s, Catch::Contains(">shares with cache 0 row 0, cache 0 row 2</text>"));
+    // In table order: row 2's lane holds 0 1 2 4 5 left to right.
+    const size_t lane2 = s.find(">cache 0 row 2</text>");
+    REQUIRE(lane2 != std::string::npos);
+    size_t at = lane2;
+    for (const char* id : {">0</text>", ">1</text>", ">2</text>", ">4</text>", ">5</text>"}) {
+        INFO(id);
+        const size_t next = s.find(id, at);
+        REQUIRE(next != std::string::npos);
+        at = next;
+    }
+    CHECK(at < s.find(">cache 1 row 0</text>"));
+    // Then the free list, top first, and the spare table.
+    CHECK_THAT(s, Catch::Contains(">11 pages, next handed out first</text>"));
+    CHECK_THAT(s, Catch::Contains("<title>page 7: free, handed out next</title>"));
+    CHECK_THAT(s, Catch::Contains("<title>page 6: free, handed out after 1 other</title>"));
+    CHECK(s.find("<title>page 7: free") < s.find("<title>page 6: free"));
+    CHECK_THAT(s, Catch::Contains(">cache 3 spare 0</text>"));
+}
+
+TEST_CASE("pagedkv-dump --svg gives every page a tooltip in both views", "[dump]") {
+    const auto path = showcase();
+    const Run blocks = dump({"--svg", "-", "--view", "blocks", path.string()});
+    REQUIRE(blocks.status == 0);
+    for (uint32_t b = 0; b < 32; ++b) {
+        INFO("page " << b);
+        CHECK(count_in(blocks.out, "<title>page " + std::to_string(b) + ": ") == 1);
+    }
+    const Run both = dump({"--svg", "-", path.string()});  // the default: both views
+    REQUIRE(both.status == 0);
+    // Pages 0 1 2 in four places (the grid and three lanes), 4 in three, free ones in two.
+    CHECK(count_in(both.out, "<title>page 1: ") == 4);
+    CHECK(count_in(both.out, "<title>page 4: ") == 3);
+    CHECK(count_in(both.out, "<title>page 30: ") == 2);
+    CHECK_THAT(both.out, Catch::Contains(">Pages by block id, 16 a line</text>"));
+    CHECK_THAT(both.out, Catch::Contains(">Lanes: each row's pages in block-table order"));
+}
+
+TEST_CASE("pagedkv-dump --svg stays small at 4096 pages: compact cells, a legend that sums up",
+          "[dump]") {
+    const auto path =
+        scratch().write("large.snap", encode_snapshot(test::large_snapshot(4096, 64)));
+    const Run r = dump({"--svg", "-", path.string()});
+    REQUIRE(r.status == 0);
+    const std::string& s = r.out;
+    INFO("compact picture: " << s.size() << " bytes");
+    CHECK(s.size() < 120 * 1024);  // 40 KB when written; the full picture is over 4 MB
+    CHECK_THAT(s, Catch::Contains(">Compact (4096 pages): solid, a page holding tokens;</text>"));
+    CHECK_THAT(s, !Catch::Contains("<clipPath"));  // no per-slot detail
+    // The size in pixels: the first width and height, the <svg> element's.
+    const size_t w = s.find("width=\""), h = s.find("height=\"");
+    REQUIRE(w != std::string::npos);
+    CHECK(std::stoi(s.substr(w + 7)) <= 1600);
+    CHECK(std::stoi(s.substr(h + 8)) <= 2000);
+    // The legend sums the rows up instead of stopping after a few, and says colours repeat.
+    CHECK_THAT(s, Catch::Contains(">64 rows in 1 cache: a colour each, named by its lane</text>"));
+    CHECK_THAT(s, Catch::Contains("alike: the lane labels and every page's tooltip name its "
+                                  "rows.</text>"));
+    CHECK(count_in(s, ">c0 r") == 64);  // every lane named
+    CHECK_THAT(s, !Catch::Contains("more rows"));
+    // A run's tooltip names its pages, row and tokens; row 1 shares row 0's pages.
+    CHECK_THAT(s, Catch::Contains("<title>cache 0 row 0, entries 0..47: pages 0..47, tokens "
+                                  "0..764; each shared by 2 rows (page 0: cache 0 row 1)</title>"));
+    // Full detail on request, and forced compact on a small pool.
+    const Run full = dump({"--svg", "-", "--no-compact", "--view", "blocks", path.string()});
+    REQUIRE(full.status == 0);
+    CHECK(full.out.size() > 10 * s.size());
+    const Run small = dump({"--svg", "-", "--compact", showcase().string()});
+    REQUIRE(small.status == 0);
+    CHECK_THAT(small.out, Catch::Contains(">Compact (32 pages)"));
+    // Reserved pages stay marked, runs of them outlined in their row's colour.
+    CHECK_THAT(small.out, Catch::Contains("fill=\"url(#reserved)\" stroke=\"#b07aa1\" "
+                                          "stroke-width=\"1\"><title>cache 3 row 1, entries "
+                                          "0..2: pages 17..19, no token yet (reserved)</title>"));
+    CHECK_THAT(small.out, Catch::Contains("<title>pages 17..19: cache 3 row 1, no token yet "
+                                          "(reserved)</title>"));
+}
+
+TEST_CASE("pagedkv-dump --svg - writes the picture to stdout, not to a file named '-'", "[dump]") {
+    const auto path = showcase();
+    const fs::path dir = scratch().dir / "cwd";
+    fs::create_directories(dir);
+    const Run r = dump({"--svg", "-", path.string()}, dir);
+    REQUIRE(r.status == 0);
+    CHECK(r.err.empty());
+    CHECK_THAT(r.out, Catch::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    CHECK_THAT(r.out, Catch::EndsWith("</svg>\n"));
+    CHECK_THAT(r.out, !Catch::Contains("free list  "));  // the picture alone
+    CHECK(fs::is_empty(dir));
+    // A file named '-' is still reachable as ./-
+    const Run f = dump({"--svg", "./-", path.string()}, dir);
+    REQUIRE(f.status == 0);
+    CHECK(fs::exists(dir / "-"));
+    CHECK_THAT(f.out, Catch::StartsWith("snapshot   "));
+}
+
+TEST_CASE("pagedkv-dump lists the free list top first in its text and its JSON", "[dump]") {
+    for (const auto& [name, snapshot] : {std::pair{"sample", test::sample_snapshot(false)},
+                                         std::pair{"showcase", test::showcase_snapshot()}}) {
+        INFO(name);
+        const auto path = scratch().write(std::string(name) + ".snap", encode_snapshot(snapshot));
+        const Run text = dump({path.string()});
+        const Run json = dump({"--json", path.string()});
+        REQUIRE(text.status == 0);
+        REQUIRE(json.status == 0);
+        // The allocator's list is bottom first: the top is its last entry.
+        std::string top_first;
+        const auto& fl = snapshot.allocator.free_list;
+        for (size_t i = fl.size(); i-- > 0;)
+            top_first += std::to_string(index(fl[i])) + (i ? " " : "");
+        CHECK_THAT(text.out,
+                   Catch::Contains("free list  " + top_first + "  (next handed out first)\n"));
+        std::string commas = top_first;
+        for (size_t at = commas.find(' '); at != std::string::npos; at = commas.find(' ', at + 2))
+            commas.replace(at, 1, ", ");
+        CHECK_THAT(json.out, Catch::Contains("\"free_list\": [" + commas + "]\n"));
+    }
+    // Made by hand: the sample's free list is 8 10 11 from the top.
+    const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
+    CHECK_THAT(dump({"--json", path.string()}).out, Catch::Contains("\"free_list\": [8, 10, 11]"));
 }

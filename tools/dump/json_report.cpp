@@ -19,6 +19,15 @@ Json block_ids(const std::vector<BlockId>& blocks) {
     return ids;
 }
 
+// The allocator keeps its LIFO free list bottom first; the report lists it top first, as the
+// text report does: the first entry is handed out next.
+Json free_list_top_first(const std::vector<BlockId>& free_list) {
+    Json ids = Json::array();
+    for (auto it = free_list.rbegin(); it != free_list.rend(); ++it)
+        ids.push_back(index(*it));
+    return ids;
+}
+
 // The selection option's value, or null when it was not given.
 Json optional_index(const std::optional<uint32_t>& i) {
     return i ? Json(*i) : Json(nullptr);
@@ -32,10 +41,13 @@ Json row_json(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
         starts.push_back(layer[r]);
     for (BlockId b : k.rows[r])
         shared.push_back(v.refcount(index(b)) > 1);
+    const RowSlots slots = row_slots(k, r);
     return {{"row", r},
             {"length", k.row_length(r)},
             {"lengths", std::move(lengths)},
             {"starts", std::move(starts)},
+            {"first_slot", slots.first},
+            {"end_slot", slots.end},
             {"blocks", block_ids(k.rows[r])},
             {"shared", std::move(shared)}};
 }
@@ -126,7 +138,7 @@ std::string json_report(const SnapshotView& v) {
                    {"waste_fraction", tools::json_number(st.waste_fraction())},
                    {"refcount_histogram", st.refcount_histogram},
                    {"refcounts", d.allocator.refcounts},
-                   {"free_list", block_ids(d.allocator.free_list)}};
+                   {"free_list", free_list_top_first(d.allocator.free_list)}};
     Json caches = Json::array();
     for (uint32_t c = 0; c < d.caches.size(); ++c) {
         if (!v.selected(c) || (v.selection.row && *v.selection.row >= d.caches[c].rows.size()))

@@ -9,7 +9,9 @@
 namespace pagedkv::dump {
 
 // Bumped whenever a field is removed or changes meaning; added fields keep the version.
-inline constexpr int kJsonSchemaVersion = 1;
+// 2: pool.free_list is top first (its first entry is handed out next), as the text report lists
+// it; version 1 listed it bottom first.
+inline constexpr int kJsonSchemaVersion = 2;
 
 std::string json_report(const SnapshotView& v);
 

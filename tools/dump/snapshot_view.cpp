@@ -2,12 +2,33 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "cache/snapshot/detailed_stats.hpp"
 #include "cache/snapshot/snapshot_codec.hpp"
 #include "cache/snapshot/snapshot_format.hpp"
 #include "pagedkv/error.hpp"
 
 namespace pagedkv::dump {
+
+std::pair<int64_t, int64_t> RowSlots::in_page(uint32_t position, uint32_t block_size) const {
+    const int64_t lo = int64_t(position) * block_size, hi = lo + block_size;
+    const int64_t a = std::clamp(first, lo, hi), b = std::clamp(end, lo, hi);
+    return a < b ? std::pair{a - lo, b - lo} : std::pair<int64_t, int64_t>{0, 0};
+}
+
+RowSlots row_slots(const SnapshotCache& k, size_t row) {
+    RowSlots s{INT64_MAX, 0};
+    for (size_t l = 0; l < k.len.size(); ++l) {
+        if (row >= k.len[l].size() || k.len[l][row] <= 0) continue;
+        s.first = std::min(s.first, k.start[l][row]);
+        s.end = std::max(s.end, k.start[l][row] + k.len[l][row]);
+    }
+    if (s.first == INT64_MAX) {  // no token in any layer: where the next one goes
+        s.first = s.end = k.start.empty() || row >= k.start[0].size() ? 0 : k.start[0][row];
+    }
+    return s;
+}
 
 SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selection selection) {
     SnapshotView v;
@@ -47,11 +68,11 @@ SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selecti
     for (uint32_t c = 0; c < caches.size(); ++c) {
         const SnapshotCache& k = caches[c];
         for (uint32_t r = 0; r < k.rows.size(); ++r)
-            for (BlockId b : k.rows[r])
-                v.owners[index(b)].push_back({c, r, false});
+            for (uint32_t i = 0; i < k.rows[r].size(); ++i)
+                v.owners[index(k.rows[r][i])].push_back({c, r, false, i});
         for (uint32_t r = 0; r < k.spare.size(); ++r)
-            for (BlockId b : k.spare[r])
-                v.owners[index(b)].push_back({c, r, true});
+            for (uint32_t i = 0; i < k.spare[r].size(); ++i)
+                v.owners[index(k.spare[r][i])].push_back({c, r, true, i});
     }
     return v;
 }

@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cache/snapshot/snapshot_data.hpp"
@@ -14,13 +15,27 @@
 
 namespace pagedkv::dump {
 
-// One table entry pointing at a page: row `row` of cache `cache` (a spare row of a static
-// cache when `spare`).
+// One table entry pointing at a page: entry `position` of row `row` of cache `cache` (a spare
+// row of a static cache when `spare`).
 struct PageOwner {
     uint32_t cache = 0;
     uint32_t row = 0;
     bool spare = false;
+    // The entry's index in the table: the page holds the row's slots position * block_size on.
+    uint32_t position = 0;
 };
+
+// The page slots a row's tokens occupy, over its layers: token t of the row sits at slot
+// first + t of its block table (slot s in page s / block_size). A crop or a sliding window
+// moves `first` instead of moving bytes, so the slots before it hold nothing. first == end: no
+// token (a static row not written yet).
+struct RowSlots {
+    int64_t first = 0;
+    int64_t end = 0;
+    // The slots of the page at `position` that hold tokens, [lo, hi) within the page.
+    std::pair<int64_t, int64_t> in_page(uint32_t position, uint32_t block_size) const;
+};
+RowSlots row_slots(const SnapshotCache& k, size_t row);
 
 struct Selection {
     std::optional<uint32_t> cache;
