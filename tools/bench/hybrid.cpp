@@ -88,8 +88,8 @@ HybridTiming time_decode(Context& ctx, int pairs) {
     constexpr uint32_t prefill_chunk = 512, reps = 3;
     HybridTiming t;
     t.shape = fmt::format(
-        "{} rows at {} tokens, {} kv head x {}, {} q heads, f16; begin_step, write + attention "
-        "of {} layers, end_step",
+        "{} sequence(s) at {} tokens, {} kv head x {}, {} q heads, f16; begin_step, write + "
+        "attention of {} layers, end_step",
         rows, context, heads, dim, q_heads, kLayers);
     // Appends per row: (reps + warm-up) per run, two runs per pair.
     const uint64_t grow = uint64_t(pairs) * 2 * (reps + 1) + kBlock;
@@ -295,18 +295,20 @@ std::vector<HybridRow> hybrid_rows(const HybridFigures& f) {
 
 std::map<std::string, double> hybrid_json(const HybridFigures& f) {
     std::map<std::string, double> j;
-    j["hybrid_page_bytes"] = double(f.hybrid_page_bytes);
-    j["hybrid_one_table_page_bytes"] = double(f.one_table_page_bytes);
-    j["hybrid_static_bytes"] = double(f.static_bytes);
+    // Bytes as KiB and MiB: the JSON keeps 6 significant digits.
+    const double kib = 1024.0, mib = 1024.0 * 1024.0;
+    j["hybrid_page_kib"] = double(f.hybrid_page_bytes) / kib;
+    j["hybrid_one_table_page_kib"] = double(f.one_table_page_bytes) / kib;
+    j["hybrid_static_mib"] = double(f.static_bytes) / mib;
     for (const HybridContext& c : f.contexts) {
         const std::string k = "_" + context_text(c.context);
         j["hybrid_pages" + k] = double(c.hybrid_pages);
         j["hybrid_peak_pages" + k] = double(c.hybrid_peak_pages);
         j["hybrid_one_table_pages" + k] = double(c.one_table_pages);
-        j["hybrid_bytes" + k] = double(c.hybrid_bytes);
-        j["hybrid_one_table_bytes" + k] = double(c.one_table_bytes);
-        j["hybrid_dynamic_bytes" + k] = double(c.dynamic_bytes);
-        j["hybrid_windowed_bytes" + k] = double(c.windowed_bytes);
+        j["hybrid_mib" + k] = double(c.hybrid_bytes) / mib;
+        j["hybrid_one_table_mib" + k] = double(c.one_table_bytes) / mib;
+        j["hybrid_dynamic_mib" + k] = double(c.dynamic_bytes) / mib;
+        j["hybrid_windowed_mib" + k] = double(c.windowed_bytes) / mib;
         j["hybrid_over_one_table" + k] = double(c.hybrid_bytes) / double(c.one_table_bytes);
         j["hybrid_over_dynamic" + k] = double(c.hybrid_bytes) / double(c.dynamic_bytes);
     }
