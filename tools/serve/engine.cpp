@@ -196,6 +196,7 @@ Engine::Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, Engine
     if (opt_.check)
         ref_ = std::make_unique<test::ReferenceSequences>(cfg_.num_layers, cfg_.num_kv_heads,
                                                           cfg_.head_dim, cfg_.v_head_dim);
+    if (ref_) ref_->set_windows(cfg_.layer_windows);  // hybrid: sliding layers hold their window
     if (opt_.oracle) oracle_ = std::make_unique<OracleCache>(cfg_.block_size);
 }
 
@@ -648,9 +649,11 @@ bool Engine::step() {
                 const auto& rv = ref_->raw_values(ids[i], l);
                 for (uint32_t j = 0; j < counts[i]; ++j, ++t) {
                     const int64_t n = first[i] + j + 1;
-                    const auto want =
-                        test::causal_attention_row(&host_q_[l][size_t(t) * q_heads_ * D], rk, rv, n,
-                                                   q_heads_, H, D, DV, scale);
+                    // A sliding layer (PoolConfig::layer_windows) attends to (n - 1 - w, n - 1].
+                    const int64_t w = cfg_.layer_windows.empty() ? 0 : cfg_.layer_windows[l];
+                    const auto want = test::causal_attention_row(
+                        &host_q_[l][size_t(t) * q_heads_ * D], rk, rv, n, q_heads_, H, D, DV, scale,
+                        w > 0 ? std::max<int64_t>(0, n - w) : 0);
                     bool bad = false;
                     for (size_t e = 0; e < want.size(); ++e) {
                         const double diff =

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "engine.hpp"
+#include "hybrid_demo.hpp"
 #include "serve_demo.hpp"
 
 namespace pagedkv::serve {
@@ -213,6 +214,15 @@ int serve_main(int argc, char** argv) {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
         ->check(CLI::Range(0.001, 100.0));
     pages_opt->excludes(shared_opt);
+    bool hybrid = false;  // tools/serve/hybrid_demo.hpp
+    uint32_t window = 32;
+    app.add_flag("--hybrid", hybrid,
+                 "a hybrid model's pool (layer_windows): every third layer full attention, the "
+                 "others sliding over --window tokens; 6 layers unless --layers")
+        ->excludes(shared_opt)
+        ->excludes("--prefix-caching")
+        ->excludes("--host-pages");
+    ranged("--window", window, "--hybrid: tokens of the sliding layers' window", 1u, 100000u);
     ranged("--layers", layers, "layers (--shared-prefix: 2 unless given)", 1u, 256u);
     const std::map<std::string, DType> dtypes{{"f32", DType::F32},
                                               {"f16", DType::F16},
@@ -236,6 +246,9 @@ int serve_main(int argc, char** argv) {
     }
     dtype = dtypes.at(dtype_name);
     try {
+        if (hybrid)
+            return hybrid_main(trace, opt, pages, app.count("--layers") ? layers : 6, window,
+                               dtype);
         if (shared) {
             sp.seed = trace.seed;
             if (sp.max_turns < sp.min_turns) sp.max_turns = sp.min_turns;
