@@ -77,7 +77,8 @@ class PAGEDKV_API Step {
     uint32_t total_tokens() const;
     // Position of each sequence's first new token (its length before the step).
     const std::vector<int64_t>& first_positions() const;
-    // Page slot (block * block_size + slot) of each new token, in order.
+    // Page slot (block * block_size + slot) of each new token, in order (with layer_windows:
+    // in the first layer group's table; view(layer) has each layer's).
     const std::vector<uint32_t>& slot_mapping() const;
 
     // What a runtime's own kernels need for one layer: the pool's pages and, on the device,

@@ -98,7 +98,8 @@ struct PagedView {
     // and per row the position of its table's first token. A step's row of a sliding layer may
     // start before the window of its first new token (what the step's earlier tokens of a
     // prefill need): a token at position p attends to positions (p - window, p]; row token j is
-    // position first_positions[row] + j. Without windows every first position is 0.
+    // position first_positions[row] + j (a step's view; a cache's leaves it empty, its rows'
+    // tokens numbered from the first held). Without windows every first position is 0.
     uint32_t window = 0;
     std::vector<int64_t> first_positions;
 
