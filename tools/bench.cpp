@@ -94,8 +94,10 @@ struct Report {
 };
 
 // Progress on stderr while the bench runs (the table comes at the end, on stdout).
+// Each section prints "[i/n] name" when it starts and "[i/n] name: 2.1 s" when it is done;
+// these are the steps in between.
 void progress(const std::string& what) {
-    fmt::print(stderr, "pagedkv-bench: {}\n", what);
+    fmt::print(stderr, "        {}\n", what);
 }
 
 double median_of(std::vector<double> v) {
@@ -546,94 +548,201 @@ std::vector<Series> sweep_gather(Context& ctx, detail::GpuTimer& timer) {
                             {"vkCmdCopyBuffer (flat)", "#2ca02c", {}}};
     std::mt19937 rng(6);
     for (uint32_t tokens : {256u, 1024u, 4096u, 16384u}) {
+        progress(fmt::format("gather sweep, {} tokens", tokens));
         BlockPool pool(ctx, layout(1, tokens / 16 + 4));
         DynamicKVCache cache(pool);
         Tensor k = random_tensor(ctx, rng, {1, 8, tokens, 128}, DType::F16);
         cache.write(k, k, 0);
         const double bytes = 2.0 * 2 * double(k.nbytes());  // K and V, read + written
+        // A time the device did not measure (no timestamp: zero, or not finite) is a gap in
+        // the chart, not a zero.
+        auto gbps = [&](double t) {
+            return t > 0 && std::isfinite(t) ? bytes / t / 1e9
+                                             : std::numeric_limits<double>::quiet_NaN();
+        };
         int i = 0;
         for_each_path(ctx, [&](const std::string&) {
             const double t = timer.median([&] { (void)cache.get(0); }, 7, 2);
-            out[size_t(i++)].points.emplace_back(bytes / 2, bytes / t / 1e9);
+            out[size_t(i++)].points.emplace_back(bytes / 2, gbps(t));
         });
         const double t = time_flat_copy(detail::Access::device(ctx), timer, 2 * k.nbytes(), 2);
-        out[2].points.emplace_back(bytes / 2, bytes / t / 1e9);
+        out[2].points.emplace_back(bytes / 2, gbps(t));
     }
     return out;
 }
 
-// A log-x line chart at (x0, y0).
+// "Nice" axis values: 1, 2 or 5 times a power of ten.
+double nice_at_least(double v) {
+    const double p = std::pow(10.0, std::floor(std::log10(v)));
+    for (double m : {1.0, 2.0, 5.0})
+        if (m * p >= v * (1 - 1e-9)) return m * p;
+    return 10 * p;
+}
+double nice_at_most(double v) {
+    const double p = std::pow(10.0, std::floor(std::log10(v)));
+    for (double m : {5.0, 2.0})
+        if (m * p <= v * (1 + 1e-9)) return m * p;
+    return p;
+}
+
+// A tick label: 1.5, 20, 500, 2k, 50M.
+std::string tick_label(double v) {
+    if (std::fabs(v) >= 1e9) return fmt::format("{:g}G", v / 1e9);
+    if (std::fabs(v) >= 1e6) return fmt::format("{:g}M", v / 1e6);
+    if (std::fabs(v) >= 1e3) return fmt::format("{:g}k", v / 1e3);
+    return fmt::format("{:g}", v);
+}
+
+// A log-x line chart at (x0, y0), 440 x 300: the plot, then its legend below the axis label
+// (never over the lines). Ticks are nice values: the y axis from 0 in steps of 1, 2 or 5 x
+// 10^k, the x axis at 1, 2 and 5 x 10^k (powers of ten alone over more than two decades). A
+// point whose y is not finite was not measured: the line has a gap there; a series with no
+// point is listed as absent, and a chart without any point says `missing` in its plot.
 void chart(tools::SvgWriter& svg, double x0, double y0, const std::string& title,
-           const std::string& xlabel, const std::string& ylabel,
-           const std::vector<Series>& series) {
-    const double w = 420, h = 260;
+           const std::string& xlabel, const std::string& ylabel, const std::vector<Series>& series,
+           const std::string& missing) {
+    const double left = x0 + 50, right = x0 + 420, top = y0 + 30, bottom = y0 + 200;
     double xmin = 1e300, xmax = 0, ymax = 0;
+    bool any = false;
     for (const auto& s : series)
         for (auto [x, y] : s.points) {
             xmin = std::min(xmin, x);
             xmax = std::max(xmax, x);
+            if (!std::isfinite(y)) continue;
             ymax = std::max(ymax, y);
+            any = true;
         }
-    ymax *= 1.1;
-    auto px = [&](double x) {
-        return x0 + 50 +
-               (std::log10(x) - std::log10(xmin)) / (std::log10(xmax) - std::log10(xmin)) *
-                   (w - 70);
-    };
-    auto py = [&](double y) { return y0 + h - 40 - y / ymax * (h - 70); };
-    auto fixed1 = [](double v) { return fmt::format("{:.1f}", v); };
-    svg.text("text", {{"x", x0 + 50}, {"y", y0 + 16}, {"font-size", 14}, {"font-weight", "bold"}},
+    svg.text("text", {{"x", left}, {"y", y0 + 16}, {"font-size", 14}, {"font-weight", "bold"}},
              title);
-    svg.element("line", {{"x1", x0 + 50},
-                         {"y1", y0 + h - 40},
-                         {"x2", x0 + w - 20},
-                         {"y2", y0 + h - 40},
-                         {"stroke", "#333"}});
-    svg.element("line", {{"x1", x0 + 50},
-                         {"y1", y0 + h - 40},
-                         {"x2", x0 + 50},
-                         {"y2", y0 + 30},
-                         {"stroke", "#333"}});
-    for (int i = 0; i <= 4; ++i) {
-        const double y = ymax * i / 4;
-        svg.text("text",
-                 {{"x", x0 + 46}, {"y", py(y) + 3}, {"font-size", 10}, {"text-anchor", "end"}},
-                 fmt::format("{:.3g}", y));
-    }
-    for (auto [x, y] : series.front().points)
-        svg.text("text",
-                 {{"x", px(x)}, {"y", y0 + h - 26}, {"font-size", 10}, {"text-anchor", "middle"}},
-                 x >= 1e6   ? fmt::format("{:.0f}M", x / 1e6)
-                 : x >= 1e3 ? fmt::format("{:.0f}k", x / 1e3)
-                            : fmt::format("{:.0f}", x));
-    svg.text(
-        "text",
-        {{"x", x0 + w / 2 + 20}, {"y", y0 + h - 8}, {"font-size", 11}, {"text-anchor", "middle"}},
-        xlabel);
+    svg.element("line",
+                {{"x1", left}, {"y1", bottom}, {"x2", right}, {"y2", bottom}, {"stroke", "#333"}});
+    svg.element("line",
+                {{"x1", left}, {"y1", bottom}, {"x2", left}, {"y2", top}, {"stroke", "#333"}});
+    svg.text("text",
+             {{"x", (left + right) / 2},
+              {"y", bottom + 30},
+              {"font-size", 11},
+              {"text-anchor", "middle"}},
+             xlabel);
     svg.text("text",
              {{"x", x0 + 12},
-              {"y", y0 + h / 2},
+              {"y", (top + bottom) / 2},
               {"font-size", 11},
-              {"transform", fmt::format("rotate(-90 {} {})", x0 + 12, y0 + h / 2)},
+              {"transform", fmt::format("rotate(-90 {} {})", x0 + 12, (top + bottom) / 2)},
               {"text-anchor", "middle"}},
              ylabel);
+    auto fixed1 = [](double v) { return fmt::format("{:.1f}", v); };
+    if (xmax > 0) {
+        // The x axis spans nice values around the points.
+        const double lo = nice_at_most(xmin), hi = nice_at_least(xmax);
+        const bool decades_only = std::log10(hi / lo) > 2.01;
+        const double llo =
+            std::log10(decades_only ? std::pow(10.0, std::floor(std::log10(lo) + 1e-9)) : lo);
+        const double lhi =
+            std::log10(decades_only ? std::pow(10.0, std::ceil(std::log10(hi) - 1e-9)) : hi);
+        auto px = [&](double x) {
+            return left + (std::log10(x) - llo) / std::max(lhi - llo, 1e-9) * (right - left);
+        };
+        std::vector<double> ticks;
+        for (double p = std::pow(10.0, std::floor(llo)); p <= std::pow(10.0, lhi) * 1.0001; p *= 10)
+            for (double m : {1.0, 2.0, 5.0}) {
+                const double t = m * p, lt = std::log10(t);
+                if ((decades_only && m != 1.0) || lt < llo - 1e-9 || lt > lhi + 1e-9) continue;
+                ticks.push_back(t);
+            }
+        for (double t : ticks) {
+            svg.element("line", {{"x1", fixed1(px(t))},
+                                 {"y1", bottom},
+                                 {"x2", fixed1(px(t))},
+                                 {"y2", bottom + 4},
+                                 {"stroke", "#333"}});
+            svg.text("text",
+                     {{"x", fixed1(px(t))},
+                      {"y", bottom + 15},
+                      {"font-size", 10},
+                      {"text-anchor", "middle"}},
+                     tick_label(t));
+        }
+        // The y axis from 0 to a nice top in at most 5 nice steps.
+        const double step = any && ymax > 0 ? nice_at_least(ymax / 5) : 1;
+        const double ytop = any && ymax > 0 ? std::ceil(ymax / step - 1e-9) * step : 5;
+        auto py = [&](double y) { return bottom - y / ytop * (bottom - top); };
+        for (int i = 0; i * step <= ytop * (1 + 1e-9); ++i) {
+            const double y = i * step;
+            if (i > 0)
+                svg.element("line", {{"x1", left},
+                                     {"y1", fixed1(py(y))},
+                                     {"x2", right},
+                                     {"y2", fixed1(py(y))},
+                                     {"stroke", "#eee"}});
+            svg.text("text",
+                     {{"x", left - 4},
+                      {"y", fixed1(py(y) + 3)},
+                      {"font-size", 10},
+                      {"text-anchor", "end"}},
+                     tick_label(y));
+        }
+        for (const auto& s : series) {
+            // One polyline per run of measured points: a point not measured leaves a gap.
+            std::string pts;
+            size_t n = 0;
+            auto flush = [&] {
+                if (n > 1)
+                    svg.element("polyline", {{"fill", "none"},
+                                             {"stroke", s.color},
+                                             {"stroke-width", 2},
+                                             {"points", pts}});
+                pts.clear();
+                n = 0;
+            };
+            for (auto [x, y] : s.points) {
+                if (!std::isfinite(y)) {
+                    flush();
+                    continue;
+                }
+                pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
+                ++n;
+            }
+            flush();
+            for (auto [x, y] : s.points)
+                if (std::isfinite(y))
+                    svg.element("circle", {{"cx", fixed1(px(x))},
+                                           {"cy", fixed1(py(y))},
+                                           {"r", 3},
+                                           {"fill", s.color}});
+        }
+    }
+    if (!any)
+        svg.text("text",
+                 {{"x", (left + right) / 2},
+                  {"y", (top + bottom) / 2},
+                  {"font-size", 12},
+                  {"text-anchor", "middle"},
+                  {"fill", "#666"}},
+                 missing);
+    // The legend, below the plot.
     int row = 0;
     for (const auto& s : series) {
-        std::string pts;
-        for (auto [x, y] : s.points)
-            pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
-        svg.element("polyline",
-                    {{"fill", "none"}, {"stroke", s.color}, {"stroke-width", 2}, {"points", pts}});
-        for (auto [x, y] : s.points)
-            svg.element(
-                "circle",
-                {{"cx", fixed1(px(x))}, {"cy", fixed1(py(y))}, {"r", 3}, {"fill", s.color}});
-        svg.element("rect", {{"x", x0 + 60},
-                             {"y", y0 + 28 + 14 * row},
-                             {"width", 10},
-                             {"height", 10},
-                             {"fill", s.color}});
-        svg.text("text", {{"x", x0 + 74}, {"y", y0 + 37 + 14 * row}, {"font-size", 11}}, s.name);
+        const bool absent = std::none_of(s.points.begin(), s.points.end(),
+                                         [](const auto& p) { return std::isfinite(p.second); });
+        const double ly = bottom + 44 + 14 * row;
+        if (absent)
+            svg.element("rect", {{"x", left + 10},
+                                 {"y", ly - 9},
+                                 {"width", 10},
+                                 {"height", 10},
+                                 {"fill", "none"},
+                                 {"stroke", s.color}});
+        else
+            svg.element("rect", {{"x", left + 10},
+                                 {"y", ly - 9},
+                                 {"width", 10},
+                                 {"height", 10},
+                                 {"fill", s.color}});
+        svg.text(
+            "text",
+            {{"x", left + 24}, {"y", ly}, {"font-size", 11}, {"fill", absent ? "#666" : "#000"}},
+            absent ? s.name + " (not measured in this run)" : s.name);
         ++row;
     }
 }
@@ -1111,11 +1220,21 @@ void bench_quantized(Context& ctx, detail::GpuTimer& timer, Report& rep, uint32_
     }
 }
 
+// Writes text to path, or to stdout when path is "-".
 void write_file(const std::string& path, const std::string& text) {
+    if (path == "-") {
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        if (std::fflush(stdout) != 0) throw std::runtime_error("cannot write to stdout");
+        return;
+    }
     std::FILE* f = std::fopen(path.c_str(), "wb");
     if (!f) throw std::runtime_error("cannot write " + path);
     const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
     if (std::fclose(f) != 0 || !ok) throw std::runtime_error("cannot write " + path);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 int main(int argc, char** argv) {
@@ -1129,13 +1248,16 @@ int main(int argc, char** argv) {
     int hybrid_pairs = 5;
     CLI::App app{
         "pagedkv-bench: every figure a ratio measured side by side in one run on one device, "
-        "printed as a table and written as JSON, with an SVG of the scaling sweeps.",
+        "printed as a table and written as JSON, with an SVG of the scaling sweeps. Progress "
+        "goes to stderr.",
         "pagedkv-bench"};
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-    app.add_option("--json", json_path, "where the figures are written as JSON")
+    app.add_option("--json", json_path,
+                   "where the figures are written as JSON (-: stdout, the table then on stderr)")
         ->type_name("FILE")
         ->capture_default_str();
-    app.add_option("--svg", svg_path, "where the charts are written")
+    app.add_option("--svg", svg_path,
+                   "where the charts are written (-: stdout, the table then on stderr)")
         ->type_name("FILE")
         ->capture_default_str();
     app.add_option("--rows", decode_rows, "rows (sequences) of the decode figures")
@@ -1167,107 +1289,133 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, 64));
     app.add_option("--only", only,
-                   "run only these sections (comma-separated; the SVG needs allocator and gather)")
+                   "run only these sections (comma-separated); the SVG charts allocator and "
+                   "gather, a chart left out says so")
         ->type_name("SECTIONS")
         ->delimiter(',')
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
         ->check(CLI::IsMember(sections));
     try {
         app.parse(argc, argv);
+        if (json_path == "-" && svg_path == "-")
+            throw CLI::ValidationError("--json and --svg", "only one of them can be - (stdout)");
     } catch (const CLI::Success& e) {  // --help
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        fmt::print(stderr,
-                   "pagedkv-bench: {}\nusage: pagedkv-bench [--json FILE] [--svg FILE] "
-                   "[--rows ROWS] [--layers LAYERS] [--attention-context TOKENS] "
-                   "[--serve-steps STEPS] [--prefix-steps STEPS] [--only SECTIONS]\n",
-                   e.what());
+        fmt::print(stderr, "pagedkv-bench: {}\nRun with --help for more information.\n", e.what());
         return 2;
     }
+    // With the JSON or the SVG on stdout, the table goes to stderr.
+    std::FILE* table = json_path == "-" || svg_path == "-" ? stderr : stdout;
     try {
         const auto t0 = std::chrono::steady_clock::now();
+        fmt::print(stderr, "pagedkv-bench: opening the device\n");
         Context ctx = Context::create();
         detail::GpuTimer timer(detail::Access::device(ctx));
         Report rep;
-        auto want = [&](const char* s) {
+        auto want = [&](const std::string& s) {
             return only.empty() || std::find(only.begin(), only.end(), s) != only.end();
         };
-        if (want("prefill")) {
-            bench_prefill(ctx, timer, rep, prefill_tokens);
-            rep.rows.push_back(
-                {"paths chosen (scatter, gather)",
-                 fmt::format("{}, {}", path_name(ctx.scatter_path()), path_name(ctx.gather_path())),
-                 fmt::format("shader threads move {}",
-                             detail::Access::device(ctx).byte_paths().whole_rows
-                                 ? "whole rows"
-                                 : "single words")});
-        }
-        if (want("decode")) bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers);
-        if (want("layouts")) bench_decode_layouts(ctx, timer, rep, decode_rows);
-        if (want("page-copy")) bench_page_copy(ctx, timer, rep);
-        if (want("attention")) bench_attention(ctx, timer, rep, attention_rows, attention_context);
-        const auto alloc_series = want("allocator") ? bench_allocator(rep) : std::vector<Series>{};
-        const auto gather_series =
-            want("gather") ? sweep_gather(ctx, timer) : std::vector<Series>{};
-        if (want("memory")) bench_memory(rep);
-        if (want("beams")) bench_beams(ctx, rep);
-        if (want("serve")) bench_serve(ctx, timer, rep, serve_steps);
-        if (want("prefix")) bench_prefix(ctx, timer, rep, prefix_steps);
-        if (want("quant")) bench_quantized(ctx, timer, rep, attention_rows, attention_context);
-        if (want("swap")) bench_swap(ctx, rep);
-        if (want("transfer")) bench_transfer(rep);
-        std::string hybrid_text;  // tools/bench/hybrid.hpp; exits 1 when its bar is not met
+        std::vector<Series> alloc_series, gather_series;
+        std::string hybrid_text;
         int status = 0;
-        if (want("hybrid")) {
-            progress("hybrid: pages of a Gemma 3-like layout against one table, and a decode step");
-            const bench::HybridFigures h =
-                bench::measure_hybrid(ctx, {4096, 32768, 131072}, hybrid_pairs);
-            for (const bench::HybridRow& r : bench::hybrid_rows(h))
-                rep.rows.push_back({r.name, r.value, r.note});
-            for (const auto& [k, v] : bench::hybrid_json(h))
-                rep.json[k] = v;
-            hybrid_text = bench::hybrid_table(h);
-            if (!bench::hybrid_bar_met(h)) {
-                hybrid_text +=
-                    "FAILED: at 32k the hybrid layout holds more than 25% of one table's bytes\n";
-                status = 1;
-            }
+        const std::map<std::string, std::function<void()>> run{
+            {"prefill",
+             [&] {
+                 bench_prefill(ctx, timer, rep, prefill_tokens);
+                 rep.rows.push_back({"paths chosen (scatter, gather)",
+                                     fmt::format("{}, {}", path_name(ctx.scatter_path()),
+                                                 path_name(ctx.gather_path())),
+                                     fmt::format("shader threads move {}",
+                                                 detail::Access::device(ctx).byte_paths().whole_rows
+                                                     ? "whole rows"
+                                                     : "single words")});
+             }},
+            {"decode", [&] { bench_decode_steps(ctx, timer, rep, decode_rows, decode_layers); }},
+            {"layouts", [&] { bench_decode_layouts(ctx, timer, rep, decode_rows); }},
+            {"page-copy", [&] { bench_page_copy(ctx, timer, rep); }},
+            {"attention",
+             [&] { bench_attention(ctx, timer, rep, attention_rows, attention_context); }},
+            {"allocator", [&] { alloc_series = bench_allocator(rep); }},
+            {"gather", [&] { gather_series = sweep_gather(ctx, timer); }},
+            {"memory", [&] { bench_memory(rep); }},
+            {"beams", [&] { bench_beams(ctx, rep); }},
+            {"serve", [&] { bench_serve(ctx, timer, rep, serve_steps); }},
+            {"prefix", [&] { bench_prefix(ctx, timer, rep, prefix_steps); }},
+            {"quant", [&] { bench_quantized(ctx, timer, rep, attention_rows, attention_context); }},
+            {"swap", [&] { bench_swap(ctx, rep); }},
+            {"transfer", [&] { bench_transfer(rep); }},
+            {"hybrid", [&] {
+                 // tools/bench/hybrid.hpp; the bench exits 1 when its bar is not met.
+                 const bench::HybridFigures h =
+                     bench::measure_hybrid(ctx, {4096, 32768, 131072}, hybrid_pairs);
+                 for (const bench::HybridRow& r : bench::hybrid_rows(h))
+                     rep.rows.push_back({r.name, r.value, r.note});
+                 for (const auto& [k, v] : bench::hybrid_json(h))
+                     rep.json[k] = v;
+                 hybrid_text = bench::hybrid_table(h);
+                 if (!bench::hybrid_bar_met(h)) {
+                     hybrid_text += "FAILED: at 32k the hybrid layout holds more than 25% of one "
+                                    "table's bytes\n";
+                     status = 1;
+                 }
+             }}};
+        std::vector<std::string> plan;
+        for (const std::string& s : sections)
+            if (want(s)) plan.push_back(s);
+        fmt::print(stderr, "pagedkv-bench: {} ({:.1f} s); {} sections\n", ctx.device_name(),
+                   seconds_since(t0), plan.size());
+        for (size_t i = 0; i < plan.size(); ++i) {
+            fmt::print(stderr, "[{}/{}] {}\n", i + 1, plan.size(), plan[i]);
+            const auto s0 = std::chrono::steady_clock::now();
+            run.at(plan[i])();
+            fmt::print(stderr, "[{}/{}] {}: {:.1f} s\n", i + 1, plan.size(), plan[i],
+                       seconds_since(s0));
         }
-        const double secs =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double secs = seconds_since(t0);
 
-        fmt::print("pagedkv-bench on {} ({:.1f} s)\n\n", ctx.device_name(), secs);
-        fmt::print("{:<40} {:>10}  {}\n", "figure", "value", "measured on");
+        fmt::print(table, "pagedkv-bench on {} ({:.1f} s)\n\n", ctx.device_name(), secs);
+        size_t width = 40;  // the figure column, as wide as its longest name
         for (const Row& r : rep.rows)
-            fmt::print("{:<40} {:>10}  {}\n", r.name, r.value, r.note);
-        if (!hybrid_text.empty()) fmt::print("\n{}", hybrid_text);
-        // Keys stay in this order: the three about the run, then the figures by name.
+            width = std::max(width, r.name.size());
+        fmt::print(table, "{:<{}} {:>10}  {}\n", "figure", width, "value", "measured on");
+        for (const Row& r : rep.rows)
+            fmt::print(table, "{:<{}} {:>10}  {}\n", r.name, width, r.value, r.note);
+        if (!hybrid_text.empty()) fmt::print(table, "\n{}", hybrid_text);
+        std::fflush(table);
+        // Keys stay in this order: the three about the run, then the figures by name. Every
+        // value goes through nlohmann-json: strings escaped, a figure that is not finite null.
         tools::Json json;
         json["schema_version"] = 1;
         json["device"] = ctx.device_name();
-        json["seconds"] = std::round(secs * 100) / 100;
+        json["seconds"] = tools::json_number(std::round(secs * 100) / 100);
         for (const auto& [k, v] : rep.json)
             json[k] = tools::json_number(v);
         write_file(json_path, tools::json_text(json));
-        if (!want("allocator") || !want("gather")) {
-            fmt::print("\nwrote {} (no charts: --only left out their sweeps)\n", json_path);
+        if (!want("allocator") && !want("gather")) {
+            fmt::print(table, "\nwrote {} (no charts: --only left out their sweeps)\n",
+                       json_path == "-" ? "the JSON to stdout" : json_path);
             return status;
         }
-        tools::SvgWriter svg({{"width", 880}, {"height", 300}, {"font-family", "sans-serif"}});
-        svg.element("rect", {{"width", 880}, {"height", 300}, {"fill", "white"}});
+        const std::string left_out = "not measured in this run (--only)";
+        const double w = 880, h = 300;
+        tools::SvgWriter svg({{"width", w}, {"height", h}, {"font-family", "sans-serif"}});
+        svg.element("rect", {{"width", w}, {"height", h}, {"fill", "white"}});
         chart(svg, 0, 0, "allocator under churn, ns per page", "pool size (pages)", "ns",
-              alloc_series);
+              alloc_series, left_out);
         chart(svg, 440, 0, "gather bandwidth (K+V, read + written)", "bytes gathered", "GB/s",
-              gather_series);
+              gather_series, want("gather") ? "no GPU timings in this run" : left_out);
         svg.text("text",
-                 {{"x", 440},
-                  {"y", 296},
+                 {{"x", w / 2},
+                  {"y", h - 4},
                   {"font-size", 10},
                   {"text-anchor", "middle"},
                   {"fill", "#666"}},
                  "pagedkv-bench on " + std::string(ctx.device_name()));
         write_file(svg_path, svg.finish());
-        fmt::print("\nwrote {} and {}\n", json_path, svg_path);
+        fmt::print(table, "\nwrote {} and {}\n",
+                   json_path == "-" ? "the JSON to stdout" : json_path,
+                   svg_path == "-" ? "the SVG to stdout" : svg_path);
         return status;
     } catch (const std::exception& e) {
         fmt::print(stderr, "pagedkv-bench: {}\n", e.what());

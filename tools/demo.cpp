@@ -7,10 +7,15 @@
 // KVManager (tools/serve).
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
 #include <cmath>
-#include <cstring>
+#include <cstdio>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <string>
@@ -48,26 +53,66 @@ std::vector<float> random_tokens(std::mt19937& rng, size_t n, DType t) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc > 1 && !std::strcmp(argv[1], "serve")) return serve::serve_main(argc - 1, argv + 1);
     int num_requests = 24;
     uint32_t max_batch = 8;
-    std::string snapshot_path = "pagedkv-demo.snap";
-    for (int i = 1; i < argc; ++i) {
-        if (!std::strcmp(argv[i], "--requests") && i + 1 < argc)
-            num_requests = std::atoi(argv[++i]);
-        else if (!std::strcmp(argv[i], "--max-batch") && i + 1 < argc)
-            max_batch = uint32_t(std::atoi(argv[++i]));
-        else if (!std::strcmp(argv[i], "--snapshot") && i + 1 < argc)
-            snapshot_path = argv[++i];
-        else {
-            fmt::print(stderr,
-                       "usage: pagedkv-demo [--requests N] [--max-batch N] [--snapshot FILE]\n"
-                       "       pagedkv-demo serve [options] (--help for them)\n");
-            return 2;
-        }
+    std::string snapshot_arg = "pagedkv-demo.snap";
+    CLI::App app{
+        "pagedkv-demo: a synthetic serving workload checked against the CPU reference at every "
+        "step (requests admitted, prefilled, decoded, preempted when the pool runs dry); a "
+        "table of pages used against a contiguous cache at the end.",
+        "pagedkv-demo"};
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    app.add_option("--requests", num_requests, "requests in the workload")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100000));
+    app.add_option("--max-batch", max_batch, "sequences decoding at once at most")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 4096u));
+    app.add_option("--snapshot", snapshot_arg,
+                   "where the snapshot of the fullest pool is written for pagedkv-dump (-: "
+                   "stdout, the demo's text then on stderr)")
+        ->type_name("FILE")
+        ->capture_default_str();
+    // `pagedkv-demo serve ...`: everything after `serve` is the serve demo's own command line.
+    CLI::App* serve_cmd = app.add_subcommand(
+        "serve", "the serving engine loop over KVManager instead (pagedkv-demo serve --help)");
+    serve_cmd->prefix_command();
+    serve_cmd->set_help_flag();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {  // --help
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        fmt::print(stderr, "pagedkv-demo: {}\nRun with --help for more information.\n", e.what());
+        return 2;
     }
+    if (*serve_cmd) {
+        std::vector<std::string> rest = serve_cmd->remaining();
+        std::vector<char*> args{argv[0]};
+        for (std::string& a : rest)
+            args.push_back(a.data());
+        return serve::serve_main(int(args.size()), args.data());
+    }
+    // With the snapshot on stdout, it is written to a temporary file at each peak and copied
+    // to stdout at the end; the text goes to stderr.
+    const bool snapshot_to_stdout = snapshot_arg == "-";
+    std::FILE* out = snapshot_to_stdout ? stderr : stdout;
+    const std::string snapshot_path =
+        snapshot_to_stdout
+            ? (std::filesystem::temp_directory_path() /
+               fmt::format("pagedkv-demo-{}.snap",
+                           std::chrono::steady_clock::now().time_since_epoch().count()))
+                  .string()
+            : snapshot_arg;
     try {
         const auto t0 = std::chrono::steady_clock::now();
+        auto elapsed = [&] {
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+        fmt::print(out, "opening the device\n");
+        std::fflush(out);
         Context ctx = Context::create();
         PoolConfig cfg;
         cfg.num_layers = 4;
@@ -87,7 +132,8 @@ int main(int argc, char** argv) {
             max_len = std::max(max_len, r.prompt + r.output);
             waiting.push_back(r);
         }
-        fmt::print("pagedkv demo on {}: {} requests, pool of {} pages x {} tokens ({:.1f} MiB)\n",
+        fmt::print(out,
+                   "pagedkv demo on {}: {} requests, pool of {} pages x {} tokens ({:.1f} MiB)\n",
                    ctx.device_name(), num_requests, cfg.num_blocks, cfg.block_size,
                    double(pool.stats().total_bytes) / (1 << 20));
 
@@ -171,6 +217,10 @@ int main(int argc, char** argv) {
                     if (e.code() != ErrorCode::OutOfBlocks) throw;
                     // Out of pages is an ordinary outcome: preempt this request and retry later.
                     ++preempted;
+                    fmt::print(out,
+                               "step {:>3}: pool full, request {} preempted after {} of its {} "
+                               "output tokens, to run again\n",
+                               steps + 1, a.req.id, a.generated, a.req.output);
                     waiting.push_front(a.req);
                     active.erase(active.begin() + std::ptrdiff_t(i));
                     continue;
@@ -205,7 +255,14 @@ int main(int argc, char** argv) {
                 live_tokens += double(a.cache->get_seq_length());
             paged_slots += double(s.used_blocks) * cfg.block_size;
             contiguous_slots += double(active.size()) * max_len;
-            ++steps;
+            if (++steps % 25 == 0 || (waiting.empty() && active.empty())) {
+                fmt::print(out,
+                           "step {:>3}: {} running, {} waiting, {} finished; {} of {} pages in "
+                           "use; {:.1f} s\n",
+                           steps, active.size(), waiting.size(), finished, s.used_blocks,
+                           s.num_blocks, elapsed());
+                std::fflush(out);
+            }
         }
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -214,27 +271,37 @@ int main(int argc, char** argv) {
         const double paged_waste = 100.0 * (1.0 - live_tokens / paged_slots);
         const double contig_waste = 100.0 * (1.0 - live_tokens / contiguous_slots);
 
-        fmt::print("\n{:<34} {}\n", "device", ctx.device_name());
-        fmt::print("{:<34} {} finished, {} preempted and re-run\n", "sequences", finished,
+        fmt::print(out, "\n{:<34} {}\n", "device", ctx.device_name());
+        fmt::print(out, "{:<34} {} finished, {} preempted and re-run\n", "sequences", finished,
                    preempted);
-        fmt::print("{:<34} {} written over {} steps, {} checks vs reference\n", "tokens",
+        fmt::print(out, "{:<34} {} written over {} steps, {} checks vs reference\n", "tokens",
                    tokens_written, steps, checks);
-        fmt::print(
-            "{:<34} {} decode steps read layer 0 from the pages (cached_attention, {} "
-            "query heads over {}); largest difference from CPU attention {:.1e}\n",
-            "attention", attention_checks, q_heads, H, attention_error);
-        fmt::print("{:<34} peak {} of {} (pages of {} tokens)\n", "pages used", peak_pages,
+        fmt::print(out,
+                   "{:<34} {} decode steps read layer 0 from the pages (cached_attention, {} "
+                   "query heads over {}); largest difference from CPU attention {:.1e}\n",
+                   "attention", attention_checks, q_heads, H, attention_error);
+        fmt::print(out, "{:<34} peak {} of {} (pages of {} tokens)\n", "pages used", peak_pages,
                    s.num_blocks, cfg.block_size);
-        fmt::print("{:<34} peak {:.2f} MiB (page = {} bytes, all layers K+V)\n", "bytes",
+        fmt::print(out, "{:<34} peak {:.2f} MiB (page = {} bytes, all layers K+V)\n", "bytes",
                    double(peak_pages) * page_bytes / (1 << 20), s.block_bytes);
-        fmt::print("{:<34} paged {:.1f}%   contiguous max-length ({} tokens) {:.1f}%\n",
+        fmt::print(out, "{:<34} paged {:.1f}%   contiguous max-length ({} tokens) {:.1f}%\n",
                    "waste (slots not holding a token)", paged_waste, max_len, contig_waste);
-        if (snapshot_error.empty())
-            fmt::print("{:<34} {} (step {}, peak usage; pagedkv-dump shows it)\n", "snapshot",
+        if (snapshot_error.empty() && snapshot_to_stdout) {
+            std::ifstream in(snapshot_path, std::ios::binary);
+            const std::string bytes((std::istreambuf_iterator<char>(in)),
+                                    std::istreambuf_iterator<char>());
+            in.close();
+            std::filesystem::remove(snapshot_path);
+            std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+            if (std::fflush(stdout) != 0) throw std::runtime_error("cannot write to stdout");
+            fmt::print(out, "{:<34} to stdout, {} bytes (step {}, peak usage)\n", "snapshot",
+                       bytes.size(), snapshot_step);
+        } else if (snapshot_error.empty())
+            fmt::print(out, "{:<34} {} (step {}, peak usage; pagedkv-dump shows it)\n", "snapshot",
                        snapshot_path, snapshot_step);
         else
-            fmt::print("{:<34} not written: {}\n", "snapshot", snapshot_error);
-        fmt::print("{:<34} {:.2f} s\n", "elapsed", secs);
+            fmt::print(out, "{:<34} not written: {}\n", "snapshot", snapshot_error);
+        fmt::print(out, "{:<34} {:.2f} s\n", "elapsed", secs);
         ctx.synchronize();
         return pool.stats().used_blocks == 0 && pool.validate() ? 0 : 1;
     } catch (const std::exception& e) {

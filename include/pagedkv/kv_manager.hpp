@@ -136,8 +136,8 @@ class PAGEDKV_API KVManager {
 
     // Tokens of the sequence (including those of a step begun for it).
     int64_t length(SeqId seq) const;
-    // The sequence's pages in logical order, reserved ones included (of the first layer group
-    // with PoolConfig::layer_windows).
+    // The sequence's pages in logical order, reserved ones included (with
+    // PoolConfig::layer_windows: the table of layer 0's group, as block_table(seq, 0)).
     std::vector<uint32_t> block_table(SeqId seq) const;
     // Hybrid models (PoolConfig::layer_windows): the block table of a layer's group, from the
     // page holding its first held token's window on.

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "engine.hpp"
 #include "hybrid_demo.hpp"
@@ -34,6 +35,27 @@ PoolConfig demo_config(uint32_t layers, uint64_t pages, DType dtype) {
     cfg.dtype = dtype;
     cfg.num_blocks = pages;
     return cfg;
+}
+
+// Runs the engine to the end of its trace, printing a progress line every `every` steps (and
+// one at the end): what has happened so far, for runs that take a minute.
+const EngineStats& run_with_progress(Engine& engine, const BlockPool& pool, const std::string& what,
+                                     std::chrono::steady_clock::time_point t0,
+                                     uint64_t every = 25) {
+    auto line = [&] {
+        const EngineStats& s = engine.stats();
+        fmt::print(
+            "{}step {:>4}: {} requests arrived, {} finished; {} tokens written; {} of {} "
+            "pages in use; {:.1f} s\n",
+            what, s.steps, s.requests, s.finished, s.tokens_written, pool.stats().used_blocks,
+            pool.stats().num_blocks,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::fflush(stdout);
+    };
+    while (engine.step())
+        if (engine.stats().steps % every == 0) line();
+    if (engine.stats().steps % every != 0) line();
+    return engine.stats();
 }
 
 // Prefill tokens computed over those of the prompts (what no cache prefills), and the oracle's.
@@ -59,6 +81,8 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
     const PoolConfig base = demo_config(layers, 0, dtype);
     ManagerOptions mopt;
     mopt.prefix_caching = true;
+    fmt::print("measuring the working set: the trace run dry on a pool that never evicts\n");
+    std::fflush(stdout);
     const uint64_t ws = working_set(ctx, base, trace, opt);
     const uint64_t least = least_pages(trace, base.block_size, opt.draft_tokens);
     fmt::print(
@@ -70,9 +94,8 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
         base.block_size, layers, base.num_kv_heads, base.head_dim, to_string(base.dtype),
         opt.q_heads, opt.token_budget, ws);
     std::fflush(stdout);
-    fmt::print("\n{:>6} {:>6} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>7} {:>9} {:>9}  {}\n",
-               "share", "pages", "prefill", "oracle", "hits/orcl", "evicted", "peak", "preem",
-               "steps", "KV chk", "attn rows", "result");
+    // The table comes after the runs, each of which prints its progress as it goes.
+    std::vector<std::string> table;
     bool ok = true;
     std::vector<std::string> notes;
     uint64_t smaller_evictions = 0, smaller_runs = 0;
@@ -80,7 +103,9 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
         const uint64_t pages = pool_for_share(ws, share, mopt.watermark, least);
         BlockPool pool(ctx, demo_config(layers, pages, dtype));
         Engine engine(ctx, pool, trace, opt, mopt);
-        const EngineStats& s = engine.run();
+        fmt::print("\nshare {:.0f}% of the working set: a pool of {} pages\n", share * 100, pages);
+        const EngineStats& s =
+            run_with_progress(engine, pool, fmt::format("share {:.0f}%, ", share * 100), t0, 100);
         ctx.synchronize();
         const bool drained = pool.stats().used_blocks == 0 &&
                              engine.manager().sequences().empty() && pool.validate();
@@ -112,19 +137,23 @@ int shared_prefix_main(const SharedPrefixOptions& sp, EngineOptions opt, uint32_
             ++smaller_runs;
             smaller_evictions += s.evictions;
         }
-        fmt::print(
+        table.push_back(fmt::format(
             "{:>5.0f}% {:>6} {:>8.1f}% {:>8.1f}% {:>9.1f}% {:>9} {:>9} {:>6} {:>7} {:>9} "
             "{:>9}  {}\n",
             share * 100, pages, 100 * prefill_ratio(s), 100 * oracle_prefill_ratio(s),
             s.oracle_hit_tokens ? 100.0 * double(s.hit_tokens) / double(s.oracle_hit_tokens) : 0.0,
             s.evictions, s.peak_pages_with_cached, s.preemptions, s.steps, s.kv_checks,
-            s.attention_rows_checked, run_ok ? "ok" : "MISMATCH");
-        std::fflush(stdout);
-        fmt::print(
+            s.attention_rows_checked, run_ok ? "ok" : "MISMATCH"));
+        table.push_back(fmt::format(
             "{:>6} {:>6} shared-page checks {} (sequences gathered bit-exact when admitted "
             "onto cached pages), {} hit admissions of {}, max attention error {:.1e}\n",
-            "", "", s.shared_page_checks, s.hit_admissions, s.admissions, s.max_attention_error);
+            "", "", s.shared_page_checks, s.hit_admissions, s.admissions, s.max_attention_error));
     }
+    fmt::print("\n{:>6} {:>6} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>7} {:>9} {:>9}  {}\n",
+               "share", "pages", "prefill", "oracle", "hits/orcl", "evicted", "peak", "preem",
+               "steps", "KV chk", "attn rows", "result");
+    for (const std::string& row : table)
+        fmt::print("{}", row);
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print(
@@ -271,7 +300,7 @@ int serve_main(int argc, char** argv) {
             "{} layers of {} kv heads x {} ({}), {} query heads, token budget {} per step\n",
             ctx.device_name(), trace.requests, pages, cfg.block_size, cfg.num_host_blocks, layers,
             cfg.num_kv_heads, cfg.head_dim, to_string(cfg.dtype), opt.q_heads, opt.token_budget);
-        const EngineStats& s = engine.run();
+        const EngineStats& s = run_with_progress(engine, pool, "", t0, 10);
         ctx.synchronize();
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

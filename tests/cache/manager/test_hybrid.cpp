@@ -90,7 +90,7 @@ TEST_CASE("LayerGroups: kinds of layers cut into groups of the smallest kind's s
     CHECK_FALSE(check_layer_windows(3, std::vector<uint32_t>{0, 4, 0}).has_value());
 }
 
-TEST_CASE("Hybrid pool: pages hold one group's layers; bad windows are refused",
+TEST_CASE("Hybrid pool: pages hold one group's layers, and bad windows are refused",
           "[gpu][hybrid][errors]") {
     ValidatedContext vc;
     BlockPool plain(vc.ctx, small_config(DType::F16, 4));
