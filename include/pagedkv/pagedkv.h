@@ -442,7 +442,8 @@ PAGEDKV_API pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager
                                                   pagedkv_seq_id seq,
                                                   int64_t* out_length) PAGEDKV_NOEXCEPT;
 // The sequence's pages into out[0..capacity); *out_count is their number (call with capacity 0
-// to learn it; PAGEDKV_ERROR_INVALID_ARGUMENT when capacity is short and out is not NULL).
+// to learn it; PAGEDKV_ERROR_INVALID_ARGUMENT when capacity is short and out is not NULL). With
+// layer windows: layer 0's (pagedkv_manager_block_table_of_layer).
 PAGEDKV_API pagedkv_status pagedkv_manager_block_table(const pagedkv_manager* manager,
                                                        pagedkv_seq_id seq, uint32_t* out,
                                                        size_t capacity,
