@@ -465,6 +465,8 @@ void pagedkv_pool_config_init(pagedkv_pool_config* config) noexcept {
     config->layout = c_layout(d.layout);
     config->compute_dtype = PAGEDKV_DTYPE_DEFAULT;
     config->num_host_blocks = d.num_host_blocks;
+    config->layer_windows = nullptr;
+    config->num_layer_windows = 0;
 }
 
 namespace {
@@ -483,6 +485,9 @@ pagedkv::PoolConfig pool_config_of(const pagedkv_pool_config& cfg) {
     if (raw(cfg.compute_dtype) != PAGEDKV_DTYPE_DEFAULT)
         pc.compute_dtype = dtype_of(cfg.compute_dtype);
     pc.num_host_blocks = cfg.num_host_blocks;
+    const std::span<const uint32_t> windows =
+        span_of(cfg.layer_windows, cfg.num_layer_windows, "layer_windows");
+    pc.layer_windows.assign(windows.begin(), windows.end());
     return pc;
 }
 
@@ -977,6 +982,37 @@ pagedkv_status pagedkv_manager_block_table(const pagedkv_manager* manager, paged
                                            size_t* out_count) noexcept {
     return guarded("pagedkv_manager_block_table", [&] {
         copy_out(manager_of(manager).block_table(seq), out, capacity, out_count);
+    });
+}
+
+pagedkv_status pagedkv_manager_block_table_of_layer(const pagedkv_manager* manager,
+                                                    pagedkv_seq_id seq, uint32_t layer,
+                                                    uint32_t* out, size_t capacity,
+                                                    size_t* out_count) noexcept {
+    return guarded("pagedkv_manager_block_table_of_layer", [&] {
+        copy_out(manager_of(manager).block_table(seq, layer), out, capacity, out_count);
+    });
+}
+
+pagedkv_status pagedkv_manager_held(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                    uint32_t layer, int64_t* out_held) noexcept {
+    return guarded("pagedkv_manager_held", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_held, "out_held");
+        *out_held = m.held(seq, layer);
+    });
+}
+
+pagedkv_status pagedkv_manager_mask_range(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                          uint32_t layer, int64_t* out_first,
+                                          int64_t* out_count) noexcept {
+    return guarded("pagedkv_manager_mask_range", [&] {
+        const pagedkv::KVManager& m = manager_of(manager);
+        need(out_first, "out_first");
+        need(out_count, "out_count");
+        const auto [first, count] = m.mask_range(seq, layer);
+        *out_first = first;
+        *out_count = count;
     });
 }
 

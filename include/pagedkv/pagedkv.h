@@ -152,10 +152,16 @@ typedef struct pagedkv_pool_config {
     // Last, so the fields before it keep their offsets: pages of the host tier (host-visible
     // memory that pagedkv_manager_swap_out moves sequences to); 0: no host tier.
     uint64_t num_host_blocks;
+    // Last, so the fields before them keep their offsets: hybrid models (the C++
+    // PoolConfig::layer_windows). NULL and 0: every layer full attention; else num_layers
+    // entries, 0 for a full-attention layer, w > 0 for a sliding window of w tokens, whose
+    // pages that left the window go back to the pool. Copied when the pool is made.
+    const uint32_t* layer_windows;
+    uint32_t num_layer_windows;
 } pagedkv_pool_config;
 
 // Fills the C++ PoolConfig defaults (block_size 16, F16, layout AUTO, compute_dtype DEFAULT,
-// everything else 0); set num_layers, num_kv_heads, head_dim and num_blocks afterwards.
+// everything else 0 or NULL); set num_layers, num_kv_heads, head_dim and num_blocks afterwards.
 PAGEDKV_API void pagedkv_pool_config_init(pagedkv_pool_config* config) PAGEDKV_NOEXCEPT;
 
 typedef struct pagedkv_pool_stats {
@@ -436,16 +442,35 @@ PAGEDKV_API pagedkv_status pagedkv_manager_length(const pagedkv_manager* manager
                                                   pagedkv_seq_id seq,
                                                   int64_t* out_length) PAGEDKV_NOEXCEPT;
 // The sequence's pages into out[0..capacity); *out_count is their number (call with capacity 0
-// to learn it; PAGEDKV_ERROR_INVALID_ARGUMENT when capacity is short and out is not NULL).
+// to learn it; PAGEDKV_ERROR_INVALID_ARGUMENT when capacity is short and out is not NULL). With
+// layer windows: layer 0's (pagedkv_manager_block_table_of_layer).
 PAGEDKV_API pagedkv_status pagedkv_manager_block_table(const pagedkv_manager* manager,
                                                        pagedkv_seq_id seq, uint32_t* out,
                                                        size_t capacity,
                                                        size_t* out_count) PAGEDKV_NOEXCEPT;
+// Hybrid models (pagedkv_pool_config::layer_windows): the pages of the layer's group, from the
+// page holding its first held token on, in the same way (pagedkv_manager_block_table is layer
+// 0's).
+PAGEDKV_API pagedkv_status pagedkv_manager_block_table_of_layer(const pagedkv_manager* manager,
+                                                                pagedkv_seq_id seq, uint32_t layer,
+                                                                uint32_t* out, size_t capacity,
+                                                                size_t* out_count) PAGEDKV_NOEXCEPT;
+// Tokens the layer still holds: the length for a full-attention layer, at most the window for
+// a sliding one (its older tokens' pages went back to the pool).
+PAGEDKV_API pagedkv_status pagedkv_manager_held(const pagedkv_manager* manager, pagedkv_seq_id seq,
+                                                uint32_t layer, int64_t* out_held) PAGEDKV_NOEXCEPT;
+// The layer's first position held and tokens held, for attention masks: gather(seq, layer)
+// returns positions [*out_first, *out_first + *out_count).
+PAGEDKV_API pagedkv_status pagedkv_manager_mask_range(const pagedkv_manager* manager,
+                                                      pagedkv_seq_id seq, uint32_t layer,
+                                                      int64_t* out_first,
+                                                      int64_t* out_count) PAGEDKV_NOEXCEPT;
 // Live sequences, ascending, in the same way.
 PAGEDKV_API pagedkv_status pagedkv_manager_sequences(const pagedkv_manager* manager,
                                                      pagedkv_seq_id* out, size_t capacity,
                                                      size_t* out_count) PAGEDKV_NOEXCEPT;
-// The sequence's K and V of one layer, (kv_heads, length, head_dim).
+// The sequence's K and V of one layer, (kv_heads, length, head_dim) (length: the tokens the
+// layer holds, pagedkv_manager_held).
 PAGEDKV_API pagedkv_status pagedkv_manager_gather(const pagedkv_manager* manager,
                                                   pagedkv_seq_id seq, uint32_t layer,
                                                   pagedkv_tensor** out_key,

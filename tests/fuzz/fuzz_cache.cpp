@@ -11,6 +11,14 @@
 // index shares must hold exactly what the sequence would have written; after every operation
 // every live sequence's gathered K/V must equal the reference (ReferenceSequences) bit for bit,
 // and the pool (allocator and index) must validate.
+//
+// With bit 6 set instead (0x40, top bit clear) it drives a KVManager over a hybrid pool
+// (PoolConfig::layer_windows: 4 layers, each full attention or a sliding window of a few
+// tokens) of few pages: add_sequence, steps writing every layer (attention over some layers
+// checked against the window's reference), fork, truncate (refused when a sliding layer's
+// window left), free and reservations. After every operation each sequence's held tokens,
+// mask range and gathered K/V per layer must equal the reference's bit for bit, the pool must
+// validate, and an operation refused (OutOfBlocks, or such a truncation) must change nothing.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,6 +27,8 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "allocator/prefix_index.hpp"
@@ -456,17 +466,244 @@ int run_manager(const uint8_t* data, size_t size) {
     return 0;
 }
 
+// ---- KVManager over a hybrid pool (PoolConfig::layer_windows)
+
+constexpr uint32_t kHybridLayers = 4;
+
+// How far the hybrid inputs went, printed at exit: executions, operations, truncations refused
+// (a sliding layer's window left), OutOfBlocks refusals, attention rows checked.
+uint64_t hybrid_runs = 0, hybrid_ops = 0, hybrid_refused_truncations = 0, hybrid_out_of_blocks = 0,
+         hybrid_attention_rows = 0;
+
+void print_hybrid() {
+    using ull = unsigned long long;
+    std::fprintf(stderr,
+                 "fuzz_cache: hybrid: %llu executions, %llu operations, %llu truncations refused, "
+                 "%llu out of blocks, %llu attention rows\n",
+                 ull(hybrid_runs), ull(hybrid_ops), ull(hybrid_refused_truncations),
+                 ull(hybrid_out_of_blocks), ull(hybrid_attention_rows));
+}
+
+// Every live sequence's length, each layer's held tokens, mask range and K/V equal the
+// reference's; each layer's table covers what it holds, and a sliding layer's no more than its
+// window, the largest step and reservation, and the pages they straddle.
+void compare_hybrid(const KVManager& mgr, const BlockPool& pool,
+                    const test::ReferenceSequences& ref, const std::vector<uint32_t>& windows,
+                    size_t op) {
+    if (!pool.validate()) {
+        std::fprintf(stderr, "fuzz_cache: %s\n", pool.check().c_str());
+        fail("hybrid pool invariants broken", op);
+    }
+    const PoolStats st = pool.stats();
+    if (st.used_blocks + st.free_blocks + st.cached_blocks != st.num_blocks)
+        fail("hybrid pool stats do not add up", op);
+    const std::vector<SeqId> live = mgr.sequences();
+    if (ref.ids() != std::vector<uint64_t>(live.begin(), live.end()))
+        fail("hybrid: live sequences differ", op);
+    const int64_t bs = pool.config().block_size;
+    for (const SeqId id : live) {
+        const int64_t len = ref.length(id);
+        if (mgr.length(id) != len) fail("hybrid: sequence length differs", op);
+        for (uint32_t l = 0; l < kHybridLayers; ++l) {
+            const int64_t first = ref.first_held(id, l);
+            if (mgr.mask_range(id, l) != std::pair<int64_t, int64_t>{first, len - first} ||
+                mgr.held(id, l) != len - first)
+                fail("hybrid: held / mask_range differ from the window", op);
+            const auto kv = mgr.gather(id, l);
+            if (!same(kv.first.to_host(), ref.keys(id, l)) ||
+                !same(kv.second.to_host(), ref.values(id, l)))
+                fail("hybrid: gathered K/V differ from the reference", op);
+            const int64_t pages = int64_t(mgr.block_table(id, l).size());
+            if (pages * bs < len - first) fail("hybrid: a layer's table is short", op);
+            // (steps of at most 8 tokens, reservations of at most 4 + 3)
+            if (windows[l] > 0 && pages > (int64_t(windows[l]) + 15) / bs + 3)
+                fail("hybrid: a sliding layer's table keeps pages that left its window", op);
+        }
+    }
+}
+
+// The manager's visible state, to prove that a refused operation changed nothing.
+struct HybridState {
+    std::vector<SeqId> seqs;
+    std::vector<std::vector<uint32_t>> tables;  // [seq * layers + layer]
+    std::vector<int64_t> lengths;
+    uint64_t used = 0;
+    bool operator==(const HybridState&) const = default;
+};
+
+HybridState hybrid_state(const KVManager& mgr, const BlockPool& pool) {
+    HybridState h;
+    h.seqs = mgr.sequences();
+    for (const SeqId id : h.seqs) {
+        h.lengths.push_back(mgr.length(id));
+        for (uint32_t l = 0; l < kHybridLayers; ++l)
+            h.tables.push_back(mgr.block_table(id, l));
+    }
+    h.used = pool.stats().used_blocks;
+    return h;
+}
+
+// data[0]: 0x40 set, 0x80 clear. Pages of 2-4 tokens (bits 0-1) of f16, int8 or fp8 (bits
+// 4-5); data[1] and data[2]'s low nibble: each of the 4 layers' window (3 bits each: full
+// attention or 1, 2, 3, 4, 5, 7 tokens); data[2]'s high nibble: the pool's pages (4..34).
+int run_hybrid(const uint8_t* data, size_t size) {
+    if (size < 3) return 0;
+    Context& ctx = context();
+    PoolConfig c = fuzz_config(data, 4 + 2 * (data[2] >> 4));
+    c.num_layers = kHybridLayers;
+    c.block_size = 2 + data[0] % 3;
+    constexpr uint32_t kWindows[8] = {0, 1, 3, 5, 0, 2, 4, 7};
+    const uint32_t bits = data[1] | (uint32_t(data[2] & 0xf) << 8);
+    std::vector<uint32_t> windows;
+    for (uint32_t l = 0; l < kHybridLayers; ++l)
+        windows.push_back(kWindows[(bits >> (3 * l)) & 7]);
+    c.layer_windows = windows;
+    BlockPool pool(ctx, c);
+    KVManager mgr(pool, ManagerOptions{0.0, false});
+    test::ReferenceSequences ref(kHybridLayers, kHeads, kDim, kDim);
+    ref.set_windows(windows);
+    ++hybrid_runs;
+    uint64_t counter = 0;
+    // Multiples of 1/64 in [-16, 16): exact in f16.
+    auto values = [&](size_t n) {
+        std::vector<float> out(n);
+        for (float& x : out)
+            x = float(int(mix(++counter) % 2048) - 1024) / 64.0f;
+        return out;
+    };
+    // A step of `seqs` with `counts` new tokens: every layer written, and attention over
+    // `attend` layers (bit l) checked against the reference's causal attention over the
+    // layer's window.
+    auto step = [&](const std::vector<SeqId>& ids, const std::vector<uint32_t>& counts,
+                    uint32_t attend, size_t op) {
+        Step st = mgr.begin_step(ids, counts);
+        const std::vector<uint64_t> rids(ids.begin(), ids.end());
+        ref.begin_step(rids, counts);
+        const uint32_t total = st.total_tokens();
+        const std::vector<int64_t> shape{total, kHeads, kDim};
+        for (uint32_t l = 0; l < kHybridLayers; ++l) {
+            const auto k = values(size_t(total) * kHeads * kDim);
+            const auto v = values(size_t(total) * kHeads * kDim);
+            mgr.write(st, l, Tensor::from_host(ctx, k, shape, DType::F16),
+                      Tensor::from_host(ctx, v, shape, DType::F16));
+            ref.write(rids, counts, l, as_stored(k), as_stored(v));
+            if (st.view(l).window != windows[l])
+                fail("hybrid: a step's view has another window", op);
+            if (!(attend >> l & 1) || total == 0) continue;
+            std::vector<float> q(size_t(total) * kQueryHeads * kDim);
+            for (float& x : q)
+                x = float(int(mix(++counter) % 128) - 64) / 64.0f;
+            const std::vector<float> got =
+                mgr.attention(st, l,
+                              Tensor::from_host(ctx, q, {total, kQueryHeads, kDim}, DType::F16))
+                    .to_host();
+            uint32_t t = 0;
+            for (size_t i = 0; i < ids.size(); ++i)
+                for (uint32_t j = 0; j < counts[i]; ++j, ++t) {
+                    const int64_t pos = st.first_positions()[i] + j;
+                    const int64_t from =
+                        windows[l] ? std::max<int64_t>(0, pos - windows[l] + 1) : 0;
+                    const auto want = test::causal_attention_row(
+                        &q[size_t(t) * kQueryHeads * kDim], ref.raw_keys(ids[i], l),
+                        ref.raw_values(ids[i], l), pos + 1, kQueryHeads, kHeads, kDim, kDim,
+                        1.0f / std::sqrt(float(kDim)), from);
+                    const double tol = is_quantized(pool_dtype) ? 5e-2 : 1e-2;
+                    for (size_t e = 0; e < want.size(); ++e)
+                        if (!(std::fabs(double(got[t * kQueryHeads * kDim + e]) - want[e]) <=
+                              tol * (1.0 + std::fabs(want[e]))))
+                            fail("hybrid: attention differs from the window's reference", op);
+                    ++hybrid_attention_rows;
+                }
+        }
+        mgr.end_step(std::move(st));
+    };
+    for (size_t i = 3; i + 2 < size; i += 3) {
+        ++hybrid_ops;
+        const uint8_t op = data[i] % 8, a = data[i + 1], b = data[i + 2];
+        const std::vector<uint64_t> ids = ref.ids();
+        const SeqId s = ids.empty() ? 0 : ids[a % ids.size()];
+        const HybridState before = hybrid_state(mgr, pool);
+        bool refused = false;
+        try {
+            switch (op) {
+                case 0:
+                    if (ids.size() < kMaxSeqs) ref.add(mgr.add_sequence());
+                    break;
+                case 1:
+                case 6: {  // a step: 1..3 sequences of 0..7 new tokens (op 6: 1 each, decode)
+                    if (ids.empty()) break;
+                    const size_t n = std::min<size_t>(ids.size(), 1 + (a >> 6) % 3);
+                    std::vector<SeqId> in;
+                    std::vector<uint32_t> counts;
+                    for (size_t j = 0; j < n; ++j) {
+                        in.push_back(ids[(a + j) % ids.size()]);
+                        counts.push_back(op == 6 ? 1 : (b >> (3 * j)) & 7);
+                    }
+                    step(in, counts, (a & 0x20) ? (b >> 4) : 0, i);
+                    break;
+                }
+                case 2:
+                    if (!ids.empty() && ids.size() < kMaxSeqs) ref.fork(s, mgr.fork(s));
+                    break;
+                case 3:
+                case 7: {  // truncate: keep a length (op 3), or roll back 1..4 tokens (op 7)
+                    if (ids.empty()) break;
+                    const int64_t len = ref.length(s);
+                    const int64_t to = op == 7 ? -(1 + b % 4) : int64_t(b % (len + 2));
+                    try {
+                        mgr.truncate(s, to);
+                    } catch (const Error& e) {
+                        // Only a sliding layer whose window's pages are gone refuses.
+                        if (e.code() != ErrorCode::InvalidArgument ||
+                            std::string(e.what()).find("left the window") == std::string::npos)
+                            throw;
+                        ++hybrid_refused_truncations;
+                        refused = true;
+                        break;
+                    }
+                    ref.truncate(s, to);
+                    break;
+                }
+                case 4:
+                    if (ids.empty()) break;
+                    mgr.free(s);
+                    ref.free(s);
+                    break;
+                case 5: {  // a reservation (with lookahead) that the next steps use
+                    if (ids.empty()) break;
+                    const uint32_t count = b % 5;
+                    mgr.allocate(std::span(&s, 1), std::span(&count, 1), (b >> 3) % 4);
+                    break;
+                }
+            }
+        } catch (const Error& e) {
+            if (e.code() != ErrorCode::OutOfBlocks) {
+                std::fprintf(stderr, "fuzz_cache: %s\n", e.what());
+                fail("hybrid: the manager refused an operation other than for want of pages", i);
+            }
+            ++hybrid_out_of_blocks;
+            refused = true;
+        }
+        if (refused && !(hybrid_state(mgr, pool) == before))
+            fail("hybrid: a refused operation changed the manager", i);
+        compare_hybrid(mgr, pool, ref, windows, i);
+    }
+    return 0;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     // libFuzzer ends a run (-runs, -max_total_time) with exit(), which runs this.
     std::atexit(print_managed);
+    std::atexit(print_hybrid);
     return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (size < 2) return 0;
     if (data[0] & 0x80) return run_manager(data, size);
+    if (data[0] & 0x40) return run_hybrid(data, size);
     Context& ctx = context();
     const PoolConfig c = fuzz_config(data, 8 + data[1] % 40);
     BlockPool pool(ctx, c);

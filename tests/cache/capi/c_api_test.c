@@ -613,6 +613,14 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     uint32_t pages[1];
     FAILS(pagedkv_manager_block_table(m, c, pages, 1, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
           "capacity 1");
+    // Without layer windows every layer holds every token in the one table.
+    int64_t first = -1, held = -1;
+    OK(pagedkv_manager_mask_range(m, c, 1, &first, &held));
+    CHECK(first == 0 && held == 5);
+    OK(pagedkv_manager_held(m, c, 0, &held));
+    CHECK(held == 5);
+    OK(pagedkv_manager_block_table_of_layer(m, c, 1, NULL, 0, &count));
+    CHECK(count == 2);
     pagedkv_seq_id ids[4];
     OK(pagedkv_manager_sequences(m, ids, 4, &count));
     CHECK(count == 3 && ids[0] == a && ids[1] == b && ids[2] == c);
@@ -647,6 +655,153 @@ static void test_manager(pagedkv_context* ctx, pagedkv_pool* pool) {
     pagedkv_manager_destroy(m);
     pagedkv_manager_destroy(NULL);
     pagedkv_step_destroy(NULL);
+    CHECK(used_blocks(pool) == 0);
+}
+
+// Hybrid models: WINDOW_0 tokens of sliding window on layer 0, layer 1 full attention.
+enum { WINDOW_0 = 5 };
+static const uint32_t hybrid_windows[LAYERS] = {WINDOW_0, 0};
+
+// Checks what layer 0 (sliding) and layer 1 (full) of a sequence of length len hold: held,
+// mask_range and the gathered K/V of positions [first, len).
+static void check_hybrid_sequence(const pagedkv_manager* m, pagedkv_seq_id seq, int64_t len) {
+    int64_t n = -1;
+    OK(pagedkv_manager_length(m, seq, &n));
+    CHECK(n == len);
+    for (unsigned l = 0; l < LAYERS; ++l) {
+        const int64_t w = hybrid_windows[l];
+        const int64_t want_first = w > 0 && len > w ? len - w : 0;
+        int64_t first = -1, count = -1, held = -1;
+        OK(pagedkv_manager_mask_range(m, seq, l, &first, &count));
+        OK(pagedkv_manager_held(m, seq, l, &held));
+        CHECK(first == want_first && count == len - want_first && held == count);
+        pagedkv_tensor *k = NULL, *v = NULL;
+        OK(pagedkv_manager_gather(m, seq, l, &k, &v));
+        const int64_t* dims = NULL;
+        size_t rank = 0;
+        OK(pagedkv_tensor_shape(k, &dims, &rank));
+        CHECK(rank == 3 && dims[0] == HEADS && dims[1] == held && dims[2] == DIM);
+        const size_t total = (size_t)HEADS * (size_t)held * DIM;
+        float* kh = malloc((total ? total : 1) * sizeof(float));
+        float* vh = malloc((total ? total : 1) * sizeof(float));
+        if (!kh || !vh) exit(1);
+        OK(pagedkv_tensor_to_host(k, kh, total));
+        OK(pagedkv_tensor_to_host(v, vh, total));
+        size_t i = 0, wrong = 0;
+        for (unsigned h = 0; h < HEADS; ++h)
+            for (int64_t p = 0; p < held; ++p)
+                for (unsigned d = 0; d < DIM; ++d, ++i)
+                    if (kh[i] != key_at(l, (unsigned)seq, h, first + p, d) ||
+                        vh[i] != -key_at(l, (unsigned)seq, h, first + p, d))
+                        ++wrong;
+        CHECK(wrong == 0);
+        free(kh);
+        free(vh);
+        pagedkv_tensor_destroy(k);
+        pagedkv_tensor_destroy(v);
+    }
+}
+
+// A manager over a hybrid pool (layer_windows hybrid_windows): steps, what each layer holds,
+// each layer's block table, and the errors (bad layer, unknown sequence, NULL out-params, a
+// rollback past the window, what is not implemented) changing nothing.
+static void test_hybrid(pagedkv_context* ctx, pagedkv_pool* pool) {
+    pagedkv_pool_stats st;
+    OK(pagedkv_pool_get_stats(pool, &st));
+    // A page holds one group's layer: one layer of K and V.
+    CHECK(st.block_bytes == (uint64_t)2 * HEADS * BLOCK * DIM * sizeof(float));
+    pagedkv_manager* m = NULL;
+    pagedkv_manager_options o;
+    pagedkv_manager_options_init(&o);
+    o.prefix_caching = 1;
+    FAILS(pagedkv_manager_create(pool, &o, &m), PAGEDKV_ERROR_NOT_IMPLEMENTED, "layer_windows");
+    CHECK(m == NULL);
+    OK(pagedkv_manager_create(pool, NULL, &m));
+    pagedkv_seq_id a = 0, b = 0;
+    OK(pagedkv_manager_add_sequence(m, NULL, 0, 0, &a));
+    OK(pagedkv_manager_add_sequence(m, NULL, 0, 0, &b));
+    const pagedkv_seq_id ab[2] = {a, b};
+    const uint32_t prefill[2] = {9, 3}, decode[2] = {1, 1};
+    manager_step(ctx, m, ab, prefill, 2);
+    check_hybrid_sequence(m, a, 9);
+    check_hybrid_sequence(m, b, 3);
+    for (int i = 0; i < 4; ++i)
+        manager_step(ctx, m, ab, decode, 2);
+    check_hybrid_sequence(m, a, 13);
+    check_hybrid_sequence(m, b, 7);
+
+    // Each layer's table: pagedkv_manager_block_table is layer 0's; the full layer's holds every
+    // page, the sliding layer's starts at the page of its first held token (position 8: page 2).
+    size_t full = 0, sliding = 0, plain = 0;
+    OK(pagedkv_manager_block_table_of_layer(m, a, 1, NULL, 0, &full));
+    CHECK(full == (13 + BLOCK - 1) / BLOCK);
+    uint32_t pages_full[8], pages_plain[8], pages_sliding[8];
+    OK(pagedkv_manager_block_table_of_layer(m, a, 1, pages_full, 8, &full));
+    OK(pagedkv_manager_block_table_of_layer(m, a, 0, pages_sliding, 8, &sliding));
+    OK(pagedkv_manager_block_table(m, a, pages_plain, 8, &plain));
+    CHECK(plain == sliding && memcmp(pages_sliding, pages_plain, plain * sizeof(uint32_t)) == 0);
+    // Pages 2 and 3 hold positions 8..12; the last step's release of page 1 may be pending.
+    CHECK(sliding >= 2 && sliding <= 3);
+    for (size_t i = 0; i < sliding; ++i)
+        for (size_t j = 0; j < full; ++j)
+            CHECK(pages_sliding[i] != pages_full[j]);  // the groups never share a page
+
+    // Errors: nothing written, nothing changed.
+    pagedkv_cache* kept = NULL;
+    const uint64_t used = used_blocks(pool);
+    int64_t first = -7, count = -7, held = -7;
+    size_t n = 99;
+    uint32_t short_table[1] = {77};
+    FAILS(pagedkv_manager_held(m, a, LAYERS, &held), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer 2 out of range");
+    FAILS(pagedkv_manager_mask_range(m, a, LAYERS, &first, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer 2 out of range");
+    FAILS(pagedkv_manager_block_table_of_layer(m, a, LAYERS, NULL, 0, &n),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "layer 2 out of range");
+    FAILS(pagedkv_manager_held(m, 12345, 0, &held), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "unknown sequence 12345");
+    FAILS(pagedkv_manager_mask_range(m, 12345, 0, &first, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "unknown sequence 12345");
+    FAILS(pagedkv_manager_block_table_of_layer(m, 12345, 0, NULL, 0, &n),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "unknown sequence 12345");
+    FAILS(pagedkv_manager_block_table_of_layer(m, a, 1, short_table, 1, &n),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "capacity 1");
+    FAILS(pagedkv_manager_block_table_of_layer(m, a, 1, NULL, 0, NULL),
+          PAGEDKV_ERROR_INVALID_ARGUMENT, "out_count");
+    FAILS(pagedkv_manager_held(m, a, 0, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT, "out_held");
+    FAILS(pagedkv_manager_mask_range(m, a, 0, NULL, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "out_first");
+    FAILS(pagedkv_manager_mask_range(m, a, 0, &first, NULL), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "out_count");
+    FAILS(pagedkv_manager_held(NULL, a, 0, &held), PAGEDKV_ERROR_INVALID_ARGUMENT, "manager");
+    FAILS(pagedkv_manager_mask_range(NULL, a, 0, &first, &count), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "manager");
+    CHECK(first == -7 && count == -7 && held == -7 && n == 99 && short_table[0] == 77);
+    // Layer 0 holds positions 8..12: keeping 5 tokens would need position 0.
+    FAILS(pagedkv_manager_truncate(m, a, 5), PAGEDKV_ERROR_INVALID_ARGUMENT, "left the window");
+    FAILS(pagedkv_manager_swap_out(m, a), PAGEDKV_ERROR_NOT_IMPLEMENTED, "layer_windows");
+    FAILS(pagedkv_cache_create_dynamic(pool, &kept), PAGEDKV_ERROR_NOT_IMPLEMENTED,
+          "layer_windows");
+    CHECK(kept == NULL);
+    CHECK(used_blocks(pool) == used);
+    check_hybrid_sequence(m, a, 13);
+    check_hybrid_sequence(m, b, 7);
+    check_valid(pool);
+
+    // Rolling back within the window works, and the window follows.
+    OK(pagedkv_manager_truncate(m, a, 11));
+    check_hybrid_sequence(m, a, 11);
+    pagedkv_seq_id c = 0;
+    OK(pagedkv_manager_fork(m, a, &c));
+    OK(pagedkv_manager_free(m, a));
+    const uint32_t one = 1;
+    manager_step(ctx, m, &c, &one, 1);  // written as sequence c from position 11
+    OK(pagedkv_manager_mask_range(m, c, 0, &first, &count));
+    CHECK(first == 12 - WINDOW_0 && count == WINDOW_0);
+    OK(pagedkv_manager_held(m, c, 1, &held));
+    CHECK(held == 12);
+    check_valid(pool);
+    pagedkv_manager_destroy(m);
     CHECK(used_blocks(pool) == 0);
 }
 
@@ -885,7 +1040,8 @@ int main(void) {
     pagedkv_pool_config_init(&cfg);
     CHECK(cfg.block_size == 16 && cfg.dtype == PAGEDKV_DTYPE_F16 && cfg.num_blocks == 0 &&
           cfg.v_head_dim == 0 && cfg.max_slab_bytes == 0 &&
-          cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO && cfg.num_host_blocks == 0);
+          cfg.layout == PAGEDKV_PAGE_LAYOUT_AUTO && cfg.num_host_blocks == 0 &&
+          cfg.layer_windows == NULL && cfg.num_layer_windows == 0);
     pagedkv_pool* pool = (pagedkv_pool*)ctx;
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "num_layers");
     CHECK(pool == (pagedkv_pool*)ctx);
@@ -902,6 +1058,27 @@ int main(void) {
     FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT, "layout 258");
     CHECK(pool == (pagedkv_pool*)ctx);
     cfg.layout = PAGEDKV_PAGE_LAYOUT_AUTO;
+    // Layer windows: one per layer, and given when counted.
+    const uint32_t three_windows[3] = {WINDOW_0, 0, 0};
+    cfg.layer_windows = three_windows;
+    cfg.num_layer_windows = 3;
+    FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer_windows has 3 entries, the pool has 2 layers");
+    cfg.layer_windows = NULL;
+    cfg.num_layer_windows = LAYERS;
+    FAILS(pagedkv_pool_create(ctx, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer_windows is NULL");
+    CHECK(pool == (pagedkv_pool*)ctx);
+    cfg.num_layer_windows = 0;
+    // A hybrid pool.
+    cfg.layer_windows = hybrid_windows;
+    cfg.num_layer_windows = LAYERS;
+    OK(pagedkv_pool_create(ctx, &cfg, &pool));
+    test_hybrid(ctx, pool);
+    check_valid(pool);
+    pagedkv_pool_destroy(pool);
+    cfg.layer_windows = NULL;
+    cfg.num_layer_windows = 0;
     OK(pagedkv_pool_create(ctx, &cfg, &pool));
     // AUTO is resolved when the pool is made.
     pagedkv_page_layout layout = PAGEDKV_PAGE_LAYOUT_AUTO;
@@ -973,8 +1150,8 @@ int main(void) {
           "contexts");
     FAILS(pagedkv_pool_create_on_devices(same, 2, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
           "the same Context");
-    FAILS(pagedkv_pool_create_on_devices(with_null, 2, &cfg, &pool),
-          PAGEDKV_ERROR_INVALID_ARGUMENT, "null Context");
+    FAILS(pagedkv_pool_create_on_devices(with_null, 2, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "null Context");
     FAILS(pagedkv_pool_create_on_devices(both, 0, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
           "no devices");
     OK(pagedkv_pool_create_on_devices(both, 2, &cfg, &pool));
@@ -982,10 +1159,24 @@ int main(void) {
     pool_devices = 2;
     test_dynamic(ctx, pool);
     test_manager(ctx, pool);
-    pool_devices = 1;
     CHECK(used_blocks(pool) == 0);
     check_valid(pool);
     pagedkv_pool_destroy(pool);
+    // A hybrid pool over two devices.
+    cfg.layer_windows = three_windows;
+    cfg.num_layer_windows = 3;
+    FAILS(pagedkv_pool_create_on_devices(both, 2, &cfg, &pool), PAGEDKV_ERROR_INVALID_ARGUMENT,
+          "layer_windows has 3 entries");
+    cfg.layer_windows = hybrid_windows;
+    cfg.num_layer_windows = LAYERS;
+    OK(pagedkv_pool_create_on_devices(both, 2, &cfg, &pool));
+    CHECK(pagedkv_pool_num_devices(pool) == 2);
+    test_hybrid(ctx, pool);
+    pool_devices = 1;
+    check_valid(pool);
+    pagedkv_pool_destroy(pool);
+    cfg.layer_windows = NULL;
+    cfg.num_layer_windows = 0;
     OK(pagedkv_context_synchronize(second));
     pagedkv_context_destroy(second);
 
