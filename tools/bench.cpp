@@ -1355,8 +1355,9 @@ int main(int argc, char** argv) {
                      rep.json[k] = v;
                  hybrid_text = bench::hybrid_table(h);
                  if (!bench::hybrid_bar_met(h)) {
-                     hybrid_text += "FAILED: at 32k the hybrid layout holds more than 25% of one "
-                                    "table's bytes\n";
+                     hybrid_text +=
+                         "FAILED: at 32k the hybrid layout holds more than 25% of one "
+                         "table's bytes\n";
                      status = 1;
                  }
              }}};
