@@ -774,4 +774,21 @@ uint64_t pool_for_share(uint64_t working_set, double share, double watermark, ui
     return std::max(least, uint64_t(pages));
 }
 
+void print_checks(const EngineStats& s, uint32_t layers, const char* scope, const char* held) {
+    fmt::print(
+        "{:<24} {} rows over {} layers checked against CPU attention{}; max abs error {:.1e}, {} "
+        "beyond tolerance\n",
+        "attention", s.attention_rows_checked, layers, scope, s.max_attention_error,
+        s.attention_mismatches);
+    if (s.kv_mismatches == 0)
+        fmt::print(
+            "{:<24} all K/V bit-exact ({} sequences gathered at their end or preemption, every "
+            "layer{})\n",
+            "K/V", s.kv_checks, held);
+    else
+        fmt::print("{:<24} {} of {} sequence checks differ from the reference\n", "K/V",
+                   s.kv_mismatches, s.kv_checks);
+    if (!s.first_mismatch.empty()) fmt::print("{:<24} {}\n", "first mismatch", s.first_mismatch);
+}
+
 }  // namespace pagedkv::serve

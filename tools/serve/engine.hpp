@@ -153,6 +153,11 @@ struct EngineStats {
     double swap_seconds = 0, memcpy_seconds = 0;
 };
 
+// The demo's lines about what was checked against the CPU reference (attention rows, K/V,
+// the first mismatch); `scope` ends the attention line (what each row attended over) and
+// `held` the K/V line (which tokens of every layer were compared).
+void print_checks(const EngineStats& s, uint32_t layers, const char* scope, const char* held);
+
 class Engine {
   public:
     Engine(Context& ctx, BlockPool& pool, std::vector<Request> trace, EngineOptions opt,

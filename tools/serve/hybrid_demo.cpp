@@ -120,20 +120,7 @@ int hybrid_main(const TraceOptions& trace, EngineOptions opt, uint64_t pages, ui
         "{} layers ({:.1f} KiB); at the step holding the most: {:.1f}%\n",
         "", peak_held, per_page, double(peak_held * page_bytes) / 1024, pages, most_one, layers,
         double(most_one * plain_page_bytes) / 1024, ratio(peak_held, peak_one));
-    fmt::print(
-        "{:<24} {} rows over {} layers checked against CPU attention over each layer's window; "
-        "max abs error {:.1e}, {} beyond tolerance\n",
-        "attention", s.attention_rows_checked, layers, s.max_attention_error,
-        s.attention_mismatches);
-    if (s.kv_mismatches == 0)
-        fmt::print(
-            "{:<24} all K/V bit-exact ({} sequences gathered at their end or preemption, every "
-            "layer: the tokens it holds)\n",
-            "K/V", s.kv_checks);
-    else
-        fmt::print("{:<24} {} of {} sequence checks differ from the reference\n", "K/V",
-                   s.kv_mismatches, s.kv_checks);
-    if (!s.first_mismatch.empty()) fmt::print("{:<24} {}\n", "first mismatch", s.first_mismatch);
+    print_checks(s, layers, " over each layer's window", ": the tokens it holds");
     if (!drained)
         fmt::print("{:<24} pages or sequences left after the trace: {} used, {} live\n",
                    "not drained", pool.stats().used_blocks, mgr.sequences().size());

@@ -343,21 +343,7 @@ int serve_main(int argc, char** argv) {
             "pages used", s.peak_pages, pages, s.contiguous_pages_peak, s.peak_sequences, per_seq,
             cfg.block_size, s.max_length,
             s.peak_pages ? double(s.contiguous_pages_peak) / double(s.peak_pages) : 0.0);
-        fmt::print(
-            "{:<24} {} rows over {} layers checked against CPU attention; max abs "
-            "error {:.1e}, {} beyond tolerance\n",
-            "attention", s.attention_rows_checked, layers, s.max_attention_error,
-            s.attention_mismatches);
-        if (s.kv_mismatches == 0)
-            fmt::print(
-                "{:<24} all K/V bit-exact ({} sequences gathered at their end or "
-                "preemption, every layer)\n",
-                "K/V", s.kv_checks);
-        else
-            fmt::print("{:<24} {} of {} sequence checks differ from the reference\n", "K/V",
-                       s.kv_mismatches, s.kv_checks);
-        if (!s.first_mismatch.empty())
-            fmt::print("{:<24} {}\n", "first mismatch", s.first_mismatch);
+        print_checks(s, layers, "", "");
         if (!drained)
             fmt::print("{:<24} pages or sequences left after the trace: {} used, {} live\n",
                        "not drained", pool.stats().used_blocks,
