@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "allocator/layer_groups.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
 #include "reference_cache.hpp"
 #include "reference_quant.hpp"
 #include "reference_sequences.hpp"
@@ -553,6 +554,17 @@ TEST_CASE("Hybrid pool: a snapshot restores a manager and a DynamicKVCache bit f
             const auto used = pool.stats().used_blocks;
 
             ValidatedContext second;
+            {
+                // A damaged LAYR section (layer 1's window made 5: pages of another size) is
+                // refused before anything is created.
+                auto bytes = read_snapshot_file(file.path);
+                bytes[32 + 12 + 88 + 12 + 4 + 4] = 5;
+                seal_snapshot(bytes);
+                const TempFile bad("hybrid-bad.snap");
+                write_snapshot_file(bad.path, bytes);
+                require_error([&] { (void)restore_snapshot(second.ctx, bad.path); },
+                              ErrorCode::CorruptSnapshot, "(num_layers): a page holds 2 layers");
+            }
             RestoredSnapshot r = restore_snapshot(second.ctx, file.path);
             REQUIRE(r.caches.size() == 2);
             CHECK(r.pool->check() == "");

@@ -680,9 +680,9 @@ TEST_CASE("a hybrid pool's snapshot keeps its layer windows, group tables and dr
             REQUIRE(e.find('\n') == std::string::npos);
         }
     }
-    // Detailed stats find each layer's tokens in its group's table: 10 + 11 tokens in the
-    // full layers' pages (0 and 1 shared: 8 + 2 + 3), 4 + 4 in the sliding ones' (3 shared:
-    // slots 2..3 and 3, 4 slots 0..1, 6 slots 0..2).
+    // Detailed stats find each layer's tokens in its group's table: the full layers' in
+    // pages 0 1 (both rows) and 2 or 5 (2 and 3 tokens), the sliding layers' at slots 2..5 of
+    // row 0's [3 4] and 3..6 of row 1's [3 6] (page 3: slots 2 and 3).
     const std::vector<uint32_t> used = slots_in_use(test::hybrid_snapshot(false));
     CHECK(used == std::vector<uint32_t>{4, 4, 2, 2, 2, 3, 3, 0, 0, 0, 0, 0});
 }
