@@ -632,6 +632,7 @@ TEST_CASE("pagedkv-dump shows a hybrid pool's layer groups: a table and a lane p
         CHECK(count_in(s, lane) == 1);
     }
     CHECK(s.find(">cache 0 row 0 g1 w4</text>") < s.find(">cache 0 row 1 g0 w0</text>"));
+    CHECK_THAT(s, Catch::Contains(">dynamic, 4 tokens from slot 2, 6 let go</text>"));
     CHECK_THAT(s, Catch::Contains("<title>page 3: 2 refs, 2 of 4 slots hold tokens\n"
                                   "cache 0 row 0 g1 w4, entry 0: tokens 0..1 at slots 2..3\n"
                                   "cache 0 row 1 g1 w4, entry 0: tokens 0..0 at slots 3..3"));

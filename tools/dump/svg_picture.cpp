@@ -263,6 +263,11 @@ void Picture::make_lanes() {
                                           plural(uint64_t(held), "token", "tokens"));
                 if (lane.slots.first != 0 && lane.slots.first != lane.slots.end)
                     lane.detail += fmt::format(" from slot {}", lane.slots.first);
+                int64_t gone = 0;  // tokens its sliding layers let go
+                for (uint32_t l : v_.groups.layers[g])
+                    if (l < k.dropped.size() && r < k.dropped[l].size())
+                        gone = std::max(gone, k.dropped[l][r]);
+                if (gone > 0) lane.detail += fmt::format(", {} let go", gone);
                 lanes_.push_back(std::move(lane));
             }
         for (uint32_t r = 0; r < k.spare.size() && !v_.selection.row; ++r) {
