@@ -12,16 +12,21 @@ std::vector<uint32_t> slots_in_use(const SnapshotData& s) {
     // Intervals of covered slots per block, merged at the end: rows sharing a page, and the
     // layers of one row, cover the same slots.
     std::unordered_map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>> covered;
+    // Layer groups: each layer's tokens are in its group's table (checked data only).
+    const LayerGroups groups = s.groups();
     for (const SnapshotCache& c : s.caches)
         for (size_t l = 0; l < c.len.size(); ++l)
             for (size_t row = 0; row < c.rows.size() && row < c.len[l].size(); ++row) {
                 const int64_t len = c.len[l][row];
                 if (len <= 0) continue;
+                const uint32_t g = l < groups.group_of.size() ? groups.group_of[l] : 0;
+                if (g > 0 && (row >= c.more.size() || g - 1 >= c.more[row].size())) continue;
+                const std::vector<BlockId>& table = c.table(row, g);
                 const uint64_t first = uint64_t(c.start[l][row]), end = first + uint64_t(len);
-                for (uint64_t bi = first / bs; bi * bs < end && bi < c.rows[row].size(); ++bi) {
+                for (uint64_t bi = first / bs; bi * bs < end && bi < table.size(); ++bi) {
                     const uint64_t lo = std::max(first, bi * bs) - bi * bs;
                     const uint64_t hi = std::min(end, (bi + 1) * bs) - bi * bs;
-                    covered[index(c.rows[row][bi])].emplace_back(lo, hi);
+                    covered[index(table[bi])].emplace_back(lo, hi);
                 }
             }
     std::vector<uint32_t> out(s.allocator.refcounts.size(), 0);

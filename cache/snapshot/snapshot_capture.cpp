@@ -31,20 +31,30 @@ std::vector<BlockId> blocks_of(const BlockTable& t) {
     return t.blocks();
 }
 
-// Appends these sequences as the record's rows: tables, and per layer lengths and starts.
-void add_rows(SnapshotCache& k, std::span<Sequence* const> rows, uint32_t layers) {
-    for (const Sequence* r : rows)
+// Appends these sequences as the record's rows: tables (every layer group's), and per layer
+// lengths, starts and (with layer groups) the tokens a sliding layer let go.
+void add_rows(SnapshotCache& k, std::span<Sequence* const> rows, const PoolState& ps) {
+    const uint32_t layers = ps.config.num_layers;
+    const bool grouped = !ps.config.layer_windows.empty();
+    for (const Sequence* r : rows) {
         k.rows.push_back(blocks_of(r->table));
+        if (!grouped) continue;
+        auto& more = k.more.emplace_back();
+        for (const BlockTable& t : r->more)
+            more.push_back(blocks_of(t));
+    }
     k.len.assign(layers, std::vector<int64_t>(rows.size(), 0));
     k.start.assign(layers, std::vector<int64_t>(rows.size(), 0));
+    if (grouped) k.dropped.assign(layers, std::vector<int64_t>(rows.size(), 0));
     for (uint32_t l = 0; l < layers; ++l)
         for (size_t r = 0; r < rows.size(); ++r) {
             k.len[l][r] = rows[r]->len[l];
             k.start[l][r] = rows[r]->start[l];
+            if (grouped && !rows[r]->dropped.empty()) k.dropped[l][r] = rows[r]->dropped[l];
         }
 }
 
-SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
+SnapshotCache capture_cache(const PagedKVCache& cache) {
     SnapshotCache k;
     const CacheState& st = Access::cache(cache);
     // The snapshot records the cache's policy (the kind and its numbers).
@@ -65,19 +75,40 @@ SnapshotCache capture_cache(const PagedKVCache& cache, uint32_t layers) {
     k.window = kind.window;
     for (const BlockTable& t : st.spare)
         k.spare.push_back(blocks_of(t));
-    add_rows(k, st.rows, layers);
+    add_rows(k, st.rows, *st.ps);
     return k;
 }
 
 // A manager's sequences, in ascending id order, as the rows of a dynamic cache (the same
-// sequence core: a table and per-layer lengths and starts).
-SnapshotCache capture_manager(const KVManager& manager, uint32_t layers) {
+// sequence core: tables and per-layer lengths and starts). With layer groups a manager's
+// sliding group numbers slots from its table's origin (start = -origin, len = the length)
+// while a 0.1 cache's layer holds positions from the first it keeps: layer l of group g is
+// recorded as the held tokens [first_held, length), at slot first_held - origin, with
+// first_held let go, so that a restored DynamicKVCache holds exactly them and has seen length.
+SnapshotCache capture_manager(const KVManager& manager) {
     SnapshotCache k;
     k.kind = SnapshotCacheKind::Dynamic;
+    const ManagerState& m = Access::manager(manager);
+    const PoolState& ps = *m.ps;
     std::vector<Sequence*> rows;
-    for (const auto& [id, seq] : Access::manager(manager).seqs.all())
+    for (const auto& [id, seq] : m.seqs.all())
         rows.push_back(const_cast<Sequence*>(&seq));
-    add_rows(k, rows, layers);
+    add_rows(k, rows, ps);
+    if (ps.config.layer_windows.empty()) return k;
+    for (size_t r = 0; r < rows.size(); ++r) {
+        const Sequence& seq = *rows[r];
+        const int64_t length = length_of(seq);
+        for (uint32_t g = 0; g < ps.groups.num_groups(); ++g) {
+            const int64_t held_from = first_held(ps, seq, g);
+            const int64_t origin = table_origin(ps, seq, g);
+            for (uint32_t l : ps.groups.layers[g]) {
+                const int64_t held = length - held_from;
+                k.len[l][r] = held;
+                k.start[l][r] = held > 0 ? held_from - origin : 0;
+                k.dropped[l][r] = held_from;
+            }
+        }
+    }
     return k;
 }
 
@@ -96,7 +127,6 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
                               const char* op) {
     PoolState& ps = Access::pool(pool);
     detail::Device::CallLock lock(*ps.device);
-    ps.refuse_hybrid(op);
     // The snapshot format has no host tier: refused rather than recorded wrong.
     if (ps.host_prefix && ps.host_prefix->size() > 0)
         throw invalid(
@@ -122,7 +152,8 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
                 fmt::format("{}: caches {} and {} are the same cache", op, it->second, i));
         const CacheState& st = Access::cache(*c);
         for (uint32_t r = 0; r < st.batch; ++r)
-            given.insert(&st.table(r));
+            for (uint32_t g = 0; g < st.rows[r]->num_groups(); ++g)
+                given.insert(&st.rows[r]->group(g));
         for (const BlockTable& t : st.spare)
             given.insert(&t);
     }
@@ -135,7 +166,8 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
         if (!seen_managers.insert(m).second)
             throw invalid(fmt::format("{}: manager {} is given twice", op, i));
         for (const auto& [id, seq] : Access::manager(*m).seqs.all())
-            given.insert(&seq.table);
+            for (uint32_t g = 0; g < seq.num_groups(); ++g)
+                given.insert(&seq.group(g));
     }
     uint64_t missing_tables = 0, missing_refs = 0;
     for (const BlockTable* t : ps.allocator.tables())
@@ -152,13 +184,14 @@ SnapshotData capture_snapshot(const BlockPool& pool, std::span<const PagedKVCach
     SnapshotData s;
     const PoolConfig& c = ps.config;
     s.layout = pool_shape(c);
+    s.layer_windows = c.layer_windows;
     s.allocator = ps.allocator.state();
     if (ps.prefix) s.prefix = ps.prefix->entries();
     s.pages_copied = ps.pages_copied;
     for (const PagedKVCache* cache : caches)
-        s.caches.push_back(capture_cache(*cache, c.num_layers));
+        s.caches.push_back(capture_cache(*cache));
     for (const KVManager* m : managers)
-        s.caches.push_back(capture_manager(*m, c.num_layers));
+        s.caches.push_back(capture_manager(*m));
     // The live state always passes; a failure here is a library bug, caught before writing.
     if (std::string e = check_snapshot(s); !e.empty())
         throw Error(ErrorCode::InvalidArgument,

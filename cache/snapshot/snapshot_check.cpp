@@ -13,6 +13,7 @@ namespace {
 namespace pf = snapshot_format::pool;
 namespace cf = snapshot_format::cache;
 namespace px = snapshot_format::prefix;
+namespace lf = snapshot_format::layers;
 
 // Positions in a row are below INT32_MAX (update() refuses the rest).
 constexpr int64_t kMaxPosition = INT32_MAX;
@@ -24,6 +25,8 @@ class Checker {
     std::string run() {
         std::string e;
         if (!(e = layout()).empty()) return e;
+        if (!(e = layer_windows()).empty()) return e;
+        groups_ = s_.groups();
         if (!(e = allocator()).empty()) return e;
         refs_.assign(s_.layout.num_blocks, 0);
         for (size_t c = 0; c < s_.caches.size(); ++c)
@@ -78,6 +81,22 @@ class Checker {
     }
 
   private:
+    // The model's layers and their windows cut into groups of a page's layers.
+    std::string layer_windows() const {
+        const auto& w = s_.layer_windows;
+        if (w.empty()) return {};
+        const uint64_t at = at_ ? at_->layers : 0;
+        if (auto e = check_layer_windows(uint32_t(w.size()), w))
+            return fail(at + lf::kWindows, "layer_windows", *e);
+        const uint32_t per_page = s_.groups().per_page;
+        if (per_page != s_.layout.num_layers)
+            return fail(pool_at(pf::kNumLayers), "num_layers",
+                        fmt::format("a page holds {} layers, but {} layers with these windows "
+                                    "make pages of {}",
+                                    s_.layout.num_layers, w.size(), per_page));
+        return {};
+    }
+
     // The allocator's own invariants (allocator/block_allocator.cpp), located in the file.
     std::string allocator() const {
         const auto problem = check_state(s_.allocator, s_.layout.num_blocks);
@@ -160,7 +179,28 @@ class Checker {
                         fmt::format("{} rows + {} spare tables, a static cache of batch_size {} "
                                     "holds exactly {}",
                                     k.rows.size(), k.spare.size(), k.batch_size, k.batch_size));
-        for (size_t t = 0; t < k.rows.size() + k.spare.size(); ++t) {
+        const bool grouped = !s_.layer_windows.empty();
+        const uint32_t G = groups_.num_groups();
+        if (grouped && is_static)
+            return fail(head + cf::kKind, name + ".kind",
+                        "a static cache over a pool with layer_windows (static caches refuse "
+                        "layer groups)");
+        // With layer groups, every row has the tables of groups 1.. and dropped counts.
+        if (!grouped && (!k.more.empty() || !k.dropped.empty()))
+            return fail(head, name + ".more",
+                        "group tables or dropped counts without layer_windows");
+        if (grouped) {
+            if (k.more.size() != k.rows.size())
+                return fail(head + cf::kRows, name + ".more",
+                            fmt::format("group tables for {} rows, the cache has {}", k.more.size(),
+                                        k.rows.size()));
+            for (size_t r = 0; r < k.more.size(); ++r)
+                if (k.more[r].size() != G - 1)
+                    return fail(head + cf::kRows, fmt::format("{}.rows[{}]", name, r),
+                                fmt::format("{} tables of groups 1.., the pool has {} groups",
+                                            k.more[r].size(), G));
+        }
+        for (size_t t = 0; t < num_tables(k); ++t) {
             const auto [blocks, table, first] = table_of(c, t);
             if (is_static && blocks.size() != per_row)
                 return fail(first, table,
@@ -181,17 +221,23 @@ class Checker {
                 ++refs_[b];
             }
         }
-        const uint32_t layers = s_.layout.num_layers;
+        const uint32_t layers = s_.model_layers();
         const uint64_t len_at = o ? o->lengths : 0;
         if (k.len.size() != layers || k.start.size() != layers)
             return fail(
                 len_at, name + ".len",
                 fmt::format("lengths for {} layers, the pool has {}", k.len.size(), layers));
+        if (grouped && k.dropped.size() != layers)
+            return fail(o ? o->dropped : 0, name + ".dropped",
+                        fmt::format("dropped counts for {} layers, the pool has {}",
+                                    k.dropped.size(), layers));
         for (uint32_t l = 0; l < layers; ++l) {
-            if (k.len[l].size() != k.rows.size() || k.start[l].size() != k.rows.size())
+            if (k.len[l].size() != k.rows.size() || k.start[l].size() != k.rows.size() ||
+                (grouped && k.dropped[l].size() != k.rows.size()))
                 return fail(len_at, name + ".len",
                             fmt::format("layer {} has lengths for {} rows, the cache has {}", l,
                                         k.len[l].size(), k.rows.size()));
+            const uint32_t g = groups_.group_of[l];
             for (size_t r = 0; r < k.rows.size(); ++r) {
                 const int64_t len = k.len[l][r], start = k.start[l][r];
                 const uint64_t off = len_at + 16 * (uint64_t(l) * k.rows.size() + r);
@@ -200,12 +246,25 @@ class Checker {
                     return fail(off, field,
                                 fmt::format("length {} / start {} out of range [0, {}]", len, start,
                                             kMaxPosition));
-                const int64_t slots = int64_t(k.rows[r].size()) * bs;
+                const auto& pages = k.table(r, g);
+                const int64_t slots = int64_t(pages.size()) * bs;
                 if (len > 0 && start + len > slots)
-                    return fail(off, field,
-                                fmt::format("tokens [{}, {}) do not fit the row's {} pages ({} "
-                                            "slots)",
-                                            start, start + len, k.rows[r].size(), slots));
+                    return fail(
+                        off, field,
+                        fmt::format("tokens [{}, {}) do not fit the row's {}{} pages ({} "
+                                    "slots)",
+                                    start, start + len,
+                                    g == 0 ? std::string() : fmt::format("group {} table's ", g),
+                                    pages.size(), slots));
+                if (grouped) {
+                    const int64_t d = k.dropped[l][r];
+                    if (d < 0 || d > kMaxPosition - len)
+                        return fail((o ? o->dropped : 0) + 8 * (uint64_t(l) * k.rows.size() + r),
+                                    fmt::format("{}.dropped[layer {}][row {}]", name, l, r),
+                                    fmt::format("{} tokens let go, with {} held out of range "
+                                                "[0, {}]",
+                                                d, len, kMaxPosition));
+                }
                 if (k.kind == SnapshotCacheKind::SlidingWindow && len > int64_t(k.window))
                     return fail(
                         off, field,
@@ -233,9 +292,23 @@ class Checker {
         std::string field;
         uint64_t first;
     };
+    // Rows, spare tables, then each row's tables of groups 1.. (row-major).
+    static size_t num_tables(const SnapshotCache& k) {
+        size_t n = k.rows.size() + k.spare.size();
+        for (const auto& m : k.more)
+            n += m.size();
+        return n;
+    }
     Table table_of(size_t c, size_t t) const {
         const SnapshotCache& k = s_.caches[c];
         const SnapshotOffsets::Cache* o = at_ && c < at_->caches.size() ? &at_->caches[c] : nullptr;
+        if (t >= k.rows.size() + k.spare.size()) {
+            // (Shapes checked: every row has num_groups - 1 of them.)
+            const size_t m = t - k.rows.size() - k.spare.size(), per = groups_.num_groups() - 1;
+            const size_t row = m / per, g = m % per + 1;
+            return {k.more[row][g - 1], fmt::format("caches[{}].rows[{}].group[{}]", c, row, g),
+                    o && m < o->more.size() ? o->more[m] : 0};
+        }
         const bool spare = t >= k.rows.size();
         const size_t i = spare ? t - k.rows.size() : t;
         return {spare ? k.spare[i] : k.rows[i],
@@ -342,6 +415,7 @@ class Checker {
 
     const SnapshotData& s_;
     const SnapshotOffsets* at_;
+    LayerGroups groups_;
     std::vector<uint64_t> refs_;
 };
 

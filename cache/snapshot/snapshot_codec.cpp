@@ -221,7 +221,8 @@ void decode_allocator(Reader r, SnapshotData& s, SnapshotOffsets& at) {
     r.finish();
 }
 
-void decode_cache(Reader r, size_t c, SnapshotData& s, SnapshotOffsets& at) {
+// groups: the pool's layer groups with kFlagLayerGroups, else 0.
+void decode_cache(Reader r, size_t c, uint32_t groups, SnapshotData& s, SnapshotOffsets& at) {
     SnapshotOffsets::Cache& o = at.caches.emplace_back();
     SnapshotCache& k = s.caches.emplace_back();
     o.head = r.pos();
@@ -244,22 +245,26 @@ void decode_cache(Reader r, size_t c, SnapshotData& s, SnapshotOffsets& at) {
     r.need(uint64_t(rows) + spare, 4, field("rows"));
     k.rows.resize(rows);
     k.spare.resize(spare);
+    // A table: its count, then its block ids; `name` names both.
+    auto table = [&](std::vector<BlockId>& blocks, std::vector<uint64_t>& firsts,
+                     const auto& name) {
+        const uint32_t count = r.u32(name);
+        firsts.push_back(r.pos());
+        r.need(count, 4, name);
+        blocks.resize(count);
+        for (uint32_t i = 0; i < count; ++i)
+            blocks[i] = BlockId{r.u32(name)};
+    };
     for (uint64_t t = 0; t < uint64_t(rows) + spare; ++t) {
         const bool is_spare = t >= rows;
         auto name = [&] {
             return fmt::format("caches[{}].{}[{}]", c, is_spare ? "spare" : "rows",
                                is_spare ? t - rows : t);
         };
-        const uint32_t count = r.u32(name);
-        o.tables.push_back(r.pos());
-        r.need(count, 4, name);
-        auto& blocks = is_spare ? k.spare[t - rows] : k.rows[t];
-        blocks.resize(count);
-        for (uint32_t i = 0; i < count; ++i)
-            blocks[i] = BlockId{r.u32(name)};
+        table(is_spare ? k.spare[t - rows] : k.rows[t], o.tables, name);
     }
     o.lengths = r.pos();
-    const uint32_t layers = s.layout.num_layers;
+    const uint32_t layers = s.model_layers();
     r.need(uint64_t(layers) * rows, 16, field("len"));  // layers < 2^32, rows < 2^32: no overflow
     k.len.assign(layers, std::vector<int64_t>(rows));
     k.start.assign(layers, std::vector<int64_t>(rows));
@@ -268,7 +273,46 @@ void decode_cache(Reader r, size_t c, SnapshotData& s, SnapshotOffsets& at) {
             k.len[l][row] = r.i64(field("len"));
             k.start[l][row] = r.i64(field("start"));
         }
+    if (groups > 0) {
+        // Layer groups: each row's tables of groups 1.., then the tokens let go per layer.
+        r.need(uint64_t(rows) * (groups - 1), 4, field("more"));  // bounds the allocations
+        k.more.assign(rows, std::vector<std::vector<BlockId>>(groups - 1));
+        for (uint32_t row = 0; row < rows; ++row)
+            for (uint32_t g = 1; g < groups; ++g)
+                table(k.more[row][g - 1], o.more,
+                      [&] { return fmt::format("caches[{}].rows[{}].group[{}]", c, row, g); });
+        o.dropped = r.pos();
+        r.need(uint64_t(layers) * rows, 8, field("dropped"));
+        k.dropped.assign(layers, std::vector<int64_t>(rows));
+        for (uint32_t l = 0; l < layers; ++l)
+            for (uint32_t row = 0; row < rows; ++row)
+                k.dropped[l][row] = r.i64(field("dropped"));
+    }
     r.finish();
+}
+
+// LAYR (with kFlagLayerGroups): the model's layers and their windows, which must cut into
+// groups of POOL's num_layers layers (a page's).
+void decode_layers(Reader r, SnapshotData& s, SnapshotOffsets& at) {
+    namespace lf = sf::layers;
+    at.layers = r.pos();
+    const uint32_t layers = r.u32("model_layers");
+    if (layers == 0)
+        throw corrupt(fmt::format("byte {} (model_layers): 0 layers, a model has at least 1",
+                                  at.layers + lf::kModelLayers));
+    r.need(layers, 4, "layer_windows");
+    s.layer_windows.resize(layers);
+    for (uint32_t l = 0; l < layers; ++l)
+        s.layer_windows[l] = r.u32("layer_windows");
+    r.finish();
+    if (auto e = check_layer_windows(layers, s.layer_windows))
+        throw corrupt(fmt::format("byte {} (layer_windows): {}", at.layers + lf::kWindows, *e));
+    const uint32_t per_page = s.groups().per_page;
+    if (per_page != s.layout.num_layers)
+        throw corrupt(fmt::format(
+            "byte {} (num_layers): a page holds {} layers, but {} layers with these windows "
+            "make pages of {}",
+            at.pool + sf::pool::kNumLayers, s.layout.num_layers, layers, per_page));
 }
 
 // PRFX (version 2): the cached and evictable blocks, then the prefix index's entries.
@@ -358,12 +402,19 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
         w.out.push_back(c);
     // The lowest version that holds it: a pool without cached pages is a version-1 file (so
     // that older readers read it, and a file decodes and encodes to the same bytes).
-    w.u32(s.has_prefix_cache() ? sf::kVersion : 1);
+    const bool grouped = !s.layer_windows.empty();
+    w.u32(s.has_prefix_cache() || grouped ? sf::kVersion : 1);
     w.u32((s.has_pages ? sf::kFlagPageContents : 0) |
-          (s.has_prefix_cache() ? sf::kFlagPrefixCache : 0));
+          (s.has_prefix_cache() ? sf::kFlagPrefixCache : 0) | (grouped ? sf::kFlagLayerGroups : 0));
     w.u64(0);  // payload bytes, sealed below
     w.u32(0);  // payload crc
     w.u32(0);  // header crc
+
+    // Inconsistent windows (tests) make no groups rather than throw.
+    const uint32_t groups =
+        grouped && !check_layer_windows(uint32_t(s.layer_windows.size()), s.layer_windows)
+            ? s.groups().num_groups()
+            : 1;
 
     size_t at = w.begin_section(sf::kPoolTag);
     const SnapshotLayout& l = s.layout;
@@ -377,6 +428,14 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
     w.u32(uint32_t(s.caches.size()));
     w.u32(static_cast<uint32_t>(s.layout.layout));
     w.end_section(at);
+
+    if (grouped) {
+        at = w.begin_section(sf::kLayersTag);
+        w.u32(uint32_t(s.layer_windows.size()));
+        for (uint32_t v : s.layer_windows)
+            w.u32(v);
+        w.end_section(at);
+    }
 
     at = w.begin_section(sf::kAllocatorTag);
     for (uint32_t rc : s.allocator.refcounts)
@@ -394,21 +453,36 @@ std::vector<uint8_t> encode_snapshot(const SnapshotData& s) {
         w.u32(k.window);
         w.u32(uint32_t(k.rows.size()));
         w.u32(uint32_t(k.spare.size()));
+        auto table = [&](const std::vector<BlockId>& t) {
+            w.u32(uint32_t(t.size()));
+            for (BlockId b : t)
+                w.u32(index(b));
+        };
         for (const auto* tables : {&k.rows, &k.spare})
-            for (const auto& t : *tables) {
-                w.u32(uint32_t(t.size()));
-                for (BlockId b : t)
-                    w.u32(index(b));
-            }
+            for (const auto& t : *tables)
+                table(t);
         // Missing entries of inconsistent data are written as 0 rather than read out of range.
         auto at_or_0 = [](const std::vector<std::vector<int64_t>>& v, size_t i, size_t j) {
             return i < v.size() && j < v[i].size() ? v[i][j] : 0;
         };
-        for (uint32_t layer = 0; layer < l.num_layers; ++layer)
+        const uint32_t layers = s.model_layers();
+        for (uint32_t layer = 0; layer < layers; ++layer)
             for (size_t row = 0; row < k.rows.size(); ++row) {
                 w.i64(at_or_0(k.len, layer, row));
                 w.i64(at_or_0(k.start, layer, row));
             }
+        if (grouped) {
+            // Exactly num_groups - 1 tables per row (missing ones of inconsistent data empty).
+            const std::vector<BlockId> none;
+            for (size_t row = 0; row < k.rows.size(); ++row)
+                for (uint32_t g = 1; g < groups; ++g) {
+                    const bool has = row < k.more.size() && g - 1 < k.more[row].size();
+                    table(has ? k.more[row][g - 1] : none);
+                }
+            for (uint32_t layer = 0; layer < layers; ++layer)
+                for (size_t row = 0; row < k.rows.size(); ++row)
+                    w.i64(at_or_0(k.dropped, layer, row));
+        }
         w.end_section(at);
     }
 
@@ -490,10 +564,11 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
     if (flags & ~known)
         throw corrupt(fmt::format("byte {} (flags): unknown flag bits {:#x} in a version-{} file",
                                   sf::kFlagsAt, flags & ~known, version));
-    if (version == 2 && !(flags & sf::kFlagPrefixCache))
+    if (version == 2 && !(flags & (sf::kFlagPrefixCache | sf::kFlagLayerGroups)))
         throw corrupt(
-            fmt::format("byte {} (flags): a version-2 file without the prefix cache "
-                        "flag (a pool without cached pages is written as version 1)",
+            fmt::format("byte {} (flags): a version-2 file without the prefix cache or "
+                        "layer groups flag (a pool without cached pages or layer windows is "
+                        "written as version 1)",
                         sf::kFlagsAt));
     const uint64_t payload = get_le(b, sf::kPayloadBytesAt, 8);
     if (payload > size - sf::kHeaderBytes)
@@ -518,12 +593,17 @@ SnapshotData decode_snapshot(std::span<const uint8_t> b) {
     Reader r(b, sf::kHeaderBytes, size, "payload");
     uint32_t num_caches = 0;
     decode_pool(r.section(sf::kPoolTag, "POOL"), s, num_caches, at);
+    uint32_t groups = 0;
+    if (flags & sf::kFlagLayerGroups) {
+        decode_layers(r.section(sf::kLayersTag, "LAYR"), s, at);
+        groups = s.groups().num_groups();
+    }
     decode_allocator(r.section(sf::kAllocatorTag, "ALOC"), s, at);
     // Every cache takes at least its section header and head: bounds the reservation.
     r.need(num_caches, sf::kSectionHeaderBytes + sf::cache::kHeadBytes, "num_caches");
     s.caches.reserve(num_caches);
     for (uint32_t c = 0; c < num_caches; ++c)
-        decode_cache(r.section(sf::kCacheTag, fmt::format("CACH #{}", c)), c, s, at);
+        decode_cache(r.section(sf::kCacheTag, fmt::format("CACH #{}", c)), c, groups, s, at);
     if (flags & sf::kFlagPrefixCache) decode_prefix(r.section(sf::kPrefixTag, "PRFX"), s, at);
     if (std::string e = check_snapshot(s, &at); !e.empty()) throw corrupt(e);
     if (flags & sf::kFlagPageContents) {

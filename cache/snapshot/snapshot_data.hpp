@@ -9,6 +9,7 @@
 
 #include "allocator/block_allocator.hpp"
 #include "allocator/block_id.hpp"
+#include "allocator/layer_groups.hpp"
 #include "allocator/page_format.hpp"
 #include "allocator/prefix_index.hpp"
 #include "pagedkv/dtype.hpp"
@@ -29,18 +30,37 @@ struct SnapshotCache {
     uint32_t window = 0;                     // sliding-window caches, else 0
     std::vector<std::vector<BlockId>> rows;  // one block table per batch row
     std::vector<std::vector<BlockId>> spare;  // a static cache's reserved tables not in use
-    // [layer][row]: tokens held, and the page slot of the first one (token t at start + t).
+    // [layer][row]: tokens held, and the page slot of the first one (token t at start + t) in
+    // the table of the layer's group. Every layer of the model (SnapshotData::model_layers).
     std::vector<std::vector<int64_t>> len;
     std::vector<std::vector<int64_t>> start;
+    // Layer groups (SnapshotData::layer_windows; both empty without): [row][g - 1] the block
+    // table of group g = 1.. (rows holds group 0's), and [layer][row] the tokens a sliding
+    // layer let go (tokens seen = len + dropped).
+    std::vector<std::vector<std::vector<BlockId>>> more;
+    std::vector<std::vector<int64_t>> dropped;
 
-    // The longest of a row's layers.
+    // The block table of a row's layer group g (rows[row] for group 0).
+    const std::vector<BlockId>& table(size_t row, uint32_t g) const {
+        return g == 0 ? rows[row] : more[row][g - 1];
+    }
+    // The longest of a row's layers (tokens held).
     int64_t row_length(size_t row) const;
+    // Tokens a row's layer has seen: held, and let go by a layer window.
+    int64_t seen(size_t layer, size_t row) const {
+        const int64_t d =
+            layer < dropped.size() && row < dropped[layer].size() ? dropped[layer][row] : 0;
+        return len[layer][row] + d;
+    }
 
     bool operator==(const SnapshotCache&) const = default;
 };
 
 struct SnapshotData {
     SnapshotLayout layout;
+    // PoolConfig::layer_windows (one per model layer; empty: none). With them layout.num_layers
+    // is a page's layers (LayerGroups::per_page) and the model has layer_windows.size().
+    std::vector<uint32_t> layer_windows;
     AllocatorState allocator;
     uint64_t pages_copied = 0;  // the pool's copy-on-write counter
     std::vector<SnapshotCache> caches;
@@ -50,6 +70,13 @@ struct SnapshotData {
     bool has_pages = false;
     // With has_pages: the bytes of page_blocks(), in that order, block_bytes() each.
     std::vector<uint8_t> pages;
+
+    // The model's layers: those of the caches' len and start.
+    uint32_t model_layers() const {
+        return layer_windows.empty() ? layout.num_layers : uint32_t(layer_windows.size());
+    }
+    // The layer groups (one holding every layer without layer_windows).
+    LayerGroups groups() const { return LayerGroups::make(model_layers(), layer_windows); }
 
     uint64_t used_blocks() const;
     // The blocks whose bytes a snapshot with pages holds, ascending: those in use (reference

@@ -8,6 +8,13 @@
 // (cached and evictable blocks, the prefix index's entries). Files are written in the lowest
 // version that holds them: a pool without cached pages is a version-1 file, so a version-2
 // file always has the flag (a reader refuses one without); version-1 files are still read.
+//
+// Layer groups (PoolConfig::layer_windows) came within version 2: flag kFlagLayerGroups, a LAYR
+// section after POOL (the model's layers and their windows), and in each CACH body the layers
+// of the model (not a page's) plus each row's tables of groups 1.. and the tokens its sliding
+// layers let go. A version-2 file has kFlagPrefixCache or kFlagLayerGroups (or both); a reader
+// from before groups refuses the unknown flag rather than misreading the file. A pool without
+// layer windows writes exactly the bytes it wrote before.
 #pragma once
 
 #include <array>
@@ -30,12 +37,14 @@ inline constexpr uint64_t kHeaderBytes = 32;
 
 inline constexpr uint32_t kFlagPageContents = 1u << 0;
 inline constexpr uint32_t kFlagPrefixCache = 1u << 1;  // version 2: a PRFX section
+inline constexpr uint32_t kFlagLayerGroups = 1u << 2;  // version 2: a LAYR section, group tables
 inline constexpr uint32_t kKnownFlagsV1 = kFlagPageContents;
-inline constexpr uint32_t kKnownFlags = kFlagPageContents | kFlagPrefixCache;
+inline constexpr uint32_t kKnownFlags = kFlagPageContents | kFlagPrefixCache | kFlagLayerGroups;
 
 // A section: a 4-character tag, the body's length in bytes (u64), the body.
 inline constexpr uint64_t kSectionHeaderBytes = 12;
 inline constexpr std::array<char, 4> kPoolTag = {'P', 'O', 'O', 'L'};
+inline constexpr std::array<char, 4> kLayersTag = {'L', 'A', 'Y', 'R'};
 inline constexpr std::array<char, 4> kAllocatorTag = {'A', 'L', 'O', 'C'};
 inline constexpr std::array<char, 4> kCacheTag = {'C', 'A', 'C', 'H'};
 inline constexpr std::array<char, 4> kPrefixTag = {'P', 'R', 'F', 'X'};
@@ -43,11 +52,11 @@ inline constexpr std::array<char, 4> kPagesTag = {'P', 'A', 'G', 'E'};
 
 // POOL body: 88 bytes, offsets from the body's first byte.
 namespace pool {
-inline constexpr uint64_t kNumLayers = 0;      // u32
-inline constexpr uint64_t kNumKvHeads = 4;     // u32
-inline constexpr uint64_t kHeadDim = 8;        // u32
-inline constexpr uint64_t kVHeadDim = 12;      // u32
-inline constexpr uint64_t kBlockSize = 16;     // u32
+inline constexpr uint64_t kNumLayers = 0;   // u32
+inline constexpr uint64_t kNumKvHeads = 4;  // u32
+inline constexpr uint64_t kHeadDim = 8;     // u32
+inline constexpr uint64_t kVHeadDim = 12;   // u32
+inline constexpr uint64_t kBlockSize = 16;  // u32
 // u32: 0 f32, 1 f16, 2 bf16, 3 int8, 4 fp8e4m3 (quantized pages hold a scale per row after
 // their codes: PageFormat; block_bytes counts them). Readers before 0.2's quantized pages refuse
 // 3 and 4 as unknown dtypes, so these need no new version.
@@ -64,8 +73,19 @@ inline constexpr uint64_t kPageLayout = 84;    // u32: 0 head-major, 1 token-maj
 inline constexpr uint64_t kBytes = 88;
 }  // namespace pool
 
+// LAYR body (with kFlagLayerGroups; between POOL and ALOC): u32 model_layers, then that many
+// u32 windows (PoolConfig::layer_windows, 0: full attention). POOL's num_layers is a page's
+// layers: LayerGroups::make(model_layers, windows).per_page.
+namespace layers {
+inline constexpr uint64_t kModelLayers = 0;  // u32
+inline constexpr uint64_t kWindows = 4;      // model_layers x u32
+}  // namespace layers
+
 // CACH body: a 24-byte head, then rows + spare_rows tables (u32 count, count u32 block ids),
-// then num_layers x rows pairs (i64 len, i64 start), layer-major.
+// then layers x rows pairs (i64 len, i64 start), layer-major; layers is POOL's num_layers, or
+// with kFlagLayerGroups LAYR's model_layers. With kFlagLayerGroups there follow, per row, the
+// tables of groups 1.. (num_groups - 1 of them, same encoding as the rows'), then layers x rows
+// i64 dropped (tokens a sliding layer let go), layer-major.
 namespace cache {
 inline constexpr uint64_t kKind = 0;         // u32: 0 dynamic, 1 static, 2 sliding window
 inline constexpr uint64_t kBatchSize = 4;    // u32

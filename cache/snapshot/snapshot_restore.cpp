@@ -37,13 +37,22 @@ struct SnapshotRestorer {
         std::vector<detail::Sequence> rows;
         rows.reserve(k.rows.size());
         for (size_t r = 0; r < k.rows.size(); ++r) {
-            rows.push_back(st.empty_sequence());
-            rows.back().table.adopt_back(k.rows[r]);
+            detail::Sequence& seq = rows.emplace_back(st.empty_sequence());
+            seq.table.adopt_back(k.rows[r]);
+            // The tables of layer groups 1.. (as many as the pool's groups: checked).
+            for (uint32_t g = 1; g < seq.num_groups() && r < k.more.size(); ++g)
+                seq.group(g).adopt_back(k.more[r][g - 1]);
             for (uint32_t l = 0; l < st.num_layers() && l < k.len.size(); ++l) {
-                rows.back().len[l] = k.len[l][r];
+                seq.len[l] = k.len[l][r];
                 // An empty layer starts at slot 0 (older versions could leave it anywhere).
-                rows.back().start[l] = k.len[l][r] == 0 ? 0 : k.start[l][r];
+                seq.start[l] = k.len[l][r] == 0 ? 0 : k.start[l][r];
             }
+            // Tokens a sliding layer let go (the sequence keeps none when all are 0).
+            for (uint32_t l = 0; l < st.num_layers() && l < k.dropped.size(); ++l)
+                if (k.dropped[l][r] != 0) {
+                    if (seq.dropped.empty()) seq.dropped.assign(st.num_layers(), 0);
+                    seq.dropped[l] = k.dropped[l][r];
+                }
         }
         for (const auto& blocks : k.spare)
             st.spare.emplace_back(alloc).adopt_back(blocks);
@@ -63,6 +72,10 @@ RestoredSnapshot restore_snapshot(Context& ctx, const std::filesystem::path& pat
                                 "SnapshotOptions::page_contents); it can be dumped, not restored",
                                 path.string()));
     PoolConfig c = detail::pool_config(s.layout);
+    if (!s.layer_windows.empty()) {  // the model's layers (the layout's are a page's)
+        c.num_layers = s.model_layers();
+        c.layer_windows = s.layer_windows;
+    }
     c.compute_dtype = compute_dtype;
     // Everything below is new: if a step throws, unwinding destroys the caches, then the pool.
     RestoredSnapshot out;

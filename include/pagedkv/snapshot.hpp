@@ -42,6 +42,10 @@ PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPoo
 // caches as the rows of a dynamic cache, in ascending id order (the same core: a block table
 // and per-layer lengths per sequence), so pagedkv-dump shows them; restore_snapshot brings a
 // manager back as a DynamicKVCache whose row i is its i-th sequence (ids are not recorded).
+// Over a pool with layer_windows every layer group's table is recorded, and a manager's
+// sequence as a 0.1 cache holds it: each sliding layer its window's tokens (the earlier ones
+// counted as let go), so the restored row's get_seq_length is the sequence's length and get()
+// returns what gather() did.
 PAGEDKV_API void save_snapshot(const std::filesystem::path& path, const BlockPool& pool,
                                std::span<const PagedKVCache* const> caches,
                                std::span<const KVManager* const> managers,
@@ -55,7 +59,8 @@ struct RestoredSnapshot {
     std::vector<std::unique_ptr<PagedKVCache>> caches;
 };
 
-// Rebuilds a snapshot written with page_contents on `ctx`: a new pool with the same layout,
+// Rebuilds a snapshot written with page_contents on `ctx`: a new pool with the same layout
+// (layer_windows included),
 // reference counts, free-list order and counters, and caches with the same kinds, block tables
 // and lengths, so get() returns what it returned when the snapshot was taken. A pool with
 // prefix caching gets the same prefix index and evictable pages (in LRU order): a KVManager with

@@ -1,6 +1,7 @@
 // Sample snapshots made on the CPU with the real allocator (no GPU), for the format, decoder
 // and pagedkv-dump tests: every cache kind, shared pages, a spare row, a fragmented free list;
-// and a pool with prefix caching (held and evictable cached pages, a salted page).
+// a pool with prefix caching (held and evictable cached pages, a salted page); and a hybrid
+// model's pool (layer groups).
 #pragma once
 
 #include <random>
@@ -247,6 +248,45 @@ inline SnapshotData large_snapshot(uint32_t blocks, uint32_t rows) {
     }
     s.allocator = a.state();
     s.caches = {dyn};
+    return s;
+}
+
+// A hybrid model's pool (layer_windows {0, 4, 4, 0}): layers 0 and 3 full attention (group 0),
+// 1 and 2 a sliding window of 4 (group 1); a page holds one group's 2 layers, so the layout is
+// sample_layout's. 12 blocks of 4 tokens. One dynamic cache (as a KVManager is recorded):
+//   row 0: group 0 [0 1 2], full layers 10 tokens; group 1 [3 4], sliding layers the last 4
+//          (6 let go) from slot 2
+//   row 1: forked from row 0, group 0 [0 1 5] 11 tokens; group 1 [3 6], the last 4 (7 let go)
+//          from slot 3
+// 7..11 free.
+inline SnapshotData hybrid_snapshot(bool with_pages) {
+    SnapshotData s;
+    s.layout = sample_layout();
+    s.layer_windows = {0, 4, 4, 0};
+    BlockAllocator a(12);
+    std::vector<BlockId> got;
+    auto take = [&](uint64_t n) {
+        got.clear();
+        a.allocate(n, got);
+        return got;
+    };
+    BlockTable t0(a), u0(a);
+    t0.adopt_back(take(3));  // 0 1 2
+    u0.adopt_back(take(2));  // 3 4
+    BlockTable t1 = t0.fork(), u1 = u0.fork();
+    t1.release_back(1);
+    t1.adopt_back(take(1));  // 0 1 5
+    u1.release_back(1);
+    u1.adopt_back(take(1));  // 3 6
+    s.allocator = a.state();
+    SnapshotCache dyn;
+    dyn.rows = {t0.blocks(), t1.blocks()};
+    dyn.more = {{u0.blocks()}, {u1.blocks()}};
+    dyn.len = {{10, 11}, {4, 4}, {4, 4}, {10, 11}};
+    dyn.start = {{0, 0}, {2, 3}, {2, 3}, {0, 0}};
+    dyn.dropped = {{0, 0}, {6, 7}, {6, 7}, {0, 0}};
+    s.caches = {dyn};
+    if (with_pages) fill_pages(s, 17);
     return s;
 }
 

@@ -69,9 +69,13 @@ def consistent(doc, where):
             expect(len(row["shared"]) == len(row["blocks"]), f"cache {cache['index']} shared flags")
             expect(all(s == (pool["refcounts"][b] > 1) for b, s in zip(row["blocks"], row["shared"])),
                    f"cache {cache['index']} row {row['row']} shared flags disagree with refcounts")
-            expect(len(row["lengths"]) == layout["num_layers"], "one length per layer")
+            expect(len(row["lengths"]) == layout["model_layers"], "one length per model layer")
+            expect(len(row["dropped"]) == layout["model_layers"], "one dropped count per layer")
             expect(row["length"] == max(row["lengths"]), "length is the longest layer")
-            held = [(s, s + n) for s, n in zip(row["starts"], row["lengths"]) if n > 0]
+            # With layer groups, first_slot and end_slot are over group 0's layers.
+            group0 = row["groups"][0]["layers"] if row["groups"] else range(len(row["lengths"]))
+            held = [(row["starts"][l], row["starts"][l] + row["lengths"][l]) for l in group0
+                    if row["lengths"][l] > 0]
             if held:
                 expect(row["first_slot"] == min(a for a, _ in held) and
                        row["end_slot"] == max(b for _, b in held),
@@ -81,6 +85,23 @@ def consistent(doc, where):
                 expect(row["first_slot"] == row["end_slot"], "an empty row's slot span")
             expect(row["end_slot"] <= len(row["blocks"]) * layout["block_size"],
                    f"cache {cache['index']} row {row['row']}: end_slot beyond its pages")
+            windows = layout["layer_windows"]
+            expect(bool(row["groups"]) == bool(windows), "groups exactly with layer windows")
+            if not windows:
+                expect(not any(row["dropped"]), "tokens let go without layer windows")
+            if row["groups"]:
+                expect(row["groups"][0]["blocks"] == row["blocks"], "group 0's table is blocks")
+                expect(sorted(l for g in row["groups"] for l in g["layers"]) ==
+                       list(range(layout["model_layers"])), "every layer in one group")
+            for g in row["groups"]:
+                where_g = f"cache {cache['index']} row {row['row']} group {g['group']}"
+                expect(all(windows[l] == g["window"] for l in g["layers"]),
+                       f"{where_g}: a layer of another window")
+                expect(len(g["layers"]) <= layout["num_layers"], f"{where_g}: more layers than a page")
+                expect(all(s == (pool["refcounts"][b] > 1) for b, s in zip(g["blocks"], g["shared"])),
+                       f"{where_g}: shared flags disagree with refcounts")
+                expect(g["end_slot"] <= len(g["blocks"]) * layout["block_size"],
+                       f"{where_g}: end_slot beyond its pages")
             if doc["selection"]["row"] is not None:
                 expect(row["row"] == doc["selection"]["row"], "a row outside the selection")
         if doc["selection"]["cache"] is not None:
@@ -106,6 +127,8 @@ def main():
         ("sample-cached.snap", []),
         ("sample-cached-pages.snap", ["--row", "1"]),
         ("showcase.snap", []),
+        ("sample-hybrid.snap", []),
+        ("sample-hybrid.snap", ["--row", "1"]),
     ]
     failures = []
     docs = []
@@ -128,6 +151,8 @@ def main():
         failures.append(f"the samples should be head-major and one token-major, are {layouts}")
     if not any(d["prefix_cache"]["evictable"] and d["pool"]["cached_held_blocks"] for d in docs):
         failures.append("no sample has both held and evictable cached pages")
+    if not any(r["groups"] for d in docs for c in d["caches"] for r in c["rows"]):
+        failures.append("no sample has layer groups")
     kinds = {c["kind"] for c in docs[0]["caches"]}
     if kinds != {"dynamic", "static", "sliding"}:
         failures.append(f"the sample should cover every cache kind, has {sorted(kinds)}")
@@ -152,6 +177,11 @@ def main():
         "page layout auto": broken(lambda d: d["layout"].__setitem__("page_layout", "auto")),
         "missing prefix_cache": broken(lambda d: d.pop("prefix_cache")),
         "format version 3": broken(lambda d: d["file"].__setitem__("format_version", 3)),
+        "a row without groups": broken(lambda d: d["caches"][0]["rows"][0].pop("groups")),
+        "a layout without layer_windows": broken(lambda d: d["layout"].pop("layer_windows")),
+        "a group without a window": broken(lambda d: d["caches"][0]["rows"][0]["groups"].append(
+            {"group": 1, "layers": [1], "first_slot": 0, "end_slot": 0, "blocks": [],
+             "shared": []})),
         "a hash as a number": broken(lambda d: d["prefix_cache"]["entries"].append(
             {**cached_entry, "hash": 12345})),
         "an entry without lru_position": broken(lambda d: d["prefix_cache"]["entries"].append(

@@ -595,3 +595,53 @@ TEST_CASE("pagedkv-dump lists the free list top first in its text and its JSON",
     const auto path = scratch().write("sample.snap", encode_snapshot(test::sample_snapshot(false)));
     CHECK_THAT(dump({"--json", path.string()}).out, Catch::Contains("\"free_list\": [8, 10, 11]"));
 }
+
+TEST_CASE("pagedkv-dump shows a hybrid pool's layer groups: a table and a lane per group",
+          "[dump][hybrid]") {
+    const auto path = scratch().write("hybrid.snap", encode_snapshot(test::hybrid_snapshot(false)));
+    const Run text = dump({path.string()});
+    INFO(text.err);
+    REQUIRE(text.status == 0);
+    CHECK_THAT(text.out, Catch::Contains("(format 2, 536 B, no page contents)\n"));
+    CHECK_THAT(text.out,
+               Catch::Contains("groups     4 model layers, windows 0 4 4 0 (0: full attention); a "
+                               "page holds one group's 2 layers: g0 w0, g1 w4\n"));
+    CHECK_THAT(text.out, Catch::Contains("cache 0  dynamic  2 rows, 7 pages\n"));
+    CHECK_THAT(text.out, Catch::Contains("  row 0  len 10\n"
+                                         "    g0 w0  layers 0 3  held 10  [0* 1* 2]\n"
+                                         "    g1 w4  layers 1 2  held 4 (6 let go)  [3* 4]  "
+                                         "(first token at slot 2)\n"));
+    CHECK_THAT(text.out, Catch::Contains("    g1 w4  layers 1 2  held 4 (7 let go)  [3* 6]  "
+                                         "(first token at slot 3)\n"));
+
+    const Run json = dump({"--json", path.string()});
+    REQUIRE(json.status == 0);
+    CHECK_THAT(json.out, Catch::Contains("\"layer_windows\": [0, 4, 4, 0]") ||
+                             Catch::Contains("\"layer_windows\": [\n"));
+    CHECK_THAT(json.out, Catch::Contains("\"model_layers\": 4"));
+    CHECK_THAT(json.out, Catch::Contains("\"window\": 4"));
+
+    // One lane per (row, group), labelled with the group and its window; the tooltip of a
+    // sliding group's page names its table.
+    const Run svg = dump({"--svg", "-", "--view", "lanes", path.string()});
+    REQUIRE(svg.status == 0);
+    const std::string& s = svg.out;
+    for (const char* lane : {">cache 0 row 0 g0 w0</text>", ">cache 0 row 0 g1 w4</text>",
+                             ">cache 0 row 1 g0 w0</text>", ">cache 0 row 1 g1 w4</text>"}) {
+        INFO(lane);
+        CHECK(count_in(s, lane) == 1);
+    }
+    CHECK(s.find(">cache 0 row 0 g1 w4</text>") < s.find(">cache 0 row 1 g0 w0</text>"));
+    CHECK_THAT(s, Catch::Contains(">dynamic, 4 tokens from slot 2, 6 let go</text>"));
+    CHECK_THAT(s, Catch::Contains("<title>page 3: 2 refs, 2 of 4 slots hold tokens\n"
+                                  "cache 0 row 0 g1 w4, entry 0: tokens 0..1 at slots 2..3\n"
+                                  "cache 0 row 1 g1 w4, entry 0: tokens 0..0 at slots 3..3"));
+    const Run compact = dump({"--svg", "-", "--compact", "--view", "lanes", path.string()});
+    REQUIRE(compact.status == 0);
+    CHECK_THAT(compact.out, Catch::Contains(">c0 r1 g1 w4</text>"));
+    // The blocks view names a page's group too.
+    const Run blocks = dump({"--svg", "-", "--view", "blocks", path.string()});
+    REQUIRE(blocks.status == 0);
+    CHECK_THAT(blocks.out, Catch::Contains("cache 0 row 1 g1 w4, entry 1: tokens 1..3 at slots "
+                                           "0..2"));
+}

@@ -41,7 +41,25 @@ Json row_json(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
         starts.push_back(layer[r]);
     for (BlockId b : k.rows[r])
         shared.push_back(v.refcount(index(b)) > 1);
-    const RowSlots slots = row_slots(k, r);
+    // With layer groups, first_slot and end_slot are those of group 0's table (blocks).
+    const RowSlots slots = v.grouped() ? row_slots(k, r, v.groups.layers[0]) : row_slots(k, r);
+    Json dropped = Json::array(), groups = Json::array();
+    for (size_t l = 0; l < k.len.size(); ++l)
+        dropped.push_back(l < k.dropped.size() ? k.dropped[l][r] : 0);
+    for (uint32_t g = 0; v.grouped() && g < v.groups.num_groups(); ++g) {
+        const auto& table = k.table(r, g);
+        Json flags = Json::array();
+        for (BlockId b : table)
+            flags.push_back(v.refcount(index(b)) > 1);
+        const RowSlots gs = row_slots(k, r, v.groups.layers[g]);
+        groups.push_back({{"group", g},
+                          {"window", v.groups.window[g]},
+                          {"layers", v.groups.layers[g]},
+                          {"first_slot", gs.first},
+                          {"end_slot", gs.end},
+                          {"blocks", block_ids(table)},
+                          {"shared", std::move(flags)}});
+    }
     return {{"row", r},
             {"length", k.row_length(r)},
             {"lengths", std::move(lengths)},
@@ -49,7 +67,9 @@ Json row_json(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
             {"first_slot", slots.first},
             {"end_slot", slots.end},
             {"blocks", block_ids(k.rows[r])},
-            {"shared", std::move(shared)}};
+            {"shared", std::move(shared)},
+            {"dropped", std::move(dropped)},
+            {"groups", std::move(groups)}};
 }
 
 Json cache_json(const SnapshotView& v, uint32_t c) {
@@ -63,6 +83,10 @@ Json cache_json(const SnapshotView& v, uint32_t c) {
     std::set<uint32_t> pages;
     for (const auto* tables : {&k.rows, &k.spare})
         for (const auto& t : *tables)
+            for (BlockId b : t)
+                pages.insert(index(b));
+    for (const auto& row : k.more)  // layer groups 1..
+        for (const auto& t : row)
             for (BlockId b : t)
                 pages.insert(index(b));
     cache["pages"] = pages.size();
@@ -113,12 +137,13 @@ std::string json_report(const SnapshotView& v) {
                    {"page_contents", d.has_pages}};
     doc["selection"] = {{"cache", optional_index(v.selection.cache)},
                         {"row", optional_index(v.selection.row)}};
-    doc["layout"] = {{"num_layers", l.num_layers},     {"num_kv_heads", l.num_kv_heads},
-                     {"head_dim", l.head_dim},         {"v_head_dim", l.v_head_dim},
-                     {"block_size", l.block_size},     {"dtype", to_string(l.dtype)},
-                     {"num_blocks", l.num_blocks},     {"max_slab_bytes", l.max_slab_bytes},
-                     {"block_bytes", l.block_bytes()}, {"page_layout", to_string(l.layout)},
-                     {"scale_bytes", l.scale_bytes()}};
+    doc["layout"] = {{"num_layers", l.num_layers},      {"num_kv_heads", l.num_kv_heads},
+                     {"head_dim", l.head_dim},          {"v_head_dim", l.v_head_dim},
+                     {"block_size", l.block_size},      {"dtype", to_string(l.dtype)},
+                     {"num_blocks", l.num_blocks},      {"max_slab_bytes", l.max_slab_bytes},
+                     {"block_bytes", l.block_bytes()},  {"page_layout", to_string(l.layout)},
+                     {"scale_bytes", l.scale_bytes()},  {"model_layers", d.model_layers()},
+                     {"layer_windows", d.layer_windows}};
     doc["pool"] = {{"num_blocks", st.num_blocks},
                    {"used_blocks", st.used_blocks},
                    {"free_blocks", st.free_blocks},

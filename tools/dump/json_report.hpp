@@ -10,7 +10,8 @@ namespace pagedkv::dump {
 
 // Bumped whenever a field is removed or changes meaning; added fields keep the version.
 // 2: pool.free_list is top first (its first entry is handed out next), as the text report lists
-// it; version 1 listed it bottom first.
+// it; version 1 listed it bottom first. Layer groups (layout.model_layers and layer_windows,
+// rows' dropped and groups) were added within version 2: files without them read as before.
 inline constexpr int kJsonSchemaVersion = 2;
 
 std::string json_report(const SnapshotView& v);

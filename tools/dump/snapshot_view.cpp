@@ -18,16 +18,28 @@ std::pair<int64_t, int64_t> RowSlots::in_page(uint32_t position, uint32_t block_
 }
 
 RowSlots row_slots(const SnapshotCache& k, size_t row) {
+    std::vector<uint32_t> all(k.len.size());
+    for (size_t l = 0; l < all.size(); ++l)
+        all[l] = uint32_t(l);
+    return row_slots(k, row, all);
+}
+
+RowSlots row_slots(const SnapshotCache& k, size_t row, std::span<const uint32_t> layers) {
     RowSlots s{INT64_MAX, 0};
-    for (size_t l = 0; l < k.len.size(); ++l) {
-        if (row >= k.len[l].size() || k.len[l][row] <= 0) continue;
+    for (uint32_t l : layers) {
+        if (l >= k.len.size() || row >= k.len[l].size() || k.len[l][row] <= 0) continue;
         s.first = std::min(s.first, k.start[l][row]);
         s.end = std::max(s.end, k.start[l][row] + k.len[l][row]);
     }
     if (s.first == INT64_MAX) {  // no token in any layer: where the next one goes
-        s.first = s.end = k.start.empty() || row >= k.start[0].size() ? 0 : k.start[0][row];
+        const uint32_t l = layers.empty() ? 0 : layers[0];
+        s.first = s.end = l >= k.start.size() || row >= k.start[l].size() ? 0 : k.start[l][row];
     }
     return s;
+}
+
+std::string SnapshotView::group_name(uint32_t g) const {
+    return fmt::format("g{} w{}", g, groups.window[g]);
 }
 
 SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selection selection) {
@@ -38,6 +50,7 @@ SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selecti
     // The decoder checked the header: the version is one this build reads.
     for (int i = 0; i < 4; ++i)
         v.format_version |= uint32_t(bytes[snapshot_format::kVersionAt + size_t(i)]) << (8 * i);
+    v.groups = v.data.groups();
     v.stats = compute_detailed_stats(v.data);
     v.slots_used = slots_in_use(v.data);
     v.selection = selection;
@@ -67,12 +80,16 @@ SnapshotView make_view(std::string path, std::span<const uint8_t> bytes, Selecti
     v.owners.resize(n);
     for (uint32_t c = 0; c < caches.size(); ++c) {
         const SnapshotCache& k = caches[c];
+        // Every layer group's table of every row (group 0's alone without layer groups).
         for (uint32_t r = 0; r < k.rows.size(); ++r)
-            for (uint32_t i = 0; i < k.rows[r].size(); ++i)
-                v.owners[index(k.rows[r][i])].push_back({c, r, false, i});
+            for (uint32_t g = 0; g < (v.grouped() ? v.groups.num_groups() : 1); ++g) {
+                const std::vector<BlockId>& t = k.table(r, g);
+                for (uint32_t i = 0; i < t.size(); ++i)
+                    v.owners[index(t[i])].push_back({c, r, false, i, g});
+            }
         for (uint32_t r = 0; r < k.spare.size(); ++r)
             for (uint32_t i = 0; i < k.spare[r].size(); ++i)
-                v.owners[index(k.spare[r][i])].push_back({c, r, true, i});
+                v.owners[index(k.spare[r][i])].push_back({c, r, true, i, 0});
     }
     return v;
 }

@@ -16,13 +16,22 @@
 namespace pagedkv::dump {
 
 // One table entry pointing at a page: entry `position` of row `row` of cache `cache` (a spare
-// row of a static cache when `spare`).
+// row of a static cache when `spare`), in the table of layer group `group` (0 without
+// layer_windows).
 struct PageOwner {
     uint32_t cache = 0;
     uint32_t row = 0;
     bool spare = false;
     // The entry's index in the table: the page holds the row's slots position * block_size on.
     uint32_t position = 0;
+    uint32_t group = 0;
+
+    // The same table's entry at another position.
+    PageOwner at(uint32_t p) const {
+        PageOwner w = *this;
+        w.position = p;
+        return w;
+    }
 };
 
 // The page slots a row's tokens occupy, over its layers: token t of the row sits at slot
@@ -36,6 +45,8 @@ struct RowSlots {
     std::pair<int64_t, int64_t> in_page(uint32_t position, uint32_t block_size) const;
 };
 RowSlots row_slots(const SnapshotCache& k, size_t row);
+// The same over the layers of one layer group (those of its table).
+RowSlots row_slots(const SnapshotCache& k, size_t row, std::span<const uint32_t> layers);
 
 struct Selection {
     std::optional<uint32_t> cache;
@@ -49,6 +60,7 @@ struct SnapshotView {
     uint64_t file_bytes = 0;
     uint32_t format_version = 0;  // of the file (README.md#format)
     SnapshotData data;
+    LayerGroups groups;  // of data.layer_windows (one group holding every layer without)
     DetailedStats stats;
     std::vector<std::vector<PageOwner>> owners;  // [block]: every reference to it
     std::vector<uint32_t> slots_used;            // [block]: slots holding a token
@@ -65,6 +77,10 @@ struct SnapshotView {
         return selected(cache) && (!selection.row || *selection.row == row);
     }
     uint32_t refcount(uint32_t block) const { return data.allocator.refcounts[block]; }
+    // Whether the pool has layer groups (layer_windows): a table per group per row.
+    bool grouped() const { return !data.layer_windows.empty(); }
+    // "g1 w1024": a layer group and its window (0: full attention).
+    std::string group_name(uint32_t g) const;
 };
 
 // Decodes `bytes` (Error(CorruptSnapshot) when damaged) and checks the selection against it

@@ -88,14 +88,13 @@ Geometry geometry(uint64_t pages, bool compact) {
     return {false, 36, 4, pages <= 512 ? 16 : 32, 32, 250, 14};
 }
 
-// A lane of the lanes view: one block table in logical order. Today one per batch row or
-// sequence and per spare table of a static cache, then the free list and the evictable pages;
-// layer groups (one table per group per sequence) will add one lane per (row, group) here, with
-// the group's own slots, and the drawing below stays as it is.
+// A lane of the lanes view: one block table in logical order. One per batch row or sequence
+// and layer group (one group without layer_windows; each group's table with its own slots) and
+// per spare table of a static cache, then the free list and the evictable pages.
 struct Lane {
     enum class Kind { Row, Spare, Free, Evictable };
     Kind kind = Kind::Row;
-    PageOwner owner;  // Row and Spare: whose table
+    PageOwner owner;  // Row and Spare: whose table (and which layer group's)
     RowSlots slots;   // Row: where its tokens sit
     std::vector<uint32_t> blocks;
     std::string label, detail;
@@ -115,7 +114,9 @@ class Picture {
             slots_.emplace_back();
             for (uint32_t r = 0; r < d_.caches[c].rows.size(); ++r) {
                 colours_[{c, r}] = colour(colours_.size());
-                slots_.back().push_back(row_slots(d_.caches[c], r));
+                auto& groups = slots_.back().emplace_back();
+                for (const auto& layers : v.groups.layers)
+                    groups.push_back(row_slots(d_.caches[c], r, layers));
                 if (v.selected(c, r)) selected_rows_.emplace_back(c, r);
             }
         }
@@ -140,19 +141,27 @@ class Picture {
     // The slots of block b that owner w's tokens occupy, [lo, hi) within the page.
     std::pair<int64_t, int64_t> owner_span(const PageOwner& w) const {
         if (w.spare) return {0, 0};
-        return slots_[w.cache][w.row].in_page(w.position, bs_);
+        return slots_[w.cache][w.row][w.group].in_page(w.position, bs_);
     }
     // Every owner's slots in block b, merged.
     std::vector<std::pair<int64_t, int64_t>> page_spans(uint32_t b) const;
     std::string owner_line(const PageOwner& w) const;
     std::string page_title(uint32_t b) const;
-    static std::string owner_name(const PageOwner& w) {
-        return fmt::format("cache {} {} {}", w.cache, w.spare ? "spare" : "row", w.row);
+    // With layer groups, a row's table names its group and window ("cache 0 row 1 g1 w1024").
+    std::string group_suffix(const PageOwner& w) const {
+        return v_.grouped() && !w.spare ? " " + v_.group_name(w.group) : "";
+    }
+    std::string owner_name(const PageOwner& w) const {
+        return fmt::format("cache {} {} {}{}", w.cache, w.spare ? "spare" : "row", w.row,
+                           group_suffix(w));
     }
     std::string lane_name(const PageOwner& w) const {
         return g_.compact
-                   ? fmt::format("c{} {}{}", w.cache, w.spare ? "s" : "r", w.row)
-                   : fmt::format("cache {} {} {}", w.cache, w.spare ? "spare" : "row", w.row);
+                   ? fmt::format("c{} {}{}{}", w.cache, w.spare ? "s" : "r", w.row, group_suffix(w))
+                   : owner_name(w);
+    }
+    static bool same_table(const PageOwner& a, const PageOwner& b) {
+        return a.cache == b.cache && a.row == b.row && a.spare == b.spare && a.group == b.group;
     }
 
     void make_lanes();
@@ -179,7 +188,7 @@ class Picture {
     Geometry g_;
     bool blocks_view_ = true, lanes_view_ = true;
     std::map<std::pair<uint32_t, uint32_t>, Rgb> colours_;
-    std::vector<std::vector<RowSlots>> slots_;  // [cache][row]
+    std::vector<std::vector<std::vector<RowSlots>>> slots_;  // [cache][row][layer group]
     std::vector<std::pair<uint32_t, uint32_t>> selected_rows_;
     std::vector<uint32_t> free_rank_;  // [block]: 0 handed out next; kNone when not free
     std::vector<Lane> lanes_;
@@ -203,10 +212,9 @@ std::vector<std::pair<int64_t, int64_t>> Picture::page_spans(uint32_t b) const {
 }
 
 std::string Picture::owner_line(const PageOwner& w) const {
-    const std::string who = fmt::format("cache {} {} {}, entry {}", w.cache,
-                                        w.spare ? "spare" : "row", w.row, w.position);
+    const std::string who = fmt::format("{}, entry {}", owner_name(w), w.position);
     if (w.spare) return who + ": reserved, no batch row uses it";
-    const RowSlots& s = slots_[w.cache][w.row];
+    const RowSlots& s = slots_[w.cache][w.row][w.group];
     const auto [lo, hi] = s.in_page(w.position, bs_);
     const int64_t base = int64_t(w.position) * bs_;
     if (lo == hi)
@@ -237,25 +245,36 @@ std::string Picture::page_title(uint32_t b) const {
 void Picture::make_lanes() {
     for (uint32_t c = 0; c < d_.caches.size(); ++c) {
         const SnapshotCache& k = d_.caches[c];
-        for (uint32_t r = 0; r < k.rows.size(); ++r) {
-            if (!v_.selected(c, r)) continue;
-            Lane lane;
-            lane.owner = {c, r, false, 0};
-            lane.slots = slots_[c][r];
-            for (BlockId b : k.rows[r])
-                lane.blocks.push_back(index(b));
-            lane.label = lane_name(lane.owner);
-            lane.detail = fmt::format("{}, {}", to_string(k.kind),
-                                      plural(uint64_t(k.row_length(r)), "token", "tokens"));
-            if (lane.slots.first != 0 && lane.slots.first != lane.slots.end)
-                lane.detail += fmt::format(" from slot {}", lane.slots.first);
-            lanes_.push_back(std::move(lane));
-        }
+        const uint32_t groups = v_.grouped() ? v_.groups.num_groups() : 1;
+        for (uint32_t r = 0; r < k.rows.size(); ++r)
+            for (uint32_t g = 0; g < groups; ++g) {
+                if (!v_.selected(c, r)) continue;
+                Lane lane;
+                lane.owner = {c, r, false, 0, g};
+                lane.slots = slots_[c][r][g];
+                for (BlockId b : k.table(r, g))
+                    lane.blocks.push_back(index(b));
+                lane.label = lane_name(lane.owner);
+                // The tokens its layers hold (a group's: those of its table).
+                int64_t held = 0;
+                for (uint32_t l : v_.groups.layers[g])
+                    if (l < k.len.size() && r < k.len[l].size()) held = std::max(held, k.len[l][r]);
+                lane.detail = fmt::format("{}, {}", to_string(k.kind),
+                                          plural(uint64_t(held), "token", "tokens"));
+                if (lane.slots.first != 0 && lane.slots.first != lane.slots.end)
+                    lane.detail += fmt::format(" from slot {}", lane.slots.first);
+                int64_t gone = 0;  // tokens its sliding layers let go
+                for (uint32_t l : v_.groups.layers[g])
+                    if (l < k.dropped.size() && r < k.dropped[l].size())
+                        gone = std::max(gone, k.dropped[l][r]);
+                if (gone > 0) lane.detail += fmt::format(", {} let go", gone);
+                lanes_.push_back(std::move(lane));
+            }
         for (uint32_t r = 0; r < k.spare.size() && !v_.selection.row; ++r) {
             if (!v_.selected(c)) continue;
             Lane lane;
             lane.kind = Lane::Kind::Spare;
-            lane.owner = {c, r, true, 0};
+            lane.owner = {c, r, true, 0, 0};
             for (BlockId b : k.spare[r])
                 lane.blocks.push_back(index(b));
             lane.label = lane_name(lane.owner);
@@ -400,8 +419,7 @@ std::vector<std::pair<size_t, size_t>> Picture::lane_runs(const Lane& lane) cons
     auto key = [&](size_t i) {
         const uint32_t b = lane.blocks[i];
         if (!row) return fmt::format("{}", v_.evictable(b));
-        const auto span =
-            owner_span({lane.owner.cache, lane.owner.row, lane.owner.spare, uint32_t(i)});
+        const auto span = owner_span(lane.owner.at(uint32_t(i)));
         return fmt::format("{} {} {} {}", page_colour(b).hex(), v_.owners[b].size(), reserved(b),
                            span.first < span.second);
     };
@@ -449,8 +467,7 @@ void Picture::compact_run(int x, int y, const Lane& lane, size_t i0, size_t i1) 
                 : fmt::format("{} {}..{} ({}): pages {}", ev ? "evictable, lru" : "free list", i0,
                               i1 - 1, ev ? "0 evicted first" : "0 handed out next", id_list(ids));
     } else {
-        const PageOwner w0{lane.owner.cache, lane.owner.row, lane.owner.spare, uint32_t(i0)};
-        const PageOwner w1{lane.owner.cache, lane.owner.row, lane.owner.spare, uint32_t(i1 - 1)};
+        const PageOwner w0 = lane.owner.at(uint32_t(i0)), w1 = lane.owner.at(uint32_t(i1 - 1));
         const auto s0 = owner_span(w0), s1 = owner_span(w1);
         const bool tokens = s0.first < s0.second;
         const Rgb c = page_colour(b);
@@ -475,7 +492,7 @@ void Picture::compact_run(int x, int y, const Lane& lane, size_t i0, size_t i1) 
             if (shared(b)) {
                 std::string others;
                 for (const PageOwner& other : v_.owners[b])
-                    if (other.cache != w0.cache || other.row != w0.row || other.spare != w0.spare)
+                    if (!same_table(other, w0))
                         others += (others.empty() ? "" : ", ") + owner_name(other);
                 title += fmt::format("; each shared by {} rows (page {}: {})", v_.owners[b].size(),
                                      b, others);
@@ -568,8 +585,9 @@ int Picture::draw_grid(int top) {
         auto key = [&](uint32_t b) {
             const auto& w = v_.owners[b];
             if (w.empty()) return fmt::format("{}", v_.evictable(b) ? "e" : "f");
-            return fmt::format("{} {} {} {} {} {}", w.front().cache, w.front().row, w.front().spare,
-                               w.size(), reserved(b), v_.cached(b));
+            return fmt::format("{} {} {} {} {} {} {}", w.front().cache, w.front().row,
+                               w.front().spare, w.front().group, w.size(), reserved(b),
+                               v_.cached(b));
         };
         for (uint64_t line = 0; line * uint64_t(cols) < n; ++line) {
             const uint32_t first = uint32_t(line * uint64_t(cols));
@@ -599,8 +617,7 @@ int Picture::draw_grid(int top) {
                                      {{"stroke", w.size() > 1 ? "#111" : page_colour(b).hex()},
                                       {"stroke-width", 1}});
                     what =
-                        fmt::format("cache {} {} {}{}{}", w.front().cache,
-                                    w.front().spare ? "spare" : "row", w.front().row,
+                        fmt::format("{}{}{}", owner_name(w.front()),
                                     w.size() > 1 ? fmt::format(" and {} more", w.size() - 1) : "",
                                     reserved(b) ? ", no token yet (reserved)" : "");
                 }
@@ -703,11 +720,10 @@ int Picture::draw_lanes(int top) {
                 unowned_page(x, cy, b);
                 continue;
             }
-            const PageOwner w{lane.owner.cache, lane.owner.row, lane.owner.spare, uint32_t(i0)};
+            const PageOwner w = lane.owner.at(uint32_t(i0));
             const auto span = owner_span(w);
             for (const PageOwner& other : v_.owners[b])
-                if (other.cache != w.cache || other.row != w.row || other.spare != w.spare)
-                    ++sharers[lane_name(other)];
+                if (!same_table(other, w)) ++sharers[lane_name(other)];
             std::vector<std::pair<int64_t, int64_t>> spans;
             if (span.first < span.second) spans.push_back(span);
             full_page(x, cy, b, {page_colour(b)}, spans, fmt::format("l{}", clip_ids_++));

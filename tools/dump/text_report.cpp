@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 namespace pagedkv::dump {
@@ -35,13 +36,43 @@ std::string cache_title(const SnapshotView& v, uint32_t c) {
         for (const auto& t : *tables)
             for (BlockId b : t)
                 pages.insert(index(b));
+    for (const auto& row : k.more)  // layer groups 1..
+        for (const auto& t : row)
+            for (BlockId b : t)
+                pages.insert(index(b));
     std::string rows = plural(k.rows.size(), "row", "rows");
     if (!k.spare.empty()) rows += fmt::format(" + {} spare", k.spare.size());
     return fmt::format("cache {}  {}  {}, {}", c, kind, rows,
                        plural(pages.size(), "page", "pages"));
 }
 
+// With layer groups: a line per group of the row, its window and layers, the tokens they hold
+// (and those a sliding layer let go), its table and where its first token sits.
+std::string group_lines(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
+    std::string s;
+    for (uint32_t g = 0; g < v.groups.num_groups(); ++g) {
+        const auto& layers = v.groups.layers[g];
+        std::string names;
+        int64_t held = 0, dropped = 0;
+        for (uint32_t l : layers) {
+            names += fmt::format("{}{}", names.empty() ? "" : " ", l);
+            held = std::max(held, k.len[l][r]);
+            if (l < k.dropped.size()) dropped = std::max(dropped, k.dropped[l][r]);
+        }
+        s += fmt::format("\n    {}  layers {}  held {}", v.group_name(g), names, held);
+        if (dropped > 0) s += fmt::format(" ({} let go)", dropped);
+        s += "  " + table(v, k.table(r, g));
+        const RowSlots slots = row_slots(k, r, layers);
+        if (slots.first != 0 && slots.first != slots.end)
+            s += fmt::format("  (first token at slot {})", slots.first);
+    }
+    return s;
+}
+
 std::string row_line(const SnapshotView& v, const SnapshotCache& k, uint32_t r) {
+    // With layer groups: the longest layer, then a line per group's table.
+    if (v.grouped())
+        return fmt::format("  row {}  len {}", r, k.row_length(r)) + group_lines(v, k, r);
     std::string s = fmt::format("  row {}  len {}  {}", r, k.row_length(r), table(v, k.rows[r]));
     bool same_len = true;
     std::set<int64_t> starts;  // of the layers holding tokens
@@ -125,6 +156,18 @@ std::string text_report(const SnapshotView& v) {
                      plural(l.num_kv_heads, "kv head", "kv heads"), l.head_dim, l.v_head_dim,
                      to_string(l.dtype), l.block_size, human_bytes(l.block_bytes()),
                      layout_name(l.layout)));
+    if (v.grouped()) {
+        std::string windows;
+        for (uint32_t w : d.layer_windows)
+            windows += fmt::format("{}{}", windows.empty() ? "" : " ", w);
+        std::string groups;
+        for (uint32_t g = 0; g < v.groups.num_groups(); ++g)
+            groups += fmt::format("{}{}", g ? ", " : "", v.group_name(g));
+        line("groups", fmt::format("{} model layers, windows {} (0: full attention); a page "
+                                   "holds one group's {}: {}",
+                                   d.model_layers(), windows,
+                                   plural(l.num_layers, "layer", "layers"), groups));
+    }
     if (l.scale_bytes() != 0)
         line("quantized",
              fmt::format("{} codes, one f32 scale per token per kv head after each page's codes "

@@ -2,15 +2,17 @@
 // sliding and full layers against the CPU reference bit for bit under random engine traces
 // (each sliding layer holding its last `window` tokens, the full ones every token); a step's
 // attention over each layer's window; a sliding group decoding forever in its own pages; the
-// footprint of a Gemma 3-like layout at 32k tokens; and every error and refusal changing
-// nothing.
+// footprint of a Gemma 3-like layout at 32k tokens; snapshots of a manager and a DynamicKVCache
+// restored bit for bit; and every error and refusal changing nothing.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <optional>
 #include <random>
 #include <vector>
 
 #include "allocator/layer_groups.hpp"
+#include "cache/snapshot/snapshot_codec.hpp"
 #include "reference_cache.hpp"
 #include "reference_quant.hpp"
 #include "reference_sequences.hpp"
@@ -372,11 +374,16 @@ TEST_CASE("Hybrid pool: errors and what is not implemented change nothing",
         KVManager prefix(pool, {0.0, true});
     });
     refused(ErrorCode::NotImplemented, "layer_windows", [&] { StaticKVCache cache(pool, 1, 8); });
-    refused(ErrorCode::NotImplemented, "layer_windows", [&] {
-        const KVManager* managers[] = {&mgr};
+    // Snapshots cover layer groups; one that leaves the manager out is refused, writing nothing.
+    {
         const TempFile file("hybrid.pkvs");
+        refused(ErrorCode::InvalidArgument, "caches not given",
+                [&] { save_snapshot(file.path, pool, std::span<const PagedKVCache* const>{}); });
+        CHECK(!std::filesystem::exists(file.path));
+        const KVManager* managers[] = {&mgr};
         save_snapshot(file.path, pool, std::span<const PagedKVCache* const>{}, managers);
-    });
+        unchanged();
+    }
     // Rolling back the last step's tokens works (its window's pages are still there).
     mgr.truncate(s, 12);
     CHECK(mgr.mask_range(s, 0) == std::pair<int64_t, int64_t>{8, 4});
@@ -473,6 +480,125 @@ TEST_CASE("DynamicKVCache over a hybrid pool: Hugging Face's hybrid semantics",
                               "layer_windows");
             }
             CHECK(pool.stats().used_blocks == 0);
+        }
+    }
+}
+
+TEST_CASE("Hybrid pool: a snapshot restores a manager and a DynamicKVCache bit for bit",
+          "[gpu][hybrid][snapshot]") {
+    for (DType dtype : {DType::F16, DType::F32}) {
+        DYNAMIC_SECTION(to_string(dtype)) {
+            const std::vector<uint32_t> windows = {0, 6, 6, 0};
+            const uint32_t H = 2, D = 8, L = 4;
+            ValidatedContext first;
+            const PoolConfig c = hybrid_config(dtype, windows);
+            BlockPool pool(first.ctx, c);
+            std::mt19937 rng(41);
+            const DType in = input_dtype(c);
+            // A manager: a sequence of 9 tokens forked, both decoding 6 more (their sliding
+            // group lets pages go).
+            KVManager mgr(pool);
+            auto step = [&](const std::vector<SeqId>& seqs, uint32_t n) {
+                const std::vector<uint32_t> counts(seqs.size(), n);
+                Step st = mgr.begin_step(seqs, counts);
+                const uint32_t total = st.total_tokens();
+                for (uint32_t l = 0; l < L; ++l)
+                    mgr.write(st, l,
+                              upload(first.ctx, random_values(size_t(total) * H * D, rng, in),
+                                     {total, H, D}, in),
+                              upload(first.ctx, random_values(size_t(total) * H * D, rng, in),
+                                     {total, H, D}, in));
+                mgr.end_step(std::move(st));
+            };
+            const SeqId a = mgr.add_sequence();
+            step({a}, 9);
+            const SeqId b = mgr.fork(a);
+            for (int i = 0; i < 6; ++i)
+                step({a, b}, 1);
+            REQUIRE(mgr.held(a, 1) == 6);
+            // A DynamicKVCache of two rows: 10 tokens, then 5 one at a time.
+            DynamicKVCache cache(pool);
+            auto update = [&](PagedKVCache& k, Context& ctx, uint32_t B, uint32_t S) {
+                for (uint32_t l = 0; l < L; ++l)
+                    k.update(upload(ctx, random_values(size_t(B) * H * S * D, rng, dtype),
+                                    shape4(B, H, S, D), dtype),
+                             upload(ctx, random_values(size_t(B) * H * S * D, rng, dtype),
+                                    shape4(B, H, S, D), dtype),
+                             l);
+            };
+            update(cache, first.ctx, 2, 10);
+            for (int i = 0; i < 5; ++i)
+                update(cache, first.ctx, 2, 1);
+            REQUIRE(pool.check() == "");
+
+            // What each layer holds: the cache's rows, and the manager's sequences as rows.
+            std::vector<std::vector<float>> cache_k, cache_v, mgr_k, mgr_v;
+            for (uint32_t l = 0; l < L; ++l) {
+                const auto kv = *cache.get(l);
+                cache_k.push_back(kv.first.to_host());
+                cache_v.push_back(kv.second.to_host());
+                std::vector<float> k, v;
+                for (SeqId s : {a, b}) {
+                    auto [gk, gv] = mgr.gather(s, l);
+                    const auto hk = gk.to_host(), hv = gv.to_host();
+                    k.insert(k.end(), hk.begin(), hk.end());
+                    v.insert(v.end(), hv.begin(), hv.end());
+                }
+                mgr_k.push_back(std::move(k));
+                mgr_v.push_back(std::move(v));
+            }
+            const TempFile file("hybrid-roundtrip.snap");
+            const PagedKVCache* caches[] = {&cache};
+            const KVManager* managers[] = {&mgr};
+            save_snapshot(file.path, pool, caches, managers, {.page_contents = true});
+            const auto used = pool.stats().used_blocks;
+
+            ValidatedContext second;
+            {
+                // A damaged LAYR section (layer 1's window made 5: pages of another size) is
+                // refused before anything is created.
+                auto bytes = read_snapshot_file(file.path);
+                bytes[32 + 12 + 88 + 12 + 4 + 4] = 5;
+                seal_snapshot(bytes);
+                const TempFile bad("hybrid-bad.snap");
+                write_snapshot_file(bad.path, bytes);
+                require_error([&] { (void)restore_snapshot(second.ctx, bad.path); },
+                              ErrorCode::CorruptSnapshot, "(num_layers): a page holds 2 layers");
+            }
+            RestoredSnapshot r = restore_snapshot(second.ctx, file.path);
+            REQUIRE(r.caches.size() == 2);
+            CHECK(r.pool->check() == "");
+            CHECK(r.pool->config().num_layers == L);
+            CHECK(r.pool->config().layer_windows == windows);
+            CHECK(r.pool->stats().used_blocks == used);
+            for (uint32_t l = 0; l < L; ++l) {
+                INFO("layer " << l << " window " << windows[l]);
+                const auto kv = *r.caches[0]->get(l);
+                CHECK(r.caches[0]->get_seq_length(l) == cache.get_seq_length(l));
+                CHECK(bit_equal(kv.first.to_host(), cache_k[l]));
+                CHECK(bit_equal(kv.second.to_host(), cache_v[l]));
+                // The manager came back as a DynamicKVCache holding exactly what each layer
+                // held, having seen all 15 tokens.
+                const auto mkv = *r.caches[1]->get(l);
+                CHECK(mkv.first.shape()[2] == (windows[l] ? 6 : 15));
+                CHECK(r.caches[1]->get_seq_length(l) == 15);
+                CHECK(bit_equal(mkv.first.to_host(), mgr_k[l]));
+                CHECK(bit_equal(mkv.second.to_host(), mgr_v[l]));
+            }
+            // The detailed stats of both pools agree (the manager's held tokens included).
+            const DetailedStats d0 = detailed_stats(pool, caches, managers);
+            const DetailedStats d1 =
+                detailed_stats(*r.pool, {r.caches[0].get(), r.caches[1].get()});
+            CHECK(d1.tokens_stored == d0.tokens_stored);
+            CHECK(d1.refcount_histogram == d0.refcount_histogram);
+            // Both go on decoding: sliding layers keep their window.
+            update(*r.caches[0], second.ctx, 2, 1);
+            update(*r.caches[1], second.ctx, 2, 3);
+            for (uint32_t l = 0; l < L; ++l) {
+                CHECK(r.caches[1]->get_seq_length(l) == 18);
+                CHECK(r.caches[1]->get(l)->first.shape()[2] == (windows[l] ? 6 : 18));
+            }
+            CHECK(r.pool->check() == "");
         }
     }
 }

@@ -480,8 +480,8 @@ TEST_CASE("version-1 files still decode, without cached pages", "[snapshot][pref
         put_le(bytes, 8, 2, 4);
         seal_snapshot(bytes);
         CHECK(decode_error(bytes) ==
-              "byte 12 (flags): a version-2 file without the prefix cache flag (a pool without "
-              "cached pages is written as version 1)");
+              "byte 12 (flags): a version-2 file without the prefix cache or layer groups flag "
+              "(a pool without cached pages or layer windows is written as version 1)");
     }
     // Version 1 has no PRFX section: its flag is unknown there.
     auto bytes = encode_snapshot(cached_snapshot(false));
@@ -630,5 +630,169 @@ TEST_CASE("inconsistent cached pages name the byte and field", "[snapshot][prefi
         CHECK(decode_error(b) == "byte " + std::to_string(kCachedAt) +
                                      " (cached): 1000 x 4 bytes do not fit, the section PRFX "
                                      "ends at byte 612");
+    }
+}
+
+// Layer groups (PoolConfig::layer_windows): the LAYR section and each row's group tables.
+namespace {
+// Offsets in hybrid_snapshot(false): header 32, POOL 12 + 88, LAYR 12 + 4 + 4 x 4, ALOC 12 +
+// 12 x 4 + 8 + 5 x 4, CACH #0 12 + 24, row tables 2 x (4 + 3 x 4), len/start 4 x 2 x 16, group
+// tables 2 x (4 + 2 x 4), dropped 4 x 2 x 8.
+constexpr size_t kLayrAt = 132;
+constexpr size_t kModelLayersAt = 144;
+constexpr size_t kHybridCacheAt = 252;
+constexpr size_t kHybridLengthsAt = 320;
+constexpr size_t kGroupTablesAt = 448;
+constexpr size_t kDroppedAt = 472;
+constexpr size_t kHybridBytes = 536;
+}  // namespace
+
+TEST_CASE("a hybrid pool's snapshot keeps its layer windows, group tables and dropped counts",
+          "[snapshot][hybrid]") {
+    for (bool pages : {false, true}) {
+        INFO("pages " << pages);
+        const SnapshotData s = test::hybrid_snapshot(pages);
+        REQUIRE(check_snapshot(s) == "");
+        const auto bytes = encode_snapshot(s);
+        CHECK(get_le(bytes, 8, 4) == 2);                   // layer groups: version 2
+        CHECK(get_le(bytes, 12, 4) == (pages ? 5u : 4u));  // the layer groups flag
+        CHECK(std::string(bytes.begin() + kLayrAt, bytes.begin() + kLayrAt + 4) == "LAYR");
+        CHECK(get_le(bytes, kLayrAt + 4, 8) == 20);
+        CHECK(get_le(bytes, kModelLayersAt, 4) == 4);
+        CHECK(get_le(bytes, kModelLayersAt + 8, 4) == 4);  // layer 1's window
+        CHECK(get_le(bytes, 44, 4) == 2);                  // POOL's num_layers: a page's
+        CHECK(std::string(bytes.begin() + kHybridCacheAt, bytes.begin() + kHybridCacheAt + 4) ==
+              "CACH");
+        CHECK(get_le(bytes, kGroupTablesAt, 4) == 2);  // row 0's group 1 table: [3 4]
+        CHECK(get_le(bytes, kGroupTablesAt + 4, 4) == 3);
+        CHECK(get_le(bytes, kDroppedAt + 16, 8) == 6);  // layer 1, row 0
+        if (!pages) CHECK(bytes.size() == kHybridBytes);
+        const SnapshotData back = decode_snapshot(bytes);
+        CHECK(back == s);
+        CHECK(back.model_layers() == 4);
+        CHECK(back.groups().num_groups() == 2);
+        CHECK(encode_snapshot(back) == bytes);
+        // Every truncation is refused with one line.
+        for (size_t n = 0; n < bytes.size(); ++n) {
+            INFO("truncated to " << n);
+            const std::string e = decode_error(std::span(bytes).first(n));
+            REQUIRE_THAT(e, Catch::Contains("truncated"));
+            REQUIRE(e.find('\n') == std::string::npos);
+        }
+    }
+    // Detailed stats find each layer's tokens in its group's table: the full layers' in
+    // pages 0 1 (both rows) and 2 or 5 (2 and 3 tokens), the sliding layers' at slots 2..5 of
+    // row 0's [3 4] and 3..6 of row 1's [3 6] (page 3: slots 2 and 3).
+    const std::vector<uint32_t> used = slots_in_use(test::hybrid_snapshot(false));
+    CHECK(used == std::vector<uint32_t>{4, 4, 2, 2, 2, 3, 3, 0, 0, 0, 0, 0});
+}
+
+TEST_CASE("a pool without layer windows writes the bytes it wrote before groups", "[snapshot]") {
+    // No LAYR section, no flag, no group tables: the sizes of before.
+    CHECK(encode_snapshot(sample_snapshot(false)).size() == 512);
+    CHECK(get_le(encode_snapshot(sample_snapshot(true)), 12, 4) == 1);
+    CHECK(get_le(encode_snapshot(test::cached_snapshot(false)), 12, 4) == 2);
+}
+
+TEST_CASE("a corrupt or inconsistent layer groups section names the byte and field",
+          "[snapshot][hybrid]") {
+    const SnapshotData good = test::hybrid_snapshot(false);
+    const auto bytes = encode_snapshot(good);
+    auto edited = [&](size_t at, uint64_t v, int n) {
+        auto b = bytes;
+        put_le(b, at, v, n);
+        seal_snapshot(b);
+        return decode_error(b);
+    };
+    SECTION("a model layer count larger than the section") {
+        CHECK(edited(kModelLayersAt, 1000000, 4) ==
+              "byte 148 (layer_windows): 1000000 x 4 bytes do not fit, the section LAYR ends at "
+              "byte 164");
+    }
+    SECTION("fewer model layers than the section holds") {
+        CHECK(edited(kModelLayersAt, 3, 4) ==
+              "byte 160 (section LAYR): 4 bytes left over after its last field");
+    }
+    SECTION("no model layers") {
+        CHECK(edited(kModelLayersAt, 0, 4) ==
+              "byte 144 (model_layers): 0 layers, a model has at least 1");
+    }
+    SECTION("windows that make pages of another size") {
+        // {0, 4, 5, 0}: three kinds, one layer each of the sliding ones: pages of 1 layer.
+        CHECK(edited(kModelLayersAt + 12, 5, 4) ==
+              "byte 44 (num_layers): a page holds 2 layers, but 4 layers with these windows "
+              "make pages of 1");
+    }
+    SECTION("a window out of range") {
+        CHECK_THAT(edited(kModelLayersAt + 8, 0x80000000u, 4),
+                   Catch::StartsWith("byte 148 (layer_windows): layer_windows[1] is 2147483648"));
+    }
+    SECTION("the flag without the section") {
+        auto b = encode_snapshot(sample_snapshot(false));
+        put_le(b, 8, 2, 4);
+        put_le(b, 12, 4, 4);
+        seal_snapshot(b);
+        CHECK(decode_error(b) == "byte 132 (section LAYR tag): expected 'LAYR', found 'ALOC'");
+    }
+    SECTION("version 1 does not know the flag") {
+        CHECK(edited(8, 1, 4) == "byte 12 (flags): unknown flag bits 0x4 in a version-1 file");
+    }
+    SECTION("a group table count larger than its section") {
+        CHECK(edited(kGroupTablesAt, 1000000, 4) ==
+              "byte 452 (caches[0].rows[0].group[1]): 1000000 x 4 bytes do not fit, the section "
+              "CACH #0 ends at byte 536");
+    }
+    SECTION("a group table one block shorter misreads what follows, not past the section") {
+        CHECK(edited(kGroupTablesAt, 1, 4) ==
+              "byte 476 (caches[0].dropped): 8 x 8 bytes do not fit, the section CACH #0 ends at "
+              "byte 536");
+    }
+    SECTION("a block of a group table that the refcounts do not count") {
+        CHECK(edited(kGroupTablesAt + 8, 7, 4) ==
+              "byte 192 (refcounts[4]): block 4 has refcount 1 but the block tables reference "
+              "it 0 times");
+    }
+    SECTION("a group table block out of range") {
+        CHECK(edited(kGroupTablesAt + 4, 99, 4) ==
+              "byte 452 (caches[0].rows[0].group[1][0]): block 99 out of range, the pool has 12 "
+              "blocks");
+    }
+    SECTION("a sliding layer's tokens past its group's pages") {
+        // Layer 1, row 0: start 2 + 7 tokens > the 8 slots of [3 4].
+        CHECK(edited(kHybridLengthsAt + 32, 7, 8) ==
+              "byte 352 (caches[0].len[layer 1][row 0]): tokens [2, 9) do not fit the row's "
+              "group 1 table's 2 pages (8 slots)");
+    }
+    SECTION("a negative dropped count") {
+        CHECK(edited(kDroppedAt + 16, uint64_t(-1), 8) ==
+              "byte 488 (caches[0].dropped[layer 1][row 0]): -1 tokens let go, with 4 held out "
+              "of range [0, 2147483647]");
+    }
+    SECTION("assembled data: shapes and kinds") {
+        SnapshotData s = good;
+        s.caches[0].more.pop_back();
+        CHECK(check_snapshot(s) == "caches[0].more: group tables for 1 rows, the cache has 2");
+        s = good;
+        s.caches[0].more[1].clear();
+        CHECK(check_snapshot(s) ==
+              "caches[0].rows[1]: 0 tables of groups 1.., the pool has 2 groups");
+        s = good;
+        s.caches[0].dropped.pop_back();
+        CHECK(check_snapshot(s) ==
+              "caches[0].dropped: dropped counts for 3 layers, the pool has 4");
+        s = sample_snapshot(false);
+        s.caches[0].dropped = {{0, 0}, {0, 0}};
+        CHECK(check_snapshot(s) ==
+              "caches[0].more: group tables or dropped counts without layer_windows");
+        s = good;
+        s.caches[0].kind = SnapshotCacheKind::Static;
+        s.caches[0].batch_size = 2;
+        s.caches[0].max_cache_len = 12;
+        CHECK_THAT(check_snapshot(s), Catch::Contains("static caches refuse layer groups"));
+        s = good;
+        s.layer_windows = {0, 4, 4};
+        CHECK(check_snapshot(s) ==
+              "num_layers: a page holds 2 layers, but 3 layers with these windows make pages "
+              "of 1");
     }
 }

@@ -1,6 +1,7 @@
 // Writes the sample snapshots into a directory for the ctest that validates pagedkv-dump --json
 // against its schema: tables only, with page contents, an untouched pool with no caches, and a
-// pool with prefix caching (held and evictable cached pages), quantized pools (int8, fp8), and the
+// pool with prefix caching (held and evictable cached pages), quantized pools (int8, fp8), a hybrid
+// model's pool (layer groups), and the
 // README picture's pool (showcase.snap).
 #include <cstdio>
 #include <filesystem>
@@ -33,6 +34,8 @@ int main(int argc, char** argv) {
                         encode_snapshot(test::quantized_snapshot(DType::Int8, true)));
     write_snapshot_file(dir / "sample-fp8.snap",
                         encode_snapshot(test::quantized_snapshot(DType::FP8E4M3, false)));
+    // A hybrid model's pool: one table per layer group per row.
+    write_snapshot_file(dir / "sample-hybrid.snap", encode_snapshot(test::hybrid_snapshot(false)));
     // The README's picture: pagedkv-dump --svg tools/dump-showcase.svg DIR/showcase.snap
     write_snapshot_file(dir / "showcase.snap", encode_snapshot(test::showcase_snapshot()));
     // A pool of 4096 pages and 64 rows: the compact picture.
