@@ -780,7 +780,7 @@ static void test_hybrid(pagedkv_context* ctx, pagedkv_pool* pool) {
     // Layer 0 holds positions 8..12: keeping 5 tokens would need position 0.
     FAILS(pagedkv_manager_truncate(m, a, 5), PAGEDKV_ERROR_INVALID_ARGUMENT, "left the window");
     FAILS(pagedkv_manager_swap_out(m, a), PAGEDKV_ERROR_NOT_IMPLEMENTED, "layer_windows");
-    FAILS(pagedkv_cache_create_dynamic(pool, &kept), PAGEDKV_ERROR_NOT_IMPLEMENTED,
+    FAILS(pagedkv_cache_create_static(pool, 1, 8, &kept), PAGEDKV_ERROR_NOT_IMPLEMENTED,
           "layer_windows");
     CHECK(kept == NULL);
     CHECK(used_blocks(pool) == used);
