@@ -10,6 +10,17 @@
 
 namespace pagedkv::serve {
 
+PoolConfig demo_config(uint32_t layers, uint64_t pages, DType dtype) {
+    PoolConfig cfg;
+    cfg.num_layers = layers;
+    cfg.num_kv_heads = 2;
+    cfg.head_dim = 32;
+    cfg.block_size = 16;
+    cfg.dtype = dtype;
+    cfg.num_blocks = pages;
+    return cfg;
+}
+
 std::vector<uint32_t> hybrid_windows(uint32_t layers, uint32_t window) {
     std::vector<uint32_t> w(layers, window);
     for (uint32_t l = 2; l < layers; l += 3)
@@ -21,13 +32,7 @@ int hybrid_main(const TraceOptions& trace, EngineOptions opt, uint64_t pages, ui
                 uint32_t window, DType dtype) {
     const auto t0 = std::chrono::steady_clock::now();
     Context ctx = Context::create();
-    PoolConfig cfg;
-    cfg.num_layers = layers;
-    cfg.num_kv_heads = 2;
-    cfg.head_dim = 32;
-    cfg.block_size = 16;
-    cfg.dtype = dtype;
-    cfg.num_blocks = pages;
+    PoolConfig cfg = demo_config(layers, pages, dtype);
     cfg.layer_windows = hybrid_windows(layers, window);
     const std::vector<uint32_t> windows = cfg.layer_windows;
     BlockPool pool(ctx, cfg);

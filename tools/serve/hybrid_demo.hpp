@@ -13,6 +13,9 @@
 
 namespace pagedkv::serve {
 
+// The serve demos' pool: `layers` layers of 2 kv heads x 32, pages of 16 tokens.
+PoolConfig demo_config(uint32_t layers, uint64_t pages, DType dtype);
+
 // Windows of `layers` layers: layer l full attention when l % 3 == 2, else `window` tokens
 // (6 layers: {w, w, 0, w, w, 0}).
 std::vector<uint32_t> hybrid_windows(uint32_t layers, uint32_t window);

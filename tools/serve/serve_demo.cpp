@@ -26,17 +26,6 @@ namespace pagedkv::serve {
 
 namespace {
 
-PoolConfig demo_config(uint32_t layers, uint64_t pages, DType dtype) {
-    PoolConfig cfg;
-    cfg.num_layers = layers;
-    cfg.num_kv_heads = 2;
-    cfg.head_dim = 32;
-    cfg.block_size = 16;
-    cfg.dtype = dtype;
-    cfg.num_blocks = pages;
-    return cfg;
-}
-
 // Runs the engine to the end of its trace, printing a progress line every `every` steps (and
 // one at the end): what has happened so far, for runs that take a minute.
 const EngineStats& run_with_progress(Engine& engine, const BlockPool& pool, const std::string& what,
