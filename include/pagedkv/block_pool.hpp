@@ -60,7 +60,7 @@ struct PoolConfig {
 // its bytes.
 struct PoolStats : BlockCounts {
     uint64_t pages_copied = 0;  // copy-on-write page copies so far
-    uint64_t block_bytes = 0;   // bytes of one block (all layers, K and V)
+    uint64_t block_bytes = 0;   // bytes of one block (all layers, or one group's, K and V)
     uint64_t total_bytes = 0;   // on every device together
     uint64_t num_slabs = 0;     // on every device together
     // The host tier (all 0 without one): its blocks, those swapped-out sequences hold, its
