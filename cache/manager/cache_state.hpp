@@ -178,10 +178,7 @@ struct CacheState {
         ps->check_layer(layer, op, "layer_idx");
     }
 
-    void release_leading(uint32_t row, size_t lead) {
-        rows[row]->release_leading(lead, block_size());
-    }
-    // The same for the table of a layer group and its layers.
+    // Gives back the first `lead` pages of a layer group's table of a row (Sequence).
     void release_leading(uint32_t row, uint32_t group, size_t lead) {
         rows[row]->release_leading(group, ps->groups.layers[group], lead, block_size());
     }

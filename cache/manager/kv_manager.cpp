@@ -769,9 +769,9 @@ std::shared_ptr<StepState> build_step(const std::shared_ptr<ManagerState>& state
         std::vector<uint64_t> pages(G, 0);
         for (size_t i = 0; i < seqs.size(); ++i)
             for (uint32_t g = 0; g < G; ++g) {
-                const int64_t from = std::max(
-                    detail::table_origin(*m.ps, *seqs[i], g),
-                    int64_t(p.lead[i * G + g]) * bs + detail::table_origin(*m.ps, *seqs[i], g));
+                // (The table's origin once its leading pages are released.)
+                const int64_t from =
+                    detail::table_origin(*m.ps, *seqs[i], g) + int64_t(p.lead[i * G + g]) * bs;
                 pages[g] +=
                     (uint64_t(detail::length_of(*seqs[i]) + new_tokens[i] - from) + bs - 1) / bs;
             }

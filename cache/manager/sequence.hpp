@@ -67,16 +67,9 @@ struct Sequence {
         s.dropped = dropped;
         return s;
     }
-    // Gives back the first `lead` pages (those held) and moves every layer's start back by as
-    // many slots; an empty layer starts at slot 0 (a start past the pages would make the next
-    // write reach for pages it does not need).
-    void release_leading(size_t lead, uint32_t block_size) {
-        table.release_front(std::min(lead, table.size()));
-        const int64_t shift = int64_t(lead) * block_size;
-        for (size_t l = 0; l < len.size(); ++l)
-            start[l] = len[l] > 0 ? start[l] - shift : 0;
-    }
-    // The same for one group's table and layers.
+    // Gives back the first `lead` pages (those held) of group g's table and moves its layers'
+    // starts back by as many slots; an empty layer starts at slot 0 (a start past the pages
+    // would make the next write reach for pages it does not need).
     void release_leading(uint32_t g, std::span<const uint32_t> layers, size_t lead,
                          uint32_t block_size) {
         BlockTable& t = group(g);
